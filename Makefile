@@ -1,0 +1,105 @@
+# Notify — the two commands are `make demo` and `make test`; both set up what they need first.
+# Needs: Python 3.11+, Java 17+, Node.js 20+ (see README). Nothing else is installed by hand.
+
+SHELL := /bin/bash
+ROOT := $(CURDIR)
+PYTHON ?= python3
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+STATE := $(ROOT)/.notify
+STAMP := $(VENV)/.installed
+NODE_STAMP := $(STATE)/node/.installed
+DEMO_USERS ?= 2000
+
+include local.env
+export NOTIFY_DYNAMODB_ENDPOINT_URL NOTIFY_AWS_ENDPOINT_URL NOTIFY_KAFKA_BOOTSTRAP
+export NOTIFY_STATE_DIR := $(STATE)
+export AIRFLOW_HOME := $(STATE)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(ROOT)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(ROOT)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__PARALLELISM := 4
+export AIRFLOW__CORE__EXECUTOR := LocalExecutor
+export AIRFLOW__API__HOST := 127.0.0.1
+export AIRFLOW__API__PORT ?= 8080
+export AIRFLOW__LOGGING__LOGGING_LEVEL := WARNING
+export AIRFLOW_CONN_AWS_DEFAULT := {"conn_type": "aws", "login": "local", "password": "local", "extra": {"region_name": "us-east-1", "service_config": {"dynamodb": {"endpoint_url": "$(NOTIFY_DYNAMODB_ENDPOINT_URL)"}, "sns": {"endpoint_url": "$(NOTIFY_AWS_ENDPOINT_URL)"}, "ses": {"endpoint_url": "$(NOTIFY_AWS_ENDPOINT_URL)"}}}}
+export AIRFLOW_CONN_KAFKA_DEFAULT := {"conn_type": "kafka", "extra": {"bootstrap.servers": "$(NOTIFY_KAFKA_BOOTSTRAP)", "group.id": "notify"}}
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export NUMBA_CACHE_DIR := $(STATE)/numba
+export PYSPARK_PYTHON := $(PY)
+export PYSPARK_DRIVER_PYTHON := $(PY)
+export PATH := $(VENV)/bin:$(PATH)
+
+.PHONY: setup demo test test-fast lint services-up services-down services-status airflow export bench lock clean
+
+## setup: virtualenv with the pinned stack, dynalite, Airflow metadata DB (fast when already done)
+setup: $(STAMP) $(NODE_STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	@command -v java >/dev/null || { echo "Java 17+ is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch==2.13.0 resolves to the CPU wheel: pip reads PIP_FIND_LINKS / --find-links (see README).
+	$(PY) -m pip install --quiet --compile -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(NODE_STAMP): include/notify/node/package.json include/notify/node/package-lock.json
+	@command -v npm >/dev/null || { echo "Node.js 20+ with npm is required for dynalite"; exit 1; }
+	@mkdir -p $(STATE)/node
+	cp include/notify/node/package.json include/notify/node/package-lock.json $(STATE)/node/
+	cd $(STATE)/node && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+## demo: start local services and run the whole daily cycle through Airflow on generated data
+demo: setup
+	$(VENV)/bin/notify services up
+	$(VENV)/bin/notify demo --users $(DEMO_USERS)
+
+## test: the whole suite (unit, DAG integrity, integration on real local services, end-to-end)
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -p no:cacheprovider
+
+test-fast: setup
+	$(PY) -m pytest -p no:cacheprovider -m "not integration and not e2e and not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+services-up: setup
+	$(VENV)/bin/notify services up
+services-down:
+	$(VENV)/bin/notify services down
+services-status:
+	$(VENV)/bin/notify services status
+
+## airflow: the Airflow UI on http://127.0.0.1:$(AIRFLOW__API__PORT) with Notify's DAGs (Ctrl-C stops it)
+airflow: setup
+	$(VENV)/bin/notify services up
+	@echo "Log in as 'admin'; the password is in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
+	$(VENV)/bin/airflow standalone
+
+## export: every table to Parquet under .notify/export for analysts
+export: setup
+	$(VENV)/bin/notify export --out $(STATE)/export
+
+## bench: the benchmark scripts whose results are in README
+bench: setup
+	$(VENV)/bin/notify services up
+	$(PY) benchmarks/ingest.py
+
+## lock: re-resolve requirements.in into the pinned requirements.txt
+lock:
+	rm -rf $(STATE)/lockenv && $(PYTHON) -m venv $(STATE)/lockenv
+	$(STATE)/lockenv/bin/pip install --quiet -r requirements.in
+	{ echo "# Fully pinned, resolved set (pip check clean). Regenerate: make lock. Top-level choices: requirements.in"; \
+	  $(STATE)/lockenv/bin/pip freeze | sed 's/^torch==\(.*\)+cpu/torch==\1/'; } > requirements.txt
+
+clean:
+	-$(VENV)/bin/notify services down
+	rm -rf $(STATE) $(VENV)

@@ -1,0 +1,178 @@
+"""One typed configuration object for every part of Notify.
+
+Where Notify runs (embedded default, self-hosted Airflow, MWAA with EMR Serverless, DynamoDB and
+MSK) is decided here, from the environment and, inside Airflow, from Airflow connections, never
+by editing code. Every setting has an environment variable named ``NOTIFY_<FIELD>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_STATE_DIR = REPO_ROOT / ".notify"
+# The real public fashion catalog (39,596 products) shipped with the code, gzipped; see data/README.md.
+CATALOG_PATH = Path(__file__).resolve().parent / "data" / "fashion_catalog.csv.gz"
+
+# Lake zones in the order data flows through them (STYLE: data flows one way).
+LAKE_ZONES = ("raw", "curated", "quarantine", "features", "embeddings", "recommendations", "runs", "truth", "export")
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """Settings shared by DAGs, Spark jobs, the CLI and tests; immutable so tasks cannot drift."""
+
+    state_dir: Path = DEFAULT_STATE_DIR
+    lake_uri: str = ""
+    # AWS / DynamoDB: endpoint_url is empty on real AWS and points at dynalite locally.
+    aws_region: str = "us-east-1"
+    dynamodb_endpoint_url: str = ""
+    aws_endpoint_url: str = ""  # SNS / SES endpoint (moto locally); empty on real AWS
+    aws_conn_id: str = "aws_default"
+    table_prefix: str = "notify_"
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_conn_id: str = "kafka_default"
+    topic_prefix: str = "notify."
+    # Spark: "local" runs spark-submit on this machine; "emr_serverless" hands jobs to EMR.
+    spark_runner: str = "local"
+    spark_master: str = "local[*]"
+    spark_driver_memory: str = "4g"
+    emr_application_id: str = ""
+    emr_execution_role_arn: str = ""
+    emr_code_uri: str = ""
+    # Embeddings
+    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_batch_size: int = 128
+    # Planning and dispatch
+    daily_cap: int = 5
+    quiet_start_hour: int = 22
+    quiet_end_hour: int = 8
+    min_gap_minutes: int = 120
+    max_lateness_minutes: int = 30
+    lease_seconds: int = 120
+    schedule_shards: int = 16
+    cooldown_days: int = 3
+    channels: tuple[str, ...] = ("inbox", "kafka")
+    webhook_url: str = ""
+    ses_sender: str = "notify@example.com"
+    sns_topic_arn: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def lake_root(self) -> str:
+        """The lake's base URI: a local folder by default, ``s3://bucket/prefix`` in production."""
+        return self.lake_uri or (self.state_dir / "lake").as_uri()
+
+    def lake_path(self, zone: str, table: str, run_date: date | str | None = None) -> str:
+        """URI of a lake folder; partitioned by ``dt=`` so a re-run rewrites only its own day."""
+        if zone not in LAKE_ZONES:
+            raise ValueError(f"unknown lake zone {zone!r}; expected one of {LAKE_ZONES}")
+        path = f"{self.lake_root.rstrip('/')}/{zone}/{table}"
+        if run_date is not None:
+            path += f"/dt={run_date}"
+        return path
+
+    def table_name(self, logical_name: str) -> str:
+        """Physical DynamoDB table name for a logical one (``users`` -> ``notify_users``)."""
+        return f"{self.table_prefix}{logical_name}"
+
+    def topic(self, logical_name: str) -> str:
+        """Physical Kafka topic name for a logical one (``orders`` -> ``notify.orders``)."""
+        return f"{self.topic_prefix}{logical_name}"
+
+    def replace(self, **changes: Any) -> NotifyConfig:
+        """A copy with some settings changed (tests and Airflow connection overlays)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(raw: str, target: Any) -> Any:
+    if isinstance(target, bool):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(target, int):
+        return int(raw)
+    if isinstance(target, float):
+        return float(raw)
+    if isinstance(target, Path):
+        return Path(raw)
+    if isinstance(target, tuple):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def load_config(environ: dict[str, str] | None = None) -> NotifyConfig:
+    """Build the configuration from ``NOTIFY_*`` variables; unknown variables are an error.
+
+    A typo such as ``NOTIFY_DAILYCAP`` fails loudly instead of silently leaving the default.
+    """
+    env = os.environ if environ is None else environ
+    defaults = NotifyConfig()
+    known = {f.name for f in dataclasses.fields(NotifyConfig)} - {"extra"}
+    values: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith("NOTIFY_"):
+            continue
+        name = key[len("NOTIFY_") :].lower()
+        if name not in known:
+            raise ValueError(f"unknown setting {key}; known: NOTIFY_{', NOTIFY_'.join(sorted(k.upper() for k in known))}")
+        values[name] = _coerce(raw, getattr(defaults, name))
+    config = dataclasses.replace(defaults, **values)
+    _validate(config)
+    return config
+
+
+def _validate(config: NotifyConfig) -> None:
+    for name in ("quiet_start_hour", "quiet_end_hour"):
+        if not 0 <= getattr(config, name) <= 23:
+            raise ValueError(f"{name} must be an hour 0-23, got {getattr(config, name)}")
+    if config.daily_cap < 0:
+        raise ValueError(f"daily_cap must be >= 0, got {config.daily_cap}")
+    if config.schedule_shards < 1:
+        raise ValueError(f"schedule_shards must be >= 1, got {config.schedule_shards}")
+    if config.spark_runner not in {"local", "emr_serverless"}:
+        raise ValueError(f"spark_runner must be 'local' or 'emr_serverless', got {config.spark_runner!r}")
+
+
+def config_from_airflow(base: NotifyConfig | None = None) -> NotifyConfig:
+    """Overlay Airflow connections on the environment config, for use inside running tasks.
+
+    ``aws_default`` supplies the region and an ``endpoint_url`` extra (dynalite locally, none on
+    AWS); ``kafka_default`` supplies ``bootstrap.servers``. Only called at task run time, never at
+    DAG parse time, so parsing stays free of connection lookups.
+    """
+    from airflow.sdk import BaseHook  # imported lazily: include.notify must not need Airflow
+
+    config = base or load_config()
+    changes: dict[str, Any] = {}
+    try:
+        aws = BaseHook.get_connection(config.aws_conn_id)
+    except Exception as error:  # noqa: BLE001 - a missing connection means "use the environment"
+        aws = None
+        _log_missing(config.aws_conn_id, error)
+    if aws is not None:
+        extra = aws.extra_dejson
+        endpoint = extra.get("endpoint_url") or ""
+        if endpoint:
+            changes["dynamodb_endpoint_url"] = extra.get("dynamodb_endpoint_url", endpoint)
+            changes["aws_endpoint_url"] = extra.get("service_endpoint_url", config.aws_endpoint_url or endpoint)
+        if extra.get("region_name"):
+            changes["aws_region"] = extra["region_name"]
+    try:
+        kafka = BaseHook.get_connection(config.kafka_conn_id)
+    except Exception as error:  # noqa: BLE001
+        kafka = None
+        _log_missing(config.kafka_conn_id, error)
+    if kafka is not None and kafka.extra_dejson.get("bootstrap.servers"):
+        changes["kafka_bootstrap"] = kafka.extra_dejson["bootstrap.servers"]
+    return config.replace(**changes)
+
+
+def _log_missing(conn_id: str, error: Exception) -> None:
+    import logging
+
+    logging.getLogger(__name__).info("connection %s not found (%s); using environment settings", conn_id, error)

@@ -1,0 +1,357 @@
+"""The one place that knows Notify's DynamoDB tables: names, keys, indexes, and how to write them.
+
+Every reader and writer (Spark partitions, DAG tasks, the CLI, tests) goes through ``Dynamo`` so
+that batching, retries of unprocessed items, back-off and type conversion are written once.
+Embeddings are stored as float32 bytes, never as lists of numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from include.notify.config import NotifyConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Index:
+    """A global secondary index; sparse when its key attributes are set only on some items."""
+
+    name: str
+    hash_key: str
+    range_key: str | None = None
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table's logical name, key schema and indexes (all key attributes are strings)."""
+
+    name: str
+    hash_key: str
+    range_key: str | None = None
+    indexes: tuple[Index, ...] = field(default_factory=tuple)
+    description: str = ""
+
+
+# The schedule's due index is sparse: ``due_bucket`` (``YYYY-MM-DD#shard``) is set only while an
+# item is pending (scheduled/sending), so dispatch queries touch pending items only and never scan.
+# A day bucket rather than a minute bucket lets one query per shard find everything overdue,
+# including items missed during an outage (to expire them) and items whose lease lapsed.
+DUE_INDEX = Index("due_index", "due_bucket", "due_at")
+
+TABLES: tuple[TableSpec, ...] = (
+    TableSpec("users", "user_id", description="identity; password_hash never leaves this table"),
+    TableSpec("user_features", "user_id", description="behavioural features, engagement by hour, fatigue"),
+    TableSpec("products", "product_id", description="catalog"),
+    TableSpec("product_features", "product_id", description="catalog fields + sales aggregates"),
+    TableSpec("campaigns", "campaign_id", description="campaign definitions and templates"),
+    TableSpec("purchase_history", "user_id", "purchase_id", description="orders, one item per purchase"),
+    TableSpec("user_product_matrix", "user_id", "product_id", description="who bought what, how often"),
+    TableSpec("clickstream", "user_id", "ts_event_id", description="events keyed ts#event_id (idempotent)"),
+    TableSpec("product_embeddings", "product_id", description="float32 vector bytes + model + content hash"),
+    TableSpec("campaign_embeddings", "campaign_id", description="float32 vector bytes + model + content hash"),
+    TableSpec("user_embeddings", "user_id", description="float32 vector bytes + model + cold-start flag"),
+    TableSpec("campaign_stats", "campaign_id", "segment", description="learned response rates per segment"),
+    TableSpec("recommendations", "user_id", description="top-10 campaigns with score components, top products"),
+    TableSpec(
+        "notification_schedule",
+        "user_id",
+        "send_at_campaign",
+        indexes=(DUE_INDEX,),
+        description="planned sends: scheduled -> sending -> sent / expired / cancelled / failed",
+    ),
+    TableSpec("deliveries", "notification_id", description="rendered payload, channel, attempts"),
+    TableSpec("inbox", "user_id", "notification_id", description="the in-app inbox channel"),
+    TableSpec("pipeline_runs", "run_key", "stage", description="counts in/out/rejected per run and stage"),
+)
+TABLES_BY_NAME: dict[str, TableSpec] = {spec.name: spec for spec in TABLES}
+
+
+def to_dynamo_value(value: Any) -> Any:
+    """Convert Python/NumPy values to what boto3 accepts; ``None`` and NaN mean "absent"."""
+    if value is None:
+        return None
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        if math.isnan(value) or math.isinf(value):
+            return None
+        return Decimal(repr(float(value)))
+    if isinstance(value, np.ndarray):
+        return vector_to_bytes(value)
+    if isinstance(value, bytes | bytearray | str | Decimal):
+        return value
+    if isinstance(value, Mapping):
+        converted = {str(k): to_dynamo_value(v) for k, v in value.items()}
+        return {k: v for k, v in converted.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [to_dynamo_value(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"cannot store value of type {type(value).__name__}: {value!r}")
+
+
+def to_item(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A DynamoDB-ready item: converted values, absent fields dropped (DynamoDB has no nulls)."""
+    item = {key: to_dynamo_value(value) for key, value in record.items()}
+    return {key: value for key, value in item.items() if value is not None}
+
+
+def from_dynamo_value(value: Any) -> Any:
+    """Inverse of ``to_dynamo_value`` for reading: Decimals become int/float, Binary becomes bytes."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: from_dynamo_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_dynamo_value(v) for v in value]
+    if hasattr(value, "value") and type(value).__name__ == "Binary":
+        return bytes(value.value)
+    return value
+
+
+def vector_to_bytes(vector: np.ndarray) -> bytes:
+    """Float32 little-endian bytes: 4 bytes a dimension, a quarter of a number list's size."""
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def bytes_to_vector(data: bytes) -> np.ndarray:
+    """Inverse of ``vector_to_bytes``."""
+    return np.frombuffer(bytes(data), dtype="<f4")
+
+
+class Dynamo:
+    """Typed access to Notify's tables through one boto3 client.
+
+    Built from configuration (``Dynamo.from_config``) or, inside Airflow, from the provider's
+    hook so the ``aws_default`` connection decides the endpoint and credentials.
+    """
+
+    max_batch = 25
+    max_attempts = 8
+
+    def __init__(self, client: Any, config: NotifyConfig) -> None:
+        from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+        self.client = client
+        self.config = config
+        self._serializer = TypeSerializer()
+        self._deserializer = TypeDeserializer()
+
+    @classmethod
+    def from_config(cls, config: NotifyConfig) -> Dynamo:
+        """A client for the configured endpoint; local endpoints get dummy credentials."""
+        import boto3
+        from botocore.config import Config
+
+        kwargs: dict[str, Any] = {
+            "region_name": config.aws_region,
+            "config": Config(retries={"max_attempts": 10, "mode": "adaptive"}, max_pool_connections=32),
+        }
+        if config.dynamodb_endpoint_url:
+            kwargs["endpoint_url"] = config.dynamodb_endpoint_url
+            kwargs["aws_access_key_id"] = "local"
+            kwargs["aws_secret_access_key"] = "local"
+        return cls(boto3.client("dynamodb", **kwargs), config)
+
+    @classmethod
+    def from_airflow(cls, config: NotifyConfig) -> Dynamo:
+        """A client built by the Amazon provider's hook from the ``aws_conn_id`` connection."""
+        from airflow.providers.amazon.aws.hooks.dynamodb import DynamoDBHook
+
+        hook = DynamoDBHook(aws_conn_id=config.aws_conn_id, region_name=config.aws_region)
+        return cls(hook.get_conn().meta.client, config)
+
+    # ----------------------------------------------------------------- tables
+    def table(self, logical_name: str) -> str:
+        if logical_name not in TABLES_BY_NAME:
+            raise KeyError(f"unknown table {logical_name!r}; known: {sorted(TABLES_BY_NAME)}")
+        return self.config.table_name(logical_name)
+
+    def create_tables(self, specs: Iterable[TableSpec] = TABLES) -> list[str]:
+        """Create missing tables (on-demand billing) and wait for them; returns those created."""
+        existing = set(self.list_tables())
+        created = []
+        for spec in specs:
+            name = self.config.table_name(spec.name)
+            if name in existing:
+                continue
+            self.client.create_table(**_create_table_request(name, spec))
+            created.append(name)
+        for name in created:
+            self.client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100})
+        if created:
+            log.info("created %d tables: %s", len(created), ", ".join(created))
+        return created
+
+    def delete_tables(self) -> None:
+        """Drop every Notify table under this prefix (tests and `notify reset`)."""
+        for name in self.list_tables():
+            self.client.delete_table(TableName=name)
+
+    def list_tables(self) -> list[str]:
+        names: list[str] = []
+        kwargs: dict[str, Any] = {}
+        while True:
+            page = self.client.list_tables(**kwargs)
+            names += [n for n in page["TableNames"] if n.startswith(self.config.table_prefix)]
+            if "LastEvaluatedTableName" not in page:
+                return names
+            kwargs["ExclusiveStartTableName"] = page["LastEvaluatedTableName"]
+
+    # ----------------------------------------------------------------- writes
+    def serialize(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: self._serializer.serialize(v) for k, v in to_item(record).items()}
+
+    def deserialize(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: from_dynamo_value(self._deserializer.deserialize(v)) for k, v in item.items()}
+
+    def put_items(self, logical_name: str, records: Iterable[Mapping[str, Any]]) -> int:
+        """Batch-write records (last write per key wins); returns how many were written.
+
+        Unprocessed items are retried with exponential back-off and jitter; after
+        ``max_attempts`` the call raises, naming the table and how many items were left.
+        """
+        table = self.table(logical_name)
+        spec = TABLES_BY_NAME[logical_name]
+        written = 0
+        batch: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for record in records:
+            item = self.serialize(record)
+            key = tuple(str(item.get(k)) for k in (spec.hash_key, spec.range_key) if k)
+            # A batch may not hold one key twice; the later record wins, as a put would.
+            batch[key] = item
+            if len(batch) == self.max_batch:
+                written += self._write_batch(table, list(batch.values()))
+                batch = {}
+        if batch:
+            written += self._write_batch(table, list(batch.values()))
+        return written
+
+    def delete_keys(self, logical_name: str, keys: Iterable[Mapping[str, Any]]) -> int:
+        """Batch-delete items by key, with the same retry policy as ``put_items``."""
+        table = self.table(logical_name)
+        requests = [{"DeleteRequest": {"Key": self.serialize(key)}} for key in keys]
+        deleted = 0
+        for start in range(0, len(requests), self.max_batch):
+            deleted += self._send(table, requests[start : start + self.max_batch])
+        return deleted
+
+    def _write_batch(self, table: str, items: list[dict[str, Any]]) -> int:
+        return self._send(table, [{"PutRequest": {"Item": item}} for item in items])
+
+    def _send(self, table: str, requests: list[dict[str, Any]]) -> int:
+        pending = requests
+        for attempt in range(self.max_attempts):
+            response = self.client.batch_write_item(RequestItems={table: pending})
+            pending = response.get("UnprocessedItems", {}).get(table, [])
+            if not pending:
+                return len(requests)
+            time.sleep(min(5.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+        raise RuntimeError(f"{table}: {len(pending)} of {len(requests)} items still unprocessed after {self.max_attempts} attempts")
+
+    def put(self, logical_name: str, record: Mapping[str, Any], **conditions: Any) -> None:
+        """Write one item; ``conditions`` are passed to PutItem (e.g. ConditionExpression)."""
+        self.client.put_item(TableName=self.table(logical_name), Item=self.serialize(record), **conditions)
+
+    # ----------------------------------------------------------------- reads
+    def get(self, logical_name: str, key: Mapping[str, Any], consistent: bool = False) -> dict[str, Any] | None:
+        response = self.client.get_item(TableName=self.table(logical_name), Key=self.serialize(key), ConsistentRead=consistent)
+        item = response.get("Item")
+        return self.deserialize(item) if item else None
+
+    def batch_get(self, logical_name: str, keys: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Get many items by key (100 per request, unprocessed keys retried)."""
+        table = self.table(logical_name)
+        unique = {tuple(sorted((k, str(v)) for k, v in key.items())): key for key in keys}
+        all_keys = [self.serialize(key) for key in unique.values()]
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(all_keys), 100):
+            request: dict[str, Any] = {table: {"Keys": all_keys[start : start + 100]}}
+            for attempt in range(self.max_attempts):
+                response = self.client.batch_get_item(RequestItems=request)
+                found += [self.deserialize(item) for item in response["Responses"].get(table, [])]
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                time.sleep(min(5.0, 0.05 * 2**attempt))
+            else:
+                raise RuntimeError(f"{table}: keys still unprocessed after {self.max_attempts} attempts")
+        return found
+
+    def query(self, logical_name: str, index: str | None = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """All pages of a query; pass KeyConditionExpression and ExpressionAttributeValues as Python values."""
+        request: dict[str, Any] = {"TableName": self.table(logical_name), **kwargs}
+        if index:
+            request["IndexName"] = index
+        if "ExpressionAttributeValues" in request:
+            request["ExpressionAttributeValues"] = self.serialize(request["ExpressionAttributeValues"])
+        while True:
+            page = self.client.query(**request)
+            for item in page.get("Items", []):
+                yield self.deserialize(item)
+            if "LastEvaluatedKey" not in page:
+                return
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def scan(self, logical_name: str, segments: int = 1) -> Iterator[dict[str, Any]]:
+        """Every item of a table: for analysts' exports and batch jobs only, never for dispatch."""
+        for segment in range(segments):
+            request: dict[str, Any] = {"TableName": self.table(logical_name)}
+            if segments > 1:
+                request.update(Segment=segment, TotalSegments=segments)
+            while True:
+                page = self.client.scan(**request)
+                for item in page.get("Items", []):
+                    yield self.deserialize(item)
+                if "LastEvaluatedKey" not in page:
+                    break
+                request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def count(self, logical_name: str) -> int:
+        """Exact item count by a SELECT COUNT scan (DescribeTable's count is only refreshed every 6 h on AWS)."""
+        total = 0
+        request: dict[str, Any] = {"TableName": self.table(logical_name), "Select": "COUNT"}
+        while True:
+            page = self.client.scan(**request)
+            total += page["Count"]
+            if "LastEvaluatedKey" not in page:
+                return total
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _create_table_request(name: str, spec: TableSpec) -> dict[str, Any]:
+    attributes = {spec.hash_key}
+    key_schema = [{"AttributeName": spec.hash_key, "KeyType": "HASH"}]
+    if spec.range_key:
+        attributes.add(spec.range_key)
+        key_schema.append({"AttributeName": spec.range_key, "KeyType": "RANGE"})
+    indexes = []
+    for index in spec.indexes:
+        index_keys = [{"AttributeName": index.hash_key, "KeyType": "HASH"}]
+        attributes.add(index.hash_key)
+        if index.range_key:
+            index_keys.append({"AttributeName": index.range_key, "KeyType": "RANGE"})
+            attributes.add(index.range_key)
+        indexes.append({"IndexName": index.name, "KeySchema": index_keys, "Projection": {"ProjectionType": "ALL"}})
+    request: dict[str, Any] = {
+        "TableName": name,
+        "KeySchema": key_schema,
+        "AttributeDefinitions": [{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+    if indexes:
+        request["GlobalSecondaryIndexes"] = indexes
+    return request
