@@ -119,7 +119,9 @@ def load_config(environ: dict[str, str] | None = None) -> NotifyConfig:
             continue
         name = key[len("NOTIFY_") :].lower()
         if name not in known:
-            raise ValueError(f"unknown setting {key}; known: NOTIFY_{', NOTIFY_'.join(sorted(k.upper() for k in known))}")
+            raise ValueError(
+                f"unknown setting {key}; known: NOTIFY_{', NOTIFY_'.join(sorted(k.upper() for k in known))}"
+            )
         values[name] = _coerce(raw, getattr(defaults, name))
     config = dataclasses.replace(defaults, **values)
     _validate(config)

@@ -141,7 +141,9 @@ def start_service(
     if host not in {"127.0.0.1", "localhost", "::1"}:
         raise ServiceError(f"{name}: refusing to bind {host}; local services listen on loopback only")
     if port_in_use(host, port):
-        raise ServiceError(f"{name}: port {port} on {host} is already taken by another process; set another port in local.env")
+        raise ServiceError(
+            f"{name}: port {port} on {host} is already taken by another process; set another port in local.env"
+        )
     data_dir = state_dir / "data" / name
     log_dir = state_dir / "logs"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -241,7 +243,9 @@ def service_status(config: NotifyConfig) -> dict[str, str]:
     return status
 
 
-def services_up(config: NotifyConfig, names: tuple[str, ...] = SERVICE_NAMES, echo: Callable[[str], None] = print) -> None:
+def services_up(
+    config: NotifyConfig, names: tuple[str, ...] = SERVICE_NAMES, echo: Callable[[str], None] = print
+) -> None:
     """Start the configured local services, reusing ones already running (idempotent)."""
     endpoints = configured_endpoints(config)
     for name in names:

@@ -260,7 +260,9 @@ class Dynamo:
             if not pending:
                 return len(requests)
             time.sleep(min(5.0, 0.05 * 2**attempt) * (0.5 + random.random()))
-        raise RuntimeError(f"{table}: {len(pending)} of {len(requests)} items still unprocessed after {self.max_attempts} attempts")
+        raise RuntimeError(
+            f"{table}: {len(pending)} of {len(requests)} items still unprocessed after {self.max_attempts} attempts"
+        )
 
     def put(self, logical_name: str, record: Mapping[str, Any], **conditions: Any) -> None:
         """Write one item; ``conditions`` are passed to PutItem (e.g. ConditionExpression)."""
@@ -268,7 +270,9 @@ class Dynamo:
 
     # ----------------------------------------------------------------- reads
     def get(self, logical_name: str, key: Mapping[str, Any], consistent: bool = False) -> dict[str, Any] | None:
-        response = self.client.get_item(TableName=self.table(logical_name), Key=self.serialize(key), ConsistentRead=consistent)
+        response = self.client.get_item(
+            TableName=self.table(logical_name), Key=self.serialize(key), ConsistentRead=consistent
+        )
         item = response.get("Item")
         return self.deserialize(item) if item else None
 
