@@ -158,10 +158,15 @@ def config_from_airflow(base: NotifyConfig | None = None) -> NotifyConfig:
         _log_missing(config.aws_conn_id, error)
     if aws is not None:
         extra = aws.extra_dejson
+        # The Amazon provider's own convention: a global endpoint_url, overridden per service.
+        services = extra.get("service_config") or {}
         endpoint = extra.get("endpoint_url") or ""
-        if endpoint:
-            changes["dynamodb_endpoint_url"] = extra.get("dynamodb_endpoint_url", endpoint)
-            changes["aws_endpoint_url"] = extra.get("service_endpoint_url", config.aws_endpoint_url or endpoint)
+        dynamodb_endpoint = (services.get("dynamodb") or {}).get("endpoint_url") or endpoint
+        aws_endpoint = (services.get("sns") or {}).get("endpoint_url") or endpoint
+        if dynamodb_endpoint:
+            changes["dynamodb_endpoint_url"] = dynamodb_endpoint
+        if aws_endpoint:
+            changes["aws_endpoint_url"] = aws_endpoint
         if extra.get("region_name"):
             changes["aws_region"] = extra["region_name"]
     try:
