@@ -39,6 +39,9 @@ class NotifyConfig:
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_conn_id: str = "kafka_default"
     topic_prefix: str = "notify."
+    # Stream ingestion: the consumer group that owns the offsets, and the largest message accepted.
+    stream_group_id: str = "notify-stream-ingest"
+    stream_max_message_bytes: int = 65536
     # Spark: "local" runs spark-submit on this machine; "emr_serverless" hands jobs to EMR.
     spark_runner: str = "local"
     spark_master: str = "local[*]"
