@@ -10,30 +10,14 @@ STATE := $(ROOT)/.notify
 STAMP := $(VENV)/.installed
 NODE_STAMP := $(STATE)/node/.installed
 DEMO_USERS ?= 2000
+AIRFLOW_PORT ?= 8080
 
-include local.env
-export NOTIFY_DYNAMODB_ENDPOINT_URL NOTIFY_AWS_ENDPOINT_URL NOTIFY_KAFKA_BOOTSTRAP
+# Services, Airflow and connections are configured by include/notify/localenv.py from local.env,
+# so `make` targets, the `notify` CLI and the tests all see the same settings.
 export NOTIFY_STATE_DIR := $(STATE)
-export AIRFLOW_HOME := $(STATE)/airflow
-export AIRFLOW__CORE__DAGS_FOLDER := $(ROOT)/dags
-export AIRFLOW__CORE__PLUGINS_FOLDER := $(ROOT)/plugins
-export AIRFLOW__CORE__LOAD_EXAMPLES := False
-export AIRFLOW__CORE__PARALLELISM := 4
-export AIRFLOW__CORE__EXECUTOR := LocalExecutor
-export AIRFLOW__API__HOST := 127.0.0.1
-export AIRFLOW__API__PORT ?= 8080
-export AIRFLOW__LOGGING__LOGGING_LEVEL := WARNING
-export AIRFLOW_CONN_AWS_DEFAULT := {"conn_type": "aws", "login": "local", "password": "local", "extra": {"region_name": "us-east-1", "service_config": {"dynamodb": {"endpoint_url": "$(NOTIFY_DYNAMODB_ENDPOINT_URL)"}, "sns": {"endpoint_url": "$(NOTIFY_AWS_ENDPOINT_URL)"}, "ses": {"endpoint_url": "$(NOTIFY_AWS_ENDPOINT_URL)"}}}}
-export AIRFLOW_CONN_KAFKA_DEFAULT := {"conn_type": "kafka", "extra": {"bootstrap.servers": "$(NOTIFY_KAFKA_BOOTSTRAP)", "group.id": "notify"}}
-export HF_HUB_OFFLINE := 1
-export TRANSFORMERS_OFFLINE := 1
-export TOKENIZERS_PARALLELISM := false
-export NUMBA_CACHE_DIR := $(STATE)/numba
-export PYSPARK_PYTHON := $(PY)
-export PYSPARK_DRIVER_PYTHON := $(PY)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test test-fast lint services-up services-down services-status airflow export bench lock clean
+.PHONY: setup demo test test-fast lint services-up services-down services-status airflow export-tables bench lock clean
 
 ## setup: virtualenv with the pinned stack, dynalite, Airflow metadata DB (fast when already done)
 setup: $(STAMP) $(NODE_STAMP)
@@ -78,14 +62,13 @@ services-down:
 services-status:
 	$(VENV)/bin/notify services status
 
-## airflow: the Airflow UI on http://127.0.0.1:$(AIRFLOW__API__PORT) with Notify's DAGs (Ctrl-C stops it)
+## airflow: the Airflow UI on http://127.0.0.1:8080 with Notify's DAGs (Ctrl-C stops it)
 airflow: setup
 	$(VENV)/bin/notify services up
-	@echo "Log in as 'admin'; the password is in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
-	$(VENV)/bin/airflow standalone
+	$(VENV)/bin/notify airflow --port $(AIRFLOW_PORT)
 
-## export: every table to Parquet under .notify/export for analysts
-export: setup
+## export-tables: every table to Parquet under .notify/export for analysts
+export-tables: setup
 	$(VENV)/bin/notify export --out $(STATE)/export
 
 ## bench: the benchmark scripts whose results are in README

@@ -1,0 +1,205 @@
+"""``notify``: the command line for operators and analysts.
+
+Operators: ``services up|down|status``, ``init``, ``generate``, ``demo``, ``airflow``.
+Analysts: ``explain USER_ID``, ``plan USER_ID``, ``deliveries USER_ID``, ``export``.
+Outside Airflow the configuration comes from ``NOTIFY_*`` variables, with ``local.env`` filling
+what is unset, so the same command works in a checkout and against AWS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from include.notify.config import NotifyConfig, load_config
+from include.notify.localenv import airflow_environment, apply_local_env
+
+
+def _config() -> NotifyConfig:
+    apply_local_env()
+    return load_config()
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    from include.notify import services
+
+    config = _config()
+    if args.action == "up":
+        services.services_up(config)
+        _migrate_airflow_db(config)
+    elif args.action == "down":
+        services.services_down(config)
+    for name, state in services.service_status(config).items():
+        print(f"{name:9s} {state}")
+    return 0
+
+
+def _migrate_airflow_db(config: NotifyConfig) -> None:
+    """The Airflow metadata DB (SQLite) is the third local service; migrating is idempotent."""
+    import subprocess
+
+    env = {**os.environ, **airflow_environment(config)}
+    marker = config.state_dir / "airflow" / ".migrated"
+    if marker.exists():
+        print(f"{'airflow':9s} metadata DB ready at {config.state_dir / 'airflow'}")
+        return
+    result = subprocess.run(["airflow", "db", "migrate"], env=env, capture_output=True, text=True, check=False)  # noqa: S607
+    if result.returncode != 0:
+        print(result.stdout[-2000:] + result.stderr[-2000:], file=sys.stderr)
+        raise SystemExit("airflow db migrate failed")
+    marker.touch()
+    print(f"{'airflow':9s} metadata DB migrated at {config.state_dir / 'airflow'}")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from include.notify.storage import Dynamo
+    from include.notify.topics import ensure_topics
+
+    config = _config()
+    created = Dynamo.from_config(config).create_tables()
+    topics = ensure_topics(config)
+    print(f"tables created: {len(created)}; topics created: {len(topics)} (existing ones left as they are)")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from include.notify.datagen import generate_dataset
+
+    config = _config()
+    counts = generate_dataset(config, args.users, args.date, args.seed)
+    for table, rows in counts.items():
+        print(f"{table:18s} {rows:>10,d} rows -> {config.lake_path('raw', table, args.date)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from include.notify.demo import run_demo
+
+    return run_demo(
+        _config(), users=args.users, run_date=args.date, loop_users=args.loop_users, loop_days=args.loop_days
+    )
+
+
+def cmd_airflow(args: argparse.Namespace) -> int:
+    config = _config()
+    _migrate_airflow_db(config)
+    env = {**os.environ, **airflow_environment(config), "AIRFLOW__API__PORT": str(args.port)}
+    password_file = config.state_dir / "airflow" / "simple_auth_manager_passwords.json.generated"
+    print(f"Airflow UI on http://127.0.0.1:{args.port} - user 'admin', password in {password_file}")
+    os.execvpe("airflow", ["airflow", "standalone"], env)  # noqa: S606, S607
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from include.notify.explain import explain_user
+    from include.notify.storage import Dynamo
+
+    config = _config()
+    print(explain_user(config, Dynamo.from_config(config), args.user_id))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from include.notify.planning import describe_plan
+    from include.notify.storage import Dynamo
+
+    config = _config()
+    print(describe_plan(config, Dynamo.from_config(config), args.user_id, args.date))
+    return 0
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    from include.notify.dispatch import describe_deliveries
+    from include.notify.storage import Dynamo
+
+    config = _config()
+    print(describe_deliveries(config, Dynamo.from_config(config), args.user_id))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from include.notify.export import export_tables
+
+    config = _config()
+    for table, (rows, path) in export_tables(config, Path(args.out), args.tables).items():
+        print(f"{table:24s} {rows:>10,d} rows -> {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="notify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    services = sub.add_parser("services", help="start, stop or show the local services (loopback only)")
+    services.add_argument("action", choices=["up", "down", "status"])
+    services.set_defaults(func=cmd_services)
+
+    sub.add_parser("init", help="create every DynamoDB table and Kafka topic (idempotent)").set_defaults(func=cmd_init)
+
+    generate = sub.add_parser("generate", help="write a synthetic day of raw data into the lake")
+    generate.add_argument("--users", type=int, default=2000)
+    generate.add_argument("--date", type=date.fromisoformat, default=_today())
+    generate.add_argument("--seed", type=int, default=7)
+    generate.set_defaults(func=cmd_generate)
+
+    demo = sub.add_parser("demo", help="run the daily cycle end to end on generated data and report")
+    demo.add_argument("--users", type=int, default=2000)
+    demo.add_argument("--date", type=date.fromisoformat, default=_today())
+    demo.add_argument("--loop-users", type=int, default=500, help="users in the closing closed-loop run (0 skips)")
+    demo.add_argument("--loop-days", type=int, default=3)
+    demo.set_defaults(func=cmd_demo)
+
+    airflow = sub.add_parser("airflow", help="run the Airflow UI and scheduler locally with Notify's DAGs")
+    airflow.add_argument("--port", type=int, default=8080)
+    airflow.set_defaults(func=cmd_airflow)
+
+    explain = sub.add_parser("explain", help="why a user gets what: features, top campaigns, top products")
+    explain.add_argument("user_id")
+    explain.set_defaults(func=cmd_explain)
+
+    plan = sub.add_parser("plan", help="a user's planned day, in local and UTC time, and why each slot")
+    plan.add_argument("user_id")
+    plan.add_argument("--date", type=date.fromisoformat, default=None, help="local day (default: the latest planned)")
+    plan.set_defaults(func=cmd_plan)
+
+    deliveries = sub.add_parser("deliveries", help="what was sent to a user, on which channel")
+    deliveries.add_argument("user_id")
+    deliveries.set_defaults(func=cmd_deliveries)
+
+    export = sub.add_parser("export", help="export DynamoDB tables to Parquet for analysts")
+    export.add_argument("--out", default=str(Path(os.environ.get("NOTIFY_STATE_DIR", ".notify")) / "export"))
+    export.add_argument("--tables", nargs="*", default=None, help="logical table names (default: all)")
+    export.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except Exception as error:
+        from include.notify.services import ServiceError
+
+        if isinstance(error, ServiceError):
+            print(f"notify: {error}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
