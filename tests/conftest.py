@@ -7,15 +7,29 @@ prefix / topic prefix so tests never see each other's data.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from include.notify.config import NotifyConfig, load_config
+from include.notify.config import REPO_ROOT, NotifyConfig, load_config
 from include.notify.services import RunningService, free_port, start_service
 
+# Airflow reads its configuration once, at first import: point it at a throw-away home now.
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="notify-test-airflow-")
+os.environ.update(
+    {
+        "AIRFLOW_HOME": _AIRFLOW_HOME,
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+    }
+)
+os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO_ROOT / ".notify" / "numba"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
