@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from include.notify.config import CATALOG_PATH as CATALOG
 from include.notify.config import REPO_ROOT, NotifyConfig, load_config
 from include.notify.services import RunningService, free_port, start_service
 
@@ -33,8 +34,6 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO_ROOT / ".notify" / "numba"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from include.notify.config import CATALOG_PATH as CATALOG
 
 
 def _service(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
