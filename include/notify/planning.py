@@ -1,0 +1,880 @@
+"""The daily planner: which recommended campaigns each user gets today, and at what minute.
+
+For every user and the user's own LOCAL day ``D`` the planner picks up to the daily cap from the
+user's top-10 recommendations and places each in an hour of that day:
+
+- only campaigns that are in curated, ``active``, inside their window on ``D``, eligible for the
+  user's segment, out of their cooldown, for users who did not opt out;
+- never in the user's quiet hours (per-user override, else the configured 22:00-08:00), never
+  closer than ``min_gap_minutes`` to another notification of the same user (planned or sent);
+- higher priority first, then higher score, each taking the best remaining hour of the user's
+  smoothed engagement-by-hour (population prior for users without features);
+- at a deterministic minute within the hour (a hash of user and day), so the fleet does not all
+  fire at :00 and re-planning the same day gives the same minutes.
+
+``build_plan`` is the pure core (DataFrames in, plan rows out): vectorised with NumPy over
+users x 24 hours, looping only over the <= 10 candidate ranks, never over users or minutes.
+``plan_day`` adds the I/O: lake inputs, the existing schedule, and an idempotent write that
+replaces a user-day's unsent items and never touches sending/sent ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import pandas as pd
+
+from include.notify.config import NotifyConfig
+from include.notify.storage import Dynamo
+
+log = logging.getLogger(__name__)
+
+HOURS = 24
+TOP_K = 10
+# Fatigue: after this many ignored notifications in a row the cap halves; after twice as many it is 1.
+FATIGUE_STREAK = 3
+# Items due sooner than this after "now" may be claimed by a dispatcher while we write, so they
+# are written with conditional single-item operations instead of unconditional batches.
+CONDITIONAL_WINDOW = timedelta(minutes=10)
+# Statuses a dispatcher owns: the planner never rewrites or deletes them.
+LOCKED_STATUSES = ("sending", "sent", "failed", "expired", "cancelled")
+# Of those, the ones that reached (or are reaching) the user: they count against cap and gap.
+DELIVERED_STATUSES = ("sending", "sent")
+
+PLAN_COLUMNS = (
+    "user_id", "send_at_campaign", "notification_id", "campaign_id", "send_at", "local_day", "local_time",
+    "timezone", "priority", "score", "reason", "status", "attempts", "product_id", "due_bucket", "due_at",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """Everything the planner needs for one local day, as plain DataFrames.
+
+    - ``users``: user_id, timezone and optionally opt_out, quiet_start_hour, quiet_end_hour,
+      daily_cap (per-user overrides, null = default), engagement_by_hour (24 local-hour weights),
+      ignored_streak, segment, total_orders.
+    - ``recommendations``: user_id, campaign_id, rank, score (the scoring stage's flat lake copy).
+    - ``campaigns``: the curated campaigns: campaign_id, status, start_date, end_date, priority and
+      optionally eligibility, cooldown_days, target_article_types (pipe-separated).
+    - ``products``: optional recommended products: user_id, product_id, rank, article_type.
+    - ``recent_sends``: optional notifications sent before: user_id, campaign_id, sent_at (UTC).
+    - ``existing``: optional schedule items of this local day already in DynamoDB (user_id,
+      campaign_id, send_at, status); sending/sent ones count against cap and gap.
+    """
+
+    day: date
+    users: pd.DataFrame
+    recommendations: pd.DataFrame
+    campaigns: pd.DataFrame
+    products: pd.DataFrame | None = None
+    recent_sends: pd.DataFrame | None = None
+    existing: pd.DataFrame | None = None
+
+
+@dataclass
+class PlanResult:
+    """The plan (one row per notification, columns ``PLAN_COLUMNS``) and every candidate not planned.
+
+    Every recommendation row ends up in exactly one of the two: ``len(recommendations) ==
+    len(plan) + len(skipped)``; ``skipped.reason`` names why (``opted_out``, ``cooldown``, ...).
+    """
+
+    plan: pd.DataFrame
+    skipped: pd.DataFrame
+    candidates: int = 0
+
+    def counts(self) -> dict[str, int]:
+        """Candidates in, planned out, skipped by reason."""
+        counts = {"candidates": self.candidates, "planned": len(self.plan), "skipped": len(self.skipped)}
+        for reason, number in self.skipped["reason"].value_counts().sort_index().items():
+            counts[f"skipped_{reason}"] = int(number)
+        return counts
+
+
+# ------------------------------------------------------------------------------------------ core
+def build_plan(config: NotifyConfig, inputs: PlanInputs, not_before: datetime | None = None) -> PlanResult:
+    """Plan one local day for every user with recommendations; pure and deterministic.
+
+    Guarantees for every user: at most the (fatigue-adjusted) cap including already-sent items of
+    the day, no send in local quiet hours or before ``not_before``, gaps >= ``min_gap_minutes``,
+    only curated, active, in-window, eligible campaigns out of cooldown, nothing for opted-out users.
+    """
+    day = inputs.day
+    recs = _clean_recommendations(inputs.recommendations)
+    candidates = len(recs)
+    skipped: list[pd.DataFrame] = []
+
+    def drop(mask: np.ndarray | pd.Series, reason: str) -> None:
+        nonlocal recs
+        mask = np.asarray(mask, dtype=bool)
+        if mask.any():
+            skipped.append(recs.loc[mask, ["user_id", "campaign_id"]].assign(reason=reason))
+            recs = recs.loc[~mask]
+
+    duplicated = recs.duplicated(["user_id", "campaign_id"], keep="first").to_numpy()
+    drop(duplicated, "duplicate_recommendation")
+    drop(recs.groupby("user_id", sort=False).cumcount().to_numpy() >= TOP_K, "beyond_top_10")
+
+    users = _clean_users(config, inputs.users)
+    recs = recs.merge(users, on="user_id", how="left", indicator="_user")
+    drop(recs["_user"].to_numpy() == "left_only", "unknown_user")
+    drop(recs["opt_out"].to_numpy(), "opted_out")
+
+    campaigns = _clean_campaigns(config, inputs.campaigns)
+    recs = recs.merge(campaigns, on="campaign_id", how="left", indicator="_campaign")
+    drop(recs["_campaign"].to_numpy() == "left_only", "campaign_not_curated")
+    drop(recs["status"].to_numpy() != "active", "campaign_not_active")
+    day64 = np.datetime64(day, "D")
+    drop(~((recs["start_date"].to_numpy() <= day64) & (day64 <= recs["end_date"].to_numpy())), "outside_window")
+    drop(~_eligible(recs), "not_eligible")
+    drop(_in_cooldown(recs, inputs.recent_sends, day), "cooldown")
+
+    existing = _existing_frame(inputs.existing)
+    closed = existing[existing["status"].isin(LOCKED_STATUSES)]
+    if len(closed):
+        keys = recs["user_id"].astype(str) + "\x00" + recs["campaign_id"].astype(str)
+        done = set(closed["user_id"].astype(str) + "\x00" + closed["campaign_id"].astype(str))
+        drop(keys.isin(done).to_numpy(), "already_handled_today")
+
+    recs = recs.sort_values(
+        ["user_id", "priority", "score", "rank"], ascending=[True, False, False, True], kind="stable"
+    )
+    plan, unplaced = _place(config, recs.reset_index(drop=True), existing, day, not_before)
+    skipped.append(unplaced)
+    plan = _attach_products(plan, inputs.products, campaigns)
+    skipped_frame = (
+        pd.concat(skipped, ignore_index=True) if skipped else pd.DataFrame(columns=["user_id", "campaign_id", "reason"])
+    )
+    result = PlanResult(plan=plan, skipped=skipped_frame, candidates=candidates)
+    if candidates != len(result.plan) + len(result.skipped):
+        raise AssertionError(f"planner lost candidates: {candidates} in, {len(plan)} planned + {len(skipped_frame)}")
+    return result
+
+
+def _clean_recommendations(frame: pd.DataFrame) -> pd.DataFrame:
+    missing = {"user_id", "campaign_id"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"recommendations lack columns {sorted(missing)}")
+    recs = frame.loc[:, [c for c in ("user_id", "campaign_id", "rank", "score") if c in frame.columns]].copy()
+    if "rank" not in recs:
+        recs["rank"] = recs.groupby("user_id", sort=False).cumcount() + 1
+    if "score" not in recs:
+        recs["score"] = 0.0
+    recs["rank"] = pd.to_numeric(recs["rank"], errors="coerce").fillna(TOP_K + 1).astype("int64")
+    recs["score"] = pd.to_numeric(recs["score"], errors="coerce").fillna(0.0).astype("float64")
+    return recs.sort_values(["user_id", "rank"], kind="stable").reset_index(drop=True)
+
+
+def _nullable_int(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """An int column with nulls (absent, NaN, negative) as -1."""
+    if column not in frame:
+        return np.full(len(frame), -1, dtype=np.int64)
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    return np.where(np.isnan(values) | (values < 0), -1, values).astype(np.int64)
+
+
+def _clean_users(config: NotifyConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    if "user_id" not in frame or "timezone" not in frame:
+        raise ValueError("users need user_id and timezone columns")
+    users = pd.DataFrame({"user_id": frame["user_id"].to_numpy(), "timezone": frame["timezone"].fillna("UTC")})
+    users["opt_out"] = frame["opt_out"].fillna(False).astype(bool).to_numpy() if "opt_out" in frame else False
+    quiet_start = _nullable_int(frame, "quiet_start_hour")
+    quiet_end = _nullable_int(frame, "quiet_end_hour")
+    # An override needs both ends; half an override falls back to the default window.
+    override = (quiet_start >= 0) & (quiet_end >= 0)
+    users["quiet_start"] = np.where(override, quiet_start, config.quiet_start_hour)
+    users["quiet_end"] = np.where(override, quiet_end, config.quiet_end_hour)
+    cap = _nullable_int(frame, "daily_cap")
+    cap = np.where(cap >= 0, cap, config.daily_cap)
+    streak = np.maximum(_nullable_int(frame, "ignored_streak"), 0)
+    users["base_cap"] = cap
+    users["ignored_streak"] = streak
+    users["cap"] = fatigue_cap(cap, streak)
+    users["segment"] = frame["segment"].fillna("").astype(str).to_numpy() if "segment" in frame else ""
+    users["total_orders"] = np.maximum(_nullable_int(frame, "total_orders"), 0)
+    users["engagement"] = frame["engagement_by_hour"].to_numpy() if "engagement_by_hour" in frame else None
+    return users.drop_duplicates("user_id", keep="last")
+
+
+def fatigue_cap(cap: np.ndarray, ignored_streak: np.ndarray) -> np.ndarray:
+    """The cap for users who ignore us: halved (rounded up) after 3 ignored in a row, 1 after 6."""
+    cap = np.asarray(cap, dtype=np.int64)
+    streak = np.asarray(ignored_streak, dtype=np.int64)
+    halved = np.where(streak >= FATIGUE_STREAK, (cap + 1) // 2, cap)
+    return np.where(streak >= 2 * FATIGUE_STREAK, np.minimum(cap, 1), halved)
+
+
+def _clean_campaigns(config: NotifyConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    needed = {"campaign_id", "status", "start_date", "end_date", "priority"}
+    missing = needed - set(frame.columns)
+    if missing:
+        raise ValueError(f"campaigns lack columns {sorted(missing)}")
+    campaigns = pd.DataFrame(
+        {
+            "campaign_id": frame["campaign_id"].astype(str).to_numpy(),
+            "status": frame["status"].astype(str).to_numpy(),
+            "start_date": pd.to_datetime(frame["start_date"]).to_numpy().astype("datetime64[D]"),
+            "end_date": pd.to_datetime(frame["end_date"]).to_numpy().astype("datetime64[D]"),
+            "priority": pd.to_numeric(frame["priority"], errors="coerce").fillna(1).astype("int64").to_numpy(),
+            "eligibility": frame["eligibility"].fillna("all").astype(str).to_numpy()
+            if "eligibility" in frame
+            else "all",
+        }
+    )
+    cooldown = _nullable_int(frame, "cooldown_days")
+    campaigns["cooldown_days"] = np.where(cooldown >= 0, cooldown, config.cooldown_days)
+    targets = frame["target_article_types"] if "target_article_types" in frame else pd.Series([""] * len(frame))
+    campaigns["targets"] = targets.fillna("").astype(str).to_numpy()
+    return campaigns.drop_duplicates("campaign_id", keep="last")
+
+
+def _eligible(recs: pd.DataFrame) -> np.ndarray:
+    """Campaign eligibility against the user's segment (features contract).
+
+    ``new_users``: segment ``new``; ``returning``: at least one order; ``lapsed``: segment
+    ``lapsed``; ``all`` (or empty): everyone. A user without features only gets ``all`` campaigns.
+    """
+    rule = recs["eligibility"].to_numpy()
+    segment = recs["segment"].fillna("").to_numpy()
+    orders = recs["total_orders"].fillna(0).to_numpy()
+    return (
+        (rule == "all")
+        | (rule == "")
+        | ((rule == "new_users") & (segment == "new"))
+        | ((rule == "returning") & (orders > 0))
+        | ((rule == "lapsed") & (segment == "lapsed"))
+    )
+
+
+def _in_cooldown(recs: pd.DataFrame, recent: pd.DataFrame | None, day: date) -> np.ndarray:
+    """True where the same campaign reached the user fewer than ``cooldown_days`` days before ``day``."""
+    if recent is None or recent.empty or recs.empty:
+        return np.zeros(len(recs), dtype=bool)
+    sent = pd.DataFrame(
+        {
+            "user_id": recent["user_id"].to_numpy(),
+            "campaign_id": recent["campaign_id"].astype(str).to_numpy(),
+            "sent_day": pd.to_datetime(recent["sent_at"], utc=True)
+            .dt.tz_localize(None)
+            .to_numpy()
+            .astype("datetime64[D]"),
+        }
+    )
+    last = sent.groupby(["user_id", "campaign_id"], sort=False)["sent_day"].max().rename("last_sent").reset_index()
+    joined = recs[["user_id", "campaign_id", "cooldown_days"]].merge(last, on=["user_id", "campaign_id"], how="left")
+    days_since = (np.datetime64(day, "D") - joined["last_sent"].to_numpy().astype("datetime64[D]")).astype("float64")
+    # NaT (never sent) compares False; a send on day D itself is handled by "already_handled_today".
+    with np.errstate(invalid="ignore"):
+        return (days_since < joined["cooldown_days"].to_numpy()) & (days_since >= 0)
+
+
+def _existing_frame(existing: pd.DataFrame | None) -> pd.DataFrame:
+    columns = ["user_id", "campaign_id", "send_at", "status"]
+    if existing is None or existing.empty:
+        return pd.DataFrame(columns=columns)
+    return existing.loc[:, columns]
+
+
+def quiet_mask(quiet_start: np.ndarray, quiet_end: np.ndarray) -> np.ndarray:
+    """(users, 24) True where a local hour is quiet; the window wraps midnight when start > end."""
+    hours = np.arange(HOURS)[None, :]
+    start = np.asarray(quiet_start)[:, None]
+    end = np.asarray(quiet_end)[:, None]
+    wrapping = (hours >= start) | (hours < end)
+    inside = (hours >= start) & (hours < end)
+    return np.where(start > end, wrapping, np.where(start < end, inside, False))
+
+
+def _hour_starts(timezones: Iterable[str], day: date) -> tuple[np.ndarray, np.ndarray]:
+    """UTC epoch seconds of each local hour start of ``day`` per time zone, and whether it exists.
+
+    A local hour skipped by a daylight-saving jump does not exist; an ambiguous one takes its
+    first occurrence. 24 conversions per distinct time zone, not per user.
+    """
+    zones = list(timezones)
+    starts = np.zeros((len(zones), HOURS), dtype=np.int64)
+    exists = np.ones((len(zones), HOURS), dtype=bool)
+    for row, name in enumerate(zones):
+        try:
+            zone = ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"unknown time zone {name!r}") from error
+        for hour in range(HOURS):
+            local = datetime(day.year, day.month, day.day, hour, tzinfo=zone)
+            utc = local.astimezone(UTC)
+            starts[row, hour] = int(utc.timestamp())
+            exists[row, hour] = utc.astimezone(zone).hour == hour
+    return starts, exists
+
+
+def population_prior(engagement: Iterable[Any]) -> np.ndarray:
+    """The mean engagement-by-hour over users who have one; flat when nobody has one yet."""
+    rows = [np.asarray(e, dtype=float) for e in engagement if e is not None and len(e) == HOURS]
+    if not rows:
+        return np.full(HOURS, 1.0 / HOURS)
+    prior = np.mean(np.stack(rows), axis=0)
+    total = prior.sum()
+    return prior / total if total > 0 else np.full(HOURS, 1.0 / HOURS)
+
+
+def _engagement_matrix(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(users, 24) engagement, new users filled with the population prior; and who has their own."""
+    own = np.array([v is not None and not isinstance(v, float) and len(v) == HOURS for v in values], dtype=bool)
+    matrix = np.empty((len(values), HOURS), dtype=np.float64)
+    if own.any():
+        matrix[own] = np.stack([np.asarray(v, dtype=np.float64) for v in values[own]])
+    matrix[~own] = population_prior(values[own]) if own.any() else np.full(HOURS, 1.0 / HOURS)
+    return matrix, own
+
+
+def minute_offsets(user_ids: pd.Series | np.ndarray, day: date) -> np.ndarray:
+    """A deterministic minute 0-59 per user and day: same on re-planning, spread across the fleet."""
+    keys = pd.Series(np.asarray(user_ids, dtype=object)).astype(str) + f"#{day.isoformat()}"
+    return (pd.util.hash_pandas_object(keys, index=False).to_numpy() % 60).astype(np.int64)
+
+
+def shard_of(user_ids: pd.Series | np.ndarray, shards: int) -> np.ndarray:
+    """The due-index shard of each user (stable across days, spreads users over the shards)."""
+    keys = pd.Series(np.asarray(user_ids, dtype=object)).astype(str)
+    return (pd.util.hash_pandas_object(keys, index=False).to_numpy() % np.uint64(shards)).astype(np.int64)
+
+
+def _place(
+    config: NotifyConfig, recs: pd.DataFrame, existing: pd.DataFrame, day: date, not_before: datetime | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Greedy placement, vectorised over users: rank k of every user picks at once."""
+    if recs.empty:
+        return pd.DataFrame(columns=list(PLAN_COLUMNS)), pd.DataFrame(columns=["user_id", "campaign_id", "reason"])
+    user_codes, user_ids = pd.factorize(recs["user_id"], sort=False)
+    first = np.unique(user_codes, return_index=True)[1]
+    per_user = recs.iloc[first].reset_index(drop=True)
+    n_users = len(user_ids)
+    tz_codes, tz_names = pd.factorize(per_user["timezone"])
+    starts, exists = _hour_starts(tz_names, day)
+    offsets = minute_offsets(per_user["user_id"], day)
+    slot_epoch = starts[tz_codes] + offsets[:, None] * 60  # (users, 24) UTC epoch of each candidate slot
+    allowed = exists[tz_codes] & ~quiet_mask(per_user["quiet_start"].to_numpy(), per_user["quiet_end"].to_numpy())
+    if not_before is not None:
+        allowed &= slot_epoch >= int(not_before.timestamp())
+    engagement, own = _engagement_matrix(per_user["engagement"].to_numpy())
+    gap = config.min_gap_minutes * 60
+    free = np.ones((n_users, HOURS), dtype=bool)
+    used = np.zeros(n_users, dtype=np.int64)
+    cap = per_user["cap"].to_numpy()
+
+    delivered = existing[existing["status"].isin(DELIVERED_STATUSES)]
+    if len(delivered):
+        codes = pd.Index(user_ids).get_indexer(delivered["user_id"])
+        keep = codes >= 0
+        codes = codes[keep]
+        sent_epoch = pd.to_datetime(delivered["send_at"].to_numpy()[keep], utc=True).astype("int64") // 10**9
+        near = np.abs(slot_epoch[codes] - np.asarray(sent_epoch)[:, None]) < gap
+        np.logical_and.at(free, codes, ~near)
+        np.add.at(used, codes, 1)
+
+    position = np.arange(len(recs)) - first[user_codes]
+    chosen_hour = np.full(len(recs), -1, dtype=np.int64)
+    reason = np.full(len(recs), "", dtype=object)
+    rows_by_rank = [np.flatnonzero(position == k) for k in range(int(position.max()) + 1)]
+    for rows in rows_by_rank:
+        users_k = user_codes[rows]
+        room = used[users_k] < cap[users_k]
+        reason[rows[~room]] = "over_cap"
+        rows, users_k = rows[room], users_k[room]
+        score = np.where(free[users_k] & allowed[users_k], engagement[users_k], -np.inf)
+        best = np.argmax(score, axis=1)
+        ok = np.isfinite(score[np.arange(len(users_k)), best])
+        reason[rows[~ok]] = "no_free_slot"
+        rows, users_k, best = rows[ok], users_k[ok], best[ok]
+        chosen_hour[rows] = best
+        used[users_k] += 1
+        chosen_epoch = slot_epoch[users_k, best]
+        free[users_k] &= np.abs(slot_epoch[users_k] - chosen_epoch[:, None]) >= gap
+
+    placed = chosen_hour >= 0
+    unplaced = recs.loc[~placed, ["user_id", "campaign_id"]].assign(reason=reason[~placed])
+    rows = np.flatnonzero(placed)
+    codes = user_codes[rows]
+    hours = chosen_hour[rows]
+    epoch = slot_epoch[codes, hours]
+    minutes = offsets[codes]
+    chosen_engagement = engagement[codes, hours]
+    # The hour's rank among the user's allowed hours, to explain the choice.
+    hour_rank = ((engagement[codes] > chosen_engagement[:, None]) & allowed[codes]).sum(axis=1) + 1
+    picked = recs.iloc[rows]
+    send_at = pd.Series(np.datetime_as_string(epoch.astype("datetime64[s]"), unit="s")) + "Z"
+    local_day = day.isoformat()
+    local_time = pd.Series(_CLOCK[hours * 60 + minutes])
+    user_col = picked["user_id"].astype(str).to_numpy()
+    campaign_col = picked["campaign_id"].astype(str).to_numpy()
+    utc_day = send_at.str.slice(0, 10)
+    shard = shard_of(user_col, config.schedule_shards)
+    prior_note = np.where(own[codes], "its engagement", "population-prior engagement")
+    reason_text = (
+        "priority " + picked["priority"].astype(str).to_numpy()
+        + ", score " + picked["score"].round(3).astype(str).to_numpy()
+        + " (rank " + picked["rank"].astype(str).to_numpy() + "); "
+        + local_time.str.slice(0, 2).to_numpy() + ":00 local is this user's #" + hour_rank.astype(str)
+        + " allowed hour by " + prior_note
+        + " (" + np.round(chosen_engagement * 100, 1).astype(str) + "% of activity); minute :"
+        + np.char.zfill(minutes.astype(str), 2) + " spreads the fleet"
+    )  # fmt: skip
+    plan = pd.DataFrame(
+        {
+            "user_id": user_col,
+            "send_at_campaign": (send_at + "#" + campaign_col).to_numpy(),
+            "notification_id": np.char.add(np.char.add(user_col.astype(str), f"#{local_day}#"), campaign_col),
+            "campaign_id": campaign_col,
+            "send_at": send_at.to_numpy(),
+            "local_day": local_day,
+            "local_time": local_time.to_numpy(),
+            "timezone": picked["timezone"].to_numpy(),
+            "priority": picked["priority"].to_numpy(),
+            "score": picked["score"].to_numpy(),
+            "reason": reason_text,
+            "status": "scheduled",
+            "attempts": 0,
+            "product_id": None,
+            "due_bucket": (utc_day + "#" + shard.astype(str)).to_numpy(),
+            "due_at": send_at.to_numpy(),
+        }
+    )
+    return plan, unplaced
+
+
+_CLOCK = np.array([f"{m // 60:02d}:{m % 60:02d}" for m in range(HOURS * 60)], dtype=object)
+
+
+def _attach_products(plan: pd.DataFrame, products: pd.DataFrame | None, campaigns: pd.DataFrame) -> pd.DataFrame:
+    """The product a message may name: the user's best-ranked recommended product of a type the
+    campaign targets, else the user's top product; none when the user has no recommended products."""
+    if plan.empty or products is None or products.empty:
+        return plan
+    ranked = products.loc[:, ["user_id", "product_id", "rank", "article_type"]].sort_values(["user_id", "rank"])
+    top = ranked.drop_duplicates("user_id")[["user_id", "product_id"]]
+    plan = plan.drop(columns="product_id").merge(top, on="user_id", how="left")
+    targeted = campaigns.loc[campaigns["targets"] != "", ["campaign_id", "targets"]]
+    if len(targeted):
+        pairs = targeted.assign(article_type=targeted["targets"].str.split("|")).explode("article_type")
+        pairs = pairs[["campaign_id", "article_type"]].drop_duplicates()
+        matches = ranked.merge(pairs, on="article_type").merge(
+            plan[["user_id", "campaign_id"]], on=["user_id", "campaign_id"]
+        )
+        best = matches.sort_values("rank").drop_duplicates(["user_id", "campaign_id"])
+        best = best[["user_id", "campaign_id", "product_id"]].rename(columns={"product_id": "_matched"})
+        plan = plan.merge(best, on=["user_id", "campaign_id"], how="left")
+        plan["product_id"] = plan["_matched"].where(plan["_matched"].notna(), plan["product_id"])
+        plan = plan.drop(columns="_matched")
+    return plan.loc[:, list(PLAN_COLUMNS)]
+
+
+# ---------------------------------------------------------------------------------------- checks
+def plan_violations(
+    config: NotifyConfig, plan: pd.DataFrame, inputs: PlanInputs, existing_sent: pd.DataFrame | None = None
+) -> list[str]:
+    """Every broken rule in a plan, one readable line each (empty when the plan is valid).
+
+    An independent re-check (per row, not vectorised) used by tests and ``plan_day``'s
+    self-check: cap, quiet hours in local time, minimum gap, campaign active/in window/eligible,
+    cooldown and opt-out.
+    """
+    problems: list[str] = []
+    users = _clean_users(config, inputs.users).set_index("user_id")
+    campaigns = _clean_campaigns(config, inputs.campaigns).set_index("campaign_id")
+    sent = existing_sent if existing_sent is not None else pd.DataFrame(columns=["user_id", "send_at"])
+    recent = inputs.recent_sends if inputs.recent_sends is not None else pd.DataFrame(columns=["user_id"])
+    for user_id, rows in plan.groupby("user_id"):
+        user = users.loc[user_id]
+        zone = ZoneInfo(str(user["timezone"]))
+        own_sent = pd.to_datetime(sent.loc[sent["user_id"] == user_id, "send_at"], utc=True)
+        if len(rows) + len(own_sent) > user["cap"]:
+            problems.append(f"{user_id}: {len(rows)} planned + {len(own_sent)} sent > cap {user['cap']}")
+        times = sorted([*pd.to_datetime(rows["send_at"], utc=True), *own_sent])
+        for earlier, later in itertools.pairwise(times):
+            if (later - earlier) < timedelta(minutes=config.min_gap_minutes):
+                problems.append(f"{user_id}: gap {later - earlier} between {earlier} and {later}")
+        if user["opt_out"]:
+            problems.append(f"{user_id}: opted out but has {len(rows)} planned")
+        for row in rows.itertuples():
+            local = pd.Timestamp(row.send_at).tz_convert(zone)
+            start, end = int(user["quiet_start"]), int(user["quiet_end"])
+            quiet = (local.hour >= start or local.hour < end) if start > end else (start <= local.hour < end)
+            if quiet:
+                problems.append(f"{row.notification_id}: {local:%H:%M} local is in quiet hours {start}-{end}")
+            if local.date() != inputs.day:
+                problems.append(f"{row.notification_id}: local day {local.date()} is not {inputs.day}")
+            if row.campaign_id not in campaigns.index:
+                problems.append(f"{row.notification_id}: campaign not in curated")
+                continue
+            campaign = campaigns.loc[row.campaign_id]
+            if campaign["status"] != "active":
+                problems.append(f"{row.notification_id}: campaign status {campaign['status']}")
+            day64 = np.datetime64(inputs.day, "D")
+            if not campaign["start_date"] <= day64 <= campaign["end_date"]:
+                problems.append(
+                    f"{row.notification_id}: outside window {campaign['start_date']}..{campaign['end_date']}"
+                )
+            rule, segment = campaign["eligibility"], user["segment"]
+            eligible = rule in ("all", "") or {
+                "new_users": segment == "new",
+                "returning": user["total_orders"] > 0,
+                "lapsed": segment == "lapsed",
+            }.get(rule, False)
+            if not eligible:
+                problems.append(f"{row.notification_id}: not eligible ({rule}, segment {segment!r})")
+            if "campaign_id" in recent and len(recent):
+                mine = recent[(recent["user_id"] == user_id) & (recent["campaign_id"] == row.campaign_id)]
+                for sent_at in pd.to_datetime(mine["sent_at"], utc=True):
+                    days = (inputs.day - sent_at.date()).days
+                    if 0 <= days < campaign["cooldown_days"]:
+                        problems.append(
+                            f"{row.notification_id}: sent {days} days ago, cooldown {campaign['cooldown_days']}"
+                        )
+    return problems
+
+
+# ------------------------------------------------------------------------------------------- I/O
+def _read_lake(config: NotifyConfig, zone: str, table: str, day: date | None = None) -> pd.DataFrame | None:
+    """A Parquet folder of the lake as pandas (None when it does not exist); hive ``dt=`` kept."""
+    import pyarrow.dataset as ds
+    from pyarrow import fs
+
+    uri = config.lake_path(zone, table, day)
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    if filesystem.get_file_info(path).type == fs.FileType.NotFound:
+        return None
+    dataset = ds.dataset(path, filesystem=filesystem, format="parquet", partitioning="hive")
+    return dataset.to_table().to_pandas()
+
+
+def _read_current(config: NotifyConfig, table: str, key: str, day: date) -> pd.DataFrame | None:
+    """An entity table's state at ``day``: the latest curated row per key over dt <= day."""
+    frame = _read_lake(config, "curated", table)
+    if frame is None:
+        return None
+    frame["dt"] = frame["dt"].astype(str)
+    frame = frame[frame["dt"] <= day.isoformat()].sort_values("dt", kind="stable")
+    return frame.drop_duplicates(key, keep="last").drop(columns="dt")
+
+
+def load_plan_inputs(config: NotifyConfig, day: date) -> PlanInputs:
+    """The planner's inputs for ``day`` from the lake: recommendations, features, users, campaigns.
+
+    Campaigns come only from curated (a campaign quarantined at ingestion, e.g. for an unsafe
+    template, can never be planned); recent sends are curated ``notification_sent`` events of the
+    longest cooldown before ``day``.
+    """
+    recommendations = _read_lake(config, "recommendations", "campaigns", day)
+    if recommendations is None:
+        raise FileNotFoundError(
+            f"no recommendations for {day} at {config.lake_path('recommendations', 'campaigns', day)}"
+        )
+    campaigns = _read_current(config, "campaigns", "campaign_id", day)
+    if campaigns is None:
+        raise FileNotFoundError(f"no curated campaigns at {config.lake_path('curated', 'campaigns')}")
+    users = _read_current(config, "users", "user_id", day)
+    features = _read_lake(config, "features", "user_features", day)
+    users = _merge_users(users, features)
+    products = _read_lake(config, "recommendations", "products", day)
+    max_cooldown = int(
+        max(config.cooldown_days, pd.to_numeric(campaigns.get("cooldown_days"), errors="coerce").max() or 0)
+    )
+    recent = _recent_sends(config, day, max_cooldown)
+    return PlanInputs(day, users, recommendations, campaigns, products, recent)
+
+
+def _merge_users(users: pd.DataFrame | None, features: pd.DataFrame | None) -> pd.DataFrame:
+    """Identity settings (time zone, overrides, opt-out) from users; behaviour from features."""
+    behaviour = ["user_id", "engagement_by_hour", "ignored_streak", "segment", "total_orders", "opt_out", "timezone"]
+    if features is not None:
+        features = features.loc[:, [c for c in behaviour if c in features.columns]]
+    if users is None and features is None:
+        raise FileNotFoundError("neither curated users nor user_features exist")
+    if users is None:
+        return features
+    settings = ["user_id", "timezone", "opt_out", "quiet_start_hour", "quiet_end_hour", "daily_cap"]
+    users = users.loc[:, [c for c in settings if c in users.columns]]
+    if features is None:
+        return users
+    merged = users.merge(features, on="user_id", how="left", suffixes=("", "_features"))
+    if "opt_out_features" in merged:
+        merged["opt_out"] = merged["opt_out"].fillna(False).astype(bool) | merged["opt_out_features"].fillna(
+            False
+        ).astype(bool)
+    return merged.drop(columns=[c for c in merged.columns if c.endswith("_features")])
+
+
+def _recent_sends(config: NotifyConfig, day: date, days: int) -> pd.DataFrame:
+    frames = []
+    for back in range(days + 1):
+        events = _read_lake(config, "curated", "clickstream", day - timedelta(days=back))
+        if events is not None and len(events):
+            sent = events[events["event_type"] == "notification_sent"]
+            frames.append(sent.loc[:, ["user_id", "campaign_id", "ts"]].rename(columns={"ts": "sent_at"}))
+    if not frames:
+        return pd.DataFrame(columns=["user_id", "campaign_id", "sent_at"])
+    return pd.concat(frames, ignore_index=True).dropna(subset=["campaign_id"])
+
+
+def read_existing(dynamo: Dynamo, user_ids: Iterable[str], day: date, workers: int = 8) -> pd.DataFrame:
+    """The schedule items of local day ``day`` for these users (one key query per user, in parallel).
+
+    A local day spans at most UTC ``day-1`` 10:00 to ``day+1`` 14:00, so the range query on
+    ``send_at_campaign`` reads only the user's items around that day, never the whole history.
+    """
+    low = f"{(day - timedelta(days=1)).isoformat()}T00"
+    high = f"{(day + timedelta(days=2)).isoformat()}T00"
+
+    def one(user_id: str) -> list[dict[str, Any]]:
+        items = dynamo.query(
+            "notification_schedule",
+            KeyConditionExpression="user_id = :u AND send_at_campaign BETWEEN :low AND :high",
+            ExpressionAttributeValues={":u": user_id, ":low": low, ":high": high},
+            ConsistentRead=True,
+        )
+        return [item for item in items if item.get("local_day") == day.isoformat()]
+
+    unique = list(dict.fromkeys(str(u) for u in user_ids))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        rows = [item for items in pool.map(one, unique) for item in items]
+    columns = ["user_id", "send_at_campaign", "campaign_id", "send_at", "status", "due_at"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def write_plan(dynamo: Dynamo, plan: pd.DataFrame, existing: pd.DataFrame, now: datetime) -> dict[str, int]:
+    """Replace the unsent items of the planned user-days with ``plan``; never touch dispatched ones.
+
+    Old ``scheduled`` items not in the new plan are deleted; new items are put. Items due within
+    ``CONDITIONAL_WINDOW`` of ``now`` could be claimed by a dispatcher meanwhile, so they are
+    written one by one with a condition (``status = scheduled``); later ones go in batches.
+    """
+    from botocore.exceptions import ClientError
+
+    horizon = _iso(now + CONDITIONAL_WINDOW)
+    new_keys = set(zip(plan["user_id"], plan["send_at_campaign"], strict=True))
+    pending = existing[existing["status"] == "scheduled"]
+    stale = [
+        (u, k, d) for u, k, d in zip(pending["user_id"], pending["send_at_campaign"], pending["due_at"], strict=True)
+        if (u, k) not in new_keys
+    ]  # fmt: skip
+    counts = {"deleted": 0, "written": 0, "lost_to_dispatch": 0}
+    batch_deletes = [{"user_id": u, "send_at_campaign": k} for u, k, d in stale if str(d) > horizon]
+    counts["deleted"] += dynamo.delete_keys("notification_schedule", batch_deletes)
+    table = dynamo.table("notification_schedule")
+    for user_id, key, due in stale:
+        if str(due) > horizon:
+            continue
+        try:
+            dynamo.client.delete_item(
+                TableName=table,
+                Key=dynamo.serialize({"user_id": user_id, "send_at_campaign": key}),
+                ConditionExpression="#s = :scheduled",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=dynamo.serialize({":scheduled": "scheduled"}),
+            )
+            counts["deleted"] += 1
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            counts["lost_to_dispatch"] += 1
+    records = plan.to_dict("records")
+    soon = [r for r in records if r["due_at"] <= horizon]
+    counts["written"] += dynamo.put_items("notification_schedule", [r for r in records if r["due_at"] > horizon])
+    for record in soon:
+        try:
+            dynamo.put(
+                "notification_schedule",
+                record,
+                ConditionExpression="attribute_not_exists(user_id) OR #s = :scheduled",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=dynamo.serialize({":scheduled": "scheduled"}),
+            )
+            counts["written"] += 1
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            counts["lost_to_dispatch"] += 1
+    return counts
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def plan_day(
+    config: NotifyConfig,
+    day: date,
+    dynamo: Dynamo | None = None,
+    now: datetime | None = None,
+    inputs: PlanInputs | None = None,
+) -> dict[str, int]:
+    """Plan local day ``day`` for every recommended user and write it; safe to re-run.
+
+    ``now`` (default: the wall clock) bounds the plan: no slot earlier than ``now`` is planned,
+    so a late re-plan does not schedule sends that would only expire. Returns counts: candidates,
+    planned, skipped by reason, deleted (replaced) and written items.
+    """
+    started = time.monotonic()
+    dynamo = dynamo or Dynamo.from_config(config)
+    now = now or datetime.now(UTC)
+    inputs = inputs or load_plan_inputs(config, day)
+    existing = read_existing(dynamo, inputs.recommendations["user_id"], day)
+    result = build_plan(config, replace(inputs, existing=existing), not_before=now)
+    counts = result.counts()
+    counts.update(write_plan(dynamo, result.plan, existing, now))
+    counts["seconds"] = math.ceil((time.monotonic() - started) * 1000) / 1000  # type: ignore[assignment]
+    log.info("planned %s: %s", day, counts)
+    return counts
+
+
+# ------------------------------------------------------------------------------------------ views
+def describe_plan(config: NotifyConfig, dynamo: Dynamo, user_id: str, day: date | None = None) -> str:
+    """A user's planned day for analysts: local and UTC times, status, and why each slot was chosen.
+
+    ``day`` is the user's local day; by default the latest day that has items.
+    """
+    items = list(
+        dynamo.query(
+            "notification_schedule",
+            KeyConditionExpression="user_id = :u",
+            ExpressionAttributeValues={":u": user_id},
+        )
+    )
+    if not items:
+        return f"{user_id}: nothing planned"
+    days = sorted({str(item.get("local_day")) for item in items})
+    chosen = day.isoformat() if day else days[-1]
+    items = sorted((i for i in items if i.get("local_day") == chosen), key=lambda i: i["send_at"])
+    if not items:
+        return f"{user_id}: nothing planned for {chosen} (planned days: {', '.join(days)})"
+    zone = items[0].get("timezone", "UTC")
+    lines = [f"{user_id} · local day {chosen} · {zone} · {len(items)} notification(s)"]
+    lines.append(f"{'local':>5}  {'UTC':>20}  {'campaign':<10} {'status':<9} {'prio':>4} {'score':>6}  why")
+    for item in items:
+        status = item.get("status", "?")
+        extra = f" ({item['failure_reason']})" if item.get("failure_reason") else ""
+        lines.append(
+            f"{item.get('local_time', '?'):>5}  {item['send_at']:>20}  {item['campaign_id']:<10} {status:<9} "
+            f"{item.get('priority', ''):>4} {float(item.get('score', 0.0)):>6.3f}  {item.get('reason', '')}{extra}"
+        )
+    return "\n".join(lines)
+
+
+def schedule_counts(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Items by status (for reports)."""
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[str(item.get("status"))] = counts.get(str(item.get("status")), 0) + 1
+    return dict(sorted(counts.items()))
+
+
+__all__ = [
+    "PLAN_COLUMNS",
+    "PlanInputs",
+    "PlanResult",
+    "build_plan",
+    "describe_plan",
+    "fatigue_cap",
+    "load_plan_inputs",
+    "plan_day",
+    "plan_violations",
+    "read_existing",
+    "write_plan",
+]
+
+
+# -------------------------------------------------------------------------------- synthetic inputs
+SYNTHETIC_TIMEZONES = ("Asia/Kolkata", "Europe/London", "America/New_York", "Australia/Sydney", "Pacific/Kiritimati")
+
+
+def synthetic_inputs(users: int, day: date, seed: int = 7, campaigns: int = 24) -> PlanInputs:
+    """Random but rule-exercising planner inputs at any scale (benchmarks and property tests).
+
+    Includes what the planner must refuse: opted-out users, paused, ended, future and
+    new-users-only campaigns, recent sends inside cooldowns, fatigued users, quiet-hour and cap
+    overrides, users without features (population prior) and time zones up to UTC+14.
+    """
+    rng = np.random.default_rng(seed)
+    ids = np.char.add("U", np.char.zfill(np.arange(users).astype(str), 8)).astype(object)
+    peaks = rng.integers(0, HOURS, size=(users, 2))
+    hours = np.arange(HOURS)[None, :]
+    bumps = np.exp(-0.5 * ((hours - peaks[:, :1]) / 1.5) ** 2) + np.exp(-0.5 * ((hours - peaks[:, 1:]) / 2.0) ** 2)
+    engagement = (bumps + 0.05) / (bumps + 0.05).sum(axis=1, keepdims=True)
+    has_features = rng.random(users) >= 0.05
+    override = rng.random(users) < 0.05
+    user_frame = pd.DataFrame(
+        {
+            "user_id": ids,
+            "timezone": rng.choice(SYNTHETIC_TIMEZONES, size=users, p=[0.5, 0.15, 0.2, 0.1, 0.05]),
+            "opt_out": rng.random(users) < 0.02,
+            "quiet_start_hour": pd.array(np.where(override, 23, pd.NA), dtype="Int64"),
+            "quiet_end_hour": pd.array(np.where(override, 7, pd.NA), dtype="Int64"),
+            "daily_cap": pd.array(np.where(rng.random(users) < 0.05, 3, pd.NA), dtype="Int64"),
+            "engagement_by_hour": pd.Series(list(engagement), dtype=object).where(has_features, None),
+            "ignored_streak": rng.poisson(1.0, users),
+            "segment": rng.choice(["new", "active", "lapsed"], size=users, p=[0.1, 0.6, 0.3]),
+            "total_orders": rng.poisson(2.0, users),
+        }
+    )
+    campaign_ids = np.array([f"C{number:03d}" for number in range(1, campaigns + 1)], dtype=object)
+    statuses = np.where(np.arange(campaigns) % 8 == 3, "paused", "active")
+    starts = np.full(campaigns, np.datetime64(day - timedelta(days=5), "D"))
+    ends = np.full(campaigns, np.datetime64(day + timedelta(days=20), "D"))
+    ends[np.arange(campaigns) % 8 == 5] = np.datetime64(day - timedelta(days=1), "D")  # ended yesterday
+    starts[np.arange(campaigns) % 8 == 6] = np.datetime64(day + timedelta(days=1), "D")  # starts tomorrow
+    article_types = np.array(["Tshirts", "Shirts", "Watches", "Heels", "Jeans"], dtype=object)
+    campaign_frame = pd.DataFrame(
+        {
+            "campaign_id": campaign_ids,
+            "status": statuses,
+            "start_date": starts,
+            "end_date": ends,
+            "priority": rng.integers(1, 6, campaigns),
+            "eligibility": np.where(np.arange(campaigns) % 6 == 1, "new_users", "all"),
+            "cooldown_days": pd.array(np.where(np.arange(campaigns) % 4 == 0, 7, pd.NA), dtype="Int64"),
+            "target_article_types": np.where(
+                np.arange(campaigns) % 3 == 0, article_types[np.arange(campaigns) % 5], ""
+            ),
+        }
+    )
+    top = min(TOP_K, campaigns)
+    chosen = np.argsort(rng.random((users, campaigns)), axis=1)[:, :top]
+    scores = np.sort(rng.random((users, top)), axis=1)[:, ::-1]
+    recs = pd.DataFrame(
+        {
+            "user_id": np.repeat(ids, top),
+            "campaign_id": campaign_ids[chosen.ravel()],
+            "rank": np.tile(np.arange(1, top + 1), users),
+            "score": scores.ravel(),
+        }
+    )
+    products = pd.DataFrame(
+        {
+            "user_id": np.repeat(ids, 3),
+            "product_id": rng.integers(1000, 60000, users * 3).astype(str),
+            "rank": np.tile(np.arange(1, 4), users),
+            "article_type": rng.choice(article_types, users * 3),
+        }
+    )
+    senders = rng.random(users) < 0.2
+    recent = pd.DataFrame(
+        {
+            "user_id": ids[senders],
+            "campaign_id": campaign_ids[chosen[senders, 0]],
+            "sent_at": pd.Timestamp(day, tz="UTC") - pd.to_timedelta(rng.integers(1, 10, senders.sum()), unit="D"),
+        }
+    )
+    return PlanInputs(day, user_frame, recs, campaign_frame, products, recent)
