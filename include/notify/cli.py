@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from include.notify.config import NotifyConfig, load_config
-from include.notify.localenv import airflow_environment, apply_local_env
+from include.notify.localenv import airflow_environment, apply_local_env, migrate_airflow_db
 
 
 def _config() -> NotifyConfig:
@@ -34,29 +34,12 @@ def cmd_services(args: argparse.Namespace) -> int:
     config = _config()
     if args.action == "up":
         services.services_up(config)
-        _migrate_airflow_db(config)
+        print(migrate_airflow_db(config))
     elif args.action == "down":
         services.services_down(config)
     for name, state in services.service_status(config).items():
         print(f"{name:9s} {state}")
     return 0
-
-
-def _migrate_airflow_db(config: NotifyConfig) -> None:
-    """The Airflow metadata DB (SQLite) is the third local service; migrating is idempotent."""
-    import subprocess
-
-    env = {**os.environ, **airflow_environment(config)}
-    marker = config.state_dir / "airflow" / ".migrated"
-    if marker.exists():
-        print(f"{'airflow':9s} metadata DB ready at {config.state_dir / 'airflow'}")
-        return
-    result = subprocess.run(["airflow", "db", "migrate"], env=env, capture_output=True, text=True, check=False)  # noqa: S607
-    if result.returncode != 0:
-        print(result.stdout[-2000:] + result.stderr[-2000:], file=sys.stderr)
-        raise SystemExit("airflow db migrate failed")
-    marker.touch()
-    print(f"{'airflow':9s} metadata DB migrated at {config.state_dir / 'airflow'}")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -90,7 +73,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_airflow(args: argparse.Namespace) -> int:
     config = _config()
-    _migrate_airflow_db(config)
+    print(migrate_airflow_db(config))
     env = {**os.environ, **airflow_environment(config), "AIRFLOW__API__PORT": str(args.port)}
     password_file = config.state_dir / "airflow" / "simple_auth_manager_passwords.json.generated"
     print(f"Airflow UI on http://127.0.0.1:{args.port} - user 'admin', password in {password_file}")

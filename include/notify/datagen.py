@@ -108,10 +108,17 @@ def load_catalog(path: Path = CATALOG_PATH) -> pd.DataFrame:
     return products[list(RAW_TABLES_BY_NAME["products"].column_names)]
 
 
-def build_dataset(users: int, run_date: date, seed: int = 7, catalog_path: Path = CATALOG_PATH) -> Dataset:
-    """Generate a dataset of ``users`` users whose history ends the day before ``run_date``."""
+def build_dataset(
+    users: int, run_date: date, seed: int = 7, catalog_path: Path = CATALOG_PATH, products_limit: int | None = None
+) -> Dataset:
+    """Generate a dataset of ``users`` users whose history ends the day before ``run_date``.
+
+    ``products_limit`` keeps a seeded sample of the catalog, for tests that must embed it quickly.
+    """
     rng = np.random.default_rng(seed)
     products = load_catalog(catalog_path)
+    if products_limit is not None and products_limit < len(products):
+        products = products.sample(products_limit, random_state=seed).sort_index().reset_index(drop=True)
     user_frame, truth = _users(rng, users, run_date, seed)
     pools = _product_pools(products)
     purchases = _purchases(rng, user_frame, truth, products, pools, run_date)
@@ -120,9 +127,11 @@ def build_dataset(users: int, run_date: date, seed: int = 7, catalog_path: Path 
     return Dataset(user_frame, products, campaigns, purchases, clickstream, truth)
 
 
-def generate_dataset(config: NotifyConfig, users: int, run_date: date, seed: int = 7) -> dict[str, int]:
+def generate_dataset(
+    config: NotifyConfig, users: int, run_date: date, seed: int = 7, products_limit: int | None = None
+) -> dict[str, int]:
     """Write the dataset as the day's raw delivery (CSV) and the truth (Parquet); returns row counts."""
-    dataset = build_dataset(users, run_date, seed)
+    dataset = build_dataset(users, run_date, seed, products_limit=products_limit)
     counts = {}
     for table, frame in dataset.raw_tables().items():
         write_raw_csv(config, table, run_date, frame)
@@ -231,7 +240,8 @@ def _product_pools(products: pd.DataFrame) -> _Pools:
     for gender in ("Men", "Women"):
         fits = products[products["gender"].isin([gender, "Unisex"])]
         counts = fits["articleType"].value_counts()
-        counts = counts[counts >= 40]
+        # Types with too few products to be anyone's favourite (40 in the full catalog, scaled).
+        counts = counts[counts >= max(3, round(40 * len(products) / 39_596))]
         types[gender] = counts.index.to_numpy()
         weights[gender] = np.sqrt(counts.to_numpy().astype(float))
         weights[gender] /= weights[gender].sum()

@@ -85,3 +85,22 @@ def airflow_environment(config: NotifyConfig) -> dict[str, str]:
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
         "PATH": os.pathsep.join([python_bin, os.environ.get("PATH", "")]),
     }
+
+
+def migrate_airflow_db(config: NotifyConfig) -> str:
+    """Create or upgrade the Airflow metadata DB (SQLite) in the state folder; idempotent.
+
+    The DB is the third local service: ``airflow dags test`` and the UI both need it.
+    """
+    import subprocess
+
+    home = config.state_dir / "airflow"
+    marker = home / ".migrated"
+    if marker.exists():
+        return f"{'airflow':9s} metadata DB ready at {home}"
+    env = {**os.environ, **airflow_environment(config)}
+    result = subprocess.run(["airflow", "db", "migrate"], env=env, capture_output=True, text=True, check=False)  # noqa: S607
+    if result.returncode != 0:
+        raise RuntimeError(f"airflow db migrate failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    marker.touch()
+    return f"{'airflow':9s} metadata DB migrated at {home}"
