@@ -1,0 +1,178 @@
+"""Batch ingestion building blocks: read a raw delivery line by line, shape rows for DynamoDB, load them.
+
+Raw CSV is read as text and parsed per line so every row keeps its file and line number
+(``_source``) and a malformed line becomes a quarantined row instead of a failed job. Loading
+runs inside Spark partitions (``foreachPartition``), each partition batch-writing through
+``storage.Dynamo`` (retries of unprocessed items, back-off), so loads scale with executors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from include.notify.config import NotifyConfig
+from include.notify.schemas import RawTable
+
+if TYPE_CHECKING:
+    from datetime import date
+
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+# Files of one delivery are read whole by one task each, so a line's number is its position in
+# its file; deliveries are split into files upstream (part-*.csv, stream-*.csv) for parallelism.
+ONE_SPLIT_PER_FILE = str(64 * 1024**3)
+
+
+def read_raw(spark: SparkSession, config: NotifyConfig, table: RawTable, run_date: date) -> DataFrame:
+    """The raw delivery of ``table`` for ``run_date``: string columns plus lineage and parse status.
+
+    Columns: every raw column (string, null when empty), ``_file`` (path relative to the lake),
+    ``_line`` (1-based line in the file; the header is line 1), ``_source`` (``file:line``),
+    ``_raw_line`` (the line as delivered) and ``_malformed`` (``malformed_csv:...`` / ``bad_header:...``
+    or null). Blank lines are not records and are dropped. A day without a delivery gives an
+    empty frame.
+    """
+    from pyspark.errors import AnalysisException
+    from pyspark.sql import Window
+    from pyspark.sql import functions as sf
+
+    root = config.lake_path("raw", table.name, run_date)
+    previous = spark.conf.get("spark.sql.files.maxPartitionBytes")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", ONE_SPLIT_PER_FILE)
+    try:
+        try:
+            text = spark.read.option("pathGlobFilter", "*.csv").text(root)
+        except AnalysisException as error:
+            if "PATH_NOT_FOUND" not in str(error) and "does not exist" not in str(error):
+                raise
+            log.info("no raw delivery for %s at %s", table.name, root)
+            text = spark.createDataFrame([], "value string")
+        # Ids are consecutive within a Spark partition and a file is never split, so the line
+        # number is the id minus the file's first id.
+        numbered = text.select(
+            sf.col("value").alias("_raw_line"),
+            sf.input_file_name().alias("_uri"),
+            sf.monotonically_increasing_id().alias("_id"),
+        )
+        first = Window.partitionBy("_uri")
+        numbered = numbered.withColumn("_line", (sf.col("_id") - sf.min("_id").over(first) + 1).cast("long"))
+        numbered = numbered.withColumn("_file", sf.regexp_extract("_uri", r"(raw/.*)$", 1))
+        numbered = numbered.withColumn(
+            "_file", sf.when(sf.col("_file") != "", sf.col("_file")).otherwise(sf.col("_uri"))
+        )
+        # Materialised while the one-split setting holds; the checkpoint is freed with the frame.
+        numbered = numbered.drop("_id", "_uri").localCheckpoint(eager=True)
+    finally:
+        spark.conf.set("spark.sql.files.maxPartitionBytes", previous)
+
+    header = ",".join(table.column_names)
+    headers = numbered.where(sf.col("_line") == 1).select("_file", "_raw_line").collect()
+    bad_headers = {
+        row["_file"]: row["_raw_line"] for row in headers if row["_raw_line"].lstrip("\ufeff").strip() != header
+    }
+    for file, got in bad_headers.items():
+        log.warning("%s: header %r does not match the contract %r; its rows are quarantined", file, got, header)
+
+    ddl = ", ".join(f"`{name}` string" for name in table.column_names) + ", `_corrupt` string"
+    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"}
+    records = numbered.where((sf.col("_line") > 1) & (sf.trim(sf.col("_raw_line")) != ""))
+    parsed = records.withColumn("_parsed", sf.from_csv(sf.col("_raw_line"), ddl, options))
+    # An odd number of quotes means an unterminated quoted field, which the parser tolerates.
+    quotes = sf.length(sf.col("_raw_line")) - sf.length(sf.regexp_replace(sf.col("_raw_line"), '"', ""))
+    field_count = sf.size(sf.split(sf.col("_raw_line"), ","))
+    malformed = (
+        sf.when(
+            sf.col("_file").isin(*bad_headers) if bad_headers else sf.lit(False),
+            sf.concat(sf.lit("bad_header:"), sf.col("_file")),
+        )
+        .when(quotes % 2 == 1, sf.lit("malformed_csv:unbalanced quotes"))
+        .when(
+            sf.col("_parsed._corrupt").isNotNull(),
+            sf.concat(
+                sf.lit(f"malformed_csv:expected {len(table.column_names)} fields, got about "),
+                field_count.cast("string"),
+            ),
+        )
+    )
+    result = parsed.select(
+        *[sf.col(f"_parsed.`{name}`").alias(name) for name in table.column_names],
+        "_file",
+        "_line",
+        sf.concat(sf.col("_file"), sf.lit(":"), sf.col("_line").cast("string")).alias("_source"),
+        "_raw_line",
+        malformed.alias("_malformed"),
+    )
+    # Treat malformed lines' fields as absent so no other rule reads half-parsed values.
+    result = result.select(
+        *[sf.when(sf.col("_malformed").isNull(), sf.col(n)).alias(n) for n in table.column_names],
+        "_file",
+        "_line",
+        "_source",
+        "_raw_line",
+        "_malformed",
+    )
+    return result
+
+
+def iso_timestamp(column: Any) -> Any:
+    """A timestamp column as the raw contract's text: ``2026-11-25T09:36:00Z`` (microseconds when set).
+
+    Matches ``stream.format_timestamp`` exactly, so batch and stream writers produce the same
+    clickstream sort keys and an event ingested by both lands on one item.
+    """
+    from pyspark.sql import functions as sf
+
+    return sf.when(
+        sf.date_format(column, "SSSSSS") != "000000", sf.date_format(column, "yyyy-MM-dd'T'HH:mm:ss.SSSSSS'Z'")
+    ).otherwise(sf.date_format(column, "yyyy-MM-dd'T'HH:mm:ss'Z'"))
+
+
+def to_dynamo_frame(frame: DataFrame, table: str) -> DataFrame:
+    """Curated/feature rows shaped as DynamoDB items: timestamps and dates as ISO text, keys added.
+
+    Converting in Spark (not in Python) keeps times in UTC whatever the worker's local zone.
+    The clickstream gets its sort key ``ts_event_id`` = ``<ts ISO>#<event_id>``.
+    """
+    from pyspark.sql import functions as sf
+    from pyspark.sql.types import DateType, TimestampType
+
+    columns = []
+    for field in frame.schema.fields:
+        if isinstance(field.dataType, TimestampType):
+            columns.append(iso_timestamp(sf.col(field.name)).alias(field.name))
+        elif isinstance(field.dataType, DateType):
+            columns.append(sf.date_format(sf.col(field.name), "yyyy-MM-dd").alias(field.name))
+        else:
+            columns.append(sf.col(field.name))
+    shaped = frame.select(*columns)
+    if table == "clickstream":
+        shaped = shaped.withColumn("ts_event_id", sf.concat(sf.col("ts"), sf.lit("#"), sf.col("event_id")))
+    return shaped
+
+
+def _load_partition(config: NotifyConfig, table: str, counter: Any, rows: Iterable[Any]) -> None:
+    from include.notify.storage import Dynamo
+
+    dynamo = Dynamo.from_config(config)
+    written = dynamo.put_items(table, (row.asDict(recursive=True) for row in rows))
+    counter.add(written)
+
+
+def load_dynamodb(frame: DataFrame, config: NotifyConfig, table: str, partitions: int | None = None) -> int:
+    """Write every row of ``frame`` to DynamoDB table ``table`` from the Spark partitions; returns items written.
+
+    Rows are converted by ``to_dynamo_frame``; null fields are omitted (DynamoDB has no nulls).
+    Puts are idempotent (same key, same item), so re-running a day rewrites the same items.
+    Raises if any partition fails after ``Dynamo``'s retries.
+    """
+    spark = frame.sparkSession
+    shaped = to_dynamo_frame(frame, table)
+    target = partitions or max(2, spark.sparkContext.defaultParallelism)
+    counter = spark.sparkContext.accumulator(0)
+    shaped.repartition(target).foreachPartition(partial(_load_partition, config, table, counter))
+    return int(counter.value)
