@@ -1,0 +1,152 @@
+"""Message validation and raw landing of stream ingestion (no services)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from include.notify import schemas
+from include.notify.config import NotifyConfig
+from include.notify.stream import (
+    InvalidMessageError,
+    _Valid,
+    format_timestamp,
+    land_raw,
+    parse_message,
+    to_raw_json,
+)
+
+ORDER = {
+    "purchase_id": "p1",
+    "user_id": "u1",
+    "product_id": "1163",
+    "purchase_date": "2026-11-25T09:36:00Z",
+    "price": 19.5,
+    "quantity": 2,
+    "total_amount": 39.0,
+}
+EVENT = {
+    "event_id": "e1",
+    "user_id": "u1",
+    "ts": "2026-11-25T10:00:00.250000Z",
+    "event_type": "view",
+    "product_id": "1163",
+}
+
+
+def _parse(table: schemas.RawTable, payload: object, max_bytes: int = 4096) -> dict:
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return parse_message(table, data, max_bytes)
+
+
+def _rule(table: schemas.RawTable, payload: object, max_bytes: int = 4096) -> str:
+    with pytest.raises(InvalidMessageError) as error:
+        _parse(table, payload, max_bytes)
+    return str(error.value)
+
+
+def test_valid_order_is_typed() -> None:
+    record = _parse(schemas.PURCHASES, ORDER)
+    assert record["purchase_date"] == datetime(2026, 11, 25, 9, 36, tzinfo=UTC)
+    assert record["quantity"] == 2
+    assert isinstance(record["quantity"], int)
+    assert record["price"] == 19.5
+
+
+def test_optional_fields_may_be_absent_and_are_filled_with_none() -> None:
+    record = _parse(schemas.CLICKSTREAM, EVENT)
+    assert record["campaign_id"] is None
+    assert record["notification_id"] is None
+
+
+def test_offset_timestamps_are_normalised_to_utc() -> None:
+    record = _parse(schemas.PURCHASES, ORDER | {"purchase_date": "2026-11-25T11:36:00+02:00"})
+    assert format_timestamp(record["purchase_date"]) == "2026-11-25T09:36:00Z"
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"{not json", "bad_json"),
+        (b"\xff\xfe\x00", "bad_json"),
+        (b'{"price": NaN}', "bad_json"),
+        (b"[1, 2]", "not_an_object"),
+        (b'"order"', "not_an_object"),
+        (ORDER | {"coupon": "X"}, "unknown_fields: coupon"),
+        ({k: v for k, v in ORDER.items() if k != "user_id"}, "invalid: user_id is required"),
+        (ORDER | {"user_id": ""}, "invalid: user_id is required"),
+        (ORDER | {"quantity": "2"}, "invalid: quantity expected int"),
+        (ORDER | {"quantity": 2.5}, "invalid: quantity expected int"),
+        (ORDER | {"quantity": True}, "invalid: quantity expected int"),
+        (ORDER | {"quantity": 0}, "invalid: quantity 0 < 1"),
+        (ORDER | {"price": -1}, "invalid: price -1 < 0.0"),
+        (ORDER | {"price": "cheap"}, "invalid: price expected double"),
+        (ORDER | {"purchase_date": "yesterday"}, "invalid: purchase_date"),
+        (ORDER | {"purchase_date": "2026-11-25T09:36:00"}, "has no time zone"),
+        (ORDER | {"purchase_date": "1970-01-01T00:00:00Z"}, "outside 2000-2100"),
+        (ORDER | {"user_id": 42}, "invalid: user_id expected string"),
+        (ORDER | {"user_id": "u" * 65}, "longer than 64"),
+    ],
+)
+def test_invalid_orders_name_the_rule_and_field(payload: object, expected: str) -> None:
+    assert expected in _rule(schemas.PURCHASES, payload)
+
+
+def test_event_type_must_be_an_allowed_value() -> None:
+    assert "event_type 'purchase' not in" in _rule(schemas.CLICKSTREAM, EVENT | {"event_type": "purchase"})
+
+
+def test_every_problem_of_a_message_is_reported() -> None:
+    reason = _rule(schemas.PURCHASES, ORDER | {"quantity": -3, "price": "x"})
+    assert "quantity" in reason
+    assert "price" in reason
+
+
+def test_oversized_messages_are_rejected_before_decoding() -> None:
+    payload = json.dumps(ORDER | {"product_id": "1163"}).encode()
+    assert _rule(schemas.PURCHASES, payload, max_bytes=len(payload) - 1).startswith("oversized:")
+    assert _parse(schemas.PURCHASES, payload, max_bytes=len(payload))["product_id"] == "1163"
+
+
+def test_empty_message_is_rejected() -> None:
+    with pytest.raises(InvalidMessageError, match="empty"):
+        parse_message(schemas.CLICKSTREAM, None, 100)
+
+
+def test_producer_json_round_trips_through_validation() -> None:
+    record = _parse(schemas.CLICKSTREAM, EVENT)
+    assert _parse(schemas.CLICKSTREAM, to_raw_json(schemas.CLICKSTREAM, record)) == record
+
+
+def test_producer_refuses_fields_outside_the_contract() -> None:
+    with pytest.raises(ValueError, match="not columns"):
+        to_raw_json(schemas.CLICKSTREAM, EVENT | {"secret": 1})
+
+
+def test_landing_writes_raw_csv_per_day_and_partition_and_a_replay_overwrites(tmp_path: Path) -> None:
+    config = NotifyConfig(state_dir=tmp_path, lake_uri=(tmp_path / "lake").as_uri())
+    late = ORDER | {"purchase_id": "p2", "purchase_date": "2026-11-26T00:10:00Z"}
+    valid = {
+        "orders": {
+            "p1": _Valid(_parse(schemas.PURCHASES, ORDER), "notify.orders", 1, 7),
+            "p2": _Valid(_parse(schemas.PURCHASES, late), "notify.orders", 1, 8),
+        },
+        "events": {"e1": _Valid(_parse(schemas.CLICKSTREAM, EVENT), "notify.events", 0, 3)},
+    }
+    first = land_raw(config, valid)
+    assert land_raw(config, valid) == first
+    files = sorted(p.relative_to(tmp_path / "lake").as_posix() for p in (tmp_path / "lake").rglob("*.csv"))
+    assert files == [
+        "raw/clickstream/dt=2026-11-25/stream-notify.events-0-3.csv",
+        "raw/purchase_history/dt=2026-11-25/stream-notify.orders-1-7.csv",
+        "raw/purchase_history/dt=2026-11-26/stream-notify.orders-1-8.csv",
+    ]
+    lines = (tmp_path / "lake/raw/purchase_history/dt=2026-11-25/stream-notify.orders-1-7.csv").read_text().splitlines()
+    assert lines == [",".join(schemas.PURCHASES.column_names), "p1,u1,1163,2026-11-25T09:36:00Z,19.5,2,39.0"]
+    event_lines = (
+        (tmp_path / "lake/raw/clickstream/dt=2026-11-25/stream-notify.events-0-3.csv").read_text().splitlines()
+    )
+    assert event_lines[1] == "e1,u1,2026-11-25T10:00:00.250000Z,view,1163,,"
