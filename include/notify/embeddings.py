@@ -142,6 +142,7 @@ def campaign_texts(campaigns: pd.DataFrame) -> pd.Series:
     templates = _join([col("template_short"), col("template_long")], " ").str.replace(
         r"\{\{[^}]*\}\}|\{%[^%]*%\}", " ", regex=True
     )
+    templates = templates.str.replace(r"\s+([,.!?])", r"\1", regex=True).str.replace(r"([,.!?])\1+", r"\1", regex=True)
     return _join([col("name"), col("description"), col("notification_type"), targets, templates], ". ")
 
 
@@ -246,13 +247,14 @@ def embed_incremental(
         fresh = encode([texts[i] for i in todo])
         if vectors is None or vectors.shape[1] != fresh.shape[1]:
             vectors = np.zeros((len(ids), fresh.shape[1]), dtype=np.float32) if vectors is None else vectors
-        vectors[todo] = fresh
+        vectors[todo] = normalize_rows(fresh)
     if vectors is None:
         vectors = np.zeros((0, 0), dtype=np.float32)
     log.info("embedded %d items: %d re-encoded, %d reused", len(ids), len(todo), len(ids) - len(todo))
     encoded = np.zeros(len(ids), dtype=bool)
     encoded[todo] = True
-    return EmbeddedItems(ids, normalize_rows(vectors), hashes, encoded, model_name)
+    # Reused vectors are copied bit for bit (not renormalised), so unchanged items never drift.
+    return EmbeddedItems(ids, vectors, hashes, encoded, model_name)
 
 
 def decay_weights(timestamps: pd.Series, run_date: date, half_life_days: float = PURCHASE_HALF_LIFE_DAYS) -> np.ndarray:
@@ -483,17 +485,31 @@ def latest_partition(config: NotifyConfig, zone: str, table: str, run_date: date
 
 # --------------------------------------------------------------------------------------- pipeline steps
 def read_current(config: NotifyConfig, table: str, run_date: date) -> pd.DataFrame:
-    """Current state of a curated table at ``run_date`` as pandas (delegates to ``lake``)."""
-    from include.notify import lake
+    """Current state of a curated table at ``run_date`` as pandas, without Spark.
 
-    return lake.read_current_pandas(config, table, run_date)
+    The pandas twin of ``lake.read_current`` (same rule: the newest delivery ``dt <= run_date`` of
+    each key wins), read through ``lake.read_parquet`` so the layout lives in one place. A table
+    never written reads as an empty frame with the raw columns.
+    """
+    from include.notify import lake
+    from include.notify.schemas import RAW_TABLES_BY_NAME
+
+    spec = RAW_TABLES_BY_NAME[table]
+    try:
+        frame = lake.read_parquet(config, "curated", table)
+    except FileNotFoundError:
+        return pd.DataFrame(columns=list(spec.column_names))
+    frame["dt"] = pd.to_datetime(frame["dt"].astype(str)).dt.date
+    frame = frame[frame["dt"] <= run_date].sort_values("dt", kind="stable")
+    current = frame.drop_duplicates(list(spec.key), keep="last").drop(columns="dt")
+    return current.reset_index(drop=True)
 
 
 def read_features(config: NotifyConfig, name: str, run_date: date) -> pd.DataFrame:
-    """A feature table of ``run_date`` as pandas (delegates to ``lake``)."""
+    """A feature table of ``run_date`` as pandas (``lake.read_parquet``)."""
     from include.notify import lake
 
-    return lake.read_features_pandas(config, name, run_date)
+    return lake.read_parquet(config, "features", name, run_date)
 
 
 def _previous_vectors(

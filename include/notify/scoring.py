@@ -1,0 +1,586 @@
+"""Nightly scoring: for every user the top-10 eligible campaigns and the top-10 products.
+
+What this module guarantees:
+
+- Only sendable campaigns are ever recommended: status ``active`` and the run date inside
+  ``[start_date, end_date]``; eligibility by segment (``new_users`` and every ``welcome`` campaign
+  only for segment ``new``, ``returning`` only for ``active``, ``lapsed`` only for ``lapsed``);
+  users who opted out get an empty recommendation (written, so yesterday's list cannot linger).
+- Campaign score = ``0.70 * similarity + 0.15 * priority_norm + 0.15 * response_norm`` where
+  similarity is the cosine of user and campaign vectors, ``priority_norm = (priority - 1) / 4``
+  and ``response_norm = min(1, rate / (2 * prior))`` (0.5 at the prior). ``rate`` is the campaign's
+  click rate Beta-smoothed hierarchically: the segment's clicks/sent shrunk towards the
+  campaign's overall rate, itself shrunk towards the population prior — so a campaign with no
+  deliveries in a segment falls back to overall, and one with none at all to the prior. A campaign
+  targeted at the user's segment (eligibility other than ``all``, or a welcome) gets
+  ``+ 0.15`` on top, so a new user's welcome is not crowded out by generic campaigns. Every
+  recommended item keeps these components and human-readable reasons.
+- Products: the top-10 by ``0.9 * similarity + 0.1 * popularity_norm`` among products the user
+  did not buy in the last 30 days.
+- Search: exact (torch matmul + topk, chunked) when the candidate set is small, pynndescent with an
+  exact re-rank of its candidates when large. ``EXACT_MAX_CANDIDATES`` was chosen from
+  benchmarks/scoring.py on this data (see benchmarks/results/scoring.md); the ANN path's recall@10
+  against exact is tested on real embeddings (tests/unit/test_scoring_ann.py).
+- Outputs per docs/data-contracts.md: DynamoDB ``notify_recommendations`` (one item per user) and
+  ``recommendations/{campaigns,products}/dt=D`` in the lake.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from include.notify.config import NotifyConfig
+from include.notify.embeddings import (
+    embedding_version,
+    read_current,
+    read_features,
+    read_partition,
+    write_partition,
+)
+
+if TYPE_CHECKING:
+    from include.notify.storage import Dynamo
+
+log = logging.getLogger(__name__)
+
+TOP_K = 10
+RECENT_PURCHASE_DAYS = 30
+SIMILARITY_WEIGHT = 0.70
+PRIORITY_WEIGHT = 0.15
+RESPONSE_WEIGHT = 0.15
+PRODUCT_POPULARITY_WEIGHT = 0.10
+# A campaign written for the user's segment (welcome for new users, win-back for lapsed ones) is
+# worth more to that user than a generic one of the same similarity.
+TARGETED_WEIGHT = 0.15
+# Population prior for a campaign's click rate and its strength in pseudo-deliveries.
+PRIOR_CTR = 0.05
+PRIOR_STRENGTH = 20.0
+# Above this many candidates the ANN path is used (measured: benchmarks/results/scoring.md).
+EXACT_MAX_CANDIDATES = 200_000
+# pynndescent settings that reach recall@10 >= 0.98 on product embeddings (measured, see tests).
+ANN_NEIGHBORS = 30
+ANN_EPSILON = 0.2
+ANN_CANDIDATE_FACTOR = 4
+QUERY_CHUNK = 2048
+
+SEGMENT_ELIGIBILITY = {"all": None, "new_users": "new", "returning": "active", "lapsed": "lapsed"}
+
+
+# ------------------------------------------------------------------------------------ search
+@dataclass
+class TopK:
+    """Per query row: item positions (-1 = none), total scores and raw similarities, best first."""
+
+    indices: np.ndarray
+    scores: np.ndarray
+    similarities: np.ndarray
+
+
+def top_k(
+    queries: np.ndarray,
+    items: np.ndarray,
+    k: int = TOP_K,
+    *,
+    similarity_weight: float = 1.0,
+    bias: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    exclude: tuple[np.ndarray, np.ndarray] | None = None,
+    method: str = "auto",
+) -> TopK:
+    """Top-``k`` items per query by ``similarity_weight * (q . x) + bias[group(q), x]``.
+
+    ``bias`` is (n_groups, n_items); ``-inf`` marks items a group may not get. ``exclude`` is a
+    pair of arrays (query position, item position) that are never returned (e.g. recent
+    purchases). ``method`` is ``exact``, ``ann`` or ``auto`` (exact up to
+    ``EXACT_MAX_CANDIDATES`` items). Slots with no admissible item have index -1 and score -inf.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    items = np.ascontiguousarray(items, dtype=np.float32)
+    n_queries, n_items = len(queries), len(items)
+    groups = np.zeros(n_queries, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    bias = np.zeros((1, n_items), dtype=np.float32) if bias is None else np.asarray(bias, dtype=np.float32)
+    excl_q, excl_i = exclude if exclude is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    order = np.argsort(excl_q, kind="stable")
+    excl_q, excl_i = np.asarray(excl_q, np.int64)[order], np.asarray(excl_i, np.int64)[order]
+    k_out = min(k, n_items)
+    if method == "auto":
+        method = "exact" if n_items <= EXACT_MAX_CANDIDATES else "ann"
+    if n_queries == 0 or n_items == 0:
+        empty = np.zeros((n_queries, k_out), dtype=np.int64)
+        return TopK(empty - 1, np.full(empty.shape, -np.inf, np.float32), np.zeros(empty.shape, np.float32))
+    if method == "exact":
+        return _exact(queries, items, k_out, similarity_weight, bias, groups, excl_q, excl_i)
+    if method == "ann":
+        return _ann(queries, items, k_out, similarity_weight, bias, groups, excl_q, excl_i)
+    raise ValueError(f"unknown search method {method!r}; expected exact, ann or auto")
+
+
+def _finish(indices: np.ndarray, scores: np.ndarray, sims: np.ndarray) -> TopK:
+    invalid = ~np.isfinite(scores)
+    indices = np.where(invalid, -1, indices)
+    sims = np.where(invalid, 0.0, sims).astype(np.float32)
+    return TopK(indices.astype(np.int64), scores.astype(np.float32), sims)
+
+
+def _exact(
+    queries: np.ndarray,
+    items: np.ndarray,
+    k: int,
+    weight: float,
+    bias: np.ndarray,
+    groups: np.ndarray,
+    excl_q: np.ndarray,
+    excl_i: np.ndarray,
+) -> TopK:
+    import torch
+
+    item_t = torch.from_numpy(items)
+    bias_t = torch.from_numpy(bias)
+    out_idx, out_score, out_sim = [], [], []
+    for start in range(0, len(queries), QUERY_CHUNK):
+        stop = min(start + QUERY_CHUNK, len(queries))
+        sims = torch.from_numpy(queries[start:stop]) @ item_t.T
+        scores = sims * weight + bias_t[torch.from_numpy(groups[start:stop])]
+        lo, hi = np.searchsorted(excl_q, [start, stop])
+        if hi > lo:
+            rows = torch.from_numpy(excl_q[lo:hi] - start)
+            cols = torch.from_numpy(excl_i[lo:hi])
+            scores[rows, cols] = float("-inf")
+        best_scores, best_idx = torch.topk(scores, k, dim=1)
+        out_idx.append(best_idx.numpy())
+        out_score.append(best_scores.numpy())
+        out_sim.append(torch.gather(sims, 1, best_idx).numpy())
+    return _finish(np.concatenate(out_idx), np.concatenate(out_score), np.concatenate(out_sim))
+
+
+def _ann(
+    queries: np.ndarray,
+    items: np.ndarray,
+    k: int,
+    weight: float,
+    bias: np.ndarray,
+    groups: np.ndarray,
+    excl_q: np.ndarray,
+    excl_i: np.ndarray,
+) -> TopK:
+    """pynndescent candidates by similarity, then an exact re-rank with bias and exclusions."""
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(_numba_cache_dir()))
+    from pynndescent import NNDescent
+
+    started = time.monotonic()
+    index = NNDescent(items, metric="cosine", n_neighbors=ANN_NEIGHBORS, random_state=42, n_jobs=-1)
+    index.prepare()
+    most_excluded = int(np.bincount(excl_q).max()) if len(excl_q) else 0
+    k_cand = min(len(items), k * ANN_CANDIDATE_FACTOR + most_excluded)
+    log.info(
+        "ANN index over %d items built in %.1fs; %d candidates a query", len(items), time.monotonic() - started, k_cand
+    )
+    excluded_keys = excl_q * len(items) + excl_i
+    out_idx, out_score, out_sim = [], [], []
+    for start in range(0, len(queries), QUERY_CHUNK):
+        stop = min(start + QUERY_CHUNK, len(queries))
+        cand, _ = index.query(queries[start:stop], k=k_cand, epsilon=ANN_EPSILON)
+        cand = cand.astype(np.int64)
+        sims = np.einsum("qd,qkd->qk", queries[start:stop], items[cand], optimize=True).astype(np.float32)
+        scores = sims * weight + np.take_along_axis(bias[groups[start:stop]], cand, axis=1)
+        if len(excluded_keys):
+            keys = (np.arange(start, stop, dtype=np.int64)[:, None] * len(items)) + cand
+            scores[np.isin(keys, excluded_keys)] = -np.inf
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        out_idx.append(np.take_along_axis(cand, best, axis=1))
+        out_score.append(np.take_along_axis(scores, best, axis=1))
+        out_sim.append(np.take_along_axis(sims, best, axis=1))
+    return _finish(np.concatenate(out_idx), np.concatenate(out_score), np.concatenate(out_sim))
+
+
+def _numba_cache_dir() -> str:
+    from include.notify.config import DEFAULT_STATE_DIR
+
+    path = DEFAULT_STATE_DIR / "numba"
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Share of the exact top-k found by the approximate top-k (both (n, k), -1 = empty slot)."""
+    hits = total = 0
+    valid = exact >= 0
+    for a, e, v in zip(approx, exact, valid, strict=True):
+        hits += len(set(a[a >= 0]) & set(e[v]))
+        total += int(v.sum())
+    return hits / total if total else 1.0
+
+
+# ------------------------------------------------------------------------------------ campaigns
+def sendable_campaigns(campaigns: pd.DataFrame, run_date: date) -> pd.DataFrame:
+    """Campaigns that may be sent on ``run_date``: status active and the day inside start..end."""
+    start = pd.to_datetime(campaigns["start_date"]).dt.date
+    end = pd.to_datetime(campaigns["end_date"]).dt.date
+    ok = (campaigns["status"].astype(str) == "active") & (start <= run_date) & (end >= run_date)
+    return campaigns[ok.to_numpy()].reset_index(drop=True)
+
+
+def eligibility_matrix(segments: list[str], campaigns: pd.DataFrame) -> np.ndarray:
+    """(n_segments, n_campaigns) booleans: may a user of this segment get this campaign?"""
+    return _segment_rules(segments, campaigns)[0]
+
+
+def targeted_matrix(segments: list[str], campaigns: pd.DataFrame) -> np.ndarray:
+    """(n_segments, n_campaigns) booleans: is this campaign written specifically for this segment?"""
+    return _segment_rules(segments, campaigns)[1]
+
+
+def _segment_rules(segments: list[str], campaigns: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    rule = campaigns.get("eligibility", pd.Series("all", index=campaigns.index)).astype("string").fillna("all")
+    rule = rule.where(rule.str.len() > 0, "all")
+    unknown = ~rule.isin(list(SEGMENT_ELIGIBILITY))
+    if unknown.any():
+        raise ValueError(
+            f"campaigns with unknown eligibility: {dict(zip(campaigns.loc[unknown, 'campaign_id'], rule[unknown], strict=True))}"
+        )
+    required = rule.map(SEGMENT_ELIGIBILITY).to_numpy(dtype=object)
+    welcome = campaigns["notification_type"].astype(str).to_numpy() == "welcome"
+    required = np.where(welcome, "new", required)
+    seg = np.asarray(segments, dtype=object)[:, None]
+    targeted = required[None, :] == seg
+    return (required[None, :] == None) | targeted, targeted  # noqa: E711 - elementwise on objects
+
+
+@dataclass
+class ResponseRates:
+    """Smoothed click rates per (segment, campaign) and where each came from."""
+
+    rates: np.ndarray  # (n_segments, n_campaigns)
+    source: np.ndarray  # "segment" | "overall" | "prior"
+    prior: float
+
+
+def response_rates(stats: pd.DataFrame | None, campaign_ids: list[str], segments: list[str]) -> ResponseRates:
+    """Hierarchical Beta smoothing of clicks/sent from ``campaign_stats``.
+
+    ``prior = (sum clicked + s * PRIOR_CTR) / (sum sent + s)`` over the overall rows;
+    ``overall[c] = (clicked + s * prior) / (sent + s)``;
+    ``rate[g, c] = (clicked[g, c] + s * overall[c]) / (sent[g, c] + s)`` with ``s = PRIOR_STRENGTH``.
+    """
+    n_seg, n_c = len(segments), len(campaign_ids)
+    sent = np.zeros((n_seg, n_c))
+    clicked = np.zeros((n_seg, n_c))
+    sent_all = np.zeros(n_c)
+    clicked_all = np.zeros(n_c)
+    if stats is not None and len(stats):
+        cpos = pd.Index(campaign_ids).get_indexer(stats["campaign_id"].astype(str))
+        seg_values = stats["segment"].astype(str)
+        s_sent = pd.to_numeric(stats["sent"], errors="coerce").fillna(0).clip(lower=0).to_numpy()
+        s_click = pd.to_numeric(stats["clicked"], errors="coerce").fillna(0).clip(lower=0).to_numpy()
+        s_click = np.minimum(s_click, s_sent)
+        overall = (seg_values == "all").to_numpy() & (cpos >= 0)
+        np.add.at(sent_all, cpos[overall], s_sent[overall])
+        np.add.at(clicked_all, cpos[overall], s_click[overall])
+        gpos = pd.Index(segments).get_indexer(seg_values)
+        per = (gpos >= 0) & (cpos >= 0) & ~overall
+        np.add.at(sent, (gpos[per], cpos[per]), s_sent[per])
+        np.add.at(clicked, (gpos[per], cpos[per]), s_click[per])
+    s = PRIOR_STRENGTH
+    prior = float((clicked_all.sum() + s * PRIOR_CTR) / (sent_all.sum() + s))
+    overall_rate = (clicked_all + s * prior) / (sent_all + s)
+    rates = (clicked + s * overall_rate[None, :]) / (sent + s)
+    source = np.where(sent > 0, "segment", np.where(sent_all[None, :] > 0, "overall", "prior")).astype(object)
+    return ResponseRates(rates.astype(np.float32), source, prior)
+
+
+def campaign_bias(
+    priority: np.ndarray, rates: ResponseRates, eligible: np.ndarray, targeted: np.ndarray | None = None
+) -> np.ndarray:
+    """(n_segments, n_campaigns) score terms besides similarity; -inf where not eligible."""
+    priority_norm = (np.clip(priority.astype(np.float32), 1, 5) - 1) / 4
+    response_norm = np.minimum(1.0, rates.rates / (2 * rates.prior))
+    bias = PRIORITY_WEIGHT * priority_norm[None, :] + RESPONSE_WEIGHT * response_norm
+    if targeted is not None:
+        bias = bias + TARGETED_WEIGHT * targeted
+    return np.where(eligible, bias, -np.inf).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------ inputs
+@dataclass
+class ScoringInputs:
+    """Everything scoring needs for one day, aligned by position."""
+
+    user_ids: np.ndarray
+    user_vectors: np.ndarray
+    segments: np.ndarray
+    opt_out: np.ndarray
+    cold_start_source: np.ndarray
+    campaigns: pd.DataFrame  # sendable ones, aligned with campaign_vectors
+    campaign_vectors: np.ndarray
+    campaign_stats: pd.DataFrame | None
+    products: pd.DataFrame  # product_id, name, article_type, popularity; aligned with product_vectors
+    product_vectors: np.ndarray
+    recent_purchases: pd.DataFrame  # user_id, product_id
+    model: str
+
+
+def load_inputs(config: NotifyConfig, run_date: date) -> ScoringInputs:
+    """Read the day's embeddings, features and catalog from the lake."""
+    users, user_vecs = read_partition(config.lake_path("embeddings", "users", run_date))
+    features = read_features(config, "user_features", run_date)
+    users = users.merge(
+        features[["user_id", "segment", "opt_out"]].assign(user_id=lambda f: f["user_id"].astype(str)),
+        on="user_id",
+        how="left",
+        validate="one_to_one",
+    )
+    campaign_rows, campaign_vecs = read_partition(config.lake_path("embeddings", "campaigns", run_date))
+    catalog = read_current(config, "campaigns", run_date)
+    aligned = campaign_rows[["campaign_id"]].merge(catalog, on="campaign_id", how="left", validate="one_to_one")
+    keep = sendable_campaigns(aligned.assign(_pos=np.arange(len(aligned))).dropna(subset=["status"]), run_date)
+    try:
+        stats = read_features(config, "campaign_stats", run_date)
+    except FileNotFoundError:
+        stats = None
+        log.info("no campaign_stats for %s: response rates use the prior", run_date)
+    product_rows, product_vecs = read_partition(config.lake_path("embeddings", "products", run_date))
+    products = product_rows[["product_id"]].merge(
+        _product_catalog(config, run_date), on="product_id", how="left", validate="one_to_one"
+    )
+    purchases, _ = read_partition(
+        config.lake_path("embeddings", "purchases", run_date), ["user_id", "product_id", "purchase_date"]
+    )
+    since = pd.Timestamp(
+        datetime.combine(run_date - timedelta(days=RECENT_PURCHASE_DAYS - 1), datetime.min.time()), tz=UTC
+    )
+    recent = purchases[pd.to_datetime(purchases["purchase_date"], utc=True) >= since][["user_id", "product_id"]]
+    return ScoringInputs(
+        user_ids=users["user_id"].to_numpy(object),
+        user_vectors=user_vecs,
+        segments=users["segment"].astype("string").fillna("unknown").to_numpy(object),
+        opt_out=users["opt_out"].astype("boolean").fillna(False).to_numpy(bool),
+        cold_start_source=users.get("cold_start_source", pd.Series("own", index=users.index)).to_numpy(object),
+        campaigns=keep.drop(columns="_pos"),
+        campaign_vectors=campaign_vecs[keep["_pos"].to_numpy(int)],
+        campaign_stats=stats,
+        products=products,
+        product_vectors=product_vecs,
+        recent_purchases=recent,
+        model=str(users["model"].iloc[0]) if len(users) else config.embedding_model,
+    )
+
+
+def _product_catalog(config: NotifyConfig, run_date: date) -> pd.DataFrame:
+    """product_id, name, article_type, popularity (units sold, 0 when unknown)."""
+    try:
+        features = read_features(config, "product_features", run_date)
+    except FileNotFoundError:
+        features = read_current(config, "products", run_date)
+    sales = features["total_sales"] if "total_sales" in features else pd.Series(0, index=features.index)
+    return pd.DataFrame(
+        {
+            "product_id": features["product_id"].astype(str),
+            "name": features["productDisplayName"].astype("string").fillna(""),
+            "article_type": features["articleType"].astype("string").fillna(""),
+            "popularity": pd.to_numeric(sales, errors="coerce").fillna(0).to_numpy(np.float32),
+        }
+    )
+
+
+# ------------------------------------------------------------------------------------ scoring
+@dataclass
+class Recommendations:
+    """Flat recommendation rows (lake layout) for campaigns and products."""
+
+    campaigns: pd.DataFrame
+    products: pd.DataFrame
+
+
+def score(inputs: ScoringInputs, k: int = TOP_K, method: str = "auto") -> Recommendations:
+    """Top-``k`` campaigns and products for every user (see the module docstring for the rules)."""
+    started = time.monotonic()
+    n_users = len(inputs.user_ids)
+    active = ~inputs.opt_out
+    seg_names, seg_codes = np.unique(inputs.segments.astype(str), return_inverse=True)
+    campaign_ids = inputs.campaigns["campaign_id"].astype(str).tolist()
+    rates = response_rates(inputs.campaign_stats, campaign_ids, list(seg_names))
+    eligible, targeted = _segment_rules(list(seg_names), inputs.campaigns)
+    priority = pd.to_numeric(inputs.campaigns["priority"], errors="coerce").fillna(1).to_numpy(np.float32)
+    bias = campaign_bias(priority, rates, eligible, targeted)
+    users_pos = np.flatnonzero(active)
+    camp = top_k(
+        inputs.user_vectors[users_pos],
+        inputs.campaign_vectors,
+        k,
+        similarity_weight=SIMILARITY_WEIGHT,
+        bias=bias,
+        groups=seg_codes[users_pos],
+        method=method,
+    )
+    campaign_rows = _campaign_rows(inputs, users_pos, seg_codes, seg_names, camp, priority, rates)
+
+    popularity = inputs.products["popularity"].to_numpy(np.float32)
+    pop_norm = np.log1p(popularity) / max(np.log1p(popularity.max(initial=0.0)), 1e-9)
+    user_index = pd.Index(inputs.user_ids[users_pos])
+    product_index = pd.Index(inputs.products["product_id"].astype(str))
+    ex_q = user_index.get_indexer(inputs.recent_purchases["user_id"].astype(str))
+    ex_i = product_index.get_indexer(inputs.recent_purchases["product_id"].astype(str))
+    known = (ex_q >= 0) & (ex_i >= 0)
+    prod = top_k(
+        inputs.user_vectors[users_pos],
+        inputs.product_vectors,
+        k,
+        similarity_weight=1.0 - PRODUCT_POPULARITY_WEIGHT,
+        bias=(PRODUCT_POPULARITY_WEIGHT * pop_norm)[None, :],
+        exclude=(ex_q[known], ex_i[known]),
+        method=method,
+    )
+    product_rows = _product_rows(inputs, users_pos, prod)
+    log.info(
+        "scored %d users (%d opted out) against %d campaigns and %d products in %.1fs",
+        n_users, int((~active).sum()), len(campaign_ids), len(product_index), time.monotonic() - started,
+    )  # fmt: skip
+    return Recommendations(campaign_rows, product_rows)
+
+
+def _campaign_rows(
+    inputs: ScoringInputs,
+    users_pos: np.ndarray,
+    seg_codes: np.ndarray,
+    seg_names: np.ndarray,
+    result: TopK,
+    priority: np.ndarray,
+    rates: ResponseRates,
+) -> pd.DataFrame:
+    rows, ranks = np.nonzero(result.indices >= 0)
+    user_pos = users_pos[rows]
+    item = result.indices[rows, ranks]
+    seg = seg_codes[user_pos]
+    sims = result.similarities[rows, ranks]
+    rate = rates.rates[seg, item]
+    source = rates.source[seg, item]
+    ids = inputs.campaigns["campaign_id"].astype(str).to_numpy(object)
+    rule = inputs.campaigns.get("eligibility", pd.Series("all", index=inputs.campaigns.index))
+    rule = rule.astype("string").fillna("all").to_numpy(object)
+    seg_label = np.asarray(seg_names, dtype=object)[seg]
+    rate_reason = np.where(
+        source == "segment",
+        "response " + pd.Series(rate * 100).round(1).astype(str).to_numpy() + "% in segment " + seg_label,
+        np.where(
+            source == "overall",
+            "response " + pd.Series(rate * 100).round(1).astype(str).to_numpy() + "% overall",
+            "response " + pd.Series(rate * 100).round(1).astype(str).to_numpy() + "% (prior, no deliveries yet)",
+        ),
+    )
+    sim_reason = (
+        "similarity "
+        + pd.Series(sims).round(3).astype(str).to_numpy()
+        + np.where(
+            inputs.cold_start_source[user_pos] == "own", "", " (cold start: " + inputs.cold_start_source[user_pos] + ")"
+        )
+    )
+    priority_reason = "priority " + priority[item].astype(int).astype(str)
+    welcome = inputs.campaigns["notification_type"].astype(str).to_numpy(object)[item] == "welcome"
+    elig_reason = np.where((rule[item] == "all") & ~welcome, "", "targeted at segment " + seg_label)
+    reasons = [
+        [r for r in parts if r] for parts in zip(sim_reason, priority_reason, rate_reason, elig_reason, strict=True)
+    ]
+    return pd.DataFrame(
+        {
+            "user_id": inputs.user_ids[user_pos],
+            "rank": ranks.astype(np.int32) + 1,
+            "campaign_id": ids[item],
+            "score": result.scores[rows, ranks],
+            "similarity": sims,
+            "priority": priority[item].astype(np.int32),
+            "response_rate": rate.astype(np.float32),
+            "reasons": reasons,
+        }
+    )
+
+
+def _product_rows(inputs: ScoringInputs, users_pos: np.ndarray, result: TopK) -> pd.DataFrame:
+    rows, ranks = np.nonzero(result.indices >= 0)
+    item = result.indices[rows, ranks]
+    products = inputs.products
+    return pd.DataFrame(
+        {
+            "user_id": inputs.user_ids[users_pos[rows]],
+            "rank": ranks.astype(np.int32) + 1,
+            "product_id": products["product_id"].to_numpy(object)[item],
+            "name": products["name"].to_numpy(object)[item],
+            "article_type": products["article_type"].to_numpy(object)[item],
+            "score": result.scores[rows, ranks],
+            "similarity": result.similarities[rows, ranks],
+        }
+    )
+
+
+# ------------------------------------------------------------------------------------ outputs
+def recommendation_items(
+    recs: Recommendations, user_ids: np.ndarray, opt_out: np.ndarray, run_date: date, model: str, dim: int
+) -> list[dict[str, Any]]:
+    """One DynamoDB item per user (opted-out users get empty lists and ``opt_out`` true)."""
+    generated_at = datetime.now(UTC).isoformat(timespec="seconds")
+    version = embedding_version(model, dim)
+    campaign_fields = ["campaign_id", "rank", "score", "similarity", "priority", "response_rate", "reasons"]
+    product_fields = ["product_id", "rank", "name", "article_type", "score", "similarity"]
+    by_user_c = _group_records(recs.campaigns, campaign_fields)
+    by_user_p = _group_records(recs.products, product_fields)
+    return [
+        {
+            "user_id": user,
+            "run_date": str(run_date),
+            "generated_at": generated_at,
+            "model": model,
+            "model_version": version,
+            "opt_out": bool(out),
+            "campaigns": by_user_c.get(user, []),
+            "products": by_user_p.get(user, []),
+        }
+        for user, out in zip(user_ids, opt_out, strict=True)
+    ]
+
+
+def _group_records(frame: pd.DataFrame, fields: list[str]) -> dict[str, list[dict[str, Any]]]:
+    if not len(frame):
+        return {}
+    ordered = frame.sort_values(["user_id", "rank"], kind="stable")
+    records = ordered[fields].to_dict("records")
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for user, record in zip(ordered["user_id"].to_numpy(), records, strict=True):
+        grouped.setdefault(user, []).append(record)
+    return grouped
+
+
+def run_scoring(
+    config: NotifyConfig, run_date: date, dynamo: Dynamo | None = None, method: str = "auto"
+) -> dict[str, Any]:
+    """The whole scoring stage for ``run_date``: read, score, write lake and DynamoDB; returns counts."""
+    started = time.monotonic()
+    inputs = load_inputs(config, run_date)
+    recs = score(inputs, method=method)
+    write_partition(config.lake_path("recommendations", "campaigns", run_date), recs.campaigns)
+    write_partition(config.lake_path("recommendations", "products", run_date), recs.products)
+    written = 0
+    if dynamo is not None:
+        items = recommendation_items(
+            recs, inputs.user_ids, inputs.opt_out, run_date, inputs.model, int(inputs.user_vectors.shape[1])
+        )
+        written = dynamo.put_items("recommendations", items)
+    counts = {
+        "users": len(inputs.user_ids),
+        "opted_out": int(inputs.opt_out.sum()),
+        "sendable_campaigns": len(inputs.campaigns),
+        "products": len(inputs.products),
+        "campaign_rows": len(recs.campaigns),
+        "product_rows": len(recs.products),
+        "users_without_campaigns": int(len(inputs.user_ids) - recs.campaigns["user_id"].nunique()),
+        "written": written,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    log.info("scoring %s: %s", run_date, counts)
+    return counts
