@@ -497,10 +497,10 @@ def plan_violations(
     for user_id, rows in plan.groupby("user_id"):
         user = users.loc[user_id]
         zone = ZoneInfo(str(user["timezone"]))
-        own_sent = pd.to_datetime(sent.loc[sent["user_id"] == user_id, "send_at"], utc=True)
+        own_sent = pd.to_datetime(sent.loc[sent["user_id"] == user_id, "send_at"], utc=True, format="ISO8601")
         if len(rows) + len(own_sent) > user["cap"]:
             problems.append(f"{user_id}: {len(rows)} planned + {len(own_sent)} sent > cap {user['cap']}")
-        times = sorted([*pd.to_datetime(rows["send_at"], utc=True), *own_sent])
+        times = sorted([*pd.to_datetime(rows["send_at"], utc=True, format="ISO8601"), *own_sent])
         for earlier, later in itertools.pairwise(times):
             if (later - earlier) < timedelta(minutes=config.min_gap_minutes):
                 problems.append(f"{user_id}: gap {later - earlier} between {earlier} and {later}")

@@ -1,0 +1,594 @@
+"""Dispatch: send what is due, exactly once, through the configured channels.
+
+One run (``dispatch_due``) handles everything due up to ``now``, found through the sparse
+``due_index`` (one query per shard and UTC day; never a scan), item by item:
+
+1. **Claim** with a conditional update ``scheduled -> sending`` that sets ``lease_until`` and the
+   dispatcher's ``lease_owner``. Two dispatchers (or a retried task) racing for an item: exactly
+   one update succeeds. An item left ``sending`` by a dispatcher that died is reclaimed once its
+   lease has lapsed (the condition names the old lease, so only one reclaimer wins); if its
+   delivery was already recorded, it is only marked sent, not sent again.
+2. **Expire** instead of sending late: items more than ``max_lateness_minutes`` past due become
+   ``expired`` (a 3 a.m. "good morning" is worse than none).
+3. **Render** the campaign's templates in the sandbox (``templates.render``) with the user's name
+   and the planned product's name; cancel if the user opted out or the campaign stopped since
+   planning.
+4. **Send** through every configured channel, retrying transient errors with exponential
+   back-off; if none accepted and some failure was transient the item goes back to ``scheduled``
+   for the next run (lateness bounds how long); if all failed permanently it is ``failed`` with
+   the reason.
+5. **Record** the delivery (``notify_deliveries``, written only if absent), mark the item ``sent``
+   (removing the due-index keys) and emit ``notification_sent`` to ``notify.events``.
+
+The clock is the ``now`` parameter: the DAG passes the run's time, ``simulate_day`` walks a
+simulated day in minutes instead of 24 hours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol
+
+from include.notify.channels import Channel, ChannelError, Message, build_channels
+from include.notify.config import NotifyConfig
+from include.notify.storage import DUE_INDEX, Dynamo
+from include.notify.templates import UnsafeTemplateError, render
+
+log = logging.getLogger(__name__)
+
+SCHEDULE = "notification_schedule"
+PRODUCT_FALLBACK = "our latest picks"
+
+
+def iso(moment: datetime) -> str:
+    """The schedule's timestamp format: ISO-8601 UTC to the second with ``Z`` (sorts as text)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError(f"now must be timezone-aware (UTC), got naive {moment!r}")
+    return moment.astimezone(UTC)
+
+
+# ------------------------------------------------------------------------------------ events
+class EventSink(Protocol):
+    """Where ``notification_sent`` events go; ``flush`` returns how many could not be delivered."""
+
+    def emit(self, event: Mapping[str, Any]) -> None: ...
+
+    def flush(self) -> int: ...
+
+
+class KafkaEventSink:
+    """``notify.events``, keyed by user so a user's events stay in order on one partition."""
+
+    def __init__(self, config: NotifyConfig, timeout: float = 15.0) -> None:
+        from confluent_kafka import Producer
+
+        from include.notify.topics import kafka_settings
+
+        self.topic = config.topic("events")
+        self.timeout = timeout
+        self.failed = 0
+        self._lock = threading.Lock()
+        self.producer = Producer(kafka_settings(config, **{"enable.idempotence": True, "linger.ms": 20}))
+
+    def _delivered(self, error: Any, message: Any) -> None:
+        if error is not None:
+            with self._lock:
+                self.failed += 1
+            log.error("notification_sent event for %s not delivered: %s", message.key(), error)
+
+    def emit(self, event: Mapping[str, Any]) -> None:
+        self.producer.produce(
+            self.topic,
+            key=str(event["user_id"]).encode(),
+            value=json.dumps(event).encode(),
+            on_delivery=self._delivered,
+        )
+        self.producer.poll(0)
+
+    def flush(self) -> int:
+        remaining = self.producer.flush(self.timeout)
+        with self._lock:
+            failed, self.failed = self.failed + remaining, 0
+        return failed
+
+
+class ListEventSink:
+    """Events kept in memory (tests, and the simulator when no broker is wanted)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def emit(self, event: Mapping[str, Any]) -> None:
+        with self._lock:
+            self.events.append(dict(event))
+
+    def flush(self) -> int:
+        return 0
+
+
+def sent_event(item: Mapping[str, Any], sent_utc: str) -> dict[str, Any]:
+    """The ``notification_sent`` event of the contract; its id is derived from the notification, so a
+    re-emitted event (after a crash) is deduplicated by stream ingestion."""
+    digest = hashlib.sha1(f"notification_sent#{item['notification_id']}".encode(), usedforsecurity=False)
+    return {
+        "event_id": f"ns-{digest.hexdigest()[:32]}",
+        "user_id": item["user_id"],
+        "ts": sent_utc,
+        "event_type": "notification_sent",
+        "campaign_id": item["campaign_id"],
+        "notification_id": item["notification_id"],
+    }
+
+
+# ---------------------------------------------------------------------------------- finding
+def due_buckets(config: NotifyConfig, now: datetime, lookback_hours: int) -> list[str]:
+    """The due-index partitions that can hold items due in (now - lookback, now]."""
+    first = (now - timedelta(hours=lookback_hours)).date()
+    days = [first + timedelta(days=n) for n in range((now.date() - first).days + 1)]
+    return [f"{day.isoformat()}#{shard}" for day in days for shard in range(config.schedule_shards)]
+
+
+def due_items(
+    config: NotifyConfig, dynamo: Dynamo, now: datetime, lookback_hours: int = 24, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Pending (scheduled or sending) items with ``due_at <= now``, oldest first within each shard."""
+    now = _utc(now)
+    found: list[dict[str, Any]] = []
+    for bucket in due_buckets(config, now, lookback_hours):
+        for item in dynamo.query(
+            SCHEDULE,
+            index=DUE_INDEX.name,
+            KeyConditionExpression="due_bucket = :b AND due_at <= :now",
+            ExpressionAttributeValues={":b": bucket, ":now": iso(now)},
+        ):
+            found.append(item)
+            if limit is not None and len(found) >= limit:
+                return found
+    return found
+
+
+def has_due(config: NotifyConfig, now: datetime, dynamo: Dynamo | None = None, lookback_hours: int = 24) -> bool:
+    """Whether anything is claimable at ``now``: a scheduled item due, or a sending one whose lease lapsed.
+
+    What the dispatch DAG's sensor pokes; stops at the first hit.
+    """
+    dynamo = dynamo or Dynamo.from_config(config)
+    now = _utc(now)
+    epoch = int(now.timestamp())
+    for bucket in due_buckets(config, now, lookback_hours):
+        for _ in dynamo.query(
+            SCHEDULE,
+            index=DUE_INDEX.name,
+            KeyConditionExpression="due_bucket = :b AND due_at <= :now",
+            FilterExpression="#s = :scheduled OR lease_until < :epoch",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={":b": bucket, ":now": iso(now), ":scheduled": "scheduled", ":epoch": epoch},
+        ):
+            return True
+    return False
+
+
+# ------------------------------------------------------------------------------- transitions
+def _key(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {"user_id": item["user_id"], "send_at_campaign": item["send_at_campaign"]}
+
+
+def _update(
+    dynamo: Dynamo,
+    item: Mapping[str, Any],
+    set_values: Mapping[str, Any],
+    condition: str,
+    condition_values: Mapping[str, Any],
+    remove: Iterable[str] = (),
+    extra_set: str = "",
+) -> bool:
+    """One conditional UpdateItem; False when the condition failed (someone else owns the item)."""
+    from botocore.exceptions import ClientError
+
+    names = {"#s": "status"}
+    assignments = []
+    values: dict[str, Any] = {}
+    for number, (name, value) in enumerate(set_values.items()):
+        names[f"#a{number}"] = name
+        values[f":a{number}"] = value
+        assignments.append(f"#a{number} = :a{number}")
+    if extra_set:
+        assignments.append(extra_set)
+    expression = "SET " + ", ".join(assignments)
+    removals = list(remove)
+    if removals:
+        expression += " REMOVE " + ", ".join(removals)
+    values.update(condition_values)
+    try:
+        dynamo.client.update_item(
+            TableName=dynamo.table(SCHEDULE),
+            Key=dynamo.serialize(_key(item)),
+            UpdateExpression=expression,
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=dynamo.serialize(values),
+        )
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
+
+
+_DUE_KEYS = ("due_bucket", "due_at", "lease_until", "lease_owner")
+
+
+def _as_found(item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The condition that the item is still exactly as we read it (status, and lease if sending)."""
+    if item.get("status") == "sending":
+        return "#s = :was AND lease_until = :old_lease", {":was": "sending", ":old_lease": item.get("lease_until")}
+    return "#s = :was", {":was": "scheduled"}
+
+
+def _mine(owner: str) -> tuple[str, dict[str, Any]]:
+    return "#s = :sending AND lease_owner = :me", {":sending": "sending", ":me": owner}
+
+
+# ---------------------------------------------------------------------------------- dispatch
+@dataclass
+class Dispatcher:
+    """One dispatcher identity (``owner``) with its channels, event sink and retry policy."""
+
+    config: NotifyConfig
+    dynamo: Dynamo
+    channels: list[Channel]
+    events: EventSink | None = None
+    owner: str = field(default_factory=lambda: f"dispatcher-{uuid.uuid4().hex[:12]}")
+    workers: int = 8
+    send_attempts: int = 3
+    backoff_seconds: float = 0.2
+    # Test hook: called with the claimed items before anything is sent (e.g. to die there).
+    after_claim: Callable[[list[dict[str, Any]]], None] | None = None
+
+    def run(self, now: datetime, lookback_hours: int = 24, limit: int | None = None) -> dict[str, int]:
+        """Dispatch everything due up to ``now``; returns counts by outcome."""
+        now = _utc(now)
+        started = time.monotonic()
+        counts: Counter[str] = Counter()
+        items = due_items(self.config, self.dynamo, now, lookback_hours, limit)
+        counts["due"] = len(items)
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            claims = list(pool.map(lambda item: self._claim_or_expire(item, now), items))
+        claimed = [item for item, outcome in zip(items, claims, strict=True) if outcome == "claimed"]
+        counts.update(outcome for outcome in claims if outcome != "claimed")
+        counts["claimed"] = len(claimed)
+        if claimed and self.after_claim is not None:
+            self.after_claim(claimed)
+        if claimed:
+            context = self._context(claimed)
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                counts.update(pool.map(lambda item: self._deliver(item, now, context), claimed))
+        if self.events is not None:
+            counts["events_failed"] = self.events.flush()
+        counts["seconds_ms"] = int((time.monotonic() - started) * 1000)
+        log.info("dispatch at %s by %s: %s", iso(now), self.owner, dict(counts))
+        return dict(counts)
+
+    # ---------------------------------------------------------------------------- claiming
+    def _claim_or_expire(self, item: dict[str, Any], now: datetime) -> str:
+        status = item.get("status")
+        epoch = int(now.timestamp())
+        if status == "sending" and int(item.get("lease_until", 0)) >= epoch:
+            return "leased_elsewhere"
+        if status not in ("scheduled", "sending"):
+            return "not_pending"
+        condition, values = _as_found(item)
+        late = now - parse_iso(item["due_at"])
+        if late > timedelta(minutes=self.config.max_lateness_minutes):
+            if status == "sending" and self._delivered_already(item):
+                return self._mark_sent_from_record(item, condition, values)
+            reason = (
+                f"{int(late.total_seconds() // 60)} min past due > max lateness {self.config.max_lateness_minutes} min"
+            )
+            ok = _update(
+                self.dynamo, item, {"status": "expired", "failure_reason": reason}, condition, values, _DUE_KEYS
+            )
+            return "expired" if ok else "lost_race"
+        ok = _update(
+            self.dynamo,
+            item,
+            {"status": "sending", "lease_until": epoch + self.config.lease_seconds, "lease_owner": self.owner},
+            condition,
+            {**values, ":zero": 0, ":one": 1},
+            extra_set="attempts = if_not_exists(attempts, :zero) + :one",
+        )
+        if not ok:
+            return "lost_race"
+        item.update(status="sending", lease_until=epoch + self.config.lease_seconds, lease_owner=self.owner)
+        item["attempts"] = int(item.get("attempts", 0)) + 1
+        item["_reclaimed"] = status == "sending"
+        return "claimed"
+
+    def _delivered_already(self, item: Mapping[str, Any]) -> bool:
+        return self.dynamo.get("deliveries", {"notification_id": item["notification_id"]}, consistent=True) is not None
+
+    def _mark_sent_from_record(self, item: dict[str, Any], condition: str, values: dict[str, Any]) -> str:
+        """A dead dispatcher sent and recorded the delivery but did not mark the item: finish its bookkeeping."""
+        record = self.dynamo.get("deliveries", {"notification_id": item["notification_id"]}, consistent=True) or {}
+        ok = _update(
+            self.dynamo,
+            item,
+            {"status": "sent", "sent_utc": record.get("sent_utc", ""), "channel": record.get("channel", "")},
+            condition,
+            values,
+            _DUE_KEYS,
+        )
+        return "recovered_sent" if ok else "lost_race"
+
+    # ---------------------------------------------------------------------------- delivering
+    def _context(self, items: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+        """Users, campaigns and products of the claimed items, fetched in batches (100 keys a request)."""
+        users = self.dynamo.batch_get("users", [{"user_id": i["user_id"]} for i in items])
+        campaigns = self.dynamo.batch_get("campaigns", [{"campaign_id": i["campaign_id"]} for i in items])
+        product_keys = [{"product_id": str(i["product_id"])} for i in items if i.get("product_id")]
+        products = self.dynamo.batch_get("products", product_keys) if product_keys else []
+        return {
+            "users": {u["user_id"]: u for u in users},
+            "campaigns": {c["campaign_id"]: c for c in campaigns},
+            "products": {str(p["product_id"]): p for p in products},
+        }
+
+    def _deliver(self, item: dict[str, Any], now: datetime, context: Mapping[str, Mapping[str, Any]]) -> str:
+        if item.get("_reclaimed") and self._delivered_already(item):
+            return self._finish(item, now, None, recovered=True)
+        user = context["users"].get(item["user_id"])
+        campaign = context["campaigns"].get(item["campaign_id"])
+        if user is None:
+            return self._close(item, "failed", f"user {item['user_id']} not in notify_users")
+        if campaign is None:
+            return self._close(item, "failed", f"campaign {item['campaign_id']} not in notify_campaigns")
+        if bool(user.get("opt_out")):
+            return self._close(item, "cancelled", "user opted out after planning")
+        if campaign.get("status") != "active":
+            return self._close(item, "cancelled", f"campaign is {campaign.get('status')} since planning")
+        product = context["products"].get(str(item.get("product_id")))
+        try:
+            message = build_message(item, user, campaign, product, now)
+        except UnsafeTemplateError as error:
+            return self._close(item, "failed", f"template of {item['campaign_id']}: {error}")
+        accepted, errors = self._send_all(message)
+        if accepted:
+            return self._finish(item, now, message, accepted=accepted, errors=errors)
+        reason = "; ".join(str(error) for error in errors)
+        if any(error.transient for error in errors):
+            ok = _update(
+                self.dynamo, item, {"status": "scheduled", "last_error": reason}, *_mine(self.owner),
+                remove=("lease_until", "lease_owner"),
+            )  # fmt: skip
+            return "retry_later" if ok else "lost_lease"
+        return self._close(item, "failed", reason)
+
+    def _send_all(self, message: Message) -> tuple[list[str], list[ChannelError]]:
+        """Every channel until it accepts or fails permanently; transient failures retried with back-off."""
+        accepted: list[str] = []
+        final_errors: list[ChannelError] = []
+        for channel in self.channels:
+            for attempt in range(self.send_attempts):
+                try:
+                    channel.send(message)
+                except ChannelError as error:
+                    if not error.transient or attempt == self.send_attempts - 1:
+                        final_errors.append(error)
+                        break
+                    time.sleep(self.backoff_seconds * 2**attempt * (0.5 + random.random()))
+                else:
+                    accepted.append(channel.name)
+                    break
+        return accepted, final_errors
+
+    def _finish(
+        self,
+        item: dict[str, Any],
+        now: datetime,
+        message: Message | None,
+        accepted: list[str] | None = None,
+        errors: list[ChannelError] | None = None,
+        recovered: bool = False,
+    ) -> str:
+        """Record the delivery (if not recorded yet), mark the item sent, emit the event."""
+        from botocore.exceptions import ClientError
+
+        outcome = "sent"
+        if message is not None:
+            record = {
+                **message.payload(),
+                "channel": ",".join(accepted or []),
+                "attempts": int(item.get("attempts", 1)),
+                "product_id": item.get("product_id"),
+                "channel_errors": "; ".join(str(e) for e in errors or []) or None,
+            }
+            try:
+                self.dynamo.put("deliveries", record, ConditionExpression="attribute_not_exists(notification_id)")
+            except ClientError as error:
+                if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
+                # Someone recorded this notification already: we sent a duplicate. Never expected
+                # while leases outlive a send; counted so a test or a dashboard would see it.
+                outcome = "duplicate_send"
+            sent_utc, channel = message.sent_utc, record["channel"]
+        else:
+            record = self.dynamo.get("deliveries", {"notification_id": item["notification_id"]}, consistent=True) or {}
+            sent_utc, channel, outcome = record.get("sent_utc", iso(now)), record.get("channel", ""), "recovered_sent"
+        ok = _update(
+            self.dynamo,
+            item,
+            {"status": "sent", "sent_utc": sent_utc, "channel": channel},
+            *_mine(self.owner),
+            remove=_DUE_KEYS,
+        )
+        if not ok:
+            return "lost_lease"
+        if self.events is not None and not recovered:
+            self.events.emit(sent_event(item, sent_utc))
+        return outcome
+
+    def _close(self, item: dict[str, Any], status: str, reason: str) -> str:
+        log.warning("%s %s: %s", item["notification_id"], status, reason)
+        ok = _update(
+            self.dynamo, item, {"status": status, "failure_reason": reason}, *_mine(self.owner), remove=_DUE_KEYS
+        )
+        return status if ok else "lost_lease"
+
+
+def build_message(
+    item: Mapping[str, Any],
+    user: Mapping[str, Any],
+    campaign: Mapping[str, Any],
+    product: Mapping[str, Any] | None,
+    now: datetime,
+) -> Message:
+    """The rendered payload of one schedule item (sandboxed templates, whitelisted variables only)."""
+    name = str(user.get("name") or "").strip()
+    variables = {
+        "first_name": name.split(" ")[0] if name else "there",
+        "name": name or "there",
+        "product_name": str((product or {}).get("productDisplayName") or PRODUCT_FALLBACK),
+        "article_type": str((product or {}).get("articleType") or ""),
+        "campaign_name": str(campaign.get("name") or ""),
+    }
+    return Message(
+        notification_id=str(item["notification_id"]),
+        user_id=str(item["user_id"]),
+        campaign_id=str(item["campaign_id"]),
+        title=str(campaign.get("name") or item["campaign_id"]),
+        short_text=render(str(campaign.get("template_short") or ""), variables),
+        long_text=render(str(campaign.get("template_long") or ""), variables),
+        priority=int(campaign.get("priority") or item.get("priority") or 1),
+        notification_type=str(campaign.get("notification_type") or ""),
+        sent_epoch=int(now.timestamp()),
+        sent_utc=iso(now),
+        email=user.get("email"),
+    )
+
+
+def dispatch_due(
+    config: NotifyConfig,
+    now: datetime,
+    dynamo: Dynamo | None = None,
+    channels: list[Channel] | None = None,
+    events: EventSink | None = None,
+    **options: Any,
+) -> dict[str, int]:
+    """Send everything due up to ``now`` exactly once; returns counts (due, claimed, sent, expired, ...).
+
+    Channels default to ``config.channels`` and events to ``notify.events``; ``options`` go to
+    ``Dispatcher`` (workers, send_attempts, backoff_seconds, owner).
+    """
+    dynamo = dynamo or Dynamo.from_config(config)
+    own_channels = channels is None
+    channels = build_channels(config, dynamo) if channels is None else channels
+    events = KafkaEventSink(config) if events is None else events
+    try:
+        return Dispatcher(config, dynamo, channels, events, **options).run(now)
+    finally:
+        if own_channels:
+            for channel in channels:
+                channel.close()
+
+
+def simulate_day(
+    config: NotifyConfig,
+    day: date,
+    step_minutes: int = 10,
+    dynamo: Dynamo | None = None,
+    channels: list[Channel] | None = None,
+    events: EventSink | None = None,
+    **options: Any,
+) -> dict[str, int]:
+    """Dispatch local day ``day`` with a simulated clock, in minutes rather than 24 hours.
+
+    The clock advances in ``step_minutes`` ticks over the UTC span of that local day in every time
+    zone, skipping ticks where nothing is due (as the sensor would); every item is dispatched at
+    most one step after it is due, so ``step_minutes`` must stay below the lateness limit.
+    """
+    if not 0 < step_minutes < config.max_lateness_minutes:
+        raise ValueError(f"step_minutes must be in 1..{config.max_lateness_minutes - 1}, got {step_minutes}")
+    dynamo = dynamo or Dynamo.from_config(config)
+    own_channels = channels is None
+    channels = build_channels(config, dynamo) if channels is None else channels
+    events = KafkaEventSink(config) if events is None else events
+    step = timedelta(minutes=step_minutes)
+    # Local day D spans UTC D-1 10:00 (UTC+14) to D+1 12:00 (UTC-12).
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(hours=14)
+    end = start + timedelta(hours=50)
+    pending = due_items(config, dynamo, end, lookback_hours=50 + 24)
+    ticks = sorted(
+        {_ceil(parse_iso(i["due_at"]), start, step) for i in pending if i.get("local_day") == day.isoformat()}
+    )
+    totals: Counter[str] = Counter()
+    dispatcher = Dispatcher(config, dynamo, channels, events, **options)
+    try:
+        for tick in ticks:
+            counts = dispatcher.run(tick, lookback_hours=max(2, config.max_lateness_minutes // 60 + 2))
+            totals.update({k: v for k, v in counts.items() if k != "seconds_ms"})
+    finally:
+        if own_channels:
+            for channel in channels:
+                channel.close()
+    totals["ticks"] = len(ticks)
+    return dict(totals)
+
+
+def _ceil(moment: datetime, origin: datetime, step: timedelta) -> datetime:
+    steps = -(-(moment - origin) // step)
+    return origin + steps * step
+
+
+# ------------------------------------------------------------------------------------ views
+def describe_deliveries(config: NotifyConfig, dynamo: Dynamo, user_id: str, limit: int = 50) -> str:
+    """A user's notifications for analysts: what was sent when, through which channels, and what was
+    not sent (expired, failed, cancelled) with the reason. Reads the user's schedule by key (no scan)
+    and the deliveries by notification id."""
+    items = list(
+        dynamo.query(SCHEDULE, KeyConditionExpression="user_id = :u", ExpressionAttributeValues={":u": user_id})
+    )
+    if not items:
+        return f"{user_id}: no notifications planned or sent"
+    items = sorted(items, key=lambda i: i["send_at"], reverse=True)[:limit]
+    ids = [{"notification_id": i["notification_id"]} for i in items if i.get("status") == "sent"]
+    deliveries = {d["notification_id"]: d for d in dynamo.batch_get("deliveries", ids)} if ids else {}
+    lines = [f"{user_id} · {len(items)} most recent notification(s) · {config.table_name('deliveries')}"]
+    lines.append(f"{'planned (UTC)':<20}  {'status':<9}  {'sent (UTC)':<20}  {'channel':<12} {'try':>3}  message")
+    for item in items:
+        delivery = deliveries.get(item["notification_id"], {})
+        text = (
+            f"{delivery.get('title', '')}: {delivery.get('short_text', '')}"
+            if delivery
+            else item.get("failure_reason") or item.get("last_error") or ""
+        )
+        lines.append(
+            f"{item['send_at']:<20}  {item.get('status', '?'):<9}  {delivery.get('sent_utc', ''):<20}  "
+            f"{delivery.get('channel', ''):<12} {item.get('attempts', 0):>3}  [{item['campaign_id']}] {text}"
+        )
+    return "\n".join(lines)
+
+
+def status_counts(config: NotifyConfig, dynamo: Dynamo) -> dict[str, int]:
+    """Schedule items by status (a full scan: for reports and the demo, never for dispatch)."""
+    counts: Counter[str] = Counter(str(item.get("status")) for item in dynamo.scan(SCHEDULE))
+    return dict(sorted(counts.items()))
