@@ -1,0 +1,337 @@
+"""Dispatch against a real dynalite: exactly once under races and crashes, lateness, retries, views."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from include.notify.channels import InboxChannel, Message, PermanentChannelError, TransientChannelError
+from include.notify.config import REPO_ROOT, NotifyConfig
+from include.notify.dispatch import (
+    Dispatcher,
+    ListEventSink,
+    describe_deliveries,
+    dispatch_due,
+    has_due,
+    iso,
+    simulate_day,
+    status_counts,
+)
+from include.notify.planning import PlanInputs, build_plan, describe_plan, read_existing, write_plan
+from include.notify.storage import Dynamo
+
+pytestmark = pytest.mark.integration
+
+DAY = date(2026, 11, 25)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+class Recorder:
+    """A channel that counts what it was asked to send (thread-safe)."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.sent: Counter[str] = Counter()
+        self.messages: list[Message] = []
+        self._lock = threading.Lock()
+
+    def send(self, message: Message) -> None:
+        with self._lock:
+            self.sent[message.notification_id] += 1
+            self.messages.append(message)
+
+    def close(self) -> None:
+        pass
+
+
+class Flaky(Recorder):
+    """Fails transiently ``failures`` times per notification, or permanently for listed users."""
+
+    name = "flaky"
+
+    def __init__(self, failures: int = 0, permanent_users: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.failures = failures
+        self.permanent_users = permanent_users
+        self.calls: Counter[str] = Counter()
+
+    def send(self, message: Message) -> None:
+        self.calls[message.notification_id] += 1
+        if message.user_id in self.permanent_users:
+            raise PermanentChannelError(self.name, message.notification_id, "address rejected")
+        if self.calls[message.notification_id] <= self.failures:
+            raise TransientChannelError(self.name, message.notification_id, "503 try later")
+        super().send(message)
+
+
+def seed_core(dynamo: Dynamo, users: int) -> list[str]:
+    ids = [f"U{n:03d}" for n in range(users)]
+    dynamo.put_items(
+        "users",
+        [
+            {"user_id": u, "name": f"Asha{n} Rao", "email": f"{u.lower()}@example.com", "opt_out": False}
+            for n, u in enumerate(ids)
+        ],
+    )
+    dynamo.put_items(
+        "campaigns",
+        [
+            {
+                "campaign_id": c,
+                "name": f"Campaign {c}",
+                "status": "active",
+                "priority": 3,
+                "notification_type": "promotion",
+                "template_short": "Hi {{ first_name }}",
+                "template_long": "{{ first_name }}, {{ product_name }} is back in stock",
+            }
+            for c in ("A", "B", "C")
+        ],
+    )
+    dynamo.put_items(
+        "products", [{"product_id": "1163", "productDisplayName": "Nike Blue Tee", "articleType": "Tshirts"}]
+    )
+    return ids
+
+
+def schedule(dynamo: Dynamo, config: NotifyConfig, ids: list[str], due: datetime, campaigns: str = "A") -> list[dict]:
+    """Schedule items due at ``due`` (one per user and campaign), written like the planner writes them."""
+    items = []
+    for user_id in ids:
+        for campaign_id in campaigns:
+            send_at = iso(due)
+            items.append(
+                {
+                    "user_id": user_id,
+                    "send_at_campaign": f"{send_at}#{campaign_id}",
+                    "notification_id": f"{user_id}#{due.date()}#{campaign_id}",
+                    "campaign_id": campaign_id,
+                    "send_at": send_at,
+                    "local_day": due.date().isoformat(),
+                    "status": "scheduled",
+                    "attempts": 0,
+                    "product_id": "1163",
+                    "due_bucket": f"{due.date()}#{hash(user_id) % config.schedule_shards}",
+                    "due_at": send_at,
+                }
+            )
+    dynamo.put_items("notification_schedule", items)
+    return items
+
+
+def statuses(dynamo: Dynamo) -> dict[str, str]:
+    return {i["notification_id"]: i["status"] for i in dynamo.scan("notification_schedule")}
+
+
+def test_due_items_are_sent_once_recorded_and_announced(config: NotifyConfig, dynamo: Dynamo) -> None:
+    ids = seed_core(dynamo, 6)
+    schedule(dynamo, config, ids, NOW - timedelta(minutes=5), campaigns="AB")
+    schedule(dynamo, config, ids[:2], NOW + timedelta(minutes=30), campaigns="C")  # not due yet
+    recorder, events = Recorder(), ListEventSink()
+    assert has_due(config, NOW, dynamo)
+    counts = dispatch_due(config, NOW, dynamo, channels=[InboxChannel(dynamo), recorder], events=events)
+    assert counts["due"] == 12
+    assert counts["sent"] == 12
+    assert set(recorder.sent.values()) == {1}
+    assert not has_due(config, NOW, dynamo)
+
+    delivery = dynamo.get("deliveries", {"notification_id": f"U001#{DAY}#A"})
+    assert delivery is not None
+    assert delivery["title"] == "Campaign A"
+    assert delivery["short_text"] == "Hi Asha1"
+    assert delivery["long_text"] == "Asha1, Nike Blue Tee is back in stock"
+    assert delivery["channel"] == "inbox,recorder"
+    assert delivery["attempts"] == 1
+    assert delivery["sent_utc"] == iso(NOW)
+    assert delivery["sent_epoch"] == int(NOW.timestamp())
+    assert {"priority", "notification_type", "user_id", "campaign_id"} <= delivery.keys()
+    assert "email" not in delivery
+    assert dynamo.get("inbox", {"user_id": "U001", "notification_id": f"U001#{DAY}#A"})["read"] is False
+
+    item = next(i for i in dynamo.scan("notification_schedule") if i["notification_id"] == f"U001#{DAY}#A")
+    assert item["status"] == "sent"
+    assert not {"due_bucket", "due_at", "lease_until", "lease_owner"} & item.keys()
+    assert len(events.events) == 12
+    assert set(events.events[0]) == {"event_id", "user_id", "ts", "event_type", "campaign_id", "notification_id"}
+    assert {e["event_type"] for e in events.events} == {"notification_sent"}
+
+    again = dispatch_due(config, NOW + timedelta(minutes=1), dynamo, channels=[recorder], events=events)
+    assert again.get("due", 0) == 0
+    assert status_counts(config, dynamo) == {"scheduled": 2, "sent": 12}
+
+
+KILLED_DISPATCHER = """
+import os, signal, sys
+from datetime import datetime
+from include.notify.config import NotifyConfig
+from include.notify.dispatch import Dispatcher
+from include.notify.storage import Dynamo
+config = NotifyConfig(table_prefix=sys.argv[1], dynamodb_endpoint_url=sys.argv[2], schedule_shards=int(sys.argv[3]))
+dynamo = Dynamo.from_config(config)
+def die(items):
+    print(len(items), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # killed between claim and send
+Dispatcher(config, dynamo, channels=[], after_claim=die, owner="doomed").run(datetime.fromisoformat(sys.argv[4]), limit=15)
+"""
+
+
+def test_two_dispatchers_and_a_killed_one_deliver_everything_exactly_once(config: NotifyConfig, dynamo: Dynamo) -> None:
+    ids = seed_core(dynamo, 30)
+    items = schedule(dynamo, config, ids, NOW - timedelta(minutes=2), campaigns="AB")
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILLED_DISPATCHER,
+            config.table_prefix,
+            config.dynamodb_endpoint_url,
+            str(config.schedule_shards),
+            NOW.isoformat(),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -9, killed.stderr
+    claimed_by_killed = int(killed.stdout.strip())
+    assert claimed_by_killed == 15
+    assert Counter(statuses(dynamo).values()) == {"scheduled": 45, "sending": 15}
+
+    recorder, events = Recorder(), ListEventSink()
+    results: list[dict[str, int]] = []
+
+    def run(owner: str) -> None:
+        results.append(
+            Dispatcher(config, dynamo, [InboxChannel(dynamo), recorder], events, owner=owner, workers=4).run(NOW)
+        )
+
+    threads = [threading.Thread(target=run, args=(f"d{n}",)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(r.get("sent", 0) for r in results) == 45
+    assert sum(r.get("leased_elsewhere", 0) for r in results) == 30  # each saw the killed one's 15
+    assert sum(r.get("duplicate_send", 0) for r in results) == 0
+
+    # The killed dispatcher's lease lapses; the next run reclaims and sends its items.
+    later = NOW + timedelta(seconds=config.lease_seconds + 60)
+    recovery = Dispatcher(config, dynamo, [InboxChannel(dynamo), recorder], events).run(later)
+    assert recovery["sent"] == 15
+    assert len(recorder.sent) == len(items) == 60
+    assert set(recorder.sent.values()) == {1}
+    assert Counter(statuses(dynamo).values()) == {"sent": 60}
+    assert dynamo.count("deliveries") == 60
+    assert len({e["notification_id"] for e in events.events}) == len(events.events) == 60
+    reclaimed = [i for i in dynamo.scan("notification_schedule") if i["attempts"] == 2]
+    assert len(reclaimed) == 15
+
+
+def test_a_crash_after_recording_is_finished_without_sending_again(config: NotifyConfig, dynamo: Dynamo) -> None:
+    ids = seed_core(dynamo, 1)
+    [item] = schedule(dynamo, config, ids, NOW - timedelta(minutes=3))
+    # A dispatcher claimed, sent, recorded the delivery and died before marking the item sent.
+    dynamo.put(
+        "notification_schedule", {**item, "status": "sending", "lease_until": int(NOW.timestamp()) - 10, "attempts": 1}
+    )
+    dynamo.put(
+        "deliveries",
+        {"notification_id": item["notification_id"], "user_id": "U000", "channel": "inbox", "sent_utc": iso(NOW)},
+    )
+    recorder = Recorder()
+    counts = Dispatcher(config, dynamo, [recorder], ListEventSink()).run(NOW)
+    assert counts["recovered_sent"] == 1
+    assert not recorder.sent
+    assert statuses(dynamo) == {item["notification_id"]: "sent"}
+
+
+def test_items_past_the_lateness_limit_expire_instead_of_being_sent(config: NotifyConfig, dynamo: Dynamo) -> None:
+    ids = seed_core(dynamo, 4)
+    late = schedule(dynamo, config, ids[:2], NOW - timedelta(minutes=config.max_lateness_minutes + 15))
+    on_time = schedule(dynamo, config, ids[2:], NOW - timedelta(minutes=config.max_lateness_minutes - 5))
+    recorder = Recorder()
+    counts = dispatch_due(config, NOW, dynamo, channels=[recorder], events=ListEventSink())
+    assert counts["expired"] == 2
+    assert counts["sent"] == 2
+    assert set(recorder.sent) == {i["notification_id"] for i in on_time}
+    expired = [i for i in dynamo.scan("notification_schedule") if i["status"] == "expired"]
+    assert {i["notification_id"] for i in expired} == {i["notification_id"] for i in late}
+    assert all("past due" in i["failure_reason"] and "due_bucket" not in i for i in expired)
+    assert dynamo.count("deliveries") == 2
+
+
+def test_transient_failures_retry_then_succeed_and_permanent_ones_fail_with_the_reason(
+    config: NotifyConfig, dynamo: Dynamo
+) -> None:
+    ids = seed_core(dynamo, 3)
+    schedule(dynamo, config, ids, NOW - timedelta(minutes=1))
+    # Two transient failures per message: the in-run retries (2 attempts) give up, the next run succeeds.
+    flaky = Flaky(failures=2, permanent_users=("U002",))
+    first = Dispatcher(config, dynamo, [flaky], ListEventSink(), send_attempts=2, backoff_seconds=0.01).run(NOW)
+    assert first["retry_later"] == 2
+    assert first["failed"] == 1
+    failed = next(i for i in dynamo.scan("notification_schedule") if i["user_id"] == "U002")
+    assert failed["status"] == "failed"
+    assert "address rejected" in failed["failure_reason"]
+    assert "due_bucket" not in failed
+    second = Dispatcher(config, dynamo, [flaky], ListEventSink(), send_attempts=2, backoff_seconds=0.01).run(
+        NOW + timedelta(minutes=1)
+    )
+    assert second["sent"] == 2
+    assert set(flaky.sent) == {f"U000#{DAY}#A", f"U001#{DAY}#A"}
+    assert dynamo.get("deliveries", {"notification_id": f"U000#{DAY}#A"})["attempts"] == 2
+
+
+def test_opt_out_after_planning_cancels_and_views_explain(config: NotifyConfig, dynamo: Dynamo) -> None:
+    ids = seed_core(dynamo, 2)
+    schedule(dynamo, config, ids, NOW - timedelta(minutes=1), campaigns="AB")
+    dynamo.put("users", {"user_id": "U001", "name": "Quiet Person", "opt_out": True})
+    counts = dispatch_due(config, NOW, dynamo, channels=[Recorder()], events=ListEventSink())
+    assert counts["cancelled"] == 2
+    assert counts["sent"] == 2
+    view = describe_deliveries(config, dynamo, "U001")
+    assert "cancelled" in view
+    assert "opted out" in view
+    sent_view = describe_deliveries(config, dynamo, "U000")
+    assert "Campaign A: Hi Asha0" in sent_view
+    assert "recorder" in sent_view
+
+
+def test_a_planned_day_is_dispatched_by_the_simulator(config: NotifyConfig, dynamo: Dynamo) -> None:
+    ids = seed_core(dynamo, 8)
+    users = pd.DataFrame(
+        {"user_id": ids, "timezone": ["Asia/Kolkata", "America/New_York", "Pacific/Kiritimati", "Europe/London"] * 2}
+    )
+    recs = pd.DataFrame(
+        [{"user_id": u, "campaign_id": c, "rank": r, "score": 1 - r / 10} for u in ids for r, c in enumerate("ABC", 1)]
+    )
+    campaigns = pd.DataFrame(
+        {"campaign_id": list("ABC"), "status": "active", "start_date": DAY, "end_date": DAY, "priority": [5, 3, 1]}
+    )
+    plan = build_plan(config, PlanInputs(DAY, users, recs, campaigns)).plan
+    plan["product_id"] = "1163"
+    write_plan(dynamo, plan, read_existing(dynamo, ids, DAY), NOW - timedelta(days=1))
+    recorder = Recorder()
+    counts = simulate_day(config, DAY, step_minutes=15, dynamo=dynamo, channels=[recorder], events=ListEventSink())
+    assert counts["sent"] == len(plan) == 24
+    assert counts.get("expired", 0) == 0
+    assert counts["ticks"] <= len(plan)
+    # Each message went out at most one step after it was due.
+    due = dict(zip(plan["notification_id"], pd.to_datetime(plan["send_at"], utc=True), strict=True))
+    for message in recorder.messages:
+        lag = pd.Timestamp(message.sent_utc) - due[message.notification_id]
+        assert timedelta(0) <= lag < timedelta(minutes=15)
+    view = describe_plan(config, dynamo, ids[0], DAY)
+    assert "Asia/Kolkata" in view
+    assert view.count(" sent ") == 3
+    with pytest.raises(ValueError, match="step_minutes"):
+        simulate_day(config, DAY, step_minutes=config.max_lateness_minutes, dynamo=dynamo, channels=[recorder])
