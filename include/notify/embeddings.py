@@ -142,7 +142,12 @@ def campaign_texts(campaigns: pd.DataFrame) -> pd.Series:
     templates = _join([col("template_short"), col("template_long")], " ").str.replace(
         r"\{\{[^}]*\}\}|\{%[^%]*%\}", " ", regex=True
     )
-    templates = templates.str.replace(r"\s+([,.!?])", r"\1", regex=True).str.replace(r"([,.!?])\1+", r"\1", regex=True)
+    # Tidy what the removed placeholders leave behind: "Welcome, !" -> "Welcome!".
+    templates = (
+        templates.str.replace(r"\s+([,.!?])", r"\1", regex=True)
+        .str.replace(r",+(?=[.!?])", "", regex=True)
+        .str.replace(r"([,.!?])\1+", r"\1", regex=True)
+    )
     return _join([col("name"), col("description"), col("notification_type"), targets, templates], ". ")
 
 
