@@ -626,8 +626,9 @@ def apply_opt_events(dynamo: Dynamo, events: Sequence[Mapping[str, Any]]) -> dic
             log.warning(
                 "%s event %s for unknown user %s: not applied to users", event["event_type"], event["event_id"], user_id
             )
-        counts[event["event_type"]] += 1
-        if opt_out:
+        else:
+            counts[event["event_type"]] += 1
+        if opt_out:  # cancel even for a user unknown to notify_users: the schedule is what sends
             for item in scheduled_items(dynamo, user_id):
                 counts["cancelled"] += cancel_scheduled(dynamo, item, f"opt_out {event['event_id']}")
     return counts

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from include.notify.config import NotifyConfig
 from include.notify.storage import Dynamo
@@ -187,7 +187,7 @@ def test_a_thousand_fuzzed_malformed_messages_all_reach_the_dead_letter_topic(
     consumer = Consumer(
         {"bootstrap.servers": stream_config.kafka_bootstrap, "group.id": "dlq-reader", "auto.offset.reset": "earliest"}
     )
-    consumer.subscribe([stream_config.topic("dead_letter")])
+    consumer.assign([TopicPartition(stream_config.topic("dead_letter"), 0, OFFSET_BEGINNING)])
     dead: list[Any] = []
     for _ in range(60):
         dead += [m for m in consumer.consume(500, timeout=0.5) if m.error() is None]
