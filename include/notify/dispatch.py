@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import Any, Protocol
 
 from include.notify.channels import Channel, ChannelError, Message, build_channels
@@ -138,6 +139,19 @@ def sent_event(item: Mapping[str, Any], sent_utc: str) -> dict[str, Any]:
         "campaign_id": item["campaign_id"],
         "notification_id": item["notification_id"],
     }
+
+
+def run_time_of(context: Mapping[str, Any]) -> datetime:
+    """The time a minutely dispatch run is for: the end of its data interval, else its logical date.
+
+    Dispatch works on the run's time, never the wall clock, so a re-run or a delayed run sends
+    exactly what was due at its minute (the claims make repeats harmless).
+    """
+    for key in ("data_interval_end", "logical_date", "data_interval_start"):
+        moment = context.get(key)
+        if moment is not None:
+            return _utc(moment)
+    raise ValueError("run has neither a data interval nor a logical date")
 
 
 # ---------------------------------------------------------------------------------- finding
@@ -262,6 +276,7 @@ class Dispatcher:
     workers: int = 8
     send_attempts: int = 3
     backoff_seconds: float = 0.2
+    chunk_size: int = 500
     # Test hook: called with the claimed items before anything is sent (e.g. to die there).
     after_claim: Callable[[list[dict[str, Any]]], None] | None = None
 
@@ -272,17 +287,19 @@ class Dispatcher:
         counts: Counter[str] = Counter()
         items = due_items(self.config, self.dynamo, now, lookback_hours, limit)
         counts["due"] = len(items)
+        # Claim and send in chunks so that a claim's lease is young when its item is sent.
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            claims = list(pool.map(lambda item: self._claim_or_expire(item, now), items))
-        claimed = [item for item, outcome in zip(items, claims, strict=True) if outcome == "claimed"]
-        counts.update(outcome for outcome in claims if outcome != "claimed")
-        counts["claimed"] = len(claimed)
-        if claimed and self.after_claim is not None:
-            self.after_claim(claimed)
-        if claimed:
-            context = self._context(claimed)
-            with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                counts.update(pool.map(lambda item: self._deliver(item, now, context), claimed))
+            for start in range(0, len(items), self.chunk_size):
+                chunk = items[start : start + self.chunk_size]
+                claims = list(pool.map(lambda item: self._claim_or_expire(item, now), chunk))
+                claimed = [item for item, outcome in zip(chunk, claims, strict=True) if outcome == "claimed"]
+                counts.update(outcome for outcome in claims if outcome != "claimed")
+                counts["claimed"] += len(claimed)
+                if claimed and self.after_claim is not None:
+                    self.after_claim(claimed)
+                if claimed:
+                    context = self._context(claimed)
+                    counts.update(pool.map(partial(self._deliver, now=now, context=context), claimed))
         if self.events is not None:
             counts["events_failed"] = self.events.flush()
         counts["seconds_ms"] = int((time.monotonic() - started) * 1000)

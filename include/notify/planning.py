@@ -719,12 +719,14 @@ def plan_day(
     day: date,
     dynamo: Dynamo | None = None,
     now: datetime | None = None,
+    not_before: datetime | None = None,
     inputs: PlanInputs | None = None,
 ) -> dict[str, int]:
     """Plan local day ``day`` for every recommended user and write it; safe to re-run.
 
-    ``now`` (default: the wall clock) bounds the plan: no slot earlier than ``now`` is planned,
-    so a late re-plan does not schedule sends that would only expire. Returns counts: candidates,
+    ``not_before`` (optional) keeps slots earlier than it out of the plan, so a re-plan during the
+    day does not schedule sends that would only expire. ``now`` (default: the wall clock) decides
+    which writes could race a dispatcher and must be conditional. Returns counts: candidates,
     planned, skipped by reason, deleted (replaced) and written items.
     """
     started = time.monotonic()
@@ -732,7 +734,7 @@ def plan_day(
     now = now or datetime.now(UTC)
     inputs = inputs or load_plan_inputs(config, day)
     existing = read_existing(dynamo, inputs.recommendations["user_id"], day)
-    result = build_plan(config, replace(inputs, existing=existing), not_before=now)
+    result = build_plan(config, replace(inputs, existing=existing), not_before=not_before)
     counts = result.counts()
     counts.update(write_plan(dynamo, result.plan, existing, now))
     counts["seconds"] = math.ceil((time.monotonic() - started) * 1000) / 1000  # type: ignore[assignment]

@@ -1,0 +1,49 @@
+"""Daily planning: when to say it. Writes `notify_notification_schedule` for the day.
+
+Runs when `notify_scoring` publishes the day's recommendations (`notify_recommendations` Asset).
+For every user and the user's own local day it picks up to the daily cap (per-user override,
+lower after ignored notifications) from the top-10, keeps quiet hours in the user's time zone,
+the minimum gap, campaign windows, cooldowns and opt-outs, puts higher priority and score in the
+user's best engagement hours and spreads sends within the hour. Re-running a day replaces its
+unsent items and never touches sent ones. Emits `notify_notification_schedule` with `run_date`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import dag, task
+
+from include.notify.orchestration import DEFAULT_ARGS, RECOMMENDATIONS, SCHEDULE, START_DATE
+
+
+@dag(
+    dag_id="notify_planning",
+    doc_md=__doc__,
+    schedule=[RECOMMENDATIONS],
+    start_date=START_DATE,
+    catchup=False,  # asset-triggered: each run plans the day named in the triggering event
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=1),
+    default_args=DEFAULT_ARGS,
+    tags=["notify", "planning"],
+)
+def notify_planning() -> None:
+    @task(outlets=[SCHEDULE], execution_timeout=timedelta(minutes=45))
+    def plan_day(**context: Any) -> dict[str, Any]:
+        from include.notify.config import config_from_airflow
+        from include.notify.orchestration import run_date_of
+        from include.notify.planning import plan_day
+        from include.notify.storage import Dynamo
+
+        config = config_from_airflow()
+        run_date = run_date_of(context)
+        counts = plan_day(config, run_date, Dynamo.from_config(config))
+        context["outlet_events"][SCHEDULE].extra = {"run_date": run_date.isoformat(), **counts}
+        return counts
+
+    plan_day()
+
+
+notify_planning()
