@@ -1,0 +1,88 @@
+"""The analysts' view: why does a user get what they get?
+
+``explain_user`` reads only DynamoDB (the user's features, their recommendation item and the
+campaign definitions it names), with key lookups — never a scan — so it is instant on any table
+size and shows exactly what the planner will read.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from include.notify.config import NotifyConfig
+
+if TYPE_CHECKING:
+    from include.notify.storage import Dynamo
+
+FEATURE_FIELDS = (
+    "segment", "timezone", "days_since_signup", "total_orders", "total_spent", "avg_order_value",
+    "last_purchase_date", "top_article_types", "top_master_categories", "recent_ctr", "ignored_streak", "opt_out",
+)  # fmt: skip
+
+
+def explain_user(config: NotifyConfig, dynamo: Dynamo, user_id: str, top: int = 10) -> str:
+    """A plain-text report: the user's features, ranked campaigns with score components and
+    reasons, and ranked products with names. Says clearly when the user or their
+    recommendations are unknown instead of raising."""
+    features = dynamo.get("user_features", {"user_id": user_id})
+    recs = dynamo.get("recommendations", {"user_id": user_id})
+    lines = [f"User {user_id}"]
+    if features is None and recs is None:
+        return (
+            f"User {user_id}: no features and no recommendations (unknown user, or the nightly runs have not run yet)."
+        )
+    lines += ["", "Features:"]
+    if features is None:
+        lines.append("  (no features yet)")
+    else:
+        lines += [f"  {name:<22} {_format(features[name])}" for name in FEATURE_FIELDS if name in features]
+        hours = features.get("engagement_by_hour")
+        if isinstance(hours, list) and len(hours) == 24:
+            peaks = sorted(range(24), key=lambda h: -float(hours[h]))[:3]
+            lines.append(f"  {'peak local hours':<22} {', '.join(f'{h:02d}:00' for h in sorted(peaks))}")
+    if recs is None:
+        lines += ["", "Recommendations: none yet (notify_scoring has not run for this user)."]
+        return "\n".join(lines)
+    lines += ["", f"Recommendations for {recs.get('run_date')} (generated {recs.get('generated_at')}, "
+              f"model {recs.get('model')}, version {recs.get('model_version')})"]  # fmt: skip
+    campaigns = recs.get("campaigns") or []
+    lines += ["", "Top campaigns:"]
+    if recs.get("opt_out"):
+        lines.append("  none: the user opted out of notifications")
+    elif not campaigns:
+        lines.append("  none: no sendable campaign is eligible for this user today")
+    names = _campaign_names(dynamo, [c["campaign_id"] for c in campaigns[:top]])
+    lines.append(f"  {'#':>2}  {'campaign':<10} {'name':<32} {'score':>6} {'sim':>6} {'prio':>4} {'resp':>6}")
+    for c in campaigns[:top]:
+        lines.append(
+            f"  {c['rank']:>2}  {c['campaign_id']:<10} {names.get(c['campaign_id'], '?')[:32]:<32} "
+            f"{float(c['score']):>6.3f} {float(c['similarity']):>6.3f} {int(c['priority']):>4} "
+            f"{float(c['response_rate']):>6.1%}"
+        )
+        if c.get("reasons"):
+            lines.append(f"      why: {'; '.join(c['reasons'])}")
+    products = recs.get("products") or []
+    lines += ["", "Top products:"]
+    if not products:
+        lines.append("  none")
+    for p in products[:top]:
+        lines.append(
+            f"  {p['rank']:>2}  {p['product_id']:<8} {float(p['score']):>6.3f}  {p.get('name') or '(no name)'} "
+            f"[{p.get('article_type', '')}]"
+        )
+    return "\n".join(lines)
+
+
+def _campaign_names(dynamo: Dynamo, campaign_ids: list[str]) -> dict[str, str]:
+    if not campaign_ids:
+        return {}
+    rows = dynamo.batch_get("campaigns", [{"campaign_id": cid} for cid in campaign_ids])
+    return {row["campaign_id"]: str(row.get("name", "")) for row in rows}
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "-"
+    return str(value)
