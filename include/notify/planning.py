@@ -63,7 +63,7 @@ class PlanInputs:
 
     - ``users``: user_id, timezone and optionally opt_out, quiet_start_hour, quiet_end_hour,
       daily_cap (per-user overrides, null = default), engagement_by_hour (24 local-hour weights),
-      ignored_streak, segment, total_orders.
+      ignored_streak, segment.
     - ``recommendations``: user_id, campaign_id, rank, score (the scoring stage's flat lake copy).
     - ``campaigns``: the curated campaigns: campaign_id, status, start_date, end_date, priority and
       optionally eligibility, cooldown_days, target_article_types (pipe-separated).
@@ -202,7 +202,6 @@ def _clean_users(config: NotifyConfig, frame: pd.DataFrame) -> pd.DataFrame:
     users["ignored_streak"] = streak
     users["cap"] = fatigue_cap(cap, streak)
     users["segment"] = frame["segment"].fillna("").astype(str).to_numpy() if "segment" in frame else ""
-    users["total_orders"] = np.maximum(_nullable_int(frame, "total_orders"), 0)
     users["engagement"] = frame["engagement_by_hour"].to_numpy() if "engagement_by_hour" in frame else None
     return users.drop_duplicates("user_id", keep="last")
 
@@ -230,6 +229,9 @@ def _clean_campaigns(config: NotifyConfig, frame: pd.DataFrame) -> pd.DataFrame:
             "eligibility": frame["eligibility"].fillna("all").astype(str).to_numpy()
             if "eligibility" in frame
             else "all",
+            "notification_type": frame["notification_type"].fillna("").astype(str).to_numpy()
+            if "notification_type" in frame
+            else "",
         }
     )
     cooldown = _nullable_int(frame, "cooldown_days")
@@ -240,21 +242,27 @@ def _clean_campaigns(config: NotifyConfig, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _eligible(recs: pd.DataFrame) -> np.ndarray:
-    """Campaign eligibility against the user's segment (features contract).
+    """Campaign eligibility by the scoring stage's rule (``scoring.SEGMENT_ELIGIBILITY``).
 
-    ``new_users``: segment ``new``; ``returning``: at least one order; ``lapsed``: segment
-    ``lapsed``; ``all`` (or empty): everyone. A user without features only gets ``all`` campaigns.
+    ``all`` (or empty): everyone; otherwise the user's segment must be the one the rule names
+    (``new_users`` -> ``new``, ``returning`` -> ``active``, ``lapsed`` -> ``lapsed``), and welcome
+    campaigns go to new users only. A user without features (no segment) only gets ``all``.
     """
-    rule = recs["eligibility"].to_numpy()
+    required = required_segment(recs["eligibility"].to_numpy(), recs["notification_type"].to_numpy())
     segment = recs["segment"].fillna("").to_numpy()
-    orders = recs["total_orders"].fillna(0).to_numpy()
-    return (
-        (rule == "all")
-        | (rule == "")
-        | ((rule == "new_users") & (segment == "new"))
-        | ((rule == "returning") & (orders > 0))
-        | ((rule == "lapsed") & (segment == "lapsed"))
-    )
+    return (required == "") | (required == segment)
+
+
+def required_segment(eligibility: np.ndarray, notification_type: np.ndarray) -> np.ndarray:
+    """The segment each campaign is restricted to ("" when none); unknown rules are an error."""
+    from include.notify.scoring import SEGMENT_ELIGIBILITY
+
+    rules = pd.Series(eligibility, dtype=object).fillna("all").replace("", "all")
+    unknown = sorted(set(rules) - set(SEGMENT_ELIGIBILITY))
+    if unknown:
+        raise ValueError(f"unknown campaign eligibility {unknown}; known: {sorted(SEGMENT_ELIGIBILITY)}")
+    required = rules.map(lambda rule: SEGMENT_ELIGIBILITY[rule] or "").to_numpy(dtype=object)
+    return np.where(np.asarray(notification_type, dtype=object) == "welcome", "new", required)
 
 
 def _in_cooldown(recs: pd.DataFrame, recent: pd.DataFrame | None, day: date) -> np.ndarray:
@@ -489,6 +497,8 @@ def plan_violations(
     self-check: cap, quiet hours in local time, minimum gap, campaign active/in window/eligible,
     cooldown and opt-out.
     """
+    from include.notify.scoring import SEGMENT_ELIGIBILITY
+
     problems: list[str] = []
     users = _clean_users(config, inputs.users).set_index("user_id")
     campaigns = _clean_campaigns(config, inputs.campaigns).set_index("campaign_id")
@@ -526,12 +536,10 @@ def plan_violations(
                     f"{row.notification_id}: outside window {campaign['start_date']}..{campaign['end_date']}"
                 )
             rule, segment = campaign["eligibility"], user["segment"]
-            eligible = rule in ("all", "") or {
-                "new_users": segment == "new",
-                "returning": user["total_orders"] > 0,
-                "lapsed": segment == "lapsed",
-            }.get(rule, False)
-            if not eligible:
+            needed = SEGMENT_ELIGIBILITY.get(rule or "all") or ""
+            if campaign["notification_type"] == "welcome":
+                needed = "new"
+            if needed and segment != needed:
                 problems.append(f"{row.notification_id}: not eligible ({rule}, segment {segment!r})")
             if "campaign_id" in recent and len(recent):
                 mine = recent[(recent["user_id"] == user_id) & (recent["campaign_id"] == row.campaign_id)]
@@ -546,16 +554,13 @@ def plan_violations(
 
 # ------------------------------------------------------------------------------------------- I/O
 def _read_lake(config: NotifyConfig, zone: str, table: str, day: date | None = None) -> pd.DataFrame | None:
-    """A Parquet folder of the lake as pandas (None when it does not exist); hive ``dt=`` kept."""
-    import pyarrow.dataset as ds
-    from pyarrow import fs
+    """A lake table through ``lake.read_parquet`` (every day with ``dt`` when ``day`` is None); None if absent."""
+    from include.notify.lake import read_parquet
 
-    uri = config.lake_path(zone, table, day)
-    filesystem, path = fs.FileSystem.from_uri(uri)
-    if filesystem.get_file_info(path).type == fs.FileType.NotFound:
+    try:
+        return read_parquet(config, zone, table, day)
+    except FileNotFoundError:
         return None
-    dataset = ds.dataset(path, filesystem=filesystem, format="parquet", partitioning="hive")
-    return dataset.to_table().to_pandas()
 
 
 def _read_current(config: NotifyConfig, table: str, key: str, day: date) -> pd.DataFrame | None:
@@ -596,7 +601,7 @@ def load_plan_inputs(config: NotifyConfig, day: date) -> PlanInputs:
 
 def _merge_users(users: pd.DataFrame | None, features: pd.DataFrame | None) -> pd.DataFrame:
     """Identity settings (time zone, overrides, opt-out) from users; behaviour from features."""
-    behaviour = ["user_id", "engagement_by_hour", "ignored_streak", "segment", "total_orders", "opt_out", "timezone"]
+    behaviour = ["user_id", "engagement_by_hour", "ignored_streak", "segment", "opt_out", "timezone"]
     if features is not None:
         features = features.loc[:, [c for c in behaviour if c in features.columns]]
     if users is None and features is None:
@@ -828,7 +833,6 @@ def synthetic_inputs(users: int, day: date, seed: int = 7, campaigns: int = 24) 
             "engagement_by_hour": pd.Series(list(engagement), dtype=object).where(has_features, None),
             "ignored_streak": rng.poisson(1.0, users),
             "segment": rng.choice(["new", "active", "lapsed"], size=users, p=[0.1, 0.6, 0.3]),
-            "total_orders": rng.poisson(2.0, users),
         }
     )
     campaign_ids = np.array([f"C{number:03d}" for number in range(1, campaigns + 1)], dtype=object)

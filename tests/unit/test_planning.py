@@ -142,7 +142,7 @@ def test_quiet_mask_wraps_midnight() -> None:
 
 
 def test_refused_campaigns_and_users() -> None:
-    users = pd.DataFrame([user("U1"), user("OPTED", opt_out=True), user("NEW", segment="new", total_orders=0)])
+    users = pd.DataFrame([user("U1"), user("OPTED", opt_out=True), user("NEW", segment="new")])
     cs = campaigns(
         {"campaign_id": "OK"},
         {"campaign_id": "PAUSED", "status": "paused"},
@@ -152,8 +152,9 @@ def test_refused_campaigns_and_users() -> None:
         {"campaign_id": "COMEBACK", "eligibility": "returning"},
         {"campaign_id": "COOL", "cooldown_days": 3},
         {"campaign_id": "WARM", "cooldown_days": 3},
+        {"campaign_id": "HELLO", "notification_type": "welcome"},  # welcome messages: new users only
     )
-    rows = recs("U1", "OK", "PAUSED", "ENDED", "FUTURE", "WELCOME", "NOT_CURATED", "COOL", "WARM")
+    rows = recs("U1", "OK", "PAUSED", "ENDED", "FUTURE", "WELCOME", "NOT_CURATED", "COOL", "WARM", "HELLO")
     rows += recs("OPTED", "OK") + recs("NEW", "WELCOME", "COMEBACK") + recs("GHOST", "OK")
     recent = pd.DataFrame(
         [
@@ -174,6 +175,7 @@ def test_refused_campaigns_and_users() -> None:
         "U1/WELCOME": "not_eligible",
         "U1/NOT_CURATED": "campaign_not_curated",
         "U1/COOL": "cooldown",
+        "U1/HELLO": "not_eligible",
         "OPTED/OK": "opted_out",
         "NEW/COMEBACK": "not_eligible",
         "GHOST/OK": "unknown_user",
