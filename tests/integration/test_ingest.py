@@ -182,3 +182,20 @@ def test_next_day_references_earlier_state_and_current_view(spark, config: Notif
     assert [(r["user_id"], r["name"]) for r in current] == [("U1", "Ann Renamed")]
     as_of_day1 = lake.read_current(spark, config, "users", DAY).collect()
     assert [r["name"] for r in as_of_day1] == ["Ann"]
+
+    # Features of day 2 land in the lake and DynamoDB, without the private user fields.
+    from spark_jobs.features import run as run_features
+
+    feature_counts = run_features(spark, config, day2)
+    assert feature_counts["user_features"]["rows_out"] == 1
+    assert feature_counts["campaign_stats"]["rows_out"] == 0  # no campaign delivered yet
+    item = dynamo.get("user_features", {"user_id": "U1"})
+    assert not {"email", "password_hash"} & set(item)
+    assert item["total_orders"] == 1
+    assert item["opt_out"] is True
+    assert item["last_purchase_date"] == "2026-03-11"
+    assert len(item["engagement_by_hour"]) == 24
+    assert dynamo.get("user_product_matrix", {"user_id": "U1", "product_id": "P2"})["times_purchased"] == 1
+    assert dynamo.get("product_features", {"product_id": "P2"})["revenue"] == 1499
+    stored = lake.read_parquet(config, "features", "user_features", day2)
+    assert stored["user_id"].tolist() == ["U1"]
