@@ -42,7 +42,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -386,15 +386,20 @@ def _item_event(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def process_messages(
-    config: NotifyConfig, dynamo: Dynamo, messages: Sequence[Message], producer: Any | None = None
+    config: NotifyConfig,
+    dynamo: Dynamo,
+    messages: Sequence[Message],
+    producer: Any | None = None,
+    now: datetime | None = None,
 ) -> BatchResult:
     """Validate, write, land, react to and dead-letter one batch; does NOT commit offsets.
 
     Returns after every effect is durable (DynamoDB written, lake files written, dead letters
-    acknowledged by the broker), so the caller may commit. Raises on any write failure.
+    acknowledged by the broker), so the caller may commit. Raises on any write failure. ``now``
+    is the ingestion clock (default: the wall clock; a simulation passes its own).
     """
     started = time.monotonic()
-    now = datetime.now(UTC)
+    now = (now or datetime.now(UTC)).astimezone(UTC)
     result = BatchResult(run_key=f"{DAG_ID}#{now.date().isoformat()}", stage=f"batch#{format_timestamp(now)}")
     topic_names = {config.topic(name): name for name in STREAM_TABLES}
     valid: dict[str, dict[str, _Valid]] = {name: {} for name in STREAM_TABLES}
@@ -429,7 +434,7 @@ def process_messages(
     result.matrix_rows_written = refresh_user_product_matrix(
         dynamo, {(r["user_id"], r["product_id"]) for r in purchases}
     )
-    result.lake_files = land_raw(config, valid)
+    result.lake_files = land_raw(config, valid, now)
     result.notifications_cancelled = cancel_for_orders(dynamo, purchases)
     opted = apply_opt_events(dynamo, events)
     result.users_opted_out, result.users_opted_in = opted["opt_out"], opted["opt_in"]
@@ -480,10 +485,20 @@ def refresh_user_product_matrix(dynamo: Dynamo, pairs: Iterable[tuple[str, str]]
     return dynamo.put_items("user_product_matrix", rows)
 
 
-def land_raw(config: NotifyConfig, valid: Mapping[str, Mapping[str, _Valid]]) -> list[str]:
+def delivery_day(event_time: datetime, now: datetime) -> date:
+    """The raw partition (``dt=``) a streamed event lands in: the first nightly run still to come.
+
+    The nightly run for ``D`` runs as ``D`` begins and ingests ``raw/*/dt=D`` (events before
+    ``D``, as the generator's history), so an event of day ``E`` consumed on day ``N`` goes to
+    ``max(E, N) + 1``: never into a partition whose nightly run may already be over.
+    """
+    return max(event_time.astimezone(UTC).date(), now.astimezone(UTC).date()) + timedelta(days=1)
+
+
+def land_raw(config: NotifyConfig, valid: Mapping[str, Mapping[str, _Valid]], now: datetime) -> list[str]:
     """Write the batch's valid rows as raw CSV for the nightly batch; returns the file URIs.
 
-    One file per (table, event day, topic, partition), named after its first offset: replaying
+    One file per (table, delivery day, topic, partition), named after its first offset: replaying
     the same batch rewrites the same files; event tables are deduplicated by id downstream.
     """
     import fsspec
@@ -492,7 +507,7 @@ def land_raw(config: NotifyConfig, valid: Mapping[str, Mapping[str, _Valid]]) ->
     for logical, rows in valid.items():
         table = STREAM_TABLES[logical]
         for row in rows.values():
-            day = row.record[table.order_column].date().isoformat()
+            day = delivery_day(row.record[table.order_column], now).isoformat()
             groups[(table.name, day, row.topic, row.partition)].append(row)
     written: list[str] = []
     for (table_name, day, topic, partition), rows in sorted(groups.items()):
@@ -717,6 +732,7 @@ def ingest_batch(
     max_seconds: float = 30.0,
     dynamo: Dynamo | None = None,
     group_id: str | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """Consume, write and commit one bounded micro-batch; returns its counts and lag.
 
@@ -730,7 +746,7 @@ def ingest_batch(
     consumer = StreamConsumer(config, group_id)
     try:
         messages = consumer.poll_batch(max_messages, max_seconds)
-        result = process_messages(config, dynamo, messages)
+        result = process_messages(config, dynamo, messages, now=now)
         result.committed = consumer.commit(messages)
         result.lag = consumer.lag()
         result.total_lag = sum(result.lag.values())

@@ -13,6 +13,7 @@ from include.notify.config import NotifyConfig
 from include.notify.stream import (
     InvalidMessageError,
     _Valid,
+    delivery_day,
     format_timestamp,
     land_raw,
     parse_message,
@@ -136,17 +137,25 @@ def test_landing_writes_raw_csv_per_day_and_partition_and_a_replay_overwrites(tm
         },
         "events": {"e1": _Valid(_parse(schemas.CLICKSTREAM, EVENT), "notify.events", 0, 3)},
     }
-    first = land_raw(config, valid)
-    assert land_raw(config, valid) == first
+    consumed = datetime(2026, 11, 25, 23, 59, tzinfo=UTC)
+    first = land_raw(config, valid, consumed)
+    assert land_raw(config, valid, consumed) == first
     files = sorted(p.relative_to(tmp_path / "lake").as_posix() for p in (tmp_path / "lake").rglob("*.csv"))
     assert files == [
-        "raw/clickstream/dt=2026-11-25/stream-notify.events-0-3.csv",
-        "raw/purchase_history/dt=2026-11-25/stream-notify.orders-1-7.csv",
-        "raw/purchase_history/dt=2026-11-26/stream-notify.orders-1-8.csv",
+        "raw/clickstream/dt=2026-11-26/stream-notify.events-0-3.csv",
+        "raw/purchase_history/dt=2026-11-26/stream-notify.orders-1-7.csv",
+        "raw/purchase_history/dt=2026-11-27/stream-notify.orders-1-8.csv",
     ]
-    lines = (tmp_path / "lake/raw/purchase_history/dt=2026-11-25/stream-notify.orders-1-7.csv").read_text().splitlines()
+    lines = (tmp_path / "lake/raw/purchase_history/dt=2026-11-26/stream-notify.orders-1-7.csv").read_text().splitlines()
     assert lines == [",".join(schemas.PURCHASES.column_names), "p1,u1,1163,2026-11-25T09:36:00Z,19.5,2,39.0"]
     event_lines = (
-        (tmp_path / "lake/raw/clickstream/dt=2026-11-25/stream-notify.events-0-3.csv").read_text().splitlines()
+        (tmp_path / "lake/raw/clickstream/dt=2026-11-26/stream-notify.events-0-3.csv").read_text().splitlines()
     )
     assert event_lines[1] == "e1,u1,2026-11-25T10:00:00.250000Z,view,1163,,"
+
+
+def test_streamed_events_land_in_the_first_nightly_delivery_still_to_come() -> None:
+    event = datetime(2026, 11, 25, 22, 0, tzinfo=UTC)
+    assert delivery_day(event, datetime(2026, 11, 25, 23, 0, tzinfo=UTC)).isoformat() == "2026-11-26"
+    # Consumed late (the next day): the nightly run of the 26th may be over, so the 27th.
+    assert delivery_day(event, datetime(2026, 11, 26, 0, 30, tzinfo=UTC)).isoformat() == "2026-11-27"
