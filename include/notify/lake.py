@@ -232,3 +232,27 @@ def read_run_counts(config: NotifyConfig, dag: str, run_date: date) -> dict[str,
                 payload = json.loads(stream.read().decode())
             stages[payload["stage"]] = payload
     return stages
+
+
+def checked_run_counts(
+    config: NotifyConfig, dag: str, run_date: date, stages: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """The counts of every expected stage of a run, logged; raises if one is missing or does not reconcile.
+
+    What a DAG's last task calls before announcing its output to downstream DAGs.
+    """
+    counts = read_run_counts(config, dag, run_date)
+    missing = [stage for stage in stages if stage not in counts]
+    if missing:
+        raise RuntimeError(
+            f"{dag} {run_date}: no counts for {', '.join(missing)} in {config.lake_path('runs', dag, run_date)}"
+        )
+    for stage in stages:
+        c = counts[stage]
+        log.info(
+            "%s %s %-20s in %9d  out %9d  rejected %7d  %s  %.1fs",
+            dag, run_date, stage, c["rows_in"], c["rows_out"], c["rows_rejected"], c["rejected_by_reason"], c["seconds"],
+        )  # fmt: skip
+        if c["rows_in"] != c["rows_out"] + c["rows_rejected"]:
+            raise RuntimeError(f"{dag} {run_date} {stage}: counts do not reconcile: {c}")
+    return {stage: counts[stage] for stage in stages}

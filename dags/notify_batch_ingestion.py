@@ -1,0 +1,75 @@
+"""Nightly batch ingestion of day D's raw deliveries into the curated lake and DynamoDB.
+
+Runs at 02:00 UTC after day D has ended (a data-interval schedule: the run for D covers
+[D 02:00, D+1 02:00) and its `run_date` is D), giving upstream exports two hours to land in
+`raw/<table>/dt=D/`. Tasks:
+
+1. **create_tables** — every Notify DynamoDB table, idempotently.
+2. **ingest** — the Spark job `spark_jobs/batch_ingest.py` (spark-submit locally, EMR Serverless
+   by configuration): every row checked against `schemas.py`; bad rows to
+   `quarantine/<table>/dt=D` with their reason and file:line; good rows to `curated/<table>/dt=D`
+   after a Great Expectations gate, and into `notify_users`, `notify_products`,
+   `notify_campaigns`, `notify_purchase_history`, `notify_clickstream`.
+3. **report_counts** — reads the per-table counts (`runs/notify_batch_ingestion/dt=D/`), logs
+   them, fails if any table is missing or does not reconcile (in = loaded + quarantined), then
+   emits the `notify_curated` Asset with `run_date` so `notify_features` starts.
+
+Re-running a day rewrites only that day's partitions and the same DynamoDB items.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import CronDataIntervalTimetable, dag, task
+
+from include.notify.orchestration import CURATED, DEFAULT_ARGS, START_DATE
+
+
+@dag(
+    dag_id="notify_batch_ingestion",
+    doc_md=__doc__,
+    schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
+    start_date=START_DATE,
+    catchup=False,  # backfills of past days are explicit (airflow backfill), not automatic
+    max_active_runs=1,  # a day's references are checked against the previous days' state
+    dagrun_timeout=timedelta(hours=4),
+    default_args=DEFAULT_ARGS,
+    tags=["notify", "ingestion", "spark", "data-quality"],
+)
+def notify_batch_ingestion() -> None:
+    @task
+    def create_tables() -> list[str]:
+        from include.notify.config import config_from_airflow
+        from include.notify.storage import Dynamo
+
+        return Dynamo.from_config(config_from_airflow()).create_tables()
+
+    @task(execution_timeout=timedelta(hours=3))
+    def ingest(**context: Any) -> None:
+        from include.notify.config import config_from_airflow
+        from include.notify.orchestration import run_date_of
+        from include.notify.spark import job_arguments, submit
+
+        config = config_from_airflow()
+        submit(config, "batch_ingest", job_arguments(config, run_date_of(context)))
+
+    @task(outlets=[CURATED])
+    def report_counts(**context: Any) -> dict[str, dict[str, Any]]:
+        from include.notify.config import config_from_airflow
+        from include.notify.lake import checked_run_counts
+        from include.notify.orchestration import run_date_of
+        from include.notify.schemas import RAW_TABLES
+
+        run_date = run_date_of(context)
+        counts = checked_run_counts(
+            config_from_airflow(), "notify_batch_ingestion", run_date, [t.name for t in RAW_TABLES]
+        )
+        context["outlet_events"][CURATED].extra = {"run_date": run_date.isoformat()}
+        return counts
+
+    create_tables() >> ingest() >> report_counts()
+
+
+notify_batch_ingestion()
