@@ -335,3 +335,19 @@ def test_a_planned_day_is_dispatched_by_the_simulator(config: NotifyConfig, dyna
     assert view.count(" sent ") == 3
     with pytest.raises(ValueError, match="step_minutes"):
         simulate_day(config, DAY, step_minutes=config.max_lateness_minutes, dynamo=dynamo, channels=[recorder])
+
+
+def test_a_malicious_template_that_slipped_into_dynamodb_fails_the_item_without_sending(
+    config: NotifyConfig, dynamo: Dynamo
+) -> None:
+    ids = seed_core(dynamo, 1)
+    dynamo.put("campaigns", {"campaign_id": "A", "name": "Evil", "status": "active", "template_short": "hi",
+                             "template_long": "{{ first_name.__class__.__mro__ }}", "priority": 1})  # fmt: skip
+    schedule(dynamo, config, ids, NOW - timedelta(minutes=1))
+    recorder = Recorder()
+    counts = dispatch_due(config, NOW, dynamo, channels=[recorder], events=ListEventSink())
+    assert counts["failed"] == 1
+    assert not recorder.sent
+    [item] = list(dynamo.scan("notification_schedule"))
+    assert "unsafe_template" in item["failure_reason"]
+    assert dynamo.count("deliveries") == 0
