@@ -659,12 +659,15 @@ def read_existing(dynamo: Dynamo, user_ids: Iterable[str], day: date, workers: i
     return pd.DataFrame(rows).reindex(columns=columns)
 
 
-def write_plan(dynamo: Dynamo, plan: pd.DataFrame, existing: pd.DataFrame, now: datetime) -> dict[str, int]:
+def write_plan(
+    dynamo: Dynamo, plan: pd.DataFrame, existing: pd.DataFrame, now: datetime, workers: int = 8
+) -> dict[str, int]:
     """Replace the unsent items of the planned user-days with ``plan``; never touch dispatched ones.
 
     Old ``scheduled`` items not in the new plan are deleted; new items are put. Items due within
     ``CONDITIONAL_WINDOW`` of ``now`` could be claimed by a dispatcher meanwhile, so they are
-    written one by one with a condition (``status = scheduled``); later ones go in batches.
+    written one by one (in parallel) with a condition (``status = scheduled``); later ones go in
+    batches. ``lost_to_dispatch`` counts items a dispatcher claimed first (left as they are).
     """
     from botocore.exceptions import ClientError
 
@@ -672,46 +675,49 @@ def write_plan(dynamo: Dynamo, plan: pd.DataFrame, existing: pd.DataFrame, now: 
     new_keys = set(zip(plan["user_id"], plan["send_at_campaign"], strict=True))
     pending = existing[existing["status"] == "scheduled"]
     stale = [
-        (u, k, d) for u, k, d in zip(pending["user_id"], pending["send_at_campaign"], pending["due_at"], strict=True)
+        (u, k, str(d)) for u, k, d in zip(pending["user_id"], pending["send_at_campaign"], pending["due_at"], strict=True)
         if (u, k) not in new_keys
     ]  # fmt: skip
-    counts = {"deleted": 0, "written": 0, "lost_to_dispatch": 0}
-    batch_deletes = [{"user_id": u, "send_at_campaign": k} for u, k, d in stale if str(d) > horizon]
-    counts["deleted"] += dynamo.delete_keys("notification_schedule", batch_deletes)
-    table = dynamo.table("notification_schedule")
-    for user_id, key, due in stale:
-        if str(due) > horizon:
-            continue
-        try:
-            dynamo.client.delete_item(
-                TableName=table,
-                Key=dynamo.serialize({"user_id": user_id, "send_at_campaign": key}),
-                ConditionExpression="#s = :scheduled",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=dynamo.serialize({":scheduled": "scheduled"}),
-            )
-            counts["deleted"] += 1
-        except ClientError as error:
-            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
-            counts["lost_to_dispatch"] += 1
     records = plan.to_dict("records")
-    soon = [r for r in records if r["due_at"] <= horizon]
+    counts = {"deleted": 0, "written": 0, "lost_to_dispatch": 0}
+    counts["deleted"] += dynamo.delete_keys(
+        "notification_schedule", [{"user_id": u, "send_at_campaign": k} for u, k, d in stale if d > horizon]
+    )
     counts["written"] += dynamo.put_items("notification_schedule", [r for r in records if r["due_at"] > horizon])
-    for record in soon:
+    only_if_scheduled = {
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": dynamo.serialize({":scheduled": "scheduled"}),
+    }
+
+    def conditional(operation: tuple[str, dict[str, Any]]) -> str:
+        kind, record = operation
         try:
+            if kind == "delete":
+                dynamo.client.delete_item(
+                    TableName=dynamo.table("notification_schedule"),
+                    Key=dynamo.serialize(record),
+                    ConditionExpression="#s = :scheduled",
+                    **only_if_scheduled,
+                )
+                return "deleted"
             dynamo.put(
                 "notification_schedule",
                 record,
                 ConditionExpression="attribute_not_exists(user_id) OR #s = :scheduled",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=dynamo.serialize({":scheduled": "scheduled"}),
+                **only_if_scheduled,
             )
-            counts["written"] += 1
+            return "written"
         except ClientError as error:
             if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
-            counts["lost_to_dispatch"] += 1
+            return "lost_to_dispatch"
+
+    operations = [("delete", {"user_id": u, "send_at_campaign": k}) for u, k, d in stale if d <= horizon]
+    operations += [("put", r) for r in records if r["due_at"] <= horizon]
+    if operations:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for outcome in pool.map(conditional, operations):
+                counts[outcome] += 1
     return counts
 
 
