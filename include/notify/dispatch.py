@@ -372,7 +372,7 @@ class Dispatcher:
 
     def _deliver(self, item: dict[str, Any], now: datetime, context: Mapping[str, Mapping[str, Any]]) -> str:
         if item.get("_reclaimed") and self._delivered_already(item):
-            return self._finish(item, now, None, recovered=True)
+            return self._finish(item, now, None)
         user = context["users"].get(item["user_id"])
         campaign = context["campaigns"].get(item["campaign_id"])
         if user is None:
@@ -425,9 +425,8 @@ class Dispatcher:
         message: Message | None,
         accepted: list[str] | None = None,
         errors: list[ChannelError] | None = None,
-        recovered: bool = False,
     ) -> str:
-        """Record the delivery (if not recorded yet), mark the item sent, emit the event."""
+        """Record the delivery (if not recorded yet; ``message`` None = recorded by a dead dispatcher), mark the item sent, emit the event."""
         from botocore.exceptions import ClientError
 
         outcome = "sent"
@@ -460,7 +459,9 @@ class Dispatcher:
         )
         if not ok:
             return "lost_lease"
-        if self.events is not None and not recovered:
+        # Also on recovery: the dead dispatcher may have died before emitting; the event id is
+        # derived from the notification, so stream ingestion drops a second copy.
+        if self.events is not None:
             self.events.emit(sent_event(item, sent_utc))
         return outcome
 

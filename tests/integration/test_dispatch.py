@@ -247,10 +247,11 @@ def test_a_crash_after_recording_is_finished_without_sending_again(config: Notif
         "deliveries",
         {"notification_id": item["notification_id"], "user_id": "U000", "channel": "inbox", "sent_utc": iso(NOW)},
     )
-    recorder = Recorder()
-    counts = Dispatcher(config, dynamo, [recorder], ListEventSink()).run(NOW)
+    recorder, events = Recorder(), ListEventSink()
+    counts = Dispatcher(config, dynamo, [recorder], events).run(NOW)
     assert counts["recovered_sent"] == 1
     assert not recorder.sent
+    assert [e["notification_id"] for e in events.events] == [item["notification_id"]]  # re-emitted, deduped downstream
     assert statuses(dynamo) == {item["notification_id"]: "sent"}
 
 
