@@ -1,0 +1,163 @@
+"""Baseline and upper-bound policies the closed-loop benchmark compares Notify against.
+
+Both write ordinary schedule items (``docs/data-contracts.md``, ``planning.PLAN_COLUMNS``), so
+the same dispatch, channels, simulator and stream ingestion handle every policy alike; only the
+decision of what to send when differs:
+
+- ``seed_plan``: the seed system's policy. Top-5 campaigns by cosine similarity between user
+  and campaign embeddings, nothing else (no priority, no learning, no fatigue), sent every
+  4.8 hours from 00:00 UTC whatever the user's time zone.
+- ``oracle_plan``: an upper bound that reads the simulator's hidden truth: the campaigns that
+  match the user's real preferences best, at most ``tolerated`` a day, each at one of the user's
+  real active local hours (then the hours next to them), at least two hours apart.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+
+from include.notify.config import NotifyConfig
+from include.notify.planning import PLAN_COLUMNS, shard_of
+
+SEED_TOP_K = 5
+SEED_INTERVAL = timedelta(hours=4, minutes=48)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def plan_rows(
+    config: NotifyConfig,
+    day: date,
+    user_ids: np.ndarray,
+    campaign_ids: np.ndarray,
+    send_at: list[datetime],
+    timezones: np.ndarray,
+    scores: np.ndarray,
+    reasons: list[str],
+) -> pd.DataFrame:
+    """Schedule items (``PLAN_COLUMNS``) for local day ``day``, one per (user, campaign, send time)."""
+    if len(user_ids) == 0:
+        return pd.DataFrame(columns=list(PLAN_COLUMNS))
+    send_text = [_iso(moment) for moment in send_at]
+    local_time = [
+        moment.astimezone(ZoneInfo(str(zone))).strftime("%H:%M")
+        for moment, zone in zip(send_at, timezones, strict=True)
+    ]
+    shards = shard_of(user_ids, config.schedule_shards)
+    users = np.asarray(user_ids, dtype=object).astype(str)
+    campaigns = np.asarray(campaign_ids, dtype=object).astype(str)
+    return pd.DataFrame(
+        {
+            "user_id": users,
+            "send_at_campaign": [f"{s}#{c}" for s, c in zip(send_text, campaigns, strict=True)],
+            "notification_id": [f"{u}#{day.isoformat()}#{c}" for u, c in zip(users, campaigns, strict=True)],
+            "campaign_id": campaigns,
+            "send_at": send_text,
+            "local_day": day.isoformat(),
+            "local_time": local_time,
+            "timezone": np.asarray(timezones, dtype=object).astype(str),
+            "priority": 1,
+            "score": np.asarray(scores, dtype=float),
+            "reason": reasons,
+            "status": "scheduled",
+            "attempts": 0,
+            "product_id": None,
+            "due_bucket": [f"{s[:10]}#{shard}" for s, shard in zip(send_text, shards, strict=True)],
+            "due_at": send_text,
+        },
+        columns=list(PLAN_COLUMNS),
+    )
+
+
+def seed_plan(
+    config: NotifyConfig,
+    day: date,
+    users: pd.DataFrame,
+    user_vectors: np.ndarray,
+    campaign_ids: np.ndarray,
+    campaign_vectors: np.ndarray,
+) -> pd.DataFrame:
+    """The seed's plan for ``day``: per user (``user_id``, ``timezone``, ``opt_out``) the top-5
+    campaigns by cosine similarity, the best at 00:00 UTC and each next one 4.8 h later.
+
+    ``user_vectors`` / ``campaign_vectors`` are L2-normalised rows aligned with ``users`` /
+    ``campaign_ids`` (only the campaigns sendable that day). Opted-out users get nothing.
+    """
+    keep = ~users["opt_out"].fillna(False).astype(bool).to_numpy()
+    users, user_vectors = users.loc[keep].reset_index(drop=True), user_vectors[keep]
+    k = min(SEED_TOP_K, len(campaign_ids))
+    if k == 0 or users.empty:
+        return pd.DataFrame(columns=list(PLAN_COLUMNS))
+    similarity = user_vectors @ campaign_vectors.T
+    top = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    rows = np.repeat(np.arange(len(users)), k)
+    ranks = np.tile(np.arange(k), len(users))
+    chosen = top.reshape(-1)
+    return plan_rows(
+        config,
+        day,
+        users["user_id"].to_numpy()[rows],
+        np.asarray(campaign_ids)[chosen],
+        [start + SEED_INTERVAL * int(r) for r in ranks],
+        users["timezone"].to_numpy()[rows],
+        similarity[rows, chosen],
+        [f"seed policy: cosine rank {int(r) + 1}, fixed slot {int(r)} x 4.8 h from 00:00 UTC" for r in ranks],
+    )
+
+
+def oracle_plan(
+    config: NotifyConfig,
+    day: date,
+    truth: pd.DataFrame,
+    relevance: pd.DataFrame,
+    opted_out: set[str],
+    per_day: int = 3,
+    min_relevance: float = 0.15,
+    gap_hours: int = 2,
+) -> pd.DataFrame:
+    """The upper bound's plan: per user of ``truth`` (``user_id``, ``timezone``, ``active_hours``)
+    up to ``per_day`` campaigns of true ``relevance`` (users x sendable campaigns, >= ``min_relevance``),
+    best first, each at the user's real active local hours or next to them, ``gap_hours`` apart."""
+    if relevance.empty:
+        return pd.DataFrame(columns=list(PLAN_COLUMNS))
+    users, campaigns, moments, zones, scores, reasons = [], [], [], [], [], []
+    values = relevance.to_numpy()
+    campaign_ids = relevance.columns.to_numpy()
+    for position, row in enumerate(truth.itertuples(index=False)):
+        if str(row.user_id) in opted_out:
+            continue
+        order = np.argsort(-values[position], kind="stable")
+        picks = [int(c) for c in order[:per_day] if values[position, c] >= min_relevance]
+        hours = _oracle_hours(list(row.active_hours), len(picks), gap_hours)
+        zone = ZoneInfo(str(row.timezone))
+        for pick, hour in zip(picks, hours, strict=False):
+            local = datetime(day.year, day.month, day.day, hour, 5, tzinfo=zone)
+            users.append(row.user_id)
+            campaigns.append(campaign_ids[pick])
+            moments.append(local.astimezone(UTC))
+            zones.append(row.timezone)
+            scores.append(float(values[position, pick]))
+            reasons.append(f"oracle: true relevance {values[position, pick]:.2f} at active hour {hour:02d}:05")
+    return plan_rows(
+        config, day, np.asarray(users, dtype=object), np.asarray(campaigns, dtype=object), moments,
+        np.asarray(zones, dtype=object), np.asarray(scores), reasons,
+    )  # fmt: skip
+
+
+def _oracle_hours(active: list[int], count: int, gap_hours: int) -> list[int]:
+    """Up to ``count`` local hours: the active hours first, then their neighbours, ``gap_hours`` apart."""
+    candidates = [h for h in active] + [(h + d) % 24 for d in (1, -1, 2, -2, 3, -3) for h in active]
+    chosen: list[int] = []
+    for hour in candidates:
+        if 7 <= hour <= 22 and all(abs(hour - c) >= gap_hours for c in chosen):
+            chosen.append(hour)
+        if len(chosen) == count:
+            break
+    return chosen
