@@ -109,71 +109,75 @@ def build_plan(config: NotifyConfig, inputs: PlanInputs, not_before: datetime | 
     Guarantees for every user: at most the (fatigue-adjusted) cap including already-sent items of
     the day, no send in local quiet hours or before ``not_before``, gaps >= ``min_gap_minutes``,
     only curated, active, in-window, eligible campaigns out of cooldown, nothing for opted-out users.
+    Works on integer codes (users, campaigns, pairs) rather than joins, so 1 M users x 10
+    recommendations stay a handful of array passes.
     """
     day = inputs.day
-    recs = _clean_recommendations(inputs.recommendations)
-    candidates = len(recs)
-    skipped: list[pd.DataFrame] = []
-
-    def drop(mask: np.ndarray | pd.Series, reason: str) -> None:
-        nonlocal recs
-        mask = np.asarray(mask, dtype=bool)
-        if mask.any():
-            skipped.append(recs.loc[mask, ["user_id", "campaign_id"]].assign(reason=reason))
-            recs = recs.loc[~mask]
-
-    duplicated = recs.duplicated(["user_id", "campaign_id"], keep="first").to_numpy()
-    drop(duplicated, "duplicate_recommendation")
-    drop(recs.groupby("user_id", sort=False).cumcount().to_numpy() >= TOP_K, "beyond_top_10")
-
+    recs = _check_recommendations(inputs.recommendations)
+    n = len(recs)
     users = _clean_users(config, inputs.users)
-    recs = recs.merge(users, on="user_id", how="left", indicator="_user")
-    drop(recs["_user"].to_numpy() == "left_only", "unknown_user")
-    drop(recs["opt_out"].to_numpy(), "opted_out")
-
     campaigns = _clean_campaigns(config, inputs.campaigns)
-    recs = recs.merge(campaigns, on="campaign_id", how="left", indicator="_campaign")
-    drop(recs["_campaign"].to_numpy() == "left_only", "campaign_not_curated")
-    drop(recs["status"].to_numpy() != "active", "campaign_not_active")
-    day64 = np.datetime64(day, "D")
-    drop(~((recs["start_date"].to_numpy() <= day64) & (day64 <= recs["end_date"].to_numpy())), "outside_window")
-    drop(~_eligible(recs), "not_eligible")
-    drop(_in_cooldown(recs, inputs.recent_sends, day), "cooldown")
 
+    ucode, unames = pd.factorize(recs["user_id"], sort=False)
+    ccode, cnames = pd.factorize(recs["campaign_id"].astype(str), sort=False)
+    upos = pd.Index(users["user_id"]).get_indexer(unames)  # per user code: row in users, -1 unknown
+    cpos = pd.Index(campaigns["campaign_id"]).get_indexer(cnames)  # per campaign code: row in campaigns
+    rank = pd.to_numeric(recs["rank"], errors="coerce").fillna(TOP_K + 1).to_numpy(dtype=np.int64)
+    score = pd.to_numeric(recs["score"], errors="coerce").fillna(0.0).to_numpy(dtype=np.float64)
+    pair = ucode.astype(np.int64) * max(len(cnames), 1) + ccode
+
+    reason = np.zeros(n, dtype=np.int8)
+
+    def refuse(mask: np.ndarray, why: str) -> None:
+        reason[(reason == 0) & mask] = SKIP_REASONS.index(why)
+
+    order = np.lexsort((rank, ucode))  # by user, then rank
+    duplicate = np.zeros(n, dtype=bool)
+    duplicate[order] = pd.Series(pair[order]).duplicated().to_numpy()
+    refuse(duplicate, "duplicate_recommendation")
+    refuse(_position_in_group(ucode, order, ~duplicate) >= TOP_K, "beyond_top_10")
+    u_row = upos[ucode]
+    known = u_row >= 0
+    refuse(~known, "unknown_user")
+    safe_u = np.where(known, u_row, 0)
+    refuse(known & users["opt_out"].to_numpy()[safe_u], "opted_out")
+    c_row = cpos[ccode]
+    curated = c_row >= 0
+    refuse(~curated, "campaign_not_curated")
+    safe_c = np.where(curated, c_row, 0)
+    refuse(curated & (campaigns["status"].to_numpy() != "active")[safe_c], "campaign_not_active")
+    day64 = np.datetime64(day, "D")
+    in_window = (campaigns["start_date"].to_numpy() <= day64) & (day64 <= campaigns["end_date"].to_numpy())
+    refuse(curated & ~in_window[safe_c], "outside_window")
+    refuse(curated & known & ~_eligible_codes(users, campaigns, safe_u, safe_c), "not_eligible")
+    last_sent = _pair_lookup(inputs.recent_sends, "sent_at", unames, cnames, pair, "max")
+    days_since = (day64 - last_sent).astype("timedelta64[D]").astype(np.int64)
+    cooling = ~np.isnat(last_sent) & (days_since >= 0) & (days_since < campaigns["cooldown_days"].to_numpy()[safe_c])
+    refuse(curated & cooling, "cooldown")
     existing = _existing_frame(inputs.existing)
     closed = existing[existing["status"].isin(LOCKED_STATUSES)]
-    if len(closed):
-        keys = recs["user_id"].astype(str) + "\x00" + recs["campaign_id"].astype(str)
-        done = set(closed["user_id"].astype(str) + "\x00" + closed["campaign_id"].astype(str))
-        drop(keys.isin(done).to_numpy(), "already_handled_today")
+    handled = ~np.isnat(_pair_lookup(closed, "send_at", unames, cnames, pair, "max"))
+    refuse(handled, "already_handled_today")
 
-    recs = recs.sort_values(
-        ["user_id", "priority", "score", "rank"], ascending=[True, False, False, True], kind="stable"
-    )
-    plan, unplaced = _place(config, recs.reset_index(drop=True), existing, day, not_before)
-    skipped.append(unplaced)
+    rows = np.flatnonzero(reason == 0)
+    priority = campaigns["priority"].to_numpy()[safe_c]
+    rows = rows[np.lexsort((rank[rows], -score[rows], -priority[rows], ucode[rows]))]
+    codes = _Codes(ucode, unames, u_row, c_row, rank, score, priority)
+    plan, placed_rows, why_not = _place(config, users, campaigns, codes, rows, existing, day, not_before)
+    reason[rows[~placed_rows]] = why_not
     plan = _attach_products(plan, inputs.products, campaigns)
-    skipped_frame = (
-        pd.concat(skipped, ignore_index=True) if skipped else pd.DataFrame(columns=["user_id", "campaign_id", "reason"])
+    skipped_rows = np.flatnonzero(reason > 0)
+    skipped = pd.DataFrame(
+        {
+            "user_id": recs["user_id"].to_numpy()[skipped_rows],
+            "campaign_id": recs["campaign_id"].to_numpy()[skipped_rows],
+            "reason": np.asarray(SKIP_REASONS, dtype=object)[reason[skipped_rows]],
+        }
     )
-    result = PlanResult(plan=plan, skipped=skipped_frame, candidates=candidates)
-    if candidates != len(result.plan) + len(result.skipped):
-        raise AssertionError(f"planner lost candidates: {candidates} in, {len(plan)} planned + {len(skipped_frame)}")
+    result = PlanResult(plan=plan, skipped=skipped, candidates=n)
+    if n != len(plan) + len(skipped):
+        raise AssertionError(f"planner lost candidates: {n} in, {len(plan)} planned + {len(skipped)} skipped")
     return result
-
-
-def _clean_recommendations(frame: pd.DataFrame) -> pd.DataFrame:
-    missing = {"user_id", "campaign_id"} - set(frame.columns)
-    if missing:
-        raise ValueError(f"recommendations lack columns {sorted(missing)}")
-    recs = frame.loc[:, [c for c in ("user_id", "campaign_id", "rank", "score") if c in frame.columns]].copy()
-    if "rank" not in recs:
-        recs["rank"] = recs.groupby("user_id", sort=False).cumcount() + 1
-    if "score" not in recs:
-        recs["score"] = 0.0
-    recs["rank"] = pd.to_numeric(recs["rank"], errors="coerce").fillna(TOP_K + 1).astype("int64")
-    recs["score"] = pd.to_numeric(recs["score"], errors="coerce").fillna(0.0).astype("float64")
-    return recs.sort_values(["user_id", "rank"], kind="stable").reset_index(drop=True)
 
 
 def _nullable_int(frame: pd.DataFrame, column: str) -> np.ndarray:
@@ -241,18 +245,6 @@ def _clean_campaigns(config: NotifyConfig, frame: pd.DataFrame) -> pd.DataFrame:
     return campaigns.drop_duplicates("campaign_id", keep="last")
 
 
-def _eligible(recs: pd.DataFrame) -> np.ndarray:
-    """Campaign eligibility by the scoring stage's rule (``scoring.SEGMENT_ELIGIBILITY``).
-
-    ``all`` (or empty): everyone; otherwise the user's segment must be the one the rule names
-    (``new_users`` -> ``new``, ``returning`` -> ``active``, ``lapsed`` -> ``lapsed``), and welcome
-    campaigns go to new users only. A user without features (no segment) only gets ``all``.
-    """
-    required = required_segment(recs["eligibility"].to_numpy(), recs["notification_type"].to_numpy())
-    segment = recs["segment"].fillna("").to_numpy()
-    return (required == "") | (required == segment)
-
-
 def required_segment(eligibility: np.ndarray, notification_type: np.ndarray) -> np.ndarray:
     """The segment each campaign is restricted to ("" when none); unknown rules are an error."""
     from include.notify.scoring import SEGMENT_ELIGIBILITY
@@ -265,26 +257,87 @@ def required_segment(eligibility: np.ndarray, notification_type: np.ndarray) -> 
     return np.where(np.asarray(notification_type, dtype=object) == "welcome", "new", required)
 
 
-def _in_cooldown(recs: pd.DataFrame, recent: pd.DataFrame | None, day: date) -> np.ndarray:
-    """True where the same campaign reached the user fewer than ``cooldown_days`` days before ``day``."""
-    if recent is None or recent.empty or recs.empty:
-        return np.zeros(len(recs), dtype=bool)
-    sent = pd.DataFrame(
-        {
-            "user_id": recent["user_id"].to_numpy(),
-            "campaign_id": recent["campaign_id"].astype(str).to_numpy(),
-            "sent_day": pd.to_datetime(recent["sent_at"], utc=True)
-            .dt.tz_localize(None)
-            .to_numpy()
-            .astype("datetime64[D]"),
-        }
+SKIP_REASONS = (
+    "", "duplicate_recommendation", "beyond_top_10", "unknown_user", "opted_out", "campaign_not_curated",
+    "campaign_not_active", "outside_window", "not_eligible", "cooldown", "already_handled_today", "over_cap",
+    "no_free_slot",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Codes:
+    """Per recommendation row: user code (into ``unames``), user row, campaign row, rank, score, priority."""
+
+    ucode: np.ndarray
+    unames: pd.Index
+    u_row: np.ndarray
+    c_row: np.ndarray
+    rank: np.ndarray
+    score: np.ndarray
+    priority: np.ndarray
+
+
+def _check_recommendations(frame: pd.DataFrame) -> pd.DataFrame:
+    missing = {"user_id", "campaign_id"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"recommendations lack columns {sorted(missing)}")
+    recs = frame.reset_index(drop=True)
+    if "rank" not in recs:
+        recs = recs.assign(rank=recs.groupby("user_id", sort=False).cumcount() + 1)
+    if "score" not in recs:
+        recs = recs.assign(score=0.0)
+    return recs
+
+
+def _position_in_group(group: np.ndarray, order: np.ndarray, counted: np.ndarray) -> np.ndarray:
+    """For rows sorted by ``order`` (grouped), how many ``counted`` rows of the group precede each row."""
+    counted_sorted = counted[order].astype(np.int64)
+    running = np.cumsum(counted_sorted) - counted_sorted
+    group_sorted = group[order]
+    starts = np.flatnonzero(np.r_[True, group_sorted[1:] != group_sorted[:-1]])
+    lengths = np.diff(np.r_[starts, len(order)])
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = running - np.repeat(running[starts], lengths)
+    return position
+
+
+def _pair_lookup(
+    frame: pd.DataFrame | None, column: str, unames: pd.Index, cnames: pd.Index, pair: np.ndarray, how: str
+) -> np.ndarray:
+    """Per recommendation row, the latest ``column`` day (datetime64[D]) of the same user and campaign in ``frame``."""
+    result = np.full(len(pair), np.datetime64("NaT"), dtype="datetime64[D]")
+    if frame is None or frame.empty:
+        return result
+    u = pd.Index(unames).get_indexer(frame["user_id"])
+    c = pd.Index(cnames).get_indexer(frame["campaign_id"].astype(str))
+    valid = (u >= 0) & (c >= 0)
+    if not valid.any():
+        return result
+    days = pd.to_datetime(frame[column], utc=True, format="ISO8601").dt.tz_localize(None).to_numpy()
+    other = (
+        pd.Series(days[valid].astype("datetime64[D]"))
+        .groupby(u[valid].astype(np.int64) * max(len(cnames), 1) + c[valid])
+        .agg(how)
     )
-    last = sent.groupby(["user_id", "campaign_id"], sort=False)["sent_day"].max().rename("last_sent").reset_index()
-    joined = recs[["user_id", "campaign_id", "cooldown_days"]].merge(last, on=["user_id", "campaign_id"], how="left")
-    days_since = (np.datetime64(day, "D") - joined["last_sent"].to_numpy().astype("datetime64[D]")).astype("float64")
-    # NaT (never sent) compares False; a send on day D itself is handled by "already_handled_today".
-    with np.errstate(invalid="ignore"):
-        return (days_since < joined["cooldown_days"].to_numpy()) & (days_since >= 0)
+    found = pd.Index(other.index).get_indexer(pair)
+    hit = found >= 0
+    result[hit] = other.to_numpy().astype("datetime64[D]")[found[hit]]
+    return result
+
+
+def _eligible_codes(users: pd.DataFrame, campaigns: pd.DataFrame, u_row: np.ndarray, c_row: np.ndarray) -> np.ndarray:
+    """Campaign eligibility by the scoring stage's rule (``scoring.SEGMENT_ELIGIBILITY``), on codes.
+
+    ``all`` (or empty): everyone; otherwise the user's segment must be the one the rule names
+    (``new_users`` -> ``new``, ``returning`` -> ``active``, ``lapsed`` -> ``lapsed``), and welcome
+    campaigns go to new users only. A user without features (no segment) only gets ``all``.
+    """
+    required = required_segment(campaigns["eligibility"].to_numpy(), campaigns["notification_type"].to_numpy())
+    segment_codes, segment_names = pd.factorize(users["segment"])
+    required_codes = pd.Index(segment_names).get_indexer(required)
+    required_codes = np.where(required == "", -1, np.where(required_codes < 0, -2, required_codes))
+    need = required_codes[c_row]
+    return (need == -1) | (need == segment_codes[u_row])
 
 
 def _existing_frame(existing: pd.DataFrame | None) -> pd.DataFrame:
@@ -326,23 +379,33 @@ def _hour_starts(timezones: Iterable[str], day: date) -> tuple[np.ndarray, np.nd
     return starts, exists
 
 
-def population_prior(engagement: Iterable[Any]) -> np.ndarray:
-    """The mean engagement-by-hour over users who have one; flat when nobody has one yet."""
-    rows = [np.asarray(e, dtype=float) for e in engagement if e is not None and len(e) == HOURS]
-    if not rows:
+def population_prior(engagement: np.ndarray) -> np.ndarray:
+    """The mean engagement-by-hour over users who have one (rows of a matrix); flat when none."""
+    if len(engagement) == 0:
         return np.full(HOURS, 1.0 / HOURS)
-    prior = np.mean(np.stack(rows), axis=0)
+    prior = engagement.mean(axis=0)
     total = prior.sum()
     return prior / total if total > 0 else np.full(HOURS, 1.0 / HOURS)
 
 
 def _engagement_matrix(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(users, 24) engagement, new users filled with the population prior; and who has their own."""
-    own = np.array([v is not None and not isinstance(v, float) and len(v) == HOURS for v in values], dtype=bool)
+    """(users, 24) engagement with the population prior for users without 24 values; and who has their own.
+
+    Converted through Arrow (one C++ pass), not a Python loop over users.
+    """
+    import pyarrow as pa
+
     matrix = np.empty((len(values), HOURS), dtype=np.float64)
+    if len(values) == 0:
+        return matrix, np.zeros(0, dtype=bool)
+    cleaned = np.where(pd.isna(values), None, values) if values.dtype == object else np.full(len(values), None)
+    array = pa.array(cleaned, type=pa.list_(pa.float64()), from_pandas=True)
+    lengths = array.value_lengths().to_numpy(zero_copy_only=False)
+    own = ~array.is_null().to_numpy(zero_copy_only=False) & (np.nan_to_num(lengths, nan=0) == HOURS)
     if own.any():
-        matrix[own] = np.stack([np.asarray(v, dtype=np.float64) for v in values[own]])
-    matrix[~own] = population_prior(values[own]) if own.any() else np.full(HOURS, 1.0 / HOURS)
+        flat = array.filter(pa.array(own)).flatten().to_numpy(zero_copy_only=False)
+        matrix[own] = np.nan_to_num(flat.reshape(-1, HOURS), nan=0.0)
+    matrix[~own] = population_prior(matrix[own])
     return matrix, own
 
 
@@ -359,109 +422,143 @@ def shard_of(user_ids: pd.Series | np.ndarray, shards: int) -> np.ndarray:
 
 
 def _place(
-    config: NotifyConfig, recs: pd.DataFrame, existing: pd.DataFrame, day: date, not_before: datetime | None
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Greedy placement, vectorised over users: rank k of every user picks at once."""
-    if recs.empty:
-        return pd.DataFrame(columns=list(PLAN_COLUMNS)), pd.DataFrame(columns=["user_id", "campaign_id", "reason"])
-    user_codes, user_ids = pd.factorize(recs["user_id"], sort=False)
-    first = np.unique(user_codes, return_index=True)[1]
-    per_user = recs.iloc[first].reset_index(drop=True)
-    n_users = len(user_ids)
-    tz_codes, tz_names = pd.factorize(per_user["timezone"])
-    starts, exists = _hour_starts(tz_names, day)
-    offsets = minute_offsets(per_user["user_id"], day)
-    slot_epoch = starts[tz_codes] + offsets[:, None] * 60  # (users, 24) UTC epoch of each candidate slot
-    allowed = exists[tz_codes] & ~quiet_mask(per_user["quiet_start"].to_numpy(), per_user["quiet_end"].to_numpy())
+    config: NotifyConfig,
+    users: pd.DataFrame,
+    campaigns: pd.DataFrame,
+    codes: _Codes,
+    rows: np.ndarray,
+    existing: pd.DataFrame,
+    day: date,
+    not_before: datetime | None,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Greedy placement, vectorised over users: rank k of every user picks at once.
+
+    ``rows`` are candidate rows sorted by user, then priority and score (best first). Returns the
+    plan, which rows were placed, and the skip reason code of each row that was not.
+    """
+    if len(rows) == 0:
+        return pd.DataFrame(columns=list(PLAN_COLUMNS)), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int8)
+    user_of_row = codes.ucode[rows]
+    starts = np.flatnonzero(np.r_[True, user_of_row[1:] != user_of_row[:-1]])
+    lengths = np.diff(np.r_[starts, len(rows)])
+    group = np.repeat(np.arange(len(starts)), lengths)  # local user index of each candidate
+    position = np.arange(len(rows)) - np.repeat(starts, lengths)
+    local = users.iloc[codes.u_row[rows[starts]]]
+    ids = local["user_id"].to_numpy()
+    tz_codes, tz_names = pd.factorize(local["timezone"])
+    hour_starts, exists = _hour_starts(tz_names, day)
+    offsets = minute_offsets(ids, day)
+    slot_epoch = hour_starts[tz_codes] + offsets[:, None] * 60  # (users, 24) UTC epoch of each slot
+    allowed = exists[tz_codes] & ~quiet_mask(local["quiet_start"].to_numpy(), local["quiet_end"].to_numpy())
     if not_before is not None:
         allowed &= slot_epoch >= int(not_before.timestamp())
-    engagement, own = _engagement_matrix(per_user["engagement"].to_numpy())
+    engagement, own = _engagement_matrix(local["engagement"].to_numpy())
     gap = config.min_gap_minutes * 60
-    free = np.ones((n_users, HOURS), dtype=bool)
-    used = np.zeros(n_users, dtype=np.int64)
-    cap = per_user["cap"].to_numpy()
+    free = np.ones(slot_epoch.shape, dtype=bool)
+    used = np.zeros(len(ids), dtype=np.int64)
+    cap = local["cap"].to_numpy()
 
     delivered = existing[existing["status"].isin(DELIVERED_STATUSES)]
     if len(delivered):
-        codes = pd.Index(user_ids).get_indexer(delivered["user_id"])
-        keep = codes >= 0
-        codes = codes[keep]
-        sent_epoch = pd.to_datetime(delivered["send_at"].to_numpy()[keep], utc=True).astype("int64") // 10**9
-        near = np.abs(slot_epoch[codes] - np.asarray(sent_epoch)[:, None]) < gap
-        np.logical_and.at(free, codes, ~near)
-        np.add.at(used, codes, 1)
+        holders = pd.Index(ids).get_indexer(delivered["user_id"])
+        keep = holders >= 0
+        holders = holders[keep]
+        sent = pd.to_datetime(delivered["send_at"].to_numpy()[keep], utc=True, format="ISO8601")
+        sent_epoch = np.asarray(sent.astype("int64") // 10**9)
+        np.logical_and.at(free, holders, ~(np.abs(slot_epoch[holders] - sent_epoch[:, None]) < gap))
+        np.add.at(used, holders, 1)
 
-    position = np.arange(len(recs)) - first[user_codes]
-    chosen_hour = np.full(len(recs), -1, dtype=np.int64)
-    reason = np.full(len(recs), "", dtype=object)
-    rows_by_rank = [np.flatnonzero(position == k) for k in range(int(position.max()) + 1)]
-    for rows in rows_by_rank:
-        users_k = user_codes[rows]
-        room = used[users_k] < cap[users_k]
-        reason[rows[~room]] = "over_cap"
-        rows, users_k = rows[room], users_k[room]
-        score = np.where(free[users_k] & allowed[users_k], engagement[users_k], -np.inf)
-        best = np.argmax(score, axis=1)
-        ok = np.isfinite(score[np.arange(len(users_k)), best])
-        reason[rows[~ok]] = "no_free_slot"
-        rows, users_k, best = rows[ok], users_k[ok], best[ok]
-        chosen_hour[rows] = best
-        used[users_k] += 1
-        chosen_epoch = slot_epoch[users_k, best]
-        free[users_k] &= np.abs(slot_epoch[users_k] - chosen_epoch[:, None]) >= gap
+    chosen_hour = np.full(len(rows), -1, dtype=np.int64)
+    why_not = np.zeros(len(rows), dtype=np.int8)
+    for k in range(int(position.max()) + 1):
+        sel = np.flatnonzero(position == k)
+        g = group[sel]
+        room = used[g] < cap[g]
+        why_not[sel[~room]] = SKIP_REASONS.index("over_cap")
+        sel, g = sel[room], g[room]
+        value = np.where(free[g] & allowed[g], engagement[g], -np.inf)
+        best = np.argmax(value, axis=1)
+        ok = np.isfinite(value[np.arange(len(g)), best])
+        why_not[sel[~ok]] = SKIP_REASONS.index("no_free_slot")
+        sel, g, best = sel[ok], g[ok], best[ok]
+        chosen_hour[sel] = best
+        used[g] += 1
+        free[g] &= np.abs(slot_epoch[g] - slot_epoch[g, best][:, None]) >= gap
 
     placed = chosen_hour >= 0
-    unplaced = recs.loc[~placed, ["user_id", "campaign_id"]].assign(reason=reason[~placed])
-    rows = np.flatnonzero(placed)
-    codes = user_codes[rows]
-    hours = chosen_hour[rows]
-    epoch = slot_epoch[codes, hours]
-    minutes = offsets[codes]
-    chosen_engagement = engagement[codes, hours]
+    sel = np.flatnonzero(placed)
+    g = group[sel]
+    hours = chosen_hour[sel]
+    minutes = offsets[g]
+    epoch = slot_epoch[g, hours]
+    chosen_engagement = engagement[g, hours]
     # The hour's rank among the user's allowed hours, to explain the choice.
-    hour_rank = ((engagement[codes] > chosen_engagement[:, None]) & allowed[codes]).sum(axis=1) + 1
-    picked = recs.iloc[rows]
-    send_at = pd.Series(np.datetime_as_string(epoch.astype("datetime64[s]"), unit="s")) + "Z"
-    local_day = day.isoformat()
-    local_time = pd.Series(_CLOCK[hours * 60 + minutes])
-    user_col = picked["user_id"].astype(str).to_numpy()
-    campaign_col = picked["campaign_id"].astype(str).to_numpy()
-    utc_day = send_at.str.slice(0, 10)
-    shard = shard_of(user_col, config.schedule_shards)
-    prior_note = np.where(own[codes], "its engagement", "population-prior engagement")
-    reason_text = (
-        "priority " + picked["priority"].astype(str).to_numpy()
-        + ", score " + picked["score"].round(3).astype(str).to_numpy()
-        + " (rank " + picked["rank"].astype(str).to_numpy() + "); "
-        + local_time.str.slice(0, 2).to_numpy() + ":00 local is this user's #" + hour_rank.astype(str)
-        + " allowed hour by " + prior_note
-        + " (" + np.round(chosen_engagement * 100, 1).astype(str) + "% of activity); minute :"
-        + np.char.zfill(minutes.astype(str), 2) + " spreads the fleet"
+    hour_rank = ((engagement[g] > chosen_engagement[:, None]) & allowed[g]).sum(axis=1) + 1
+    picked = rows[sel]
+    send_at = np.datetime_as_string(epoch.astype("datetime64[s]"), unit="s").astype(object) + "Z"
+    campaign_col = campaigns["campaign_id"].to_numpy(dtype=object)[codes.c_row[picked]]
+    user_col = ids[g].astype(object)
+    utc_days, day_index = np.unique(epoch // 86400, return_inverse=True)
+    day_text = np.array([str(np.datetime64(int(d), "D")) + "#" for d in utc_days], dtype=object)
+    shards = shard_of(ids, config.schedule_shards)
+    priority = codes.priority[picked]
+    reason = (
+        "priority " + _NUMBER[np.clip(priority, 0, 999)] + ", score " + _decimal(codes.score[picked], 3)
+        + " (rank " + _NUMBER[np.clip(codes.rank[picked], 0, 999)] + "); "
+        + _WHY_HOUR[hours, np.minimum(hour_rank, HOURS), own[g].astype(int)]
+        + _decimal(chosen_engagement * 100, 1) + "% of activity); minute :" + _TWO_DIGITS[minutes] + " spreads the fleet"
     )  # fmt: skip
     plan = pd.DataFrame(
         {
             "user_id": user_col,
-            "send_at_campaign": (send_at + "#" + campaign_col).to_numpy(),
-            "notification_id": np.char.add(np.char.add(user_col.astype(str), f"#{local_day}#"), campaign_col),
+            "send_at_campaign": send_at + "#" + campaign_col,
+            "notification_id": user_col + f"#{day.isoformat()}#" + campaign_col,
             "campaign_id": campaign_col,
-            "send_at": send_at.to_numpy(),
-            "local_day": local_day,
-            "local_time": local_time.to_numpy(),
-            "timezone": picked["timezone"].to_numpy(),
-            "priority": picked["priority"].to_numpy(),
-            "score": picked["score"].to_numpy(),
-            "reason": reason_text,
+            "send_at": send_at,
+            "local_day": day.isoformat(),
+            "local_time": _CLOCK[hours * 60 + minutes],
+            "timezone": np.asarray(tz_names, dtype=object)[tz_codes[g]],
+            "priority": priority,
+            "score": codes.score[picked],
+            "reason": reason,
             "status": "scheduled",
             "attempts": 0,
             "product_id": None,
-            "due_bucket": (utc_day + "#" + shard.astype(str)).to_numpy(),
-            "due_at": send_at.to_numpy(),
+            "due_bucket": day_text[day_index] + _NUMBER[shards[g]],
+            "due_at": send_at,
         }
     )
-    return plan, unplaced
+    return plan, placed, why_not[~placed]
 
 
 _CLOCK = np.array([f"{m // 60:02d}:{m % 60:02d}" for m in range(HOURS * 60)], dtype=object)
+_NUMBER = np.array([str(i) for i in range(1000)], dtype=object)
+_TWO_DIGITS = np.array([f"{i:02d}" for i in range(100)], dtype=object)
+_FRACTIONS = {digits: np.array([f"{i:0{digits}d}" for i in range(10**digits)], dtype=object) for digits in (1, 3)}
+_WHY_HOUR = np.array(
+    [
+        [
+            [
+                f"{hour:02d}:00 local is this user's #{rank} allowed hour by {note} ("
+                for note in ("population-prior engagement", "its engagement")
+            ]
+            for rank in range(HOURS + 1)
+        ]
+        for hour in range(HOURS)
+    ],
+    dtype=object,
+)
+
+
+def _decimal(values: np.ndarray, digits: int) -> np.ndarray:
+    """Fixed-point text of many floats by table lookups (``f"{v:.3f}"`` per value is the slow path)."""
+    scale = 10**digits
+    scaled = np.round(np.abs(np.nan_to_num(values)) * scale).astype(np.int64)
+    whole, fraction = scaled // scale, scaled % scale
+    text = _NUMBER[np.minimum(whole, 999)] + "." + _FRACTIONS[digits][fraction]
+    large = np.flatnonzero(whole > 999)
+    text[large] = [f"{abs(v):.{digits}f}" for v in values[large]]
+    return np.where((values < 0) & (scaled > 0), "-" + text, text)
 
 
 def _attach_products(plan: pd.DataFrame, products: pd.DataFrame | None, campaigns: pd.DataFrame) -> pd.DataFrame:
@@ -469,22 +566,35 @@ def _attach_products(plan: pd.DataFrame, products: pd.DataFrame | None, campaign
     campaign targets, else the user's top product; none when the user has no recommended products."""
     if plan.empty or products is None or products.empty:
         return plan
-    ranked = products.loc[:, ["user_id", "product_id", "rank", "article_type"]].sort_values(["user_id", "rank"])
-    top = ranked.drop_duplicates("user_id")[["user_id", "product_id"]]
-    plan = plan.drop(columns="product_id").merge(top, on="user_id", how="left")
-    targeted = campaigns.loc[campaigns["targets"] != "", ["campaign_id", "targets"]]
-    if len(targeted):
-        pairs = targeted.assign(article_type=targeted["targets"].str.split("|")).explode("article_type")
-        pairs = pairs[["campaign_id", "article_type"]].drop_duplicates()
-        matches = ranked.merge(pairs, on="article_type").merge(
-            plan[["user_id", "campaign_id"]], on=["user_id", "campaign_id"]
-        )
-        best = matches.sort_values("rank").drop_duplicates(["user_id", "campaign_id"])
-        best = best[["user_id", "campaign_id", "product_id"]].rename(columns={"product_id": "_matched"})
-        plan = plan.merge(best, on=["user_id", "campaign_id"], how="left")
-        plan["product_id"] = plan["_matched"].where(plan["_matched"].notna(), plan["product_id"])
-        plan = plan.drop(columns="_matched")
-    return plan.loc[:, list(PLAN_COLUMNS)]
+    plan_users, user_names = pd.factorize(plan["user_id"])
+    owner = pd.Index(user_names).get_indexer(products["user_id"])
+    keep = np.flatnonzero(owner >= 0)
+    if len(keep) == 0:
+        return plan
+    owner = owner[keep]
+    rank = pd.to_numeric(products["rank"], errors="coerce").fillna(999).to_numpy()[keep]
+    order = np.lexsort((rank, owner))
+    owner = owner[order]
+    product_ids = products["product_id"].astype(str).to_numpy(dtype=object)[keep][order]
+    types, type_names = pd.factorize(products["article_type"].to_numpy(dtype=object)[keep][order])
+    position = _position_in_group(owner, np.arange(len(owner)), np.ones(len(owner), dtype=bool))
+    width = int(min(TOP_K, position.max() + 1))
+    first = position < width
+    slot = np.full((len(user_names), width), -1, dtype=np.int64)
+    slot[owner[first], position[first]] = np.flatnonzero(first)
+    slot_types = np.where(slot >= 0, types[np.maximum(slot, 0)], -1)
+    targets = np.zeros((len(campaigns), max(len(type_names), 1)), dtype=bool)
+    for row, wanted in enumerate(campaigns["targets"].to_numpy()):
+        if wanted:
+            found = pd.Index(type_names).get_indexer(wanted.split("|"))
+            targets[row, found[found >= 0]] = True
+    plan_campaigns = pd.Index(campaigns["campaign_id"]).get_indexer(plan["campaign_id"])
+    candidates = slot[plan_users]
+    candidate_types = slot_types[plan_users]
+    match = targets[plan_campaigns[:, None], np.maximum(candidate_types, 0)] & (candidate_types >= 0)
+    best = np.where(match.any(axis=1), candidates[np.arange(len(plan)), match.argmax(axis=1)], candidates[:, 0])
+    chosen = np.where(best >= 0, product_ids[np.maximum(best, 0)], None)
+    return plan.assign(product_id=chosen)
 
 
 # ---------------------------------------------------------------------------------------- checks
