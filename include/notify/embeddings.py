@@ -126,9 +126,6 @@ def product_texts(products: pd.DataFrame) -> pd.Series:
         ],
         ". ",
     )
-    empty = text.str.len() == 0
-    if empty.any():
-        raise ValueError(f"products with no descriptive text at all: {products.loc[empty, 'product_id'].tolist()[:10]}")
     return text
 
 
@@ -539,13 +536,21 @@ def prepare_texts(config: NotifyConfig, kind: str, run_date: date, items: pd.Dat
     items = read_current(config, kind, run_date) if items is None else items
     texts = product_texts(items) if kind == "products" else campaign_texts(items)
     frame = pd.DataFrame({id_col: items[id_col].astype(str).to_numpy(), "text": texts.to_numpy(dtype=object)})
+    empty = frame["text"].str.len().to_numpy() == 0
+    if empty.any():
+        # Curated rows always have the required fields; an empty text means a broken upstream row.
+        log.warning("%s without any descriptive text, not embedded: %s", kind, frame.loc[empty, id_col].tolist()[:20])
+        frame = frame[~empty].reset_index(drop=True)
     frame["content_hash"] = content_hashes(frame["text"].tolist(), config.embedding_model)
     previous = _previous_vectors(config, kind, run_date)
     known = dict(zip(previous[0], previous[1], strict=True)) if previous else {}
     changed = int(sum(known.get(i) != h for i, h in zip(frame[id_col], frame["content_hash"], strict=True)))
     write_partition(config.lake_path("embeddings", f"{kind[:-1]}_texts", run_date), frame)
     log.info("%s: %d items, %d new or changed since the last embeddings", kind, len(frame), changed)
-    return {"items": len(frame), "changed": changed}
+    counts = {"items": len(frame), "changed": changed}
+    if empty.any():
+        counts["rejected"] = int(empty.sum())
+    return counts
 
 
 def embed_items(config: NotifyConfig, kind: str, run_date: date, dynamo: Dynamo | None = None) -> dict[str, Any]:

@@ -19,10 +19,10 @@ RUN_DATE = date(2026, 11, 24)
 
 def test_spark_job_matches_in_process_vectors_and_skips_unchanged(spark, base_config: NotifyConfig) -> None:
     config = base_config
-    catalog = load_catalog().head(40)
+    catalog = load_catalog().head(12)
     embeddings.prepare_texts(config, "products", RUN_DATE, catalog)
     in_process = embeddings.embed_items(config, "products", RUN_DATE)
-    assert in_process["reembedded"] == 40
+    assert in_process["reembedded"] == 12
     ids, expected = embeddings.read_partition(config.lake_path("embeddings", "products", RUN_DATE))
 
     next_day = RUN_DATE + timedelta(days=1)
@@ -30,7 +30,7 @@ def test_spark_job_matches_in_process_vectors_and_skips_unchanged(spark, base_co
     changed.loc[:2, "productDisplayName"] = ["Blue Denim Jacket", "Silver Analog Watch", "Red Running Shoes"]
     embeddings.prepare_texts(config, "products", next_day, changed)
     counts = embed_products.embed(spark, config.lake_root, "products", next_day, config.embedding_model, 16)
-    assert counts == {"items": 40, "reembedded": 3}
+    assert counts == {"items": 12, "reembedded": 3}
 
     frame, vectors = embeddings.read_partition(config.lake_path("embeddings", "products", next_day))
     by_id = dict(zip(frame["product_id"], vectors, strict=True))

@@ -205,3 +205,16 @@ def test_real_model_embeddings_are_deterministic_and_normalised() -> None:
         model, ["Men Navy Blue Shirt", "Men White Formal Shirt", "Women Gold Heels"]
     )
     assert shirt @ other_shirt > shirt @ heels
+
+
+def test_prepare_texts_keeps_good_products_and_counts_the_ones_without_text(tmp_path) -> None:
+    from include.notify.config import load_config
+
+    config = load_config({}).replace(state_dir=tmp_path, lake_uri=(tmp_path / "lake").as_uri())
+    products = _products()
+    broken = pd.DataFrame({"product_id": ["4"]}).reindex(columns=products.columns)
+    broken["product_id"] = "4"
+    counts = emb.prepare_texts(config, "products", RUN_DATE, pd.concat([products, broken], ignore_index=True))
+    assert counts == {"items": 3, "changed": 3, "rejected": 1}
+    staged, _ = emb.read_partition(config.lake_path("embeddings", "product_texts", RUN_DATE))
+    assert staged["product_id"].tolist() == ["1", "2", "3"]
