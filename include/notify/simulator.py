@@ -66,7 +66,7 @@ class Behaviour:
     order_after_click: float = 0.2
     fatigue_decay: float = 0.8
     tolerated_per_day: int = 3
-    opt_out_per_extra: float = 0.04
+    opt_out_per_extra: float = 0.015
     opt_out_base: float = 0.002
     # Organic activity, per user and day.
     views_per_day: float = 0.6
@@ -589,7 +589,9 @@ def run_closed_loop(
             organic = timed("simulate organic activity", organic_simulator.organic_day, day)
             for world in worlds:
                 p = world.policy
-                plan = timed(f"{p}: nightly + plan", _nightly, world, day, spark, dataset, population, seed_vectors)
+                # Notify times its own stages; the other policies' nightly is one planning step.
+                nightly = (world, day, spark, dataset, population, seed_vectors, timed)
+                plan = _nightly(*nightly) if p == "notify" else timed(f"{p}: plan", _nightly, *nightly)
                 timed(f"{p}: produce organic", publish, world.config, organic)
                 world.orders += organic.orders
                 from include.notify.dispatch import simulate_day
@@ -695,7 +697,13 @@ def _seed_vectors(config: NotifyConfig, dataset: Any) -> dict[str, Any]:
 
 
 def _nightly(
-    world: _World, day: date, spark: Any, dataset: Any, population: Population, seed_vectors: dict[str, Any] | None
+    world: _World,
+    day: date,
+    spark: Any,
+    dataset: Any,
+    population: Population,
+    seed_vectors: dict[str, Any] | None,
+    timed: Any,
 ) -> int:
     """Run the policy's nightly step for ``day`` and write its schedule; returns items planned."""
     from include.notify.planning import write_plan
@@ -709,11 +717,12 @@ def _nightly(
         from include.notify.scoring import run_scoring
         from spark_jobs import batch_ingest, features
 
-        batch_ingest.run(spark, world.config, day)
-        features.run(spark, world.config, day)
-        run_embeddings(world.config, day, world.dynamo)
-        run_scoring(world.config, day, world.dynamo)
-        return int(plan_day(world.config, day, world.dynamo, now=night).get("planned", 0))
+        timed("notify: batch ingestion (Spark)", batch_ingest.run, spark, world.config, day)
+        timed("notify: features (Spark)", features.run, spark, world.config, day)
+        timed("notify: embeddings", run_embeddings, world.config, day, world.dynamo)
+        timed("notify: scoring", run_scoring, world.config, day, world.dynamo)
+        counts = timed("notify: planning", plan_day, world.config, day, world.dynamo, now=night)
+        return int(counts.get("planned", 0))
     sendable = sendable_campaigns(dataset.campaigns, day)
     truth = population.truth
     if world.policy == "seed":
