@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -400,7 +401,9 @@ def process_messages(
     """
     started = time.monotonic()
     now = (now or datetime.now(UTC)).astimezone(UTC)
-    result = BatchResult(run_key=f"{DAG_ID}#{now.date().isoformat()}", stage=f"batch#{format_timestamp(now)}")
+    result = BatchResult(
+        run_key=f"{DAG_ID}#{now.date().isoformat()}", stage=f"batch#{format_timestamp(now)}#{uuid.uuid4().hex[:8]}"
+    )
     topic_names = {config.topic(name): name for name in STREAM_TABLES}
     valid: dict[str, dict[str, _Valid]] = {name: {} for name in STREAM_TABLES}
     rejected: list[Rejected] = []
