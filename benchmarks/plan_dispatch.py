@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import platform
 import resource
 import sys
@@ -143,7 +144,8 @@ def write_report(path: Path, command: str, planning: list[dict[str, float]], dis
         f"Command: `{command}`",
         "",
         f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, Python {platform.python_version()}, "
-        "2 cores shared with other work while measured; one run, so treat numbers as +-20 %.",
+        f"2 cores shared with other work while measured (1-min load average at the end: {os.getloadavg()[0]:.1f}); "
+        "one run, so treat the numbers as rough.",
         "",
         "## Planning (`planning.build_plan`, synthetic inputs, 10 recommendations per user)",
         "",
