@@ -140,6 +140,7 @@ def build_plan(config: NotifyConfig, inputs: PlanInputs, not_before: datetime | 
     known = u_row >= 0
     refuse(~known, "unknown_user")
     safe_u = np.where(known, u_row, 0)
+    refuse(known & ~_valid_timezones(users)[safe_u], "unknown_timezone")
     refuse(known & users["opt_out"].to_numpy()[safe_u], "opted_out")
     c_row = cpos[ccode]
     curated = c_row >= 0
@@ -258,7 +259,7 @@ def required_segment(eligibility: np.ndarray, notification_type: np.ndarray) -> 
 
 
 SKIP_REASONS = (
-    "", "duplicate_recommendation", "beyond_top_10", "unknown_user", "opted_out", "campaign_not_curated",
+    "", "duplicate_recommendation", "beyond_top_10", "unknown_user", "unknown_timezone", "opted_out", "campaign_not_curated",
     "campaign_not_active", "outside_window", "not_eligible", "cooldown", "already_handled_today", "over_cap",
     "no_free_slot",
 )  # fmt: skip
@@ -275,6 +276,21 @@ class _Codes:
     rank: np.ndarray
     score: np.ndarray
     priority: np.ndarray
+
+
+def _valid_timezones(users: pd.DataFrame) -> np.ndarray:
+    """Per user, whether the time zone is a known IANA name; unknown ones are logged with a count."""
+    codes, names = pd.factorize(users["timezone"].astype(str))
+    valid = np.ones(len(names), dtype=bool)
+    for position, name in enumerate(names):
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            valid[position] = False
+            log.warning(
+                "time zone %r of %d user(s) is unknown; they are not planned", name, int((codes == position).sum())
+            )
+    return valid[codes]
 
 
 def _check_recommendations(frame: pd.DataFrame) -> pd.DataFrame:
@@ -857,10 +873,35 @@ def plan_day(
     existing = read_existing(dynamo, inputs.recommendations["user_id"], day)
     result = build_plan(config, replace(inputs, existing=existing), not_before=not_before)
     counts = result.counts()
-    counts.update(write_plan(dynamo, result.plan, existing, now))
-    counts["seconds"] = math.ceil((time.monotonic() - started) * 1000) / 1000  # type: ignore[assignment]
+    written = write_plan(dynamo, result.plan, existing, now)
+    counts.update(written)
+    seconds = math.ceil((time.monotonic() - started) * 1000) / 1000
+    _record_run(config, dynamo, day, result, written, seconds)
+    counts["seconds"] = seconds  # type: ignore[assignment]
     log.info("planned %s: %s", day, counts)
     return counts
+
+
+def _record_run(
+    config: NotifyConfig, dynamo: Dynamo, day: date, result: PlanResult, written: Mapping[str, int], seconds: float
+) -> None:
+    """Counts to ``runs/notify_planning/dt=D/plan.json`` and ``pipeline_runs``; the skipped candidates
+    with their reason to ``runs/notify_planning/dt=D/skipped.parquet`` (why was X not planned?)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    from include.notify.lake import RunCounts, write_run_counts
+
+    by_reason = {k.removeprefix("skipped_"): v for k, v in result.counts().items() if k.startswith("skipped_")}
+    counts = RunCounts(
+        "plan", result.candidates, len(result.plan), len(result.skipped), by_reason, seconds, dict(written)
+    )
+    write_run_counts(config, "notify_planning", day, counts, dynamo)
+    filesystem, path = fs.FileSystem.from_uri(config.lake_path("runs", "notify_planning", day))
+    filesystem.create_dir(path, recursive=True)
+    table = pa.Table.from_pandas(result.skipped.astype(str), preserve_index=False)
+    pq.write_table(table, f"{path}/skipped.parquet", filesystem=filesystem)
 
 
 # ------------------------------------------------------------------------------------------ views

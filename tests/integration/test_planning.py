@@ -11,6 +11,7 @@ import pytest
 from include.notify.config import NotifyConfig
 from include.notify.dispatch import _update
 from include.notify.embeddings import write_partition
+from include.notify.lake import read_run_counts
 from include.notify.planning import (
     describe_plan,
     load_plan_inputs,
@@ -69,6 +70,14 @@ def test_plan_day_writes_a_valid_plan_and_re_planning_keeps_sent_items(config: N
     assert written["due_bucket"].str.match(r"^2026-11-2[456]#\d+$").all()
     assert (written["due_at"] == written["send_at"]).all()
     assert plan_violations(config, written, inputs) == []
+    runs = read_run_counts(config, "notify_planning", DAY)["plan"]
+    assert runs["rows_in"] == first["candidates"] == runs["rows_out"] + runs["rows_rejected"]
+    assert runs["rejected_by_reason"]["campaign_not_curated"] == 3
+    skipped = pd.read_parquet(
+        config.lake_path("runs", "notify_planning", DAY).removeprefix("file://") + "/skipped.parquet"
+    )
+    assert len(skipped) == first["skipped"]
+    assert set(skipped.loc[skipped["campaign_id"] == "C999", "reason"]) == {"campaign_not_curated"}
 
     # Dispatch sends two items of one user; then scoring changes and the day is planned again.
     victim = written["user_id"].value_counts().index[0]

@@ -230,6 +230,9 @@ def test_bad_inputs_fail_with_the_missing_columns() -> None:
     users = pd.DataFrame([user()])
     with pytest.raises(ValueError, match="campaigns lack columns"):
         build_plan(CONFIG, PlanInputs(DAY, users, pd.DataFrame(recs("U1", "A")), pd.DataFrame({"campaign_id": ["A"]})))
-    bad_zone = pd.DataFrame([user(timezone="Mars/Olympus")])
-    with pytest.raises(ValueError, match="Mars/Olympus"):
-        build_plan(CONFIG, PlanInputs(DAY, bad_zone, pd.DataFrame(recs("U1", "A")), campaigns({"campaign_id": "A"})))
+    # A bad time zone refuses that user only, with the reason; the others are still planned.
+    users = pd.DataFrame([user("MARS", timezone="Mars/Olympus"), user("EARTH")])
+    rows = pd.DataFrame(recs("MARS", "A") + recs("EARTH", "A"))
+    result = build_plan(CONFIG, PlanInputs(DAY, users, rows, campaigns({"campaign_id": "A"})))
+    assert list(result.plan["user_id"]) == ["EARTH"]
+    assert result.skipped.to_dict("records") == [{"user_id": "MARS", "campaign_id": "A", "reason": "unknown_timezone"}]
