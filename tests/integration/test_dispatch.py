@@ -392,3 +392,33 @@ def test_analyst_views_plugin_requires_a_user_and_shows_plan_and_deliveries(
     assert "<script>" not in page
     assert "&lt;script&gt;" in page
     assert client.get("/plan/U000", params={"day": "yesterday"}).status_code == 400
+
+
+def test_notification_sent_events_reach_kafka(config: NotifyConfig, dynamo: Dynamo, kafka_broker) -> None:
+    import json
+
+    from confluent_kafka import Consumer
+
+    from include.notify.dispatch import KafkaEventSink
+    from include.notify.topics import ensure_topics
+
+    config = config.replace(kafka_bootstrap=kafka_broker.endpoint)
+    ensure_topics(config)
+    ids = seed_core(dynamo, 3)
+    schedule(dynamo, config, ids, NOW - timedelta(minutes=1))
+    counts = dispatch_due(config, NOW, dynamo, channels=[Recorder()], events=KafkaEventSink(config))
+    assert counts["sent"] == 3
+    assert counts["events_failed"] == 0
+    consumer = Consumer({"bootstrap.servers": config.kafka_bootstrap, "group.id": "t", "auto.offset.reset": "earliest"})
+    consumer.subscribe([config.topic("events")])
+    events = []
+    for _ in range(30):
+        message = consumer.poll(1.0)
+        if message is not None and message.error() is None:
+            events.append(json.loads(message.value()))
+        if len(events) == 3:
+            break
+    consumer.close()
+    assert {e["notification_id"] for e in events} == {f"{u}#{DAY}#A" for u in ids}
+    assert {e["event_type"] for e in events} == {"notification_sent"}
+    assert {e["ts"] for e in events} == {iso(NOW)}
