@@ -236,3 +236,19 @@ def test_bad_inputs_fail_with_the_missing_columns() -> None:
     result = build_plan(CONFIG, PlanInputs(DAY, users, rows, campaigns({"campaign_id": "A"})))
     assert list(result.plan["user_id"]) == ["EARTH"]
     assert result.skipped.to_dict("records") == [{"user_id": "MARS", "campaign_id": "A", "reason": "unknown_timezone"}]
+
+
+def test_malformed_engagement_falls_back_to_the_population_prior() -> None:
+    users = pd.DataFrame(
+        [
+            user("A", engagement_by_hour=peaked(15)),
+            user("B", engagement_by_hour=np.array(peaked(15))),
+            user("SHORT", engagement_by_hour=peaked(20)[:23]),
+            user("NAN", engagement_by_hour=float("nan")),
+        ]
+    )
+    rows = pd.DataFrame([r for u in users["user_id"] for r in recs(u, "X")])
+    plan = build_plan(CONFIG, PlanInputs(DAY, users, rows, campaigns({"campaign_id": "X"}))).plan.set_index("user_id")
+    assert plan["local_time"].str.slice(0, 2).to_dict() == {"A": "15", "B": "15", "SHORT": "15", "NAN": "15"}
+    assert "population-prior" in plan.loc["SHORT", "reason"]
+    assert "its engagement" in plan.loc["A", "reason"]
