@@ -62,7 +62,7 @@ def test_inbox_on_a_missing_table_is_a_permanent_error(config: NotifyConfig, dyn
 def test_kafka_channel_publishes_keyed_by_user_with_the_notification_id(
     base_config: NotifyConfig, kafka_broker: RunningService
 ) -> None:
-    from confluent_kafka import Consumer
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     from include.notify.topics import ensure_topics
 
@@ -72,7 +72,10 @@ def test_kafka_channel_publishes_keyed_by_user_with_the_notification_id(
     channel.send(MESSAGE)
     channel.close()
     consumer = Consumer({"bootstrap.servers": config.kafka_bootstrap, "group.id": "t", "auto.offset.reset": "earliest"})
-    consumer.subscribe([config.topic("notifications")])
+    # Assign every partition from the start: no consumer-group join to wait for.
+    topic = config.topic("notifications")
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     received = None
     for _ in range(30):
         received = consumer.poll(1.0)

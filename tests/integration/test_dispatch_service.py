@@ -397,7 +397,7 @@ def test_analyst_views_plugin_requires_a_user_and_shows_plan_and_deliveries(
 def test_notification_sent_events_reach_kafka(config: NotifyConfig, dynamo: Dynamo, kafka_broker) -> None:
     import json
 
-    from confluent_kafka import Consumer
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     from include.notify.dispatch import KafkaEventSink
     from include.notify.topics import ensure_topics
@@ -410,7 +410,10 @@ def test_notification_sent_events_reach_kafka(config: NotifyConfig, dynamo: Dyna
     assert counts["sent"] == 3
     assert counts["events_failed"] == 0
     consumer = Consumer({"bootstrap.servers": config.kafka_bootstrap, "group.id": "t", "auto.offset.reset": "earliest"})
-    consumer.subscribe([config.topic("events")])
+    # Assign every partition from the start: no consumer-group join to wait for.
+    topic = config.topic("events")
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     events = []
     for _ in range(30):
         message = consumer.poll(1.0)
