@@ -905,7 +905,7 @@ def _record_run(
 
 
 # ------------------------------------------------------------------------------------------ views
-def describe_plan(config: NotifyConfig, dynamo: Dynamo, user_id: str, day: date | None = None) -> str:
+def describe_plan(config: NotifyConfig, dynamo: Dynamo, user_id: str, day: date | str | None = None) -> str:
     """A user's planned day for analysts: local and UTC times, status, and why each slot was chosen.
 
     ``day`` is the user's local day; by default the latest day that has items.
@@ -920,7 +920,7 @@ def describe_plan(config: NotifyConfig, dynamo: Dynamo, user_id: str, day: date 
     if not items:
         return f"{user_id}: nothing planned"
     days = sorted({str(item.get("local_day")) for item in items})
-    chosen = day.isoformat() if day else days[-1]
+    chosen = str(day) if day else days[-1]
     items = sorted((i for i in items if i.get("local_day") == chosen), key=lambda i: i["send_at"])
     if not items:
         return f"{user_id}: nothing planned for {chosen} (planned days: {', '.join(days)})"
