@@ -1,8 +1,9 @@
 """Nightly batch ingestion of day D's raw deliveries into the curated lake and DynamoDB.
 
-Runs at 02:00 UTC after day D has ended (a data-interval schedule: the run for D covers
-[D 02:00, D+1 02:00) and its `run_date` is D), giving upstream exports two hours to land in
-`raw/<table>/dt=D/`. Tasks:
+Runs at 00:30 UTC on day D and its `run_date` is D, the day the nightly chain plans for.
+`raw/<table>/dt=D/` is the delivery for that run: upstream exports of what happened before D,
+and the events the stream-ingest DAG consumed before D (it lands them in the next delivery still
+to come). Tasks:
 
 1. **create_tables** — every Notify DynamoDB table, idempotently.
 2. **ingest** — the Spark job `spark_jobs/batch_ingest.py` (spark-submit locally, EMR Serverless
@@ -22,7 +23,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import CronDataIntervalTimetable, dag, task
+from airflow.sdk import CronTriggerTimetable, dag, task
 
 from include.notify.orchestration import CURATED, DEFAULT_ARGS, START_DATE
 
@@ -30,7 +31,7 @@ from include.notify.orchestration import CURATED, DEFAULT_ARGS, START_DATE
 @dag(
     dag_id="notify_batch_ingestion",
     doc_md=__doc__,
-    schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
+    schedule=CronTriggerTimetable("30 0 * * *", timezone="UTC"),
     start_date=START_DATE,
     catchup=False,  # backfills of past days are explicit (airflow backfill), not automatic
     max_active_runs=1,  # a day's references are checked against the previous days' state
