@@ -17,8 +17,9 @@ One run (``dispatch_due``) handles everything due up to ``now``, found through t
    back-off; if none accepted and some failure was transient the item goes back to ``scheduled``
    for the next run (lateness bounds how long); if all failed permanently it is ``failed`` with
    the reason.
-5. **Record** the delivery (``notify_deliveries``, written only if absent), mark the item ``sent``
-   (removing the due-index keys) and emit ``notification_sent`` to ``notify.events``.
+5. **Record** the delivery (``notify_deliveries``), mark the item ``sent`` (removing the due-index
+   keys) and emit ``notification_sent`` to ``notify.events``; the records of a chunk go in batched
+   writes, which the claim makes safe (only the lease holder writes them).
 
 The clock is the ``now`` parameter: the DAG passes the run's time, ``simulate_day`` walks a
 simulated day in minutes instead of 24 hours.
@@ -298,8 +299,7 @@ class Dispatcher:
                 if claimed and self.after_claim is not None:
                     self.after_claim(claimed)
                 if claimed:
-                    context = self._context(claimed)
-                    counts.update(pool.map(partial(self._deliver, now=now, context=context), claimed))
+                    counts.update(self._deliver_chunk(claimed, now, pool))
         if self.events is not None:
             counts["events_failed"] = self.events.flush()
         counts["seconds_ms"] = int((time.monotonic() - started) * 1000)
@@ -370,9 +370,44 @@ class Dispatcher:
             "products": {str(p["product_id"]): p for p in products},
         }
 
-    def _deliver(self, item: dict[str, Any], now: datetime, context: Mapping[str, Mapping[str, Any]]) -> str:
+    def _deliver_chunk(self, claimed: list[dict[str, Any]], now: datetime, pool: ThreadPoolExecutor) -> Counter[str]:
+        """Render, send and record one chunk of claimed items.
+
+        Channels that can (the inbox) take the chunk in batched writes; the delivery records and
+        the sent markers are batch-written too. That is safe because the claim already made this
+        dispatcher the only one working on these items while the lease holds; after a crash the
+        reclaimer finds the delivery record and only finishes the bookkeeping.
+        """
+        counts: Counter[str] = Counter()
+        context = self._context(claimed)
+        ready: list[tuple[dict[str, Any], Message]] = []
+        for item, prepared in zip(
+            claimed, pool.map(partial(self._prepare, now=now, context=context), claimed), strict=True
+        ):
+            if isinstance(prepared, Message):
+                ready.append((item, prepared))
+            else:
+                counts[prepared] += 1
+        if not ready:
+            return counts
+        results = self._send_chunk([message for _, message in ready], pool)
+        delivered = []
+        undelivered = []
+        for (item, message), (accepted, errors) in zip(ready, results, strict=True):
+            if accepted:
+                delivered.append((item, message, accepted, errors))
+            else:
+                undelivered.append((item, errors))
+        counts.update(pool.map(lambda entry: self._not_delivered(*entry), undelivered))
+        if delivered:
+            self._record(delivered)
+            counts["sent"] += len(delivered)
+        return counts
+
+    def _prepare(self, item: dict[str, Any], now: datetime, context: Mapping[str, Mapping[str, Any]]) -> Message | str:
+        """The rendered message of a claimed item, or the outcome when it must not be sent."""
         if item.get("_reclaimed") and self._delivered_already(item):
-            return self._finish(item, now, None)
+            return self._recover(item, now)
         user = context["users"].get(item["user_id"])
         campaign = context["campaigns"].get(item["campaign_id"])
         if user is None:
@@ -385,12 +420,40 @@ class Dispatcher:
             return self._close(item, "cancelled", f"campaign is {campaign.get('status')} since planning")
         product = context["products"].get(str(item.get("product_id")))
         try:
-            message = build_message(item, user, campaign, product, now)
+            return build_message(item, user, campaign, product, now)
         except UnsafeTemplateError as error:
             return self._close(item, "failed", f"template of {item['campaign_id']}: {error}")
-        accepted, errors = self._send_all(message)
-        if accepted:
-            return self._finish(item, now, message, accepted=accepted, errors=errors)
+
+    def _send_chunk(
+        self, messages: list[Message], pool: ThreadPoolExecutor
+    ) -> list[tuple[list[str], list[ChannelError]]]:
+        """Every message through every channel: accepted channel names and final errors per message.
+
+        Transient failures are retried with exponential back-off and jitter, up to
+        ``send_attempts`` per channel; a permanent failure is final at once.
+        """
+        accepted: list[list[str]] = [[] for _ in messages]
+        errors: list[list[ChannelError]] = [[] for _ in messages]
+        for channel in self.channels:
+            pending = list(range(len(messages)))
+            for attempt in range(self.send_attempts):
+                outcomes = _send_many(channel, [messages[i] for i in pending], pool)
+                retry = []
+                for index, error in zip(pending, outcomes, strict=True):
+                    if error is None:
+                        accepted[index].append(channel.name)
+                    elif error.transient and attempt < self.send_attempts - 1:
+                        retry.append(index)
+                    else:
+                        errors[index].append(error)
+                pending = retry
+                if not pending:
+                    break
+                time.sleep(self.backoff_seconds * 2**attempt * (0.5 + random.random()))
+        return list(zip(accepted, errors, strict=True))
+
+    def _not_delivered(self, item: dict[str, Any], errors: list[ChannelError]) -> str:
+        """No channel accepted: back to ``scheduled`` if any failure was transient, else ``failed``."""
         reason = "; ".join(str(error) for error in errors)
         if any(error.transient for error in errors):
             ok = _update(
@@ -400,70 +463,48 @@ class Dispatcher:
             return "retry_later" if ok else "lost_lease"
         return self._close(item, "failed", reason)
 
-    def _send_all(self, message: Message) -> tuple[list[str], list[ChannelError]]:
-        """Every channel until it accepts or fails permanently; transient failures retried with back-off."""
-        accepted: list[str] = []
-        final_errors: list[ChannelError] = []
-        for channel in self.channels:
-            for attempt in range(self.send_attempts):
-                try:
-                    channel.send(message)
-                except ChannelError as error:
-                    if not error.transient or attempt == self.send_attempts - 1:
-                        final_errors.append(error)
-                        break
-                    time.sleep(self.backoff_seconds * 2**attempt * (0.5 + random.random()))
-                else:
-                    accepted.append(channel.name)
-                    break
-        return accepted, final_errors
+    def _record(self, delivered: list[tuple[dict[str, Any], Message, list[str], list[ChannelError]]]) -> None:
+        """Delivery records, then the items marked sent (due keys removed), then the events."""
+        records = []
+        finished = []
+        for item, message, accepted, errors in delivered:
+            channel = ",".join(accepted)
+            records.append(
+                {
+                    **message.payload(),
+                    "channel": channel,
+                    "attempts": int(item.get("attempts", 1)),
+                    "product_id": item.get("product_id"),
+                    "channel_errors": "; ".join(str(e) for e in errors) or None,
+                }
+            )
+            done = {k: v for k, v in item.items() if k not in _DUE_KEYS and not k.startswith("_")}
+            finished.append({**done, "status": "sent", "sent_utc": message.sent_utc, "channel": channel})
+        self.dynamo.put_items("deliveries", records)
+        self.dynamo.put_items(SCHEDULE, finished)
+        if self.events is not None:
+            for item, message, _, _ in delivered:
+                self.events.emit(sent_event(item, message.sent_utc))
 
-    def _finish(
-        self,
-        item: dict[str, Any],
-        now: datetime,
-        message: Message | None,
-        accepted: list[str] | None = None,
-        errors: list[ChannelError] | None = None,
-    ) -> str:
-        """Record the delivery (if not recorded yet; ``message`` None = recorded by a dead dispatcher), mark the item sent, emit the event."""
-        from botocore.exceptions import ClientError
+    def _recover(self, item: dict[str, Any], now: datetime) -> str:
+        """A dead dispatcher sent and recorded this item but did not mark it: mark it, re-emit the event.
 
-        outcome = "sent"
-        if message is not None:
-            record = {
-                **message.payload(),
-                "channel": ",".join(accepted or []),
-                "attempts": int(item.get("attempts", 1)),
-                "product_id": item.get("product_id"),
-                "channel_errors": "; ".join(str(e) for e in errors or []) or None,
-            }
-            try:
-                self.dynamo.put("deliveries", record, ConditionExpression="attribute_not_exists(notification_id)")
-            except ClientError as error:
-                if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                    raise
-                # Someone recorded this notification already: we sent a duplicate. Never expected
-                # while leases outlive a send; counted so a test or a dashboard would see it.
-                outcome = "duplicate_send"
-            sent_utc, channel = message.sent_utc, record["channel"]
-        else:
-            record = self.dynamo.get("deliveries", {"notification_id": item["notification_id"]}, consistent=True) or {}
-            sent_utc, channel, outcome = record.get("sent_utc", iso(now)), record.get("channel", ""), "recovered_sent"
+        The event id is derived from the notification, so stream ingestion drops a second copy.
+        """
+        record = self.dynamo.get("deliveries", {"notification_id": item["notification_id"]}, consistent=True) or {}
+        sent_utc = record.get("sent_utc", iso(now))
         ok = _update(
             self.dynamo,
             item,
-            {"status": "sent", "sent_utc": sent_utc, "channel": channel},
+            {"status": "sent", "sent_utc": sent_utc, "channel": record.get("channel", "")},
             *_mine(self.owner),
             remove=_DUE_KEYS,
         )
         if not ok:
             return "lost_lease"
-        # Also on recovery: the dead dispatcher may have died before emitting; the event id is
-        # derived from the notification, so stream ingestion drops a second copy.
         if self.events is not None:
             self.events.emit(sent_event(item, sent_utc))
-        return outcome
+        return "recovered_sent"
 
     def _close(self, item: dict[str, Any], status: str, reason: str) -> str:
         log.warning("%s %s: %s", item["notification_id"], status, reason)
@@ -471,6 +512,22 @@ class Dispatcher:
             self.dynamo, item, {"status": status, "failure_reason": reason}, *_mine(self.owner), remove=_DUE_KEYS
         )
         return status if ok else "lost_lease"
+
+
+def _send_many(channel: Channel, messages: list[Message], pool: ThreadPoolExecutor) -> list[ChannelError | None]:
+    """Send through one channel: its batch method when it has one, else message by message in the pool."""
+    batch = getattr(channel, "send_batch", None)
+    if batch is not None:
+        return list(batch(messages))
+
+    def one(message: Message) -> ChannelError | None:
+        try:
+            channel.send(message)
+        except ChannelError as error:
+            return error
+        return None
+
+    return list(pool.map(one, messages))
 
 
 def build_message(
