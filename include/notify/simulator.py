@@ -24,6 +24,7 @@ import hashlib
 import logging
 import math
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -643,6 +644,8 @@ def _make_world(
     from include.notify.topics import ensure_topics
 
     folder = state / policy
+    # A re-run starts from a clean lake: an old run's later partitions would leak into this one.
+    shutil.rmtree(folder, ignore_errors=True)
     config = base.replace(
         state_dir=folder,
         lake_uri=(folder / "lake").as_uri(),
