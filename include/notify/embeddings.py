@@ -287,9 +287,15 @@ def _sparse(
     return csr_matrix((weights[keep], (rows[keep], cols[keep])), shape=shape, dtype=np.float32)
 
 
+def _as_index(values: Sequence[str] | pd.Series | np.ndarray) -> pd.Index:
+    """An object Index of string ids (converted only when they are not strings already)."""
+    index = pd.Index(values)
+    return index if index.dtype == object else index.astype(str).astype(object)
+
+
 def _positions(index: pd.Index, values: pd.Series) -> np.ndarray:
     """Position of each value in ``index``, -1 when absent."""
-    return index.get_indexer(values.astype("string").astype(object))
+    return index.get_indexer(_as_index(values))
 
 
 @dataclass
@@ -324,8 +330,8 @@ def user_vectors(
     warm users, the popularity vector (purchase-weighted product mean); if nobody bought anything,
     the mean product vector. Never NaN.
     """
-    users = pd.Index(pd.Series(user_ids, dtype="string").astype(object))
-    products = pd.Index(pd.Series(product_ids, dtype="string").astype(object))
+    users = _as_index(user_ids)
+    products = _as_index(product_ids)
     if not users.is_unique:
         raise ValueError("user ids are not unique")
     n_users = len(users)
@@ -353,7 +359,7 @@ def user_vectors(
         has_campaign = clickstream["campaign_id"].astype("string").fillna("").str.len().to_numpy() > 0
         clicked = (kinds == "notification_click").fillna(False).to_numpy(bool) & has_campaign
         if clicked.any() and campaign_vectors is not None and len(campaign_ids):
-            campaigns = pd.Index(pd.Series(campaign_ids, dtype="string").astype(object))
+            campaigns = _as_index(campaign_ids)
             f_click = _sparse(
                 _positions(users, clickstream.loc[clicked, "user_id"]),
                 _positions(campaigns, clickstream.loc[clicked, "campaign_id"]),

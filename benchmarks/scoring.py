@@ -1,0 +1,308 @@
+"""Throughput of embeddings and scoring against the bare library calls, in the same run.
+
+1. Product embeddings: ``embeddings.embed_incremental`` (hashing + chunked encode with progress
+   log + normalisation) vs a bare ``model.encode`` of the same texts. Target overhead <= 10 %.
+2. User embeddings: ``embeddings.user_vectors`` (sparse W @ P + cold start) at 10k/100k/1M users
+   with synthetic purchases over the real catalog vectors, vs the bare ``csr @ P``.
+3. Scoring: ``scoring.top_k`` (bias + masks + exclusions) vs a bare chunked ``torch.mm`` + ``topk``
+   over the same matrices. Target: ours within 1.5x.
+4. Exact vs ANN (pynndescent + re-rank) on real catalog vectors: time and recall@10 per
+   candidate-set size, the measurement behind ``scoring.EXACT_MAX_CANDIDATES``.
+
+Each case runs in a fresh process so its peak RSS is its own.
+
+    .venv/bin/python benchmarks/scoring.py --out benchmarks/results/scoring.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".notify" / "numba"))
+
+RUN_DATE = "2026-11-24"
+
+
+def _catalog() -> tuple[Any, np.ndarray]:
+    from benchmarks.recs_quality import catalog_vectors
+    from include.notify.datagen import load_catalog
+
+    products = load_catalog().reset_index(drop=True)
+    return products, catalog_vectors(products)
+
+
+def _child(conn: Any, fn: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> None:
+    result = fn(*args)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    conn.send(result)
+
+
+def isolated(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run ``fn(*args)`` in a fresh process; its result plus the process's peak RSS in MB."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=_child, args=(child, fn, args))
+    process.start()
+    result = parent.recv()
+    process.join()
+    return result
+
+
+def best_of(repeats: int, fn: Callable[[], Any]) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+# ------------------------------------------------------------------------------------ cases
+def product_embedding_case(n_texts: int) -> dict[str, Any]:
+    from include.notify import embeddings
+    from include.notify.datagen import load_catalog
+
+    catalog = load_catalog().head(n_texts)
+    texts = embeddings.product_texts(catalog).tolist()
+    ids = catalog["product_id"].astype(str).tolist()
+    model = embeddings.load_model()
+    model.encode(texts[:256], batch_size=128)  # warm-up
+
+    def bare() -> None:
+        model.encode(texts, batch_size=128, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+
+    def ours() -> None:
+        embeddings.embed_incremental(
+            ids, texts, embeddings.DEFAULT_MODEL, lambda t: embeddings.encode_texts(model, t, 128, "products")
+        )
+
+    # Interleave so drift in machine load hits both alike.
+    bare_s, ours_s = [], []
+    for _ in range(2):
+        bare_s.append(best_of(1, bare))
+        ours_s.append(best_of(1, ours))
+    return {"texts": n_texts, "bare_s": min(bare_s), "ours_s": min(ours_s)}
+
+
+def _synthetic_purchases(n_users: int, n_products: int, per_user: float, seed: int = 0) -> Any:
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(per_user, n_users)
+    owner = np.repeat(np.arange(n_users), counts)
+    return pd.DataFrame(
+        {
+            "user_id": owner,
+            "product_id": rng.integers(0, n_products, len(owner)),
+            "weight": rng.uniform(0.1, 3.0, len(owner)).astype(np.float32),
+        }
+    )
+
+
+def user_embedding_case(n_users: int) -> dict[str, Any]:
+    from datetime import date
+
+    from scipy.sparse import csr_matrix
+
+    from include.notify import embeddings
+
+    _, vectors = _catalog()
+    purchases = _synthetic_purchases(n_users, len(vectors), 6.0)
+    user_ids = np.arange(n_users).astype(str)
+    product_ids = np.arange(len(vectors)).astype(str)
+    purchases["user_id"] = purchases["user_id"].astype(str)
+    purchases["product_id"] = purchases["product_id"].astype(str)
+    segments = np.full(n_users, "active", dtype=object)
+    rows = purchases["user_id"].astype(int).to_numpy()
+    cols = purchases["product_id"].astype(int).to_numpy()
+    weights = purchases["weight"].to_numpy()
+
+    def bare() -> None:
+        w = csr_matrix((weights, (rows, cols)), shape=(n_users, len(vectors)))
+        np.asarray(w @ vectors)
+
+    def ours() -> None:
+        embeddings.user_vectors(user_ids, segments, product_ids, vectors, purchases, date.fromisoformat(RUN_DATE))
+
+    return {"users": n_users, "purchases": len(purchases), "bare_s": best_of(1, bare), "ours_s": best_of(1, ours)}
+
+
+def scoring_case(n_users: int, n_items: int, real_items: bool) -> dict[str, Any]:
+    import torch
+
+    from include.notify import scoring
+    from include.notify.embeddings import normalize_rows
+
+    rng = np.random.default_rng(1)
+    if real_items:
+        _, catalog = _catalog()
+        items = catalog[:n_items]
+        # Users as weighted mixtures of a few products, like real user vectors.
+        picks = rng.integers(0, len(items), (n_users, 4))
+        users = normalize_rows((items[picks] * rng.uniform(0.2, 1.0, (n_users, 4, 1)).astype(np.float32)).sum(axis=1))
+    else:
+        items = normalize_rows(rng.normal(size=(n_items, 384)))
+        users = normalize_rows(rng.normal(size=(n_users, 384)))
+    bias = (0.1 * rng.random(n_items, dtype=np.float32))[None, :]
+    exclude = (np.arange(0, n_users, 3), rng.integers(0, n_items, len(range(0, n_users, 3))))
+
+    def bare() -> None:
+        item_t = torch.from_numpy(items)
+        for start in range(0, n_users, scoring.QUERY_CHUNK):
+            torch.topk(torch.from_numpy(users[start : start + scoring.QUERY_CHUNK]) @ item_t.T, 10, dim=1)
+
+    def ours() -> None:
+        scoring.top_k(users, items, 10, similarity_weight=0.9, bias=bias, exclude=exclude, method="exact")
+
+    return {
+        "users": n_users,
+        "items": n_items,
+        "bare_s": best_of(1, bare),
+        "ours_s": best_of(1, ours),
+    }
+
+
+def ann_case(n_items: int, n_users: int) -> dict[str, Any]:
+    from include.notify import scoring
+    from include.notify.embeddings import normalize_rows
+
+    _, catalog = _catalog()
+    rng = np.random.default_rng(2)
+    items = catalog[rng.permutation(len(catalog))[:n_items]]
+    picks = rng.integers(0, len(items), (n_users, 4))
+    users = normalize_rows((items[picks] * rng.uniform(0.2, 1.0, (n_users, 4, 1)).astype(np.float32)).sum(axis=1))
+    scoring.top_k(users[:10], items[:500], 10, method="ann")  # numba warm-up (cached compile)
+    started = time.perf_counter()
+    exact = scoring.top_k(users, items, 10, method="exact")
+    exact_s = time.perf_counter() - started
+    started = time.perf_counter()
+    ann = scoring.top_k(users, items, 10, method="ann")
+    ann_s = time.perf_counter() - started
+    return {
+        "items": n_items,
+        "users": n_users,
+        "exact_s": exact_s,
+        "ann_s": ann_s,
+        "recall": scoring.recall_at_k(ann.indices, exact.indices),
+    }
+
+
+# ------------------------------------------------------------------------------------ report
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=2000)
+    parser.add_argument("--user-sizes", default="10000,100000,1000000")
+    parser.add_argument("--product-scoring-sizes", default="10000,100000")
+    parser.add_argument("--campaigns", type=int, default=1000)
+    parser.add_argument("--ann-sizes", default="5000,20000,39596")
+    parser.add_argument("--ann-users", type=int, default=5000)
+    parser.add_argument("--skip", default="", help="comma-separated: embed,users,scoring,ann")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    _catalog()  # fill the vector cache once, before the isolated children read it
+    sizes = [int(s) for s in args.user_sizes.split(",") if s]
+    lines = [
+        "# Embedding and scoring throughput",
+        "",
+        f"Command: `.venv/bin/python benchmarks/scoring.py {' '.join(argv or sys.argv[1:])}`",
+        "",
+    ]
+    lines += [
+        f"Machine: {os.cpu_count()} cores (shared with other work while measured); torch threads = {_threads()}.",
+        "",
+    ]
+    ok = True
+    if "embed" not in skip:
+        r = isolated(product_embedding_case, args.texts)
+        overhead = r["ours_s"] / r["bare_s"] - 1
+        ok &= overhead <= 0.10
+        lines += [
+            "## Product embeddings (same texts, same run)",
+            "",
+            "| texts | bare model.encode | ours | ours texts/s | overhead | peak RSS |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines.append(
+            f"| {r['texts']} | {r['bare_s']:.1f} s | {r['ours_s']:.1f} s | {r['texts'] / r['ours_s']:.0f} | {overhead:+.1%} | {r['peak_rss_mb']:.0f} MB |"
+        )
+        lines.append("")
+    if "users" not in skip:
+        lines += [
+            "## User embeddings (synthetic purchases, ~6 per user, over the 39,596 real product vectors)",
+            "",
+            "| users | purchases | bare csr @ P | ours (user_vectors) | ours users/s | ratio | peak RSS |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for n in sizes:
+            r = isolated(user_embedding_case, n)
+            lines.append(
+                f"| {n:,} | {r['purchases']:,} | {r['bare_s']:.2f} s | {r['ours_s']:.2f} s | {n / r['ours_s']:,.0f} | {r['ours_s'] / r['bare_s']:.2f}x | {r['peak_rss_mb']:.0f} MB |"
+            )
+        lines.append("")
+    if "scoring" not in skip:
+        lines += [
+            "## Scoring: top-10 per user (exact path) vs bare torch.mm + topk on the same matrices",
+            "",
+            "| users | candidates | bare mm+topk | ours top_k | ours users/s | ratio | peak RSS |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        cases = [(n, args.campaigns, False) for n in sizes]
+        cases += [(int(n), 39596, True) for n in args.product_scoring_sizes.split(",") if n]
+        for n, items, real in cases:
+            r = isolated(scoring_case, n, items, real)
+            print(f"scoring {n} x {items}: {r}", flush=True)
+            ratio = r["ours_s"] / r["bare_s"]
+            ok &= ratio <= 1.5
+            kind = "real product vectors" if real else "synthetic campaigns"
+            lines.append(
+                f"| {n:,} | {items:,} ({kind}) | {r['bare_s']:.2f} s | {r['ours_s']:.2f} s | {n / r['ours_s']:,.0f} | {ratio:.2f}x | {r['peak_rss_mb']:.0f} MB |"
+            )
+        lines.append("")
+    if "ann" not in skip:
+        lines += [
+            f"## Exact vs ANN (pynndescent n_neighbors={_ann_params()}) on real product vectors",
+            "",
+            "| candidates | users | exact | ANN (build + query) | ANN recall@10 |",
+            "|---|---|---|---|---|",
+        ]
+        for n in [int(s) for s in args.ann_sizes.split(",") if s]:
+            r = isolated(ann_case, n, args.ann_users)
+            lines.append(f"| {n:,} | {r['users']:,} | {r['exact_s']:.2f} s | {r['ann_s']:.2f} s | {r['recall']:.4f} |")
+        lines.append("")
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+    return 0 if ok else 1
+
+
+def _ann_params() -> str:
+    from include.notify import scoring
+
+    return (
+        f"{scoring.ANN_NEIGHBORS}, epsilon {scoring.ANN_EPSILON}, {scoring.ANN_CANDIDATE_FACTOR}x candidates re-ranked"
+    )
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
