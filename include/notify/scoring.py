@@ -151,6 +151,7 @@ def _exact(
     bias_t = torch.from_numpy(bias)
     out_idx = np.empty((len(queries), k), dtype=np.int64)
     out_score = np.empty((len(queries), k), dtype=np.float32)
+    out_sim = np.empty((len(queries), k), dtype=np.float32)
     # One pass per group so the group's bias row is broadcast by addmm, never materialised per user.
     for group in np.unique(groups):
         members = np.flatnonzero(groups == group)
@@ -169,9 +170,13 @@ def _exact(
             best_scores, best_idx = torch.topk(scores, k, dim=1)
             out_idx[chunk] = best_idx.numpy()
             out_score[chunk] = best_scores.numpy()
-    # Raw similarities of the chosen items only: k dot products a user instead of a second matrix.
-    sims = np.einsum("qd,qkd->qk", queries, items[out_idx], optimize=True)
-    return _finish(out_idx, out_score, sims)
+            if weight != 0:
+                # score = weight * sim + bias, so the k similarities come back without a second matmul.
+                out_sim[chunk] = ((best_scores - row[0][best_idx]) / weight).numpy()
+            else:
+                out_sim[chunk] = np.einsum("qd,qkd->qk", q.numpy(), items[best_idx.numpy()])
+    with np.errstate(invalid="ignore"):
+        return _finish(out_idx, out_score, out_sim)
 
 
 def _ann(
