@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from include.notify.config import NotifyConfig
+from include.notify.lake import read_current_frame
 
 if TYPE_CHECKING:
     from include.notify.storage import Dynamo
@@ -492,27 +493,6 @@ def latest_partition(config: NotifyConfig, zone: str, table: str, run_date: date
 
 
 # --------------------------------------------------------------------------------------- pipeline steps
-def read_current(config: NotifyConfig, table: str, run_date: date) -> pd.DataFrame:
-    """Current state of a curated table at ``run_date`` as pandas, without Spark.
-
-    The pandas twin of ``lake.read_current`` (same rule: the newest delivery ``dt <= run_date`` of
-    each key wins), read through ``lake.read_parquet`` so the layout lives in one place. A table
-    never written reads as an empty frame with the raw columns.
-    """
-    from include.notify import lake
-    from include.notify.schemas import RAW_TABLES_BY_NAME
-
-    spec = RAW_TABLES_BY_NAME[table]
-    try:
-        frame = lake.read_parquet(config, "curated", table)
-    except FileNotFoundError:
-        return pd.DataFrame(columns=list(spec.column_names))
-    frame["dt"] = pd.to_datetime(frame["dt"].astype(str)).dt.date
-    frame = frame[frame["dt"] <= run_date].sort_values("dt", kind="stable")
-    current = frame.drop_duplicates(list(spec.key), keep="last").drop(columns="dt")
-    return current.reset_index(drop=True)
-
-
 def read_features(config: NotifyConfig, name: str, run_date: date) -> pd.DataFrame:
     """A feature table of ``run_date`` as pandas (``lake.read_parquet``)."""
     from include.notify import lake
@@ -539,7 +519,7 @@ def prepare_texts(config: NotifyConfig, kind: str, run_date: date, items: pd.Dat
     from the last embedded partition, so the Airflow graph shows the work before it is done.
     """
     id_col = ID_COLUMNS[kind]
-    items = read_current(config, kind, run_date) if items is None else items
+    items = read_current_frame(config, kind, run_date) if items is None else items
     texts = product_texts(items) if kind == "products" else campaign_texts(items)
     frame = pd.DataFrame({id_col: items[id_col].astype(str).to_numpy(), "text": texts.to_numpy(dtype=object)})
     empty = frame["text"].str.len().to_numpy() == 0
@@ -621,7 +601,7 @@ def embed_purchases(config: NotifyConfig, run_date: date, purchases: pd.DataFram
     quantity, weight, vector, model, dim). Purchases of products without a vector are counted as
     rejected and logged by id, never silently dropped.
     """
-    purchases = read_current(config, "purchase_history", run_date) if purchases is None else purchases
+    purchases = read_current_frame(config, "purchase_history", run_date) if purchases is None else purchases
     products, product_vectors = read_partition(config.lake_path("embeddings", "products", run_date))
     position = _positions(pd.Index(products["product_id"].astype(str)), purchases["product_id"])
     known = position >= 0
@@ -655,7 +635,7 @@ def embed_users(
     DynamoDB ``notify_user_embeddings``.
     """
     features = read_features(config, "user_features", run_date) if user_features is None else user_features
-    clickstream = read_current(config, "clickstream", run_date) if clickstream is None else clickstream
+    clickstream = read_current_frame(config, "clickstream", run_date) if clickstream is None else clickstream
     purchases, _ = read_partition(
         config.lake_path("embeddings", "purchases", run_date), ["user_id", "product_id", "weight"]
     )

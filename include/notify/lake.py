@@ -156,6 +156,25 @@ def read_parquet(
     return dataset.to_table(columns=list(columns) if columns else None).to_pandas()
 
 
+def read_current_frame(config: NotifyConfig, table: str, run_date: date) -> pd.DataFrame:
+    """Current state of a curated table at ``run_date`` as pandas, without Spark.
+
+    The pandas twin of ``read_current`` (same rule: the newest delivery ``dt <= run_date`` of
+    each key wins). A table never written reads as an empty frame with the raw columns.
+    """
+    import pandas as pd
+
+    spec = _spec(table)
+    try:
+        frame = read_parquet(config, "curated", spec.name)
+    except FileNotFoundError:
+        return pd.DataFrame(columns=list(spec.column_names))
+    frame["dt"] = pd.to_datetime(frame["dt"].astype(str)).dt.date
+    frame = frame[frame["dt"] <= run_date].sort_values("dt", kind="stable")
+    current = frame.drop_duplicates(list(spec.key), keep="last").drop(columns="dt")
+    return current.reset_index(drop=True)
+
+
 def write_json(config: NotifyConfig, uri: str, payload: Mapping[str, Any]) -> None:
     """Write a small JSON document to the lake (local or S3), replacing any previous version."""
     from pyarrow import fs

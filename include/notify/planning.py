@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from include.notify.config import NotifyConfig
+from include.notify.lake import read_current_frame
 from include.notify.storage import Dynamo
 
 log = logging.getLogger(__name__)
@@ -689,16 +690,6 @@ def _read_lake(config: NotifyConfig, zone: str, table: str, day: date | None = N
         return None
 
 
-def _read_current(config: NotifyConfig, table: str, key: str, day: date) -> pd.DataFrame | None:
-    """An entity table's state at ``day``: the latest curated row per key over dt <= day."""
-    frame = _read_lake(config, "curated", table)
-    if frame is None:
-        return None
-    frame["dt"] = frame["dt"].astype(str)
-    frame = frame[frame["dt"] <= day.isoformat()].sort_values("dt", kind="stable")
-    return frame.drop_duplicates(key, keep="last").drop(columns="dt")
-
-
 def load_plan_inputs(config: NotifyConfig, day: date) -> PlanInputs:
     """The planner's inputs for ``day`` from the lake: recommendations, features, users, campaigns.
 
@@ -711,10 +702,10 @@ def load_plan_inputs(config: NotifyConfig, day: date) -> PlanInputs:
         raise FileNotFoundError(
             f"no recommendations for {day} at {config.lake_path('recommendations', 'campaigns', day)}"
         )
-    campaigns = _read_current(config, "campaigns", "campaign_id", day)
-    if campaigns is None:
+    campaigns = read_current_frame(config, "campaigns", day)
+    if campaigns.empty:
         raise FileNotFoundError(f"no curated campaigns at {config.lake_path('curated', 'campaigns')}")
-    users = _read_current(config, "users", "user_id", day)
+    users = read_current_frame(config, "users", day)
     features = _read_lake(config, "features", "user_features", day)
     users = _merge_users(users, features)
     products = _read_lake(config, "recommendations", "products", day)

@@ -40,11 +40,11 @@ import pandas as pd
 from include.notify.config import NotifyConfig
 from include.notify.embeddings import (
     embedding_version,
-    read_current,
     read_features,
     read_partition,
     write_partition,
 )
+from include.notify.lake import read_current_frame
 
 if TYPE_CHECKING:
     from include.notify.storage import Dynamo
@@ -356,7 +356,7 @@ def load_inputs(config: NotifyConfig, run_date: date) -> ScoringInputs:
         validate="one_to_one",
     )
     campaign_rows, campaign_vecs = read_partition(config.lake_path("embeddings", "campaigns", run_date))
-    catalog = read_current(config, "campaigns", run_date)
+    catalog = read_current_frame(config, "campaigns", run_date)
     aligned = campaign_rows[["campaign_id"]].merge(catalog, on="campaign_id", how="left", validate="one_to_one")
     keep = sendable_campaigns(aligned.assign(_pos=np.arange(len(aligned))).dropna(subset=["status"]), run_date)
     try:
@@ -396,7 +396,7 @@ def _product_catalog(config: NotifyConfig, run_date: date) -> pd.DataFrame:
     try:
         features = read_features(config, "product_features", run_date)
     except FileNotFoundError:
-        features = read_current(config, "products", run_date)
+        features = read_current_frame(config, "products", run_date)
     sales = features["total_sales"] if "total_sales" in features else pd.Series(0, index=features.index)
     return pd.DataFrame(
         {
