@@ -17,7 +17,7 @@ AIRFLOW_PORT ?= 8080
 export NOTIFY_STATE_DIR := $(STATE)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test test-fast lint services-up services-down services-status airflow export-tables bench lock clean
+.PHONY: setup demo test test-fast lint services-up services-down services-status airflow export-tables bench emr-bundle lock clean
 
 ## setup: virtualenv with the pinned stack, dynalite, Airflow metadata DB (fast when already done)
 setup: $(STAMP) $(NODE_STAMP)
@@ -73,8 +73,18 @@ export-tables: setup
 
 ## bench: the benchmark scripts whose results are in README
 bench: setup
-	$(VENV)/bin/notify services up
-	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/ingest.py --users 2000,20000
+	$(PY) benchmarks/recs_quality.py --users 3000
+	$(PY) benchmarks/scoring.py
+	$(PY) benchmarks/plan_dispatch.py
+	$(PY) benchmarks/closed_loop.py --users 2000 --days 7
+
+## emr-bundle: what NOTIFY_EMR_CODE_URI must hold for EMR Serverless (upload .notify/emr/ there)
+emr-bundle: setup
+	rm -rf $(STATE)/emr && mkdir -p $(STATE)/emr/spark_jobs
+	cp spark_jobs/*.py $(STATE)/emr/spark_jobs/
+	$(PY) -c "import shutil; shutil.make_archive('$(STATE)/emr/include', 'zip', root_dir='.', base_dir='include')"
+	@echo "upload: aws s3 sync $(STATE)/emr/ <NOTIFY_EMR_CODE_URI>/"
 
 ## lock: re-resolve requirements.in into the pinned requirements.txt
 lock:

@@ -117,7 +117,7 @@ def run_demo(
 
         with timer.stage(f"closed loop: {loop_users} users x {loop_days} days, three policies"):
             loop_table = run_closed_loop(
-                users=loop_users, days=loop_days, seed=7, out_dir=config.state_dir / "closed_loop"
+                users=loop_users, days=loop_days, seed=7, out_dir=config.state_dir / "closed_loop", products_limit=2000
             )
     report(config, dynamo, run_date, timer, dispatched, loop_table, echo)
     return 0
