@@ -13,7 +13,7 @@ What this module guarantees:
   embeddings are ``W @ P`` for a sparse user x product weight matrix (purchases plus weaker
   browsing signals) plus ``F @ C`` for clicked notifications' campaigns, computed with
   scipy.sparse — no Python loop over users. Users with no signal get a documented cold-start
-  vector (see ``cold_start_vectors``).
+  vector (see ``fill_cold_start``).
 - Outputs follow docs/data-contracts.md: ``embeddings/<kind>/dt=D/part-00000.parquet`` (+
   ``_vectors.npy`` in row order, ignored by Spark/Arrow readers because of the leading ``_``) and
   DynamoDB ``notify_<kind>_embeddings`` (float32 bytes).
@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from include.notify.storage import Dynamo
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Bump when the text recipe or the aggregation changes: stored vectors then carry a new version and
@@ -162,6 +163,18 @@ def normalize_rows(matrix: np.ndarray) -> np.ndarray:
     norms = row_norms(matrix)[:, None]
     # Dividing zero rows by 1 keeps them zero; one allocation, no masked write over a zeroed copy.
     return matrix / np.where(norms > 0, norms, np.float32(1))
+
+
+def normalize_in_place(matrix: np.ndarray) -> np.ndarray:
+    """Scale rows of a float32 matrix to unit norm in place; returns which rows were non-zero.
+
+    For matrices this function's caller owns: at 1 M users a fresh 1.5 GB result would cost more
+    in page faults than the division itself.
+    """
+    norms = row_norms(matrix)
+    nonzero = norms > 0
+    matrix /= np.where(nonzero, norms, np.float32(1))[:, None]
+    return nonzero
 
 
 def row_norms(matrix: np.ndarray) -> np.ndarray:
@@ -285,6 +298,50 @@ def purchase_weights(purchases: pd.DataFrame, run_date: date) -> np.ndarray:
     return quantity * decay_weights(purchases["purchase_date"], run_date)
 
 
+# Row blocks per thread in ``_in_row_blocks``: enough to even out uneven users, few enough that
+# per-block overhead stays negligible.
+BLOCKS_PER_THREAD = 4
+MIN_BLOCK_ROWS = 20_000
+
+
+def _in_row_blocks(n_rows: int, work: Callable[[int, int], T], blocks_per_thread: int = BLOCKS_PER_THREAD) -> list[T]:
+    """``work(start, stop)`` over consecutive row blocks on a thread pool, results in row order.
+
+    Worth it only for kernels that release the GIL (scipy's sparse products, Arrow compute), which
+    are single-threaded themselves; small inputs run as one block in the calling thread.
+    """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n_blocks = max(1, min(threads * blocks_per_thread, n_rows // MIN_BLOCK_ROWS))
+    bounds = np.linspace(0, n_rows, n_blocks + 1).astype(int)
+    if n_blocks == 1:
+        return [work(0, n_rows)]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(work, bounds[:-1], bounds[1:]))
+
+
+def sparse_product(weights: Any, dense: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``weights @ dense`` (scipy CSR times a float32 matrix), added into ``out`` when given.
+
+    Row blocks on both cores: 1.3x faster than one scipy call on the 2-core box at 1 M users.
+    Accumulating into ``out`` block by block also avoids a second users x dim temporary.
+    """
+    accumulate = out is not None
+    if out is None:
+        out = np.empty((weights.shape[0], dense.shape[1]), dtype=np.float32)
+
+    def block(start: int, stop: int) -> None:
+        if accumulate:
+            out[start:stop] += weights[start:stop] @ dense
+        else:
+            out[start:stop] = weights[start:stop] @ dense
+
+    _in_row_blocks(weights.shape[0], block)
+    return out
+
+
 def _sparse(
     rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, shape: tuple[int, int]
 ) -> Any:  # scipy.sparse.csr_matrix
@@ -301,8 +358,33 @@ def _as_index(values: Sequence[str] | pd.Series | np.ndarray) -> pd.Index:
 
 
 def _positions(index: pd.Index, values: pd.Series) -> np.ndarray:
-    """Position of each value in ``index``, -1 when absent."""
-    return index.get_indexer(_as_index(values))
+    """Position of each value in ``index``, -1 when absent or null.
+
+    Arrow's hash lookup on row blocks in parallel rather than pandas' ``get_indexer``: on 6 M
+    purchases in arrival order over 1 M users, 0.7 s against 2.6 s. Arrow-backed strings (as
+    ``read_partition`` returns them) need no conversion.
+    """
+    import pyarrow.compute as pc
+
+    values_arrow = _arrow_strings(values)
+    value_set = _arrow_strings(index)
+
+    def block(start: int, stop: int) -> np.ndarray:
+        found = pc.index_in(values_arrow.slice(start, stop - start), value_set=value_set)
+        return found.fill_null(-1).to_numpy(zero_copy_only=False)
+
+    # One block per thread: each block hashes the whole value set again.
+    parts = _in_row_blocks(len(values_arrow), block, blocks_per_thread=1)
+    return np.concatenate(parts).astype(np.int64, copy=False)
+
+
+def _arrow_strings(values: Any) -> Any:
+    import pyarrow as pa
+
+    values = pd.Series(values, copy=False)
+    if not (values.dtype == object or pd.api.types.is_string_dtype(values.dtype)):
+        values = values.astype(str)
+    return pa.array(values, type=pa.string(), from_pandas=True)
 
 
 @dataclass
@@ -348,7 +430,7 @@ def user_vectors(
         purchases["weight"].to_numpy(np.float32),
         (n_users, len(products)),
     )
-    raw = np.asarray(w_buy @ product_vectors, dtype=np.float32)
+    raw = sparse_product(w_buy, product_vectors)
     if clickstream is not None and len(clickstream):
         kinds = clickstream["event_type"].astype("string")
         decay = decay_weights(clickstream["ts"], run_date)
@@ -362,7 +444,7 @@ def user_vectors(
                 browse_weight[browse],
                 (n_users, len(products)),
             )
-            raw += np.asarray(w_browse @ product_vectors, dtype=np.float32)
+            sparse_product(w_browse, product_vectors, out=raw)
         has_campaign = clickstream["campaign_id"].astype("string").fillna("").str.len().to_numpy() > 0
         clicked = (kinds == "notification_click").fillna(False).to_numpy(bool) & has_campaign
         if clicked.any() and campaign_vectors is not None and len(campaign_ids):
@@ -373,21 +455,20 @@ def user_vectors(
                 NOTIFICATION_CLICK_WEIGHT * decay[clicked],
                 (n_users, len(campaigns)),
             )
-            raw += np.asarray(f_click @ campaign_vectors, dtype=np.float32)
-    warm = row_norms(raw) > 0
-    vectors = normalize_rows(raw)
-    vectors, source = cold_start_vectors(vectors, warm, np.asarray(user_segments, dtype=object), w_buy, product_vectors)
+            sparse_product(f_click, campaign_vectors, out=raw)
+    warm = np.concatenate(_in_row_blocks(n_users, lambda start, stop: normalize_in_place(raw[start:stop])))
+    source = fill_cold_start(raw, warm, np.asarray(user_segments, dtype=object), w_buy, product_vectors)
     log.info("user vectors: %d users, %d warm, %d cold start", n_users, int(warm.sum()), int((~warm).sum()))
-    return UserVectors(users.to_numpy(), vectors, ~warm, source)
+    return UserVectors(users.to_numpy(), raw, ~warm, source)
 
 
-def cold_start_vectors(
+def fill_cold_start(
     vectors: np.ndarray, warm: np.ndarray, segments: np.ndarray, w_buy: Any, product_vectors: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fill rows where ``warm`` is False; returns the vectors and each row's source
-    (``own``, ``segment:<name>``, ``popularity``)."""
-    out = vectors.copy()
-    source = np.where(warm, "own", "").astype(object)
+) -> np.ndarray:
+    """Fill rows of ``vectors`` where ``warm`` is False, in place (the caller owns the matrix and
+    a copy would double peak memory); returns each row's source (``own``, ``segment:<name>``,
+    ``popularity``)."""
+    source = np.full(len(warm), "own", dtype=object)
     popularity = normalize_rows(np.asarray(w_buy.sum(axis=0), dtype=np.float32) @ product_vectors)[0]
     if not popularity.any():
         popularity = normalize_rows(product_vectors.mean(axis=0, keepdims=True))[0]
@@ -401,11 +482,11 @@ def cold_start_vectors(
         has_centroid = row_norms(centroids) > 0.5
         cold = np.flatnonzero(~warm)
         use_segment = has_centroid[codes[cold]]
-        out[cold[use_segment]] = centroids[codes[cold[use_segment]]]
+        vectors[cold[use_segment]] = centroids[codes[cold[use_segment]]]
         source[cold[use_segment]] = "segment:" + np.asarray(names, dtype=object)[codes[cold[use_segment]]]
-        out[cold[~use_segment]] = popularity
+        vectors[cold[~use_segment]] = popularity
         source[cold[~use_segment]] = "popularity"
-    return out, source
+    return source
 
 
 # --------------------------------------------------------------------------------------- lake I/O
@@ -452,11 +533,19 @@ def write_partition(uri: str, frame: pd.DataFrame, vectors: np.ndarray | None = 
     pq.write_table(table, f"{path}/part-00000.parquet", filesystem=filesystem)
 
 
+def _arrow_backed_strings(arrow_type: Any) -> Any:
+    import pyarrow as pa
+
+    return pd.StringDtype("pyarrow") if arrow_type in (pa.string(), pa.large_string()) else None
+
+
 def read_partition(uri: str, columns: list[str] | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
     """Read a partition folder: the frame without ``vector`` and the vectors as an (n, dim) matrix.
 
     Prefers ``_vectors.npy`` (written with the Parquet, same row order) over decoding the list
-    column; raises ``FileNotFoundError`` naming the folder when it does not exist.
+    column; raises ``FileNotFoundError`` naming the folder when it does not exist. Strings stay
+    Arrow-backed (``string[pyarrow]``): a purchase partition holds millions of ids, which then
+    take a fifth of the memory of Python strings and reach ``_positions`` without a conversion.
     """
     import pyarrow.dataset as ds
     from pyarrow import fs
@@ -467,7 +556,7 @@ def read_partition(uri: str, columns: list[str] | None = None) -> tuple[pd.DataF
     dataset = ds.dataset(path, filesystem=filesystem, format="parquet")
     names = dataset.schema.names
     wanted = [c for c in (columns or names) if c != "vector" and c in names]
-    frame = dataset.to_table(columns=wanted).to_pandas()
+    frame = dataset.to_table(columns=wanted).to_pandas(types_mapper=_arrow_backed_strings)
     vectors = None
     if "vector" in names and (columns is None or "vector" in columns):
         npy = f"{path}/_vectors.npy"

@@ -176,6 +176,40 @@ def test_cold_start_uses_the_segment_centroid_and_never_nan() -> None:
     np.testing.assert_allclose(nobody_bought.vectors[0], _unit([1, 1])[0], atol=1e-6)
 
 
+def test_user_vectors_in_parallel_blocks_match_a_plain_computation() -> None:
+    """Enough users for several row blocks on the thread pool, ids in arrival order and as Arrow
+    strings (how ``read_partition`` returns them), an unknown product and a null user among them."""
+    from scipy.sparse import csr_matrix
+
+    rng = np.random.default_rng(3)
+    n_users, n_products = 3 * emb.MIN_BLOCK_ROWS + 7, 50
+    products = emb.normalize_rows(rng.normal(size=(n_products, 8)))
+    rows = rng.integers(0, n_users, 4 * n_users)
+    cols = rng.integers(0, n_products, len(rows))
+    weights = rng.uniform(0.1, 2.0, len(rows)).astype(np.float32)
+    purchases = pd.DataFrame(
+        {
+            "user_id": pd.array([f"u{r}" for r in rows], dtype="string[pyarrow]"),
+            "product_id": pd.array([f"p{c}" for c in cols], dtype="string[pyarrow]"),
+            "weight": weights,
+        }
+    )
+    purchases.loc[0, "product_id"] = "not-in-catalog"
+    purchases.loc[1, "user_id"] = None
+    user_ids = [f"u{i}" for i in range(n_users)]
+
+    result = emb.user_vectors(
+        user_ids, ["active"] * n_users, [f"p{c}" for c in range(n_products)], products, purchases, RUN_DATE
+    )
+
+    keep = np.arange(len(rows)) > 1
+    expected = csr_matrix((weights[keep], (rows[keep], cols[keep])), shape=(n_users, n_products)) @ products
+    warm = ~result.cold_start
+    np.testing.assert_allclose(result.vectors[warm], emb.normalize_rows(expected)[warm], atol=1e-5)
+    assert warm.sum() == (np.abs(expected).sum(axis=1) > 0).sum()
+    assert np.isfinite(result.vectors).all()
+
+
 def test_lake_partition_round_trip_keeps_vectors_exactly(tmp_path) -> None:
     uri = (tmp_path / "embeddings" / "products" / "dt=2026-11-24").as_uri()
     vectors = emb.normalize_rows(np.random.default_rng(1).normal(size=(5, 16)))
