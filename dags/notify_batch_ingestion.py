@@ -25,7 +25,7 @@ from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, dag, task
 
-from include.notify.orchestration import CURATED, DEFAULT_ARGS, START_DATE
+from include.notify.orchestration import CURATED, DEFAULT_ARGS, START_DATE, publish_run_date
 
 
 @dag(
@@ -67,7 +67,7 @@ def notify_batch_ingestion() -> None:
         counts = checked_run_counts(
             config_from_airflow(), "notify_batch_ingestion", run_date, [t.name for t in RAW_TABLES]
         )
-        context["outlet_events"][CURATED].extra = {"run_date": run_date.isoformat()}
+        publish_run_date(context, CURATED, run_date)
         return counts
 
     create_tables() >> ingest() >> report_counts()

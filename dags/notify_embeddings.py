@@ -20,7 +20,7 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
-from include.notify.orchestration import DEFAULT_ARGS, EMBEDDINGS, FEATURES, START_DATE
+from include.notify.orchestration import DEFAULT_ARGS, EMBEDDINGS, FEATURES, START_DATE, publish_run_date
 
 
 @dag(
@@ -89,7 +89,7 @@ def notify_embeddings() -> None:
         config = config_from_airflow()
         run_date = run_date_of(context)
         counts = embed_users(config, run_date, Dynamo.from_config(config))
-        context["outlet_events"][EMBEDDINGS].extra = {"run_date": run_date.isoformat(), **counts}
+        publish_run_date(context, EMBEDDINGS, run_date, counts)
         return counts
 
     product_chain = products() >> product_embeddings() >> purchase_embeddings()

@@ -18,7 +18,7 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
-from include.notify.orchestration import CURATED, DEFAULT_ARGS, FEATURES, START_DATE
+from include.notify.orchestration import CURATED, DEFAULT_ARGS, FEATURES, START_DATE, publish_run_date
 
 FEATURE_TABLES = ("user_features", "product_features", "user_product_matrix", "campaign_stats")
 
@@ -52,7 +52,7 @@ def notify_features() -> None:
 
         run_date = run_date_of(context)
         counts = checked_run_counts(config_from_airflow(), "notify_features", run_date, FEATURE_TABLES)
-        context["outlet_events"][FEATURES].extra = {"run_date": run_date.isoformat()}
+        publish_run_date(context, FEATURES, run_date)
         return counts
 
     build_features() >> report_counts()

@@ -15,7 +15,7 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
-from include.notify.orchestration import DEFAULT_ARGS, RECOMMENDATIONS, SCHEDULE, START_DATE
+from include.notify.orchestration import DEFAULT_ARGS, RECOMMENDATIONS, SCHEDULE, START_DATE, publish_run_date
 
 
 @dag(
@@ -40,7 +40,7 @@ def notify_planning() -> None:
         config = config_from_airflow()
         run_date = run_date_of(context)
         counts = plan_day(config, run_date, Dynamo.from_config(config))
-        context["outlet_events"][SCHEDULE].extra = {"run_date": run_date.isoformat(), **counts}
+        publish_run_date(context, SCHEDULE, run_date, counts)
         return counts
 
     plan_day()

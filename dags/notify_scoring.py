@@ -16,7 +16,7 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
-from include.notify.orchestration import DEFAULT_ARGS, EMBEDDINGS, RECOMMENDATIONS, START_DATE
+from include.notify.orchestration import DEFAULT_ARGS, EMBEDDINGS, RECOMMENDATIONS, START_DATE, publish_run_date
 
 
 @dag(
@@ -41,7 +41,7 @@ def notify_scoring() -> None:
         config = config_from_airflow()
         run_date = run_date_of(context)
         counts = run_scoring(config, run_date, Dynamo.from_config(config))
-        context["outlet_events"][RECOMMENDATIONS].extra = {"run_date": run_date.isoformat(), **counts}
+        publish_run_date(context, RECOMMENDATIONS, run_date, counts)
         return counts
 
     score_users()

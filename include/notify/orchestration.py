@@ -47,3 +47,11 @@ def run_date_of(context: dict[str, Any]) -> date:
     if logical is None:
         raise ValueError("run has neither a logical date nor a triggering asset event with run_date")
     return logical.date()
+
+
+def publish_run_date(
+    context: dict[str, Any], asset: Asset, run_date: date, counts: dict[str, Any] | None = None
+) -> None:
+    """Put the day (and the step's counts, shown with the event in the UI) on the Asset event this
+    task emits: the other half of ``run_date_of``, which reads it back in the triggered DAG."""
+    context["outlet_events"][asset].extra = {"run_date": run_date.isoformat(), **(counts or {})}

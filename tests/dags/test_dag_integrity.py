@@ -11,7 +11,7 @@ import itertools
 import json
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from unittest.mock import patch
 
@@ -128,3 +128,22 @@ def test_dispatch_waits_in_a_sensor_that_holds_no_worker_slot(dagbag) -> None:
     for sensor in sensors:
         assert sensor.mode == "reschedule" or getattr(sensor, "deferrable", False) or sensor.start_trigger_args
         assert sensor.downstream_task_ids, "the sensor must gate the dispatch task"
+
+
+def test_the_run_date_travels_with_the_asset_event_to_the_next_dag() -> None:
+    """What one nightly DAG publishes, the DAG it triggers reads back as its own day."""
+    from datetime import date, datetime
+    from types import SimpleNamespace
+
+    from include.notify.orchestration import FEATURES, publish_run_date, run_date_of
+
+    event = SimpleNamespace(extra={})
+    publish_run_date({"outlet_events": {FEATURES: event}}, FEATURES, date(2026, 3, 10), {"users": 5})
+    assert event.extra == {"run_date": "2026-03-10", "users": 5}
+
+    # The triggered run's logical date is when it was triggered, not the day to work on.
+    triggered = {"triggering_asset_events": {FEATURES: [event]}, "logical_date": datetime(2026, 3, 11, tzinfo=UTC)}
+    assert run_date_of(triggered) == date(2026, 3, 10)
+    assert run_date_of({"logical_date": datetime(2026, 3, 11, tzinfo=UTC)}) == date(2026, 3, 11)
+    with pytest.raises(ValueError, match="neither a logical date"):
+        run_date_of({})
