@@ -161,11 +161,12 @@ def rate(rows: int, seconds: float) -> str:
     return f"{rows / seconds:,.0f}" if seconds > 0 else "-"
 
 
-def render(results: list[dict[str, Any]], command: str) -> str:
+def render(results: list[dict[str, Any]], command: str, load_at_start: float) -> str:
     lines = [
         "# Ingestion + features benchmark",
         "",
-        f"Command: `{command}` (Spark `local[2]`, driver 4g, dynalite on loopback, this 2-core machine shared with other work).",
+        f"Command: `{command}` (Spark `local[2]`, driver 4g, dynalite on loopback, {os.cpu_count()} cores,"
+        f" 1-minute load average {load_at_start:.1f} at the start).",
         "",
         "## Per stage",
         "",
@@ -223,11 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     dynalite = start_service("dynamodb", free_port(), workdir)
     spark = get_spark("notify-bench-ingest", master="local[2]", driver_memory="4g")
     results = []
+    load_at_start = os.getloadavg()[0]
     try:
         for users in sizes:
             print(f"--- {users:,} users", flush=True)
             result = bench_size(spark, dynalite.endpoint, users, workdir, args.skip_dynamodb_above)
-            print(render([result], "partial"), flush=True)
+            print(render([result], "partial", load_at_start), flush=True)
             results.append(result)
     finally:
         spark.stop()
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     command = "python benchmarks/ingest.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = render(results, command.strip())
+    report = render(results, command.strip(), load_at_start)
     Path(args.output).write_text(report)
     print(report)
     return 0

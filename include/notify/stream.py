@@ -412,13 +412,10 @@ def process_messages(
         result.rows_in += 1
         result.by_topic[topic] = result.by_topic.get(topic, 0) + 1
         logical = topic_names.get(topic)
-        if logical is None:
-            rejected.append(
-                Rejected(topic, partition, offset, f"unknown_topic: {topic}", message.key(), message.value())
-            )
-            continue
-        table = STREAM_TABLES[logical]
         try:
+            if logical is None:
+                raise InvalidMessageError(f"unknown_topic: {topic}")
+            table = STREAM_TABLES[logical]
             record = parse_message(table, message.value(), config.stream_max_message_bytes)
         except InvalidMessageError as error:
             log.info("rejecting %s[%d]@%d: %s", topic, partition, offset, error)
