@@ -6,8 +6,15 @@ What this module guarantees:
   ``[start_date, end_date]``; eligibility by segment (``new_users`` and every ``welcome`` campaign
   only for segment ``new``, ``returning`` only for ``active``, ``lapsed`` only for ``lapsed``);
   users who opted out get an empty recommendation (written, so yesterday's list cannot linger).
+- Campaign similarity is the cosine measured from the catalog's mean product vector
+  (``centred``), not from zero: every text embedding of this catalog shares a large "fashion
+  product" direction, so raw cosines are high for every campaign and generic ones became hubs (one
+  wallet campaign in many users' top-3). With the catalog mean as origin, the share of users'
+  top-3 themed campaigns matching their hidden tastes rose from 0.31 to 0.35 on three seeds
+  (benchmarks/recs_quality.py). Products keep the raw cosine: centring them lowered the held-out
+  purchase's article-type hit@10 by 0.02-0.03 on the same seeds.
 - Campaign score = ``0.70 * similarity + 0.15 * priority_norm + 0.15 * response_norm`` where
-  similarity is the cosine of user and campaign vectors, ``priority_norm = (priority - 1) / 4``
+  ``priority_norm = (priority - 1) / 4``
   and ``response_norm = min(1, rate / (2 * prior))`` (0.5 at the prior). ``rate`` is the campaign's
   click rate Beta-smoothed hierarchically: the segment's clicks/sent shrunk towards the
   campaign's overall rate, itself shrunk towards the population prior — so a campaign with no
@@ -417,6 +424,25 @@ class Recommendations:
     products: pd.DataFrame
 
 
+def catalog_origin(product_vectors: np.ndarray) -> np.ndarray:
+    """The point similarities are measured from: the mean product vector (zero without products)."""
+    if not len(product_vectors):
+        return np.zeros(product_vectors.shape[1] if product_vectors.ndim == 2 else 0, dtype=np.float32)
+    return product_vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def centred(vectors: np.ndarray, origin: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Unit vectors pointing from ``origin`` (see the module docstring) of ``vectors[rows]`` (all
+    rows by default), as a new float32 array, never NaN. The row selection is the one copy made:
+    at 1 M users each copy of the user matrix is 1.5 GB."""
+    from include.notify.embeddings import normalize_in_place
+
+    moved = np.array(vectors, dtype=np.float32) if rows is None else np.asarray(vectors[rows], dtype=np.float32)
+    moved -= origin
+    normalize_in_place(moved)
+    return moved
+
+
 def score(inputs: ScoringInputs, k: int = TOP_K, method: str = "auto") -> Recommendations:
     """Top-``k`` campaigns and products for every user (see the module docstring for the rules)."""
     started = time.monotonic()
@@ -429,9 +455,10 @@ def score(inputs: ScoringInputs, k: int = TOP_K, method: str = "auto") -> Recomm
     priority = pd.to_numeric(inputs.campaigns["priority"], errors="coerce").fillna(1).to_numpy(np.float32)
     bias = campaign_bias(priority, rates, eligible, targeted)
     users_pos = np.flatnonzero(active)
+    origin = catalog_origin(inputs.product_vectors)
     camp = top_k(
-        inputs.user_vectors[users_pos],
-        inputs.campaign_vectors,
+        centred(inputs.user_vectors, origin, users_pos),
+        centred(inputs.campaign_vectors, origin),
         k,
         similarity_weight=SIMILARITY_WEIGHT,
         bias=bias,

@@ -145,3 +145,25 @@ def test_score_gives_opted_out_users_nothing_and_keeps_components() -> None:
     assert items[3]["opt_out"] is True
     assert items[3]["campaigns"] == []
     assert [c["rank"] for c in items[0]["campaigns"]] == [1, 2, 3]
+
+
+def test_similarity_is_measured_from_the_catalog_mean() -> None:
+    inputs = _inputs([False] * 6)
+    recs = scoring.score(inputs)
+    origin = inputs.product_vectors.mean(axis=0)
+    row = recs.campaigns.iloc[0]
+    user = inputs.user_vectors[int(row["user_id"][1:])] - origin
+    campaign_pos = inputs.campaigns["campaign_id"].tolist().index(row["campaign_id"])
+    campaign = inputs.campaign_vectors[campaign_pos] - origin
+    cosine = user @ campaign / np.linalg.norm(user) / np.linalg.norm(campaign)
+    assert row["similarity"] == pytest.approx(cosine, abs=1e-5)
+
+
+def test_centred_vectors_are_unit_or_zero_and_never_nan() -> None:
+    origin = np.array([1.0, 0.0], dtype=np.float32)
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 2.0]], dtype=np.float32)
+    moved = scoring.centred(vectors, origin)
+    np.testing.assert_allclose(moved, [[0, 0], [-(0.5**0.5), 0.5**0.5], [0, 1]], atol=1e-6)
+    np.testing.assert_allclose(scoring.centred(vectors, origin, np.array([2])), [[0, 1]], atol=1e-6)
+    assert vectors[0, 0] == 1.0, "the input is left alone"
+    assert scoring.catalog_origin(np.zeros((0, 4), dtype=np.float32)).tolist() == [0.0] * 4
