@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             "## User embeddings (synthetic purchases, ~6 per user, over the 39,596 real product vectors)",
             "",
             "Bare = `csr_matrix` + `csr @ P` handed integer rows; bare + ids = the same after mapping",
-            "the string ids to rows with pandas `get_indexer`, i.e. the same job as ours done plainly.",
+            "the string ids to rows with pandas `get_indexer` (Arrow-backed id columns converted to Python strings first), i.e. the same job as ours done plainly.",
             "",
             "| users | purchases | bare csr @ P | bare + ids | ours (user_vectors) | ours users/s | ours / bare | ours / bare + ids | peak RSS |",
             "|---|---|---|---|---|---|---|---|---|",
