@@ -302,9 +302,17 @@ def purchase_weights(purchases: pd.DataFrame, run_date: date) -> np.ndarray:
 # per-block overhead stays negligible.
 BLOCKS_PER_THREAD = 4
 MIN_BLOCK_ROWS = 20_000
+# An id lookup splits only from this many values per block: below it, hashing the value set once
+# more per block and starting threads cost more than they save (measured at 60 k purchases).
+LOOKUP_MIN_BLOCK_ROWS = 250_000
 
 
-def _in_row_blocks(n_rows: int, work: Callable[[int, int], T], blocks_per_thread: int = BLOCKS_PER_THREAD) -> list[T]:
+def _in_row_blocks(
+    n_rows: int,
+    work: Callable[[int, int], T],
+    blocks_per_thread: int = BLOCKS_PER_THREAD,
+    min_block_rows: int = MIN_BLOCK_ROWS,
+) -> list[T]:
     """``work(start, stop)`` over consecutive row blocks on a thread pool, results in row order.
 
     Worth it only for kernels that release the GIL (scipy's sparse products, Arrow compute), which
@@ -314,7 +322,7 @@ def _in_row_blocks(n_rows: int, work: Callable[[int, int], T], blocks_per_thread
     from concurrent.futures import ThreadPoolExecutor
 
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    n_blocks = max(1, min(threads * blocks_per_thread, n_rows // MIN_BLOCK_ROWS))
+    n_blocks = max(1, min(threads * blocks_per_thread, n_rows // min_block_rows))
     bounds = np.linspace(0, n_rows, n_blocks + 1).astype(int)
     if n_blocks == 1:
         return [work(0, n_rows)]
@@ -329,6 +337,9 @@ def sparse_product(weights: Any, dense: np.ndarray, out: np.ndarray | None = Non
     Accumulating into ``out`` block by block also avoids a second users x dim temporary.
     """
     accumulate = out is not None
+    if not accumulate and weights.shape[0] < 2 * MIN_BLOCK_ROWS:
+        # One block anyway (see ``_in_row_blocks``): scipy's own result, without a copy into ``out``.
+        return np.asarray(weights @ dense, dtype=np.float32)
     if out is None:
         out = np.empty((weights.shape[0], dense.shape[1]), dtype=np.float32)
 
@@ -373,8 +384,8 @@ def _positions(index: pd.Index, values: pd.Series) -> np.ndarray:
         found = pc.index_in(values_arrow.slice(start, stop - start), value_set=value_set)
         return found.fill_null(-1).to_numpy(zero_copy_only=False)
 
-    # One block per thread: each block hashes the whole value set again.
-    parts = _in_row_blocks(len(values_arrow), block, blocks_per_thread=1)
+    # Few, large blocks: each one hashes the whole value set again.
+    parts = _in_row_blocks(len(values_arrow), block, blocks_per_thread=1, min_block_rows=LOOKUP_MIN_BLOCK_ROWS)
     return np.concatenate(parts).astype(np.int64, copy=False)
 
 
@@ -469,9 +480,6 @@ def fill_cold_start(
     a copy would double peak memory); returns each row's source (``own``, ``segment:<name>``,
     ``popularity``)."""
     source = np.full(len(warm), "own", dtype=object)
-    popularity = normalize_rows(np.asarray(w_buy.sum(axis=0), dtype=np.float32) @ product_vectors)[0]
-    if not popularity.any():
-        popularity = normalize_rows(product_vectors.mean(axis=0, keepdims=True))[0]
     if (~warm).any():
         codes, names = pd.factorize(pd.Series(segments, dtype="string").fillna("unknown"))
         # A dense segments x users indicator (a handful of segments): one BLAS call, where a
@@ -484,9 +492,18 @@ def fill_cold_start(
         use_segment = has_centroid[codes[cold]]
         vectors[cold[use_segment]] = centroids[codes[cold[use_segment]]]
         source[cold[use_segment]] = "segment:" + np.asarray(names, dtype=object)[codes[cold[use_segment]]]
-        vectors[cold[~use_segment]] = popularity
-        source[cold[~use_segment]] = "popularity"
+        if not use_segment.all():
+            vectors[cold[~use_segment]] = popularity_vector(w_buy, product_vectors)
+            source[cold[~use_segment]] = "popularity"
     return source
+
+
+def popularity_vector(w_buy: Any, product_vectors: np.ndarray) -> np.ndarray:
+    """The purchase-weighted mean product direction; the mean product when nobody bought anything."""
+    popularity = normalize_rows(np.asarray(w_buy.sum(axis=0), dtype=np.float32) @ product_vectors)[0]
+    if not popularity.any():
+        popularity = normalize_rows(product_vectors.mean(axis=0, keepdims=True))[0]
+    return popularity
 
 
 # --------------------------------------------------------------------------------------- lake I/O
