@@ -47,6 +47,7 @@ import pandas as pd
 from include.notify.config import NotifyConfig
 from include.notify.embeddings import (
     embedding_version,
+    normalize_in_place,
     read_features,
     read_partition,
     write_partition,
@@ -435,8 +436,6 @@ def centred(vectors: np.ndarray, origin: np.ndarray, rows: np.ndarray | None = N
     """Unit vectors pointing from ``origin`` (see the module docstring) of ``vectors[rows]`` (all
     rows by default), as a new float32 array, never NaN. The row selection is the one copy made:
     at 1 M users each copy of the user matrix is 1.5 GB."""
-    from include.notify.embeddings import normalize_in_place
-
     moved = np.array(vectors, dtype=np.float32) if rows is None else np.asarray(vectors[rows], dtype=np.float32)
     moved -= origin
     normalize_in_place(moved)
