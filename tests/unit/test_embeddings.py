@@ -176,13 +176,14 @@ def test_cold_start_uses_the_segment_centroid_and_never_nan() -> None:
     np.testing.assert_allclose(nobody_bought.vectors[0], _unit([1, 1])[0], atol=1e-6)
 
 
-def test_user_vectors_in_parallel_blocks_match_a_plain_computation() -> None:
-    """Enough users for several row blocks on the thread pool, ids in arrival order and as Arrow
+def test_user_vectors_in_parallel_blocks_match_a_plain_computation(monkeypatch) -> None:
+    """Id lookups split into row blocks on the thread pool, ids in arrival order and as Arrow
     strings (how ``read_partition`` returns them), an unknown product and a null user among them."""
     from scipy.sparse import csr_matrix
 
+    monkeypatch.setattr(emb, "LOOKUP_MIN_BLOCK_ROWS", 1_000)
     rng = np.random.default_rng(3)
-    n_users, n_products = 3 * emb.MIN_BLOCK_ROWS + 7, 50
+    n_users, n_products = 5_007, 50
     products = emb.normalize_rows(rng.normal(size=(n_products, 8)))
     rows = rng.integers(0, n_users, 4 * n_users)
     cols = rng.integers(0, n_products, len(rows))
@@ -208,6 +209,24 @@ def test_user_vectors_in_parallel_blocks_match_a_plain_computation() -> None:
     np.testing.assert_allclose(result.vectors[warm], emb.normalize_rows(expected)[warm], atol=1e-5)
     assert warm.sum() == (np.abs(expected).sum(axis=1) > 0).sum()
     assert np.isfinite(result.vectors).all()
+
+
+def test_stored_product_rows_are_used_only_while_they_name_the_same_products(caplog) -> None:
+    products = _unit([1, 0, 0], [0, 1, 0], [0, 0, 1])
+    purchases = pd.DataFrame(
+        {"user_id": ["a", "b"], "product_id": ["p1", "p3"], "product_row": [0, 2], "weight": [1.0, 1.0]}
+    )
+    users = (["a", "b"], ["active", "active"])
+
+    current = emb.user_vectors(*users, ["p1", "p2", "p3"], products, purchases, RUN_DATE)
+    assert "do not match" not in caplog.text
+    # Product embeddings rewritten in another order since the purchase step: rows 0 and 2 now
+    # name p3 and p1, so the ids are looked up again.
+    reordered = emb.user_vectors(*users, ["p3", "p2", "p1"], products[::-1].copy(), purchases, RUN_DATE)
+    assert "do not match" in caplog.text
+
+    np.testing.assert_allclose(current.vectors, [[1, 0, 0], [0, 0, 1]], atol=1e-6)
+    np.testing.assert_allclose(reordered.vectors, current.vectors, atol=1e-6)
 
 
 def test_lake_partition_round_trip_keeps_vectors_exactly(tmp_path) -> None:
