@@ -211,6 +211,21 @@ def test_user_vectors_in_parallel_blocks_match_a_plain_computation(monkeypatch) 
     assert np.isfinite(result.vectors).all()
 
 
+def test_sparse_product_matches_scipy_and_adds_into_out() -> None:
+    from scipy.sparse import random as sparse_random
+
+    rng = np.random.default_rng(5)
+    weights = sparse_random(300, 40, density=0.05, format="lil", dtype=np.float32, random_state=5)
+    weights[7] = 0  # an empty row stays zero (the uninitialised result is never read)
+    weights = weights.tocsr()
+    dense = rng.normal(size=(40, 8)).astype(np.float32)
+
+    np.testing.assert_allclose(emb.sparse_product(weights, dense), weights @ dense, atol=1e-5)
+    out = np.ones((300, 8), dtype=np.float32)
+    emb.sparse_product(weights, dense, out=out)
+    np.testing.assert_allclose(out, 1 + weights @ dense, atol=1e-5)
+
+
 def test_stored_product_rows_are_used_only_while_they_name_the_same_products(caplog) -> None:
     products = _unit([1, 0, 0], [0, 1, 0], [0, 0, 1])
     purchases = pd.DataFrame(
