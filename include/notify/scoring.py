@@ -72,13 +72,13 @@ TARGETED_WEIGHT = 0.15
 PRIOR_CTR = 0.05
 PRIOR_STRENGTH = 20.0
 # Above this many candidates the ANN path is used. Measured on the real 39,596-product catalog
-# (benchmarks/results/scoring.md): exact top-10 for 2,000 users took 4.3 s, pynndescent 32-60 s
-# with recall 0.75-0.95 — product texts have many near-duplicates, so ANN never won at catalog
-# scale. Exact cost grows with n_items x n_users and its per-chunk score matrix (2048 x n x 4 B)
-# reaches 1.6 GB at 200k candidates, so that is where ANN takes over.
+# (benchmarks/results/scoring.md): exact top-10 for 2,000 users took 0.7 s, pynndescent 12 s
+# (index build + query, recall@10 0.992), so ANN never won at catalog scale. Exact cost grows
+# with n_items x n_users and its per-chunk score matrix (2048 x n x 4 B) reaches 1.6 GB at 200k
+# candidates, so that is where ANN takes over.
 EXACT_MAX_CANDIDATES = 200_000
-# pynndescent settings: the best recall/time trade-off measured on the real catalog (recall 0.94
-# at 39,596 products, 0.99+ at a few hundred; see tests/unit/test_scoring_ann.py).
+# pynndescent settings: the best recall/time trade-off measured on the real catalog (recall@10
+# 0.992 at 39,596 products, 1.0 at 3,000; see ``recall_at_k`` and tests/unit/test_scoring_ann.py).
 ANN_NEIGHBORS = 60
 ANN_EPSILON = 0.4
 ANN_CANDIDATE_FACTOR = 10
@@ -235,8 +235,23 @@ def _numba_cache_dir() -> str:
     return str(path)
 
 
-def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
-    """Share of the exact top-k found by the approximate top-k (both (n, k), -1 = empty slot)."""
+def recall_at_k(approx: TopK, exact: TopK, tolerance: float = 1e-5) -> float:
+    """Share of the exact top-k the approximate top-k matches, counting ties as matches.
+
+    An approximate item counts when its score reaches the exact k-th score of its row: a quarter
+    of the real catalog's product vectors are exact duplicates of another product's, and which of
+    two equal items fills the 10th slot is arbitrary. Both sides' scores are exact (the ANN path
+    re-ranks its candidates exactly).
+    """
+    valid = exact.indices >= 0
+    kth = np.where(valid, exact.scores, np.inf).min(axis=1, keepdims=True)
+    reached = ((approx.indices >= 0) & (approx.scores >= kth - tolerance)).sum(axis=1)
+    total = int(valid.sum())
+    return float(np.minimum(reached, valid.sum(axis=1)).sum() / total) if total else 1.0
+
+
+def id_recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Share of the exact top-k ids found among the approximate top-k ids (ties not counted)."""
     hits = total = 0
     valid = exact >= 0
     for a, e, v in zip(approx, exact, valid, strict=True):

@@ -97,6 +97,20 @@ def test_top_k_marks_slots_without_admissible_items() -> None:
     assert np.isneginf(result.scores[:, 1]).all()
 
 
+def test_recall_counts_an_equal_score_item_as_found_but_not_a_worse_one() -> None:
+    def top(indices: list[list[int]], scores: list[list[float]]) -> scoring.TopK:
+        scores_array = np.array(scores, dtype=np.float32)
+        return scoring.TopK(np.array(indices), scores_array, scores_array)
+
+    exact = top([[4, 7], [1, -1]], [[0.9, 0.5], [0.8, -np.inf]])
+    # Row 0: item 9 is a duplicate of item 7 (same score) and counts; row 1 has one exact item.
+    tied = top([[4, 9], [1, 3]], [[0.9, 0.5], [0.8, 0.1]])
+    assert scoring.recall_at_k(tied, exact) == 1.0
+    assert scoring.id_recall_at_k(tied.indices, exact.indices) == 2 / 3
+    worse = top([[4, 9], [-1, -1]], [[0.9, 0.4], [-np.inf, -np.inf]])
+    assert scoring.recall_at_k(worse, exact) == 1 / 3
+
+
 def _inputs(opt_out: list[bool]) -> scoring.ScoringInputs:
     rng = np.random.default_rng(5)
     campaigns = _campaigns()

@@ -1,4 +1,10 @@
-"""The ANN path (pynndescent + exact re-rank) finds >= 98% of the exact top-10 on real embeddings."""
+"""The ANN path (pynndescent + exact re-rank) finds >= 98% of the exact top-10 on real embeddings.
+
+A few thousand real catalog products: large enough that the ANN graph search, not its candidate
+list, decides what is found (each query re-ranks 100+ of them), with the catalog's duplicate
+texts among them (2,814 distinct of 3,000 here; 28,913 of 39,596 in the whole catalog). The
+whole catalog's recall is measured by benchmarks/scoring.py (0.992 at 39,596 products).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from include.notify.datagen import load_catalog
 
 pytestmark = pytest.mark.slow
 
-N_PRODUCTS = 600
+N_PRODUCTS = 3000
 N_USERS = 400
 
 
@@ -44,8 +50,9 @@ def test_ann_recall_at_10_against_exact_is_at_least_098(real_vectors) -> None:
     kwargs = {"similarity_weight": 1 - scoring.PRODUCT_POPULARITY_WEIGHT, "bias": bias, "exclude": exclude}
     exact = scoring.top_k(users, products, 10, method="exact", **kwargs)
     ann = scoring.top_k(users, products, 10, method="ann", **kwargs)
-    recall = scoring.recall_at_k(ann.indices, exact.indices)
-    print(f"ANN recall@10 vs exact on {N_PRODUCTS} real product embeddings: {recall:.4f}")
+    recall = scoring.recall_at_k(ann, exact)
+    id_recall = scoring.id_recall_at_k(ann.indices, exact.indices)
+    print(f"ANN recall@10 vs exact on {N_PRODUCTS} real product embeddings: {recall:.4f} (ids only {id_recall:.4f})")
     assert recall >= 0.98
     excluded = set(zip(*exclude, strict=True))
     assert not {(u, i) for u in range(N_USERS) for i in ann.indices[u]} & excluded
