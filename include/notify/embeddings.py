@@ -11,9 +11,9 @@ What this module guarantees:
   (content hash); only changed or new items are encoded, and their number is returned and logged.
 - Purchase embeddings are the product vector with a weight = quantity x recency decay; user
   embeddings are ``W @ P`` for a sparse user x product weight matrix (purchases plus weaker
-  browsing signals) plus ``F @ C`` for clicked notifications' campaigns, sparse matrices
-  built with scipy and multiplied by torch's CSR kernel — no Python loop over users. Users with no signal get a documented cold-start
-  vector (see ``fill_cold_start``).
+  browsing signals) plus ``F @ C`` for clicked notifications' campaigns, sparse matrices built
+  with scipy and multiplied by torch's CSR kernel — no Python loop over users. Users with no
+  signal get a documented cold-start vector (see ``fill_cold_start``).
 - Outputs follow docs/data-contracts.md: ``embeddings/<kind>/dt=D/part-00000.parquet`` (+
   ``_vectors.npy`` in row order, ignored by Spark/Arrow readers because of the leading ``_``) and
   DynamoDB ``notify_<kind>_embeddings`` (float32 bytes).
@@ -748,8 +748,8 @@ def embed_purchases(config: NotifyConfig, run_date: date, purchases: pd.DataFram
 
     Writes ``embeddings/purchases/dt=D`` (purchase_id, user_id, product_id, product_row,
     purchase_date, quantity, weight, vector, model, dim); ``product_row`` is the product's row in
-    ``embeddings/products/dt=D``, so the user step need not look it up again. Purchases of products without a vector are counted as
-    rejected and logged by id, never silently dropped.
+    ``embeddings/products/dt=D``, so the user step need not look it up again. Purchases of
+    products without a vector are counted as rejected and logged by id, never silently dropped.
     """
     purchases = read_current_frame(config, "purchase_history", run_date) if purchases is None else purchases
     products, product_vectors = read_partition(config.lake_path("embeddings", "products", run_date))
