@@ -399,25 +399,6 @@ def _positions(value_set: Any, values: pd.Series) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64, copy=False)
 
 
-def _product_rows(product_set: Any, purchases: pd.DataFrame) -> np.ndarray:
-    """Each purchase's row in ``product_set``: the ``product_row`` that ``embed_purchases`` stored,
-    when it still points at the same ids (checked id by id: 50 ms at 6 M purchases, where looking
-    them up again takes 0.4 s), else looked up by ``product_id``."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if "product_row" in purchases:
-        rows = purchases["product_row"].to_numpy(np.int64)
-        if not len(rows):
-            return rows
-        if rows.min() >= 0 and rows.max() < len(product_set):
-            same = pc.equal(product_set.take(pa.array(rows)), _arrow_strings(purchases["product_id"]))
-            if pc.all(same.fill_null(False)).as_py():
-                return rows
-        log.warning("stored purchase product rows do not match the product embeddings; looking products up by id")
-    return _positions(product_set, purchases["product_id"])
-
-
 def _arrow_strings(values: Any) -> Any:
     import pyarrow as pa
 
@@ -451,10 +432,9 @@ def user_vectors(
     """User embeddings as sparse-matrix products (no loop over users).
 
     ``raw = (W_buy + W_browse) @ P + F_click @ C`` where ``W_buy`` holds the purchase weights
-    (``purchases``: user_id, product_id, weight = quantity x decay, see ``purchase_weights``;
-    optionally ``product_row``, see ``_product_rows``), ``W_browse`` decayed product views/clicks/
-    add-to-carts (``BROWSE_EVENT_WEIGHTS``), and ``F_click`` decayed ``notification_click`` events
-    on campaigns (``NOTIFICATION_CLICK_WEIGHT``). Rows are then L2-normalised. Cold start (rows
+    (``purchases``: user_id, product_id, weight = quantity x decay, see ``purchase_weights``),
+    ``W_browse`` decayed product views/clicks/add-to-carts (``BROWSE_EVENT_WEIGHTS``), and
+    ``F_click`` decayed ``notification_click`` events on campaigns (``NOTIFICATION_CLICK_WEIGHT``). Rows are then L2-normalised. Cold start (rows
     with no signal): the normalised mean vector of warm users of the same segment (a new user
     looks like other new users); if the segment has no warm users, the popularity vector
     (purchase-weighted product mean); if nobody bought anything, the mean product vector. Never NaN.
@@ -466,7 +446,7 @@ def user_vectors(
     n_users, n_products = len(users), len(product_set)
     bought = _kept(
         _positions(user_set, purchases["user_id"]),
-        _product_rows(product_set, purchases),
+        _positions(product_set, purchases["product_id"]),
         purchases["weight"].to_numpy(np.float32),
     )
     on_products, on_campaigns = [bought], []
@@ -746,10 +726,9 @@ def write_vectors(
 def embed_purchases(config: NotifyConfig, run_date: date, purchases: pd.DataFrame | None = None) -> dict[str, int]:
     """Purchase embeddings: each purchase's product vector with its weight (quantity x decay).
 
-    Writes ``embeddings/purchases/dt=D`` (purchase_id, user_id, product_id, product_row,
-    purchase_date, quantity, weight, vector, model, dim); ``product_row`` is the product's row in
-    ``embeddings/products/dt=D``, so the user step need not look it up again. Purchases of
-    products without a vector are counted as rejected and logged by id, never silently dropped.
+    Writes ``embeddings/purchases/dt=D`` (purchase_id, user_id, product_id, purchase_date,
+    quantity, weight, vector, model, dim). Purchases of products without a vector are counted as
+    rejected and logged by id, never silently dropped.
     """
     purchases = read_current_frame(config, "purchase_history", run_date) if purchases is None else purchases
     products, product_vectors = read_partition(config.lake_path("embeddings", "products", run_date))
@@ -763,7 +742,6 @@ def embed_purchases(config: NotifyConfig, run_date: date, purchases: pd.DataFram
     kept = purchases.loc[known, ["purchase_id", "user_id", "product_id", "purchase_date", "quantity"]].copy()
     kept["purchase_date"] = pd.to_datetime(kept["purchase_date"], utc=True)
     kept["weight"] = purchase_weights(kept, run_date)
-    kept["product_row"] = position[known]
     kept["model"] = products["model"].iloc[0] if len(products) else config.embedding_model
     kept["dim"] = product_vectors.shape[1]
     vectors = product_vectors[position[known]]
@@ -788,7 +766,7 @@ def embed_users(
     features = read_features(config, "user_features", run_date) if user_features is None else user_features
     clickstream = read_current_frame(config, "clickstream", run_date) if clickstream is None else clickstream
     purchases, _ = read_partition(
-        config.lake_path("embeddings", "purchases", run_date), ["user_id", "product_id", "product_row", "weight"]
+        config.lake_path("embeddings", "purchases", run_date), ["user_id", "product_id", "weight"]
     )
     products, product_vectors = read_partition(config.lake_path("embeddings", "products", run_date))
     campaigns, campaign_vectors = read_partition(config.lake_path("embeddings", "campaigns", run_date))

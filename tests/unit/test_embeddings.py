@@ -226,24 +226,6 @@ def test_sparse_product_matches_scipy_and_adds_into_out() -> None:
     np.testing.assert_allclose(out, 1 + weights @ dense, atol=1e-5)
 
 
-def test_stored_product_rows_are_used_only_while_they_name_the_same_products(caplog) -> None:
-    products = _unit([1, 0, 0], [0, 1, 0], [0, 0, 1])
-    purchases = pd.DataFrame(
-        {"user_id": ["a", "b"], "product_id": ["p1", "p3"], "product_row": [0, 2], "weight": [1.0, 1.0]}
-    )
-    users = (["a", "b"], ["active", "active"])
-
-    current = emb.user_vectors(*users, ["p1", "p2", "p3"], products, purchases, RUN_DATE)
-    assert "do not match" not in caplog.text
-    # Product embeddings rewritten in another order since the purchase step: rows 0 and 2 now
-    # name p3 and p1, so the ids are looked up again.
-    reordered = emb.user_vectors(*users, ["p3", "p2", "p1"], products[::-1].copy(), purchases, RUN_DATE)
-    assert "do not match" in caplog.text
-
-    np.testing.assert_allclose(current.vectors, [[1, 0, 0], [0, 0, 1]], atol=1e-6)
-    np.testing.assert_allclose(reordered.vectors, current.vectors, atol=1e-6)
-
-
 def test_lake_partition_round_trip_keeps_vectors_exactly(tmp_path) -> None:
     uri = (tmp_path / "embeddings" / "products" / "dt=2026-11-24").as_uri()
     vectors = emb.normalize_rows(np.random.default_rng(1).normal(size=(5, 16)))
