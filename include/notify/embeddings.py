@@ -335,8 +335,9 @@ def sparse_product(weights: Any, dense: np.ndarray, out: np.ndarray | None = Non
     """``weights @ dense`` for a scipy CSR matrix and a float32 matrix, with torch's CSR kernel;
     added into ``out`` (float32, C order) when given.
 
-    torch reads scipy's arrays in place and runs on every core: on the 2-core box 2x faster than
-    scipy's single-threaded product at 10 k users and 1.3-1.6x at 100 k and 1 M (6 purchases each).
+    torch reads scipy's arrays in place and runs on every core: on the 2-core box 1.9-2.7x faster
+    than scipy's single-threaded product at 10 k-1 M users with 6 purchases each
+    (benchmarks/results/scoring.md).
     ``addmm`` writes straight into the result, where ``csr @ dense`` holds a second users x dim
     temporary (+1.5 GB peak at 1 M users).
     """
