@@ -157,6 +157,8 @@ def report(
     echo("== Schedule by status after the simulated day ==")
     echo("  " + ", ".join(f"{status}: {count:,}" for status, count in sorted(status_counts(config, dynamo).items())))
     echo("  dispatch: " + ", ".join(f"{k} {v:,}" for k, v in sorted(dispatched.items())))
+    if not dispatched.get("ticks"):
+        echo("  (nothing was due: an earlier run already dispatched this day, and a re-run never sends twice)")
     echo("\n== One user's plan ==")
     echo(describe_plan(config, dynamo, sample_users(dynamo, 1)[0], run_date))
     if loop_table is not None:
