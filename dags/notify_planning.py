@@ -6,6 +6,9 @@ lower after ignored notifications) from the top-10, keeps quiet hours in the use
 the minimum gap, campaign windows, cooldowns and opt-outs, puts higher priority and score in the
 user's best engagement hours and spreads sends within the hour. Re-running a day replaces its
 unsent items and never touches sent ones. Emits `notify_notification_schedule` with `run_date`.
+
+Alongside, `close_unreachable` closes items that an outage of more than a day left pending where
+no dispatch run looks any more (expired, with the reason), so nothing stays `scheduled` for ever.
 """
 
 from __future__ import annotations
@@ -43,7 +46,18 @@ def notify_planning() -> None:
         publish_run_date(context, SCHEDULE, run_date, counts)
         return counts
 
+    @task(execution_timeout=timedelta(minutes=15))
+    def close_unreachable(**context: Any) -> dict[str, int]:
+        from include.notify.config import config_from_airflow
+        from include.notify.dispatch import close_unreachable
+        from include.notify.orchestration import run_date_of
+        from include.notify.storage import Dynamo
+
+        config = config_from_airflow()
+        return close_unreachable(config, run_date_of(context), Dynamo.from_config(config))
+
     plan_day()
+    close_unreachable()
 
 
 notify_planning()

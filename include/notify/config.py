@@ -139,6 +139,9 @@ def _validate(config: NotifyConfig) -> None:
         raise ValueError(f"daily_cap must be >= 0, got {config.daily_cap}")
     if config.schedule_shards < 1:
         raise ValueError(f"schedule_shards must be >= 1, got {config.schedule_shards}")
+    if not 0 < config.max_lateness_minutes < 24 * 60:
+        # Dispatch reads one day of due buckets back; lateness must fit inside it.
+        raise ValueError(f"max_lateness_minutes must be in 1..1439, got {config.max_lateness_minutes}")
     if config.spark_runner not in {"local", "emr_serverless"}:
         raise ValueError(f"spark_runner must be 'local' or 'emr_serverless', got {config.spark_runner!r}")
 

@@ -50,6 +50,10 @@ from include.notify.templates import UnsafeTemplateError, render
 log = logging.getLogger(__name__)
 
 SCHEDULE = "notification_schedule"
+# How far back a dispatch run reads the due index: the UTC day buckets of the last 24 h.
+DISPATCH_LOOKBACK_HOURS = 24
+# How many older day buckets the daily sweep (``close_unreachable``) looks through.
+SWEEP_DAYS = 7
 PRODUCT_FALLBACK = "our latest picks"
 
 
@@ -164,7 +168,11 @@ def due_buckets(config: NotifyConfig, now: datetime, lookback_hours: int) -> lis
 
 
 def due_items(
-    config: NotifyConfig, dynamo: Dynamo, now: datetime, lookback_hours: int = 24, limit: int | None = None
+    config: NotifyConfig,
+    dynamo: Dynamo,
+    now: datetime,
+    lookback_hours: int = DISPATCH_LOOKBACK_HOURS,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Pending (scheduled or sending) items with ``due_at <= now``, oldest first within each shard."""
     now = _utc(now)
@@ -182,7 +190,9 @@ def due_items(
     return found
 
 
-def has_due(config: NotifyConfig, now: datetime, dynamo: Dynamo | None = None, lookback_hours: int = 24) -> bool:
+def has_due(
+    config: NotifyConfig, now: datetime, dynamo: Dynamo | None = None, lookback_hours: int = DISPATCH_LOOKBACK_HOURS
+) -> bool:
     """Whether anything is claimable at ``now``: a scheduled item due, or a sending one whose lease lapsed.
 
     What the dispatch DAG's sensor pokes; stops at the first hit.
@@ -281,7 +291,9 @@ class Dispatcher:
     # Test hook: called with the claimed items before anything is sent (e.g. to die there).
     after_claim: Callable[[list[dict[str, Any]]], None] | None = None
 
-    def run(self, now: datetime, lookback_hours: int = 24, limit: int | None = None) -> dict[str, int]:
+    def run(
+        self, now: datetime, lookback_hours: int = DISPATCH_LOOKBACK_HOURS, limit: int | None = None
+    ) -> dict[str, int]:
         """Dispatch everything due up to ``now``; returns counts by outcome."""
         now = _utc(now)
         started = time.monotonic()
@@ -584,6 +596,45 @@ def dispatch_due(
         if own_channels:
             for channel in channels:
                 channel.close()
+
+
+def close_unreachable(
+    config: NotifyConfig,
+    run_date: date,
+    dynamo: Dynamo | None = None,
+    days: int = SWEEP_DAYS,
+    wall_clock: datetime | None = None,
+) -> dict[str, int]:
+    """Close pending items no dispatch run reaches any more, so an outage never leaves them pending.
+
+    A dispatch run reads the due index ``DISPATCH_LOOKBACK_HOURS`` back; items left in older day
+    buckets by a longer outage would stay ``scheduled`` for ever. ``notify_planning`` runs this
+    for its day D: it goes through the ``days`` buckets before the oldest one a run at D 00:00
+    UTC reads (at the wall clock, if that is earlier: a day planned ahead must not close items
+    that are still to come) and closes their items the way the dispatcher closes any late one:
+    ``expired`` with the reason, or ``sent`` when the delivery was recorded before a crash.
+    Nothing is sent. Returns counts by outcome.
+    """
+    dynamo = dynamo or Dynamo.from_config(config)
+    day_start = datetime(run_date.year, run_date.month, run_date.day, tzinfo=UTC)
+    now = min(_utc(wall_clock or datetime.now(UTC)), day_start)
+    reached = (now - timedelta(hours=DISPATCH_LOOKBACK_HOURS)).date()
+    # No channels: every item found is past the lateness limit (checked by config validation),
+    # so the dispatcher only ever closes them.
+    dispatcher = Dispatcher(config, dynamo, channels=[])
+    counts: Counter[str] = Counter()
+    for back in range(1, days + 1):
+        bucket_day = (reached - timedelta(days=back)).isoformat()
+        for shard in range(config.schedule_shards):
+            for item in dynamo.query(
+                SCHEDULE,
+                index=DUE_INDEX.name,
+                KeyConditionExpression="due_bucket = :b",
+                ExpressionAttributeValues={":b": f"{bucket_day}#{shard}"},
+            ):
+                counts[dispatcher._claim_or_expire(item, now)] += 1
+    log.info("closed unreachable items before %s: %s", reached, dict(counts))
+    return dict(counts)
 
 
 def simulate_day(

@@ -16,6 +16,7 @@ from include.notify.config import REPO_ROOT, NotifyConfig
 from include.notify.dispatch import (
     Dispatcher,
     ListEventSink,
+    close_unreachable,
     describe_deliveries,
     dispatch_due,
     has_due,
@@ -267,6 +268,27 @@ def test_items_past_the_lateness_limit_expire_instead_of_being_sent(config: Noti
     assert {i["notification_id"] for i in expired} == {i["notification_id"] for i in late}
     assert all("past due" in i["failure_reason"] and "due_bucket" not in i for i in expired)
     assert dynamo.count("deliveries") == 2
+
+
+def test_items_an_outage_left_beyond_the_dispatch_lookback_are_closed_not_left_pending(
+    config: NotifyConfig, dynamo: Dynamo
+) -> None:
+    ids = seed_core(dynamo, 6)
+    stranded = schedule(dynamo, config, ids[:3], NOW - timedelta(days=3))  # a 3-day outage
+    today = schedule(dynamo, config, ids[3:], NOW + timedelta(hours=1))
+    assert dispatch_due(config, NOW, dynamo, channels=[Recorder()], events=ListEventSink())["due"] == 0
+
+    # notify_planning for the next day, run at the wall clock: the stranded items are closed.
+    assert close_unreachable(config, DAY + timedelta(days=1), dynamo, wall_clock=NOW) == {"expired": 3}
+    # Planning two days ahead must not close today's items, which are still to come.
+    assert close_unreachable(config, DAY + timedelta(days=2), dynamo, wall_clock=NOW) == {}
+    # A backfill of today's plan a year later finds nothing more to close.
+    assert close_unreachable(config, DAY, dynamo, wall_clock=NOW + timedelta(days=365)) == {}
+
+    after = {i["notification_id"]: i for i in dynamo.scan("notification_schedule")}
+    assert {after[i["notification_id"]]["status"] for i in stranded} == {"expired"}
+    assert all("past due" in after[i["notification_id"]]["failure_reason"] for i in stranded)
+    assert {after[i["notification_id"]]["status"] for i in today} == {"scheduled"}
 
 
 def test_transient_failures_retry_then_succeed_and_permanent_ones_fail_with_the_reason(

@@ -28,6 +28,7 @@ def test_a_misspelt_setting_is_an_error_naming_it() -> None:
         ({"NOTIFY_QUIET_START_HOUR": "24"}, "quiet_start_hour"),
         ({"NOTIFY_SPARK_RUNNER": "yarn"}, "spark_runner"),
         ({"NOTIFY_SCHEDULE_SHARDS": "0"}, "schedule_shards"),
+        ({"NOTIFY_MAX_LATENESS_MINUTES": "1440"}, "max_lateness_minutes"),
     ],
 )
 def test_invalid_values_are_refused(env: dict[str, str], message: str) -> None:
