@@ -163,7 +163,11 @@ def run_time_of(context: Mapping[str, Any]) -> datetime:
 def due_buckets(config: NotifyConfig, now: datetime, lookback_hours: int) -> list[str]:
     """The due-index partitions that can hold items due in (now - lookback, now]."""
     first = (now - timedelta(hours=lookback_hours)).date()
-    days = [first + timedelta(days=n) for n in range((now.date() - first).days + 1)]
+    return _buckets_of(config, (first + timedelta(days=n) for n in range((now.date() - first).days + 1)))
+
+
+def _buckets_of(config: NotifyConfig, days: Iterable[date]) -> list[str]:
+    """Every shard's due-index partition (``<UTC day>#<shard>``) of these days."""
     return [f"{day.isoformat()}#{shard}" for day in days for shard in range(config.schedule_shards)]
 
 
@@ -623,16 +627,14 @@ def close_unreachable(
     # so the dispatcher only ever closes them.
     dispatcher = Dispatcher(config, dynamo, channels=[])
     counts: Counter[str] = Counter()
-    for back in range(1, days + 1):
-        bucket_day = (reached - timedelta(days=back)).isoformat()
-        for shard in range(config.schedule_shards):
-            for item in dynamo.query(
-                SCHEDULE,
-                index=DUE_INDEX.name,
-                KeyConditionExpression="due_bucket = :b",
-                ExpressionAttributeValues={":b": f"{bucket_day}#{shard}"},
-            ):
-                counts[dispatcher._claim_or_expire(item, now)] += 1
+    for bucket in _buckets_of(config, (reached - timedelta(days=back) for back in range(1, days + 1))):
+        for item in dynamo.query(
+            SCHEDULE,
+            index=DUE_INDEX.name,
+            KeyConditionExpression="due_bucket = :b",
+            ExpressionAttributeValues={":b": bucket},
+        ):
+            counts[dispatcher._claim_or_expire(item, now)] += 1
     log.info("closed unreachable items before %s: %s", reached, dict(counts))
     return dict(counts)
 
