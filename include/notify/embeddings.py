@@ -367,8 +367,13 @@ def _sparse(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, shape: tupl
     return csr_matrix((weights, (rows, cols)), shape=shape, dtype=np.float32)
 
 
-def _kept(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The triplets whose row and column were found and whose weight counts (> 0)."""
+def _triplets(
+    user_set: Any, item_set: Any, events: pd.DataFrame, item_column: str, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user row, item row, weight) of each event whose user and item were found and whose weight
+    counts (> 0): one sparse matrix's entries."""
+    rows = _positions(user_set, events["user_id"])
+    cols = _positions(item_set, events[item_column])
     keep = (rows >= 0) & (cols >= 0) & (weights > 0)
     return (rows, cols, weights) if keep.all() else (rows[keep], cols[keep], weights[keep])
 
@@ -435,21 +440,18 @@ def user_vectors(
     ``raw = (W_buy + W_browse) @ P + F_click @ C`` where ``W_buy`` holds the purchase weights
     (``purchases``: user_id, product_id, weight = quantity x decay, see ``purchase_weights``),
     ``W_browse`` decayed product views/clicks/add-to-carts (``BROWSE_EVENT_WEIGHTS``), and
-    ``F_click`` decayed ``notification_click`` events on campaigns (``NOTIFICATION_CLICK_WEIGHT``). Rows are then L2-normalised. Cold start (rows
-    with no signal): the normalised mean vector of warm users of the same segment (a new user
-    looks like other new users); if the segment has no warm users, the popularity vector
-    (purchase-weighted product mean); if nobody bought anything, the mean product vector. Never NaN.
+    ``F_click`` decayed ``notification_click`` events on campaigns (``NOTIFICATION_CLICK_WEIGHT``).
+    Rows are then L2-normalised. Cold start (rows with no signal): the normalised mean vector of
+    warm users of the same segment (a new user looks like other new users); if the segment has no
+    warm users, the popularity vector (purchase-weighted product mean); if nobody bought anything,
+    the mean product vector. Never NaN.
     """
     users = _as_index(user_ids)
     if not users.is_unique:
         raise ValueError("user ids are not unique")
     user_set, product_set = _arrow_strings(users), _arrow_strings(product_ids)
     n_users, n_products = len(users), len(product_set)
-    bought = _kept(
-        _positions(user_set, purchases["user_id"]),
-        _positions(product_set, purchases["product_id"]),
-        purchases["weight"].to_numpy(np.float32),
-    )
+    bought = _triplets(user_set, product_set, purchases, "product_id", purchases["weight"].to_numpy(np.float32))
     on_products, on_campaigns = [bought], []
     if clickstream is not None and len(clickstream):
         kinds = clickstream["event_type"].astype("string")
@@ -458,24 +460,14 @@ def user_vectors(
         has_product = clickstream["product_id"].astype("string").fillna("").str.len().to_numpy() > 0
         browse = has_product & (browse_weight > 0)
         if browse.any():
-            on_products.append(
-                _kept(
-                    _positions(user_set, clickstream.loc[browse, "user_id"]),
-                    _positions(product_set, clickstream.loc[browse, "product_id"]),
-                    browse_weight[browse],
-                )
-            )
+            browsed = clickstream.loc[browse, ["user_id", "product_id"]]
+            on_products.append(_triplets(user_set, product_set, browsed, "product_id", browse_weight[browse]))
         has_campaign = clickstream["campaign_id"].astype("string").fillna("").str.len().to_numpy() > 0
         clicked = (kinds == "notification_click").fillna(False).to_numpy(bool) & has_campaign
         if clicked.any() and campaign_vectors is not None and len(campaign_ids):
-            campaign_set = _arrow_strings(campaign_ids)
-            on_campaigns.append(
-                _kept(
-                    _positions(user_set, clickstream.loc[clicked, "user_id"]),
-                    _positions(campaign_set, clickstream.loc[clicked, "campaign_id"]),
-                    NOTIFICATION_CLICK_WEIGHT * decay[clicked],
-                )
-            )
+            clicks = clickstream.loc[clicked, ["user_id", "campaign_id"]]
+            click_weight = NOTIFICATION_CLICK_WEIGHT * decay[clicked]
+            on_campaigns.append(_triplets(user_set, _arrow_strings(campaign_ids), clicks, "campaign_id", click_weight))
     # Purchases and browsing both weigh products: one matrix, one product.
     rows, cols, weights = (np.concatenate(parts) for parts in zip(*on_products, strict=True))
     raw = sparse_product(_sparse(rows, cols, weights, (n_users, n_products)), product_vectors)
