@@ -32,10 +32,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
-$(NODE_STAMP): include/notify/node/package.json include/notify/node/package-lock.json
+$(NODE_STAMP): notify_tools/node/package.json notify_tools/node/package-lock.json
 	@command -v npm >/dev/null || { echo "Node.js 20+ with npm is required for dynalite"; exit 1; }
 	@mkdir -p $(STATE)/node
-	cp include/notify/node/package.json include/notify/node/package-lock.json $(STATE)/node/
+	cp notify_tools/node/package.json notify_tools/node/package-lock.json $(STATE)/node/
 	cd $(STATE)/node && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 

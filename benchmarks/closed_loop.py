@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/closed_loop.py --users 2000 --days 7
 
-Runs ``include.notify.simulator.run_closed_loop`` (private dynalite and Tansu on free loopback
+Runs ``notify_tools.simulator.run_closed_loop`` (private dynalite and Tansu on free loopback
 ports unless ``--use-configured-services``), prints the per-day table and writes
 ``benchmarks/results/closed_loop.md`` and ``closed_loop.svg``. Exits non-zero when Notify does
 not beat the seed policy in CTR on the last day or does not improve from day 1 to the last day.
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from include.notify.config import load_config
-    from include.notify.simulator import DEFAULT_START, run_closed_loop
+    from notify_tools.simulator import DEFAULT_START, run_closed_loop
 
     started = time.monotonic()
     result = run_closed_loop(

@@ -96,7 +96,8 @@ def spark_user_aggregates(spark: Any, config: Any) -> tuple[float, dict[str, Any
     """The same aggregates through ``features.order_aggregates`` on the current curated state."""
     from pyspark.sql import functions as sf
 
-    from include.notify import features, lake
+    from include.notify.io import lake
+    from include.notify.stages import features
 
     started = time.perf_counter()
     purchases = lake.read_current(spark, config, "purchase_history", RUN_DATE)
@@ -112,8 +113,8 @@ def spark_user_aggregates(spark: Any, config: Any) -> tuple[float, dict[str, Any
 
 def bench_size(spark: Any, endpoint: str, users: int, workdir: Path, skip_dynamodb_above: int) -> dict[str, Any]:
     from include.notify.config import load_config
-    from include.notify.datagen import generate_dataset
-    from include.notify.storage import Dynamo
+    from include.notify.io.dynamo import Dynamo
+    from notify_tools.datagen import generate_dataset
     from spark_jobs import batch_ingest
     from spark_jobs import features as features_job
 
@@ -217,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.users.split(",") if s]
 
-    from include.notify.services import free_port, start_service
     from include.notify.spark import get_spark
+    from notify_tools.services import free_port, start_service
 
     workdir = Path(tempfile.mkdtemp(prefix="notify-bench-"))
     dynalite = start_service("dynamodb", free_port(), workdir)

@@ -29,12 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from include.notify.channels import InboxChannel  # noqa: E402
 from include.notify.config import NotifyConfig  # noqa: E402
-from include.notify.dispatch import Dispatcher, ListEventSink, iso  # noqa: E402
-from include.notify.planning import build_plan, plan_violations, synthetic_inputs  # noqa: E402
-from include.notify.services import free_port, start_service  # noqa: E402
-from include.notify.storage import TABLES_BY_NAME, Dynamo  # noqa: E402
+from include.notify.io.dynamo import TABLES_BY_NAME, Dynamo  # noqa: E402
+from include.notify.stages.channels import InboxChannel  # noqa: E402
+from include.notify.stages.dispatch import Dispatcher, ListEventSink, iso  # noqa: E402
+from include.notify.stages.planning import build_plan, plan_violations, synthetic_inputs  # noqa: E402
+from notify_tools.services import free_port, start_service  # noqa: E402
 
 DAY = date(2026, 11, 25)
 

@@ -38,9 +38,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from include.notify import embeddings, scoring
 from include.notify.config import DEFAULT_STATE_DIR
-from include.notify.datagen import build_dataset
+from include.notify.stages import embeddings, scoring
+from notify_tools.datagen import build_dataset
 
 CACHE = DEFAULT_STATE_DIR / "bench"
 

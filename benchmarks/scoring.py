@@ -38,7 +38,7 @@ RUN_DATE = "2026-11-24"
 
 def _catalog() -> tuple[Any, np.ndarray]:
     from benchmarks.recs_quality import catalog_vectors
-    from include.notify.datagen import load_catalog
+    from notify_tools.datagen import load_catalog
 
     products = load_catalog().reset_index(drop=True)
     return products, catalog_vectors(products)
@@ -82,8 +82,8 @@ def interleaved(repeats: int = 3, **cases: Callable[[], Any]) -> dict[str, float
 
 # ------------------------------------------------------------------------------------ cases
 def product_embedding_case(n_texts: int) -> dict[str, Any]:
-    from include.notify import embeddings
-    from include.notify.datagen import load_catalog
+    from include.notify.stages import embeddings
+    from notify_tools.datagen import load_catalog
 
     catalog = load_catalog().head(n_texts)
     texts = embeddings.product_texts(catalog).tolist()
@@ -123,7 +123,7 @@ def user_embedding_case(n_users: int) -> dict[str, Any]:
     import pandas as pd
     from scipy.sparse import csr_matrix
 
-    from include.notify import embeddings
+    from include.notify.stages import embeddings
 
     _, vectors = _catalog()
     # Rows in arrival order (by date, not grouped by user), as the purchase partition holds them.
@@ -170,8 +170,8 @@ def user_embedding_case(n_users: int) -> dict[str, Any]:
 def scoring_case(n_users: int, n_items: int, real_items: bool) -> dict[str, Any]:
     import torch
 
-    from include.notify import scoring
-    from include.notify.embeddings import normalize_rows
+    from include.notify.stages import scoring
+    from include.notify.stages.embeddings import normalize_rows
 
     rng = np.random.default_rng(1)
     if real_items:
@@ -198,8 +198,8 @@ def scoring_case(n_users: int, n_items: int, real_items: bool) -> dict[str, Any]
 
 
 def ann_case(n_items: int, n_users: int) -> dict[str, Any]:
-    from include.notify import scoring
-    from include.notify.embeddings import normalize_rows
+    from include.notify.stages import scoring
+    from include.notify.stages.embeddings import normalize_rows
 
     _, catalog = _catalog()
     rng = np.random.default_rng(2)
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ann_params() -> str:
-    from include.notify import scoring
+    from include.notify.stages import scoring
 
     return (
         f"{scoring.ANN_NEIGHBORS}, epsilon {scoring.ANN_EPSILON}, {scoring.ANN_CANDIDATE_FACTOR}x candidates re-ranked"

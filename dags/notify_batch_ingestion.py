@@ -43,7 +43,7 @@ def notify_batch_ingestion() -> None:
     @task
     def create_tables() -> list[str]:
         from include.notify.config import config_from_airflow
-        from include.notify.storage import Dynamo
+        from include.notify.io.dynamo import Dynamo
 
         return Dynamo.from_config(config_from_airflow()).create_tables()
 
@@ -59,7 +59,7 @@ def notify_batch_ingestion() -> None:
     @task(outlets=[CURATED])
     def report_counts(**context: Any) -> dict[str, dict[str, Any]]:
         from include.notify.config import config_from_airflow
-        from include.notify.lake import checked_run_counts
+        from include.notify.io.lake import checked_run_counts
         from include.notify.orchestration import run_date_of
         from include.notify.schemas import RAW_TABLES
 

@@ -35,8 +35,8 @@ def notify_dispatch() -> None:
     @task.sensor(mode="reschedule", poke_interval=15, timeout=45, soft_fail=True)
     def notifications_due(**context: Any) -> bool:
         from include.notify.config import config_from_airflow
-        from include.notify.dispatch import has_due, run_time_of
-        from include.notify.storage import Dynamo
+        from include.notify.io.dynamo import Dynamo
+        from include.notify.stages.dispatch import has_due, run_time_of
 
         config = config_from_airflow()
         return has_due(config, run_time_of(context), Dynamo.from_config(config))
@@ -44,8 +44,8 @@ def notify_dispatch() -> None:
     @task(execution_timeout=timedelta(minutes=8))
     def dispatch(**context: Any) -> dict[str, int]:
         from include.notify.config import config_from_airflow
-        from include.notify.dispatch import dispatch_due, run_time_of
-        from include.notify.storage import Dynamo
+        from include.notify.io.dynamo import Dynamo
+        from include.notify.stages.dispatch import dispatch_due, run_time_of
 
         config = config_from_airflow()
         return dispatch_due(config, run_time_of(context), Dynamo.from_config(config))

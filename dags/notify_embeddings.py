@@ -38,17 +38,17 @@ def notify_embeddings() -> None:
     @task
     def products(**context: Any) -> dict[str, int]:
         from include.notify.config import config_from_airflow
-        from include.notify.embeddings import prepare_texts
         from include.notify.orchestration import run_date_of
+        from include.notify.stages.embeddings import prepare_texts
 
         return prepare_texts(config_from_airflow(), "products", run_date_of(context))
 
     @task(execution_timeout=timedelta(hours=2))
     def product_embeddings(**context: Any) -> dict[str, Any]:
         from include.notify.config import config_from_airflow
-        from include.notify.embeddings import embed_items
+        from include.notify.io.dynamo import Dynamo
         from include.notify.orchestration import run_date_of
-        from include.notify.storage import Dynamo
+        from include.notify.stages.embeddings import embed_items
 
         config = config_from_airflow()
         return embed_items(config, "products", run_date_of(context), Dynamo.from_config(config))
@@ -56,25 +56,25 @@ def notify_embeddings() -> None:
     @task
     def purchase_embeddings(**context: Any) -> dict[str, int]:
         from include.notify.config import config_from_airflow
-        from include.notify.embeddings import embed_purchases
         from include.notify.orchestration import run_date_of
+        from include.notify.stages.embeddings import embed_purchases
 
         return embed_purchases(config_from_airflow(), run_date_of(context))
 
     @task
     def campaigns(**context: Any) -> dict[str, int]:
         from include.notify.config import config_from_airflow
-        from include.notify.embeddings import prepare_texts
         from include.notify.orchestration import run_date_of
+        from include.notify.stages.embeddings import prepare_texts
 
         return prepare_texts(config_from_airflow(), "campaigns", run_date_of(context))
 
     @task
     def campaign_embeddings(**context: Any) -> dict[str, Any]:
         from include.notify.config import config_from_airflow
-        from include.notify.embeddings import embed_items
+        from include.notify.io.dynamo import Dynamo
         from include.notify.orchestration import run_date_of
-        from include.notify.storage import Dynamo
+        from include.notify.stages.embeddings import embed_items
 
         config = config_from_airflow()
         return embed_items(config, "campaigns", run_date_of(context), Dynamo.from_config(config))
@@ -82,9 +82,9 @@ def notify_embeddings() -> None:
     @task(outlets=[EMBEDDINGS])
     def user_embeddings(**context: Any) -> dict[str, int]:
         from include.notify.config import config_from_airflow
-        from include.notify.embeddings import embed_users
+        from include.notify.io.dynamo import Dynamo
         from include.notify.orchestration import run_date_of
-        from include.notify.storage import Dynamo
+        from include.notify.stages.embeddings import embed_users
 
         config = config_from_airflow()
         run_date = run_date_of(context)

@@ -47,7 +47,7 @@ def notify_features() -> None:
     @task(outlets=[FEATURES])
     def report_counts(**context: Any) -> dict[str, dict[str, Any]]:
         from include.notify.config import config_from_airflow
-        from include.notify.lake import checked_run_counts
+        from include.notify.io.lake import checked_run_counts
         from include.notify.orchestration import run_date_of
 
         run_date = run_date_of(context)

@@ -36,9 +36,9 @@ def notify_planning() -> None:
     @task(outlets=[SCHEDULE], execution_timeout=timedelta(minutes=45))
     def plan_day(**context: Any) -> dict[str, Any]:
         from include.notify.config import config_from_airflow
+        from include.notify.io.dynamo import Dynamo
         from include.notify.orchestration import run_date_of
-        from include.notify.planning import plan_day
-        from include.notify.storage import Dynamo
+        from include.notify.stages.planning import plan_day
 
         config = config_from_airflow()
         run_date = run_date_of(context)
@@ -49,9 +49,9 @@ def notify_planning() -> None:
     @task(execution_timeout=timedelta(minutes=15))
     def close_unreachable(**context: Any) -> dict[str, int]:
         from include.notify.config import config_from_airflow
-        from include.notify.dispatch import close_unreachable
+        from include.notify.io.dynamo import Dynamo
         from include.notify.orchestration import run_date_of
-        from include.notify.storage import Dynamo
+        from include.notify.stages.dispatch import close_unreachable
 
         config = config_from_airflow()
         return close_unreachable(config, run_date_of(context), Dynamo.from_config(config))

@@ -34,9 +34,9 @@ def notify_scoring() -> None:
     @task(outlets=[RECOMMENDATIONS], execution_timeout=timedelta(hours=1))
     def score_users(**context: Any) -> dict[str, Any]:
         from include.notify.config import config_from_airflow
+        from include.notify.io.dynamo import Dynamo
         from include.notify.orchestration import run_date_of
-        from include.notify.scoring import run_scoring
-        from include.notify.storage import Dynamo
+        from include.notify.stages.scoring import run_scoring
 
         config = config_from_airflow()
         run_date = run_date_of(context)

@@ -42,8 +42,8 @@ def notify_stream_ingest() -> None:
     @task(execution_timeout=timedelta(minutes=3))
     def ingest() -> dict[str, Any]:
         from include.notify.config import config_from_airflow
-        from include.notify.storage import Dynamo
-        from include.notify.stream import ingest_batch
+        from include.notify.io.dynamo import Dynamo
+        from include.notify.stages.stream import ingest_batch
 
         config = config_from_airflow()
         return ingest_batch(config, MAX_MESSAGES, MAX_SECONDS, Dynamo.from_config(config))

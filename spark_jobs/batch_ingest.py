@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from include.notify import ingest, lake, quality
 from include.notify.config import NotifyConfig
+from include.notify.io import lake
 from include.notify.schemas import RAW_TABLES, RAW_TABLES_BY_NAME, RawTable
+from include.notify.stages import ingest, quality
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

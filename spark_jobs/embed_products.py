@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from datetime import date
 from typing import TYPE_CHECKING
 
-from include.notify import embeddings
 from include.notify.config import load_config
+from include.notify.stages import embeddings
 
 if TYPE_CHECKING:
     import pandas as pd

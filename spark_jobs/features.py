@@ -1,7 +1,7 @@
 """Feature tables for day D from the curated lake: user_features, product_features,
 user_product_matrix and campaign_stats, written to ``features/<name>/dt=D`` and DynamoDB.
 
-The transforms are the pure functions of ``include.notify.features``; this job only reads the
+The transforms are the pure functions of ``include.notify.stages.features``; this job only reads the
 current curated state at D (``lake.read_current``), writes, and stores counts
 (``runs/notify_features/dt=D/<name>.json`` and ``pipeline_runs``). Re-running D rewrites
 exactly the same partitions and items.
@@ -19,8 +19,9 @@ from dataclasses import asdict
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from include.notify import features, ingest, lake
 from include.notify.config import NotifyConfig
+from include.notify.io import lake
+from include.notify.stages import features, ingest
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from include.notify.config import CATALOG_PATH as CATALOG
 from include.notify.config import REPO_ROOT, NotifyConfig, load_config
-from include.notify.services import RunningService, free_port, start_service
+from notify_tools.datagen import CATALOG_PATH as CATALOG
+from notify_tools.services import RunningService, free_port, start_service
 
 # Airflow reads its configuration once, at first import: point it at a throw-away home now.
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="notify-test-airflow-")
@@ -78,7 +78,7 @@ def base_config(tmp_path: Path) -> NotifyConfig:
 @pytest.fixture
 def config(base_config: NotifyConfig, dynalite: RunningService) -> NotifyConfig:
     """Config whose DynamoDB is the session's dynalite, with every table created."""
-    from include.notify.storage import Dynamo
+    from include.notify.io.dynamo import Dynamo
 
     cfg = base_config.replace(dynamodb_endpoint_url=dynalite.endpoint)
     Dynamo.from_config(cfg).create_tables()
@@ -87,7 +87,7 @@ def config(base_config: NotifyConfig, dynalite: RunningService) -> NotifyConfig:
 
 @pytest.fixture
 def dynamo(config: NotifyConfig):
-    from include.notify.storage import Dynamo
+    from include.notify.io.dynamo import Dynamo
 
     return Dynamo.from_config(config)
 

@@ -16,8 +16,6 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE_DIR = REPO_ROOT / ".notify"
-# The real public fashion catalog (39,596 products) shipped with the code, gzipped; see data/README.md.
-CATALOG_PATH = Path(__file__).resolve().parent / "data" / "fashion_catalog.csv.gz"
 
 # Lake zones in the order data flows through them (STYLE: data flows one way).
 LAKE_ZONES = ("raw", "curated", "quarantine", "features", "embeddings", "recommendations", "runs", "truth", "export")

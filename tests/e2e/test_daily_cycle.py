@@ -13,8 +13,8 @@ from datetime import date, datetime, timedelta
 
 import pytest
 
-from include.notify.demo import NIGHTLY_DAGS, run_airflow_dag
-from include.notify.localenv import airflow_environment, migrate_airflow_db
+from notify_tools.demo import NIGHTLY_DAGS, run_airflow_dag
+from notify_tools.localenv import airflow_environment, migrate_airflow_db
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -24,8 +24,8 @@ USERS = 120
 
 @pytest.fixture
 def cycle_config(base_config, dynalite, kafka_broker, aws_endpoint):
-    from include.notify.storage import Dynamo
-    from include.notify.topics import ensure_topics
+    from include.notify.io.dynamo import Dynamo
+    from include.notify.io.kafka import ensure_topics
 
     config = base_config.replace(
         dynamodb_endpoint_url=dynalite.endpoint,
@@ -43,8 +43,8 @@ def cycle_config(base_config, dynalite, kafka_broker, aws_endpoint):
 
 
 def test_daily_cycle_through_airflow(cycle_config) -> None:
-    from include.notify.datagen import generate_dataset
-    from include.notify.storage import Dynamo
+    from include.notify.io.dynamo import Dynamo
+    from notify_tools.datagen import generate_dataset
 
     config = cycle_config
     dynamo = Dynamo.from_config(config)

@@ -10,7 +10,9 @@ from typing import ClassVar
 
 import pytest
 
-from include.notify.channels import (
+from include.notify.config import NotifyConfig
+from include.notify.io.dynamo import Dynamo
+from include.notify.stages.channels import (
     InboxChannel,
     KafkaChannel,
     Message,
@@ -21,9 +23,7 @@ from include.notify.channels import (
     WebhookChannel,
     build_channels,
 )
-from include.notify.config import NotifyConfig
-from include.notify.services import RunningService, free_port
-from include.notify.storage import Dynamo
+from notify_tools.services import RunningService, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,7 @@ def test_kafka_channel_publishes_keyed_by_user_with_the_notification_id(
 ) -> None:
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    from include.notify.topics import ensure_topics
+    from include.notify.io.kafka import ensure_topics
 
     config = base_config.replace(kafka_bootstrap=kafka_broker.endpoint)
     ensure_topics(config)

@@ -11,9 +11,10 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 import pytest
 
-from include.notify.channels import InboxChannel, Message, PermanentChannelError, TransientChannelError
 from include.notify.config import REPO_ROOT, NotifyConfig
-from include.notify.dispatch import (
+from include.notify.io.dynamo import Dynamo
+from include.notify.stages.channels import InboxChannel, Message, PermanentChannelError, TransientChannelError
+from include.notify.stages.dispatch import (
     Dispatcher,
     ListEventSink,
     close_unreachable,
@@ -24,8 +25,7 @@ from include.notify.dispatch import (
     simulate_day,
     status_counts,
 )
-from include.notify.planning import PlanInputs, build_plan, describe_plan, read_existing, write_plan
-from include.notify.storage import Dynamo
+from include.notify.stages.planning import PlanInputs, build_plan, describe_plan, read_existing, write_plan
 
 pytestmark = pytest.mark.integration
 
@@ -172,8 +172,8 @@ KILLED_DISPATCHER = """
 import os, signal, sys
 from datetime import datetime
 from include.notify.config import NotifyConfig
-from include.notify.dispatch import Dispatcher
-from include.notify.storage import Dynamo
+from include.notify.stages.dispatch import Dispatcher
+from include.notify.io.dynamo import Dynamo
 config = NotifyConfig(table_prefix=sys.argv[1], dynamodb_endpoint_url=sys.argv[2], schedule_shards=int(sys.argv[3]))
 dynamo = Dynamo.from_config(config)
 def die(items):
@@ -420,8 +420,8 @@ def test_notification_sent_events_reach_kafka(config: NotifyConfig, dynamo: Dyna
 
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    from include.notify.dispatch import KafkaEventSink
-    from include.notify.topics import ensure_topics
+    from include.notify.io.kafka import ensure_topics
+    from include.notify.stages.dispatch import KafkaEventSink
 
     config = config.replace(kafka_bootstrap=kafka_broker.endpoint)
     ensure_topics(config)

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.notify import embeddings, scoring
 from include.notify.config import NotifyConfig
-from include.notify.datagen import build_dataset
-from include.notify.storage import Dynamo, bytes_to_vector
+from include.notify.io.dynamo import Dynamo, bytes_to_vector
+from include.notify.stages import embeddings, scoring
+from notify_tools.datagen import build_dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -7,9 +7,9 @@ from datetime import date, timedelta
 import numpy as np
 import pytest
 
-from include.notify import embeddings
 from include.notify.config import NotifyConfig
-from include.notify.datagen import load_catalog
+from include.notify.stages import embeddings
+from notify_tools.datagen import load_catalog
 from spark_jobs import embed_products
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from include.notify import lake
 from include.notify.config import NotifyConfig
-from include.notify.storage import Dynamo
+from include.notify.io import lake
+from include.notify.io.dynamo import Dynamo
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 
 from include.notify.config import NotifyConfig
-from include.notify.dispatch import _update
-from include.notify.embeddings import write_partition
-from include.notify.lake import read_run_counts
-from include.notify.planning import (
+from include.notify.io.dynamo import Dynamo
+from include.notify.io.lake import read_run_counts
+from include.notify.stages.dispatch import _update
+from include.notify.stages.embeddings import write_partition
+from include.notify.stages.planning import (
     describe_plan,
     load_plan_inputs,
     plan_day,
@@ -20,7 +21,6 @@ from include.notify.planning import (
     synthetic_inputs,
     write_plan,
 )
-from include.notify.storage import Dynamo
 
 pytestmark = pytest.mark.integration
 

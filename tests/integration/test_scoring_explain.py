@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from include.notify.analyst.explain import explain_user
 from include.notify.config import NotifyConfig
-from include.notify.explain import explain_user
-from include.notify.storage import Dynamo
+from include.notify.io.dynamo import Dynamo
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from include.notify.config import NotifyConfig
-from include.notify.simulator import run_closed_loop
+from notify_tools.simulator import run_closed_loop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

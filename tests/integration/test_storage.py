@@ -2,8 +2,8 @@
 
 import pytest
 
-from include.notify.services import ServiceError, start_service
-from include.notify.storage import TABLES
+from include.notify.io.dynamo import TABLES
+from notify_tools.services import ServiceError, start_service
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from include.notify.config import NotifyConfig
-from include.notify.storage import Dynamo
-from include.notify.stream import StreamConsumer, ingest_batch, process_messages, produce_records
-from include.notify.topics import ensure_topics
+from include.notify.io.dynamo import Dynamo
+from include.notify.io.kafka import ensure_topics
+from include.notify.stages.stream import StreamConsumer, ingest_batch, process_messages, produce_records
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from include.notify.config import NotifyConfig
-from include.notify.storage import Dynamo
-from include.notify.stream import ingest_batch, produce_records
-from include.notify.topics import ensure_topics
+from include.notify.io.dynamo import Dynamo
+from include.notify.io.kafka import ensure_topics
+from include.notify.stages.stream import ingest_batch, produce_records
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from include.notify.channels import (
+from include.notify.config import NotifyConfig
+from include.notify.stages.channels import (
     CHANNELS,
     Message,
     PermanentChannelError,
@@ -14,7 +15,6 @@ from include.notify.channels import (
     classify_aws_error,
     register_channel,
 )
-from include.notify.config import NotifyConfig
 
 
 def client_error(code: str, status: int) -> ClientError:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from include.notify.config import load_config
-from include.notify.storage import bytes_to_vector, to_item, vector_to_bytes
+from include.notify.io.dynamo import bytes_to_vector, to_item, vector_to_bytes
 
 
 def test_environment_overrides_defaults_with_types() -> None:

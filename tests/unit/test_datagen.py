@@ -5,9 +5,9 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from include.notify.datagen import build_dataset, load_catalog
 from include.notify.schemas import RAW_TABLES_BY_NAME
-from include.notify.templates import template_problem
+from include.notify.stages.templates import template_problem
+from notify_tools.datagen import build_dataset, load_catalog
 
 RUN_DATE = date(2026, 11, 25)
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from include.notify.config import NotifyConfig
-from include.notify.dispatch import PRODUCT_FALLBACK, _ceil, build_message, due_buckets, run_time_of, sent_event
-from include.notify.templates import UnsafeTemplateError
+from include.notify.stages.dispatch import PRODUCT_FALLBACK, _ceil, build_message, due_buckets, run_time_of, sent_event
+from include.notify.stages.templates import UnsafeTemplateError
 
 NOW = datetime(2026, 11, 25, 0, 20, tzinfo=UTC)
 ITEM = {"notification_id": "U1#2026-11-25#C1", "user_id": "U1", "campaign_id": "C1", "priority": 2}

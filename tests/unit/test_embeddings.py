@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.notify import embeddings as emb
+from include.notify.stages import embeddings as emb
 
 RUN_DATE = date(2026, 11, 24)
 

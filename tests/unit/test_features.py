@@ -10,8 +10,8 @@ from datetime import date, datetime
 
 import pytest
 
-from include.notify import features
-from include.notify.lake import curated_schema
+from include.notify.io.lake import curated_schema
+from include.notify.stages import features
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from include.notify.config import NotifyConfig
-from include.notify.planning import (
+from include.notify.stages.planning import (
     PlanInputs,
     build_plan,
     fatigue_cap,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from include.notify import quality
 from include.notify.schemas import CAMPAIGNS, PURCHASES, USERS
+from include.notify.stages import quality
 
 
 def test_expectations_cover_every_rule_of_the_schema() -> None:
@@ -98,7 +98,7 @@ def test_duplicate_keys_keep_the_last_delivered_good_row(spark) -> None:
 def test_gx_gate_fails_on_a_broken_curated_frame(spark) -> None:
     from datetime import datetime
 
-    from include.notify.lake import curated_schema
+    from include.notify.io.lake import curated_schema
 
     good = ("U1", "Ann", "a@x", None, datetime(2026, 1, 1), "UTC", None, False, 22, 8, 5)
     duplicate = ("U1", "Ann", "a@x", None, datetime(2026, 1, 1), "UTC", None, False, 22, 8, 5)

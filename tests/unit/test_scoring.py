@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.notify import scoring
-from include.notify.embeddings import normalize_rows
+from include.notify.stages import scoring
+from include.notify.stages.embeddings import normalize_rows
 
 RUN_DATE = date(2026, 11, 24)
 

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.notify import embeddings, scoring
-from include.notify.datagen import load_catalog
+from include.notify.stages import embeddings, scoring
+from notify_tools.datagen import load_catalog
 
 pytestmark = pytest.mark.slow
 

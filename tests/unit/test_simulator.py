@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from include.notify import schemas
-from include.notify.datagen import build_dataset
-from include.notify.simulator import (
+from include.notify.stages.stream import parse_message, to_raw_json
+from notify_tools.datagen import build_dataset
+from notify_tools.simulator import (
     GENERIC_RELEVANCE,
     Behaviour,
     Population,
@@ -18,7 +19,6 @@ from include.notify.simulator import (
     hour_factor,
     uniforms,
 )
-from include.notify.stream import parse_message, to_raw_json
 
 DAY = date(2026, 11, 25)
 

@@ -10,7 +10,7 @@ import pytest
 
 from include.notify import schemas
 from include.notify.config import NotifyConfig
-from include.notify.stream import (
+from include.notify.stages.stream import (
     InvalidMessageError,
     _Valid,
     delivery_day,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from include.notify.templates import UnsafeTemplateError, render, template_problem
+from include.notify.stages.templates import UnsafeTemplateError, render, template_problem
 
 
 def test_safe_template_renders_with_user_data() -> None:

@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 
 from include.notify.config import NotifyConfig
-from include.notify.lake import read_current_frame
-from include.notify.storage import Dynamo
+from include.notify.io.dynamo import Dynamo
+from include.notify.io.lake import read_current_frame
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def _clean_campaigns(config: NotifyConfig, frame: pd.DataFrame) -> pd.DataFrame:
 
 def required_segment(eligibility: np.ndarray, notification_type: np.ndarray) -> np.ndarray:
     """The segment each campaign is restricted to ("" when none); unknown rules are an error."""
-    from include.notify.scoring import SEGMENT_ELIGIBILITY
+    from include.notify.stages.scoring import SEGMENT_ELIGIBILITY
 
     rules = pd.Series(eligibility, dtype=object).fillna("all").replace("", "all")
     unknown = sorted(set(rules) - set(SEGMENT_ELIGIBILITY))
@@ -624,7 +624,7 @@ def plan_violations(
     self-check: cap, quiet hours in local time, minimum gap, campaign active/in window/eligible,
     cooldown and opt-out.
     """
-    from include.notify.scoring import SEGMENT_ELIGIBILITY
+    from include.notify.stages.scoring import SEGMENT_ELIGIBILITY
 
     problems: list[str] = []
     users = _clean_users(config, inputs.users).set_index("user_id")
@@ -682,7 +682,7 @@ def plan_violations(
 # ------------------------------------------------------------------------------------------- I/O
 def _read_lake(config: NotifyConfig, zone: str, table: str, day: date | None = None) -> pd.DataFrame | None:
     """A lake table through ``lake.read_parquet`` (every day with ``dt`` when ``day`` is None); None if absent."""
-    from include.notify.lake import read_parquet
+    from include.notify.io.lake import read_parquet
 
     try:
         return read_parquet(config, zone, table, day)
@@ -882,7 +882,7 @@ def _record_run(
     import pyarrow.parquet as pq
     from pyarrow import fs
 
-    from include.notify.lake import RunCounts, write_run_counts
+    from include.notify.io.lake import RunCounts, write_run_counts
 
     by_reason = {k.removeprefix("skipped_"): v for k, v in result.counts().items() if k.startswith("skipped_")}
     counts = RunCounts(

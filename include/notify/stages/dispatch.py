@@ -42,10 +42,10 @@ from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol
 
-from include.notify.channels import Channel, ChannelError, Message, build_channels
 from include.notify.config import NotifyConfig
-from include.notify.storage import DUE_INDEX, Dynamo
-from include.notify.templates import UnsafeTemplateError, render
+from include.notify.io.dynamo import DUE_INDEX, Dynamo
+from include.notify.stages.channels import Channel, ChannelError, Message, build_channels
+from include.notify.stages.templates import UnsafeTemplateError, render
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class KafkaEventSink:
     def __init__(self, config: NotifyConfig, timeout: float = 15.0) -> None:
         from confluent_kafka import Producer
 
-        from include.notify.topics import kafka_settings
+        from include.notify.io.kafka import kafka_settings
 
         self.topic = config.topic("events")
         self.timeout = timeout

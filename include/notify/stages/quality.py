@@ -104,7 +104,7 @@ def column_problems(column: RuleColumn) -> list[Column]:
 
 def _template_problem(text: str | None) -> str | None:
     # Imported here so Spark's Python workers load the sandbox only for the campaigns table.
-    from include.notify.templates import template_problem
+    from include.notify.stages.templates import template_problem
 
     return template_problem(text) if text is not None else None
 

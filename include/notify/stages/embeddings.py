@@ -42,10 +42,10 @@ import numpy as np
 import pandas as pd
 
 from include.notify.config import NotifyConfig
-from include.notify.lake import read_current_frame
+from include.notify.io.lake import read_current_frame
 
 if TYPE_CHECKING:
-    from include.notify.storage import Dynamo
+    from include.notify.io.dynamo import Dynamo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -617,7 +617,7 @@ def latest_partition(config: NotifyConfig, zone: str, table: str, run_date: date
 # --------------------------------------------------------------------------------------- pipeline steps
 def read_features(config: NotifyConfig, name: str, run_date: date) -> pd.DataFrame:
     """A feature table of ``run_date`` as pandas (``lake.read_parquet``)."""
-    from include.notify import lake
+    from include.notify.io import lake
 
     return lake.read_parquet(config, "features", name, run_date)
 
@@ -692,7 +692,7 @@ def write_vectors(
     dynamo: Dynamo, kind: str, run_date: date, frame: pd.DataFrame, vectors: np.ndarray, **extra: Any
 ) -> int:
     """Upsert vectors into ``notify_<kind>_embeddings`` as float32 bytes with model, dim, version."""
-    from include.notify.storage import vector_to_bytes
+    from include.notify.io.dynamo import vector_to_bytes
 
     id_col = ID_COLUMNS[kind]
     if not len(frame):

@@ -17,8 +17,8 @@ from datetime import date
 from typing import Any
 
 from include.notify.config import NotifyConfig
-from include.notify.localenv import airflow_environment
-from include.notify.storage import TABLES, Dynamo
+from include.notify.io.dynamo import TABLES, Dynamo
+from notify_tools.localenv import airflow_environment
 
 NIGHTLY_DAGS = ("notify_batch_ingestion", "notify_features", "notify_embeddings", "notify_scoring", "notify_planning")
 
@@ -85,10 +85,10 @@ def run_demo(
     echo: Callable[[str], None] = print,
 ) -> int:
     """Run the demo and print the report; returns a process exit code."""
-    from include.notify.datagen import generate_dataset
-    from include.notify.dispatch import simulate_day
-    from include.notify.storage import Dynamo
-    from include.notify.topics import ensure_topics
+    from include.notify.io.dynamo import Dynamo
+    from include.notify.io.kafka import ensure_topics
+    from include.notify.stages.dispatch import simulate_day
+    from notify_tools.datagen import generate_dataset
 
     os.environ.update(
         {
@@ -113,7 +113,7 @@ def run_demo(
         dispatched = simulate_day(config, run_date)
     loop_table = None
     if loop_users > 0:
-        from include.notify.simulator import run_closed_loop
+        from notify_tools.simulator import run_closed_loop
 
         with timer.stage(f"closed loop: {loop_users} users x {loop_days} days, three policies"):
             loop_table = run_closed_loop(
@@ -133,9 +133,9 @@ def report(
     echo: Callable[[str], None],
 ) -> None:
     """The demo's closing report: what is where, how long it took, and a few users' results."""
-    from include.notify.dispatch import status_counts
-    from include.notify.explain import explain_user
-    from include.notify.planning import describe_plan
+    from include.notify.analyst.explain import explain_user
+    from include.notify.stages.dispatch import status_counts
+    from include.notify.stages.planning import describe_plan
 
     echo("\n== Rows per DynamoDB table ==")
     for table, rows in table_counts(dynamo).items():

@@ -29,7 +29,7 @@ from include.notify.config import DEFAULT_STATE_DIR, REPO_ROOT, NotifyConfig
 
 log = logging.getLogger(__name__)
 
-NODE_PACKAGE_DIR = REPO_ROOT / "include" / "notify" / "node"
+NODE_PACKAGE_DIR = REPO_ROOT / "notify_tools" / "node"
 SERVICE_NAMES = ("dynamodb", "kafka", "aws")
 
 

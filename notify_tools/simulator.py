@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from include.notify.config import NotifyConfig
-from include.notify.stream import produce_records
+from include.notify.stages.stream import produce_records
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +377,7 @@ def read_notifications(config: NotifyConfig, group_id: str, max_seconds: float =
 
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-    from include.notify.topics import kafka_settings
+    from include.notify.io.kafka import kafka_settings
 
     consumer = Consumer(
         kafka_settings(
@@ -553,7 +553,7 @@ def run_closed_loop(
     base = config or _private_services(state, started_services)
     spark = None
     try:
-        from include.notify.datagen import build_dataset
+        from notify_tools.datagen import build_dataset
 
         dataset = timed("generate population", build_dataset, users, start, seed, products_limit=products_limit)
         population = Population.from_dataset(dataset)
@@ -595,7 +595,7 @@ def run_closed_loop(
                 plan = _nightly(*nightly) if p == "notify" else timed(f"{p}: plan", _nightly, *nightly)
                 timed(f"{p}: produce organic", publish, world.config, organic)
                 world.orders += organic.orders
-                from include.notify.dispatch import simulate_day
+                from include.notify.stages.dispatch import simulate_day
 
                 dispatched = timed(
                     f"{p}: dispatch", simulate_day, world.config, day, step_minutes=20, dynamo=world.dynamo
@@ -624,7 +624,7 @@ def run_closed_loop(
 
 def _private_services(state: Any, started: list[Any]) -> NotifyConfig:
     from include.notify.config import load_config
-    from include.notify.services import free_port, start_service
+    from notify_tools.services import free_port, start_service
 
     for name in ("dynamodb", "kafka"):
         started.append(start_service(name, free_port(), state / "services"))
@@ -639,9 +639,9 @@ def _make_world(
     initially_out: set[str], start: date,
 ) -> _World:  # fmt: skip
     """Tables, topics and lake of one policy; the day-0 raw delivery (Notify) or entity tables (others)."""
-    from include.notify.datagen import write_raw_csv
-    from include.notify.storage import Dynamo
-    from include.notify.topics import ensure_topics
+    from include.notify.io.dynamo import Dynamo
+    from include.notify.io.kafka import ensure_topics
+    from notify_tools.datagen import write_raw_csv
 
     folder = state / policy
     # A re-run starts from a clean lake: an old run's later partitions would leak into this one.
@@ -681,7 +681,7 @@ def _load_entities(dynamo: Any, dataset: Any) -> None:
 
 def _seed_vectors(config: NotifyConfig, dataset: Any) -> dict[str, Any]:
     """The seed system's embeddings: products and campaigns with the configured sentence model."""
-    from include.notify import embeddings
+    from include.notify.stages import embeddings
 
     model = embeddings.load_model(config.embedding_model)
     products = dataset.products
@@ -709,15 +709,15 @@ def _nightly(
     timed: Any,
 ) -> int:
     """Run the policy's nightly step for ``day`` and write its schedule; returns items planned."""
-    from include.notify.planning import write_plan
-    from include.notify.policies import oracle_plan, seed_plan
-    from include.notify.scoring import sendable_campaigns
+    from include.notify.stages.planning import write_plan
+    from include.notify.stages.scoring import sendable_campaigns
+    from notify_tools.policies import oracle_plan, seed_plan
 
     night = datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(days=1)
     if world.policy == "notify":
-        from include.notify.embeddings import run_embeddings
-        from include.notify.planning import plan_day
-        from include.notify.scoring import run_scoring
+        from include.notify.stages.embeddings import run_embeddings
+        from include.notify.stages.planning import plan_day
+        from include.notify.stages.scoring import run_scoring
         from spark_jobs import batch_ingest, features
 
         timed("notify: batch ingestion (Spark)", batch_ingest.run, spark, world.config, day)
@@ -729,7 +729,7 @@ def _nightly(
     sendable = sendable_campaigns(dataset.campaigns, day)
     truth = population.truth
     if world.policy == "seed":
-        from include.notify import embeddings
+        from include.notify.stages import embeddings
 
         if seed_vectors is None:
             raise ValueError("the seed policy needs the seed's catalog embeddings")
@@ -765,7 +765,7 @@ def _nightly(
 
 def _drain(world: _World, day: date) -> dict[str, int]:
     """Stream-ingest until the world's topics are consumed; returns summed counts."""
-    from include.notify.stream import ingest_batch
+    from include.notify.stages.stream import ingest_batch
 
     end_of_day = datetime(day.year, day.month, day.day, 23, 59, tzinfo=UTC)
     totals = {"rows_in": 0, "rows_rejected": 0, "notifications_cancelled": 0, "users_opted_out": 0}

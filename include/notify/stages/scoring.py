@@ -45,17 +45,17 @@ import numpy as np
 import pandas as pd
 
 from include.notify.config import NotifyConfig
-from include.notify.embeddings import (
+from include.notify.io.lake import read_current_frame
+from include.notify.stages.embeddings import (
     embedding_version,
     normalize_in_place,
     read_features,
     read_partition,
     write_partition,
 )
-from include.notify.lake import read_current_frame
 
 if TYPE_CHECKING:
-    from include.notify.storage import Dynamo
+    from include.notify.io.dynamo import Dynamo
 
 log = logging.getLogger(__name__)
 

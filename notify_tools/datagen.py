@@ -21,10 +21,13 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from include.notify.config import CATALOG_PATH, NotifyConfig
+from include.notify.config import REPO_ROOT, NotifyConfig
 from include.notify.schemas import RAW_TABLES_BY_NAME
 
 log = logging.getLogger(__name__)
+
+# The real public fashion catalog the generated data is built around (dev and benchmark data only).
+CATALOG_PATH = REPO_ROOT / "notify_tools" / "data" / "fashion_catalog.csv.gz"
 
 # Plausible list prices (INR) for the catalog's common article types; others by master category.
 BASE_PRICE_BY_ARTICLE_TYPE = {

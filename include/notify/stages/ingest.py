@@ -156,7 +156,7 @@ def to_dynamo_frame(frame: DataFrame, table: str) -> DataFrame:
 
 
 def _load_partition(config: NotifyConfig, table: str, counter: Any, rows: Iterable[Any]) -> None:
-    from include.notify.storage import Dynamo
+    from include.notify.io.dynamo import Dynamo
 
     dynamo = Dynamo.from_config(config)
     written = dynamo.put_items(table, (row.asDict(recursive=True) for row in rows))

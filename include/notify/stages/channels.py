@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from include.notify.config import NotifyConfig
-from include.notify.storage import Dynamo
+from include.notify.io.dynamo import Dynamo
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class KafkaChannel:
     def __init__(self, config: NotifyConfig, producer: Any | None = None, timeout: float = 10.0) -> None:
         from confluent_kafka import Producer
 
-        from include.notify.topics import kafka_settings
+        from include.notify.io.kafka import kafka_settings
 
         self.topic = config.topic("notifications")
         self.timeout = timeout

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from include.notify.config import NotifyConfig, load_config
-from include.notify.localenv import airflow_environment, apply_local_env, migrate_airflow_db
+from notify_tools.localenv import airflow_environment, apply_local_env, migrate_airflow_db
 
 
 def _config() -> NotifyConfig:
@@ -29,7 +29,7 @@ def _today() -> date:
 
 
 def cmd_services(args: argparse.Namespace) -> int:
-    from include.notify import services
+    from notify_tools import services
 
     config = _config()
     if args.action == "up":
@@ -43,8 +43,8 @@ def cmd_services(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from include.notify.storage import Dynamo
-    from include.notify.topics import ensure_topics
+    from include.notify.io.dynamo import Dynamo
+    from include.notify.io.kafka import ensure_topics
 
     config = _config()
     created = Dynamo.from_config(config).create_tables()
@@ -54,7 +54,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from include.notify.datagen import generate_dataset
+    from notify_tools.datagen import generate_dataset
 
     config = _config()
     counts = generate_dataset(config, args.users, args.date, args.seed)
@@ -64,7 +64,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from include.notify.demo import run_demo
+    from notify_tools.demo import run_demo
 
     return run_demo(
         _config(), users=args.users, run_date=args.date, loop_users=args.loop_users, loop_days=args.loop_days
@@ -82,8 +82,8 @@ def cmd_airflow(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from include.notify.explain import explain_user
-    from include.notify.storage import Dynamo
+    from include.notify.analyst.explain import explain_user
+    from include.notify.io.dynamo import Dynamo
 
     config = _config()
     print(explain_user(config, Dynamo.from_config(config), args.user_id))
@@ -91,8 +91,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from include.notify.planning import describe_plan
-    from include.notify.storage import Dynamo
+    from include.notify.io.dynamo import Dynamo
+    from include.notify.stages.planning import describe_plan
 
     config = _config()
     print(describe_plan(config, Dynamo.from_config(config), args.user_id, args.date))
@@ -100,8 +100,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
-    from include.notify.dispatch import describe_deliveries
-    from include.notify.storage import Dynamo
+    from include.notify.io.dynamo import Dynamo
+    from include.notify.stages.dispatch import describe_deliveries
 
     config = _config()
     print(describe_deliveries(config, Dynamo.from_config(config), args.user_id))
@@ -109,7 +109,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from include.notify.export import export_tables
+    from include.notify.analyst.export import export_tables
 
     config = _config()
     for table, (rows, path) in export_tables(config, Path(args.out), args.tables).items():
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Exception as error:
-        from include.notify.services import ServiceError
+        from notify_tools.services import ServiceError
 
         if isinstance(error, ServiceError):
             print(f"notify: {error}", file=sys.stderr)

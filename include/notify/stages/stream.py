@@ -49,8 +49,8 @@ from zoneinfo import ZoneInfo
 
 from include.notify import schemas
 from include.notify.config import NotifyConfig
-from include.notify.storage import Dynamo
-from include.notify.topics import ensure_topics, kafka_settings
+from include.notify.io.dynamo import Dynamo
+from include.notify.io.kafka import ensure_topics, kafka_settings
 
 if TYPE_CHECKING:
     from confluent_kafka import Message

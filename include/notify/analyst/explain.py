@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from include.notify.config import NotifyConfig
 
 if TYPE_CHECKING:
-    from include.notify.storage import Dynamo
+    from include.notify.io.dynamo import Dynamo
 
 FEATURE_FIELDS = (
     "segment", "timezone", "days_since_signup", "total_orders", "total_spent", "avg_order_value",

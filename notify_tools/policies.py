@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from include.notify.config import NotifyConfig
-from include.notify.planning import PLAN_COLUMNS, shard_of
+from include.notify.stages.planning import PLAN_COLUMNS, shard_of
 
 SEED_TOP_K = 5
 SEED_INTERVAL = timedelta(hours=4, minutes=48)

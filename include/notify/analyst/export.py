@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from include.notify.config import NotifyConfig
-from include.notify.storage import TABLES, Dynamo, bytes_to_vector
+from include.notify.io.dynamo import TABLES, Dynamo, bytes_to_vector
 
 log = logging.getLogger(__name__)
 

@@ -230,7 +230,7 @@ def write_run_counts(config: NotifyConfig, dag: str, run_date: date, counts: Run
     payload = {"dag": dag, "run_date": run_date.isoformat(), "written_at": time.time(), **asdict(counts)}
     write_json(config, runs_uri(config, dag, run_date, counts.stage), payload)
     if dynamo is None:
-        from include.notify.storage import Dynamo
+        from include.notify.io.dynamo import Dynamo
 
         dynamo = Dynamo.from_config(config)
     item = {**payload, "run_key": f"{dag}#{run_date.isoformat()}", "details": json.dumps(counts.details, default=str)}

@@ -1,0 +1,1 @@
+"""What analysts read: explanations of a user's plan and deliveries, and table exports."""
