@@ -23,6 +23,7 @@ import pandas as pd
 
 from include.notify.config import REPO_ROOT, NotifyConfig
 from include.notify.schemas import RAW_TABLES_BY_NAME
+from include.notify.timeutil import iso
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def _users(rng: np.random.Generator, n: int, run_date: date, seed: int) -> tuple
                 f"{f}.{ln}.{i}@example.com".lower().replace("'", "") for f, ln, i in zip(first, last, ids, strict=True)
             ],
             "password_hash": [_password_hash(uid, seed) for uid in ids],
-            "created_at": [_iso(t) for t in created],
+            "created_at": [iso(t) for t in created],
             "timezone": zones,
             "locale": [LOCALES.get(z, "en-GB" if z.startswith("Europe") else "en-US") for z in zones],
             "opt_out": rng.random(n) < 0.02,
@@ -222,10 +223,6 @@ def _users(rng: np.random.Generator, n: int, run_date: date, seed: int) -> tuple
 def _password_hash(user_id: str, seed: int) -> str:
     salt = hashlib.sha256(f"{seed}:{user_id}".encode()).hexdigest()[:16]
     return f"pbkdf2_sha256$600000${salt}${hashlib.sha256(f'{salt}{user_id}'.encode()).hexdigest()}"
-
-
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ------------------------------------------------------------------------------------ products
@@ -411,7 +408,7 @@ def _clickstream(
 # ------------------------------------------------------------------------------------ campaigns
 def _campaigns(products: pd.DataFrame, run_date: date) -> pd.DataFrame:
     day = timedelta(days=1)
-    created = _iso(datetime.combine(run_date - 30 * day, datetime.min.time(), tzinfo=UTC))
+    created = iso(datetime.combine(run_date - 30 * day, datetime.min.time(), tzinfo=UTC))
     rows = []
     windows = {"C001": (-365, 365), "C002": (-1, 2), "C003": (-60, 60), "C004": (-7, 21), "C005": (-90, 90)}
     for cid, name, description, kind, priority, eligibility, short, long in SEED_CAMPAIGNS:

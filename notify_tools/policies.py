@@ -22,13 +22,10 @@ import pandas as pd
 
 from include.notify.config import NotifyConfig
 from include.notify.stages.planning import PLAN_COLUMNS, shard_of
+from include.notify.timeutil import iso
 
 SEED_TOP_K = 5
 SEED_INTERVAL = timedelta(hours=4, minutes=48)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def plan_rows(
@@ -44,7 +41,7 @@ def plan_rows(
     """Schedule items (``PLAN_COLUMNS``) for local day ``day``, one per (user, campaign, send time)."""
     if len(user_ids) == 0:
         return pd.DataFrame(columns=list(PLAN_COLUMNS))
-    send_text = [_iso(moment) for moment in send_at]
+    send_text = [iso(moment) for moment in send_at]
     local_time = [
         moment.astimezone(ZoneInfo(str(zone))).strftime("%H:%M")
         for moment, zone in zip(send_at, timezones, strict=True)

@@ -14,11 +14,11 @@ from include.notify.stages.stream import (
     InvalidMessageError,
     _Valid,
     delivery_day,
-    format_timestamp,
     land_raw,
     parse_message,
     to_raw_json,
 )
+from include.notify.timeutil import iso_exact as format_timestamp
 
 ORDER = {
     "purchase_id": "p1",

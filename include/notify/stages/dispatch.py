@@ -46,6 +46,8 @@ from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import DUE_INDEX, Dynamo
 from include.notify.stages.channels import Channel, ChannelError, Message, build_channels
 from include.notify.stages.templates import UnsafeTemplateError, render
+from include.notify.timeutil import iso, parse_iso
+from include.notify.timeutil import require_utc as _utc
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +57,6 @@ DISPATCH_LOOKBACK_HOURS = 24
 # How many older day buckets the daily sweep (``close_unreachable``) looks through.
 SWEEP_DAYS = 7
 PRODUCT_FALLBACK = "our latest picks"
-
-
-def iso(moment: datetime) -> str:
-    """The schedule's timestamp format: ISO-8601 UTC to the second with ``Z`` (sorts as text)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-
-
-def _utc(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        raise ValueError(f"now must be timezone-aware (UTC), got naive {moment!r}")
-    return moment.astimezone(UTC)
 
 
 # ------------------------------------------------------------------------------------ events

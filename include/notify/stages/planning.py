@@ -37,6 +37,7 @@ import pandas as pd
 from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import Dynamo
 from include.notify.io.lake import read_current_frame
+from include.notify.timeutil import iso
 
 log = logging.getLogger(__name__)
 
@@ -788,7 +789,7 @@ def write_plan(
     """
     from botocore.exceptions import ClientError
 
-    horizon = _iso(now + CONDITIONAL_WINDOW)
+    horizon = iso(now + CONDITIONAL_WINDOW)
     new_keys = set(zip(plan["user_id"], plan["send_at_campaign"], strict=True))
     pending = existing[existing["status"] == "scheduled"]
     stale = [
@@ -836,10 +837,6 @@ def write_plan(
             for outcome in pool.map(conditional, operations):
                 counts[outcome] += 1
     return counts
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def plan_day(

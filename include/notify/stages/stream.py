@@ -51,6 +51,7 @@ from include.notify import schemas
 from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import Dynamo
 from include.notify.io.kafka import ensure_topics, kafka_settings
+from include.notify.timeutil import iso_exact
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
@@ -73,15 +74,6 @@ class InvalidMessageError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ validation
-def format_timestamp(value: datetime) -> str:
-    """ISO-8601 UTC with a ``Z`` (the raw contract), microseconds only when present."""
-    value = value.astimezone(UTC)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
-    if value.microsecond:
-        text += f".{value.microsecond:06d}"
-    return text + "Z"
-
-
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
@@ -178,7 +170,7 @@ def _raw_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime):
-        return format_timestamp(value)
+        return iso_exact(value)
     if isinstance(value, date):
         return value.isoformat()
     return str(value)
@@ -365,7 +357,7 @@ def _item_purchase(record: Mapping[str, Any]) -> dict[str, Any]:
         "user_id": record["user_id"],
         "purchase_id": record["purchase_id"],
         "product_id": record["product_id"],
-        "purchase_date": format_timestamp(record["purchase_date"]),
+        "purchase_date": iso_exact(record["purchase_date"]),
         "price": record["price"],
         "quantity": record["quantity"],
         "total_amount": record["total_amount"],
@@ -373,7 +365,7 @@ def _item_purchase(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _item_event(record: Mapping[str, Any]) -> dict[str, Any]:
-    ts = format_timestamp(record["ts"])
+    ts = iso_exact(record["ts"])
     return {
         "user_id": record["user_id"],
         "ts_event_id": f"{ts}#{record['event_id']}",
@@ -402,7 +394,7 @@ def process_messages(
     started = time.monotonic()
     now = (now or datetime.now(UTC)).astimezone(UTC)
     result = BatchResult(
-        run_key=f"{DAG_ID}#{now.date().isoformat()}", stage=f"batch#{format_timestamp(now)}#{uuid.uuid4().hex[:8]}"
+        run_key=f"{DAG_ID}#{now.date().isoformat()}", stage=f"batch#{iso_exact(now)}#{uuid.uuid4().hex[:8]}"
     )
     topic_names = {config.topic(name): name for name in STREAM_TABLES}
     valid: dict[str, dict[str, _Valid]] = {name: {} for name in STREAM_TABLES}
@@ -546,7 +538,7 @@ def cancel_scheduled(dynamo: Dynamo, item: Mapping[str, Any], reason: str) -> bo
                     ":cancelled": "cancelled",
                     ":scheduled": "scheduled",
                     ":reason": reason,
-                    ":now": format_timestamp(datetime.now(UTC)),
+                    ":now": iso_exact(datetime.now(UTC)),
                 }
             ),
         )
@@ -635,7 +627,7 @@ def apply_opt_events(dynamo: Dynamo, events: Sequence[Mapping[str, Any]]) -> dic
                 Key=dynamo.serialize({"user_id": user_id}),
                 UpdateExpression="SET opt_out = :v, opt_out_changed_at = :ts",
                 ConditionExpression="attribute_exists(user_id)",
-                ExpressionAttributeValues=dynamo.serialize({":v": opt_out, ":ts": format_timestamp(event["ts"])}),
+                ExpressionAttributeValues=dynamo.serialize({":v": opt_out, ":ts": iso_exact(event["ts"])}),
             )
         except client.exceptions.ConditionalCheckFailedException:
             log.warning(
