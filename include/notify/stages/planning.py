@@ -37,14 +37,21 @@ import pandas as pd
 from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import Dynamo
 from include.notify.io.lake import read_current_frame
+from include.notify.rules import (
+    HOURS,
+    eligible,
+    fatigue_cap,
+    in_cooldown,
+    is_quiet,
+    over_cap,
+    quiet_mask,
+    required_segment,
+)
 from include.notify.timeutil import iso
 
 log = logging.getLogger(__name__)
 
-HOURS = 24
 TOP_K = 10
-# Fatigue: after this many ignored notifications in a row the cap halves; after twice as many it is 1.
-FATIGUE_STREAK = 3
 # Items due sooner than this after "now" may be claimed by a dispatcher while we write, so they
 # are written with conditional single-item operations instead of unconditional batches.
 CONDITIONAL_WINDOW = timedelta(minutes=10)
@@ -155,7 +162,7 @@ def build_plan(config: NotifyConfig, inputs: PlanInputs, not_before: datetime | 
     refuse(curated & known & ~_eligible_codes(users, campaigns, safe_u, safe_c), "not_eligible")
     last_sent = _pair_lookup(inputs.recent_sends, "sent_at", unames, cnames, pair, "max")
     days_since = (day64 - last_sent).astype("timedelta64[D]").astype(np.int64)
-    cooling = ~np.isnat(last_sent) & (days_since >= 0) & (days_since < campaigns["cooldown_days"].to_numpy()[safe_c])
+    cooling = ~np.isnat(last_sent) & in_cooldown(days_since, campaigns["cooldown_days"].to_numpy()[safe_c])
     refuse(curated & cooling, "cooldown")
     existing = _existing_frame(inputs.existing)
     closed = existing[existing["status"].isin(LOCKED_STATUSES)]
@@ -213,14 +220,6 @@ def _clean_users(config: NotifyConfig, frame: pd.DataFrame) -> pd.DataFrame:
     return users.drop_duplicates("user_id", keep="last")
 
 
-def fatigue_cap(cap: np.ndarray, ignored_streak: np.ndarray) -> np.ndarray:
-    """The cap for users who ignore us: halved (rounded up) after 3 ignored in a row, 1 after 6."""
-    cap = np.asarray(cap, dtype=np.int64)
-    streak = np.asarray(ignored_streak, dtype=np.int64)
-    halved = np.where(streak >= FATIGUE_STREAK, (cap + 1) // 2, cap)
-    return np.where(streak >= 2 * FATIGUE_STREAK, np.minimum(cap, 1), halved)
-
-
 def _clean_campaigns(config: NotifyConfig, frame: pd.DataFrame) -> pd.DataFrame:
     needed = {"campaign_id", "status", "start_date", "end_date", "priority"}
     missing = needed - set(frame.columns)
@@ -246,18 +245,6 @@ def _clean_campaigns(config: NotifyConfig, frame: pd.DataFrame) -> pd.DataFrame:
     targets = frame["target_article_types"] if "target_article_types" in frame else pd.Series([""] * len(frame))
     campaigns["targets"] = targets.fillna("").astype(str).to_numpy()
     return campaigns.drop_duplicates("campaign_id", keep="last")
-
-
-def required_segment(eligibility: np.ndarray, notification_type: np.ndarray) -> np.ndarray:
-    """The segment each campaign is restricted to ("" when none); unknown rules are an error."""
-    from include.notify.stages.scoring import SEGMENT_ELIGIBILITY
-
-    rules = pd.Series(eligibility, dtype=object).fillna("all").replace("", "all")
-    unknown = sorted(set(rules) - set(SEGMENT_ELIGIBILITY))
-    if unknown:
-        raise ValueError(f"unknown campaign eligibility {unknown}; known: {sorted(SEGMENT_ELIGIBILITY)}")
-    required = rules.map(lambda rule: SEGMENT_ELIGIBILITY[rule] or "").to_numpy(dtype=object)
-    return np.where(np.asarray(notification_type, dtype=object) == "welcome", "new", required)
 
 
 SKIP_REASONS = (
@@ -344,7 +331,7 @@ def _pair_lookup(
 
 
 def _eligible_codes(users: pd.DataFrame, campaigns: pd.DataFrame, u_row: np.ndarray, c_row: np.ndarray) -> np.ndarray:
-    """Campaign eligibility by the scoring stage's rule (``scoring.SEGMENT_ELIGIBILITY``), on codes.
+    """Campaign eligibility by ``rules.required_segment``, on codes (compares ints, not strings).
 
     ``all`` (or empty): everyone; otherwise the user's segment must be the one the rule names
     (``new_users`` -> ``new``, ``returning`` -> ``active``, ``lapsed`` -> ``lapsed``), and welcome
@@ -363,16 +350,6 @@ def _existing_frame(existing: pd.DataFrame | None) -> pd.DataFrame:
     if existing is None or existing.empty:
         return pd.DataFrame(columns=columns)
     return existing.loc[:, columns]
-
-
-def quiet_mask(quiet_start: np.ndarray, quiet_end: np.ndarray) -> np.ndarray:
-    """(users, 24) True where a local hour is quiet; the window wraps midnight when start > end."""
-    hours = np.arange(HOURS)[None, :]
-    start = np.asarray(quiet_start)[:, None]
-    end = np.asarray(quiet_end)[:, None]
-    wrapping = (hours >= start) | (hours < end)
-    inside = (hours >= start) & (hours < end)
-    return np.where(start > end, wrapping, np.where(start < end, inside, False))
 
 
 def _hour_starts(timezones: Iterable[str], day: date) -> tuple[np.ndarray, np.ndarray]:
@@ -625,18 +602,23 @@ def plan_violations(
     self-check: cap, quiet hours in local time, minimum gap, campaign active/in window/eligible,
     cooldown and opt-out.
     """
-    from include.notify.stages.scoring import SEGMENT_ELIGIBILITY
-
     problems: list[str] = []
     users = _clean_users(config, inputs.users).set_index("user_id")
     campaigns = _clean_campaigns(config, inputs.campaigns).set_index("campaign_id")
+    required = dict(
+        zip(
+            campaigns.index,
+            required_segment(campaigns["eligibility"].to_numpy(), campaigns["notification_type"].to_numpy()),
+            strict=True,
+        )
+    )
     sent = existing_sent if existing_sent is not None else pd.DataFrame(columns=["user_id", "send_at"])
     recent = inputs.recent_sends if inputs.recent_sends is not None else pd.DataFrame(columns=["user_id"])
     for user_id, rows in plan.groupby("user_id"):
         user = users.loc[user_id]
         zone = ZoneInfo(str(user["timezone"]))
         own_sent = pd.to_datetime(sent.loc[sent["user_id"] == user_id, "send_at"], utc=True, format="ISO8601")
-        if len(rows) + len(own_sent) > user["cap"]:
+        if over_cap(len(rows), len(own_sent), user["cap"]):
             problems.append(f"{user_id}: {len(rows)} planned + {len(own_sent)} sent > cap {user['cap']}")
         times = sorted([*pd.to_datetime(rows["send_at"], utc=True, format="ISO8601"), *own_sent])
         for earlier, later in itertools.pairwise(times):
@@ -647,8 +629,7 @@ def plan_violations(
         for row in rows.itertuples():
             local = pd.Timestamp(row.send_at).tz_convert(zone)
             start, end = int(user["quiet_start"]), int(user["quiet_end"])
-            quiet = (local.hour >= start or local.hour < end) if start > end else (start <= local.hour < end)
-            if quiet:
+            if is_quiet(local.hour, start, end):
                 problems.append(f"{row.notification_id}: {local:%H:%M} local is in quiet hours {start}-{end}")
             if local.date() != inputs.day:
                 problems.append(f"{row.notification_id}: local day {local.date()} is not {inputs.day}")
@@ -664,16 +645,13 @@ def plan_violations(
                     f"{row.notification_id}: outside window {campaign['start_date']}..{campaign['end_date']}"
                 )
             rule, segment = campaign["eligibility"], user["segment"]
-            needed = SEGMENT_ELIGIBILITY.get(rule or "all") or ""
-            if campaign["notification_type"] == "welcome":
-                needed = "new"
-            if needed and segment != needed:
+            if not eligible(required[row.campaign_id], segment):
                 problems.append(f"{row.notification_id}: not eligible ({rule}, segment {segment!r})")
             if "campaign_id" in recent and len(recent):
                 mine = recent[(recent["user_id"] == user_id) & (recent["campaign_id"] == row.campaign_id)]
                 for sent_at in pd.to_datetime(mine["sent_at"], utc=True):
                     days = (inputs.day - sent_at.date()).days
-                    if 0 <= days < campaign["cooldown_days"]:
+                    if in_cooldown(days, campaign["cooldown_days"]):
                         problems.append(
                             f"{row.notification_id}: sent {days} days ago, cooldown {campaign['cooldown_days']}"
                         )

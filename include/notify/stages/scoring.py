@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from include.notify import rules
 from include.notify.config import NotifyConfig
 from include.notify.io.lake import read_current_frame
 from include.notify.stages.embeddings import (
@@ -83,8 +84,6 @@ ANN_NEIGHBORS = 60
 ANN_EPSILON = 0.4
 ANN_CANDIDATE_FACTOR = 10
 QUERY_CHUNK = 2048
-
-SEGMENT_ELIGIBILITY = {"all": None, "new_users": "new", "returning": "active", "lapsed": "lapsed"}
 
 
 # ------------------------------------------------------------------------------------ search
@@ -280,19 +279,12 @@ def targeted_matrix(segments: list[str], campaigns: pd.DataFrame) -> np.ndarray:
 
 
 def _segment_rules(segments: list[str], campaigns: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    rule = campaigns.get("eligibility", pd.Series("all", index=campaigns.index)).astype("string").fillna("all")
-    rule = rule.where(rule.str.len() > 0, "all")
-    unknown = ~rule.isin(list(SEGMENT_ELIGIBILITY))
-    if unknown.any():
-        raise ValueError(
-            f"campaigns with unknown eligibility: {dict(zip(campaigns.loc[unknown, 'campaign_id'], rule[unknown], strict=True))}"
-        )
-    required = rule.map(SEGMENT_ELIGIBILITY).to_numpy(dtype=object)
-    welcome = campaigns["notification_type"].astype(str).to_numpy() == "welcome"
-    required = np.where(welcome, "new", required)
+    eligibility = campaigns.get("eligibility", pd.Series("all", index=campaigns.index)).to_numpy(dtype=object)
+    required = rules.required_segment(
+        eligibility, campaigns["notification_type"].astype(str).to_numpy(), campaigns["campaign_id"].to_numpy()
+    )[None, :]
     seg = np.asarray(segments, dtype=object)[:, None]
-    targeted = required[None, :] == seg
-    return (required[None, :] == None) | targeted, targeted  # noqa: E711 - elementwise on objects
+    return rules.eligible(required, seg), (required == seg) & (required != "")
 
 
 @dataclass

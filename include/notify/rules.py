@@ -1,0 +1,87 @@
+"""Who may be sent what, when: eligibility, cooldown, quiet hours and the daily cap.
+
+One definition each, used alike by scoring (which campaigns a segment may be recommended), the
+planner (vectorised over users x hours), the plan checker (per row) and dispatch. Each rule
+works on NumPy arrays and on scalars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+HOURS = 24
+# Campaign eligibility rule -> the user segment it is restricted to (None: everyone).
+SEGMENT_ELIGIBILITY = {"all": None, "new_users": "new", "returning": "active", "lapsed": "lapsed"}
+# Welcome campaigns go to new users only, whatever their eligibility rule says.
+WELCOME_SEGMENT = "new"
+# Fatigue: after this many ignored notifications in a row the cap halves; after twice as many it is 1.
+FATIGUE_STREAK = 3
+
+
+# ------------------------------------------------------------------------------------ eligibility
+def required_segment(
+    eligibility: np.ndarray, notification_type: np.ndarray, campaign_ids: Iterable[str] | None = None
+) -> np.ndarray:
+    """The segment each campaign is restricted to ("" when none); unknown rules are a ``ValueError``.
+
+    An empty or missing rule means ``all``. With ``campaign_ids`` the error names each campaign
+    and its rule; without, it lists the unknown rules and the known ones.
+    """
+    rules = pd.Series(eligibility, dtype=object).fillna("all").replace("", "all").astype(str)
+    unknown = ~rules.isin(list(SEGMENT_ELIGIBILITY)).to_numpy()
+    if unknown.any():
+        if campaign_ids is not None:
+            named = np.asarray(list(campaign_ids), dtype=object)[unknown]
+            found = dict(zip(named, rules.to_numpy()[unknown], strict=True))
+            raise ValueError(f"campaigns with unknown eligibility: {found}")
+        raise ValueError(
+            f"unknown campaign eligibility {sorted(set(rules[unknown]))}; known: {sorted(SEGMENT_ELIGIBILITY)}"
+        )
+    required = rules.map(lambda rule: SEGMENT_ELIGIBILITY[rule] or "").to_numpy(dtype=object)
+    return np.where(np.asarray(notification_type, dtype=object) == "welcome", WELCOME_SEGMENT, required)
+
+
+def eligible(required: np.ndarray | str, segment: np.ndarray | str) -> np.ndarray:
+    """Whether a user of ``segment`` may get a campaign that requires ``required`` (broadcasts)."""
+    required = np.asarray(required, dtype=object)
+    return (required == "") | (required == np.asarray(segment, dtype=object))
+
+
+# --------------------------------------------------------------------------------------- cooldown
+def in_cooldown(days_since: np.ndarray | int, cooldown_days: np.ndarray | int) -> np.ndarray:
+    """Whether a campaign sent ``days_since`` days before the planned day is still cooling down."""
+    days_since = np.asarray(days_since)
+    return (days_since >= 0) & (days_since < np.asarray(cooldown_days))
+
+
+# ------------------------------------------------------------------------------------ quiet hours
+def quiet_mask(quiet_start: np.ndarray, quiet_end: np.ndarray) -> np.ndarray:
+    """(users, 24) True where a local hour is quiet; the window wraps midnight when start > end."""
+    hours = np.arange(HOURS)[None, :]
+    start = np.asarray(quiet_start)[:, None]
+    end = np.asarray(quiet_end)[:, None]
+    wrapping = (hours >= start) | (hours < end)
+    inside = (hours >= start) & (hours < end)
+    return np.where(start > end, wrapping, np.where(start < end, inside, False))
+
+
+def is_quiet(hour: int, quiet_start: int, quiet_end: int) -> bool:
+    """Whether one local hour is inside one quiet window (``quiet_mask`` for a single user)."""
+    return bool(quiet_mask(np.array([quiet_start]), np.array([quiet_end]))[0, hour])
+
+
+# -------------------------------------------------------------------------------------------- cap
+def fatigue_cap(cap: np.ndarray, ignored_streak: np.ndarray) -> np.ndarray:
+    """The cap for users who ignore us: halved (rounded up) after 3 ignored in a row, 1 after 6."""
+    cap = np.asarray(cap, dtype=np.int64)
+    streak = np.asarray(ignored_streak, dtype=np.int64)
+    halved = np.where(streak >= FATIGUE_STREAK, (cap + 1) // 2, cap)
+    return np.where(streak >= 2 * FATIGUE_STREAK, np.minimum(cap, 1), halved)
+
+
+def over_cap(planned: int, delivered: int, cap: int) -> bool:
+    """Whether a user's planned plus already delivered notifications of a day exceed the cap."""
+    return planned + delivered > cap
