@@ -20,8 +20,10 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
+from include.notify import schedule
 from include.notify.config import NotifyConfig
-from include.notify.stages.planning import PLAN_COLUMNS, shard_of
+from include.notify.schedule import shard_of
+from include.notify.stages.planning import PLAN_COLUMNS
 from include.notify.timeutil import iso
 
 SEED_TOP_K = 5
@@ -49,11 +51,12 @@ def plan_rows(
     shards = shard_of(user_ids, config.schedule_shards)
     users = np.asarray(user_ids, dtype=object).astype(str)
     campaigns = np.asarray(campaign_ids, dtype=object).astype(str)
+    due_epoch = np.array([int(moment.timestamp()) for moment in send_at], dtype=np.int64)
     return pd.DataFrame(
         {
             "user_id": users,
-            "send_at_campaign": [f"{s}#{c}" for s, c in zip(send_text, campaigns, strict=True)],
-            "notification_id": [f"{u}#{day.isoformat()}#{c}" for u, c in zip(users, campaigns, strict=True)],
+            "send_at_campaign": schedule.send_at_campaigns(send_text, campaigns),
+            "notification_id": schedule.notification_ids(users, day, campaigns),
             "campaign_id": campaigns,
             "send_at": send_text,
             "local_day": day.isoformat(),
@@ -62,10 +65,10 @@ def plan_rows(
             "priority": 1,
             "score": np.asarray(scores, dtype=float),
             "reason": reasons,
-            "status": "scheduled",
+            "status": schedule.SCHEDULED,
             "attempts": 0,
             "product_id": None,
-            "due_bucket": [f"{s[:10]}#{shard}" for s, shard in zip(send_text, shards, strict=True)],
+            "due_bucket": schedule.due_buckets_of(due_epoch, shards),
             "due_at": send_text,
         },
         columns=list(PLAN_COLUMNS),

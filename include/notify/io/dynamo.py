@@ -268,6 +268,25 @@ class Dynamo:
         """Write one item; ``conditions`` are passed to PutItem (e.g. ConditionExpression)."""
         self.client.put_item(TableName=self.table(logical_name), Item=self.serialize(record), **conditions)
 
+    def write_if(self, action: str, logical_name: str, **request: Any) -> bool:
+        """One conditional write (``action``: ``update``, ``put`` or ``delete``, the request's
+        ``ConditionExpression`` and values in ``request``); False when the condition failed.
+
+        The one way a conditional write is done: a failed condition means someone else owns the
+        item (a dispatcher claimed it, a user is unknown) and is an outcome, not an error; any
+        other error is raised.
+        """
+        from botocore.exceptions import ClientError
+
+        call = {"update": self.client.update_item, "put": self.client.put_item, "delete": self.client.delete_item}
+        try:
+            call[action](TableName=self.table(logical_name), **request)
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
     # ----------------------------------------------------------------- reads
     def get(self, logical_name: str, key: Mapping[str, Any], consistent: bool = False) -> dict[str, Any] | None:
         response = self.client.get_item(

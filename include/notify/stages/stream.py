@@ -47,7 +47,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from include.notify import schemas
+from include.notify import schedule, schemas
 from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import Dynamo
 from include.notify.io.kafka import ensure_topics, kafka_settings
@@ -525,40 +525,7 @@ def cancel_scheduled(dynamo: Dynamo, item: Mapping[str, Any], reason: str) -> bo
     Conditional on the item still being ``scheduled``: an item dispatch already leased or sent
     is left alone (returns False), so a reaction never races a send into a wrong state.
     """
-    client = dynamo.client
-    try:
-        client.update_item(
-            TableName=dynamo.table("notification_schedule"),
-            Key=dynamo.serialize({"user_id": item["user_id"], "send_at_campaign": item["send_at_campaign"]}),
-            UpdateExpression="SET #s = :cancelled, cancel_reason = :reason, cancelled_at = :now REMOVE due_bucket, due_at",
-            ConditionExpression="#s = :scheduled",
-            ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues=dynamo.serialize(
-                {
-                    ":cancelled": "cancelled",
-                    ":scheduled": "scheduled",
-                    ":reason": reason,
-                    ":now": iso_exact(datetime.now(UTC)),
-                }
-            ),
-        )
-    except client.exceptions.ConditionalCheckFailedException:
-        return False
-    return True
-
-
-def scheduled_items(dynamo: Dynamo, user_id: str) -> list[dict[str, Any]]:
-    """The user's schedule items that are still ``scheduled`` (not yet leased or sent)."""
-    return list(
-        dynamo.query(
-            "notification_schedule",
-            KeyConditionExpression="user_id = :u",
-            FilterExpression="#s = :scheduled",
-            ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues={":u": user_id, ":scheduled": "scheduled"},
-            ConsistentRead=True,
-        )
-    )
+    return schedule.cancel(dynamo, item, reason, iso_exact(datetime.now(UTC)))
 
 
 def _article_types(value: Any) -> set[str]:
@@ -589,7 +556,7 @@ def cancel_for_orders(dynamo: Dynamo, purchases: Sequence[Mapping[str, Any]]) ->
     by_user: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for purchase in purchases:
         by_user[purchase["user_id"]].append(purchase)
-    pending = {user_id: scheduled_items(dynamo, user_id) for user_id in by_user}
+    pending = {user_id: schedule.scheduled_items(dynamo, user_id) for user_id in by_user}
     campaign_ids = {str(i["campaign_id"]) for items in pending.values() for i in items if i.get("campaign_id")}
     campaigns = {
         str(c["campaign_id"]): c for c in dynamo.batch_get("campaigns", [{"campaign_id": cid} for cid in campaign_ids])
@@ -618,25 +585,24 @@ def apply_opt_events(dynamo: Dynamo, events: Sequence[Mapping[str, Any]]) -> dic
         if event["event_type"] in {"opt_out", "opt_in"}:
             latest[event["user_id"]] = event
     counts = {"opt_out": 0, "opt_in": 0, "cancelled": 0}
-    client = dynamo.client
     for user_id, event in latest.items():
         opt_out = event["event_type"] == "opt_out"
-        try:
-            client.update_item(
-                TableName=dynamo.table("users"),
-                Key=dynamo.serialize({"user_id": user_id}),
-                UpdateExpression="SET opt_out = :v, opt_out_changed_at = :ts",
-                ConditionExpression="attribute_exists(user_id)",
-                ExpressionAttributeValues=dynamo.serialize({":v": opt_out, ":ts": iso_exact(event["ts"])}),
-            )
-        except client.exceptions.ConditionalCheckFailedException:
+        applied = dynamo.write_if(
+            "update",
+            "users",
+            Key=dynamo.serialize({"user_id": user_id}),
+            UpdateExpression="SET opt_out = :v, opt_out_changed_at = :ts",
+            ConditionExpression="attribute_exists(user_id)",
+            ExpressionAttributeValues=dynamo.serialize({":v": opt_out, ":ts": iso_exact(event["ts"])}),
+        )
+        if applied:
+            counts[event["event_type"]] += 1
+        else:
             log.warning(
                 "%s event %s for unknown user %s: not applied to users", event["event_type"], event["event_id"], user_id
             )
-        else:
-            counts[event["event_type"]] += 1
         if opt_out:  # cancel even for a user unknown to notify_users: the schedule is what sends
-            for item in scheduled_items(dynamo, user_id):
+            for item in schedule.scheduled_items(dynamo, user_id):
                 counts["cancelled"] += cancel_scheduled(dynamo, item, f"opt_out {event['event_id']}")
     return counts
 
