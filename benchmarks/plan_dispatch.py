@@ -33,8 +33,10 @@ from include.notify.config import NotifyConfig  # noqa: E402
 from include.notify.io.dynamo import TABLES_BY_NAME, Dynamo  # noqa: E402
 from include.notify.stages.channels import InboxChannel  # noqa: E402
 from include.notify.stages.dispatch import Dispatcher, ListEventSink, iso  # noqa: E402
-from include.notify.stages.planning import build_plan, plan_violations, synthetic_inputs  # noqa: E402
+from include.notify.stages.plan_check import plan_violations  # noqa: E402
+from include.notify.stages.planning import build_plan  # noqa: E402
 from notify_tools.services import free_port, start_service  # noqa: E402
+from notify_tools.synthetic import synthetic_inputs  # noqa: E402
 
 DAY = date(2026, 11, 25)
 

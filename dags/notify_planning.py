@@ -38,7 +38,7 @@ def notify_planning() -> None:
         from include.notify.config import config_from_airflow
         from include.notify.io.dynamo import Dynamo
         from include.notify.orchestration import run_date_of
-        from include.notify.stages.planning import plan_day
+        from include.notify.stages.planning_run import plan_day
 
         config = config_from_airflow()
         run_date = run_date_of(context)

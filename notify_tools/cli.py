@@ -91,8 +91,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from include.notify.analyst.views import describe_plan
     from include.notify.io.dynamo import Dynamo
-    from include.notify.stages.planning import describe_plan
 
     config = _config()
     print(describe_plan(config, Dynamo.from_config(config), args.user_id, args.date))
@@ -100,8 +100,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
+    from include.notify.analyst.views import describe_deliveries
     from include.notify.io.dynamo import Dynamo
-    from include.notify.stages.dispatch import describe_deliveries
 
     config = _config()
     print(describe_deliveries(config, Dynamo.from_config(config), args.user_id))

@@ -134,8 +134,7 @@ def report(
 ) -> None:
     """The demo's closing report: what is where, how long it took, and a few users' results."""
     from include.notify.analyst.explain import explain_user
-    from include.notify.stages.dispatch import status_counts
-    from include.notify.stages.planning import describe_plan
+    from include.notify.analyst.views import describe_plan, status_counts
 
     echo("\n== Rows per DynamoDB table ==")
     for table, rows in table_counts(dynamo).items():

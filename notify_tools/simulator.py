@@ -709,14 +709,14 @@ def _nightly(
     timed: Any,
 ) -> int:
     """Run the policy's nightly step for ``day`` and write its schedule; returns items planned."""
-    from include.notify.stages.planning import write_plan
+    from include.notify.stages.planning_run import write_plan
     from include.notify.stages.scoring import sendable_campaigns
     from notify_tools.policies import oracle_plan, seed_plan
 
     night = datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(days=1)
     if world.policy == "notify":
         from include.notify.stages.embeddings import run_embeddings
-        from include.notify.stages.planning import plan_day
+        from include.notify.stages.planning_run import plan_day
         from include.notify.stages.scoring import run_scoring
         from spark_jobs import batch_ingest, features
 

@@ -65,8 +65,8 @@ def _day(day: str | None) -> date | None:
 @app.get("/plan/{user_id}", response_class=PlainTextResponse)
 def plan(user_id: str, config: ConfigDep, day: Annotated[str | None, Query()] = None) -> str:
     """The user's planned local day (latest by default): local and UTC times, status and why."""
+    from include.notify.analyst.views import describe_plan
     from include.notify.io.dynamo import Dynamo
-    from include.notify.stages.planning import describe_plan
 
     return describe_plan(config, Dynamo.from_config(config), _user_id(user_id), _day(day))
 
@@ -74,8 +74,8 @@ def plan(user_id: str, config: ConfigDep, day: Annotated[str | None, Query()] = 
 @app.get("/deliveries/{user_id}", response_class=PlainTextResponse)
 def deliveries(user_id: str, config: ConfigDep) -> str:
     """The user's recent notifications: sent ones with channel and text, unsent ones with the reason."""
+    from include.notify.analyst.views import describe_deliveries
     from include.notify.io.dynamo import Dynamo
-    from include.notify.stages.dispatch import describe_deliveries
 
     return describe_deliveries(config, Dynamo.from_config(config), _user_id(user_id))
 

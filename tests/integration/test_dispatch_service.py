@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 import pytest
 
+from include.notify.analyst.views import describe_deliveries, describe_plan, status_counts
 from include.notify.config import REPO_ROOT, NotifyConfig
 from include.notify.io.dynamo import Dynamo
 from include.notify.stages.channels import InboxChannel, Message, PermanentChannelError, TransientChannelError
@@ -18,14 +19,13 @@ from include.notify.stages.dispatch import (
     Dispatcher,
     ListEventSink,
     close_unreachable,
-    describe_deliveries,
     dispatch_due,
     has_due,
     iso,
     simulate_day,
-    status_counts,
 )
-from include.notify.stages.planning import PlanInputs, build_plan, describe_plan, read_existing, write_plan
+from include.notify.stages.planning import PlanInputs, build_plan
+from include.notify.stages.planning_run import read_existing, write_plan
 
 pytestmark = pytest.mark.integration
 

@@ -8,19 +8,15 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 import pytest
 
+from include.notify.analyst.views import describe_plan
 from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import Dynamo
 from include.notify.io.lake import read_run_counts
-from include.notify.stages.dispatch import _update
+from include.notify.schedule import update as _update
 from include.notify.stages.embeddings import write_partition
-from include.notify.stages.planning import (
-    describe_plan,
-    load_plan_inputs,
-    plan_day,
-    plan_violations,
-    synthetic_inputs,
-    write_plan,
-)
+from include.notify.stages.plan_check import plan_violations
+from include.notify.stages.planning_run import load_plan_inputs, plan_day, write_plan
+from notify_tools.synthetic import synthetic_inputs
 
 pytestmark = pytest.mark.integration
 

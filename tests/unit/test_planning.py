@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 
 from include.notify.config import NotifyConfig
+from include.notify.stages.plan_check import plan_violations
 from include.notify.stages.planning import (
     PlanInputs,
     build_plan,
     fatigue_cap,
     minute_offsets,
-    plan_violations,
     quiet_mask,
-    synthetic_inputs,
 )
+from notify_tools.synthetic import synthetic_inputs
 
 DAY = date(2026, 3, 29)  # Europe/London springs forward at 01:00 this day
 CONFIG = NotifyConfig()

@@ -35,15 +35,17 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol
 
+from include.notify import schedule
 from include.notify.config import NotifyConfig
-from include.notify.io.dynamo import DUE_INDEX, Dynamo
+from include.notify.io.dynamo import Dynamo
+from include.notify.schedule import SCHEDULE
 from include.notify.stages.channels import Channel, ChannelError, Message, build_channels
 from include.notify.stages.templates import UnsafeTemplateError, render
 from include.notify.timeutil import iso, parse_iso
@@ -51,7 +53,7 @@ from include.notify.timeutil import require_utc as _utc
 
 log = logging.getLogger(__name__)
 
-SCHEDULE = "notification_schedule"
+
 # How far back a dispatch run reads the due index: the UTC day buckets of the last 24 h.
 DISPATCH_LOOKBACK_HOURS = 24
 # How many older day buckets the daily sweep (``close_unreachable``) looks through.
@@ -150,12 +152,8 @@ def run_time_of(context: Mapping[str, Any]) -> datetime:
 def due_buckets(config: NotifyConfig, now: datetime, lookback_hours: int) -> list[str]:
     """The due-index partitions that can hold items due in (now - lookback, now]."""
     first = (now - timedelta(hours=lookback_hours)).date()
-    return _buckets_of(config, (first + timedelta(days=n) for n in range((now.date() - first).days + 1)))
-
-
-def _buckets_of(config: NotifyConfig, days: Iterable[date]) -> list[str]:
-    """Every shard's due-index partition (``<UTC day>#<shard>``) of these days."""
-    return [f"{day.isoformat()}#{shard}" for day in days for shard in range(config.schedule_shards)]
+    days = (first + timedelta(days=n) for n in range((now.date() - first).days + 1))
+    return schedule.buckets_of(days, config.schedule_shards)
 
 
 def due_items(
@@ -169,12 +167,7 @@ def due_items(
     now = _utc(now)
     found: list[dict[str, Any]] = []
     for bucket in due_buckets(config, now, lookback_hours):
-        for item in dynamo.query(
-            SCHEDULE,
-            index=DUE_INDEX.name,
-            KeyConditionExpression="due_bucket = :b AND due_at <= :now",
-            ExpressionAttributeValues={":b": bucket, ":now": iso(now)},
-        ):
+        for item in schedule.due_in_bucket(dynamo, bucket, until=iso(now)):
             found.append(item)
             if limit is not None and len(found) >= limit:
                 return found
@@ -192,77 +185,9 @@ def has_due(
     now = _utc(now)
     epoch = int(now.timestamp())
     for bucket in due_buckets(config, now, lookback_hours):
-        for _ in dynamo.query(
-            SCHEDULE,
-            index=DUE_INDEX.name,
-            KeyConditionExpression="due_bucket = :b AND due_at <= :now",
-            FilterExpression="#s = :scheduled OR lease_until < :epoch",
-            ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues={":b": bucket, ":now": iso(now), ":scheduled": "scheduled", ":epoch": epoch},
-        ):
+        for _ in schedule.due_in_bucket(dynamo, bucket, until=iso(now), claimable_at=epoch):
             return True
     return False
-
-
-# ------------------------------------------------------------------------------- transitions
-def _key(item: Mapping[str, Any]) -> dict[str, Any]:
-    return {"user_id": item["user_id"], "send_at_campaign": item["send_at_campaign"]}
-
-
-def _update(
-    dynamo: Dynamo,
-    item: Mapping[str, Any],
-    set_values: Mapping[str, Any],
-    condition: str,
-    condition_values: Mapping[str, Any],
-    remove: Iterable[str] = (),
-    extra_set: str = "",
-) -> bool:
-    """One conditional UpdateItem; False when the condition failed (someone else owns the item)."""
-    from botocore.exceptions import ClientError
-
-    names = {"#s": "status"}
-    assignments = []
-    values: dict[str, Any] = {}
-    for number, (name, value) in enumerate(set_values.items()):
-        names[f"#a{number}"] = name
-        values[f":a{number}"] = value
-        assignments.append(f"#a{number} = :a{number}")
-    if extra_set:
-        assignments.append(extra_set)
-    expression = "SET " + ", ".join(assignments)
-    removals = list(remove)
-    if removals:
-        expression += " REMOVE " + ", ".join(removals)
-    values.update(condition_values)
-    try:
-        dynamo.client.update_item(
-            TableName=dynamo.table(SCHEDULE),
-            Key=dynamo.serialize(_key(item)),
-            UpdateExpression=expression,
-            ConditionExpression=condition,
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=dynamo.serialize(values),
-        )
-    except ClientError as error:
-        if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
-            return False
-        raise
-    return True
-
-
-_DUE_KEYS = ("due_bucket", "due_at", "lease_until", "lease_owner")
-
-
-def _as_found(item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The condition that the item is still exactly as we read it (status, and lease if sending)."""
-    if item.get("status") == "sending":
-        return "#s = :was AND lease_until = :old_lease", {":was": "sending", ":old_lease": item.get("lease_until")}
-    return "#s = :was", {":was": "scheduled"}
-
-
-def _mine(owner: str) -> tuple[str, dict[str, Any]]:
-    return "#s = :sending AND lease_owner = :me", {":sending": "sending", ":me": owner}
 
 
 # ---------------------------------------------------------------------------------- dispatch
@@ -317,27 +242,15 @@ class Dispatcher:
             return "leased_elsewhere"
         if status not in ("scheduled", "sending"):
             return "not_pending"
-        condition, values = _as_found(item)
         late = now - parse_iso(item["due_at"])
         if late > timedelta(minutes=self.config.max_lateness_minutes):
             if status == "sending" and self._delivered_already(item):
-                return self._mark_sent_from_record(item, condition, values)
+                return self._mark_sent_from_record(item)
             reason = (
                 f"{int(late.total_seconds() // 60)} min past due > max lateness {self.config.max_lateness_minutes} min"
             )
-            ok = _update(
-                self.dynamo, item, {"status": "expired", "failure_reason": reason}, condition, values, _DUE_KEYS
-            )
-            return "expired" if ok else "lost_race"
-        ok = _update(
-            self.dynamo,
-            item,
-            {"status": "sending", "lease_until": epoch + self.config.lease_seconds, "lease_owner": self.owner},
-            condition,
-            {**values, ":zero": 0, ":one": 1},
-            extra_set="attempts = if_not_exists(attempts, :zero) + :one",
-        )
-        if not ok:
+            return "expired" if schedule.expire(self.dynamo, item, reason) else "lost_race"
+        if not schedule.claim(self.dynamo, item, self.owner, epoch + self.config.lease_seconds):
             return "lost_race"
         item.update(status="sending", lease_until=epoch + self.config.lease_seconds, lease_owner=self.owner)
         item["attempts"] = int(item.get("attempts", 0)) + 1
@@ -347,17 +260,10 @@ class Dispatcher:
     def _delivered_already(self, item: Mapping[str, Any]) -> bool:
         return self.dynamo.get("deliveries", {"notification_id": item["notification_id"]}, consistent=True) is not None
 
-    def _mark_sent_from_record(self, item: dict[str, Any], condition: str, values: dict[str, Any]) -> str:
+    def _mark_sent_from_record(self, item: dict[str, Any]) -> str:
         """A dead dispatcher sent and recorded the delivery but did not mark the item: finish its bookkeeping."""
         record = self.dynamo.get("deliveries", {"notification_id": item["notification_id"]}, consistent=True) or {}
-        ok = _update(
-            self.dynamo,
-            item,
-            {"status": "sent", "sent_utc": record.get("sent_utc", ""), "channel": record.get("channel", "")},
-            condition,
-            values,
-            _DUE_KEYS,
-        )
+        ok = schedule.mark_sent(self.dynamo, item, record.get("sent_utc", ""), record.get("channel", ""))
         return "recovered_sent" if ok else "lost_race"
 
     # ---------------------------------------------------------------------------- delivering
@@ -459,11 +365,7 @@ class Dispatcher:
         """No channel accepted: back to ``scheduled`` if any failure was transient, else ``failed``."""
         reason = "; ".join(str(error) for error in errors)
         if any(error.transient for error in errors):
-            ok = _update(
-                self.dynamo, item, {"status": "scheduled", "last_error": reason}, *_mine(self.owner),
-                remove=("lease_until", "lease_owner"),
-            )  # fmt: skip
-            return "retry_later" if ok else "lost_lease"
+            return "retry_later" if schedule.release(self.dynamo, item, self.owner, reason) else "lost_lease"
         return self._close(item, "failed", reason)
 
     def _record(self, delivered: list[tuple[dict[str, Any], Message, list[str], list[ChannelError]]]) -> None:
@@ -481,8 +383,7 @@ class Dispatcher:
                     "channel_errors": "; ".join(str(e) for e in errors) or None,
                 }
             )
-            done = {k: v for k, v in item.items() if k not in _DUE_KEYS and not k.startswith("_")}
-            finished.append({**done, "status": "sent", "sent_utc": message.sent_utc, "channel": channel})
+            finished.append(schedule.sent_item(item, message.sent_utc, channel))
         self.dynamo.put_items("deliveries", records)
         self.dynamo.put_items(SCHEDULE, finished)
         if self.events is not None:
@@ -496,14 +397,7 @@ class Dispatcher:
         """
         record = self.dynamo.get("deliveries", {"notification_id": item["notification_id"]}, consistent=True) or {}
         sent_utc = record.get("sent_utc", iso(now))
-        ok = _update(
-            self.dynamo,
-            item,
-            {"status": "sent", "sent_utc": sent_utc, "channel": record.get("channel", "")},
-            *_mine(self.owner),
-            remove=_DUE_KEYS,
-        )
-        if not ok:
+        if not schedule.mark_sent(self.dynamo, item, sent_utc, record.get("channel", ""), owner=self.owner):
             return "lost_lease"
         if self.events is not None:
             self.events.emit(sent_event(item, sent_utc))
@@ -511,10 +405,7 @@ class Dispatcher:
 
     def _close(self, item: dict[str, Any], status: str, reason: str) -> str:
         log.warning("%s %s: %s", item["notification_id"], status, reason)
-        ok = _update(
-            self.dynamo, item, {"status": status, "failure_reason": reason}, *_mine(self.owner), remove=_DUE_KEYS
-        )
-        return status if ok else "lost_lease"
+        return status if schedule.close(self.dynamo, item, status, reason, self.owner) else "lost_lease"
 
 
 def _send_many(channel: Channel, messages: list[Message], pool: ThreadPoolExecutor) -> list[ChannelError | None]:
@@ -614,13 +505,9 @@ def close_unreachable(
     # so the dispatcher only ever closes them.
     dispatcher = Dispatcher(config, dynamo, channels=[])
     counts: Counter[str] = Counter()
-    for bucket in _buckets_of(config, (reached - timedelta(days=back) for back in range(1, days + 1))):
-        for item in dynamo.query(
-            SCHEDULE,
-            index=DUE_INDEX.name,
-            KeyConditionExpression="due_bucket = :b",
-            ExpressionAttributeValues={":b": bucket},
-        ):
+    older = (reached - timedelta(days=back) for back in range(1, days + 1))
+    for bucket in schedule.buckets_of(older, config.schedule_shards):
+        for item in schedule.due_in_bucket(dynamo, bucket):
             counts[dispatcher._claim_or_expire(item, now)] += 1
     log.info("closed unreachable items before %s: %s", reached, dict(counts))
     return dict(counts)
@@ -672,38 +559,3 @@ def simulate_day(
 def _ceil(moment: datetime, origin: datetime, step: timedelta) -> datetime:
     steps = -(-(moment - origin) // step)
     return origin + steps * step
-
-
-# ------------------------------------------------------------------------------------ views
-def describe_deliveries(config: NotifyConfig, dynamo: Dynamo, user_id: str, limit: int = 50) -> str:
-    """A user's notifications for analysts: what was sent when, through which channels, and what was
-    not sent (expired, failed, cancelled) with the reason. Reads the user's schedule by key (no scan)
-    and the deliveries by notification id."""
-    items = list(
-        dynamo.query(SCHEDULE, KeyConditionExpression="user_id = :u", ExpressionAttributeValues={":u": user_id})
-    )
-    if not items:
-        return f"{user_id}: no notifications planned or sent"
-    items = sorted(items, key=lambda i: i["send_at"], reverse=True)[:limit]
-    ids = [{"notification_id": i["notification_id"]} for i in items if i.get("status") == "sent"]
-    deliveries = {d["notification_id"]: d for d in dynamo.batch_get("deliveries", ids)} if ids else {}
-    lines = [f"{user_id} · {len(items)} most recent notification(s) · {config.table_name('deliveries')}"]
-    lines.append(f"{'planned (UTC)':<20}  {'status':<9}  {'sent (UTC)':<20}  {'channel':<12} {'try':>3}  message")
-    for item in items:
-        delivery = deliveries.get(item["notification_id"], {})
-        text = (
-            f"{delivery.get('title', '')}: {delivery.get('short_text', '')}"
-            if delivery
-            else item.get("failure_reason") or item.get("last_error") or ""
-        )
-        lines.append(
-            f"{item['send_at']:<20}  {item.get('status', '?'):<9}  {delivery.get('sent_utc', ''):<20}  "
-            f"{delivery.get('channel', ''):<12} {item.get('attempts', 0):>3}  [{item['campaign_id']}] {text}"
-        )
-    return "\n".join(lines)
-
-
-def status_counts(config: NotifyConfig, dynamo: Dynamo) -> dict[str, int]:
-    """Schedule items by status (a full scan: for reports and the demo, never for dispatch)."""
-    counts: Counter[str] = Counter(str(item.get("status")) for item in dynamo.scan(SCHEDULE))
-    return dict(sorted(counts.items()))

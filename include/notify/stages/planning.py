@@ -12,53 +12,40 @@ user's top-10 recommendations and places each in an hour of that day:
 - at a deterministic minute within the hour (a hash of user and day), so the fleet does not all
   fire at :00 and re-planning the same day gives the same minutes.
 
-``build_plan`` is the pure core (DataFrames in, plan rows out): vectorised with NumPy over
-users x 24 hours, looping only over the <= 10 candidate ranks, never over users or minutes.
-``plan_day`` adds the I/O: lake inputs, the existing schedule, and an idempotent write that
-replaces a user-day's unsent items and never touches sending/sent ones.
+This module is the pure core, ``build_plan`` (DataFrames in, plan rows out): vectorised with
+NumPy over users x 24 hours, looping only over the <= 10 candidate ranks, never over users or
+minutes. The rules themselves are ``rules``; the schedule item's keys ``schedule``.
+``planning_run.plan_day`` adds the I/O (lake inputs, the existing schedule, an idempotent write
+that replaces a user-day's unsent items and never touches sending/sent ones);
+``plan_check.plan_violations`` re-checks a plan row by row.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import math
-import time
-from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
 
 from include.notify.config import NotifyConfig
-from include.notify.io.dynamo import Dynamo
-from include.notify.io.lake import read_current_frame
-from include.notify.rules import (
-    HOURS,
-    eligible,
-    fatigue_cap,
-    in_cooldown,
-    is_quiet,
-    over_cap,
-    quiet_mask,
-    required_segment,
+from include.notify.rules import HOURS, fatigue_cap, in_cooldown, quiet_mask, required_segment
+from include.notify.schedule import (
+    DELIVERED_STATUSES,
+    LOCKED_STATUSES,
+    SCHEDULED,
+    due_buckets_of,
+    notification_ids,
+    send_at_campaigns,
+    shard_of,
 )
-from include.notify.timeutil import iso
 
 log = logging.getLogger(__name__)
 
 TOP_K = 10
-# Items due sooner than this after "now" may be claimed by a dispatcher while we write, so they
-# are written with conditional single-item operations instead of unconditional batches.
-CONDITIONAL_WINDOW = timedelta(minutes=10)
-# Statuses a dispatcher owns: the planner never rewrites or deletes them.
-LOCKED_STATUSES = ("sending", "sent", "failed", "expired", "cancelled")
-# Of those, the ones that reached (or are reaching) the user: they count against cap and gap.
-DELIVERED_STATUSES = ("sending", "sent")
 
 PLAN_COLUMNS = (
     "user_id", "send_at_campaign", "notification_id", "campaign_id", "send_at", "local_day", "local_time",
@@ -124,8 +111,8 @@ def build_plan(config: NotifyConfig, inputs: PlanInputs, not_before: datetime | 
     day = inputs.day
     recs = _check_recommendations(inputs.recommendations)
     n = len(recs)
-    users = _clean_users(config, inputs.users)
-    campaigns = _clean_campaigns(config, inputs.campaigns)
+    users = clean_users(config, inputs.users)
+    campaigns = clean_campaigns(config, inputs.campaigns)
 
     ucode, unames = pd.factorize(recs["user_id"], sort=False)
     ccode, cnames = pd.factorize(recs["campaign_id"].astype(str), sort=False)
@@ -198,7 +185,9 @@ def _nullable_int(frame: pd.DataFrame, column: str) -> np.ndarray:
     return np.where(np.isnan(values) | (values < 0), -1, values).astype(np.int64)
 
 
-def _clean_users(config: NotifyConfig, frame: pd.DataFrame) -> pd.DataFrame:
+def clean_users(config: NotifyConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per user with every setting resolved: overrides or the configured defaults, the
+    fatigue-adjusted cap, segment and engagement (None without features)."""
     if "user_id" not in frame or "timezone" not in frame:
         raise ValueError("users need user_id and timezone columns")
     users = pd.DataFrame({"user_id": frame["user_id"].to_numpy(), "timezone": frame["timezone"].fillna("UTC")})
@@ -220,7 +209,8 @@ def _clean_users(config: NotifyConfig, frame: pd.DataFrame) -> pd.DataFrame:
     return users.drop_duplicates("user_id", keep="last")
 
 
-def _clean_campaigns(config: NotifyConfig, frame: pd.DataFrame) -> pd.DataFrame:
+def clean_campaigns(config: NotifyConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per campaign with typed dates and priority, eligibility, type, cooldown and targets."""
     needed = {"campaign_id", "status", "start_date", "end_date", "priority"}
     missing = needed - set(frame.columns)
     if missing:
@@ -410,12 +400,6 @@ def minute_offsets(user_ids: pd.Series | np.ndarray, day: date) -> np.ndarray:
     return (pd.util.hash_pandas_object(keys, index=False).to_numpy() % 60).astype(np.int64)
 
 
-def shard_of(user_ids: pd.Series | np.ndarray, shards: int) -> np.ndarray:
-    """The due-index shard of each user (stable across days, spreads users over the shards)."""
-    keys = pd.Series(np.asarray(user_ids, dtype=object)).astype(str)
-    return (pd.util.hash_pandas_object(keys, index=False).to_numpy() % np.uint64(shards)).astype(np.int64)
-
-
 def _place(
     config: NotifyConfig,
     users: pd.DataFrame,
@@ -493,8 +477,6 @@ def _place(
     send_at = np.datetime_as_string(epoch.astype("datetime64[s]"), unit="s").astype(object) + "Z"
     campaign_col = campaigns["campaign_id"].to_numpy(dtype=object)[codes.c_row[picked]]
     user_col = ids[g].astype(object)
-    utc_days, day_index = np.unique(epoch // 86400, return_inverse=True)
-    day_text = np.array([str(np.datetime64(int(d), "D")) + "#" for d in utc_days], dtype=object)
     shards = shard_of(ids, config.schedule_shards)
     priority = codes.priority[picked]
     reason = (
@@ -506,8 +488,8 @@ def _place(
     plan = pd.DataFrame(
         {
             "user_id": user_col,
-            "send_at_campaign": send_at + "#" + campaign_col,
-            "notification_id": user_col + f"#{day.isoformat()}#" + campaign_col,
+            "send_at_campaign": send_at_campaigns(send_at, campaign_col),
+            "notification_id": notification_ids(user_col, day, campaign_col),
             "campaign_id": campaign_col,
             "send_at": send_at,
             "local_day": day.isoformat(),
@@ -516,10 +498,10 @@ def _place(
             "priority": priority,
             "score": codes.score[picked],
             "reason": reason,
-            "status": "scheduled",
+            "status": SCHEDULED,
             "attempts": 0,
             "product_id": None,
-            "due_bucket": day_text[day_index] + _NUMBER[shards[g]],
+            "due_bucket": due_buckets_of(epoch, shards[g]),
             "due_at": send_at,
         }
     )
@@ -592,418 +574,17 @@ def _attach_products(plan: pd.DataFrame, products: pd.DataFrame | None, campaign
     return plan.assign(product_id=chosen)
 
 
-# ---------------------------------------------------------------------------------------- checks
-def plan_violations(
-    config: NotifyConfig, plan: pd.DataFrame, inputs: PlanInputs, existing_sent: pd.DataFrame | None = None
-) -> list[str]:
-    """Every broken rule in a plan, one readable line each (empty when the plan is valid).
-
-    An independent re-check (per row, not vectorised) used by tests and ``plan_day``'s
-    self-check: cap, quiet hours in local time, minimum gap, campaign active/in window/eligible,
-    cooldown and opt-out.
-    """
-    problems: list[str] = []
-    users = _clean_users(config, inputs.users).set_index("user_id")
-    campaigns = _clean_campaigns(config, inputs.campaigns).set_index("campaign_id")
-    required = dict(
-        zip(
-            campaigns.index,
-            required_segment(campaigns["eligibility"].to_numpy(), campaigns["notification_type"].to_numpy()),
-            strict=True,
-        )
-    )
-    sent = existing_sent if existing_sent is not None else pd.DataFrame(columns=["user_id", "send_at"])
-    recent = inputs.recent_sends if inputs.recent_sends is not None else pd.DataFrame(columns=["user_id"])
-    for user_id, rows in plan.groupby("user_id"):
-        user = users.loc[user_id]
-        zone = ZoneInfo(str(user["timezone"]))
-        own_sent = pd.to_datetime(sent.loc[sent["user_id"] == user_id, "send_at"], utc=True, format="ISO8601")
-        if over_cap(len(rows), len(own_sent), user["cap"]):
-            problems.append(f"{user_id}: {len(rows)} planned + {len(own_sent)} sent > cap {user['cap']}")
-        times = sorted([*pd.to_datetime(rows["send_at"], utc=True, format="ISO8601"), *own_sent])
-        for earlier, later in itertools.pairwise(times):
-            if (later - earlier) < timedelta(minutes=config.min_gap_minutes):
-                problems.append(f"{user_id}: gap {later - earlier} between {earlier} and {later}")
-        if user["opt_out"]:
-            problems.append(f"{user_id}: opted out but has {len(rows)} planned")
-        for row in rows.itertuples():
-            local = pd.Timestamp(row.send_at).tz_convert(zone)
-            start, end = int(user["quiet_start"]), int(user["quiet_end"])
-            if is_quiet(local.hour, start, end):
-                problems.append(f"{row.notification_id}: {local:%H:%M} local is in quiet hours {start}-{end}")
-            if local.date() != inputs.day:
-                problems.append(f"{row.notification_id}: local day {local.date()} is not {inputs.day}")
-            if row.campaign_id not in campaigns.index:
-                problems.append(f"{row.notification_id}: campaign not in curated")
-                continue
-            campaign = campaigns.loc[row.campaign_id]
-            if campaign["status"] != "active":
-                problems.append(f"{row.notification_id}: campaign status {campaign['status']}")
-            day64 = np.datetime64(inputs.day, "D")
-            if not campaign["start_date"] <= day64 <= campaign["end_date"]:
-                problems.append(
-                    f"{row.notification_id}: outside window {campaign['start_date']}..{campaign['end_date']}"
-                )
-            rule, segment = campaign["eligibility"], user["segment"]
-            if not eligible(required[row.campaign_id], segment):
-                problems.append(f"{row.notification_id}: not eligible ({rule}, segment {segment!r})")
-            if "campaign_id" in recent and len(recent):
-                mine = recent[(recent["user_id"] == user_id) & (recent["campaign_id"] == row.campaign_id)]
-                for sent_at in pd.to_datetime(mine["sent_at"], utc=True):
-                    days = (inputs.day - sent_at.date()).days
-                    if in_cooldown(days, campaign["cooldown_days"]):
-                        problems.append(
-                            f"{row.notification_id}: sent {days} days ago, cooldown {campaign['cooldown_days']}"
-                        )
-    return problems
-
-
-# ------------------------------------------------------------------------------------------- I/O
-def _read_lake(config: NotifyConfig, zone: str, table: str, day: date | None = None) -> pd.DataFrame | None:
-    """A lake table through ``lake.read_parquet`` (every day with ``dt`` when ``day`` is None); None if absent."""
-    from include.notify.io.lake import read_parquet
-
-    try:
-        return read_parquet(config, zone, table, day)
-    except FileNotFoundError:
-        return None
-
-
-def load_plan_inputs(config: NotifyConfig, day: date) -> PlanInputs:
-    """The planner's inputs for ``day`` from the lake: recommendations, features, users, campaigns.
-
-    Campaigns come only from curated (a campaign quarantined at ingestion, e.g. for an unsafe
-    template, can never be planned); recent sends are curated ``notification_sent`` events of the
-    longest cooldown before ``day``.
-    """
-    recommendations = _read_lake(config, "recommendations", "campaigns", day)
-    if recommendations is None:
-        raise FileNotFoundError(
-            f"no recommendations for {day} at {config.lake_path('recommendations', 'campaigns', day)}"
-        )
-    campaigns = read_current_frame(config, "campaigns", day)
-    if campaigns.empty:
-        raise FileNotFoundError(f"no curated campaigns at {config.lake_path('curated', 'campaigns')}")
-    users = read_current_frame(config, "users", day)
-    features = _read_lake(config, "features", "user_features", day)
-    users = _merge_users(users, features)
-    products = _read_lake(config, "recommendations", "products", day)
-    max_cooldown = int(
-        max(config.cooldown_days, pd.to_numeric(campaigns.get("cooldown_days"), errors="coerce").max() or 0)
-    )
-    recent = _recent_sends(config, day, max_cooldown)
-    return PlanInputs(day, users, recommendations, campaigns, products, recent)
-
-
-def _merge_users(users: pd.DataFrame | None, features: pd.DataFrame | None) -> pd.DataFrame:
-    """Identity settings (time zone, overrides, opt-out) from users; behaviour from features."""
-    behaviour = ["user_id", "engagement_by_hour", "ignored_streak", "segment", "opt_out", "timezone"]
-    if features is not None:
-        features = features.loc[:, [c for c in behaviour if c in features.columns]]
-    if users is None and features is None:
-        raise FileNotFoundError("neither curated users nor user_features exist")
-    if users is None:
-        return features
-    settings = ["user_id", "timezone", "opt_out", "quiet_start_hour", "quiet_end_hour", "daily_cap"]
-    users = users.loc[:, [c for c in settings if c in users.columns]]
-    if features is None:
-        return users
-    merged = users.merge(features, on="user_id", how="left", suffixes=("", "_features"))
-    if "opt_out_features" in merged:
-        merged["opt_out"] = merged["opt_out"].fillna(False).astype(bool) | merged["opt_out_features"].fillna(
-            False
-        ).astype(bool)
-    return merged.drop(columns=[c for c in merged.columns if c.endswith("_features")])
-
-
-def _recent_sends(config: NotifyConfig, day: date, days: int) -> pd.DataFrame:
-    frames = []
-    for back in range(days + 1):
-        events = _read_lake(config, "curated", "clickstream", day - timedelta(days=back))
-        if events is not None and len(events):
-            sent = events[events["event_type"] == "notification_sent"]
-            frames.append(sent.loc[:, ["user_id", "campaign_id", "ts"]].rename(columns={"ts": "sent_at"}))
-    if not frames:
-        return pd.DataFrame(columns=["user_id", "campaign_id", "sent_at"])
-    return pd.concat(frames, ignore_index=True).dropna(subset=["campaign_id"])
-
-
-def read_existing(dynamo: Dynamo, user_ids: Iterable[str], day: date, workers: int = 8) -> pd.DataFrame:
-    """The schedule items of local day ``day`` for these users (one key query per user, in parallel).
-
-    A local day spans at most UTC ``day-1`` 10:00 to ``day+1`` 14:00, so the range query on
-    ``send_at_campaign`` reads only the user's items around that day, never the whole history.
-    """
-    low = f"{(day - timedelta(days=1)).isoformat()}T00"
-    high = f"{(day + timedelta(days=2)).isoformat()}T00"
-
-    def one(user_id: str) -> list[dict[str, Any]]:
-        items = dynamo.query(
-            "notification_schedule",
-            KeyConditionExpression="user_id = :u AND send_at_campaign BETWEEN :low AND :high",
-            ExpressionAttributeValues={":u": user_id, ":low": low, ":high": high},
-            ConsistentRead=True,
-        )
-        return [item for item in items if item.get("local_day") == day.isoformat()]
-
-    unique = list(dict.fromkeys(str(u) for u in user_ids))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        rows = [item for items in pool.map(one, unique) for item in items]
-    columns = ["user_id", "send_at_campaign", "campaign_id", "send_at", "status", "due_at"]
-    if not rows:
-        return pd.DataFrame(columns=columns)
-    return pd.DataFrame(rows).reindex(columns=columns)
-
-
-def write_plan(
-    dynamo: Dynamo, plan: pd.DataFrame, existing: pd.DataFrame, now: datetime, workers: int = 8
-) -> dict[str, int]:
-    """Replace the unsent items of the planned user-days with ``plan``; never touch dispatched ones.
-
-    Old ``scheduled`` items not in the new plan are deleted; new items are put. Items due within
-    ``CONDITIONAL_WINDOW`` of ``now`` could be claimed by a dispatcher meanwhile, so they are
-    written one by one (in parallel) with a condition (``status = scheduled``); later ones go in
-    batches. ``lost_to_dispatch`` counts items a dispatcher claimed first (left as they are).
-    """
-    from botocore.exceptions import ClientError
-
-    horizon = iso(now + CONDITIONAL_WINDOW)
-    new_keys = set(zip(plan["user_id"], plan["send_at_campaign"], strict=True))
-    pending = existing[existing["status"] == "scheduled"]
-    stale = [
-        (u, k, str(d)) for u, k, d in zip(pending["user_id"], pending["send_at_campaign"], pending["due_at"], strict=True)
-        if (u, k) not in new_keys
-    ]  # fmt: skip
-    records = plan.to_dict("records")
-    counts = {"deleted": 0, "written": 0, "lost_to_dispatch": 0}
-    counts["deleted"] += dynamo.delete_keys(
-        "notification_schedule", [{"user_id": u, "send_at_campaign": k} for u, k, d in stale if d > horizon]
-    )
-    counts["written"] += dynamo.put_items("notification_schedule", [r for r in records if r["due_at"] > horizon])
-    only_if_scheduled = {
-        "ExpressionAttributeNames": {"#s": "status"},
-        "ExpressionAttributeValues": dynamo.serialize({":scheduled": "scheduled"}),
-    }
-
-    def conditional(operation: tuple[str, dict[str, Any]]) -> str:
-        kind, record = operation
-        try:
-            if kind == "delete":
-                dynamo.client.delete_item(
-                    TableName=dynamo.table("notification_schedule"),
-                    Key=dynamo.serialize(record),
-                    ConditionExpression="#s = :scheduled",
-                    **only_if_scheduled,
-                )
-                return "deleted"
-            dynamo.put(
-                "notification_schedule",
-                record,
-                ConditionExpression="attribute_not_exists(user_id) OR #s = :scheduled",
-                **only_if_scheduled,
-            )
-            return "written"
-        except ClientError as error:
-            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
-            return "lost_to_dispatch"
-
-    operations = [("delete", {"user_id": u, "send_at_campaign": k}) for u, k, d in stale if d <= horizon]
-    operations += [("put", r) for r in records if r["due_at"] <= horizon]
-    if operations:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for outcome in pool.map(conditional, operations):
-                counts[outcome] += 1
-    return counts
-
-
-def plan_day(
-    config: NotifyConfig,
-    day: date,
-    dynamo: Dynamo | None = None,
-    now: datetime | None = None,
-    not_before: datetime | None = None,
-    inputs: PlanInputs | None = None,
-) -> dict[str, int]:
-    """Plan local day ``day`` for every recommended user and write it; safe to re-run.
-
-    ``not_before`` (optional) keeps slots earlier than it out of the plan, so a re-plan during the
-    day does not schedule sends that would only expire. ``now`` (default: the wall clock) decides
-    which writes could race a dispatcher and must be conditional. Returns counts: candidates,
-    planned, skipped by reason, deleted (replaced) and written items.
-    """
-    started = time.monotonic()
-    dynamo = dynamo or Dynamo.from_config(config)
-    now = now or datetime.now(UTC)
-    inputs = inputs or load_plan_inputs(config, day)
-    existing = read_existing(dynamo, inputs.recommendations["user_id"], day)
-    result = build_plan(config, replace(inputs, existing=existing), not_before=not_before)
-    counts = result.counts()
-    written = write_plan(dynamo, result.plan, existing, now)
-    counts.update(written)
-    seconds = math.ceil((time.monotonic() - started) * 1000) / 1000
-    _record_run(config, dynamo, day, result, written, seconds)
-    counts["seconds"] = seconds  # type: ignore[assignment]
-    log.info("planned %s: %s", day, counts)
-    return counts
-
-
-def _record_run(
-    config: NotifyConfig, dynamo: Dynamo, day: date, result: PlanResult, written: Mapping[str, int], seconds: float
-) -> None:
-    """Counts to ``runs/notify_planning/dt=D/plan.json`` and ``pipeline_runs``; the skipped candidates
-    with their reason to ``runs/notify_planning/dt=D/skipped.parquet`` (why was X not planned?)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from pyarrow import fs
-
-    from include.notify.io.lake import RunCounts, write_run_counts
-
-    by_reason = {k.removeprefix("skipped_"): v for k, v in result.counts().items() if k.startswith("skipped_")}
-    counts = RunCounts(
-        "plan", result.candidates, len(result.plan), len(result.skipped), by_reason, seconds, dict(written)
-    )
-    write_run_counts(config, "notify_planning", day, counts, dynamo)
-    filesystem, path = fs.FileSystem.from_uri(config.lake_path("runs", "notify_planning", day))
-    filesystem.create_dir(path, recursive=True)
-    table = pa.Table.from_pandas(result.skipped.astype(str), preserve_index=False)
-    pq.write_table(table, f"{path}/skipped.parquet", filesystem=filesystem)
-
-
-# ------------------------------------------------------------------------------------------ views
-def describe_plan(config: NotifyConfig, dynamo: Dynamo, user_id: str, day: date | str | None = None) -> str:
-    """A user's planned day for analysts: local and UTC times, status, and why each slot was chosen.
-
-    ``day`` is the user's local day; by default the latest day that has items.
-    """
-    items = list(
-        dynamo.query(
-            "notification_schedule",
-            KeyConditionExpression="user_id = :u",
-            ExpressionAttributeValues={":u": user_id},
-        )
-    )
-    if not items:
-        return f"{user_id}: nothing planned"
-    days = sorted({str(item.get("local_day")) for item in items})
-    chosen = str(day) if day else days[-1]
-    items = sorted((i for i in items if i.get("local_day") == chosen), key=lambda i: i["send_at"])
-    if not items:
-        return f"{user_id}: nothing planned for {chosen} (planned days: {', '.join(days)})"
-    zone = items[0].get("timezone", "UTC")
-    lines = [f"{user_id} · local day {chosen} · {zone} · {len(items)} notification(s)"]
-    lines.append(f"{'local':>5}  {'UTC':>20}  {'campaign':<10} {'status':<9} {'prio':>4} {'score':>6}  why")
-    for item in items:
-        status = item.get("status", "?")
-        extra = f" ({item['failure_reason']})" if item.get("failure_reason") else ""
-        lines.append(
-            f"{item.get('local_time', '?'):>5}  {item['send_at']:>20}  {item['campaign_id']:<10} {status:<9} "
-            f"{item.get('priority', ''):>4} {float(item.get('score', 0.0)):>6.3f}  {item.get('reason', '')}{extra}"
-        )
-    return "\n".join(lines)
-
-
-def schedule_counts(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Items by status (for reports)."""
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[str(item.get("status"))] = counts.get(str(item.get("status")), 0) + 1
-    return dict(sorted(counts.items()))
-
-
 __all__ = [
     "PLAN_COLUMNS",
+    "SKIP_REASONS",
     "PlanInputs",
     "PlanResult",
     "build_plan",
-    "describe_plan",
+    "clean_campaigns",
+    "clean_users",
     "fatigue_cap",
-    "load_plan_inputs",
-    "plan_day",
-    "plan_violations",
-    "read_existing",
-    "write_plan",
+    "minute_offsets",
+    "population_prior",
+    "quiet_mask",
+    "shard_of",
 ]
-
-
-# -------------------------------------------------------------------------------- synthetic inputs
-SYNTHETIC_TIMEZONES = ("Asia/Kolkata", "Europe/London", "America/New_York", "Australia/Sydney", "Pacific/Kiritimati")
-
-
-def synthetic_inputs(users: int, day: date, seed: int = 7, campaigns: int = 24) -> PlanInputs:
-    """Random but rule-exercising planner inputs at any scale (benchmarks and property tests).
-
-    Includes what the planner must refuse: opted-out users, paused, ended, future and
-    new-users-only campaigns, recent sends inside cooldowns, fatigued users, quiet-hour and cap
-    overrides, users without features (population prior) and time zones up to UTC+14.
-    """
-    rng = np.random.default_rng(seed)
-    ids = np.char.add("U", np.char.zfill(np.arange(users).astype(str), 8)).astype(object)
-    peaks = rng.integers(0, HOURS, size=(users, 2))
-    hours = np.arange(HOURS)[None, :]
-    bumps = np.exp(-0.5 * ((hours - peaks[:, :1]) / 1.5) ** 2) + np.exp(-0.5 * ((hours - peaks[:, 1:]) / 2.0) ** 2)
-    engagement = (bumps + 0.05) / (bumps + 0.05).sum(axis=1, keepdims=True)
-    has_features = rng.random(users) >= 0.05
-    override = rng.random(users) < 0.05
-    user_frame = pd.DataFrame(
-        {
-            "user_id": ids,
-            "timezone": rng.choice(SYNTHETIC_TIMEZONES, size=users, p=[0.5, 0.15, 0.2, 0.1, 0.05]),
-            "opt_out": rng.random(users) < 0.02,
-            "quiet_start_hour": pd.array(np.where(override, 23, pd.NA), dtype="Int64"),
-            "quiet_end_hour": pd.array(np.where(override, 7, pd.NA), dtype="Int64"),
-            "daily_cap": pd.array(np.where(rng.random(users) < 0.05, 3, pd.NA), dtype="Int64"),
-            "engagement_by_hour": pd.Series(list(engagement), dtype=object).where(has_features, None),
-            "ignored_streak": rng.poisson(1.0, users),
-            "segment": rng.choice(["new", "active", "lapsed"], size=users, p=[0.1, 0.6, 0.3]),
-        }
-    )
-    campaign_ids = np.array([f"C{number:03d}" for number in range(1, campaigns + 1)], dtype=object)
-    statuses = np.where(np.arange(campaigns) % 8 == 3, "paused", "active")
-    starts = np.full(campaigns, np.datetime64(day - timedelta(days=5), "D"))
-    ends = np.full(campaigns, np.datetime64(day + timedelta(days=20), "D"))
-    ends[np.arange(campaigns) % 8 == 5] = np.datetime64(day - timedelta(days=1), "D")  # ended yesterday
-    starts[np.arange(campaigns) % 8 == 6] = np.datetime64(day + timedelta(days=1), "D")  # starts tomorrow
-    article_types = np.array(["Tshirts", "Shirts", "Watches", "Heels", "Jeans"], dtype=object)
-    campaign_frame = pd.DataFrame(
-        {
-            "campaign_id": campaign_ids,
-            "status": statuses,
-            "start_date": starts,
-            "end_date": ends,
-            "priority": rng.integers(1, 6, campaigns),
-            "eligibility": np.where(np.arange(campaigns) % 6 == 1, "new_users", "all"),
-            "cooldown_days": pd.array(np.where(np.arange(campaigns) % 4 == 0, 7, pd.NA), dtype="Int64"),
-            "target_article_types": np.where(
-                np.arange(campaigns) % 3 == 0, article_types[np.arange(campaigns) % 5], ""
-            ),
-        }
-    )
-    top = min(TOP_K, campaigns)
-    chosen = np.argsort(rng.random((users, campaigns)), axis=1)[:, :top]
-    scores = np.sort(rng.random((users, top)), axis=1)[:, ::-1]
-    recs = pd.DataFrame(
-        {
-            "user_id": np.repeat(ids, top),
-            "campaign_id": campaign_ids[chosen.ravel()],
-            "rank": np.tile(np.arange(1, top + 1), users),
-            "score": scores.ravel(),
-        }
-    )
-    products = pd.DataFrame(
-        {
-            "user_id": np.repeat(ids, 3),
-            "product_id": rng.integers(1000, 60000, users * 3).astype(str),
-            "rank": np.tile(np.arange(1, 4), users),
-            "article_type": rng.choice(article_types, users * 3),
-        }
-    )
-    senders = rng.random(users) < 0.2
-    recent = pd.DataFrame(
-        {
-            "user_id": ids[senders],
-            "campaign_id": campaign_ids[chosen[senders, 0]],
-            "sent_at": pd.Timestamp(day, tz="UTC") - pd.to_timedelta(rng.integers(1, 10, senders.sum()), unit="D"),
-        }
-    )
-    return PlanInputs(day, user_frame, recs, campaign_frame, products, recent)

@@ -1,0 +1,90 @@
+"""What analysts read about the schedule: a user's planned day, a user's notifications, counts.
+
+Presentation only: each reads DynamoDB by key (``status_counts`` scans, for reports) and formats
+text; the reasons shown are the ones ``schedule``'s transitions wrote.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import date
+from typing import Any
+
+from include.notify.config import NotifyConfig
+from include.notify.io.dynamo import Dynamo
+from include.notify.schedule import SCHEDULE
+
+
+def describe_plan(config: NotifyConfig, dynamo: Dynamo, user_id: str, day: date | str | None = None) -> str:
+    """A user's planned day for analysts: local and UTC times, status, and why each slot was chosen.
+
+    ``day`` is the user's local day; by default the latest day that has items.
+    """
+    items = list(
+        dynamo.query(
+            SCHEDULE,
+            KeyConditionExpression="user_id = :u",
+            ExpressionAttributeValues={":u": user_id},
+        )
+    )
+    if not items:
+        return f"{user_id}: nothing planned"
+    days = sorted({str(item.get("local_day")) for item in items})
+    chosen = str(day) if day else days[-1]
+    items = sorted((i for i in items if i.get("local_day") == chosen), key=lambda i: i["send_at"])
+    if not items:
+        return f"{user_id}: nothing planned for {chosen} (planned days: {', '.join(days)})"
+    zone = items[0].get("timezone", "UTC")
+    lines = [f"{user_id} · local day {chosen} · {zone} · {len(items)} notification(s)"]
+    lines.append(f"{'local':>5}  {'UTC':>20}  {'campaign':<10} {'status':<9} {'prio':>4} {'score':>6}  why")
+    for item in items:
+        status = item.get("status", "?")
+        extra = f" ({item['failure_reason']})" if item.get("failure_reason") else ""
+        lines.append(
+            f"{item.get('local_time', '?'):>5}  {item['send_at']:>20}  {item['campaign_id']:<10} {status:<9} "
+            f"{item.get('priority', ''):>4} {float(item.get('score', 0.0)):>6.3f}  {item.get('reason', '')}{extra}"
+        )
+    return "\n".join(lines)
+
+
+def schedule_counts(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Items by status (for reports)."""
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[str(item.get("status"))] = counts.get(str(item.get("status")), 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def describe_deliveries(config: NotifyConfig, dynamo: Dynamo, user_id: str, limit: int = 50) -> str:
+    """A user's notifications for analysts: what was sent when, through which channels, and what was
+    not sent (expired, failed, cancelled) with the reason. Reads the user's schedule by key (no scan)
+    and the deliveries by notification id."""
+    items = list(
+        dynamo.query(SCHEDULE, KeyConditionExpression="user_id = :u", ExpressionAttributeValues={":u": user_id})
+    )
+    if not items:
+        return f"{user_id}: no notifications planned or sent"
+    items = sorted(items, key=lambda i: i["send_at"], reverse=True)[:limit]
+    ids = [{"notification_id": i["notification_id"]} for i in items if i.get("status") == "sent"]
+    deliveries = {d["notification_id"]: d for d in dynamo.batch_get("deliveries", ids)} if ids else {}
+    lines = [f"{user_id} · {len(items)} most recent notification(s) · {config.table_name('deliveries')}"]
+    lines.append(f"{'planned (UTC)':<20}  {'status':<9}  {'sent (UTC)':<20}  {'channel':<12} {'try':>3}  message")
+    for item in items:
+        delivery = deliveries.get(item["notification_id"], {})
+        text = (
+            f"{delivery.get('title', '')}: {delivery.get('short_text', '')}"
+            if delivery
+            else item.get("failure_reason") or item.get("last_error") or ""
+        )
+        lines.append(
+            f"{item['send_at']:<20}  {item.get('status', '?'):<9}  {delivery.get('sent_utc', ''):<20}  "
+            f"{delivery.get('channel', ''):<12} {item.get('attempts', 0):>3}  [{item['campaign_id']}] {text}"
+        )
+    return "\n".join(lines)
+
+
+def status_counts(config: NotifyConfig, dynamo: Dynamo) -> dict[str, int]:
+    """Schedule items by status (a full scan: for reports and the demo, never for dispatch)."""
+    counts: Counter[str] = Counter(str(item.get("status")) for item in dynamo.scan(SCHEDULE))
+    return dict(sorted(counts.items()))

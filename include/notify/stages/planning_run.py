@@ -1,0 +1,221 @@
+"""One planning run: the planner's inputs from the lake, the plan written to DynamoDB, the run record.
+
+``plan_day`` is what ``notify_planning`` runs for local day ``D``: ``load_plan_inputs`` (lake),
+``read_existing`` (the day's schedule items), ``planning.build_plan`` (pure), ``write_plan``
+(through ``schedule``'s conditional writes where a dispatcher could race) and the run record
+(counts, and the skipped candidates with their reason).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+
+from include.notify.config import NotifyConfig
+from include.notify.io.dynamo import Dynamo
+from include.notify.io.lake import read_current_frame
+from include.notify.schedule import SCHEDULE, SCHEDULED, delete_if_scheduled, put_if_scheduled
+from include.notify.stages.planning import PlanInputs, PlanResult, build_plan
+from include.notify.timeutil import iso
+
+log = logging.getLogger(__name__)
+
+# Items due sooner than this after "now" may be claimed by a dispatcher while we write, so they
+# are written with conditional single-item operations instead of unconditional batches.
+CONDITIONAL_WINDOW = timedelta(minutes=10)
+
+
+def _read_lake(config: NotifyConfig, zone: str, table: str, day: date | None = None) -> pd.DataFrame | None:
+    """A lake table through ``lake.read_parquet`` (every day with ``dt`` when ``day`` is None); None if absent."""
+    from include.notify.io.lake import read_parquet
+
+    try:
+        return read_parquet(config, zone, table, day)
+    except FileNotFoundError:
+        return None
+
+
+def load_plan_inputs(config: NotifyConfig, day: date) -> PlanInputs:
+    """The planner's inputs for ``day`` from the lake: recommendations, features, users, campaigns.
+
+    Campaigns come only from curated (a campaign quarantined at ingestion, e.g. for an unsafe
+    template, can never be planned); recent sends are curated ``notification_sent`` events of the
+    longest cooldown before ``day``.
+    """
+    recommendations = _read_lake(config, "recommendations", "campaigns", day)
+    if recommendations is None:
+        raise FileNotFoundError(
+            f"no recommendations for {day} at {config.lake_path('recommendations', 'campaigns', day)}"
+        )
+    campaigns = read_current_frame(config, "campaigns", day)
+    if campaigns.empty:
+        raise FileNotFoundError(f"no curated campaigns at {config.lake_path('curated', 'campaigns')}")
+    users = read_current_frame(config, "users", day)
+    features = _read_lake(config, "features", "user_features", day)
+    users = _merge_users(users, features)
+    products = _read_lake(config, "recommendations", "products", day)
+    max_cooldown = int(
+        max(config.cooldown_days, pd.to_numeric(campaigns.get("cooldown_days"), errors="coerce").max() or 0)
+    )
+    recent = _recent_sends(config, day, max_cooldown)
+    return PlanInputs(day, users, recommendations, campaigns, products, recent)
+
+
+def _merge_users(users: pd.DataFrame | None, features: pd.DataFrame | None) -> pd.DataFrame:
+    """Identity settings (time zone, overrides, opt-out) from users; behaviour from features."""
+    behaviour = ["user_id", "engagement_by_hour", "ignored_streak", "segment", "opt_out", "timezone"]
+    if features is not None:
+        features = features.loc[:, [c for c in behaviour if c in features.columns]]
+    if users is None and features is None:
+        raise FileNotFoundError("neither curated users nor user_features exist")
+    if users is None:
+        return features
+    settings = ["user_id", "timezone", "opt_out", "quiet_start_hour", "quiet_end_hour", "daily_cap"]
+    users = users.loc[:, [c for c in settings if c in users.columns]]
+    if features is None:
+        return users
+    merged = users.merge(features, on="user_id", how="left", suffixes=("", "_features"))
+    if "opt_out_features" in merged:
+        merged["opt_out"] = merged["opt_out"].fillna(False).astype(bool) | merged["opt_out_features"].fillna(
+            False
+        ).astype(bool)
+    return merged.drop(columns=[c for c in merged.columns if c.endswith("_features")])
+
+
+def _recent_sends(config: NotifyConfig, day: date, days: int) -> pd.DataFrame:
+    frames = []
+    for back in range(days + 1):
+        events = _read_lake(config, "curated", "clickstream", day - timedelta(days=back))
+        if events is not None and len(events):
+            sent = events[events["event_type"] == "notification_sent"]
+            frames.append(sent.loc[:, ["user_id", "campaign_id", "ts"]].rename(columns={"ts": "sent_at"}))
+    if not frames:
+        return pd.DataFrame(columns=["user_id", "campaign_id", "sent_at"])
+    return pd.concat(frames, ignore_index=True).dropna(subset=["campaign_id"])
+
+
+def read_existing(dynamo: Dynamo, user_ids: Iterable[str], day: date, workers: int = 8) -> pd.DataFrame:
+    """The schedule items of local day ``day`` for these users (one key query per user, in parallel).
+
+    A local day spans at most UTC ``day-1`` 10:00 to ``day+1`` 14:00, so the range query on
+    ``send_at_campaign`` reads only the user's items around that day, never the whole history.
+    """
+    low = f"{(day - timedelta(days=1)).isoformat()}T00"
+    high = f"{(day + timedelta(days=2)).isoformat()}T00"
+
+    def one(user_id: str) -> list[dict[str, Any]]:
+        items = dynamo.query(
+            SCHEDULE,
+            KeyConditionExpression="user_id = :u AND send_at_campaign BETWEEN :low AND :high",
+            ExpressionAttributeValues={":u": user_id, ":low": low, ":high": high},
+            ConsistentRead=True,
+        )
+        return [item for item in items if item.get("local_day") == day.isoformat()]
+
+    unique = list(dict.fromkeys(str(u) for u in user_ids))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        rows = [item for items in pool.map(one, unique) for item in items]
+    columns = ["user_id", "send_at_campaign", "campaign_id", "send_at", "status", "due_at"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def write_plan(
+    dynamo: Dynamo, plan: pd.DataFrame, existing: pd.DataFrame, now: datetime, workers: int = 8
+) -> dict[str, int]:
+    """Replace the unsent items of the planned user-days with ``plan``; never touch dispatched ones.
+
+    Old ``scheduled`` items not in the new plan are deleted; new items are put. Items due within
+    ``CONDITIONAL_WINDOW`` of ``now`` could be claimed by a dispatcher meanwhile, so they are
+    written one by one (in parallel) with a condition (``status = scheduled``); later ones go in
+    batches. ``lost_to_dispatch`` counts items a dispatcher claimed first (left as they are).
+    """
+    horizon = iso(now + CONDITIONAL_WINDOW)
+    new_keys = set(zip(plan["user_id"], plan["send_at_campaign"], strict=True))
+    pending = existing[existing["status"] == SCHEDULED]
+    stale = [
+        (u, k, str(d)) for u, k, d in zip(pending["user_id"], pending["send_at_campaign"], pending["due_at"], strict=True)
+        if (u, k) not in new_keys
+    ]  # fmt: skip
+    records = plan.to_dict("records")
+    counts = {"deleted": 0, "written": 0, "lost_to_dispatch": 0}
+    counts["deleted"] += dynamo.delete_keys(
+        SCHEDULE, [{"user_id": u, "send_at_campaign": k} for u, k, d in stale if d > horizon]
+    )
+    counts["written"] += dynamo.put_items(SCHEDULE, [r for r in records if r["due_at"] > horizon])
+
+    def conditional(operation: tuple[str, dict[str, Any]]) -> str:
+        kind, record = operation
+        if kind == "delete":
+            return "deleted" if delete_if_scheduled(dynamo, record) else "lost_to_dispatch"
+        return "written" if put_if_scheduled(dynamo, record) else "lost_to_dispatch"
+
+    operations = [("delete", {"user_id": u, "send_at_campaign": k}) for u, k, d in stale if d <= horizon]
+    operations += [("put", r) for r in records if r["due_at"] <= horizon]
+    if operations:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for outcome in pool.map(conditional, operations):
+                counts[outcome] += 1
+    return counts
+
+
+def plan_day(
+    config: NotifyConfig,
+    day: date,
+    dynamo: Dynamo | None = None,
+    now: datetime | None = None,
+    not_before: datetime | None = None,
+    inputs: PlanInputs | None = None,
+) -> dict[str, int]:
+    """Plan local day ``day`` for every recommended user and write it; safe to re-run.
+
+    ``not_before`` (optional) keeps slots earlier than it out of the plan, so a re-plan during the
+    day does not schedule sends that would only expire. ``now`` (default: the wall clock) decides
+    which writes could race a dispatcher and must be conditional. Returns counts: candidates,
+    planned, skipped by reason, deleted (replaced) and written items.
+    """
+    started = time.monotonic()
+    dynamo = dynamo or Dynamo.from_config(config)
+    now = now or datetime.now(UTC)
+    inputs = inputs or load_plan_inputs(config, day)
+    existing = read_existing(dynamo, inputs.recommendations["user_id"], day)
+    result = build_plan(config, replace(inputs, existing=existing), not_before=not_before)
+    counts = result.counts()
+    written = write_plan(dynamo, result.plan, existing, now)
+    counts.update(written)
+    seconds = math.ceil((time.monotonic() - started) * 1000) / 1000
+    _record_run(config, dynamo, day, result, written, seconds)
+    counts["seconds"] = seconds  # type: ignore[assignment]
+    log.info("planned %s: %s", day, counts)
+    return counts
+
+
+def _record_run(
+    config: NotifyConfig, dynamo: Dynamo, day: date, result: PlanResult, written: Mapping[str, int], seconds: float
+) -> None:
+    """Counts to ``runs/notify_planning/dt=D/plan.json`` and ``pipeline_runs``; the skipped candidates
+    with their reason to ``runs/notify_planning/dt=D/skipped.parquet`` (why was X not planned?)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    from include.notify.io.lake import RunCounts, write_run_counts
+
+    by_reason = {k.removeprefix("skipped_"): v for k, v in result.counts().items() if k.startswith("skipped_")}
+    counts = RunCounts(
+        "plan", result.candidates, len(result.plan), len(result.skipped), by_reason, seconds, dict(written)
+    )
+    write_run_counts(config, "notify_planning", day, counts, dynamo)
+    filesystem, path = fs.FileSystem.from_uri(config.lake_path("runs", "notify_planning", day))
+    filesystem.create_dir(path, recursive=True)
+    table = pa.Table.from_pandas(result.skipped.astype(str), preserve_index=False)
+    pq.write_table(table, f"{path}/skipped.parquet", filesystem=filesystem)
