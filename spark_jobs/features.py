@@ -75,7 +75,7 @@ def run(
             frame = frames[name]
             lake.write_partition(frame, config, "features", name, run_date)
             # Load from what was written, so the lake and DynamoDB hold the same rows.
-            written = spark.read.parquet(config.lake_path("features", name, run_date))
+            written = lake.read_partition(spark, config, "features", name, run_date)
             rows = written.count()
             load_started = time.monotonic()
             loaded = ingest.load_dynamodb(written, config, name) if load_dynamodb else rows

@@ -49,6 +49,7 @@ from zoneinfo import ZoneInfo
 
 from include.notify import schemas
 from include.notify.config import NotifyConfig
+from include.notify.io import lake
 from include.notify.io.dynamo import Dynamo
 from include.notify.io.kafka import ensure_topics, kafka_settings
 
@@ -501,8 +502,6 @@ def land_raw(config: NotifyConfig, valid: Mapping[str, Mapping[str, _Valid]], no
     One file per (table, delivery day, topic, partition), named after its first offset: replaying
     the same batch rewrites the same files; event tables are deduplicated by id downstream.
     """
-    import fsspec
-
     groups: dict[tuple[str, str, str, int], list[_Valid]] = defaultdict(list)
     for logical, rows in valid.items():
         table = STREAM_TABLES[logical]
@@ -518,11 +517,8 @@ def land_raw(config: NotifyConfig, valid: Mapping[str, Mapping[str, _Valid]], no
         writer.writerow(table.column_names)
         for row in rows:
             writer.writerow([_raw_text(row.record.get(name)) for name in table.column_names])
-        uri = f"{config.lake_path('raw', table_name, day)}/stream-{topic}-{partition}-{rows[0].offset}.csv"
-        fs, path = fsspec.core.url_to_fs(uri)
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        fs.pipe_file(path, buffer.getvalue().encode())
-        written.append(uri)
+        name = f"stream-{topic}-{partition}-{rows[0].offset}.csv"
+        written.append(lake.write_file(config, "raw", table_name, day, name, buffer.getvalue().encode()))
     return written
 
 
