@@ -74,7 +74,7 @@ def read_partitions(
     try:
         frame = spark.read.schema(schema).option("basePath", root).parquet(root)
     except AnalysisException as error:
-        if "PATH_NOT_FOUND" not in str(error) and "does not exist" not in str(error):
+        if not _is_missing_path(error):
             raise
         empty = StructType([*schema.fields, StructField("dt", DateType())])
         return spark.createDataFrame([], empty)
@@ -82,6 +82,28 @@ def read_partitions(
         # A root with files but no dt= folders is not a lake table; refuse rather than guess.
         raise ValueError(f"{root} has no dt= partitions")
     return frame.withColumn("dt", sf.col("dt").cast("date")).where(sf.col("dt") <= sf.lit(until))
+
+
+def read_text_lines(
+    spark: SparkSession, config: NotifyConfig, zone: str, table: str, run_date: date, glob: str = "*.csv"
+) -> DataFrame:
+    """Every line of the files matching ``glob`` in ``<zone>/<table>/dt=run_date`` as one ``value``
+    column (Spark's text source: ``input_file_name()`` names each line's file). A day without
+    files reads as an empty frame."""
+    from pyspark.errors import AnalysisException
+
+    root = config.lake_path(zone, table, run_date)
+    try:
+        return spark.read.option("pathGlobFilter", glob).text(root)
+    except AnalysisException as error:
+        if not _is_missing_path(error):
+            raise
+        log.info("no %s files for %s at %s", glob, table, root)
+        return spark.createDataFrame([], "value string")
+
+
+def _is_missing_path(error: Exception) -> bool:
+    return "PATH_NOT_FOUND" in str(error) or "does not exist" in str(error)
 
 
 def read_current(
