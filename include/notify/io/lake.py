@@ -319,9 +319,9 @@ def latest_partition_day(
 
 
 # ---------------------------------------------------------------------------- single files
-def write_file(config: NotifyConfig, zone: str, table: str, run_date: date | str, name: str, data: bytes) -> str:
-    """Write (or replace) the file ``<zone>/<table>/dt=run_date/<name>``; the partition's other
-    files are untouched. Returns its URI. The caller decides the name and the bytes (e.g. one raw
+def write_file(config: NotifyConfig, zone: str, table: str, run_date: date | str | None, name: str, data: bytes) -> str:
+    """Write (or replace) the file ``<zone>/<table>/dt=run_date/<name>`` (``<zone>/<table>/<name>``
+    when ``run_date`` is None); the folder's other files are untouched. Returns its URI. The caller decides the name and the bytes (e.g. one raw
     CSV per stream batch and topic partition, so a replay overwrites its own file)."""
     import fsspec
 
@@ -333,10 +333,11 @@ def write_file(config: NotifyConfig, zone: str, table: str, run_date: date | str
 
 
 def write_parquet_file(
-    frame: pd.DataFrame, config: NotifyConfig, zone: str, table: str, run_date: date, name: str
+    frame: pd.DataFrame, config: NotifyConfig, zone: str, table: str, run_date: date | None, name: str
 ) -> str:
-    """Write (or replace) ``frame`` as the Parquet file ``<zone>/<table>/dt=run_date/<name>`` beside
-    the partition's other files (e.g. ``runs/notify_planning/dt=D/skipped.parquet``); returns its URI."""
+    """Write (or replace) ``frame`` as the Parquet file ``<zone>/<table>/dt=run_date/<name>``
+    (``<zone>/<table>/<name>`` when ``run_date`` is None) beside the folder's other files (e.g.
+    ``runs/notify_planning/dt=D/skipped.parquet``); returns its URI."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from pyarrow import fs
