@@ -132,7 +132,7 @@ def user_embedding_case(n_users: int) -> dict[str, Any]:
     cols = purchases["product_id"].to_numpy()
     weights = purchases["weight"].to_numpy()
     # Inputs as embed_users hands them over: user ids from the features table as Python strings,
-    # product ids and the purchase partition as read_partition returns them (Arrow-backed ids).
+    # product ids and the purchase partition as lake.read_partition_frame returns them (Arrow-backed ids).
     user_ids = np.arange(n_users).astype(str).astype(object)
     product_ids = pd.Series(np.arange(len(vectors)).astype(str), dtype="string[pyarrow]")
     purchases = pd.DataFrame(

@@ -19,8 +19,7 @@ from typing import Any
 from airflow.sdk import dag, task
 
 from include.notify.orchestration import CURATED, DEFAULT_ARGS, FEATURES, START_DATE, publish_run_date
-
-FEATURE_TABLES = ("user_features", "product_features", "user_product_matrix", "campaign_stats")
+from include.notify.stages.features import FEATURE_TABLES
 
 
 @dag(

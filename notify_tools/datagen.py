@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from include.notify.config import REPO_ROOT, NotifyConfig
+from include.notify.io import lake
 from include.notify.schemas import RAW_TABLES_BY_NAME
 from include.notify.timeutil import iso
 
@@ -140,32 +141,21 @@ def generate_dataset(
     for table, frame in dataset.raw_tables().items():
         write_raw_csv(config, table, run_date, frame)
         counts[table] = len(frame)
-    truth_dir = _local_dir(config.lake_path("truth", "users"))
-    truth_dir.mkdir(parents=True, exist_ok=True)
-    dataset.truth.to_parquet(truth_dir / "truth.parquet", index=False)
+    lake.write_parquet_file(dataset.truth, config, "truth", "users", None, "truth.parquet")
     log.info("generated %s for %s", counts, run_date)
     return counts
 
 
 def write_raw_csv(
     config: NotifyConfig, table: str, run_date: date, frame: pd.DataFrame, name: str = "part-00000"
-) -> Path:
-    """Write one raw CSV file the way an upstream export would (header, ISO timestamps, true/false)."""
-    folder = _local_dir(config.lake_path("raw", table, run_date))
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.csv"
+) -> str:
+    """Write one raw CSV file the way an upstream export would (header, ISO timestamps, true/false);
+    returns its URI."""
     out = frame.copy()
     for column in out.columns:
         if out[column].dtype == bool:
             out[column] = out[column].map({True: "true", False: "false"})
-    out.to_csv(path, index=False)
-    return path
-
-
-def _local_dir(uri: str) -> Path:
-    if not uri.startswith("file://"):
-        raise ValueError(f"the generator writes to a local lake only, got {uri}")
-    return Path(uri.removeprefix("file://"))
+    return lake.write_file(config, "raw", table, run_date, f"{name}.csv", out.to_csv(index=False).encode())
 
 
 # --------------------------------------------------------------------------------------- users

@@ -374,46 +374,17 @@ def read_notifications(config: NotifyConfig, group_id: str, max_seconds: float =
     call returns only what was sent since.
     """
     import json
+    import sys
 
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from include.notify.io.kafka import TopicConsumer
 
-    from include.notify.io.kafka import kafka_settings
-
-    consumer = Consumer(
-        kafka_settings(
-            config,
-            **{
-                "group.id": group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "enable.partition.eof": True,
-            },
-        )
-    )
-    topic = config.topic("notifications")
+    consumer = TopicConsumer(config, ["notifications"], group_id)
     try:
-        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-        partitions = [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
-        consumer.assign(consumer.committed(partitions, timeout=10))
-        rows: list[dict[str, Any]] = []
-        last: dict[int, int] = {}
-        at_end: set[int] = set()
-        deadline = time.monotonic() + max_seconds
-        while len(at_end) < len(partitions) and time.monotonic() < deadline:
-            for message in consumer.consume(1000, timeout=0.5):
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(message.partition())
-                        continue
-                    raise RuntimeError(f"reading {topic}: {error}")
-                at_end.discard(message.partition())
-                last[message.partition()] = message.offset() + 1
-                rows.append(json.loads(message.value()))
-        if last:
-            consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in last.items()], asynchronous=False)
+        messages = consumer.poll_batch(sys.maxsize, max_seconds)
+        consumer.commit(messages)
     finally:
         consumer.close()
+    rows = [json.loads(message.value()) for message in messages]
     columns = ["notification_id", "user_id", "campaign_id", "sent_utc"]
     return pd.DataFrame(rows).reindex(columns=columns) if rows else pd.DataFrame(columns=columns)
 

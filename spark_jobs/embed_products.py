@@ -16,6 +16,7 @@ from datetime import date
 from typing import TYPE_CHECKING
 
 from include.notify.config import load_config
+from include.notify.io.lake import latest_partition_day, read_partition, write_partition
 from include.notify.stages import embeddings
 
 if TYPE_CHECKING:
@@ -52,9 +53,9 @@ def embed(
     """Read the staged texts and the previous vectors, encode the changes, write the day's partition."""
     config = load_config().replace(lake_uri=lake, embedding_model=model_name) if lake else load_config()
     id_column = embeddings.ID_COLUMNS[kind]
-    texts = spark.read.parquet(config.lake_path("embeddings", f"{kind[:-1]}_texts", run_date))
-    previous_uri = embeddings.latest_partition(config, "embeddings", kind, run_date)
-    previous = spark.read.parquet(previous_uri) if previous_uri else None
+    texts = read_partition(spark, config, "embeddings", f"{kind[:-1]}_texts", run_date)
+    previous_day = latest_partition_day(config, "embeddings", kind, run_date)
+    previous = read_partition(spark, config, "embeddings", kind, previous_day) if previous_day is not None else None
     if previous is not None:
         previous = previous.where(previous["model"] == model_name)
     if previous is None:
@@ -70,7 +71,7 @@ def embed(
     result = result.cache()  # encode once: counted and written from the cache
     totals = result.groupBy().agg(F.count("*").alias("items"), F.sum(F.col("_new").cast("int")).alias("new")).first()
     counts = {"items": int(totals["items"]), "reembedded": int(totals["new"] or 0)}
-    result.drop("_new").coalesce(1).write.mode("overwrite").parquet(config.lake_path("embeddings", kind, run_date))
+    write_partition(result.drop("_new").coalesce(1), config, "embeddings", kind, run_date)
     log.info("%s embeddings for %s: %s", kind, run_date, counts)
     print(counts)
     return counts

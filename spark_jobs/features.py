@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from include.notify.config import NotifyConfig
 from include.notify.io import lake
 from include.notify.stages import features, ingest
+from include.notify.stages.features import FEATURE_TABLES
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DAG_ID = "notify_features"
-FEATURE_TABLES = ("user_features", "product_features", "user_product_matrix", "campaign_stats")
 
 
 def build(
@@ -75,7 +75,7 @@ def run(
             frame = frames[name]
             lake.write_partition(frame, config, "features", name, run_date)
             # Load from what was written, so the lake and DynamoDB hold the same rows.
-            written = spark.read.parquet(config.lake_path("features", name, run_date))
+            written = lake.read_partition(spark, config, "features", name, run_date)
             rows = written.count()
             load_started = time.monotonic()
             loaded = ingest.load_dynamodb(written, config, name) if load_dynamodb else rows

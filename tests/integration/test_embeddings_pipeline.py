@@ -15,6 +15,7 @@ import pytest
 
 from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import Dynamo, bytes_to_vector
+from include.notify.io.lake import read_partition_frame, write_partition_frame
 from include.notify.stages import embeddings, scoring
 from notify_tools.datagen import build_dataset
 
@@ -25,7 +26,7 @@ N_PRODUCTS = 300
 
 
 def _write(config: NotifyConfig, zone: str, table: str, day: date, frame: pd.DataFrame) -> None:
-    embeddings.write_partition(config.lake_path(zone, table, day), frame)
+    write_partition_frame(frame, config, zone, table, day)
 
 
 def typed_curated(frame: pd.DataFrame, table: str) -> pd.DataFrame:
@@ -116,7 +117,7 @@ def test_embeddings_then_scoring_on_a_small_lake(config: NotifyConfig, dynamo: D
     assert counts["campaign_embeddings"]["reembedded"] == len(lake["campaigns"])
     assert counts["user_embeddings"]["users"] == len(lake["users"])
 
-    products, vectors = embeddings.read_partition(config.lake_path("embeddings", "products", RUN_DATE))
+    products, vectors = read_partition_frame(config, "embeddings", "products", RUN_DATE)
     assert vectors.dtype == np.float32
     assert vectors.shape == (len(lake["products"]), 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -126,7 +127,7 @@ def test_embeddings_then_scoring_on_a_small_lake(config: NotifyConfig, dynamo: D
     assert stored["version"].endswith("-r1")
     np.testing.assert_array_equal(bytes_to_vector(stored["vector"]), vectors[7])
 
-    users, user_vecs = embeddings.read_partition(config.lake_path("embeddings", "users", RUN_DATE))
+    users, user_vecs = read_partition_frame(config, "embeddings", "users", RUN_DATE)
     assert np.isfinite(user_vecs).all()
     np.testing.assert_allclose(np.linalg.norm(user_vecs, axis=1), 1.0, atol=1e-5)
     cold = users.set_index("user_id").loc["U_COLD"]
@@ -165,14 +166,14 @@ def test_embeddings_then_scoring_on_a_small_lake(config: NotifyConfig, dynamo: D
         assert not {(user, p["product_id"]) for p in item["products"]} & recent_pairs
         assert all(p["name"] for p in item["products"])
 
-    flat = embeddings.read_partition(config.lake_path("recommendations", "campaigns", RUN_DATE))[0]
+    flat = read_partition_frame(config, "recommendations", "campaigns", RUN_DATE)[0]
     assert len(flat) == result["campaign_rows"] == sum(len(r["campaigns"]) for r in recs.values())
 
 
 def test_incremental_run_reembeds_only_changed_items(config: NotifyConfig, dynamo: Dynamo, lake: dict) -> None:
     first = embeddings.run_embeddings(config, RUN_DATE, dynamo)
     assert first["product_embeddings"]["reembedded"] == len(lake["products"])
-    ids_before, before = embeddings.read_partition(config.lake_path("embeddings", "products", RUN_DATE))
+    ids_before, before = read_partition_frame(config, "embeddings", "products", RUN_DATE)
     before_by_id = dict(zip(ids_before["product_id"], before, strict=True))
 
     # The next day two products are renamed and one campaign's description changes.
@@ -184,7 +185,7 @@ def test_incremental_run_reembeds_only_changed_items(config: NotifyConfig, dynam
     campaign["description"] = "Hand-picked formal shoes and watches for office days"
     _write(config, "curated", "campaigns", next_day, typed_curated(campaign, "campaigns"))
     for table in ("user_features", "campaign_stats"):
-        frame = embeddings.read_partition(config.lake_path("features", table, RUN_DATE))[0]
+        frame = read_partition_frame(config, "features", table, RUN_DATE)[0]
         _write(config, "features", table, next_day, frame)
 
     second = embeddings.run_embeddings(config, next_day, dynamo)
@@ -192,7 +193,7 @@ def test_incremental_run_reembeds_only_changed_items(config: NotifyConfig, dynam
     assert second["product_embeddings"]["reembedded"] == 2
     assert second["product_embeddings"]["written"] == 2
     assert second["campaign_embeddings"]["reembedded"] == 1
-    ids_after, after = embeddings.read_partition(config.lake_path("embeddings", "products", next_day))
+    ids_after, after = read_partition_frame(config, "embeddings", "products", next_day)
     renamed = set(changed["product_id"])
     for product_id, vector in zip(ids_after["product_id"], after, strict=True):
         if product_id in renamed:

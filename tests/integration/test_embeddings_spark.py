@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from include.notify.config import NotifyConfig
+from include.notify.io import lake
 from include.notify.stages import embeddings
 from notify_tools.datagen import load_catalog
 from spark_jobs import embed_products
@@ -23,7 +24,7 @@ def test_spark_job_matches_in_process_vectors_and_skips_unchanged(spark, base_co
     embeddings.prepare_texts(config, "products", RUN_DATE, catalog)
     in_process = embeddings.embed_items(config, "products", RUN_DATE)
     assert in_process["reembedded"] == 12
-    ids, expected = embeddings.read_partition(config.lake_path("embeddings", "products", RUN_DATE))
+    ids, expected = lake.read_partition_frame(config, "embeddings", "products", RUN_DATE)
 
     next_day = RUN_DATE + timedelta(days=1)
     changed = catalog.copy()
@@ -32,7 +33,7 @@ def test_spark_job_matches_in_process_vectors_and_skips_unchanged(spark, base_co
     counts = embed_products.embed(spark, config.lake_root, "products", next_day, config.embedding_model, 16)
     assert counts == {"items": 12, "reembedded": 3}
 
-    frame, vectors = embeddings.read_partition(config.lake_path("embeddings", "products", next_day))
+    frame, vectors = lake.read_partition_frame(config, "embeddings", "products", next_day)
     by_id = dict(zip(frame["product_id"], vectors, strict=True))
     for product_id, old in zip(ids["product_id"], expected, strict=True):
         if product_id in set(changed.loc[:2, "product_id"]):

@@ -10,10 +10,10 @@ import pytest
 
 from include.notify.analyst.views import describe_plan
 from include.notify.config import NotifyConfig
+from include.notify.io import lake
 from include.notify.io.dynamo import Dynamo
 from include.notify.io.lake import read_run_counts
 from include.notify.schedule import update as _update
-from include.notify.stages.embeddings import write_partition
 from include.notify.stages.plan_check import plan_violations
 from include.notify.stages.planning_run import load_plan_inputs, plan_day, write_plan
 from notify_tools.synthetic import synthetic_inputs
@@ -29,22 +29,22 @@ def write_lake(config: NotifyConfig, users: int = 40) -> None:
     # One recommended campaign the ingestion quarantined (e.g. an unsafe template): not in curated.
     recs = inputs.recommendations.copy()
     recs.loc[recs.index[recs["rank"] == 1][:3], "campaign_id"] = "C999"
-    write_partition(config.lake_path("recommendations", "campaigns", DAY), recs)
-    write_partition(config.lake_path("recommendations", "products", DAY), inputs.products)
+    lake.write_partition_frame(recs, config, "recommendations", "campaigns", DAY)
+    lake.write_partition_frame(inputs.products, config, "recommendations", "products", DAY)
     features = inputs.users[["user_id", "timezone", "engagement_by_hour", "ignored_streak", "segment", "opt_out"]]
-    write_partition(config.lake_path("features", "user_features", DAY), features)
+    lake.write_partition_frame(features, config, "features", "user_features", DAY)
     identity = inputs.users[["user_id", "timezone", "opt_out", "quiet_start_hour", "quiet_end_hour", "daily_cap"]]
     # An older users partition with stale settings: the latest dt per user must win.
-    write_partition(config.lake_path("curated", "users", DAY - timedelta(days=3)), identity.assign(opt_out=True))
-    write_partition(config.lake_path("curated", "users", DAY), identity)
-    write_partition(config.lake_path("curated", "campaigns", DAY), inputs.campaigns)
+    lake.write_partition_frame(identity.assign(opt_out=True), config, "curated", "users", DAY - timedelta(days=3))
+    lake.write_partition_frame(identity, config, "curated", "users", DAY)
+    lake.write_partition_frame(inputs.campaigns, config, "curated", "campaigns", DAY)
     sends = inputs.recent_sends.assign(
         event_id=[f"e{n}" for n in range(len(inputs.recent_sends))],
         event_type="notification_sent",
         ts=pd.to_datetime(inputs.recent_sends["sent_at"]),
     ).drop(columns="sent_at")
     for day, group in sends.groupby(sends["ts"].dt.date):
-        write_partition(config.lake_path("curated", "clickstream", day), group.reset_index(drop=True))
+        lake.write_partition_frame(group.reset_index(drop=True), config, "curated", "clickstream", day)
 
 
 def schedule_frame(dynamo: Dynamo) -> pd.DataFrame:

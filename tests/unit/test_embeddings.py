@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from include.notify.io import lake
 from include.notify.stages import embeddings as emb
 
 RUN_DATE = date(2026, 11, 24)
@@ -178,7 +179,7 @@ def test_cold_start_uses_the_segment_centroid_and_never_nan() -> None:
 
 def test_user_vectors_in_parallel_blocks_match_a_plain_computation(monkeypatch) -> None:
     """Id lookups split into row blocks on the thread pool, ids in arrival order and as Arrow
-    strings (how ``read_partition`` returns them), an unknown product and a null user among them."""
+    strings (how ``lake.read_partition_frame`` returns them), an unknown product and a null user among them."""
     from scipy.sparse import csr_matrix
 
     monkeypatch.setattr(emb, "LOOKUP_MIN_BLOCK_ROWS", 1_000)
@@ -227,16 +228,19 @@ def test_sparse_product_matches_scipy_and_adds_into_out() -> None:
 
 
 def test_lake_partition_round_trip_keeps_vectors_exactly(tmp_path) -> None:
-    uri = (tmp_path / "embeddings" / "products" / "dt=2026-11-24").as_uri()
+    from include.notify.config import load_config
+
+    config = load_config({}).replace(state_dir=tmp_path, lake_uri=tmp_path.as_uri())
     vectors = emb.normalize_rows(np.random.default_rng(1).normal(size=(5, 16)))
-    emb.write_partition(uri, pd.DataFrame({"product_id": list("abcde"), "model": "m", "dim": 16}), vectors)
-    frame, back = emb.read_partition(uri)
+    products = pd.DataFrame({"product_id": list("abcde"), "model": "m", "dim": 16})
+    lake.write_partition_frame(products, config, "embeddings", "products", date(2026, 11, 24), vectors)
+    frame, back = lake.read_partition_frame(config, "embeddings", "products", date(2026, 11, 24))
     np.testing.assert_array_equal(back, vectors)
     assert frame["product_id"].tolist() == list("abcde")
     import pyarrow.parquet as pq
 
     table = pq.read_table(tmp_path / "embeddings" / "products" / "dt=2026-11-24" / "part-00000.parquet")
-    np.testing.assert_array_equal(emb.arrow_to_vectors(table.column("vector")), vectors)
+    np.testing.assert_array_equal(lake.arrow_to_vectors(table.column("vector")), vectors)
 
 
 @pytest.mark.slow
@@ -266,5 +270,5 @@ def test_prepare_texts_keeps_good_products_and_counts_the_ones_without_text(tmp_
     broken["product_id"] = "4"
     counts = emb.prepare_texts(config, "products", RUN_DATE, pd.concat([products, broken], ignore_index=True))
     assert counts == {"items": 3, "changed": 3, "rejected": 1}
-    staged, _ = emb.read_partition(config.lake_path("embeddings", "product_texts", RUN_DATE))
+    staged, _ = lake.read_partition_frame(config, "embeddings", "product_texts", RUN_DATE)
     assert staged["product_id"].tolist() == ["1", "2", "3"]

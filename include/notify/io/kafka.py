@@ -1,15 +1,26 @@
-"""Kafka topics: their names and idempotent creation.
+"""Kafka: topic names and idempotent creation, the one producer helper and the one consumer.
 
 Producers and consumers take their ``bootstrap.servers`` from configuration (``kafka_default``
-inside Airflow), so the same code talks to Tansu locally and to MSK in production.
+inside Airflow), so the same code talks to Tansu locally and to MSK in production. Callers decide
+WHAT to send (keys, values, headers); this module decides HOW: back-pressure on a full local
+queue, delivery reports collected, a bounded flush, and an error naming the counts when any
+message was not acknowledged. ``TopicConsumer`` owns its offsets (manual commit only).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from include.notify.config import NotifyConfig
+
+if TYPE_CHECKING:
+    from confluent_kafka import Message, Producer
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +69,204 @@ def ensure_topics(config: NotifyConfig, timeout: float = 30.0) -> list[str]:
                 raise RuntimeError(f"could not create topic {name}: {error}") from error
     log.info("created topics: %s", ", ".join(created))
     return created
+
+
+# ------------------------------------------------------------------------------------ producing
+def idempotent_producer(config: NotifyConfig, linger_ms: int = 20, **extra: object) -> Producer:
+    """A producer of the configured cluster with idempotence on (a retried send is stored once)."""
+    from confluent_kafka import Producer
+
+    return Producer(kafka_settings(config, **{"enable.idempotence": True, "linger.ms": linger_ms, **extra}))
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One message to produce, exactly as it goes on the wire."""
+
+    value: bytes | None
+    key: bytes | None = None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+class TopicProducer:
+    """Produces to one topic; ``flush`` reports what the broker did not acknowledge.
+
+    ``produce`` never drops a message: on a full local queue (``BufferError``) it serves delivery
+    reports until there is room. Safe to share between threads (confluent-kafka producers are).
+    """
+
+    def __init__(
+        self, config: NotifyConfig, logical_topic: str, linger_ms: int = 20, producer: Any | None = None
+    ) -> None:
+        self.topic = config.topic(logical_topic)
+        self.producer = producer or idempotent_producer(config, linger_ms)
+        self._failures: list[str] = []
+        self._lock = threading.Lock()
+
+    def _delivered(self, error: Any, message: Any) -> None:
+        if error is not None:
+            with self._lock:
+                self._failures.append(str(error))
+            log.error("%s: message with key %r not delivered: %s", self.topic, message.key(), error)
+
+    def produce(self, message: OutgoingMessage) -> None:
+        """Queue ``message`` (blocking while the local queue is full) and serve delivery reports."""
+        # Only pass headers when there are some, so a message without them is sent as before.
+        extra = {"headers": message.headers} if message.headers is not None else {}
+        while True:
+            try:
+                self.producer.produce(
+                    self.topic, value=message.value, key=message.key, on_delivery=self._delivered, **extra
+                )
+                break
+            except BufferError:
+                self.producer.poll(0.1)
+        self.producer.poll(0)
+
+    def flush(self, timeout: float) -> tuple[int, list[str]]:
+        """Wait up to ``timeout`` s for every queued message; returns (still undelivered, delivery
+        errors since the previous flush)."""
+        remaining = self.producer.flush(timeout)
+        with self._lock:
+            failures, self._failures = self._failures, []
+        return remaining, failures
+
+    def flush_or_raise(self, timeout: float, label: str | None = None) -> None:
+        """``flush``, raising ``RuntimeError`` with the counts if any message was not acknowledged."""
+        remaining, failures = self.flush(timeout)
+        if remaining or failures:
+            raise RuntimeError(
+                f"{label or self.topic}: {remaining} undelivered, {len(failures)} failed: {failures[:3]}"
+            )
+
+
+def produce_all(
+    config: NotifyConfig,
+    logical_topic: str,
+    messages: Iterable[OutgoingMessage],
+    linger_ms: int = 20,
+    timeout: float = 60.0,
+    producer: Any | None = None,
+    label: str | None = None,
+) -> int:
+    """Produce every message to ``logical_topic`` and wait until the broker has them all; returns
+    the count. Raises ``RuntimeError`` (naming ``label``, default the topic) when any was not
+    acknowledged within ``timeout`` s, so a caller never commits what was not stored."""
+    out = TopicProducer(config, logical_topic, linger_ms, producer)
+    count = 0
+    for message in messages:
+        out.produce(message)
+        count += 1
+    out.flush_or_raise(timeout, label)
+    return count
+
+
+# ------------------------------------------------------------------------------------ consuming
+class TopicConsumer:
+    """A manual-commit consumer of some topics; offsets move only through ``commit``.
+
+    The consumer assigns itself every partition of its topics, starting at the group's committed
+    offsets (earliest when none), instead of joining the group protocol: like Spark's Kafka source
+    it owns its offsets explicitly and starts in about a second instead of waiting for a
+    rebalance; callers keep consumers of one group from overlapping (e.g. ``max_active_runs=1``).
+    Closing without ``commit`` (or dying) leaves the group's offsets where they were, so the next
+    consumer re-reads everything this one consumed.
+    """
+
+    def __init__(
+        self, config: NotifyConfig, logical_topics: Sequence[str], group_id: str, timeout: float = 10.0
+    ) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        self.topics = {config.topic(name): name for name in logical_topics}
+        self.consumer = Consumer(
+            kafka_settings(
+                config,
+                **{
+                    "group.id": group_id,
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                    "enable.partition.eof": True,
+                },
+            )
+        )
+        metadata = self.consumer.list_topics(timeout=timeout)
+        partitions = []
+        for topic in self.topics:
+            found = metadata.topics.get(topic)
+            if found is None or found.error is not None:
+                self.consumer.close()
+                raise RuntimeError(f"topic {topic} is missing on {config.kafka_bootstrap}: {found and found.error}")
+            partitions += [TopicPartition(topic, p) for p in sorted(found.partitions)]
+        self.consumer.assign(self.consumer.committed(partitions, timeout=timeout))
+        self._assigned: set[tuple[str, int]] = {(p.topic, p.partition) for p in partitions}
+        self._at_end: set[tuple[str, int]] = set()
+
+    def poll_batch(self, max_messages: int, max_seconds: float) -> list[Message]:
+        """Up to ``max_messages`` messages, returning after ``max_seconds`` at the latest, or
+        earlier once every assigned partition has been read to its end."""
+        from confluent_kafka import KafkaError
+
+        messages: list[Message] = []
+        deadline = time.monotonic() + max_seconds
+        while len(messages) < max_messages:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            batch = self.consumer.consume(
+                num_messages=min(500, max_messages - len(messages)), timeout=min(remaining, 0.5)
+            )
+            for message in batch:
+                error = message.error()
+                position = (message.topic(), message.partition())
+                if error is None:
+                    self._at_end.discard(position)
+                    messages.append(message)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    self._at_end.add(position)
+                elif error.fatal():
+                    raise RuntimeError(f"Kafka consumer failed fatally on {position}: {error}")
+                else:
+                    log.warning("Kafka consumer error on %s (retrying): %s", position, error)
+            if self._assigned and self._assigned <= self._at_end and not batch:
+                break
+        return messages
+
+    def commit(self, messages: Sequence[Message]) -> dict[str, int]:
+        """Commit, synchronously, the offset after the last message of each partition."""
+        from confluent_kafka import TopicPartition
+
+        next_offsets: dict[tuple[str, int], int] = {}
+        for message in messages:
+            position = (message.topic(), message.partition())
+            next_offsets[position] = max(next_offsets.get(position, 0), message.offset() + 1)
+        if next_offsets:
+            self.consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()], asynchronous=False
+            )
+        return {f"{t}-{p}": o for (t, p), o in sorted(next_offsets.items())}
+
+    def lag(self) -> dict[str, int]:
+        """Messages not yet committed per assigned partition (high watermark - committed offset)."""
+        from confluent_kafka import TopicPartition
+
+        partitions = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        if not partitions:
+            return {}
+        from confluent_kafka import KafkaException
+
+        committed = self.consumer.committed(partitions, timeout=10)
+        lags: dict[str, int] = {}
+        for partition in committed:
+            low, high = self.consumer.get_watermark_offsets(partition, timeout=10, cached=False)
+            # Some Kafka-compatible brokers (Tansu 0.6) answer ListOffsets(latest) with a count of
+            # record batches; the high watermark of the last fetch response is right, so use both.
+            with contextlib.suppress(KafkaException):
+                high = max(high, self.consumer.get_watermark_offsets(partition, cached=True)[1])
+            start = partition.offset if partition.offset >= 0 else low
+            lags[f"{partition.topic}-{partition.partition}"] = max(0, high - start)
+        return lags
+
+    def close(self) -> None:
+        self.consumer.close()

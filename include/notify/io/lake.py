@@ -1,8 +1,11 @@
-"""Reading and writing the lake: current state of curated tables, Parquet readers, run counts.
+"""Reading and writing the lake: current state of curated tables, partitions, single files, run counts.
 
 The layouts are fixed by docs/data-contracts.md; this module is the one place that implements
-them, so every stage (Spark jobs, pandas consumers, DAG tasks, the CLI) reads the lake the same
-way. Spark is imported lazily: pandas-only consumers never pay for it.
+them, so every stage (Spark jobs, pandas consumers, DAG tasks, the CLI) reads and writes the lake
+the same way. One naming scheme: ``read_partition`` / ``write_partition`` take Spark frames, their
+pandas twins end in ``_frame`` (``read_partition_frame``, ``write_partition_frame``,
+``read_current_frame``); every function addresses the lake by ``(config, zone, table, run_date)``.
+Spark is imported lazily: pandas-only consumers never pay for it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from include.notify.config import NotifyConfig
 from include.notify.schemas import RAW_TABLES_BY_NAME, RawTable
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructType
@@ -70,7 +74,7 @@ def read_partitions(
     try:
         frame = spark.read.schema(schema).option("basePath", root).parquet(root)
     except AnalysisException as error:
-        if "PATH_NOT_FOUND" not in str(error) and "does not exist" not in str(error):
+        if not _is_missing_path(error):
             raise
         empty = StructType([*schema.fields, StructField("dt", DateType())])
         return spark.createDataFrame([], empty)
@@ -78,6 +82,28 @@ def read_partitions(
         # A root with files but no dt= folders is not a lake table; refuse rather than guess.
         raise ValueError(f"{root} has no dt= partitions")
     return frame.withColumn("dt", sf.col("dt").cast("date")).where(sf.col("dt") <= sf.lit(until))
+
+
+def read_text_lines(
+    spark: SparkSession, config: NotifyConfig, zone: str, table: str, run_date: date, glob: str = "*.csv"
+) -> DataFrame:
+    """Every line of the files matching ``glob`` in ``<zone>/<table>/dt=run_date`` as one ``value``
+    column (Spark's text source: ``input_file_name()`` names each line's file). A day without
+    files reads as an empty frame."""
+    from pyspark.errors import AnalysisException
+
+    root = config.lake_path(zone, table, run_date)
+    try:
+        return spark.read.option("pathGlobFilter", glob).text(root)
+    except AnalysisException as error:
+        if not _is_missing_path(error):
+            raise
+        log.info("no %s files for %s at %s", glob, table, root)
+        return spark.createDataFrame([], "value string")
+
+
+def _is_missing_path(error: Exception) -> bool:
+    return "PATH_NOT_FOUND" in str(error) or "does not exist" in str(error)
 
 
 def read_current(
@@ -115,6 +141,11 @@ def read_keys(spark: SparkSession, config: NotifyConfig, table: str, run_date: d
     return frame.select(*spec.key).distinct()
 
 
+def read_partition(spark: SparkSession, config: NotifyConfig, zone: str, table: str, run_date: date) -> DataFrame:
+    """``<zone>/<table>/dt=run_date`` as Spark reads it (schema from the Parquet files, no ``dt``)."""
+    return spark.read.parquet(config.lake_path(zone, table, run_date))
+
+
 def write_partition(frame: DataFrame, config: NotifyConfig, zone: str, table: str, run_date: date) -> str:
     """Overwrite exactly ``<zone>/<table>/dt=run_date`` with ``frame``; other days are untouched.
 
@@ -126,7 +157,7 @@ def write_partition(frame: DataFrame, config: NotifyConfig, zone: str, table: st
     return path
 
 
-# ---------------------------------------------------------------------------- pandas readers
+# ---------------------------------------------------------------------------- pandas
 def read_parquet(
     config: NotifyConfig,
     zone: str,
@@ -173,6 +204,149 @@ def read_current_frame(config: NotifyConfig, table: str, run_date: date) -> pd.D
     frame = frame[frame["dt"] <= run_date].sort_values("dt", kind="stable")
     current = frame.drop_duplicates(list(spec.key), keep="last").drop(columns="dt")
     return current.reset_index(drop=True)
+
+
+def vectors_to_arrow(vectors: np.ndarray) -> Any:
+    """An Arrow ``list<float>`` column from an (n, dim) float32 matrix, without a Python loop."""
+    import numpy as np
+    import pyarrow as pa
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape if vectors.ndim == 2 else (0, 0)
+    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32) if n else np.zeros(1, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1)))
+
+
+def arrow_to_vectors(column: Any, dim: int | None = None) -> np.ndarray:
+    """Inverse of ``vectors_to_arrow`` (also accepts fixed-size lists)."""
+    import numpy as np
+    import pyarrow as pa
+
+    chunked = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    values = chunked.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    if len(chunked) == 0:
+        return np.zeros((0, dim or 0), dtype=np.float32)
+    return values.reshape(len(chunked), -1)
+
+
+def write_partition_frame(
+    frame: pd.DataFrame,
+    config: NotifyConfig,
+    zone: str,
+    table: str,
+    run_date: date,
+    vectors: np.ndarray | None = None,
+) -> str:
+    """The pandas twin of ``write_partition``: replace ``<zone>/<table>/dt=run_date`` with one
+    Parquet file (+ ``_vectors.npy``, same row order, when ``vectors`` are given); re-runs rewrite
+    the day. Returns the partition's URI."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    uri = config.lake_path(zone, table, run_date)
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    filesystem.delete_dir_contents(path, missing_dir_ok=True)
+    filesystem.create_dir(path, recursive=True)
+    arrow = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    if vectors is not None:
+        arrow = arrow.append_column("vector", vectors_to_arrow(vectors))
+        with filesystem.open_output_stream(f"{path}/_vectors.npy") as out:
+            np.save(out, np.ascontiguousarray(vectors, dtype=np.float32))
+    pq.write_table(arrow, f"{path}/part-00000.parquet", filesystem=filesystem)
+    return uri
+
+
+def _arrow_backed_strings(arrow_type: Any) -> Any:
+    import pandas as pd
+    import pyarrow as pa
+
+    return pd.StringDtype("pyarrow") if arrow_type in (pa.string(), pa.large_string()) else None
+
+
+def read_partition_frame(
+    config: NotifyConfig, zone: str, table: str, run_date: date, columns: Sequence[str] | None = None
+) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """The pandas twin of ``read_partition``: the frame without ``vector`` and the vectors as an
+    (n, dim) matrix (None when the partition has no ``vector`` column or it was not asked for).
+
+    Prefers ``_vectors.npy`` (written with the Parquet, same row order) over decoding the list
+    column; raises ``FileNotFoundError`` naming the folder when it does not exist. Strings stay
+    Arrow-backed (``string[pyarrow]``): a purchase partition holds millions of ids, which then
+    take a fifth of the memory of Python strings and reach ``_positions`` without a conversion.
+    """
+    import numpy as np
+    import pyarrow.dataset as ds
+    from pyarrow import fs
+
+    uri = config.lake_path(zone, table, run_date)
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    if filesystem.get_file_info(path).type != fs.FileType.Directory:
+        raise FileNotFoundError(f"no lake partition at {uri}")
+    dataset = ds.dataset(path, filesystem=filesystem, format="parquet")
+    names = dataset.schema.names
+    wanted = [c for c in (columns or names) if c != "vector" and c in names]
+    frame = dataset.to_table(columns=wanted).to_pandas(types_mapper=_arrow_backed_strings)
+    vectors = None
+    if "vector" in names and (columns is None or "vector" in columns):
+        npy = f"{path}/_vectors.npy"
+        if filesystem.get_file_info(npy).type == fs.FileType.File:
+            with filesystem.open_input_file(npy) as handle:
+                vectors = np.load(handle)
+        else:
+            vectors = arrow_to_vectors(dataset.to_table(columns=["vector"]).column("vector"))
+    return frame, vectors
+
+
+def latest_partition_day(
+    config: NotifyConfig, zone: str, table: str, run_date: date, inclusive: bool = True
+) -> date | None:
+    """The newest ``dt=`` day of a lake table at (``inclusive``) or before ``run_date``; None if none."""
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(config.lake_path(zone, table))
+    if filesystem.get_file_info(path).type != fs.FileType.Directory:
+        return None
+    days = []
+    for info in filesystem.get_file_info(fs.FileSelector(path)):
+        name = info.base_name
+        if info.type == fs.FileType.Directory and name.startswith("dt="):
+            day = date.fromisoformat(name[3:])
+            if day < run_date or (inclusive and day == run_date):
+                days.append(day)
+    return max(days) if days else None
+
+
+# ---------------------------------------------------------------------------- single files
+def write_file(config: NotifyConfig, zone: str, table: str, run_date: date | str | None, name: str, data: bytes) -> str:
+    """Write (or replace) the file ``<zone>/<table>/dt=run_date/<name>`` (``<zone>/<table>/<name>``
+    when ``run_date`` is None); the folder's other files are untouched. Returns its URI. The caller decides the name and the bytes (e.g. one raw
+    CSV per stream batch and topic partition, so a replay overwrites its own file)."""
+    import fsspec
+
+    uri = f"{config.lake_path(zone, table, run_date)}/{name}"
+    filesystem, path = fsspec.core.url_to_fs(uri)
+    filesystem.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    filesystem.pipe_file(path, data)
+    return uri
+
+
+def write_parquet_file(
+    frame: pd.DataFrame, config: NotifyConfig, zone: str, table: str, run_date: date | None, name: str
+) -> str:
+    """Write (or replace) ``frame`` as the Parquet file ``<zone>/<table>/dt=run_date/<name>``
+    (``<zone>/<table>/<name>`` when ``run_date`` is None) beside the folder's other files (e.g.
+    ``runs/notify_planning/dt=D/skipped.parquet``); returns its URI."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    uri = config.lake_path(zone, table, run_date)
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    filesystem.create_dir(path, recursive=True)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), f"{path}/{name}", filesystem=filesystem)
+    return f"{uri}/{name}"
 
 
 def write_json(config: NotifyConfig, uri: str, payload: Mapping[str, Any]) -> None:

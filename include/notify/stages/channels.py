@@ -166,15 +166,11 @@ class KafkaChannel:
     name = "kafka"
 
     def __init__(self, config: NotifyConfig, producer: Any | None = None, timeout: float = 10.0) -> None:
-        from confluent_kafka import Producer
-
-        from include.notify.io.kafka import kafka_settings
+        from include.notify.io.kafka import idempotent_producer
 
         self.topic = config.topic("notifications")
         self.timeout = timeout
-        self.producer = producer or Producer(
-            kafka_settings(config, **{"enable.idempotence": True, "linger.ms": 0, "message.timeout.ms": 15000})
-        )
+        self.producer = producer or idempotent_producer(config, linger_ms=0, **{"message.timeout.ms": 15000})
 
     def send(self, message: Message) -> None:
         from confluent_kafka import KafkaException

@@ -74,36 +74,21 @@ class KafkaEventSink:
     """``notify.events``, keyed by user so a user's events stay in order on one partition."""
 
     def __init__(self, config: NotifyConfig, timeout: float = 15.0) -> None:
-        from confluent_kafka import Producer
+        from include.notify.io.kafka import TopicProducer
 
-        from include.notify.io.kafka import kafka_settings
-
-        self.topic = config.topic("events")
         self.timeout = timeout
-        self.failed = 0
-        self._lock = threading.Lock()
-        self.producer = Producer(kafka_settings(config, **{"enable.idempotence": True, "linger.ms": 20}))
-
-    def _delivered(self, error: Any, message: Any) -> None:
-        if error is not None:
-            with self._lock:
-                self.failed += 1
-            log.error("notification_sent event for %s not delivered: %s", message.key(), error)
+        self.producer = TopicProducer(config, "events")
+        self.topic = self.producer.topic
 
     def emit(self, event: Mapping[str, Any]) -> None:
-        self.producer.produce(
-            self.topic,
-            key=str(event["user_id"]).encode(),
-            value=json.dumps(event).encode(),
-            on_delivery=self._delivered,
-        )
-        self.producer.poll(0)
+        from include.notify.io.kafka import OutgoingMessage
+
+        self.producer.produce(OutgoingMessage(json.dumps(event).encode(), str(event["user_id"]).encode()))
 
     def flush(self) -> int:
-        remaining = self.producer.flush(self.timeout)
-        with self._lock:
-            failed, self.failed = self.failed + remaining, 0
-        return failed
+        """Wait for the broker; returns how many events since the last flush it did not acknowledge."""
+        remaining, failures = self.producer.flush(self.timeout)
+        return remaining + len(failures)
 
 
 class ListEventSink:

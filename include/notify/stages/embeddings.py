@@ -42,7 +42,12 @@ import numpy as np
 import pandas as pd
 
 from include.notify.config import NotifyConfig
-from include.notify.io.lake import read_current_frame
+from include.notify.io.lake import (
+    latest_partition_day,
+    read_current_frame,
+    read_partition_frame,
+    write_partition_frame,
+)
 
 if TYPE_CHECKING:
     from include.notify.io.dynamo import Dynamo
@@ -390,7 +395,7 @@ def _positions(value_set: Any, values: pd.Series) -> np.ndarray:
 
     Arrow's hash lookup on row blocks in parallel rather than pandas' ``get_indexer``: on 6 M
     purchases in arrival order over 1 M users, 0.7 s against 2.6 s. Arrow-backed strings (as
-    ``read_partition`` returns them) need no conversion.
+    ``lake.read_partition_frame`` returns them) need no conversion.
     """
     import pyarrow.compute as pc
 
@@ -517,103 +522,6 @@ def popularity_vector(products: np.ndarray, weights: np.ndarray, product_vectors
     return popularity
 
 
-# --------------------------------------------------------------------------------------- lake I/O
-def _fs(uri: str) -> tuple[Any, str]:
-    from pyarrow import fs
-
-    return fs.FileSystem.from_uri(uri)
-
-
-def vectors_to_arrow(vectors: np.ndarray) -> Any:
-    """An Arrow ``list<float>`` column from an (n, dim) float32 matrix, without a Python loop."""
-    import pyarrow as pa
-
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, dim = vectors.shape if vectors.ndim == 2 else (0, 0)
-    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32) if n else np.zeros(1, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1)))
-
-
-def arrow_to_vectors(column: Any, dim: int | None = None) -> np.ndarray:
-    """Inverse of ``vectors_to_arrow`` (also accepts fixed-size lists)."""
-    import pyarrow as pa
-
-    chunked = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    values = chunked.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    if len(chunked) == 0:
-        return np.zeros((0, dim or 0), dtype=np.float32)
-    return values.reshape(len(chunked), -1)
-
-
-def write_partition(uri: str, frame: pd.DataFrame, vectors: np.ndarray | None = None) -> None:
-    """Replace a ``dt=D`` folder with one Parquet file (+ ``_vectors.npy``): re-runs rewrite the day."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    filesystem, path = _fs(uri)
-    filesystem.delete_dir_contents(path, missing_dir_ok=True)
-    filesystem.create_dir(path, recursive=True)
-    table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
-    if vectors is not None:
-        table = table.append_column("vector", vectors_to_arrow(vectors))
-        with filesystem.open_output_stream(f"{path}/_vectors.npy") as out:
-            np.save(out, np.ascontiguousarray(vectors, dtype=np.float32))
-    pq.write_table(table, f"{path}/part-00000.parquet", filesystem=filesystem)
-
-
-def _arrow_backed_strings(arrow_type: Any) -> Any:
-    import pyarrow as pa
-
-    return pd.StringDtype("pyarrow") if arrow_type in (pa.string(), pa.large_string()) else None
-
-
-def read_partition(uri: str, columns: list[str] | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """Read a partition folder: the frame without ``vector`` and the vectors as an (n, dim) matrix.
-
-    Prefers ``_vectors.npy`` (written with the Parquet, same row order) over decoding the list
-    column; raises ``FileNotFoundError`` naming the folder when it does not exist. Strings stay
-    Arrow-backed (``string[pyarrow]``): a purchase partition holds millions of ids, which then
-    take a fifth of the memory of Python strings and reach ``_positions`` without a conversion.
-    """
-    import pyarrow.dataset as ds
-    from pyarrow import fs
-
-    filesystem, path = _fs(uri)
-    if filesystem.get_file_info(path).type != fs.FileType.Directory:
-        raise FileNotFoundError(f"no lake partition at {uri}")
-    dataset = ds.dataset(path, filesystem=filesystem, format="parquet")
-    names = dataset.schema.names
-    wanted = [c for c in (columns or names) if c != "vector" and c in names]
-    frame = dataset.to_table(columns=wanted).to_pandas(types_mapper=_arrow_backed_strings)
-    vectors = None
-    if "vector" in names and (columns is None or "vector" in columns):
-        npy = f"{path}/_vectors.npy"
-        if filesystem.get_file_info(npy).type == fs.FileType.File:
-            with filesystem.open_input_file(npy) as handle:
-                vectors = np.load(handle)
-        else:
-            vectors = arrow_to_vectors(dataset.to_table(columns=["vector"]).column("vector"))
-    return frame, vectors
-
-
-def latest_partition(config: NotifyConfig, zone: str, table: str, run_date: date, inclusive: bool = True) -> str | None:
-    """URI of the newest ``dt=`` partition of a lake table at or before ``run_date`` (None if none)."""
-    from pyarrow import fs
-
-    base = config.lake_path(zone, table)
-    filesystem, path = _fs(base)
-    if filesystem.get_file_info(path).type != fs.FileType.Directory:
-        return None
-    days = []
-    for info in filesystem.get_file_info(fs.FileSelector(path)):
-        name = info.base_name
-        if info.type == fs.FileType.Directory and name.startswith("dt="):
-            day = date.fromisoformat(name[3:])
-            if day < run_date or (inclusive and day == run_date):
-                days.append(day)
-    return config.lake_path(zone, table, max(days)) if days else None
-
-
 # --------------------------------------------------------------------------------------- pipeline steps
 def read_features(config: NotifyConfig, name: str, run_date: date) -> pd.DataFrame:
     """A feature table of ``run_date`` as pandas (``lake.read_parquet``)."""
@@ -625,10 +533,10 @@ def read_features(config: NotifyConfig, name: str, run_date: date) -> pd.DataFra
 def _previous_vectors(
     config: NotifyConfig, kind: str, run_date: date
 ) -> tuple[np.ndarray, list[str], np.ndarray] | None:
-    uri = latest_partition(config, "embeddings", kind, run_date, inclusive=True)
-    if uri is None:
+    day = latest_partition_day(config, "embeddings", kind, run_date, inclusive=True)
+    if day is None:
         return None
-    frame, vectors = read_partition(uri, [ID_COLUMNS[kind], "content_hash", "vector"])
+    frame, vectors = read_partition_frame(config, "embeddings", kind, day, [ID_COLUMNS[kind], "content_hash", "vector"])
     if vectors is None:
         return None
     return frame[ID_COLUMNS[kind]].to_numpy(object), frame["content_hash"].tolist(), vectors
@@ -653,7 +561,7 @@ def prepare_texts(config: NotifyConfig, kind: str, run_date: date, items: pd.Dat
     previous = _previous_vectors(config, kind, run_date)
     known = dict(zip(previous[0], previous[1], strict=True)) if previous else {}
     changed = int(sum(known.get(i) != h for i, h in zip(frame[id_col], frame["content_hash"], strict=True)))
-    write_partition(config.lake_path("embeddings", f"{kind[:-1]}_texts", run_date), frame)
+    write_partition_frame(frame, config, "embeddings", f"{kind[:-1]}_texts", run_date)
     log.info("%s: %d items, %d new or changed since the last embeddings", kind, len(frame), changed)
     counts = {"items": len(frame), "changed": changed}
     if empty.any():
@@ -668,7 +576,7 @@ def embed_items(config: NotifyConfig, kind: str, run_date: date, dynamo: Dynamo 
     are already there with the same vector). Returns counts: items, reembedded, written.
     """
     id_col = ID_COLUMNS[kind]
-    texts, _ = read_partition(config.lake_path("embeddings", f"{kind[:-1]}_texts", run_date))
+    texts, _ = read_partition_frame(config, "embeddings", f"{kind[:-1]}_texts", run_date)
     model_name = config.embedding_model
 
     def encode(batch: list[str]) -> np.ndarray:
@@ -678,7 +586,7 @@ def embed_items(config: NotifyConfig, kind: str, run_date: date, dynamo: Dynamo 
         texts[id_col].tolist(), texts["text"].tolist(), model_name, encode, _previous_vectors(config, kind, run_date)
     )
     frame = result.frame(id_col)
-    write_partition(config.lake_path("embeddings", kind, run_date), frame, result.vectors)
+    write_partition_frame(frame, config, "embeddings", kind, run_date, result.vectors)
     written = 0
     if dynamo is not None:
         written = write_vectors(dynamo, kind, run_date, frame[result.encoded], result.vectors[result.encoded])
@@ -724,7 +632,7 @@ def embed_purchases(config: NotifyConfig, run_date: date, purchases: pd.DataFram
     rejected and logged by id, never silently dropped.
     """
     purchases = read_current_frame(config, "purchase_history", run_date) if purchases is None else purchases
-    products, product_vectors = read_partition(config.lake_path("embeddings", "products", run_date))
+    products, product_vectors = read_partition_frame(config, "embeddings", "products", run_date)
     position = _positions(_arrow_strings(products["product_id"]), purchases["product_id"])
     known = position >= 0
     if (~known).any():
@@ -738,7 +646,7 @@ def embed_purchases(config: NotifyConfig, run_date: date, purchases: pd.DataFram
     kept["model"] = products["model"].iloc[0] if len(products) else config.embedding_model
     kept["dim"] = product_vectors.shape[1]
     vectors = product_vectors[position[known]]
-    write_partition(config.lake_path("embeddings", "purchases", run_date), kept, vectors)
+    write_partition_frame(kept, config, "embeddings", "purchases", run_date, vectors)
     log.info("purchase embeddings: %d in, %d out, %d rejected", len(purchases), len(kept), int((~known).sum()))
     return {"purchases_in": len(purchases), "purchases_out": len(kept), "rejected": int((~known).sum())}
 
@@ -758,11 +666,11 @@ def embed_users(
     """
     features = read_features(config, "user_features", run_date) if user_features is None else user_features
     clickstream = read_current_frame(config, "clickstream", run_date) if clickstream is None else clickstream
-    purchases, _ = read_partition(
-        config.lake_path("embeddings", "purchases", run_date), ["user_id", "product_id", "weight"]
+    purchases, _ = read_partition_frame(
+        config, "embeddings", "purchases", run_date, ["user_id", "product_id", "weight"]
     )
-    products, product_vectors = read_partition(config.lake_path("embeddings", "products", run_date))
-    campaigns, campaign_vectors = read_partition(config.lake_path("embeddings", "campaigns", run_date))
+    products, product_vectors = read_partition_frame(config, "embeddings", "products", run_date)
+    campaigns, campaign_vectors = read_partition_frame(config, "embeddings", "campaigns", run_date)
     result = user_vectors(
         features["user_id"].astype(str).to_numpy(),
         features["segment"].astype(str).to_numpy() if "segment" in features else np.full(len(features), "unknown"),
@@ -784,7 +692,7 @@ def embed_users(
             "cold_start_source": result.cold_start_source.astype(str),
         }
     )
-    write_partition(config.lake_path("embeddings", "users", run_date), frame, result.vectors)
+    write_partition_frame(frame, config, "embeddings", "users", run_date, result.vectors)
     written = write_vectors(dynamo, "users", run_date, frame, result.vectors) if dynamo is not None else 0
     counts = {"users": len(frame), "cold_start": int(result.cold_start.sum()), "written": written}
     log.info("user embeddings: %s", counts)

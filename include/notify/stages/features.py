@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
+# The feature tables, in the order the job writes them (features/<name>/dt=D, notify_<name>), and
+# the stages whose counts the DAG checks.
+FEATURE_TABLES = ("user_features", "product_features", "user_product_matrix", "campaign_stats")
 # Smoothing strengths: a user's own history counts as much as ALPHA pseudo-events of the population.
 ENGAGEMENT_ALPHA = 10.0
 CTR_PRIOR_STRENGTH = 10.0

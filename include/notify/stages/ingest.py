@@ -14,6 +14,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from include.notify.config import NotifyConfig
+from include.notify.io import lake
 from include.notify.schemas import RawTable
 
 if TYPE_CHECKING:
@@ -37,21 +38,13 @@ def read_raw(spark: SparkSession, config: NotifyConfig, table: RawTable, run_dat
     or null). Blank lines are not records and are dropped. A day without a delivery gives an
     empty frame.
     """
-    from pyspark.errors import AnalysisException
     from pyspark.sql import Window
     from pyspark.sql import functions as sf
 
-    root = config.lake_path("raw", table.name, run_date)
     previous = spark.conf.get("spark.sql.files.maxPartitionBytes")
     spark.conf.set("spark.sql.files.maxPartitionBytes", ONE_SPLIT_PER_FILE)
     try:
-        try:
-            text = spark.read.option("pathGlobFilter", "*.csv").text(root)
-        except AnalysisException as error:
-            if "PATH_NOT_FOUND" not in str(error) and "does not exist" not in str(error):
-                raise
-            log.info("no raw delivery for %s at %s", table.name, root)
-            text = spark.createDataFrame([], "value string")
+        text = lake.read_text_lines(spark, config, "raw", table.name, run_date)
         # Ids are consecutive within a Spark partition and a file is never split, so the line
         # number is the id minus the file's first id.
         numbered = text.select(

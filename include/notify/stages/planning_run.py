@@ -204,18 +204,11 @@ def _record_run(
 ) -> None:
     """Counts to ``runs/notify_planning/dt=D/plan.json`` and ``pipeline_runs``; the skipped candidates
     with their reason to ``runs/notify_planning/dt=D/skipped.parquet`` (why was X not planned?)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from pyarrow import fs
-
-    from include.notify.io.lake import RunCounts, write_run_counts
+    from include.notify.io.lake import RunCounts, write_parquet_file, write_run_counts
 
     by_reason = {k.removeprefix("skipped_"): v for k, v in result.counts().items() if k.startswith("skipped_")}
     counts = RunCounts(
         "plan", result.candidates, len(result.plan), len(result.skipped), by_reason, seconds, dict(written)
     )
     write_run_counts(config, "notify_planning", day, counts, dynamo)
-    filesystem, path = fs.FileSystem.from_uri(config.lake_path("runs", "notify_planning", day))
-    filesystem.create_dir(path, recursive=True)
-    table = pa.Table.from_pandas(result.skipped.astype(str), preserve_index=False)
-    pq.write_table(table, f"{path}/skipped.parquet", filesystem=filesystem)
+    write_parquet_file(result.skipped.astype(str), config, "runs", "notify_planning", day, "skipped.parquet")

@@ -46,14 +46,8 @@ import pandas as pd
 
 from include.notify import rules
 from include.notify.config import NotifyConfig
-from include.notify.io.lake import read_current_frame
-from include.notify.stages.embeddings import (
-    embedding_version,
-    normalize_in_place,
-    read_features,
-    read_partition,
-    write_partition,
-)
+from include.notify.io.lake import read_current_frame, read_partition_frame, write_partition_frame
+from include.notify.stages.embeddings import embedding_version, normalize_in_place, read_features
 
 if TYPE_CHECKING:
     from include.notify.io.dynamo import Dynamo
@@ -362,7 +356,7 @@ class ScoringInputs:
 
 def load_inputs(config: NotifyConfig, run_date: date) -> ScoringInputs:
     """Read the day's embeddings, features and catalog from the lake."""
-    users, user_vecs = read_partition(config.lake_path("embeddings", "users", run_date))
+    users, user_vecs = read_partition_frame(config, "embeddings", "users", run_date)
     features = read_features(config, "user_features", run_date)
     users = users.merge(
         features[["user_id", "segment", "opt_out"]].assign(user_id=lambda f: f["user_id"].astype(str)),
@@ -370,7 +364,7 @@ def load_inputs(config: NotifyConfig, run_date: date) -> ScoringInputs:
         how="left",
         validate="one_to_one",
     )
-    campaign_rows, campaign_vecs = read_partition(config.lake_path("embeddings", "campaigns", run_date))
+    campaign_rows, campaign_vecs = read_partition_frame(config, "embeddings", "campaigns", run_date)
     catalog = read_current_frame(config, "campaigns", run_date)
     aligned = campaign_rows[["campaign_id"]].merge(catalog, on="campaign_id", how="left", validate="one_to_one")
     keep = sendable_campaigns(aligned.assign(_pos=np.arange(len(aligned))).dropna(subset=["status"]), run_date)
@@ -379,12 +373,12 @@ def load_inputs(config: NotifyConfig, run_date: date) -> ScoringInputs:
     except FileNotFoundError:
         stats = None
         log.info("no campaign_stats for %s: response rates use the prior", run_date)
-    product_rows, product_vecs = read_partition(config.lake_path("embeddings", "products", run_date))
+    product_rows, product_vecs = read_partition_frame(config, "embeddings", "products", run_date)
     products = product_rows[["product_id"]].merge(
         _product_catalog(config, run_date), on="product_id", how="left", validate="one_to_one"
     )
-    purchases, _ = read_partition(
-        config.lake_path("embeddings", "purchases", run_date), ["user_id", "product_id", "purchase_date"]
+    purchases, _ = read_partition_frame(
+        config, "embeddings", "purchases", run_date, ["user_id", "product_id", "purchase_date"]
     )
     since = pd.Timestamp(
         datetime.combine(run_date - timedelta(days=RECENT_PURCHASE_DAYS - 1), datetime.min.time()), tz=UTC
@@ -614,8 +608,8 @@ def run_scoring(
     started = time.monotonic()
     inputs = load_inputs(config, run_date)
     recs = score(inputs, method=method)
-    write_partition(config.lake_path("recommendations", "campaigns", run_date), recs.campaigns)
-    write_partition(config.lake_path("recommendations", "products", run_date), recs.products)
+    write_partition_frame(recs.campaigns, config, "recommendations", "campaigns", run_date)
+    write_partition_frame(recs.products, config, "recommendations", "products", run_date)
     written = 0
     if dynamo is not None:
         items = recommendation_items(

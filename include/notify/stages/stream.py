@@ -32,7 +32,6 @@ the batch), and the counts and the consumer lag are logged, returned and kept in
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -49,8 +48,9 @@ from zoneinfo import ZoneInfo
 
 from include.notify import schedule, schemas
 from include.notify.config import NotifyConfig
+from include.notify.io import lake
 from include.notify.io.dynamo import Dynamo
-from include.notify.io.kafka import ensure_topics, kafka_settings
+from include.notify.io.kafka import OutgoingMessage, TopicConsumer, ensure_topics, produce_all
 from include.notify.timeutil import iso_exact
 
 if TYPE_CHECKING:
@@ -205,114 +205,12 @@ class Rejected:
     value: bytes | None
 
 
-class StreamConsumer:
-    """A manual-commit consumer of the stream topics; offsets move only through ``commit``.
-
-    The consumer assigns itself every partition of the stream topics, starting at the group's
-    committed offsets (earliest when none), instead of joining the group protocol: like Spark's
-    Kafka source it owns its offsets explicitly, starts in about a second instead of waiting for a
-    rebalance, and the DAG's ``max_active_runs=1`` keeps consumers of one group from overlapping.
-    Closing without ``commit`` (or dying) leaves the group's offsets where they were, so the next
-    consumer re-reads everything this one consumed.
-    """
+class StreamConsumer(TopicConsumer):
+    """The manual-commit consumer of the stream topics (``orders``, ``events``) for ``group_id``
+    (default: the configured stream group); see ``kafka.TopicConsumer``."""
 
     def __init__(self, config: NotifyConfig, group_id: str | None = None, timeout: float = 10.0) -> None:
-        from confluent_kafka import Consumer, TopicPartition
-
-        self.topics = {config.topic(name): name for name in STREAM_TABLES}
-        self.consumer = Consumer(
-            kafka_settings(
-                config,
-                **{
-                    "group.id": group_id or config.stream_group_id,
-                    "enable.auto.commit": False,
-                    "enable.auto.offset.store": False,
-                    "auto.offset.reset": "earliest",
-                    "enable.partition.eof": True,
-                },
-            )
-        )
-        metadata = self.consumer.list_topics(timeout=timeout)
-        partitions = []
-        for topic in self.topics:
-            found = metadata.topics.get(topic)
-            if found is None or found.error is not None:
-                self.consumer.close()
-                raise RuntimeError(
-                    f"stream topic {topic} is missing on {config.kafka_bootstrap}: {found and found.error}"
-                )
-            partitions += [TopicPartition(topic, p) for p in sorted(found.partitions)]
-        self.consumer.assign(self.consumer.committed(partitions, timeout=timeout))
-        self._assigned: set[tuple[str, int]] = {(p.topic, p.partition) for p in partitions}
-        self._at_end: set[tuple[str, int]] = set()
-
-    def poll_batch(self, max_messages: int, max_seconds: float) -> list[Message]:
-        """Up to ``max_messages`` messages, returning after ``max_seconds`` at the latest, or
-        earlier once every assigned partition has been read to its end."""
-        from confluent_kafka import KafkaError
-
-        messages: list[Message] = []
-        deadline = time.monotonic() + max_seconds
-        while len(messages) < max_messages:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            batch = self.consumer.consume(
-                num_messages=min(500, max_messages - len(messages)), timeout=min(remaining, 0.5)
-            )
-            for message in batch:
-                error = message.error()
-                position = (message.topic(), message.partition())
-                if error is None:
-                    self._at_end.discard(position)
-                    messages.append(message)
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    self._at_end.add(position)
-                elif error.fatal():
-                    raise RuntimeError(f"Kafka consumer failed fatally on {position}: {error}")
-                else:
-                    log.warning("Kafka consumer error on %s (retrying): %s", position, error)
-            if self._assigned and self._assigned <= self._at_end and not batch:
-                break
-        return messages
-
-    def commit(self, messages: Sequence[Message]) -> dict[str, int]:
-        """Commit, synchronously, the offset after the last message of each partition."""
-        from confluent_kafka import TopicPartition
-
-        next_offsets: dict[tuple[str, int], int] = {}
-        for message in messages:
-            position = (message.topic(), message.partition())
-            next_offsets[position] = max(next_offsets.get(position, 0), message.offset() + 1)
-        if next_offsets:
-            self.consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()], asynchronous=False
-            )
-        return {f"{t}-{p}": o for (t, p), o in sorted(next_offsets.items())}
-
-    def lag(self) -> dict[str, int]:
-        """Messages not yet committed per assigned partition (high watermark - committed offset)."""
-        from confluent_kafka import TopicPartition
-
-        partitions = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
-        if not partitions:
-            return {}
-        from confluent_kafka import KafkaException
-
-        committed = self.consumer.committed(partitions, timeout=10)
-        lags: dict[str, int] = {}
-        for partition in committed:
-            low, high = self.consumer.get_watermark_offsets(partition, timeout=10, cached=False)
-            # Some Kafka-compatible brokers (Tansu 0.6) answer ListOffsets(latest) with a count of
-            # record batches; the high watermark of the last fetch response is right, so use both.
-            with contextlib.suppress(KafkaException):
-                high = max(high, self.consumer.get_watermark_offsets(partition, cached=True)[1])
-            start = partition.offset if partition.offset >= 0 else low
-            lags[f"{partition.topic}-{partition.partition}"] = max(0, high - start)
-        return lags
-
-    def close(self) -> None:
-        self.consumer.close()
+        super().__init__(config, list(STREAM_TABLES), group_id or config.stream_group_id, timeout)
 
 
 # ------------------------------------------------------------------------------------ processing
@@ -493,8 +391,6 @@ def land_raw(config: NotifyConfig, valid: Mapping[str, Mapping[str, _Valid]], no
     One file per (table, delivery day, topic, partition), named after its first offset: replaying
     the same batch rewrites the same files; event tables are deduplicated by id downstream.
     """
-    import fsspec
-
     groups: dict[tuple[str, str, str, int], list[_Valid]] = defaultdict(list)
     for logical, rows in valid.items():
         table = STREAM_TABLES[logical]
@@ -510,11 +406,8 @@ def land_raw(config: NotifyConfig, valid: Mapping[str, Mapping[str, _Valid]], no
         writer.writerow(table.column_names)
         for row in rows:
             writer.writerow([_raw_text(row.record.get(name)) for name in table.column_names])
-        uri = f"{config.lake_path('raw', table_name, day)}/stream-{topic}-{partition}-{rows[0].offset}.csv"
-        fs, path = fsspec.core.url_to_fs(uri)
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        fs.pipe_file(path, buffer.getvalue().encode())
-        written.append(uri)
+        name = f"stream-{topic}-{partition}-{rows[0].offset}.csv"
+        written.append(lake.write_file(config, "raw", table_name, day, name, buffer.getvalue().encode()))
     return written
 
 
@@ -617,65 +510,29 @@ def dead_letter(config: NotifyConfig, rejected: Sequence[Rejected], producer: An
     """
     if not rejected:
         return 0
-    from confluent_kafka import Producer
-
-    producer = producer or Producer(kafka_settings(config, **{"enable.idempotence": True, "linger.ms": 5}))
-    topic = config.topic("dead_letter")
-    failures: list[str] = []
-
-    def delivered(error: Any, message: Any) -> None:
-        if error is not None:
-            failures.append(str(error))
-
-    for item in rejected:
-        headers = [
-            ("reason", item.reason.encode()),
-            ("source_topic", item.topic.encode()),
-            ("source_partition", str(item.partition).encode()),
-            ("source_offset", str(item.offset).encode()),
-        ]
-        while True:
-            try:
-                producer.produce(topic, value=item.value, key=item.key, headers=headers, on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.1)
-    remaining = producer.flush(30)
-    if remaining or failures:
-        raise RuntimeError(
-            f"dead-letter topic {topic}: {remaining} undelivered, {len(failures)} failed: {failures[:3]}"
+    messages = (
+        OutgoingMessage(
+            item.value,
+            item.key,
+            [
+                ("reason", item.reason.encode()),
+                ("source_topic", item.topic.encode()),
+                ("source_partition", str(item.partition).encode()),
+                ("source_offset", str(item.offset).encode()),
+            ],
         )
-    return len(rejected)
+        for item in rejected
+    )
+    label = f"dead-letter topic {config.topic('dead_letter')}"
+    return produce_all(config, "dead_letter", messages, linger_ms=5, timeout=30, producer=producer, label=label)
 
 
 def produce_records(config: NotifyConfig, logical_topic: str, records: Iterable[Mapping[str, Any]]) -> int:
     """Produce records to ``notify.orders`` / ``notify.events`` as the stream contract's JSON,
     keyed by ``user_id`` (one user's events stay ordered in one partition); returns the count."""
-    from confluent_kafka import Producer
-
     table = STREAM_TABLES[logical_topic]
-    producer = Producer(kafka_settings(config, **{"enable.idempotence": True, "linger.ms": 20}))
-    topic = config.topic(logical_topic)
-    failures: list[str] = []
-
-    def delivered(error: Any, message: Any) -> None:
-        if error is not None:
-            failures.append(str(error))
-
-    count = 0
-    for record in records:
-        value = to_raw_json(table, record)
-        while True:
-            try:
-                producer.produce(topic, value=value, key=str(record["user_id"]).encode(), on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        count += 1
-    remaining = producer.flush(60)
-    if remaining or failures:
-        raise RuntimeError(f"{topic}: {remaining} undelivered, {len(failures)} failed: {failures[:3]}")
-    return count
+    messages = (OutgoingMessage(to_raw_json(table, record), str(record["user_id"]).encode()) for record in records)
+    return produce_all(config, logical_topic, messages, linger_ms=20, timeout=60)
 
 
 # ------------------------------------------------------------------------------------ entry point
