@@ -65,10 +65,11 @@ def _imported_names(tree: ast.AST) -> list[tuple[int, str]]:
 
 
 def test_no_shipped_module_imports_the_tooling_even_lazily() -> None:
-    """Covers imports inside functions too, which the fresh-interpreter check cannot see."""
+    """Covers imports inside functions too, which the fresh-interpreter check cannot see, and the
+    Spark jobs, which ship to EMR Serverless with include/ alone (``make emr-bundle``)."""
     offenders = [
         f"{path.relative_to(REPO)}:{line} imports {name}"
-        for path in sorted(SHIPPED.rglob("*.py"))
+        for path in sorted([*SHIPPED.rglob("*.py"), *(REPO / "spark_jobs").rglob("*.py")])
         for line, name in _imported_names(ast.parse(path.read_text(), filename=str(path)))
         if name == "notify_tools" or name.startswith("notify_tools.")
     ]

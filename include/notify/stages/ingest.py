@@ -138,7 +138,7 @@ def read_raw(spark: SparkSession, config: NotifyConfig, table: RawTable, run_dat
 def iso_timestamp(column: Any) -> Any:
     """A timestamp column as the raw contract's text: ``2026-11-25T09:36:00Z`` (microseconds when set).
 
-    Matches ``stream.format_timestamp`` exactly, so batch and stream writers produce the same
+    Matches ``stages.stream.format_timestamp`` exactly, so batch and stream writers produce the same
     clickstream sort keys and an event ingested by both lands on one item.
     """
     from pyspark.sql import functions as sf
