@@ -12,7 +12,7 @@ NODE_STAMP := $(STATE)/node/.installed
 DEMO_USERS ?= 2000
 AIRFLOW_PORT ?= 8080
 
-# Services, Airflow and connections are configured by include/notify/localenv.py from local.env,
+# Services, Airflow and connections are configured by notify_tools/localenv.py from local.env,
 # so `make` targets, the `notify` CLI and the tests all see the same settings.
 export NOTIFY_STATE_DIR := $(STATE)
 export PATH := $(VENV)/bin:$(PATH)
@@ -80,6 +80,7 @@ bench: setup
 	$(PY) benchmarks/closed_loop.py --users 2000 --days 7
 
 ## emr-bundle: what NOTIFY_EMR_CODE_URI must hold for EMR Serverless (upload .notify/emr/ there)
+# (the jobs, and include.zip = include/ alone: notify_tools/ is local tooling and is never shipped)
 emr-bundle: setup
 	rm -rf $(STATE)/emr && mkdir -p $(STATE)/emr/spark_jobs
 	cp spark_jobs/*.py $(STATE)/emr/spark_jobs/

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE_DIR = REPO_ROOT / ".notify"
 
-# Lake zones in the order data flows through them (STYLE: data flows one way).
+# Lake zones in the order data flows through them: a stage reads upstream zones, never downstream ones.
 LAKE_ZONES = ("raw", "curated", "quarantine", "features", "embeddings", "recommendations", "runs", "truth", "export")
 
 
@@ -63,7 +63,6 @@ class NotifyConfig:
     webhook_url: str = ""
     ses_sender: str = "notify@example.com"
     sns_topic_arn: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def lake_root(self) -> str:
@@ -113,7 +112,7 @@ def load_config(environ: dict[str, str] | None = None) -> NotifyConfig:
     """
     env = os.environ if environ is None else environ
     defaults = NotifyConfig()
-    known = {f.name for f in dataclasses.fields(NotifyConfig)} - {"extra"}
+    known = {f.name for f in dataclasses.fields(NotifyConfig)}
     values: dict[str, Any] = {}
     for key, raw in env.items():
         if not key.startswith("NOTIFY_"):

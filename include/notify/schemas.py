@@ -1,9 +1,9 @@
 """Raw table schemas and the data rules that govern them, written once.
 
 Each rule is used twice: as a row-level Spark condition that quarantines the failing row with its
-reason (``quality.quarantine_reasons``), and as a Great Expectations expectation that must hold on
-the curated output (``quality.validate_curated``). The raw files arrive as CSV with a header, as an
-upstream export would deliver them: ``raw/<table>/dt=YYYY-MM-DD/*.csv``.
+reason (``stages.quality.classify``), and as a Great Expectations expectation that must hold on
+the curated output (``stages.quality.validate_curated``). The raw files arrive as CSV with a
+header, as an upstream export would deliver them: ``raw/<table>/dt=YYYY-MM-DD/*.csv``.
 """
 
 from __future__ import annotations

@@ -166,14 +166,6 @@ class Dynamo:
             kwargs["aws_secret_access_key"] = "local"
         return cls(boto3.client("dynamodb", **kwargs), config)
 
-    @classmethod
-    def from_airflow(cls, config: NotifyConfig) -> Dynamo:
-        """A client built by the Amazon provider's hook from the ``aws_conn_id`` connection."""
-        from airflow.providers.amazon.aws.hooks.dynamodb import DynamoDBHook
-
-        hook = DynamoDBHook(aws_conn_id=config.aws_conn_id, region_name=config.aws_region)
-        return cls(hook.get_conn().meta.client, config)
-
     # ----------------------------------------------------------------- tables
     def table(self, logical_name: str) -> str:
         if logical_name not in TABLES_BY_NAME:

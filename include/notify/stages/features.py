@@ -1,19 +1,34 @@
-"""Feature tables as pure Spark transforms: curated state in, feature rows out (docs/data-contracts.md).
+"""Feature tables for day D: user_features, product_features, user_product_matrix, campaign_stats.
 
-Every function takes DataFrames (current state at the run date, ``lake.read_current``) and the
-run date, and returns a DataFrame; nothing here reads or writes storage, so the same code is
-unit-tested on small hand-computed data, run by ``spark_jobs/features.py`` and benchmarked.
-Events after the end of the run date are ignored, so re-running an old day gives its features.
+Extract, pure transform, load. The transforms (``user_features`` ... ``campaign_stats``) take
+DataFrames (current state at the run date, ``lake.read_current``) and the run date, and return
+a DataFrame; they read and write no storage, so the same code is unit-tested on small
+hand-computed data and benchmarked. ``run_features`` at the end is the stage's only I/O: it
+reads the curated state, writes ``features/<name>/dt=D`` and DynamoDB, and stores counts
+(``runs/notify_features/dt=D/<name>.json`` and ``pipeline_runs``); ``spark_jobs/features.py``
+and the closed-loop simulator both call it. Events after the end of the run date are ignored,
+so re-running an old day gives its features and rewrites exactly the same partitions and items.
 ``email`` and ``password_hash`` are never selected: they stay in ``notify_users``.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import asdict
 from datetime import date, datetime, time, timedelta
-from typing import TYPE_CHECKING
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+from include.notify.config import NotifyConfig
+from include.notify.io import lake
+from include.notify.stages import ingest
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "notify_features"
 
 # The feature tables, in the order the job writes them (features/<name>/dt=D, notify_<name>), and
 # the stages whose counts the DAG checks.
@@ -412,3 +427,69 @@ def campaign_stats(
         *[sf.coalesce(sf.col(c), sf.lit(0)).alias(c) for c in ("sent", "opened", "clicked", "converted")],
         sf.lit(CAMPAIGN_WINDOW_DAYS).alias("window_days"),
     )
+
+
+def build_features(
+    spark: SparkSession, config: NotifyConfig, run_date: date
+) -> tuple[dict[str, DataFrame], dict[str, int], list[DataFrame]]:
+    """The four feature frames for ``run_date``, the input row counts, and the frames cached for them."""
+    users = lake.read_current(spark, config, "users", run_date, keep_dt=True).persist()
+    products = lake.read_current(spark, config, "products", run_date).persist()
+    campaigns = lake.read_current(spark, config, "campaigns", run_date)
+    purchases = lake.read_current(spark, config, "purchase_history", run_date).persist()
+    clickstream = lake.read_current(spark, config, "clickstream", run_date).persist()
+    inputs = {
+        "users": users.count(),
+        "products": products.count(),
+        "purchase_history": purchases.count(),
+        "clickstream": clickstream.count(),
+    }
+    user_rows = user_features(users, purchases, clickstream, products, run_date).persist()
+    segments = user_rows.select("user_id", "segment")
+    frames = {
+        "user_features": user_rows,
+        "product_features": product_features(products, purchases, run_date),
+        "user_product_matrix": user_product_matrix(purchases, run_date),
+        "campaign_stats": campaign_stats(clickstream, purchases, products, campaigns, segments, run_date),
+    }
+    return frames, inputs, [users, products, purchases, clickstream, user_rows]
+
+
+def run_features(
+    spark: SparkSession, config: NotifyConfig, run_date: date, to_dynamodb: bool = True
+) -> dict[str, dict[str, Any]]:
+    """Compute, write (lake + DynamoDB) and count every feature table for ``run_date``.
+
+    ``to_dynamodb=False`` writes the lake only (benchmarks beyond what a local endpoint takes).
+
+    Raises ``RuntimeError`` when a table's DynamoDB load does not account for every row.
+    """
+    frames, inputs, cached = build_features(spark, config, run_date)
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for name in FEATURE_TABLES:
+            started = monotonic()
+            frame = frames[name]
+            lake.write_partition(frame, config, "features", name, run_date)
+            # Load from what was written, so the lake and DynamoDB hold the same rows.
+            written = lake.read_partition(spark, config, "features", name, run_date)
+            rows = written.count()
+            load_started = monotonic()
+            loaded = ingest.load_dynamodb(written, config, name) if to_dynamodb else rows
+            load_seconds = round(monotonic() - load_started, 3)
+            if loaded != rows:
+                raise RuntimeError(f"{name} {run_date}: wrote {rows} rows to the lake but {loaded} items to DynamoDB")
+            counts = lake.RunCounts(
+                stage=name,
+                rows_in=rows,
+                rows_out=rows,
+                seconds=round(monotonic() - started, 3),
+                details={"inputs": inputs, "loaded": loaded, "load_seconds": load_seconds, "dynamodb": to_dynamodb},
+            )
+            lake.write_run_counts(config, DAG_ID, run_date, counts)
+            log.info("%s %s: %d rows written and loaded in %.1fs", name, run_date, rows, counts.seconds)
+            results[name] = asdict(counts)
+    finally:
+        for frame in cached:
+            frame.unpersist()
+    return results
