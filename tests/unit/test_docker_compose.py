@@ -80,7 +80,8 @@ def test_services_have_healthchecks_and_airflow_waits_for_them() -> None:
     services = _compose()["services"]
     for name in ("postgres", "kafka", "dynamodb", *AIRFLOW_SERVICES):
         check = services[name].get("healthcheck", {}).get("test")
-        assert check and check[0] in ("CMD", "CMD-SHELL"), f"{name} has no healthcheck"
+        assert check, f"{name} has no healthcheck"
+        assert check[0] in ("CMD", "CMD-SHELL"), f"{name}'s healthcheck is not a command"
     for dependency in ("postgres", "kafka", "dynamodb"):
         assert services["airflow-init"]["depends_on"][dependency]["condition"] == "service_healthy"
     assert "8974/health" in " ".join(services["airflow-scheduler"]["healthcheck"]["test"])
@@ -92,6 +93,7 @@ def test_the_login_is_real() -> None:
     env = compose["services"]["airflow-apiserver"]["environment"]
     assert "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS" not in env, "ALL_ADMINS switches the login off"
     user, role = env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].rsplit(":", 1)
+    assert user == "${_AIRFLOW_WWW_USER_USERNAME:-admin}"
     assert role == "admin"
     passwords = env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
     script = "\n".join(compose["services"]["airflow-init"]["command"])
