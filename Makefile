@@ -17,7 +17,7 @@ AIRFLOW_PORT ?= 8080
 export NOTIFY_STATE_DIR := $(STATE)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test test-fast lint services-up services-down services-status airflow export-tables bench emr-bundle lock clean
+.PHONY: setup demo test test-fast lint services-up services-down services-status airflow export-tables bench emr-bundle mwaa-bundle mwaa-requirements lock clean
 
 ## setup: virtualenv with the pinned stack, dynalite, Airflow metadata DB (fast when already done)
 setup: $(STAMP) $(NODE_STAMP)
@@ -79,13 +79,20 @@ bench: setup
 	$(PY) benchmarks/plan_dispatch.py
 	$(PY) benchmarks/closed_loop.py --users 2000 --days 7
 
-## emr-bundle: what NOTIFY_EMR_CODE_URI must hold for EMR Serverless (upload .notify/emr/ there)
-# (the jobs, and include.zip = include/ alone: notify_tools/ is local tooling and is never shipped)
+## emr-bundle: what NOTIFY_EMR_CODE_URI must hold for EMR Serverless (job files, include.zip, deps archive)
+# (include.zip holds include/ alone: notify_tools/ is local tooling and is never shipped)
 emr-bundle: setup
-	rm -rf $(STATE)/emr && mkdir -p $(STATE)/emr/spark_jobs
-	cp spark_jobs/*.py $(STATE)/emr/spark_jobs/
-	$(PY) -c "import shutil; shutil.make_archive('$(STATE)/emr/include', 'zip', root_dir='.', base_dir='include')"
+	$(PY) -m notify_tools.packaging emr-bundle --out $(STATE)/emr
 	@echo "upload: aws s3 sync $(STATE)/emr/ <NOTIFY_EMR_CODE_URI>/"
+
+## mwaa-requirements: regenerate requirements-mwaa.txt from pyproject.toml
+mwaa-requirements: setup
+	$(PY) -m notify_tools.packaging mwaa-requirements --out requirements-mwaa.txt
+
+## mwaa-bundle: what goes to the MWAA bucket (dags/ with include/, plugins.zip, requirements.txt, startup.sh)
+mwaa-bundle: setup
+	$(PY) -m notify_tools.packaging mwaa-bundle --out $(STATE)/mwaa
+	@echo "upload: aws s3 sync $(STATE)/mwaa/ s3://<mwaa-bucket>/ (then update the environment's requirements/plugins/startup versions)"
 
 ## lock: re-resolve requirements.in into the pinned requirements.txt
 lock:

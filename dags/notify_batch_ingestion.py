@@ -25,7 +25,18 @@ from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, dag, task
 
-from include.notify.orchestration import CURATED, DEFAULT_ARGS, START_DATE, publish_run_date
+from include.notify.orchestration import (
+    CURATED,
+    DEFAULT_ARGS,
+    DYNAMO,
+    RUN_DATE,
+    RUN_DATE_PARAMS,
+    START_DATE,
+    nightly_deadline,
+    run_step,
+    spark_job,
+)
+from include.notify.schemas import RAW_TABLES
 
 
 @dag(
@@ -37,40 +48,30 @@ from include.notify.orchestration import CURATED, DEFAULT_ARGS, START_DATE, publ
     max_active_runs=1,  # a day's references are checked against the previous days' state
     dagrun_timeout=timedelta(hours=4),
     default_args=DEFAULT_ARGS,
+    params=RUN_DATE_PARAMS,
+    deadline=nightly_deadline(timedelta(hours=3)),
     tags=["notify", "ingestion", "spark", "data-quality"],
 )
 def notify_batch_ingestion() -> None:
     @task
-    def create_tables() -> list[str]:
-        from include.notify.config import config_from_airflow
-        from include.notify.io.dynamo import Dynamo
+    def create_tables(**context: Any) -> list[str]:
+        return run_step(context, "include.notify.io.dynamo:Dynamo.create_tables", DYNAMO, config_first=False)
 
-        return Dynamo.from_config(config_from_airflow()).create_tables()
-
-    @task(execution_timeout=timedelta(hours=3))
-    def ingest(**context: Any) -> None:
-        from include.notify.config import config_from_airflow
-        from include.notify.orchestration import run_date_of
-        from include.notify.spark import job_arguments, submit
-
-        config = config_from_airflow()
-        submit(config, "batch_ingest", job_arguments(config, run_date_of(context)))
+    ingest = spark_job("batch_ingest", task_id="ingest", execution_timeout=timedelta(hours=3))
 
     @task(outlets=[CURATED])
-    def report_counts(**context: Any) -> dict[str, dict[str, Any]]:
-        from include.notify.config import config_from_airflow
-        from include.notify.io.lake import checked_run_counts
-        from include.notify.orchestration import run_date_of
-        from include.notify.schemas import RAW_TABLES
-
-        run_date = run_date_of(context)
-        counts = checked_run_counts(
-            config_from_airflow(), "notify_batch_ingestion", run_date, [t.name for t in RAW_TABLES]
+    def report_counts(**context: Any) -> Any:
+        tables = [t.name for t in RAW_TABLES]
+        return run_step(
+            context,
+            "include.notify.io.lake:checked_run_counts",
+            "notify_batch_ingestion",
+            RUN_DATE,
+            tables,
+            outlet=CURATED,
         )
-        publish_run_date(context, CURATED, run_date)
-        return counts
 
-    create_tables() >> ingest() >> report_counts()
+    create_tables() >> ingest >> report_counts()
 
 
 notify_batch_ingestion()

@@ -1,12 +1,16 @@
 """Minutely dispatch: sends what `notify_planning` scheduled, exactly once, through the channels.
 
-Every minute a sensor in reschedule mode (no worker slot held while waiting) asks the sparse due
-index whether anything is claimable at the run's time; if nothing is, the run is skipped. Then one
-task claims each due item with a conditional update and a lease, renders its templates in the
+Every minute one task asks the sparse due index whether anything is claimable at the run's time;
+if nothing is, the task is skipped (one cheap query). Otherwise it claims each due item with a conditional update and a lease, renders its templates in the
 sandbox, sends through the configured channels (inbox, Kafka `notify.notifications`, webhook,
 SNS, SES), writes `notify_deliveries`, marks it sent and emits `notification_sent` to
 `notify.events`. Items past the lateness limit are expired, not sent late. One run at a time and
 no catch-up: a backlog is one run's work, never a storm of runs.
+
+Why no sensor: a run is a minute long, so a sensor can only wait inside that minute. In reschedule
+mode it took up to four worker launches a minute (pokes at 0/15/30/45 s) when nothing was due and
+two (sensor + dispatch) when something was; a deferrable sensor takes two (defer, resume) plus the
+dispatch task. Checking inside the dispatch task takes one launch a minute in every case.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
-from include.notify.orchestration import DEFAULT_ARGS, START_DATE
+from include.notify.orchestration import DEFAULT_ARGS, DYNAMO, RUN_TIME, START_DATE, run_step
 
 
 @dag(
@@ -31,26 +35,17 @@ from include.notify.orchestration import DEFAULT_ARGS, START_DATE
     tags=["notify", "dispatch"],
 )
 def notify_dispatch() -> None:
-    # Reschedule mode frees the worker slot between pokes; soft_fail skips the run when nothing is due.
-    @task.sensor(mode="reschedule", poke_interval=15, timeout=45, soft_fail=True)
-    def notifications_due(**context: Any) -> bool:
-        from include.notify.config import config_from_airflow
-        from include.notify.io.dynamo import Dynamo
-        from include.notify.stages.dispatch import has_due, run_time_of
-
-        config = config_from_airflow()
-        return has_due(config, run_time_of(context), Dynamo.from_config(config))
-
     @task(execution_timeout=timedelta(minutes=8))
-    def dispatch(**context: Any) -> dict[str, int]:
-        from include.notify.config import config_from_airflow
-        from include.notify.io.dynamo import Dynamo
-        from include.notify.stages.dispatch import dispatch_due, run_time_of
+    def dispatch(**context: Any) -> Any:
+        return run_step(
+            context,
+            "include.notify.stages.dispatch:dispatch_due",
+            RUN_TIME,
+            DYNAMO,
+            skip_unless="include.notify.stages.dispatch:has_due",
+        )
 
-        config = config_from_airflow()
-        return dispatch_due(config, run_time_of(context), Dynamo.from_config(config))
-
-    notifications_due() >> dispatch()
+    dispatch()
 
 
 notify_dispatch()

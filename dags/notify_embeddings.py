@@ -20,7 +20,19 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
-from include.notify.orchestration import DEFAULT_ARGS, EMBEDDINGS, FEATURES, START_DATE, publish_run_date
+from include.notify.orchestration import (
+    DEFAULT_ARGS,
+    DYNAMO,
+    EMBEDDINGS,
+    FEATURES,
+    RUN_DATE,
+    RUN_DATE_PARAMS,
+    START_DATE,
+    nightly_deadline,
+    run_step,
+)
+
+STAGES = "include.notify.stages.embeddings"
 
 
 @dag(
@@ -28,69 +40,38 @@ from include.notify.orchestration import DEFAULT_ARGS, EMBEDDINGS, FEATURES, STA
     doc_md=__doc__,
     schedule=[FEATURES],
     start_date=START_DATE,
-    catchup=False,  # asset-triggered: each run is for the day in the triggering event
+    catchup=False,  # asset-triggered: each run is for the days in the triggering events
     max_active_runs=1,  # runs read the previous day's vectors; they must not overlap
     dagrun_timeout=timedelta(hours=3),
     default_args=DEFAULT_ARGS,
+    params=RUN_DATE_PARAMS,
+    deadline=nightly_deadline(timedelta(hours=2)),
     tags=["notify", "ml", "embeddings"],
 )
 def notify_embeddings() -> None:
     @task
-    def products(**context: Any) -> dict[str, int]:
-        from include.notify.config import config_from_airflow
-        from include.notify.orchestration import run_date_of
-        from include.notify.stages.embeddings import prepare_texts
-
-        return prepare_texts(config_from_airflow(), "products", run_date_of(context))
+    def products(**context: Any) -> Any:
+        return run_step(context, f"{STAGES}:prepare_texts", "products", RUN_DATE)
 
     @task(execution_timeout=timedelta(hours=2))
-    def product_embeddings(**context: Any) -> dict[str, Any]:
-        from include.notify.config import config_from_airflow
-        from include.notify.io.dynamo import Dynamo
-        from include.notify.orchestration import run_date_of
-        from include.notify.stages.embeddings import embed_items
-
-        config = config_from_airflow()
-        return embed_items(config, "products", run_date_of(context), Dynamo.from_config(config))
+    def product_embeddings(**context: Any) -> Any:
+        return run_step(context, f"{STAGES}:embed_items", "products", RUN_DATE, DYNAMO)
 
     @task
-    def purchase_embeddings(**context: Any) -> dict[str, int]:
-        from include.notify.config import config_from_airflow
-        from include.notify.orchestration import run_date_of
-        from include.notify.stages.embeddings import embed_purchases
-
-        return embed_purchases(config_from_airflow(), run_date_of(context))
+    def purchase_embeddings(**context: Any) -> Any:
+        return run_step(context, f"{STAGES}:embed_purchases", RUN_DATE)
 
     @task
-    def campaigns(**context: Any) -> dict[str, int]:
-        from include.notify.config import config_from_airflow
-        from include.notify.orchestration import run_date_of
-        from include.notify.stages.embeddings import prepare_texts
-
-        return prepare_texts(config_from_airflow(), "campaigns", run_date_of(context))
+    def campaigns(**context: Any) -> Any:
+        return run_step(context, f"{STAGES}:prepare_texts", "campaigns", RUN_DATE)
 
     @task
-    def campaign_embeddings(**context: Any) -> dict[str, Any]:
-        from include.notify.config import config_from_airflow
-        from include.notify.io.dynamo import Dynamo
-        from include.notify.orchestration import run_date_of
-        from include.notify.stages.embeddings import embed_items
-
-        config = config_from_airflow()
-        return embed_items(config, "campaigns", run_date_of(context), Dynamo.from_config(config))
+    def campaign_embeddings(**context: Any) -> Any:
+        return run_step(context, f"{STAGES}:embed_items", "campaigns", RUN_DATE, DYNAMO)
 
     @task(outlets=[EMBEDDINGS])
-    def user_embeddings(**context: Any) -> dict[str, int]:
-        from include.notify.config import config_from_airflow
-        from include.notify.io.dynamo import Dynamo
-        from include.notify.orchestration import run_date_of
-        from include.notify.stages.embeddings import embed_users
-
-        config = config_from_airflow()
-        run_date = run_date_of(context)
-        counts = embed_users(config, run_date, Dynamo.from_config(config))
-        publish_run_date(context, EMBEDDINGS, run_date, counts)
-        return counts
+    def user_embeddings(**context: Any) -> Any:
+        return run_step(context, f"{STAGES}:embed_users", RUN_DATE, DYNAMO, outlet=EMBEDDINGS)
 
     product_chain = products() >> product_embeddings() >> purchase_embeddings()
     campaign_branch = campaigns() >> campaign_embeddings()

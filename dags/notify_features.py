@@ -18,8 +18,18 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
-from include.notify.orchestration import CURATED, DEFAULT_ARGS, FEATURES, START_DATE, publish_run_date
-from include.notify.stages.features import FEATURE_TABLES
+from include.notify.orchestration import (
+    CURATED,
+    DEFAULT_ARGS,
+    FEATURES,
+    RUN_DATE,
+    RUN_DATE_PARAMS,
+    START_DATE,
+    Ref,
+    nightly_deadline,
+    run_step,
+    spark_job,
+)
 
 
 @dag(
@@ -27,34 +37,25 @@ from include.notify.stages.features import FEATURE_TABLES
     doc_md=__doc__,
     schedule=[CURATED],
     start_date=START_DATE,
-    catchup=False,  # asset-triggered: each run is for the day in the triggering event
+    catchup=False,  # asset-triggered: each run is for the days in the triggering events
     max_active_runs=1,  # one day's features at a time, in the order ingestion finished them
     dagrun_timeout=timedelta(hours=3),
     default_args=DEFAULT_ARGS,
+    params=RUN_DATE_PARAMS,
+    deadline=nightly_deadline(timedelta(hours=2)),
     tags=["notify", "features", "spark"],
 )
 def notify_features() -> None:
-    @task(execution_timeout=timedelta(hours=2))
-    def build_features(**context: Any) -> None:
-        from include.notify.config import config_from_airflow
-        from include.notify.orchestration import run_date_of
-        from include.notify.spark import job_arguments, submit
-
-        config = config_from_airflow()
-        submit(config, "features", job_arguments(config, run_date_of(context)))
+    build_features = spark_job("features", task_id="build_features", execution_timeout=timedelta(hours=2))
 
     @task(outlets=[FEATURES])
-    def report_counts(**context: Any) -> dict[str, dict[str, Any]]:
-        from include.notify.config import config_from_airflow
-        from include.notify.io.lake import checked_run_counts
-        from include.notify.orchestration import run_date_of
+    def report_counts(**context: Any) -> Any:
+        tables = Ref("spark_jobs.features:FEATURE_TABLES")  # the job's own list, read at run time
+        return run_step(
+            context, "include.notify.io.lake:checked_run_counts", "notify_features", RUN_DATE, tables, outlet=FEATURES
+        )
 
-        run_date = run_date_of(context)
-        counts = checked_run_counts(config_from_airflow(), "notify_features", run_date, FEATURE_TABLES)
-        publish_run_date(context, FEATURES, run_date)
-        return counts
-
-    build_features() >> report_counts()
+    build_features >> report_counts()
 
 
 notify_features()

@@ -18,7 +18,17 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
-from include.notify.orchestration import DEFAULT_ARGS, RECOMMENDATIONS, SCHEDULE, START_DATE, publish_run_date
+from include.notify.orchestration import (
+    DEFAULT_ARGS,
+    DYNAMO,
+    RECOMMENDATIONS,
+    RUN_DATE,
+    RUN_DATE_PARAMS,
+    SCHEDULE,
+    START_DATE,
+    nightly_deadline,
+    run_step,
+)
 
 
 @dag(
@@ -26,35 +36,22 @@ from include.notify.orchestration import DEFAULT_ARGS, RECOMMENDATIONS, SCHEDULE
     doc_md=__doc__,
     schedule=[RECOMMENDATIONS],
     start_date=START_DATE,
-    catchup=False,  # asset-triggered: each run plans the day named in the triggering event
+    catchup=False,  # asset-triggered: each run plans the days named in the triggering events
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=1),
     default_args=DEFAULT_ARGS,
+    params=RUN_DATE_PARAMS,
+    deadline=nightly_deadline(timedelta(minutes=50)),
     tags=["notify", "planning"],
 )
 def notify_planning() -> None:
     @task(outlets=[SCHEDULE], execution_timeout=timedelta(minutes=45))
-    def plan_day(**context: Any) -> dict[str, Any]:
-        from include.notify.config import config_from_airflow
-        from include.notify.io.dynamo import Dynamo
-        from include.notify.orchestration import run_date_of
-        from include.notify.stages.planning_run import plan_day
-
-        config = config_from_airflow()
-        run_date = run_date_of(context)
-        counts = plan_day(config, run_date, Dynamo.from_config(config))
-        publish_run_date(context, SCHEDULE, run_date, counts)
-        return counts
+    def plan_day(**context: Any) -> Any:
+        return run_step(context, "include.notify.stages.planning_run:plan_day", RUN_DATE, DYNAMO, outlet=SCHEDULE)
 
     @task(execution_timeout=timedelta(minutes=15))
-    def close_unreachable(**context: Any) -> dict[str, int]:
-        from include.notify.config import config_from_airflow
-        from include.notify.io.dynamo import Dynamo
-        from include.notify.orchestration import run_date_of
-        from include.notify.stages.dispatch import close_unreachable
-
-        config = config_from_airflow()
-        return close_unreachable(config, run_date_of(context), Dynamo.from_config(config))
+    def close_unreachable(**context: Any) -> Any:
+        return run_step(context, "include.notify.stages.dispatch:close_unreachable", RUN_DATE, DYNAMO)
 
     plan_day()
     close_unreachable()

@@ -16,7 +16,17 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
-from include.notify.orchestration import DEFAULT_ARGS, EMBEDDINGS, RECOMMENDATIONS, START_DATE, publish_run_date
+from include.notify.orchestration import (
+    DEFAULT_ARGS,
+    DYNAMO,
+    EMBEDDINGS,
+    RECOMMENDATIONS,
+    RUN_DATE,
+    RUN_DATE_PARAMS,
+    START_DATE,
+    nightly_deadline,
+    run_step,
+)
 
 
 @dag(
@@ -24,25 +34,18 @@ from include.notify.orchestration import DEFAULT_ARGS, EMBEDDINGS, RECOMMENDATIO
     doc_md=__doc__,
     schedule=[EMBEDDINGS],
     start_date=START_DATE,
-    catchup=False,  # asset-triggered: each run is for the day in the triggering event
+    catchup=False,  # asset-triggered: each run is for the days in the triggering events
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=2),
     default_args=DEFAULT_ARGS,
+    params=RUN_DATE_PARAMS,
+    deadline=nightly_deadline(timedelta(hours=1, minutes=30)),
     tags=["notify", "ml", "scoring"],
 )
 def notify_scoring() -> None:
     @task(outlets=[RECOMMENDATIONS], execution_timeout=timedelta(hours=1))
-    def score_users(**context: Any) -> dict[str, Any]:
-        from include.notify.config import config_from_airflow
-        from include.notify.io.dynamo import Dynamo
-        from include.notify.orchestration import run_date_of
-        from include.notify.stages.scoring import run_scoring
-
-        config = config_from_airflow()
-        run_date = run_date_of(context)
-        counts = run_scoring(config, run_date, Dynamo.from_config(config))
-        publish_run_date(context, RECOMMENDATIONS, run_date, counts)
-        return counts
+    def score_users(**context: Any) -> Any:
+        return run_step(context, "include.notify.stages.scoring:run_scoring", RUN_DATE, DYNAMO, outlet=RECOMMENDATIONS)
 
     score_users()
 

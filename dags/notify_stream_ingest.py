@@ -21,7 +21,7 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
-from include.notify.orchestration import DEFAULT_ARGS, START_DATE
+from include.notify.orchestration import DEFAULT_ARGS, DYNAMO, START_DATE, run_step
 
 MAX_MESSAGES = 20_000
 MAX_SECONDS = 40.0
@@ -40,13 +40,8 @@ MAX_SECONDS = 40.0
 )
 def notify_stream_ingest() -> None:
     @task(execution_timeout=timedelta(minutes=3))
-    def ingest() -> dict[str, Any]:
-        from include.notify.config import config_from_airflow
-        from include.notify.io.dynamo import Dynamo
-        from include.notify.stages.stream import ingest_batch
-
-        config = config_from_airflow()
-        return ingest_batch(config, MAX_MESSAGES, MAX_SECONDS, Dynamo.from_config(config))
+    def ingest(**context: Any) -> Any:
+        return run_step(context, "include.notify.stages.stream:ingest_batch", MAX_MESSAGES, MAX_SECONDS, DYNAMO)
 
     ingest()
 

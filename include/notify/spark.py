@@ -1,9 +1,12 @@
-"""Spark: the local session used by jobs and tests, and the runners that submit jobs.
+"""Spark: the local session used by jobs and tests, and what runs a job where.
 
-A job is ``spark_jobs/<job>.py`` with ``main(argv)``. Which runner submits it is configuration
-(``NOTIFY_SPARK_RUNNER``), dispatched by ``submit``: ``local`` runs ``spark-submit --master
-local[*]`` on this machine; ``emr_serverless`` starts a job run through the Amazon provider's
-EMR Serverless hook with the same job file and arguments.
+A job is ``spark_jobs/<job>.py`` with ``main(argv)``. Which runner runs it is configuration
+(``NOTIFY_SPARK_RUNNER``): ``local`` runs ``spark-submit`` on this machine (``run_local``, its
+output streamed into the task log line by line); ``emr_serverless`` is the Amazon provider's
+``EmrServerlessStartJobOperator`` in deferrable mode (the DAG builds it; this module only writes
+its arguments, ``emr_job_runs``): the triggerer waits, a timeout or a kill cancels the job run,
+logs go to S3 (``monitoringConfiguration``), and the job gets its Python dependencies from the
+archive ``make emr-bundle`` builds. Nothing here polls EMR: the provider does that better.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -62,15 +66,25 @@ def spark_submit_arguments(job: str, args: list[str]) -> tuple[str, list[str]]:
     return str(entry), list(args)
 
 
+def spark_submit_command() -> str:
+    """``spark-submit``: on PATH (the official Airflow image, EMR), else beside this interpreter (a venv)."""
+    found = shutil.which("spark-submit") or str(Path(sys.executable).parent / "spark-submit")
+    if not Path(found).exists():
+        raise FileNotFoundError(
+            "spark-submit is neither on PATH nor beside the Python interpreter (pip install pyspark)"
+        )
+    return found
+
+
 def run_local(config: NotifyConfig, job: str, args: list[str]) -> float:
     """Run a job through ``spark-submit`` on this machine; returns seconds taken.
 
-    Raises ``RuntimeError`` with the tail of the job's output when it fails.
+    The job's output is logged line by line as it is written (it shows in the task log while
+    the job runs). Raises ``RuntimeError`` with the tail of the output when the job fails.
     """
     entry, job_args = spark_submit_arguments(job, args)
-    spark_submit = Path(sys.executable).parent / "spark-submit"
     command = [
-        str(spark_submit), "--master", config.spark_master, "--driver-memory", config.spark_driver_memory,
+        spark_submit_command(), "--master", config.spark_master, "--driver-memory", config.spark_driver_memory,
         *[arg for key, value in SESSION_SETTINGS.items() for arg in ("--conf", f"{key}={value}")],
         entry, *job_args,
     ]  # fmt: skip
@@ -82,22 +96,29 @@ def run_local(config: NotifyConfig, job: str, args: list[str]) -> float:
     }
     started = time.monotonic()
     log.info("spark-submit %s %s", job, " ".join(job_args))
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)  # noqa: S603
+    tail: list[str] = []
+    with subprocess.Popen(  # noqa: S603 - a fixed command, no shell
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.info("[%s] %s", job, line.rstrip())
+            tail = [*tail[-39:], line.rstrip()]
     elapsed = time.monotonic() - started
-    for line in result.stdout.splitlines():
-        log.info("[%s] %s", job, line)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
-        raise RuntimeError(f"Spark job {job} failed with exit code {result.returncode}:\n{tail}")
+    if process.returncode != 0:
+        raise RuntimeError(f"Spark job {job} failed with exit code {process.returncode}:\n" + "\n".join(tail))
     log.info("Spark job %s finished in %.1fs", job, elapsed)
     return elapsed
 
 
+def run_job(config: NotifyConfig, job: str, run_date: date, *extra: str) -> float:
+    """Run a job for one day with ``spark-submit`` (the ``local`` runner); returns seconds taken."""
+    if config.spark_runner != "local":
+        raise ValueError(f"run_job runs spark-submit; spark_runner={config.spark_runner!r} runs on EMR Serverless")
+    return run_local(config, job, job_arguments(config, run_date, *extra))
+
+
 # ------------------------------------------------------------------ job arguments and runners
-# EMR Serverless job-run states after which nothing more will happen.
-EMR_TERMINAL_STATES = {"SUCCESS", "FAILED", "CANCELLED"}
-
-
 def job_arguments(config: NotifyConfig, run_date: date, *extra: str) -> list[str]:
     """The arguments every Notify Spark job takes, from the task's configuration.
 
@@ -133,47 +154,46 @@ def config_from_job_arguments(args: argparse.Namespace) -> NotifyConfig:
     )
 
 
-def submit(config: NotifyConfig, job: str, args: list[str], client: Any = None, poll_seconds: float = 15.0) -> None:
-    """Run a Spark job with the configured runner and return when it has succeeded.
+def emr_job_runs(config: NotifyConfig, job: str, run_dates: list[date]) -> list[dict[str, Any]]:
+    """Keyword arguments of ``EmrServerlessStartJobOperator``, one set per day (the task maps over them).
 
-    ``local``: ``spark-submit`` on this machine (``run_local``). ``emr_serverless``: a job run on
-    ``config.emr_application_id`` started through the Amazon provider's ``EmrServerlessHook``
-    (``client`` may be given instead, e.g. in tests), polled until a terminal state. Any end
-    other than ``SUCCESS`` raises ``RuntimeError`` with the job run's state details.
+    Raises ``ValueError`` naming the missing ``NOTIFY_EMR_*`` settings, ``FileNotFoundError`` for
+    an unknown job: in the task that prepares the run, before anything is started on EMR.
     """
-    if config.spark_runner == "local":
-        run_local(config, job, args)
-        return
-    if config.spark_runner != "emr_serverless":
-        raise ValueError(f"unknown spark_runner {config.spark_runner!r}")
     missing = [n for n in ("emr_application_id", "emr_execution_role_arn", "emr_code_uri") if not getattr(config, n)]
     if missing:
         raise ValueError(f"spark_runner=emr_serverless needs {', '.join('NOTIFY_' + n.upper() for n in missing)}")
-    spark_submit_arguments(job, args)  # fail early, here, if the job does not exist
-    if client is None:
-        from airflow.providers.amazon.aws.hooks.emr import EmrServerlessHook
-
-        client = EmrServerlessHook(aws_conn_id=config.aws_conn_id).conn
-    request = emr_job_request(config, job, args)
-    run_id = client.start_job_run(**request)["jobRunId"]
-    log.info("EMR Serverless job run %s started for %s on application %s", run_id, job, config.emr_application_id)
-    while True:
-        job_run = client.get_job_run(applicationId=config.emr_application_id, jobRunId=run_id)["jobRun"]
-        state = job_run["state"]
-        if state in EMR_TERMINAL_STATES:
-            break
-        time.sleep(poll_seconds)
-    if state != "SUCCESS":
-        raise RuntimeError(
-            f"EMR Serverless job run {run_id} ({job}) ended {state}: {job_run.get('stateDetails', 'no details')}"
+    spark_submit_arguments(job, [])  # fail early, here, if the job does not exist
+    runs = []
+    for run_date in run_dates:
+        request = emr_job_request(config, job, job_arguments(config, run_date))
+        runs.append(
+            {
+                "application_id": request["applicationId"],
+                "execution_role_arn": request["executionRoleArn"],
+                "name": f"{request['name']}-{run_date.isoformat()}",
+                "job_driver": request["jobDriver"],
+                "configuration_overrides": request["configurationOverrides"],
+            }
         )
-    log.info("EMR Serverless job run %s (%s) succeeded", run_id, job)
+    return runs
+
+
+# The archive ``make emr-bundle`` builds: the jobs' Python dependencies (pandas, pyarrow, GX, ...),
+# unpacked by Spark as ./deps on the driver and every executor and put on their PYTHONPATH.
+EMR_DEPS_ARCHIVE = "notify-deps.tar.gz"
 
 
 def emr_job_request(config: NotifyConfig, job: str, args: list[str]) -> dict[str, Any]:
-    """The ``StartJobRun`` request: the job file and ``include`` (zipped) from ``emr_code_uri``."""
+    """The ``StartJobRun`` request: the job file, ``include`` (zipped) and the dependency archive from
+    ``emr_code_uri``; driver and executor logs to ``<emr_code_uri>/logs/`` (S3 monitoring)."""
     code = config.emr_code_uri.rstrip("/")
-    settings = " ".join(f"--conf {key}={value}" for key, value in SESSION_SETTINGS.items())
+    settings = [f"--conf {key}={value}" for key, value in SESSION_SETTINGS.items()]
+    deps = [
+        f"--conf spark.archives={code}/{EMR_DEPS_ARCHIVE}#deps",
+        "--conf spark.emr-serverless.driverEnv.PYTHONPATH=./deps",
+        "--conf spark.executorEnv.PYTHONPATH=./deps",
+    ]
     return {
         "applicationId": config.emr_application_id,
         "executionRoleArn": config.emr_execution_role_arn,
@@ -182,7 +202,10 @@ def emr_job_request(config: NotifyConfig, job: str, args: list[str]) -> dict[str
             "sparkSubmit": {
                 "entryPoint": f"{code}/spark_jobs/{job}.py",
                 "entryPointArguments": list(args),
-                "sparkSubmitParameters": f"--py-files {code}/include.zip {settings}",
+                "sparkSubmitParameters": " ".join([f"--py-files {code}/include.zip", *deps, *settings]),
             }
+        },
+        "configurationOverrides": {
+            "monitoringConfiguration": {"s3MonitoringConfiguration": {"logUri": f"{code}/logs/"}},
         },
     }

@@ -27,7 +27,9 @@ EXPECTED_DAGS = {
     "notify_planning",
     "notify_dispatch",
     "notify_stream_ingest",
+    "notify_maintenance",
 }
+NIGHTLY_CHAIN = ["notify_batch_ingestion", "notify_features", "notify_embeddings", "notify_scoring", "notify_planning"]
 HEAVY_MODULES = ("pyspark", "torch", "sentence_transformers", "great_expectations", "pynndescent", "pandas", "boto3")
 
 
@@ -104,8 +106,7 @@ def _asset_names(condition) -> set[str]:
 
 def test_nightly_chain_is_wired_by_assets(dagbag) -> None:
     """Ingestion -> features -> embeddings -> scoring -> planning, each started by the one before."""
-    chain = ["notify_batch_ingestion", "notify_features", "notify_embeddings", "notify_scoring", "notify_planning"]
-    for producer, consumer in itertools.pairwise(chain):
+    for producer, consumer in itertools.pairwise(NIGHTLY_CHAIN):
         produced = {
             outlet.name for task in dagbag.dags[producer].tasks for outlet in getattr(task, "outlets", []) or []
         }
@@ -120,14 +121,78 @@ def test_minutely_dags_never_overlap(dagbag) -> None:
         assert dag.timetable.expression == "* * * * *"
 
 
-def test_dispatch_waits_in_a_sensor_that_holds_no_worker_slot(dagbag) -> None:
+def test_dispatch_takes_one_worker_launch_a_minute(dagbag) -> None:
+    """No sensor: the dispatch task checks the due index itself and skips when nothing is due."""
     from airflow.sdk.bases.sensor import BaseSensorOperator
 
-    sensors = [t for t in dagbag.dags["notify_dispatch"].tasks if isinstance(t, BaseSensorOperator)]
-    assert sensors, "dispatch must start with a sensor"
-    for sensor in sensors:
-        assert sensor.mode == "reschedule" or getattr(sensor, "deferrable", False) or sensor.start_trigger_args
-        assert sensor.downstream_task_ids, "the sensor must gate the dispatch task"
+    dag = dagbag.dags["notify_dispatch"]
+    assert [t.task_id for t in dag.tasks] == ["dispatch"]
+    assert not any(isinstance(t, BaseSensorOperator) for t in dag.tasks)
+
+
+def test_every_task_body_is_one_call_into_include() -> None:
+    """Task bodies hand over to ``run_step`` (or a provider operator): no config/Dynamo plumbing in DAG files,
+    and no task shadows a function it imports."""
+    import ast
+
+    for path in DAG_FILES:
+        tree = ast.parse(path.read_text())
+        imported = {
+            alias.asname or alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+        }
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef) or not any("task" in ast.unparse(d) for d in node.decorator_list):
+                continue
+            assert node.name not in imported, f"{path.name}: task {node.name} shadows an import"
+            body = [b for b in node.body if not isinstance(b, ast.Expr | ast.Assign)]
+            assert len(body) == 1, f"{path.name}:{node.name} has {len(node.body)} statements"
+            (statement,) = body
+            assert isinstance(statement, ast.Return)
+            assert ast.unparse(statement.value).startswith("run_step("), f"{path.name}:{node.name}"
+            assert not any(isinstance(b, ast.Import | ast.ImportFrom) for b in ast.walk(node)), (
+                f"{path.name}:{node.name}"
+            )
+
+
+@pytest.mark.parametrize("dag_id", NIGHTLY_CHAIN)
+def test_nightly_dags_take_a_run_date_alert_on_failure_and_have_a_deadline(dagbag, dag_id: str) -> None:
+    from include.notify.orchestration import notify_failure
+
+    dag = dagbag.dags[dag_id]
+    assert "run_date" in dag.params
+    assert dag.params["run_date"] is None  # empty by default: the events' days or the logical date
+    assert dag.deadline, f"{dag_id} has no deadline alert"
+    for task in dag.tasks:
+        assert notify_failure in (task.on_failure_callback or []) or task.on_failure_callback == notify_failure
+
+
+def test_maintenance_cleans_only_the_minutely_dags(dagbag) -> None:
+    (clean,) = dagbag.dags["notify_maintenance"].tasks
+    command = clean.bash_command
+    assert command.startswith("airflow db clean --yes --skip-archive")
+    assert "--dag-ids notify_dispatch,notify_stream_ingest " in command
+    assert "--clean-before-timestamp" in command
+
+
+def test_emr_runner_builds_the_deferrable_provider_operator(monkeypatch) -> None:
+    """With NOTIFY_SPARK_RUNNER=emr_serverless the Spark tasks are EmrServerlessStartJobOperator, deferrable."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.providers.amazon.aws.operators.emr import EmrServerlessStartJobOperator
+
+    monkeypatch.setenv("NOTIFY_SPARK_RUNNER", "emr_serverless")
+    bag = DagBag(dag_folder=str(DAGS_DIR / "notify_features.py"))
+    assert not bag.import_errors, bag.import_errors
+    dag = bag.dags["notify_features"]
+    emr = dag.get_task("build_features.run")
+    assert emr.operator_class is EmrServerlessStartJobOperator or issubclass(
+        emr.operator_class, EmrServerlessStartJobOperator
+    )
+    assert emr.partial_kwargs["deferrable"] is True
+    assert dag.get_task("build_features.job_runs").downstream_task_ids == {"build_features.run"}
+    assert dag.get_task("report_counts").upstream_task_ids == {"build_features.run"}
 
 
 def test_the_run_date_travels_with_the_asset_event_to_the_next_dag() -> None:
@@ -139,11 +204,33 @@ def test_the_run_date_travels_with_the_asset_event_to_the_next_dag() -> None:
 
     event = SimpleNamespace(extra={})
     publish_run_date({"outlet_events": {FEATURES: event}}, FEATURES, date(2026, 3, 10), {"users": 5})
-    assert event.extra == {"run_date": "2026-03-10", "users": 5}
+    assert event.extra == {"run_date": "2026-03-10", "run_dates": ["2026-03-10"], "users": 5}
 
     # The triggered run's logical date is when it was triggered, not the day to work on.
     triggered = {"triggering_asset_events": {FEATURES: [event]}, "logical_date": datetime(2026, 3, 11, tzinfo=UTC)}
     assert run_date_of(triggered) == date(2026, 3, 10)
     assert run_date_of({"logical_date": datetime(2026, 3, 11, tzinfo=UTC)}) == date(2026, 3, 11)
-    with pytest.raises(ValueError, match="neither a logical date"):
+    with pytest.raises(ValueError, match="no run_date param"):
         run_date_of({})
+
+
+def test_a_run_is_for_every_day_its_events_name_and_a_param_overrides_them() -> None:
+    """A run that consumed several events (backfill, catch-up) gets all their days, not the first."""
+    from datetime import date, datetime
+    from types import SimpleNamespace
+
+    from include.notify.orchestration import FEATURES, run_date_of, run_dates_of
+
+    events = [SimpleNamespace(extra={"run_date": d}) for d in ("2026-03-12", "2026-03-10", "2026-03-11")]
+    several = [SimpleNamespace(extra={"run_date": "2026-03-14", "run_dates": ["2026-03-13", "2026-03-14"]})]
+    context = {
+        "triggering_asset_events": {FEATURES: events + several},
+        "logical_date": datetime(2026, 3, 20, tzinfo=UTC),
+    }
+    assert run_dates_of(context) == [date(2026, 3, d) for d in (10, 11, 12, 13, 14)]
+    with pytest.raises(ValueError, match="5 days"):
+        run_date_of(context)
+    assert run_dates_of({**context, "params": {"run_date": "2026-02-01"}}) == [date(2026, 2, 1)]
+    assert run_dates_of({"params": {"run_date": None}, "logical_date": datetime(2026, 3, 20, tzinfo=UTC)}) == [
+        date(2026, 3, 20)
+    ]

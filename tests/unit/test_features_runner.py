@@ -1,33 +1,15 @@
-"""The Spark runner dispatch used by the features and ingestion DAGs: local vs EMR Serverless.
-
-The EMR path is tested with a stub client standing in for the provider hook's boto3 client
-(moto's EMR Serverless does not run jobs, so a real round trip cannot be observed locally).
+"""The Spark runners used by the features and ingestion DAGs: spark-submit locally, the job-run
+arguments of the provider's EMR Serverless operator (its moto round trip: tests/integration/test_emr_serverless.py).
 """
 
 from __future__ import annotations
 
 from datetime import date
-from typing import Any
 
 import pytest
 
 from include.notify import spark as runner
 from include.notify.config import NotifyConfig
-
-
-class StubEmr:
-    def __init__(self, states: list[str], details: str = "") -> None:
-        self.states = states
-        self.details = details
-        self.requests: list[dict[str, Any]] = []
-
-    def start_job_run(self, **request: Any) -> dict[str, str]:
-        self.requests.append(request)
-        return {"applicationId": request["applicationId"], "jobRunId": "jr-1"}
-
-    def get_job_run(self, applicationId: str, jobRunId: str) -> dict[str, Any]:  # noqa: N803 - boto3 names
-        return {"jobRun": {"state": self.states.pop(0), "stateDetails": self.details}}
-
 
 EMR = NotifyConfig(
     spark_runner="emr_serverless",
@@ -54,27 +36,31 @@ def test_job_arguments_round_trip_into_the_job_config() -> None:
     assert args.run_date == date(2026, 3, 10)
 
 
-def test_emr_submit_waits_for_success_with_the_job_file_and_include_zip() -> None:
-    client = StubEmr(["PENDING", "RUNNING", "SUCCESS"])
-    runner.submit(EMR, "features", ["--run-date", "2026-03-10"], client=client, poll_seconds=0)
-    (request,) = client.requests
-    driver = request["jobDriver"]["sparkSubmit"]
-    assert request["applicationId"] == "app-1"
-    assert request["executionRoleArn"] == EMR.emr_execution_role_arn
+def test_emr_job_runs_name_the_job_file_include_zip_deps_and_logs_per_day() -> None:
+    runs = runner.emr_job_runs(EMR, "features", [date(2026, 3, 10), date(2026, 3, 11)])
+    assert [r["name"] for r in runs] == ["notify-features-2026-03-10", "notify-features-2026-03-11"]
+    driver = runs[0]["job_driver"]["sparkSubmit"]
+    assert runs[0]["application_id"] == "app-1"
+    assert runs[0]["execution_role_arn"] == EMR.emr_execution_role_arn
     assert driver["entryPoint"] == "s3://code/notify/spark_jobs/features.py"
-    assert driver["entryPointArguments"] == ["--run-date", "2026-03-10"]
+    assert driver["entryPointArguments"][:4] == ["--lake", "s3://lake/notify", "--run-date", "2026-03-10"]
     assert "--py-files s3://code/notify/include.zip" in driver["sparkSubmitParameters"]
-    assert client.states == []  # polled until the terminal state
-
-
-def test_emr_failure_raises_with_state_details() -> None:
-    client = StubEmr(["RUNNING", "FAILED"], details="Job failed: OutOfMemoryError")
-    with pytest.raises(RuntimeError, match=r"jr-1 \(batch_ingest\) ended FAILED: Job failed: OutOfMemoryError"):
-        runner.submit(EMR, "batch_ingest", [], client=client, poll_seconds=0)
+    assert "spark.archives=s3://code/notify/notify-deps.tar.gz#deps" in driver["sparkSubmitParameters"]
+    monitoring = runs[0]["configuration_overrides"]["monitoringConfiguration"]
+    assert monitoring["s3MonitoringConfiguration"]["logUri"] == "s3://code/notify/logs/"
 
 
 def test_emr_runner_needs_its_settings_and_an_existing_job() -> None:
     with pytest.raises(ValueError, match="NOTIFY_EMR_APPLICATION_ID"):
-        runner.submit(EMR.replace(emr_application_id=""), "features", [], client=StubEmr([]))
+        runner.emr_job_runs(EMR.replace(emr_application_id=""), "features", [date(2026, 3, 10)])
     with pytest.raises(FileNotFoundError, match="no_such_job"):
-        runner.submit(EMR, "no_such_job", [], client=StubEmr([]))
+        runner.emr_job_runs(EMR, "no_such_job", [date(2026, 3, 10)])
+
+
+def test_local_runner_streams_spark_submit_output_and_raises_with_its_tail(monkeypatch, tmp_path) -> None:
+    fake = tmp_path / "spark-submit"
+    fake.write_text("#!/bin/sh\necho first line\necho boom >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(runner, "spark_submit_command", lambda: str(fake))
+    with pytest.raises(RuntimeError, match=r"(?s)exit code 3:.*first line.*boom"):
+        runner.run_local(NotifyConfig(), "features", [])

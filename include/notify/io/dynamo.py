@@ -135,8 +135,8 @@ def bytes_to_vector(data: bytes) -> np.ndarray:
 class Dynamo:
     """Typed access to Notify's tables through one boto3 client.
 
-    Built from configuration (``Dynamo.from_config``) or, inside Airflow, from the provider's
-    hook so the ``aws_default`` connection decides the endpoint and credentials.
+    Built by ``Dynamo.from_config``: through the Amazon provider's hook where Airflow is installed,
+    so the ``aws_default`` connection decides credentials, role and region.
     """
 
     max_batch = 25
@@ -152,19 +152,14 @@ class Dynamo:
 
     @classmethod
     def from_config(cls, config: NotifyConfig) -> Dynamo:
-        """A client for the configured endpoint; local endpoints get dummy credentials."""
-        import boto3
+        """A client through the ``aws_conn_id`` connection (credentials, role, region; see ``io.aws``),
+        at the configured endpoint when one is set (dynalite locally)."""
         from botocore.config import Config
 
-        kwargs: dict[str, Any] = {
-            "region_name": config.aws_region,
-            "config": Config(retries={"max_attempts": 10, "mode": "adaptive"}, max_pool_connections=32),
-        }
-        if config.dynamodb_endpoint_url:
-            kwargs["endpoint_url"] = config.dynamodb_endpoint_url
-            kwargs["aws_access_key_id"] = "local"
-            kwargs["aws_secret_access_key"] = "local"
-        return cls(boto3.client("dynamodb", **kwargs), config)
+        from include.notify.io.aws import aws_client
+
+        botocore_config = Config(retries={"max_attempts": 10, "mode": "adaptive"}, max_pool_connections=32)
+        return cls(aws_client(config, "dynamodb", config.dynamodb_endpoint_url, botocore_config), config)
 
     # ----------------------------------------------------------------- tables
     def table(self, logical_name: str) -> str:

@@ -1,10 +1,15 @@
-"""Kafka: topic names and idempotent creation, the one producer helper and the one consumer.
+"""Kafka: topic names and idempotent creation, every client's settings, the one producer helper
+and the one consumer.
 
-Producers and consumers take their ``bootstrap.servers`` from configuration (``kafka_default``
-inside Airflow), so the same code talks to Tansu locally and to MSK in production. Callers decide
-WHAT to send (keys, values, headers); this module decides HOW: back-pressure on a full local
-queue, delivery reports collected, a bounded flush, and an error naming the counts when any
-message was not acknowledged. ``TopicConsumer`` owns its offsets (manual commit only).
+Producers, consumers and the admin client take their settings from ``kafka_settings``: the whole
+``kafka_default`` connection extra as the Apache Kafka provider builds it (TLS, SASL, MSK IAM
+tokens, allow-listed callbacks), with ``bootstrap.servers`` from configuration, so the same code
+talks to Tansu locally and to MSK in production. The clients themselves stay hand-written
+(confluent-kafka): the bounded, manually committed consumer does more than the provider's
+operators. Callers decide WHAT to send (keys, values, headers); this module decides HOW:
+back-pressure on a full local queue, delivery reports collected, a bounded flush, and an error
+naming the counts when any message was not acknowledged. ``TopicConsumer`` owns its offsets
+(manual commit only).
 """
 
 from __future__ import annotations
@@ -41,8 +46,31 @@ TOPICS: tuple[TopicSpec, ...] = (
 
 
 def kafka_settings(config: NotifyConfig, **extra: object) -> dict[str, object]:
-    """librdkafka settings for a client of the configured cluster."""
-    return {"bootstrap.servers": config.kafka_bootstrap, **extra}
+    """librdkafka settings for a client of the configured cluster.
+
+    The ``kafka_conn_id`` connection's extra as the provider's ``KafkaBaseHook`` builds it
+    (``security.protocol``, ``ssl.*``, ``sasl.*``; an OAUTHBEARER ``oauth_cb`` signing MSK IAM
+    tokens when the brokers are MSK), then ``bootstrap.servers`` from configuration, then
+    ``extra`` (the caller's own, e.g. ``group.id``). Without Airflow or the connection: configuration only.
+    """
+    return {**connection_settings(config), "bootstrap.servers": config.kafka_bootstrap, **extra}
+
+
+def connection_settings(config: NotifyConfig) -> dict[str, object]:
+    """The ``kafka_conn_id`` connection's client settings, ``{}`` when Airflow or the connection is absent."""
+    if not config.kafka_conn_id:
+        return {}
+    try:
+        from airflow.providers.apache.kafka.hooks.base import KafkaBaseHook
+    except ImportError:
+        return {}
+    try:
+        # The provider's own assembly of a client config (callbacks resolved, MSK IAM token callback).
+        return dict(KafkaBaseHook(kafka_config_id=config.kafka_conn_id)._build_config())
+    except Exception as error:  # noqa: BLE001 - a missing connection means "configuration only"
+        if "isn't defined" not in str(error) and "not found" not in str(error).lower():
+            log.debug("kafka connection %s not used: %s", config.kafka_conn_id, error)
+        return {}
 
 
 def ensure_topics(config: NotifyConfig, timeout: float = 30.0) -> list[str]:

@@ -113,12 +113,10 @@ def classify_aws_error(channel: str, notification_id: str, error: Exception) -> 
 
 
 def _aws_client(service: str, config: NotifyConfig) -> Any:
-    import boto3
+    """SNS / SES client through the ``aws_conn_id`` connection (``io.aws``), at ``aws_endpoint_url`` if set."""
+    from include.notify.io.aws import aws_client
 
-    kwargs: dict[str, Any] = {"region_name": config.aws_region}
-    if config.aws_endpoint_url:
-        kwargs.update(endpoint_url=config.aws_endpoint_url, aws_access_key_id="local", aws_secret_access_key="local")
-    return boto3.client(service, **kwargs)
+    return aws_client(config, service, config.aws_endpoint_url)
 
 
 # ---------------------------------------------------------------------------------- channels
