@@ -3,7 +3,7 @@
 Protocol: generate users with hidden preferences (``datagen.build_dataset``); hold out each user's
 last purchase (users with at least two); build user vectors from everything before it (purchases
 and browsing strictly earlier than the held-out order, so the views/add-to-carts that preceded it
-do not leak), recommend 10 products from the whole catalog with ``scoring.top_k`` exactly as the
+do not leak), recommend 10 products from the whole catalog with ``search.top_k`` exactly as the
 nightly job does, and count
 
 - hit@10: the held-out product is among the 10;
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from include.notify.config import DEFAULT_STATE_DIR
-from include.notify.stages import embeddings, scoring
+from include.notify.stages import embeddings, scoring, search
 from notify_tools.datagen import build_dataset
 
 CACHE = DEFAULT_STATE_DIR / "bench"
@@ -93,8 +93,8 @@ def evaluate(users: int, run_date: date, seed: int) -> dict[str, float]:
     keep = ex_q >= 0
     origin = scoring.catalog_origin(vectors)
 
-    def recommend(users: np.ndarray, items: np.ndarray) -> scoring.TopK:
-        return scoring.top_k(
+    def recommend(users: np.ndarray, items: np.ndarray) -> search.TopK:
+        return search.top_k(
             users, items, 10, similarity_weight=1 - scoring.PRODUCT_POPULARITY_WEIGHT,
             bias=(scoring.PRODUCT_POPULARITY_WEIGHT * pop_norm)[None, :], exclude=(ex_q[keep], ex_i[keep]),
         )  # fmt: skip
@@ -104,7 +104,7 @@ def evaluate(users: int, run_date: date, seed: int) -> dict[str, float]:
     # Ablation: product cosines measured from the catalog mean, as campaign similarity is.
     centred = recommend(scoring.centred(result.vectors, origin), scoring.centred(vectors, origin))
     # Popularity: the same engine with zero similarity weight, so exclusions apply identically.
-    popular = scoring.top_k(
+    popular = search.top_k(
         result.vectors, vectors, 10, similarity_weight=0.0, bias=pop_norm[None, :], exclude=(ex_q[keep], ex_i[keep])
     )
     target = pos.get_indexer(held["product_id"])
@@ -150,7 +150,7 @@ def themed_campaign_precision(
     liked = np.array([[bool(theme & set(types)) for theme in themes] for types in preferred])
 
     def precision(users: np.ndarray, items: np.ndarray) -> float:
-        top = scoring.top_k(users, items, 3).indices
+        top = search.top_k(users, items, 3).indices
         return float(np.take_along_axis(liked, top, axis=1).mean())
 
     return {

@@ -5,10 +5,10 @@
 2. User embeddings: ``embeddings.user_vectors`` (sparse W @ P + cold start) at 10k/100k/1M users
    with synthetic purchases over the real catalog vectors, vs the bare product handed integer rows
    (scipy's ``csr @ P`` and torch's CSR kernel) and vs a plain pandas id-to-row mapping + scipy.
-3. Scoring: ``scoring.top_k`` (bias + masks + exclusions) vs a bare chunked ``torch.mm`` + ``topk``
+3. Scoring: ``search.top_k`` (bias + masks + exclusions) vs a bare chunked ``torch.mm`` + ``topk``
    over the same matrices. Target: ours within 1.5x.
 4. Exact vs ANN (pynndescent + re-rank) on real catalog vectors: time and recall@10 per
-   candidate-set size, the measurement behind ``scoring.EXACT_MAX_CANDIDATES``.
+   candidate-set size, the measurement behind ``search.EXACT_MAX_CANDIDATES``.
 
 Each case runs in a fresh process so its peak RSS is its own.
 
@@ -170,7 +170,7 @@ def user_embedding_case(n_users: int) -> dict[str, Any]:
 def scoring_case(n_users: int, n_items: int, real_items: bool) -> dict[str, Any]:
     import torch
 
-    from include.notify.stages import scoring
+    from include.notify.stages import search
     from include.notify.stages.embeddings import normalize_rows
 
     rng = np.random.default_rng(1)
@@ -188,17 +188,17 @@ def scoring_case(n_users: int, n_items: int, real_items: bool) -> dict[str, Any]
 
     def bare() -> None:
         item_t = torch.from_numpy(items)
-        for start in range(0, n_users, scoring.QUERY_CHUNK):
-            torch.topk(torch.from_numpy(users[start : start + scoring.QUERY_CHUNK]) @ item_t.T, 10, dim=1)
+        for start in range(0, n_users, search.QUERY_CHUNK):
+            torch.topk(torch.from_numpy(users[start : start + search.QUERY_CHUNK]) @ item_t.T, 10, dim=1)
 
     def ours() -> None:
-        scoring.top_k(users, items, 10, similarity_weight=0.9, bias=bias, exclude=exclude, method="exact")
+        search.top_k(users, items, 10, similarity_weight=0.9, bias=bias, exclude=exclude, method="exact")
 
     return {"users": n_users, "items": n_items, **interleaved(bare=bare, ours=ours)}
 
 
 def ann_case(n_items: int, n_users: int) -> dict[str, Any]:
-    from include.notify.stages import scoring
+    from include.notify.stages import search
     from include.notify.stages.embeddings import normalize_rows
 
     _, catalog = _catalog()
@@ -206,20 +206,20 @@ def ann_case(n_items: int, n_users: int) -> dict[str, Any]:
     items = catalog[rng.permutation(len(catalog))[:n_items]]
     picks = rng.integers(0, len(items), (n_users, 4))
     users = normalize_rows((items[picks] * rng.uniform(0.2, 1.0, (n_users, 4, 1)).astype(np.float32)).sum(axis=1))
-    scoring.top_k(users[:10], items[:500], 10, method="ann")  # numba warm-up (cached compile)
+    search.top_k(users[:10], items[:500], 10, method="ann")  # numba warm-up (cached compile)
     started = time.perf_counter()
-    exact = scoring.top_k(users, items, 10, method="exact")
+    exact = search.top_k(users, items, 10, method="exact")
     exact_s = time.perf_counter() - started
     started = time.perf_counter()
-    ann = scoring.top_k(users, items, 10, method="ann")
+    ann = search.top_k(users, items, 10, method="ann")
     ann_s = time.perf_counter() - started
     return {
         "items": n_items,
         "users": n_users,
         "exact_s": exact_s,
         "ann_s": ann_s,
-        "recall": scoring.recall_at_k(ann, exact),
-        "id_recall": scoring.id_recall_at_k(ann.indices, exact.indices),
+        "recall": search.recall_at_k(ann, exact),
+        "id_recall": search.id_recall_at_k(ann.indices, exact.indices),
     }
 
 
@@ -334,11 +334,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ann_params() -> str:
-    from include.notify.stages import scoring
+    from include.notify.stages import search
 
-    return (
-        f"{scoring.ANN_NEIGHBORS}, epsilon {scoring.ANN_EPSILON}, {scoring.ANN_CANDIDATE_FACTOR}x candidates re-ranked"
-    )
+    return f"{search.ANN_NEIGHBORS}, epsilon {search.ANN_EPSILON}, {search.ANN_CANDIDATE_FACTOR}x candidates re-ranked"
 
 
 def _threads() -> int:

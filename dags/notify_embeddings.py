@@ -32,7 +32,7 @@ from include.notify.orchestration import (
     run_step,
 )
 
-STAGES = "include.notify.stages.embeddings"
+STAGES = "include.notify.stages.embeddings_run"
 
 
 @dag(

@@ -1,6 +1,6 @@
 """Spark job: product (or campaign) embeddings for one day, encoded per partition.
 
-The scale-out twin of ``embeddings.embed_items`` for EMR Serverless: the same content-hash rule
+The scale-out twin of ``embeddings_run.embed_items`` for EMR Serverless: the same content-hash rule
 (only new or changed texts are encoded) and the same ``embeddings.encode_frame`` per batch via
 ``mapInPandas``, so each executor loads the model once and encodes its share of the catalog.
 

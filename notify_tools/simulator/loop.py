@@ -249,7 +249,7 @@ def _nightly(
 
     night = datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(days=1)
     if world.policy == "notify":
-        from include.notify.stages.embeddings import run_embeddings
+        from include.notify.stages.embeddings_run import run_embeddings
         from include.notify.stages.features import run_features
         from include.notify.stages.ingest import run_batch_ingest
         from include.notify.stages.planning_run import plan_day

@@ -157,6 +157,27 @@ def test_every_task_body_is_one_call_into_include() -> None:
             )
 
 
+def test_every_step_a_dag_names_exists() -> None:
+    """``run_step`` takes its step as ``"module:attribute"`` text (imported only when the task runs), so
+    a moved function would only fail at run time: resolve every such name here."""
+    import importlib
+    import re
+
+    pattern = re.compile(r"[\"']((?:include|spark_jobs)\.[\w.]+):([\w.]+)[\"']")
+    found = 0
+    for path in DAG_FILES:
+        text = path.read_text()
+        for constant, value in re.findall(r"^([A-Z_]+) = [\"']((?:include|spark_jobs)\.[\w.]+)[\"']$", text, re.M):
+            text = text.replace(f"{{{constant}}}", value)
+        for module, attribute in pattern.findall(text):
+            target: object = importlib.import_module(module)
+            for part in attribute.split("."):
+                assert hasattr(target, part), f"{path.name}: {module}:{attribute} does not exist"
+                target = getattr(target, part)
+            found += 1
+    assert found >= 10
+
+
 @pytest.mark.parametrize("dag_id", NIGHTLY_CHAIN)
 def test_nightly_dags_take_a_run_date_alert_on_failure_and_have_a_deadline(dagbag, dag_id: str) -> None:
     from include.notify.orchestration import notify_failure

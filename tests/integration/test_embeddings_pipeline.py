@@ -16,7 +16,7 @@ import pytest
 from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import Dynamo, bytes_to_vector
 from include.notify.io.lake import read_partition_frame, write_partition_frame
-from include.notify.stages import embeddings, scoring
+from include.notify.stages import embeddings_run, scoring
 from notify_tools.datagen import build_dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -112,7 +112,7 @@ def lake(config: NotifyConfig) -> dict[str, pd.DataFrame]:
 
 
 def test_embeddings_then_scoring_on_a_small_lake(config: NotifyConfig, dynamo: Dynamo, lake: dict) -> None:
-    counts = embeddings.run_embeddings(config, RUN_DATE, dynamo)
+    counts = embeddings_run.run_embeddings(config, RUN_DATE, dynamo)
     assert counts["product_embeddings"]["reembedded"] == len(lake["products"])
     assert counts["campaign_embeddings"]["reembedded"] == len(lake["campaigns"])
     assert counts["user_embeddings"]["users"] == len(lake["users"])
@@ -171,7 +171,7 @@ def test_embeddings_then_scoring_on_a_small_lake(config: NotifyConfig, dynamo: D
 
 
 def test_incremental_run_reembeds_only_changed_items(config: NotifyConfig, dynamo: Dynamo, lake: dict) -> None:
-    first = embeddings.run_embeddings(config, RUN_DATE, dynamo)
+    first = embeddings_run.run_embeddings(config, RUN_DATE, dynamo)
     assert first["product_embeddings"]["reembedded"] == len(lake["products"])
     ids_before, before = read_partition_frame(config, "embeddings", "products", RUN_DATE)
     before_by_id = dict(zip(ids_before["product_id"], before, strict=True))
@@ -188,7 +188,7 @@ def test_incremental_run_reembeds_only_changed_items(config: NotifyConfig, dynam
         frame = read_partition_frame(config, "features", table, RUN_DATE)[0]
         _write(config, "features", table, next_day, frame)
 
-    second = embeddings.run_embeddings(config, next_day, dynamo)
+    second = embeddings_run.run_embeddings(config, next_day, dynamo)
     assert second["products"] == {"items": len(lake["products"]), "changed": 2}
     assert second["product_embeddings"]["reembedded"] == 2
     assert second["product_embeddings"]["written"] == 2

@@ -9,7 +9,7 @@ import pytest
 
 from include.notify.config import NotifyConfig
 from include.notify.io import lake
-from include.notify.stages import embeddings
+from include.notify.stages import embeddings, embeddings_run
 from notify_tools.datagen import load_catalog
 from spark_jobs import embed_products
 
@@ -21,15 +21,15 @@ RUN_DATE = date(2026, 11, 24)
 def test_spark_job_matches_in_process_vectors_and_skips_unchanged(spark, base_config: NotifyConfig) -> None:
     config = base_config
     catalog = load_catalog().head(12)
-    embeddings.prepare_texts(config, "products", RUN_DATE, catalog)
-    in_process = embeddings.embed_items(config, "products", RUN_DATE)
+    embeddings_run.prepare_texts(config, "products", RUN_DATE, catalog)
+    in_process = embeddings_run.embed_items(config, "products", RUN_DATE)
     assert in_process["reembedded"] == 12
     ids, expected = lake.read_partition_frame(config, "embeddings", "products", RUN_DATE)
 
     next_day = RUN_DATE + timedelta(days=1)
     changed = catalog.copy()
     changed.loc[:2, "productDisplayName"] = ["Blue Denim Jacket", "Silver Analog Watch", "Red Running Shoes"]
-    embeddings.prepare_texts(config, "products", next_day, changed)
+    embeddings_run.prepare_texts(config, "products", next_day, changed)
     counts = embed_products.embed(spark, config.lake_root, "products", next_day, config.embedding_model, 16)
     assert counts == {"items": 12, "reembedded": 3}
 

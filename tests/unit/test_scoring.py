@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.notify.stages import scoring
+from include.notify.stages import scoring, search
 from include.notify.stages.embeddings import normalize_rows
 
 RUN_DATE = date(2026, 11, 24)
@@ -79,7 +79,7 @@ def test_exact_top_k_respects_bias_masks_and_exclusions() -> None:
     full = users @ items.T
     best = np.argsort(-full, axis=1)
     exclude = (np.arange(50), best[:, 0])  # everyone's single best item is excluded
-    result = scoring.top_k(users, items, 5, bias=bias, groups=groups, exclude=exclude, method="exact")
+    result = search.top_k(users, items, 5, bias=bias, groups=groups, exclude=exclude, method="exact")
     for u in range(50):
         allowed = [i for i in best[u] if i != best[u, 0] and not (groups[u] == 1 and i < 10)]
         assert result.indices[u].tolist() == allowed[:5]
@@ -90,7 +90,7 @@ def test_top_k_marks_slots_without_admissible_items() -> None:
     users = normalize_rows(np.eye(3, 4, dtype=np.float32))
     items = normalize_rows(np.eye(2, 4, dtype=np.float32))
     bias = np.array([[0.0, -np.inf]], dtype=np.float32)
-    result = scoring.top_k(users, items, 10, bias=bias, method="exact")
+    result = search.top_k(users, items, 10, bias=bias, method="exact")
     assert result.indices.shape == (3, 2)
     assert (result.indices[:, 0] == 0).all()
     assert (result.indices[:, 1] == -1).all()
@@ -98,17 +98,17 @@ def test_top_k_marks_slots_without_admissible_items() -> None:
 
 
 def test_recall_counts_an_equal_score_item_as_found_but_not_a_worse_one() -> None:
-    def top(indices: list[list[int]], scores: list[list[float]]) -> scoring.TopK:
+    def top(indices: list[list[int]], scores: list[list[float]]) -> search.TopK:
         scores_array = np.array(scores, dtype=np.float32)
-        return scoring.TopK(np.array(indices), scores_array, scores_array)
+        return search.TopK(np.array(indices), scores_array, scores_array)
 
     exact = top([[4, 7], [1, -1]], [[0.9, 0.5], [0.8, -np.inf]])
     # Row 0: item 9 is a duplicate of item 7 (same score) and counts; row 1 has one exact item.
     tied = top([[4, 9], [1, 3]], [[0.9, 0.5], [0.8, 0.1]])
-    assert scoring.recall_at_k(tied, exact) == 1.0
-    assert scoring.id_recall_at_k(tied.indices, exact.indices) == 2 / 3
+    assert search.recall_at_k(tied, exact) == 1.0
+    assert search.id_recall_at_k(tied.indices, exact.indices) == 2 / 3
     worse = top([[4, 9], [-1, -1]], [[0.9, 0.4], [-np.inf, -np.inf]])
-    assert scoring.recall_at_k(worse, exact) == 1 / 3
+    assert search.recall_at_k(worse, exact) == 1 / 3
 
 
 def _inputs(opt_out: list[bool]) -> scoring.ScoringInputs:

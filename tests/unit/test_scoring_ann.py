@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.notify.stages import embeddings, scoring
+from include.notify.stages import embeddings, scoring, search
 from notify_tools.datagen import load_catalog
 
 pytestmark = pytest.mark.slow
@@ -48,10 +48,10 @@ def test_ann_recall_at_10_against_exact_is_at_least_098(real_vectors) -> None:
     bias = (scoring.PRODUCT_POPULARITY_WEIGHT * popularity)[None, :]
     exclude = (np.arange(0, N_USERS, 2), np.arange(0, N_USERS, 2) % len(products))
     kwargs = {"similarity_weight": 1 - scoring.PRODUCT_POPULARITY_WEIGHT, "bias": bias, "exclude": exclude}
-    exact = scoring.top_k(users, products, 10, method="exact", **kwargs)
-    ann = scoring.top_k(users, products, 10, method="ann", **kwargs)
-    recall = scoring.recall_at_k(ann, exact)
-    id_recall = scoring.id_recall_at_k(ann.indices, exact.indices)
+    exact = search.top_k(users, products, 10, method="exact", **kwargs)
+    ann = search.top_k(users, products, 10, method="ann", **kwargs)
+    recall = search.recall_at_k(ann, exact)
+    id_recall = search.id_recall_at_k(ann.indices, exact.indices)
     print(f"ANN recall@10 vs exact on {N_PRODUCTS} real product embeddings: {recall:.4f} (ids only {id_recall:.4f})")
     assert recall >= 0.98
     excluded = set(zip(*exclude, strict=True))
@@ -61,10 +61,10 @@ def test_ann_recall_at_10_against_exact_is_at_least_098(real_vectors) -> None:
 def test_auto_switches_to_ann_above_the_threshold(real_vectors, monkeypatch) -> None:
     users, products = real_vectors
     calls: list[str] = []
-    monkeypatch.setattr(scoring, "_ann", lambda *a, **k: calls.append("ann") or scoring._exact(*a, **k))
-    monkeypatch.setattr(scoring, "EXACT_MAX_CANDIDATES", len(products) - 1)
-    scoring.top_k(users[:5], products, 10)
+    monkeypatch.setattr(search, "_ann", lambda *a, **k: calls.append("ann") or search._exact(*a, **k))
+    monkeypatch.setattr(search, "EXACT_MAX_CANDIDATES", len(products) - 1)
+    search.top_k(users[:5], products, 10)
     assert calls == ["ann"]
-    monkeypatch.setattr(scoring, "EXACT_MAX_CANDIDATES", len(products))
-    scoring.top_k(users[:5], products, 10)
+    monkeypatch.setattr(search, "EXACT_MAX_CANDIDATES", len(products))
+    search.top_k(users[:5], products, 10)
     assert calls == ["ann"]

@@ -449,3 +449,8 @@ def checked_run_counts(
         if c["rows_in"] != c["rows_out"] + c["rows_rejected"]:
             raise RuntimeError(f"{dag} {run_date} {stage}: counts do not reconcile: {c}")
     return {stage: counts[stage] for stage in stages}
+
+
+def read_features(config: NotifyConfig, name: str, run_date: date) -> pd.DataFrame:
+    """A feature table of ``run_date`` as pandas (``read_parquet`` of ``features/<name>/dt=D``)."""
+    return read_parquet(config, "features", name, run_date)
