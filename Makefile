@@ -17,7 +17,7 @@ AIRFLOW_PORT ?= 8080
 export NOTIFY_STATE_DIR := $(STATE)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test test-fast lint services-up services-down services-status airflow export-tables bench emr-bundle mwaa-bundle mwaa-requirements lock clean
+.PHONY: setup browser-deps demo test test-fast lint services-up services-down services-status airflow export-tables bench emr-bundle mwaa-bundle mwaa-requirements lock clean
 
 ## setup: virtualenv with the pinned stack, dynalite, Airflow metadata DB (fast when already done)
 setup: $(STAMP) $(NODE_STAMP)
@@ -38,6 +38,13 @@ $(NODE_STAMP): notify_tools/node/package.json notify_tools/node/package-lock.jso
 	cp notify_tools/node/package.json notify_tools/node/package-lock.json $(STATE)/node/
 	cd $(STATE)/node && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
+
+## browser-deps: Debian's Chromium for tests/browser (Playwright drives /usr/bin/chromium; it never downloads one)
+browser-deps:
+	@if command -v chromium >/dev/null; then echo "chromium: $$(chromium --version)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	else echo "tests/browser will skip: install Debian's chromium package (apt-get install chromium) as root"; fi
 
 ## demo: start local services and run the whole daily cycle through Airflow on generated data
 demo: setup

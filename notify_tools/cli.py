@@ -4,6 +4,10 @@ Operators: ``services up|down|status``, ``init``, ``generate``, ``demo``, ``airf
 Analysts: ``explain USER_ID``, ``plan USER_ID``, ``deliveries USER_ID``, ``export``.
 Outside Airflow the configuration comes from ``NOTIFY_*`` variables, with ``local.env`` filling
 what is unset, so the same command works in a checkout and against AWS.
+
+Exit codes: 0 success; 1 failure (a service down, a failed DAG, an unknown user: the reason is
+printed to stderr, details in ``.notify/logs/notify.log``); 2 usage error (bad arguments).
+Library logging (Airflow, Spark, boto) goes to that log file, not the terminal.
 """
 
 from __future__ import annotations
@@ -22,6 +26,37 @@ from notify_tools.localenv import airflow_environment, apply_local_env, migrate_
 def _config() -> NotifyConfig:
     apply_local_env()
     return load_config()
+
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UnknownUserError(LookupError):
+    """The user id names nobody Notify knows (no user item, features, recommendations or plan)."""
+
+
+def _require_known_user(config: NotifyConfig, dynamo: object, user_id: str) -> None:
+    from include.notify.analyst.user_page import user_page
+
+    if not user_page(config, dynamo, user_id).known:  # type: ignore[arg-type]
+        raise UnknownUserError(
+            f"unknown user {user_id!r}: not in {config.table_name('users')}, no features, recommendations or plan"
+        )
+
+
+def version() -> str:
+    """The installed package's version (the checkout's pyproject when not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("notify")
+    except PackageNotFoundError:
+        import tomllib
+
+        from include.notify.config import REPO_ROOT
+
+        return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
 def _today() -> date:
@@ -86,7 +121,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from include.notify.io.dynamo import Dynamo
 
     config = _config()
-    print(explain_user(config, Dynamo.from_config(config), args.user_id))
+    dynamo = Dynamo.from_config(config)
+    _require_known_user(config, dynamo, args.user_id)
+    print(explain_user(config, dynamo, args.user_id))
     return 0
 
 
@@ -95,7 +132,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from include.notify.io.dynamo import Dynamo
 
     config = _config()
-    print(describe_plan(config, Dynamo.from_config(config), args.user_id, args.date))
+    dynamo = Dynamo.from_config(config)
+    _require_known_user(config, dynamo, args.user_id)
+    print(describe_plan(config, dynamo, args.user_id, args.date))
     return 0
 
 
@@ -104,7 +143,9 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     from include.notify.io.dynamo import Dynamo
 
     config = _config()
-    print(describe_deliveries(config, Dynamo.from_config(config), args.user_id))
+    dynamo = Dynamo.from_config(config)
+    _require_known_user(config, dynamo, args.user_id)
+    print(describe_deliveries(config, dynamo, args.user_id))
     return 0
 
 
@@ -121,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="notify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    parser.add_argument("--version", action="version", version=f"notify {version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also show INFO logs on the terminal")
     sub = parser.add_subparsers(dest="command", required=True)
 
     services = sub.add_parser("services", help="start, stop or show the local services (loopback only)")
@@ -167,21 +209,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return int(args.func(args) or 0)
-    except Exception as error:
-        from notify_tools.services import ServiceError
+def _log_file() -> Path:
+    return Path(os.environ.get("NOTIFY_STATE_DIR", ".notify")) / "logs" / "notify.log"
 
-        if isinstance(error, ServiceError):
-            print(f"notify: {error}", file=sys.stderr)
-            return 2
-        raise
+
+def _setup_logging(verbose: bool) -> Path:
+    """Everything at INFO to the log file; the terminal gets Notify's warnings (INFO with -v)."""
+    path = _log_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    to_file = logging.FileHandler(path)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(to_file)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.INFO if verbose else logging.WARNING)
+    console.addFilter(lambda record: record.name.startswith(("include.notify", "notify_tools")))
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(console)
+    logging.captureWarnings(True)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns EXIT_OK, EXIT_FAILURE or EXIT_USAGE (argparse exits 2 itself)."""
+    args = build_parser().parse_args(argv)
+    log_path = _setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except KeyboardInterrupt:
+        print("notify: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as error:
+        logging.getLogger("cli.trace").error("notify %s failed", args.command, exc_info=True)
+        print(f"notify: {error}", file=sys.stderr)
+        if not isinstance(error, UnknownUserError):
+            print(f"notify: details in {log_path}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

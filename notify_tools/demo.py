@@ -1,26 +1,38 @@
 """``make demo``: the whole daily cycle on the embedded default, through Airflow, with a report.
 
-Generate a day of raw data → run the nightly DAGs with ``airflow dags test`` (batch ingestion,
-features, embeddings, scoring, planning) → dispatch the planned day with a simulated clock (the
-dispatch DAG's own logic, minute by minute, without waiting 24 hours) → a short closed-loop run.
-Everything stays in the local DynamoDB and the lake for inspection afterwards.
+Generate a day of raw data → run the nightly DAGs the way production does: an Airflow API server,
+scheduler and DAG processor (LocalExecutor) start for the demo, ``notify_batch_ingestion`` is
+triggered for the day and the Asset chain runs features, embeddings, scoring and planning. Each
+task state is printed as it finishes; task logs land in ``$AIRFLOW_HOME/logs`` where the UI reads
+them and each run's duration is its true wall-clock time (``airflow dags test`` writes no task
+logs and starts every run at its logical date). Then the planned day is dispatched with a
+simulated clock (the dispatch DAG's own logic, minute by minute, without waiting 24 hours) and a
+short closed-loop run closes the demo. Library output (Airflow, Spark, GX) goes to log files under
+``.notify/logs/demo/``; the terminal shows progress and the report.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date
-from typing import Any
+from datetime import date, datetime
+from pathlib import Path
+from typing import IO, Any
 
 from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import TABLES, Dynamo
 from notify_tools.localenv import airflow_environment
 
 NIGHTLY_DAGS = ("notify_batch_ingestion", "notify_features", "notify_embeddings", "notify_scoring", "notify_planning")
+DAG_TIMEOUT_SECONDS = 3600
+POLL_SECONDS = 2.0
+TERMINAL = ("success", "failed", "upstream_failed", "skipped", "removed")
 
 
 class StageTimer:
@@ -57,6 +69,176 @@ def run_airflow_dag(config: NotifyConfig, dag_id: str, run_date: date) -> None:
     if failed:
         tail = "\n".join(output.splitlines()[-40:])
         raise RuntimeError(f"DAG {dag_id} failed for {run_date} (full log: {log_dir / (dag_id + '.log')}):\n{tail}")
+
+
+class LocalAirflow:
+    """An API server, scheduler and DAG processor on loopback for the demo, stopped on exit.
+
+    Tasks run under the LocalExecutor and report to this API server's execution API, so their
+    logs are written where the UI reads them and every run has its real start and end time. Each
+    process's output goes to ``<log_dir>/<process>.log``.
+    """
+
+    def __init__(self, config: NotifyConfig, log_dir: Path) -> None:
+        from notify_tools.services import free_port
+
+        self.port = free_port()
+        self.log_dir = log_dir
+        self.home = config.state_dir / "airflow"
+        self.env = {
+            **os.environ,
+            **airflow_environment(config),
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        }
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def airflow(self, *args: str) -> subprocess.CompletedProcess:
+        """One ``airflow`` CLI command in this environment, its output appended to cli.log."""
+        with (self.log_dir / "cli.log").open("a") as out:
+            return subprocess.run(  # noqa: S603
+                [_airflow_bin(), *args], env=self.env, stdout=out, stderr=subprocess.STDOUT, check=False
+            )
+
+    def __enter__(self) -> LocalAirflow:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name, args in (("api-server", ["api-server", "--port", str(self.port)]),
+                           ("scheduler", ["scheduler"]), ("dag-processor", ["dag-processor"])):  # fmt: skip
+            out: IO[bytes] = (self.log_dir / f"{name}.log").open("wb")
+            self.processes[name] = subprocess.Popen(  # noqa: S603
+                [_airflow_bin(), *args], env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)  # the group this demo started, nothing else
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"airflow {name} exited with {process.returncode}; see {self.log_dir / (name + '.log')}"
+                )
+
+    def db(self) -> sqlite3.Connection:
+        """The metadata DB, read-only (the embedded default is SQLite in AIRFLOW_HOME)."""
+        return sqlite3.connect(f"file:{self.home / 'airflow.db'}?mode=ro", uri=True, timeout=30)
+
+    def wait_for_dags(self, dag_ids: tuple[str, ...], timeout: float = 300) -> None:
+        """Until the DAG processor has stored every DAG (the scheduler needs them serialized)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            with self.db() as db:
+                found = {row[0] for row in db.execute("SELECT dag_id FROM serialized_dag")}
+            if set(dag_ids) <= found:
+                return
+            time.sleep(POLL_SECONDS)
+        raise RuntimeError(f"DAGs not parsed within {timeout:.0f}s; see {self.log_dir / 'dag-processor.log'}")
+
+
+def _airflow_bin() -> str:
+    return str(Path(sys.executable).parent / "airflow")
+
+
+def _seconds(start: str | None, end: str | None) -> float:
+    if not start or not end:
+        return 0.0
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def run_nightly_dags(
+    airflow: LocalAirflow,
+    run_date: date,
+    timer: StageTimer,
+    echo: Callable[[str], None],
+    dag_ids: tuple[str, ...] = NIGHTLY_DAGS,
+) -> None:
+    """Trigger the first DAG for ``run_date`` and follow the Asset chain to the last one, printing
+    each task as it finishes; raises naming the DAG, task and log folder when anything fails."""
+    airflow.wait_for_dags(dag_ids)
+    pattern = "^(" + "|".join(dag_ids) + ")$"
+    airflow.airflow("dags", "unpause", "--treat-dag-id-as-regex", "--yes", pattern)
+    with airflow.db() as db:
+        last_id = db.execute("SELECT coalesce(max(id), 0) FROM dag_run").fetchone()[0]
+    run_id = f"demo__{run_date}__{int(time.time())}"
+    triggered = airflow.airflow(
+        "dags", "trigger", dag_ids[0], "--logical-date", f"{run_date}T00:30:00+00:00", "--run-id", run_id
+    )
+    if triggered.returncode != 0:
+        # The day was run before: clear its tasks, and the scheduler runs them (and the chain) again.
+        airflow.airflow(
+            "tasks", "clear", dag_ids[0], "--start-date", str(run_date), "--end-date", str(run_date), "--yes"
+        )
+        last_id = -1
+    reported: set[tuple[str, str, str]] = set()
+    for dag_id in dag_ids:
+        with timer.stage(f"{dag_id} (Airflow scheduler)"):
+            _follow(airflow, dag_id, last_id, reported, echo)
+
+
+def _follow(airflow: LocalAirflow, dag_id: str, after_id: int, reported: set, echo: Callable[[str], None]) -> None:
+    deadline = time.monotonic() + DAG_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        airflow.check_alive()
+        with airflow.db() as db:
+            run = db.execute(
+                "SELECT run_id, state FROM dag_run WHERE dag_id = ? AND (id > ? OR (? < 0 AND state != 'success'))"
+                " ORDER BY id DESC LIMIT 1",
+                (dag_id, after_id, after_id),
+            ).fetchone()
+            tasks = (
+                db.execute(
+                    "SELECT task_id, map_index, state, start_date, end_date FROM task_instance"
+                    " WHERE dag_id = ? AND run_id = ? ORDER BY start_date",
+                    (dag_id, run[0]),
+                ).fetchall()
+                if run
+                else []
+            )
+        for task_id, map_index, state, start, end in tasks:
+            key = (dag_id, f"{task_id}[{map_index}]", str(state))
+            if state in TERMINAL and key not in reported:
+                reported.add(key)
+                suffix = f"[{map_index}]" if map_index is not None and map_index >= 0 else ""
+                echo(f"     {task_id}{suffix:<6} {state:<15} {_seconds(start, end):6.1f}s")
+        if run and run[1] == "success":
+            return
+        if run and run[1] == "failed":
+            logs = airflow.home / "logs" / f"dag_id={dag_id}" / f"run_id={run[0]}"
+            failed = [t[0] for t in tasks if t[2] in ("failed", "upstream_failed")]
+            raise RuntimeError(f"DAG {dag_id} run {run[0]} failed (tasks: {', '.join(failed)}); task logs in {logs}")
+        time.sleep(POLL_SECONDS)
+    raise RuntimeError(f"DAG {dag_id} did not finish within {DAG_TIMEOUT_SECONDS}s; see {airflow.log_dir}")
+
+
+@contextmanager
+def output_to(path: Path) -> Iterator[None]:
+    """Send this process's stdout and stderr (Python, the JVM's progress bars, GX) to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 def table_counts(dynamo: Dynamo) -> dict[str, int]:
@@ -106,16 +288,27 @@ def run_demo(
     with timer.stage("generate raw data"):
         generated = generate_dataset(config, users, run_date)
         echo("   " + ", ".join(f"{table} {rows:,}" for table, rows in generated.items()))
-    for dag_id in NIGHTLY_DAGS:
-        with timer.stage(f"airflow dags test {dag_id}"):
-            run_airflow_dag(config, dag_id, run_date)
-    with timer.stage("dispatch the planned day (simulated clock, minute by minute)"):
+    log_dir = config.state_dir / "logs" / "demo"
+    echo(f"   Airflow, Spark and library output goes to {log_dir}/")
+    echo("-> start Airflow (API server, scheduler, DAG processor; LocalExecutor)")
+    with LocalAirflow(config, log_dir) as airflow:
+        run_nightly_dags(airflow, run_date, timer, echo)
+        echo(
+            f"   task logs and run durations: `make airflow`, then http://127.0.0.1:8080 (logs in {airflow.home / 'logs'})"
+        )
+    with (
+        timer.stage("dispatch the planned day (simulated clock, minute by minute)"),
+        output_to(log_dir / "dispatch.log"),
+    ):
         dispatched = simulate_day(config, run_date)
     loop_table = None
     if loop_users > 0:
         from notify_tools.simulator import run_closed_loop
 
-        with timer.stage(f"closed loop: {loop_users} users x {loop_days} days, three policies"):
+        with (
+            timer.stage(f"closed loop: {loop_users} users x {loop_days} days, three policies"),
+            output_to(log_dir / "closed_loop.log"),
+        ):
             loop_table = run_closed_loop(
                 users=loop_users, days=loop_days, seed=7, out_dir=config.state_dir / "closed_loop", products_limit=2000
             )

@@ -375,46 +375,6 @@ def test_a_malicious_template_that_slipped_into_dynamodb_fails_the_item_without_
     assert dynamo.count("deliveries") == 0
 
 
-def _load_views_plugin():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("notify_views", REPO_ROOT / "plugins" / "notify_views.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_analyst_views_plugin_requires_a_user_and_shows_plan_and_deliveries(
-    config: NotifyConfig, dynamo: Dynamo
-) -> None:
-    from airflow.plugins_manager import AirflowPlugin
-    from fastapi.testclient import TestClient
-
-    views = _load_views_plugin()
-    assert issubclass(views.NotifyViewsPlugin, AirflowPlugin)
-    assert views.NotifyViewsPlugin.fastapi_apps[0]["url_prefix"] == "/notify"
-    ids = seed_core(dynamo, 1)
-    schedule(dynamo, config, ids, NOW - timedelta(minutes=1), campaigns="AB")
-    dispatch_due(config, NOW, dynamo, channels=[Recorder()], events=ListEventSink())
-    views.app.dependency_overrides[views.get_config] = lambda: config
-    client = TestClient(views.app)
-    assert client.get("/plan/U000").status_code in (401, 403)  # no Airflow token: refused
-
-    auth = views.app.router.dependencies[0].dependency
-    views.app.dependency_overrides[auth] = lambda: None
-    plan = client.get("/plan/U000", params={"day": DAY.isoformat()})
-    assert plan.status_code == 200
-    assert "U000 · local day 2026-11-25" in plan.text
-    assert plan.text.count(" sent ") == 2
-    deliveries = client.get("/deliveries/U000").text
-    assert "Campaign A: Hi Asha0" in deliveries
-    assert "@example.com" not in deliveries
-    page = client.get("/", params={"user_id": "<script>", "day": ""}).text
-    assert "<script>" not in page
-    assert "&lt;script&gt;" in page
-    assert client.get("/plan/U000", params={"day": "yesterday"}).status_code == 400
-
-
 def test_notification_sent_events_reach_kafka(config: NotifyConfig, dynamo: Dynamo, kafka_broker) -> None:
     import json
 

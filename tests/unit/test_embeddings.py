@@ -269,7 +269,9 @@ def test_prepare_texts_keeps_good_products_and_counts_the_ones_without_text(tmp_
     products = _products()
     broken = pd.DataFrame({"product_id": ["4"]}).reindex(columns=products.columns)
     broken["product_id"] = "4"
-    counts = embeddings_run.prepare_texts(config, "products", RUN_DATE, pd.concat([products, broken], ignore_index=True))
+    counts = embeddings_run.prepare_texts(
+        config, "products", RUN_DATE, pd.concat([products, broken], ignore_index=True)
+    )
     assert counts == {"items": 3, "changed": 3, "rejected": 1}
     staged, _ = lake.read_partition_frame(config, "embeddings", "product_texts", RUN_DATE)
     assert staged["product_id"].tolist() == ["1", "2", "3"]
