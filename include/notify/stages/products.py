@@ -66,8 +66,9 @@ BLEND_CANDIDATES_PER_PART = 50
 BLEND_FIT_USERS = 20_000
 # Diversity.
 MAX_SIMILAR = 2
+MAX_PER_TYPE = 10
 NEAR_DUPLICATE_COSINE = 0.97
-RERANK_CANDIDATES = 50
+RERANK_CANDIDATES = 100
 QUERY_CHUNK = 2048
 COLOUR_FAMILIES = {
     "black": "dark", "charcoal": "dark", "grey": "grey", "grey melange": "grey", "steel": "grey",
@@ -311,6 +312,8 @@ def score_products(
     k: int = TOP_K,
     max_similar: int = MAX_SIMILAR,
     never: tuple[np.ndarray, np.ndarray] | None = None,
+    types: np.ndarray | None = None,
+    max_per_type: int = MAX_PER_TYPE,
 ) -> Scored:
     """Top-``k`` products per user by the blended score, diversity re-ranked.
 
@@ -355,7 +358,9 @@ def score_products(
             )
         cand_scores, cand = torch.topk(scores, n_cand, dim=1)
         cand, cand_scores = cand.numpy(), cand_scores.numpy()
-        keep = diverse_top_k(cand, cand_scores, product_vectors, groups, k, max_similar)
+        # The user's own due re-buys are reorders, not near-duplicate suggestions: never capped.
+        reorder = lookup_pairs(terms.user_pos, terms.item_pos, terms.value, chunk[:, None], cand, n_items) > 0
+        keep = diverse_top_k(cand, cand_scores, product_vectors, groups, k, max_similar, types, max_per_type, reorder)
         chosen = np.where(keep >= 0, np.take_along_axis(cand, np.maximum(keep, 0), axis=1), -1)
         sc = np.where(keep >= 0, np.take_along_axis(cand_scores, np.maximum(keep, 0), axis=1), -np.inf)
         out_idx[start : start + len(chunk)] = np.where(np.isfinite(sc), chosen, -1)
@@ -365,7 +370,15 @@ def score_products(
 
 
 def diverse_top_k(
-    cand: np.ndarray, cand_scores: np.ndarray, product_vectors: np.ndarray, groups: np.ndarray, k: int, max_similar: int
+    cand: np.ndarray,
+    cand_scores: np.ndarray,
+    product_vectors: np.ndarray,
+    groups: np.ndarray,
+    k: int,
+    max_similar: int,
+    types: np.ndarray | None = None,
+    max_per_type: int = MAX_PER_TYPE,
+    exempt: np.ndarray | None = None,
 ) -> np.ndarray:
     """Positions into each row of ``cand`` (best first, -1 = empty) of the greedy diverse top-k.
 
@@ -379,16 +392,22 @@ def diverse_top_k(
     gram = torch.bmm(vecs, vecs.transpose(1, 2)).numpy()
     g = groups[cand]
     similar = (g[:, :, None] == g[:, None, :]) | (gram >= NEAR_DUPLICATE_COSINE)
+    t = np.zeros_like(g) if types is None else types[cand]
+    same_type = t[:, :, None] == t[:, None, :]
     kept = np.zeros((n, c), dtype=bool)
     n_kept = np.zeros(n, dtype=np.int64)
     out = np.full((n, k), -1, dtype=np.int64)
     valid = np.isfinite(cand_scores)
     for j in range(c):
         clash = (similar[:, j, :] & kept).sum(axis=1)
-        take = valid[:, j] & (clash < max_similar) & (n_kept < k)
+        type_clash = (same_type[:, j, :] & kept).sum(axis=1) if types is not None else 0
+        free = exempt[:, j] if exempt is not None else False
+        take = valid[:, j] & (free | ((clash < max_similar) & (type_clash < max_per_type))) & (n_kept < k)
         rows = np.flatnonzero(take)
         out[rows, n_kept[rows]] = j
-        kept[rows, j] = True
+        # An exempt (reorder) item does not count against the others' caps either.
+        counted = rows if exempt is None else rows[~exempt[rows, j]]
+        kept[counted, j] = True
         n_kept[rows] += 1
         if (n_kept >= k).all():
             break
