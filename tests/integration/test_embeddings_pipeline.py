@@ -178,7 +178,7 @@ def test_embeddings_then_scoring_on_a_small_lake(config: NotifyConfig, dynamo: D
                 days = (start - last[(user, p["product_id"])]).total_seconds() / 86400
                 assert p["article_type"] in allowed.index, f"{user} re-offered {p['product_id']}, not re-bought"
                 assert days >= allowed[p["article_type"]], f"{user} re-offered {p['product_id']} before it is due"
-                assert float(p["repurchase"]) > 0
+                assert float(p["repurchase"]) >= 0  # 0 when the fitted repurchase weight is 0
         assert all(p["name"] for p in item["products"])
         assert all({"content", "collaborative", "popularity", "repurchase"} <= set(p) for p in item["products"])
 
