@@ -127,6 +127,7 @@ def build_dataset(
     user_frame, truth = _users(rng, users, run_date, seed)
     pools = _product_pools(products)
     purchases = _purchases(rng, user_frame, truth, products, pools, run_date)
+    purchases = _with_repeat_purchases(np.random.default_rng([seed, 18]), purchases, products, run_date)
     clickstream = _clickstream(rng, user_frame, truth, products, pools, purchases, run_date)
     campaigns = _campaigns(products, run_date)
     return Dataset(user_frame, products, campaigns, purchases, clickstream, truth)
@@ -286,6 +287,47 @@ def _purchases(
         }
     )
     return frame.sort_values("purchase_date", kind="stable").reset_index(drop=True)
+
+
+# Consumables users re-buy as the same product: article type -> (share of purchases that start a
+# habit, mean days between re-buys). A habit continues after each re-buy with probability 0.85.
+# Everything else (dresses, shoes, watches) is never bought twice by the same user.
+REPEAT_PURCHASE = {"Socks": (0.6, 30), "Stockings": (0.5, 21), "Tights": (0.5, 21), "Leggings": (0.3, 60),
+                   "Tshirts": (0.15, 90), "Flip Flops": (0.2, 120)}  # fmt: skip
+REPEAT_CONTINUE = 0.85
+
+
+def _with_repeat_purchases(
+    rng: np.random.Generator, purchases: pd.DataFrame, products: pd.DataFrame, run_date: date
+) -> pd.DataFrame:
+    """``purchases`` plus re-buys of the same consumable product (``REPEAT_PURCHASE``).
+
+    Each re-buy comes a lognormal interval (sigma 0.25) around the type's mean after the previous
+    one, at the same time of day, and stops at ``run_date``. Its own rng, so the first-time
+    purchases of a seed are the same as before repeats existed.
+    """
+    types = purchases["product_id"].map(products.set_index("product_id")["articleType"]).to_numpy()
+    share = np.array([REPEAT_PURCHASE.get(t, (0.0, 1))[0] for t in types])
+    mean_days = np.array([REPEAT_PURCHASE.get(t, (0.0, 1))[1] for t in types], dtype=float)
+    starts = np.flatnonzero(rng.random(len(purchases)) < share)
+    when = pd.to_datetime(purchases["purchase_date"], utc=True).dt.tz_localize(None).to_numpy()[starts]
+    end = np.datetime64(datetime.combine(run_date, datetime.min.time()))
+    source, moments = [], []
+    alive = np.ones(len(starts), dtype=bool)
+    while alive.any():
+        gap = np.maximum(1, np.round(mean_days[starts] * rng.lognormal(0.0, 0.25, len(starts))))
+        when = when + gap.astype("timedelta64[D]")
+        alive &= when < end
+        source.append(starts[alive])
+        moments.append(when[alive])
+        alive &= rng.random(len(starts)) < REPEAT_CONTINUE
+    rows = np.concatenate(source) if source else np.zeros(0, dtype=np.int64)
+    repeats = purchases.iloc[rows].copy()
+    repeats["purchase_date"] = [f"{m}Z" for m in np.concatenate(moments).astype("datetime64[s]").astype(str)]
+    repeats["purchase_id"] = [f"P{i:09d}" for i in range(len(purchases) + 1, len(purchases) + len(repeats) + 1)]
+    log.info("repeat purchases: %d re-buys of %d consumable habits", len(repeats), len(starts))
+    combined = pd.concat([purchases, repeats], ignore_index=True)
+    return combined.sort_values("purchase_date", kind="stable").reset_index(drop=True)
 
 
 def _draw_article_types(

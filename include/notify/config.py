@@ -50,6 +50,9 @@ class NotifyConfig:
     # Embeddings
     embedding_model: str = "all-MiniLM-L6-v2"
     embedding_batch_size: int = 128
+    # Products: at most this many similar products (same article type and colour family, or
+    # near-identical text) in a user's top-10 (stages/products.py).
+    product_max_similar: int = 2
     # Planning and dispatch
     daily_cap: int = 5
     quiet_start_hour: int = 22

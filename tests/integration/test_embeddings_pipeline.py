@@ -17,6 +17,7 @@ from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import Dynamo, bytes_to_vector
 from include.notify.io.lake import read_partition_frame, write_partition_frame
 from include.notify.stages import embeddings_run, scoring
+from include.notify.stages import products as product_recs
 from notify_tools.datagen import build_dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -157,14 +158,30 @@ def test_embeddings_then_scoring_on_a_small_lake(config: NotifyConfig, dynamo: D
     assert len(cold_recs["products"]) == 10
     assert "C001" in [c["campaign_id"] for c in cold_recs["campaigns"]], "a new user should be offered the welcome"
 
+    # A product the user bought comes back only when the learned repurchase rule allows it: its
+    # type is re-bought and the type's due interval has passed since the user's last purchase.
     since = pd.Timestamp(RUN_DATE - timedelta(days=29), tz="UTC")
     purchases = lake["purchases"]
     recent = purchases[pd.to_datetime(purchases["purchase_date"], utc=True) >= since]
-    recent_pairs = set(zip(recent["user_id"], recent["product_id"], strict=True))
-    assert recent_pairs, "the generated data should have purchases in the last 30 days"
+    assert len(recent), "the generated data should have purchases in the last 30 days"
+    inputs = scoring.load_inputs(config, RUN_DATE)
+    rule = product_recs.learn_repurchase(
+        product_recs.build_history(inputs.user_ids, inputs.products["product_id"].to_numpy(object), inputs.purchases),
+        inputs.products["article_type"].astype(str).to_numpy(),
+    )
+    allowed = rule.table().set_index("article_type")["due_after_days"]
+    last = purchases.assign(when=pd.to_datetime(purchases["purchase_date"], utc=True))
+    last = last.groupby(["user_id", "product_id"])["when"].max()
+    start = pd.Timestamp(RUN_DATE, tz="UTC")
     for user, item in recs.items():
-        assert not {(user, p["product_id"]) for p in item["products"]} & recent_pairs
+        for p in item["products"]:
+            if (user, p["product_id"]) in last.index:
+                days = (start - last[(user, p["product_id"])]).total_seconds() / 86400
+                assert p["article_type"] in allowed.index, f"{user} re-offered {p['product_id']}, not re-bought"
+                assert days >= allowed[p["article_type"]], f"{user} re-offered {p['product_id']} before it is due"
+                assert float(p["repurchase"]) >= 0  # 0 when the fitted repurchase weight is 0
         assert all(p["name"] for p in item["products"])
+        assert all({"content", "collaborative", "popularity", "repurchase"} <= set(p) for p in item["products"])
 
     flat = read_partition_frame(config, "recommendations", "campaigns", RUN_DATE)[0]
     assert len(flat) == result["campaign_rows"] == sum(len(r["campaigns"]) for r in recs.values())

@@ -27,7 +27,8 @@ def test_explain_shows_features_campaign_components_and_product_names(config: No
                 "campaigns": [{"campaign_id": "C101", "rank": 1, "score": 0.61, "similarity": 0.55, "priority": 3,
                                "response_rate": 0.071, "reasons": ["similarity 0.55", "priority 3"]}],
                 "products": [{"product_id": "15970", "rank": 1, "name": "Turtle Check Men Navy Blue Shirt",
-                              "article_type": "Shirts", "score": 0.8, "similarity": 0.82}],
+                              "article_type": "Shirts", "score": 0.8, "similarity": 0.82, "content": 0.41,
+                              "collaborative": 0.22, "popularity": 0.05, "repurchase": 0.12}],
             }
         ],
     )  # fmt: skip
@@ -40,5 +41,9 @@ def test_explain_shows_features_campaign_components_and_product_names(config: No
     assert "7.1%" in text
     assert "why: similarity 0.55; priority 3" in text
     assert "Turtle Check Men Navy Blue Shirt" in text
+    product_line = next(line for line in text.splitlines() if "15970" in line)
+    assert product_line.split()[2:7] == ["0.800", "0.410", "0.220", "0.050", "0.120"]
+    assert "content" in text
+    assert "repurch" in text
 
     assert "unknown user" in explain_user(config, dynamo, "NOBODY")

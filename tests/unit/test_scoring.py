@@ -125,11 +125,19 @@ def _inputs(opt_out: list[bool]) -> scoring.ScoringInputs:
         campaign_vectors=normalize_rows(rng.normal(size=(4, 8))),
         campaign_stats=None,
         products=pd.DataFrame(
-            {"product_id": [f"P{i}" for i in range(20)], "name": "n", "article_type": "t", "popularity": 1.0}
+            {
+                "product_id": [f"P{i}" for i in range(20)],
+                "name": "n",
+                "article_type": [f"t{i % 10}" for i in range(20)],
+                "popularity": 1.0,
+            }
         ),
         product_vectors=normalize_rows(rng.normal(size=(20, 8))),
-        recent_purchases=pd.DataFrame({"user_id": ["U1", "U1"], "product_id": ["P3", "P4"]}),
+        purchases=pd.DataFrame(
+            {"user_id": ["U1", "U1"], "product_id": ["P3", "P4"], "purchase_date": ["2026-11-20T10:00:00Z"] * 2}
+        ),
         model="m",
+        run_date=RUN_DATE,
     )
 
 

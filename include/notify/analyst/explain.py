@@ -14,6 +14,8 @@ from include.notify.config import NotifyConfig
 if TYPE_CHECKING:
     from include.notify.io.dynamo import Dynamo
 
+# The weighted parts of a product's score, as scoring writes them (stages/products.py).
+PRODUCT_PARTS = ("content", "collaborative", "popularity", "repurchase")
 FEATURE_FIELDS = (
     "segment", "timezone", "days_since_signup", "total_orders", "total_spent", "avg_order_value",
     "last_purchase_date", "top_article_types", "top_master_categories", "recent_ctr", "ignored_streak", "opt_out",
@@ -22,7 +24,8 @@ FEATURE_FIELDS = (
 
 def explain_user(config: NotifyConfig, dynamo: Dynamo, user_id: str, top: int = 10) -> str:
     """A plain-text report: the user's features, ranked campaigns with score components and
-    reasons, and ranked products with names. Says clearly when the user or their
+    reasons, and ranked products with names and the parts of their score (content,
+    collaborative, popularity, repurchase) when the recommendation carries them. Says clearly when the user or their
     recommendations are unknown instead of raising."""
     features = dynamo.get("user_features", {"user_id": user_id})
     recs = dynamo.get("recommendations", {"user_id": user_id})
@@ -65,10 +68,26 @@ def explain_user(config: NotifyConfig, dynamo: Dynamo, user_id: str, top: int = 
     lines += ["", "Top products:"]
     if not products:
         lines.append("  none")
-    for p in products[:top]:
+    has_parts = any(all(part in p for part in PRODUCT_PARTS) for p in products[:top])
+    if products and has_parts:
         lines.append(
-            f"  {p['rank']:>2}  {p['product_id']:<8} {float(p['score']):>6.3f}  {p.get('name') or '(no name)'} "
-            f"[{p.get('article_type', '')}]"
+            f"  {'#':>2}  {'product':<8} {'score':>6} {'content':>7} {'collab':>7} {'popul':>7} {'repurch':>7}  name [type]"
+        )
+    for p in products[:top]:
+        parts = (
+            " ".join(f"{float(p[part]):>7.3f}" for part in PRODUCT_PARTS)
+            if all(part in p for part in PRODUCT_PARTS)
+            else " ".join(f"{'-':>7}" for _ in PRODUCT_PARTS)
+        )
+        lines.append(
+            f"  {p['rank']:>2}  {p['product_id']:<8} {float(p['score']):>6.3f} "
+            + (f"{parts}  " if has_parts else " ")
+            + f"{p.get('name') or '(no name)'} [{p.get('article_type', '')}]"
+        )
+    if products and has_parts:
+        lines.append(
+            "  (score = content + collaborative + popularity + repurchase, each already weighted; "
+            "repurchase > 0 means the user bought it before and it is due again)"
         )
     return "\n".join(lines)
 

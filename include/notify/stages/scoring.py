@@ -22,8 +22,11 @@ What this module guarantees:
   targeted at the user's segment (eligibility other than ``all``, or a welcome) gets
   ``+ 0.15`` on top, so a new user's welcome is not crowded out by generic campaigns. Every
   recommended item keeps these components and human-readable reasons.
-- Products: the top-10 by ``0.9 * similarity + 0.1 * popularity_norm`` among products the user
-  did not buy in the last 30 days.
+- Products: the top-10 by a blend of content similarity, an implicit-feedback ALS model,
+  popularity and a learned repurchase rule, with weights fit nightly on each user's held-out
+  last purchase day, re-ranked for diversity (``stages/products.py`` says how). A bought product
+  comes back only when its article type is re-bought and its learned interval has passed (no
+  blanket 30-day exclusion); products outside today's catalog are never candidates.
 - Search: ``stages.search.top_k`` (exact when the candidate set is small, pynndescent with an
   exact re-rank when large).
 - Outputs per docs/data-contracts.md: DynamoDB ``notify_recommendations`` (one item per user) and
@@ -35,7 +38,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,7 +47,20 @@ import pandas as pd
 from include.notify import rules
 from include.notify.config import NotifyConfig
 from include.notify.io.lake import read_current_frame, read_features, read_partition_frame, write_partition_frame
-from include.notify.stages.embeddings import embedding_version, normalize_in_place
+from include.notify.stages.embeddings import embedding_version, normalize_in_place, purchase_weights, user_vectors
+from include.notify.stages.products import (
+    PARTS,
+    ProductModel,
+    RepurchaseTerms,
+    TrainingData,
+    as_of_run_date,
+    build_history,
+    fit_products_model,
+    item_groups,
+    repurchase_terms,
+    rowwise_dot,
+    score_products,
+)
 from include.notify.stages.search import TOP_K, TopK, top_k
 
 if TYPE_CHECKING:
@@ -52,7 +68,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RECENT_PURCHASE_DAYS = 30
 SIMILARITY_WEIGHT = 0.70
 PRIORITY_WEIGHT = 0.15
 RESPONSE_WEIGHT = 0.15
@@ -160,10 +175,14 @@ class ScoringInputs:
     campaigns: pd.DataFrame  # sendable ones, aligned with campaign_vectors
     campaign_vectors: np.ndarray
     campaign_stats: pd.DataFrame | None
-    products: pd.DataFrame  # product_id, name, article_type, popularity; aligned with product_vectors
+    products: pd.DataFrame  # product_id, name, article_type, base_colour, popularity; aligned with product_vectors
     product_vectors: np.ndarray
-    recent_purchases: pd.DataFrame  # user_id, product_id
+    purchases: pd.DataFrame  # user_id, product_id, purchase_date: the whole history
     model: str
+    clickstream: pd.DataFrame | None = None  # user_id, ts, event_type, product_id
+    product_model: ProductModel | None = None  # fit from the history when absent
+    max_similar: int = 2
+    run_date: date | None = None  # the day recommended for; the day after the last purchase when absent
 
 
 def load_inputs(config: NotifyConfig, run_date: date) -> ScoringInputs:
@@ -190,12 +209,9 @@ def load_inputs(config: NotifyConfig, run_date: date) -> ScoringInputs:
         _product_catalog(config, run_date), on="product_id", how="left", validate="one_to_one"
     )
     purchases, _ = read_partition_frame(
-        config, "embeddings", "purchases", run_date, ["user_id", "product_id", "purchase_date"]
+        config, "embeddings", "purchases", run_date, ["user_id", "product_id", "purchase_date", "quantity"]
     )
-    since = pd.Timestamp(
-        datetime.combine(run_date - timedelta(days=RECENT_PURCHASE_DAYS - 1), datetime.min.time()), tz=UTC
-    )
-    recent = purchases[pd.to_datetime(purchases["purchase_date"], utc=True) >= since][["user_id", "product_id"]]
+    clickstream = read_current_frame(config, "clickstream", run_date)
     return ScoringInputs(
         user_ids=users["user_id"].to_numpy(object),
         user_vectors=user_vecs,
@@ -207,13 +223,16 @@ def load_inputs(config: NotifyConfig, run_date: date) -> ScoringInputs:
         campaign_stats=stats,
         products=products,
         product_vectors=product_vecs,
-        recent_purchases=recent,
+        purchases=purchases,
         model=str(users["model"].iloc[0]) if len(users) else config.embedding_model,
+        clickstream=clickstream,
+        max_similar=config.product_max_similar,
+        run_date=run_date,
     )
 
 
 def _product_catalog(config: NotifyConfig, run_date: date) -> pd.DataFrame:
-    """product_id, name, article_type, popularity (units sold, 0 when unknown)."""
+    """product_id, name, article_type, base_colour, popularity (units sold, 0 when unknown)."""
     try:
         features = read_features(config, "product_features", run_date)
     except FileNotFoundError:
@@ -224,6 +243,9 @@ def _product_catalog(config: NotifyConfig, run_date: date) -> pd.DataFrame:
             "product_id": features["product_id"].astype(str),
             "name": features["productDisplayName"].astype("string").fillna(""),
             "article_type": features["articleType"].astype("string").fillna(""),
+            "base_colour": features["baseColour"].astype("string").fillna("")
+            if "baseColour" in features
+            else pd.Series("", index=features.index, dtype="string"),
             "popularity": pd.to_numeric(sales, errors="coerce").fillna(0).to_numpy(np.float32),
         }
     )
@@ -279,23 +301,9 @@ def score(inputs: ScoringInputs, k: int = TOP_K, method: str = "auto") -> Recomm
     )
     campaign_rows = _campaign_rows(inputs, users_pos, seg_codes, seg_names, camp, priority, rates)
 
-    popularity = inputs.products["popularity"].to_numpy(np.float32)
-    pop_norm = np.log1p(popularity) / max(np.log1p(popularity.max(initial=0.0)), 1e-9)
-    user_index = pd.Index(inputs.user_ids[users_pos])
-    product_index = pd.Index(inputs.products["product_id"].astype(str))
-    ex_q = user_index.get_indexer(inputs.recent_purchases["user_id"].astype(str))
-    ex_i = product_index.get_indexer(inputs.recent_purchases["product_id"].astype(str))
-    known = (ex_q >= 0) & (ex_i >= 0)
-    prod = top_k(
-        inputs.user_vectors[users_pos],
-        inputs.product_vectors,
-        k,
-        similarity_weight=1.0 - PRODUCT_POPULARITY_WEIGHT,
-        bias=(PRODUCT_POPULARITY_WEIGHT * pop_norm)[None, :],
-        exclude=(ex_q[known], ex_i[known]),
-        method=method,
-    )
-    product_rows = _product_rows(inputs, users_pos, prod)
+    prod, parts = _score_products(inputs, users_pos)
+    product_index = inputs.products["product_id"]
+    product_rows = _product_rows(inputs, users_pos, prod, parts)
     log.info(
         "scored %d users (%d opted out) against %d campaigns and %d products in %.1fs",
         n_users, int((~active).sum()), len(campaign_ids), len(product_index), time.monotonic() - started,
@@ -359,7 +367,71 @@ def _campaign_rows(
     )
 
 
-def _product_rows(inputs: ScoringInputs, users_pos: np.ndarray, result: TopK) -> pd.DataFrame:
+def product_day(inputs: ScoringInputs) -> date:
+    """The day products are recommended for: ``inputs.run_date``, else the day after the last purchase."""
+    if inputs.run_date is not None:
+        return inputs.run_date
+    if len(inputs.purchases):
+        return (pd.to_datetime(inputs.purchases["purchase_date"], utc=True).max() + pd.Timedelta(days=1)).date()
+    return datetime.now(UTC).date()
+
+
+def fit_product_model(inputs: ScoringInputs) -> ProductModel:
+    """The nightly product model from the inputs' history (``products.fit_products_model``); the
+    content part of its held-out fit uses user vectors rebuilt from the history before each
+    user's held-out day, exactly as the embeddings stage builds them."""
+    product_ids = inputs.products["product_id"].astype(str).to_numpy(object)
+
+    def content_vectors(history: pd.DataFrame, clicks: pd.DataFrame | None, as_of: date) -> np.ndarray:
+        weighted = history.assign(weight=purchase_weights(history, as_of))
+        return user_vectors(
+            inputs.user_ids, inputs.segments, product_ids, inputs.product_vectors, weighted, as_of, clicks
+        ).vectors
+
+    data = TrainingData(
+        inputs.products, inputs.product_vectors, inputs.user_ids, inputs.purchases, inputs.clickstream, content_vectors
+    )
+    return fit_products_model(data, product_day(inputs))
+
+
+def _score_products(inputs: ScoringInputs, users_pos: np.ndarray) -> tuple[TopK, dict[str, np.ndarray]]:
+    """The product path: the blended, diversity re-ranked top-k with each product's weighted
+    parts (see ``stages/products.py``); fits the product model when the inputs carry none."""
+    products = inputs.products
+    product_ids = products["product_id"].astype(str).to_numpy(object)
+    types = products["article_type"].astype(str).to_numpy()
+    model = inputs.product_model if inputs.product_model is not None else fit_product_model(inputs)
+    day = product_day(inputs)
+    purchases = inputs.purchases
+    history = build_history(inputs.user_ids, product_ids, purchases)
+    terms = repurchase_terms(model.repurchase, history, types, as_of_run_date(day))
+    pos = pd.Index(users_pos).get_indexer(terms.user_pos)
+    keep = pos >= 0
+    terms = RepurchaseTerms(pos[keep], terms.item_pos[keep], terms.value[keep], terms.suppressed[keep],
+                            terms.days_since[keep])  # fmt: skip
+    scored = score_products(
+        inputs.user_vectors[users_pos],
+        inputs.product_vectors,
+        _model_rows(model, users_pos),
+        terms,
+        item_groups(products),
+        max_similar=inputs.max_similar,
+    )
+    similarity = rowwise_dot(inputs.user_vectors[users_pos], inputs.product_vectors, np.maximum(scored.indices, 0))
+    return TopK(scored.indices, scored.scores, similarity.astype(np.float32)), scored.parts
+
+
+def _model_rows(model: ProductModel, users_pos: np.ndarray) -> ProductModel:
+    """``model`` with its user factors restricted to ``users_pos`` (in that order)."""
+    from dataclasses import replace
+
+    collab = replace(model.collaborative, user_factors=model.collaborative.user_factors[users_pos])
+    return replace(model, collaborative=collab)
+
+
+def _product_rows(
+    inputs: ScoringInputs, users_pos: np.ndarray, result: TopK, parts: dict[str, np.ndarray]
+) -> pd.DataFrame:
     rows, ranks = np.nonzero(result.indices >= 0)
     item = result.indices[rows, ranks]
     products = inputs.products
@@ -372,6 +444,7 @@ def _product_rows(inputs: ScoringInputs, users_pos: np.ndarray, result: TopK) ->
             "article_type": products["article_type"].to_numpy(object)[item],
             "score": result.scores[rows, ranks],
             "similarity": result.similarities[rows, ranks],
+            **{name: parts[name][rows, ranks] for name in PARTS},
         }
     )
 
@@ -384,7 +457,7 @@ def recommendation_items(
     generated_at = datetime.now(UTC).isoformat(timespec="seconds")
     version = embedding_version(model, dim)
     campaign_fields = ["campaign_id", "rank", "score", "similarity", "priority", "response_rate", "reasons"]
-    product_fields = ["product_id", "rank", "name", "article_type", "score", "similarity"]
+    product_fields = ["product_id", "rank", "name", "article_type", "score", "similarity", *PARTS]
     by_user_c = _group_records(recs.campaigns, campaign_fields)
     by_user_p = _group_records(recs.products, product_fields)
     return [
@@ -419,6 +492,7 @@ def run_scoring(
     """The whole scoring stage for ``run_date``: read, score, write lake and DynamoDB; returns counts."""
     started = time.monotonic()
     inputs = load_inputs(config, run_date)
+    inputs.product_model = fit_product_model(inputs)
     recs = score(inputs, method=method)
     write_partition_frame(recs.campaigns, config, "recommendations", "campaigns", run_date)
     write_partition_frame(recs.products, config, "recommendations", "products", run_date)
@@ -436,6 +510,8 @@ def run_scoring(
         "campaign_rows": len(recs.campaigns),
         "product_rows": len(recs.products),
         "users_without_campaigns": int(len(inputs.user_ids) - recs.campaigns["user_id"].nunique()),
+        "product_weights": inputs.product_model.weights,
+        "product_validation": inputs.product_model.validation,
         "written": written,
         "seconds": round(time.monotonic() - started, 2),
     }

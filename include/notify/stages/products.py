@@ -1,0 +1,655 @@
+"""Product recommendations: content, collaborative, popularity and learned repurchase, blended.
+
+What this module guarantees:
+
+- **Four parts per (user, product)**, each kept on the recommendation so analysts can read it:
+  ``content`` = cosine(user text vector, product text vector); ``collaborative`` = the dot
+  product of the user's and the product's implicit-feedback ALS factors (the ``implicit``
+  package, trained nightly on purchases, add-to-carts, clicks and views); ``popularity`` =
+  log(1 + units sold) / log(1 + most units sold); ``repurchase`` = how likely the user re-buys a
+  product they bought, from the learned rule below (0 for products they never bought).
+- **Blend weights are fit on held-out data**, never hand-set (``fit_products_model``): each
+  user's last purchase day is held out, the collaborative model is trained on the rest, and the
+  weights that maximise recall@10 of the held-out day (random search on the simplex over
+  candidates pooled from every part) are kept; the model is then retrained on everything.
+- **Cold users and cold products are carried by content**: a user or product with no
+  interactions has zero collaborative factors (not the random initialisation ALS leaves), so its
+  score is content + popularity; cold users' text vectors come from the embeddings stage's
+  cold start.
+- **Repurchase is learned, not a blanket rule** (``learn_repurchase``): per article type, the
+  share of purchases that were re-buys of a product the user had bought before, and the
+  distribution of days between re-buys. A product the user bought is suppressed unless its
+  type is re-bought (share >= ``MIN_REPEAT_SHARE`` with >= ``MIN_REPEAT_INTERVALS`` observed
+  intervals) and the 2nd percentile of its intervals has passed; once allowed, its repurchase part
+  is ``share x exp(-z**2 / 2)``, z = log(days since / median interval) / spread. A dress bought
+  yesterday is never recommended again; socks re-bought monthly come back when due.
+- **Never recommended**: products outside today's catalog (only catalog rows are candidates,
+  interactions with unknown products are dropped and counted) and any (user, product) pair
+  passed as ``never`` (e.g. returns: the purchase data model has no returns today, quantity is
+  always >= 1, so nothing fills it yet).
+- **Diversity** (``diverse_top_k``): from each user's best ``RERANK_CANDIDATES`` by blended score,
+  greedily keep the best item unless ``max_similar`` already kept items are similar to it —
+  same article type and colour family, or text vectors with cosine >= ``NEAR_DUPLICATE_COSINE``.
+  The cap is strict: a user whose candidates run out of dissimilar items gets fewer than k.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+log = logging.getLogger(__name__)
+
+PARTS = ("content", "collaborative", "popularity", "repurchase")
+TOP_K = 10
+# Interaction weights for the collaborative model (confidence = alpha x weight).
+EVENT_WEIGHTS = {"purchase": 1.0, "add_to_cart": 0.5, "click": 0.3, "view": 0.2}
+# ALS settings tried on the held-out day; the best is kept (see fit_products_model).
+ALS_GRID = ({"factors": 64, "alpha": 10.0}, {"factors": 128, "alpha": 10.0}, {"factors": 64, "alpha": 40.0})
+ALS_REGULARIZATION = 0.05
+ALS_ITERATIONS = 15
+# Repurchase rule.
+MIN_REPEAT_SHARE = 0.02
+MIN_REPEAT_INTERVALS = 5
+REPEAT_PRIOR_STRENGTH = 20.0
+MIN_LOG_SPREAD = 0.25
+DUE_QUANTILE = 0.02
+# Blend fitting.
+BLEND_SAMPLES = 400
+BLEND_CANDIDATES_PER_PART = 50
+BLEND_FIT_USERS = 20_000
+# Diversity.
+MAX_SIMILAR = 2
+MAX_PER_TYPE = 10
+NEAR_DUPLICATE_COSINE = 0.97
+RERANK_CANDIDATES = 100
+QUERY_CHUNK = 2048
+COLOUR_FAMILIES = {
+    "black": "dark", "charcoal": "dark", "grey": "grey", "grey melange": "grey", "steel": "grey",
+    "silver": "metal", "gold": "metal", "bronze": "metal", "copper": "metal", "metallic": "metal",
+    "white": "light", "off white": "light", "cream": "light", "beige": "light", "skin": "light", "nude": "light",
+    "blue": "blue", "navy blue": "blue", "teal": "blue", "turquoise blue": "blue",
+    "red": "red", "maroon": "red", "burgundy": "red", "rust": "red", "rose": "pink", "pink": "pink",
+    "magenta": "pink", "peach": "pink", "purple": "purple", "lavender": "purple", "mauve": "purple",
+    "green": "green", "olive": "green", "sea green": "green", "lime green": "green", "fluorescent green": "green",
+    "brown": "brown", "coffee brown": "brown", "mushroom brown": "brown", "tan": "brown", "khaki": "brown",
+    "taupe": "brown", "yellow": "yellow", "mustard": "yellow", "orange": "orange",
+}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ history
+@dataclass
+class History:
+    """Interactions aligned to positions: users x catalog products."""
+
+    user_ids: pd.Index
+    product_ids: pd.Index
+    purchases: pd.DataFrame  # user_pos, item_pos, when (UTC timestamp)
+    events: pd.DataFrame  # user_pos, item_pos, weight (purchases included)
+
+
+def build_history(
+    user_ids: np.ndarray, product_ids: np.ndarray, purchases: pd.DataFrame, clickstream: pd.DataFrame | None = None
+) -> History:
+    """Purchases (user_id, product_id, purchase_date) and product events of the clickstream, as
+    positions in ``user_ids`` x ``product_ids``. Rows naming an unknown user or a product outside
+    the catalog are dropped and counted (out-of-catalog products are never candidates)."""
+    users, products = pd.Index(np.asarray(user_ids, dtype=object)), pd.Index(np.asarray(product_ids, dtype=object))
+    u = users.get_indexer(purchases["user_id"].astype(str))
+    i = products.get_indexer(purchases["product_id"].astype(str))
+    keep = (u >= 0) & (i >= 0)
+    when = pd.to_datetime(purchases["purchase_date"], utc=True).to_numpy()
+    bought = pd.DataFrame({"user_pos": u[keep], "item_pos": i[keep], "when": when[keep]})
+    frames = [bought[["user_pos", "item_pos"]].assign(weight=EVENT_WEIGHTS["purchase"])]
+    dropped_events = 0
+    if clickstream is not None and len(clickstream):
+        weight = clickstream["event_type"].astype(str).map(EVENT_WEIGHTS).to_numpy(dtype=float)
+        cu = users.get_indexer(clickstream["user_id"].astype(str))
+        ci = products.get_indexer(clickstream["product_id"].astype("string").fillna("").astype(str))
+        ok = (cu >= 0) & (ci >= 0) & ~np.isnan(weight)
+        dropped_events = int(
+            ((cu >= 0) & (ci < 0) & (clickstream["product_id"].astype("string").fillna("") != "")).sum()
+        )
+        frames.append(pd.DataFrame({"user_pos": cu[ok], "item_pos": ci[ok], "weight": weight[ok]}))
+    if (~keep).any() or dropped_events:
+        log.info(
+            "history: %d purchases and %d events left out (unknown user or product outside the catalog)",
+            int((~keep).sum()), dropped_events,
+        )  # fmt: skip
+    return History(users, products, bought, pd.concat(frames, ignore_index=True))
+
+
+def interaction_matrix(history: History) -> sp.csr_matrix:
+    """(n_users, n_products) summed interaction weights, float32 CSR."""
+    e = history.events
+    shape = (len(history.user_ids), len(history.product_ids))
+    matrix = sp.csr_matrix((e["weight"].to_numpy(np.float32), (e["user_pos"], e["item_pos"])), shape=shape)
+    matrix.sum_duplicates()
+    return matrix
+
+
+def split_last_day(purchases: pd.DataFrame, time_column: str = "purchase_date") -> tuple[pd.Series, pd.Series]:
+    """Boolean masks (train, held out) over ``purchases``: every purchase on each user's last
+    purchase day (UTC) is held out, for users with purchases on at least two days."""
+    when = pd.to_datetime(purchases[time_column], utc=True)
+    day = when.dt.floor("D")
+    last = day.groupby(purchases["user_id"]).transform("max")
+    days = day.groupby(purchases["user_id"]).transform("nunique")
+    held = (day == last) & (days >= 2)
+    return ~held, held
+
+
+# ------------------------------------------------------------------------------------ collaborative
+@dataclass
+class Collaborative:
+    """Implicit-feedback ALS factors; rows with no interactions are zero."""
+
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+    settings: dict[str, float] = field(default_factory=dict)
+
+
+def fit_als(matrix: sp.csr_matrix, factors: int, alpha: float, seed: int = 0) -> Collaborative:
+    """ALS (``implicit``, conjugate gradient) on the user x product matrix; cold rows zeroed."""
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    # implicit parallelises itself; a multi-threaded BLAS underneath only oversubscribes the cores.
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=factors, regularization=ALS_REGULARIZATION, alpha=alpha, iterations=ALS_ITERATIONS,
+            random_state=seed, calculate_training_loss=False,
+        )  # fmt: skip
+        model.fit(matrix, show_progress=False)
+    users = np.ascontiguousarray(model.user_factors, dtype=np.float32)
+    items = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+    users[np.diff(matrix.indptr) == 0] = 0.0
+    items[np.bincount(matrix.indices, minlength=matrix.shape[1]) == 0] = 0.0
+    return Collaborative(users, items, {"factors": factors, "alpha": alpha})
+
+
+# ------------------------------------------------------------------------------------ repurchase
+@dataclass
+class RepurchaseRule:
+    """Per article type: share of purchases that are re-buys and the re-buy interval in days."""
+
+    article_types: np.ndarray
+    share: np.ndarray
+    median_days: np.ndarray
+    due_after_days: np.ndarray
+    log_spread: np.ndarray
+    intervals: np.ndarray  # observed intervals per type (evidence)
+
+    def allowed(self) -> np.ndarray:
+        """Per type: may a product of this type be recommended again to its buyer at all?"""
+        return (self.share >= MIN_REPEAT_SHARE) & (self.intervals >= MIN_REPEAT_INTERVALS)
+
+    def table(self) -> pd.DataFrame:
+        """The rule as a readable table (one row per type that users re-buy)."""
+        frame = pd.DataFrame(
+            {
+                "article_type": self.article_types,
+                "share": self.share,
+                "median_days": self.median_days,
+                "due_after_days": self.due_after_days,
+                "intervals": self.intervals,
+            }
+        )
+        return frame[self.allowed()].sort_values("share", ascending=False).reset_index(drop=True)
+
+
+def learn_repurchase(history: History, item_types: np.ndarray) -> RepurchaseRule:
+    """Learn the rule from ``history.purchases`` (see the module docstring); several purchases of
+    one product by one user on the same day count as one."""
+    names, codes = np.unique(np.asarray(item_types, dtype=str), return_inverse=True)
+    p = history.purchases.assign(day=pd.to_datetime(history.purchases["when"], utc=True).dt.floor("D"))
+    p = p.drop_duplicates(["user_pos", "item_pos", "day"]).sort_values(["user_pos", "item_pos", "day"])
+    same = (p["user_pos"].diff() == 0) & (p["item_pos"].diff() == 0)
+    gaps = p["day"].diff().dt.days.to_numpy(dtype=float)
+    type_code = codes[p["item_pos"].to_numpy()]
+    n_types = len(names)
+    bought = np.bincount(type_code, minlength=n_types).astype(float)
+    repeat = np.bincount(type_code[same.to_numpy()], minlength=n_types).astype(float)
+    prior = repeat.sum() / max(bought.sum(), 1.0)
+    share = (repeat + REPEAT_PRIOR_STRENGTH * prior) / (bought + REPEAT_PRIOR_STRENGTH)
+    intervals = pd.DataFrame({"t": type_code[same.to_numpy()], "log": np.log(np.maximum(gaps[same.to_numpy()], 1))})
+    stats = intervals.groupby("t")["log"].agg(["median", "std", "size"]).reindex(range(n_types))
+    due = intervals.groupby("t")["log"].quantile(DUE_QUANTILE).reindex(range(n_types))
+    return RepurchaseRule(
+        article_types=names,
+        share=share.astype(np.float32),
+        median_days=np.exp(stats["median"].fillna(np.inf).to_numpy()).astype(np.float32),
+        due_after_days=np.exp(due.fillna(np.inf).to_numpy()).astype(np.float32),
+        log_spread=np.maximum(stats["std"].fillna(MIN_LOG_SPREAD).to_numpy(), MIN_LOG_SPREAD).astype(np.float32),
+        intervals=stats["size"].fillna(0).to_numpy().astype(np.int64),
+    )
+
+
+@dataclass
+class RepurchaseTerms:
+    """Per bought (user, product): its repurchase part, or suppressed."""
+
+    user_pos: np.ndarray
+    item_pos: np.ndarray
+    value: np.ndarray
+    suppressed: np.ndarray
+    days_since: np.ndarray
+
+
+def repurchase_terms(
+    rule: RepurchaseRule, history: History, item_types: np.ndarray, as_of: np.ndarray | datetime
+) -> RepurchaseTerms:
+    """Apply ``rule`` to every product each user bought, as of ``as_of`` (one UTC moment, or one
+    per user position)."""
+    p = history.purchases
+    last = p.groupby(["user_pos", "item_pos"], sort=True)["when"].max().reset_index()
+    u, i = last["user_pos"].to_numpy(), last["item_pos"].to_numpy()
+    moment = np.asarray(pd.to_datetime(np.atleast_1d(as_of), utc=True).tz_localize(None), dtype="datetime64[s]")
+    moment = moment[u] if moment.size > 1 else np.broadcast_to(moment, u.shape)
+    days = (moment - last["when"].dt.tz_localize(None).to_numpy().astype("datetime64[s]")) / np.timedelta64(1, "D")
+    days = days.astype(np.float32)
+    code = pd.Index(rule.article_types).get_indexer(np.asarray(item_types, dtype=str)[i])
+    known = code >= 0
+    c = np.where(known, code, 0)
+    allowed = known & rule.allowed()[c] & (days >= rule.due_after_days[c])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.log(np.maximum(days, 1e-3) / rule.median_days[c]) / rule.log_spread[c]
+    value = np.where(allowed, rule.share[c] * np.exp(-0.5 * z**2), 0.0).astype(np.float32)
+    return RepurchaseTerms(u, i, value, ~allowed, days)
+
+
+# ------------------------------------------------------------------------------------ model
+@dataclass
+class ProductModel:
+    """Everything the nightly product scoring needs besides the text vectors."""
+
+    weights: dict[str, float]
+    collaborative: Collaborative
+    repurchase: RepurchaseRule
+    popularity: np.ndarray  # normalised, aligned with the catalog
+    validation: dict[str, float] = field(default_factory=dict)
+
+
+def popularity_norm(history: History) -> np.ndarray:
+    """log(1 + units sold) / log(1 + most units sold) per catalog product (purchases counted)."""
+    sold = np.bincount(history.purchases["item_pos"], minlength=len(history.product_ids)).astype(np.float32)
+    return (np.log1p(sold) / max(float(np.log1p(sold.max(initial=0.0))), 1e-9)).astype(np.float32)
+
+
+def item_groups(products: pd.DataFrame) -> np.ndarray:
+    """Per product: a code for (article type, colour family), the diversity rule's 'similar'."""
+    colour = products["base_colour"] if "base_colour" in products else products.get("baseColour")
+    colour = pd.Series("", index=products.index) if colour is None else colour
+    colour = colour.astype("string").fillna("").str.strip().str.lower()
+    family = colour.map(COLOUR_FAMILIES).fillna(colour)
+    key = products["article_type"].astype("string").fillna("") + "|" + family
+    return pd.factorize(key)[0].astype(np.int64)
+
+
+@dataclass
+class Scored:
+    """Per user row: chosen product positions (-1 = empty), blended scores and parts."""
+
+    indices: np.ndarray
+    scores: np.ndarray
+    parts: dict[str, np.ndarray]
+
+
+def score_products(
+    user_vectors: np.ndarray,
+    product_vectors: np.ndarray,
+    model: ProductModel,
+    terms: RepurchaseTerms,
+    groups: np.ndarray,
+    *,
+    user_rows: np.ndarray | None = None,
+    k: int = TOP_K,
+    max_similar: int = MAX_SIMILAR,
+    never: tuple[np.ndarray, np.ndarray] | None = None,
+    types: np.ndarray | None = None,
+    max_per_type: int = MAX_PER_TYPE,
+) -> Scored:
+    """Top-``k`` products per user by the blended score, diversity re-ranked.
+
+    ``user_rows`` maps each query row to its row in the collaborative model and in ``terms``
+    (default: the same position). One fused ``addmm`` per chunk scores content and collaborative
+    together ([w_c u, w_a f_u] . [p, f_p]) with popularity as its bias row; repurchase parts are
+    added and suppressed or ``never`` pairs set to -inf before the top-``RERANK_CANDIDATES``.
+    """
+    import torch
+
+    w = model.weights
+    rows = np.arange(len(user_vectors)) if user_rows is None else np.asarray(user_rows, dtype=np.int64)
+    collab = model.collaborative
+    items = np.hstack([product_vectors, collab.item_factors]).astype(np.float32)
+    item_t = torch.from_numpy(items).T.contiguous()
+    bias = torch.from_numpy((w["popularity"] * model.popularity).astype(np.float32)).unsqueeze(0)
+    n_items = len(product_vectors)
+    # Per model row: the adjustments (repurchase value or -inf), sorted by row for slicing.
+    adj_u, adj_i = terms.user_pos, terms.item_pos
+    adj_v = np.where(terms.suppressed, -np.inf, w["repurchase"] * terms.value).astype(np.float32)
+    if never is not None and len(never[0]):
+        adj_u = np.concatenate([adj_u, np.asarray(never[0], np.int64)])
+        adj_i = np.concatenate([adj_i, np.asarray(never[1], np.int64)])
+        adj_v = np.concatenate([adj_v, np.full(len(never[0]), -np.inf, np.float32)])
+    by_row = pd.Series(np.arange(len(adj_u))).groupby(adj_u).indices if len(adj_u) else {}
+    n_cand = min(RERANK_CANDIDATES, n_items)
+    k = min(k, n_items)
+    out_idx = np.full((len(rows), k), -1, dtype=np.int64)
+    out_score = np.full((len(rows), k), -np.inf, dtype=np.float32)
+    for start in range(0, len(rows), QUERY_CHUNK):
+        chunk = rows[start : start + QUERY_CHUNK]
+        query = np.hstack(
+            [w["content"] * user_vectors[start : start + QUERY_CHUNK], w["collaborative"] * collab.user_factors[chunk]]
+        )
+        scores = torch.addmm(bias, torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)), item_t)
+        picks = [by_row[r] for r in chunk if r in by_row]
+        if picks:
+            sel = np.concatenate(picks)
+            local = pd.Index(chunk).get_indexer(adj_u[sel])
+            scores.index_put_(
+                (torch.from_numpy(local), torch.from_numpy(adj_i[sel])), torch.from_numpy(adj_v[sel]), accumulate=True
+            )
+        cand_scores, cand = torch.topk(scores, n_cand, dim=1)
+        cand, cand_scores = cand.numpy(), cand_scores.numpy()
+        # The user's own due re-buys are reorders, not near-duplicate suggestions: never capped.
+        reorder = lookup_pairs(terms.user_pos, terms.item_pos, terms.value, chunk[:, None], cand, n_items) > 0
+        keep = diverse_top_k(cand, cand_scores, product_vectors, groups, k, max_similar, types, max_per_type, reorder)
+        chosen = np.where(keep >= 0, np.take_along_axis(cand, np.maximum(keep, 0), axis=1), -1)
+        sc = np.where(keep >= 0, np.take_along_axis(cand_scores, np.maximum(keep, 0), axis=1), -np.inf)
+        out_idx[start : start + len(chunk)] = np.where(np.isfinite(sc), chosen, -1)
+        out_score[start : start + len(chunk)] = sc
+    parts = score_parts(user_vectors, product_vectors, model, terms, out_idx, rows)
+    return Scored(out_idx, out_score, parts)
+
+
+def diverse_top_k(
+    cand: np.ndarray,
+    cand_scores: np.ndarray,
+    product_vectors: np.ndarray,
+    groups: np.ndarray,
+    k: int,
+    max_similar: int,
+    types: np.ndarray | None = None,
+    max_per_type: int = MAX_PER_TYPE,
+    exempt: np.ndarray | None = None,
+) -> np.ndarray:
+    """Positions into each row of ``cand`` (best first, -1 = empty) of the greedy diverse top-k.
+
+    An item is skipped when ``max_similar`` kept items are already similar to it: same group
+    (article type and colour family) or text-vector cosine >= ``NEAR_DUPLICATE_COSINE``.
+    """
+    import torch
+
+    n, c = cand.shape
+    vecs = torch.from_numpy(np.ascontiguousarray(product_vectors[cand], dtype=np.float32))
+    gram = torch.bmm(vecs, vecs.transpose(1, 2)).numpy()
+    g = groups[cand]
+    similar = (g[:, :, None] == g[:, None, :]) | (gram >= NEAR_DUPLICATE_COSINE)
+    t = np.zeros_like(g) if types is None else types[cand]
+    same_type = t[:, :, None] == t[:, None, :]
+    kept = np.zeros((n, c), dtype=bool)
+    n_kept = np.zeros(n, dtype=np.int64)
+    out = np.full((n, k), -1, dtype=np.int64)
+    valid = np.isfinite(cand_scores)
+    for j in range(c):
+        clash = (similar[:, j, :] & kept).sum(axis=1)
+        type_clash = (same_type[:, j, :] & kept).sum(axis=1) if types is not None else 0
+        free = exempt[:, j] if exempt is not None else False
+        take = valid[:, j] & (free | ((clash < max_similar) & (type_clash < max_per_type))) & (n_kept < k)
+        rows = np.flatnonzero(take)
+        out[rows, n_kept[rows]] = j
+        # An exempt (reorder) item does not count against the others' caps either.
+        counted = rows if exempt is None else rows[~exempt[rows, j]]
+        kept[counted, j] = True
+        n_kept[rows] += 1
+        if (n_kept >= k).all():
+            break
+    return out
+
+
+def score_parts(
+    user_vectors: np.ndarray,
+    product_vectors: np.ndarray,
+    model: ProductModel,
+    terms: RepurchaseTerms,
+    indices: np.ndarray,
+    rows: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The weighted parts of each chosen product's score (they sum to the score); 0 where empty."""
+    safe = np.maximum(indices, 0)
+    collab = model.collaborative
+    w = model.weights
+    content = rowwise_dot(user_vectors, product_vectors, safe)
+    collaborative = rowwise_dot(collab.user_factors[rows], collab.item_factors, safe)
+    popularity = model.popularity[safe]
+    repurchase = lookup_pairs(terms.user_pos, terms.item_pos, terms.value, rows[:, None], safe, len(product_vectors))
+    valid = indices >= 0
+    return {
+        name: np.where(valid, w[name] * value, 0.0).astype(np.float32)
+        for name, value in zip(PARTS, (content, collaborative, popularity, repurchase), strict=True)
+    }
+
+
+def rowwise_dot(queries: np.ndarray, items: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """``out[q, j] = queries[q] . items[indices[q, j]]``, in chunks so the gathered item block
+    stays small (at 100 k users x 10 x 384 it would be 1.5 GB at once)."""
+    out = np.empty(indices.shape, dtype=np.float32)
+    for start in range(0, len(indices), QUERY_CHUNK):
+        stop = start + QUERY_CHUNK
+        out[start:stop] = np.einsum("qd,qkd->qk", queries[start:stop], items[indices[start:stop]])
+    return out
+
+
+def lookup_pairs(
+    pair_u: np.ndarray, pair_i: np.ndarray, values: np.ndarray, u: np.ndarray, i: np.ndarray, n_items: int
+) -> np.ndarray:
+    """``values`` of the (u, i) pairs (broadcast), 0 where the pair is not listed."""
+    keys = pair_u.astype(np.int64) * n_items + pair_i
+    order = np.argsort(keys)
+    keys, values = keys[order], values[order]
+    query = (np.broadcast_to(u, np.broadcast_shapes(u.shape, i.shape)).astype(np.int64) * n_items + i).ravel()
+    pos = np.minimum(np.searchsorted(keys, query), max(len(keys) - 1, 0))
+    found = (keys[pos] == query) if len(keys) else np.zeros(query.shape, bool)
+    out = np.where(found, values[pos] if len(keys) else 0.0, 0.0)
+    return out.reshape(np.broadcast_shapes(u.shape, i.shape)).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------ fitting
+def candidate_features(
+    user_vectors: np.ndarray,
+    product_vectors: np.ndarray,
+    collab: Collaborative,
+    popularity: np.ndarray,
+    terms: RepurchaseTerms,
+    per_part: int = BLEND_CANDIDATES_PER_PART,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates pooled from every part's own top-``per_part`` plus every allowed repurchase, and
+    their raw parts: (n_users, C) positions (-1 = padding) and (n_users, C, 4) features.
+    Suppressed pairs are left out."""
+    import torch
+
+    n = len(user_vectors)
+    pools = []
+    for queries, items in ((user_vectors, product_vectors), (collab.user_factors, collab.item_factors)):
+        q, it = torch.from_numpy(np.ascontiguousarray(queries)), torch.from_numpy(np.ascontiguousarray(items)).T
+        pools.append(np.vstack([torch.topk(q[s : s + QUERY_CHUNK] @ it, per_part, dim=1)[1].numpy()
+                                for s in range(0, n, QUERY_CHUNK)]))  # fmt: skip
+    pools.append(np.broadcast_to(np.argsort(-popularity)[:per_part], (n, per_part)))
+    allowed = ~terms.suppressed & (terms.value > 0)
+    rep = pd.DataFrame({"u": terms.user_pos[allowed], "i": terms.item_pos[allowed]})
+    width = int(rep.groupby("u").size().max()) if len(rep) else 0
+    rep_pool = np.full((n, max(width, 1)), -1, dtype=np.int64)
+    if len(rep):
+        rank = rep.groupby("u").cumcount().to_numpy()
+        rep_pool[rep["u"].to_numpy(), rank] = rep["i"].to_numpy()
+    cand = np.sort(np.hstack([*pools, rep_pool]), axis=1)
+    dup = np.zeros(cand.shape, dtype=bool)
+    dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
+    n_items = len(product_vectors)
+    blocked = lookup_pairs(terms.user_pos, terms.item_pos, terms.suppressed.astype(np.float32),
+                           np.arange(n)[:, None], np.maximum(cand, 0), n_items) > 0  # fmt: skip
+    cand = np.where(dup | blocked | (cand < 0), -1, cand)
+    safe = np.maximum(cand, 0)
+    feats = np.stack(
+        [
+            rowwise_dot(user_vectors, product_vectors, safe),
+            rowwise_dot(collab.user_factors, collab.item_factors, safe),
+            popularity[safe],
+            lookup_pairs(terms.user_pos, terms.item_pos, terms.value, np.arange(n)[:, None], safe, n_items),
+        ],
+        axis=2,
+    ).astype(np.float32)
+    return cand, feats
+
+
+def fit_blend(
+    cand: np.ndarray, feats: np.ndarray, held: list[set[int]] | np.ndarray, k: int = TOP_K, seed: int = 0
+) -> tuple[dict[str, float], float]:
+    """Weights (on the raw parts) that maximise mean recall@k of the held-out items over the
+    candidates, by random search on the simplex of standardised parts; and that recall."""
+    valid = cand >= 0
+    scale = np.array([max(float(feats[..., j][valid].std()), 1e-6) for j in range(feats.shape[2])])
+    z = feats / scale
+    truth = np.zeros(cand.shape, dtype=bool)
+    sizes = np.zeros(len(cand))
+    for row, items in enumerate(held):
+        items = np.fromiter(items, dtype=np.int64)
+        sizes[row] = len(items)
+        truth[row] = np.isin(cand[row], items) & valid[row]
+    rng = np.random.default_rng(seed)
+    d = feats.shape[2]
+    trials = np.vstack([np.eye(d), np.full((1, d), 1 / d), rng.dirichlet(np.full(d, 0.7), BLEND_SAMPLES)])
+    best, best_recall = trials[0], -1.0
+    for weights in trials:
+        s = np.where(valid, z @ weights, -np.inf)
+        top = np.argpartition(-s, min(k, s.shape[1] - 1), axis=1)[:, :k]
+        found = np.take_along_axis(truth & np.isfinite(s), top, axis=1).sum(axis=1)
+        recall = float(np.mean(found / np.maximum(sizes, 1)))
+        if recall > best_recall + 1e-12:
+            best, best_recall = weights, recall
+    raw = best / scale
+    return {name: float(v) for name, v in zip(PARTS, raw, strict=True)}, best_recall
+
+
+@dataclass
+class TrainingData:
+    """What ``fit_products_model`` needs: the catalog, the text vectors and the history."""
+
+    products: pd.DataFrame  # product_id, article_type (catalog order, aligned with product_vectors)
+    product_vectors: np.ndarray
+    user_ids: np.ndarray
+    purchases: pd.DataFrame  # user_id, product_id, purchase_date
+    clickstream: pd.DataFrame | None
+    # user vectors from a history: (purchases, clickstream, as_of date) -> (n_users, d) aligned with user_ids
+    content_vectors: object
+
+
+def fit_products_model(data: TrainingData, run_date: date, seed: int = 0) -> ProductModel:
+    """Nightly fit: hold out each user's last purchase day, train ALS (best of ``ALS_GRID`` by
+    held-out recall@10 on its own) and fit the blend weights there, then retrain the chosen ALS
+    and the repurchase rule on the whole history."""
+    started = time.monotonic()
+    product_ids = data.products["product_id"].astype(str).to_numpy(object)
+    types = data.products["article_type"].astype(str).to_numpy()
+    train_mask, held_mask = split_last_day(data.purchases)
+    cutoff = (
+        pd.to_datetime(data.purchases.loc[held_mask, "purchase_date"], utc=True)
+        .groupby(data.purchases.loc[held_mask, "user_id"].astype(str))
+        .min()
+    )
+    clicks = _before(data.clickstream, cutoff)
+    train_hist = build_history(data.user_ids, product_ids, data.purchases[train_mask.to_numpy()], clicks)
+    held_hist = build_history(data.user_ids, product_ids, data.purchases[held_mask.to_numpy()])
+    held_users = np.unique(held_hist.purchases["user_pos"].to_numpy())
+    if len(held_users) > BLEND_FIT_USERS:
+        held_users = np.sort(np.random.default_rng(seed).choice(held_users, BLEND_FIT_USERS, replace=False))
+    if not len(held_users):
+        return _without_held_out_data(data, product_ids, types, seed)
+    held_sets = held_hist.purchases.groupby("user_pos")["item_pos"].agg(set)
+    targets = [held_sets[u] for u in held_users]
+    matrix = interaction_matrix(train_hist)
+    content = np.asarray(
+        data.content_vectors(data.purchases[train_mask.to_numpy()], clicks, run_date),
+        dtype=np.float32,  # type: ignore[operator]
+    )[held_users]
+    popularity = popularity_norm(train_hist)
+    rule = learn_repurchase(train_hist, types)
+    as_of = np.full(len(data.user_ids), np.datetime64(datetime.combine(run_date, datetime.min.time())), "datetime64[s]")
+    as_of[cutoff.index.map(pd.Index(data.user_ids).get_loc).to_numpy(int)] = (
+        cutoff.dt.tz_localize(None).to_numpy().astype("datetime64[s]")
+    )
+    terms_all = repurchase_terms(rule, train_hist, types, as_of)
+    terms = _subset_terms(terms_all, held_users)
+    best: tuple[float, Collaborative, dict[str, float]] | None = None
+    for settings in ALS_GRID:
+        collab = fit_als(matrix, int(settings["factors"]), float(settings["alpha"]), seed)
+        sub = Collaborative(collab.user_factors[held_users], collab.item_factors, collab.settings)
+        cand, feats = candidate_features(content, data.product_vectors, sub, popularity, terms)
+        weights, recall = fit_blend(cand, feats, targets, seed=seed)
+        log.info("ALS %s: held-out recall@10 of the blend %.4f, weights %s", settings, recall, weights)
+        if best is None or recall > best[0]:
+            best = (recall, collab, weights)
+    assert best is not None
+    recall, chosen, weights = best
+    full = build_history(data.user_ids, product_ids, data.purchases, data.clickstream)
+    final = fit_als(interaction_matrix(full), int(chosen.settings["factors"]), float(chosen.settings["alpha"]), seed)
+    log.info(
+        "product model fit in %.1fs: %d held-out users, recall@10 %.4f, weights %s, ALS %s",
+        time.monotonic() - started, len(held_users), recall, weights, chosen.settings,
+    )  # fmt: skip
+    return ProductModel(
+        weights=weights,
+        collaborative=final,
+        repurchase=learn_repurchase(full, types),
+        popularity=popularity_norm(full),
+        validation={"held_out_users": float(len(held_users)), "recall@10": recall, **chosen.settings},
+    )
+
+
+# Used only when no user has purchases on two days (a new shop): today's content formula.
+FALLBACK_WEIGHTS = {"content": 0.9, "collaborative": 0.0, "popularity": 0.1, "repurchase": 0.0}
+
+
+def _without_held_out_data(data: TrainingData, product_ids: np.ndarray, types: np.ndarray, seed: int) -> ProductModel:
+    """Nothing to fit weights on: content + popularity (``FALLBACK_WEIGHTS``), said in the log."""
+    full = build_history(data.user_ids, product_ids, data.purchases, data.clickstream)
+    settings = ALS_GRID[0]
+    log.warning("no user has purchases on two days: product blend falls back to %s", FALLBACK_WEIGHTS)
+    return ProductModel(
+        weights=dict(FALLBACK_WEIGHTS),
+        collaborative=fit_als(interaction_matrix(full), int(settings["factors"]), float(settings["alpha"]), seed),
+        repurchase=learn_repurchase(full, types),
+        popularity=popularity_norm(full),
+        validation={"held_out_users": 0.0, **settings},
+    )
+
+
+def _before(clickstream: pd.DataFrame | None, cutoff: pd.Series) -> pd.DataFrame | None:
+    """Clickstream events strictly more than an hour before the user's held-out day begins (the
+    views and add-to-carts that led to a held-out purchase would leak it)."""
+    if clickstream is None:
+        return None
+    ts = pd.to_datetime(clickstream["ts"], utc=True)
+    limit = clickstream["user_id"].astype(str).map(cutoff - pd.Timedelta(hours=1))
+    return clickstream[~(ts >= limit).fillna(False).to_numpy(bool)]
+
+
+def _subset_terms(terms: RepurchaseTerms, users: np.ndarray) -> RepurchaseTerms:
+    """Terms of ``users`` only, renumbered to their positions in ``users``."""
+    pos = pd.Index(users).get_indexer(terms.user_pos)
+    keep = pos >= 0
+    return RepurchaseTerms(
+        pos[keep], terms.item_pos[keep], terms.value[keep], terms.suppressed[keep], terms.days_since[keep]
+    )
+
+
+def as_of_run_date(run_date: date) -> datetime:
+    """The moment nightly scoring recommends for: the start of the run date, UTC."""
+    return datetime.combine(run_date, datetime.min.time(), tzinfo=UTC)

@@ -1,0 +1,166 @@
+"""Product recommendations: cold users and products, the diversity cap, the learned repurchase rule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+
+from include.notify.stages import products as P  # noqa: N812 - the module under test, read as a prefix
+
+NOW = datetime(2026, 11, 24, tzinfo=UTC)
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def _weekly_socks_and_one_dress_history() -> tuple[P.History, np.ndarray]:
+    """40 users re-buy their socks (product 0) every 7 days for 8 weeks; each bought a dress
+    (product 1) once. Product 2 is a second pair of socks nobody bought."""
+    rows = []
+    for u in range(40):
+        rows += [(f"U{u}", "socks", NOW - timedelta(days=60 - 7 * w, hours=u % 5)) for w in range(8)]
+        rows.append((f"U{u}", "dress", NOW - timedelta(days=30 + u)))
+    purchases = pd.DataFrame(rows, columns=["user_id", "product_id", "purchase_date"])
+    users = np.array([f"U{u}" for u in range(40)] + ["FRESH"], dtype=object)
+    history = P.build_history(users, np.array(["socks", "dress", "socks2"], dtype=object), purchases)
+    return history, np.array(["Socks", "Dresses", "Socks"])
+
+
+def test_repurchase_rule_learns_a_weekly_consumable_and_never_a_dress() -> None:
+    history, types = _weekly_socks_and_one_dress_history()
+    rule = P.learn_repurchase(history, types)
+    table = rule.table().set_index("article_type")
+    assert list(table.index) == ["Socks"]
+    assert 6 <= table.loc["Socks", "median_days"] <= 8
+    assert table.loc["Socks", "due_after_days"] <= 7
+
+    # A user bought socks 8 days ago and a dress yesterday; another bought socks 2 days ago.
+    recent = pd.DataFrame(
+        {
+            "user_id": ["FRESH", "FRESH", "U0"],
+            "product_id": ["socks", "dress", "socks"],
+            "purchase_date": [NOW - timedelta(days=8), NOW - timedelta(days=1), NOW - timedelta(days=2)],
+        }
+    )
+    users = np.array(["U0", "FRESH"], dtype=object)
+    today = P.build_history(users, np.array(["socks", "dress", "socks2"], dtype=object), recent)
+    terms = P.repurchase_terms(rule, today, types, NOW)
+    by_pair = {
+        (users[u], ["socks", "dress", "socks2"][i]): (bool(s), float(v))
+        for u, i, s, v in zip(terms.user_pos, terms.item_pos, terms.suppressed, terms.value, strict=True)
+    }
+    assert by_pair[("FRESH", "socks")][0] is False, "socks are due again after their learned interval"
+    assert by_pair[("FRESH", "socks")][1] > 0
+    assert by_pair[("FRESH", "dress")] == (True, 0.0), "a dress bought yesterday is never recommended again"
+    assert by_pair[("U0", "socks")][0] is True, "socks bought two days ago are not due yet"
+
+
+def _model(n_users: int, n_items: int, weights: dict[str, float], dim: int = 4) -> P.ProductModel:
+    history = P.build_history(
+        np.array([f"U{i}" for i in range(n_users)], dtype=object),
+        np.array([f"P{i}" for i in range(n_items)], dtype=object),
+        pd.DataFrame(columns=["user_id", "product_id", "purchase_date"]),
+    )
+    rule = P.learn_repurchase(history, np.array(["t"] * n_items))
+    collab = P.Collaborative(np.zeros((n_users, dim), np.float32), np.zeros((n_items, dim), np.float32))
+    return P.ProductModel(weights, collab, rule, np.zeros(n_items, np.float32))
+
+
+def _no_terms() -> P.RepurchaseTerms:
+    empty = np.zeros(0, np.int64)
+    return P.RepurchaseTerms(empty, empty, np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, np.float32))
+
+
+def test_cold_user_and_cold_product_are_carried_by_content() -> None:
+    # Item 0 is popular and loved by the collaborative model; item 3 is new (no interactions, zero
+    # factors) but is the closest text to the user; the user is new too (zero factors).
+    rng = np.random.default_rng(1)
+    items = _unit(rng.normal(size=(30, 8)))
+    user = _unit(items[3:4] + 0.05 * rng.normal(size=(1, 8)))
+    model = _model(1, 30, {"content": 1.0, "collaborative": 1.0, "popularity": 0.2, "repurchase": 1.0})
+    model.collaborative.item_factors[0] = 1.0
+    model.popularity[0] = 1.0
+    result = P.score_products(user, items, model, _no_terms(), np.arange(30), k=5)
+    assert result.indices[0, 0] == 3, "the cold product nearest the cold user's text vector comes first"
+    assert result.parts["collaborative"][0].max() == 0.0, "a cold user has no collaborative part"
+    np.testing.assert_allclose(sum(result.parts.values())[0], result.scores[0], atol=1e-5)
+
+
+def test_collaborative_factors_of_users_and_products_without_interactions_are_zero() -> None:
+    matrix = P.interaction_matrix(
+        P.build_history(
+            np.array(["A", "B", "COLD"], dtype=object),
+            np.array(["x", "y", "NEW"], dtype=object),
+            pd.DataFrame({"user_id": ["A", "A", "B"], "product_id": ["x", "y", "x"], "purchase_date": [NOW] * 3}),
+        )
+    )
+    model = P.fit_als(matrix, factors=4, alpha=10.0)
+    assert not model.user_factors[2].any()
+    assert not model.item_factors[2].any()
+    assert model.user_factors[0].any()
+
+
+def test_diversity_caps_similar_products_in_the_top_k() -> None:
+    # 12 near-identical holders (same type and colour group) score best, then 8 distinct products.
+    base = _unit(np.eye(8)[:1])
+    holders = _unit(base + 0.001 * np.random.default_rng(2).normal(size=(12, 8)))
+    others = _unit(np.eye(8)[1:] + 0.3 * np.eye(8)[:1])
+    items = np.vstack([holders, others, _unit(np.eye(8)[1:2] + 0.01)])
+    groups = np.array([0] * 12 + list(range(1, 9)))
+    user = base
+    model = _model(1, len(items), {"content": 1.0, "collaborative": 0.0, "popularity": 0.0, "repurchase": 0.0}, 2)
+    for cap in (1, 2, 3):
+        result = P.score_products(user, items, model, _no_terms(), groups, k=10, max_similar=cap)
+        chosen = result.indices[0][result.indices[0] >= 0]
+        assert (chosen < 12).sum() == cap, f"at most {cap} near-duplicate holders"
+        assert len(set(chosen.tolist())) == len(chosen)
+    # Near-identical text vectors count as similar even in different groups.
+    dup_groups = np.arange(len(items))
+    result = P.score_products(user, items, model, _no_terms(), dup_groups, k=10, max_similar=2)
+    assert (result.indices[0][result.indices[0] >= 0] < 12).sum() == 2
+
+
+def test_suppressed_and_never_pairs_are_not_recommended_and_due_repurchases_are() -> None:
+    rng = np.random.default_rng(3)
+    items = _unit(rng.normal(size=(20, 8)))
+    users = _unit(items[:2] + 0.01)
+    model = _model(2, 20, {"content": 1.0, "collaborative": 0.0, "popularity": 0.0, "repurchase": 5.0})
+    terms = P.RepurchaseTerms(
+        np.array([0, 1]), np.array([0, 5]), np.array([0.0, 0.8], np.float32), np.array([True, False]),
+        np.array([1.0, 30.0], np.float32),
+    )  # fmt: skip
+    result = P.score_products(users, items, model, terms, np.arange(20), k=5, never=(np.array([1]), np.array([1])))
+    assert 0 not in result.indices[0], "a product suppressed by the repurchase rule is never recommended"
+    assert 1 not in result.indices[1], "a never pair (e.g. a return) is never recommended"
+    assert result.indices[1, 0] == 5, "a due repurchase is lifted by its repurchase part"
+    assert result.parts["repurchase"][1, 0] > 0
+
+
+def test_split_last_day_holds_out_every_purchase_of_the_last_day_of_users_with_two_days() -> None:
+    purchases = pd.DataFrame(
+        {
+            "user_id": ["A", "A", "A", "B", "B"],
+            "product_id": ["x", "y", "z", "x", "y"],
+            "purchase_date": ["2026-11-01T10:00:00Z", "2026-11-05T09:00:00Z", "2026-11-05T18:00:00Z",
+                              "2026-11-03T10:00:00Z", "2026-11-03T11:00:00Z"],
+        }
+    )  # fmt: skip
+    train, held = P.split_last_day(purchases)
+    assert held.tolist() == [False, True, True, False, False]
+    assert (train == ~held).all()
+
+
+def test_blend_weights_are_fit_to_the_part_that_predicts_the_held_out_items() -> None:
+    rng = np.random.default_rng(4)
+    n, c = 200, 30
+    feats = rng.normal(size=(n, c, 4)).astype(np.float32)
+    cand = np.tile(np.arange(c), (n, 1))
+    # The held-out item of each user is the candidate with the highest collaborative part.
+    held = [{int(np.argmax(feats[u, :, 1]))} for u in range(n)]
+    weights, recall = P.fit_blend(cand, feats, held, k=1)
+    assert recall > 0.9
+    assert max(weights, key=weights.get) == "collaborative"
