@@ -26,12 +26,25 @@ def aws_session(config: NotifyConfig) -> Any:
         from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
     except ImportError:
         AwsBaseHook = None  # noqa: N806 - absent on EMR and outside Airflow
-    if AwsBaseHook is None or not config.aws_conn_id:
+    if AwsBaseHook is None or not config.aws_conn_id or not _connection_exists(config.aws_conn_id):
         import boto3
 
+        # What the hook itself falls back to without a connection, minus its warning on stdout
+        # (which broke CLI output and the dispatcher subprocess's pipe locally).
         return boto3.session.Session(region_name=config.aws_region)
-    # A missing connection is not an error for the hook: it falls back to boto3's default chain.
     return AwsBaseHook(aws_conn_id=config.aws_conn_id, client_type="sts").get_session(region_name=config.aws_region)
+
+
+def _connection_exists(conn_id: str) -> bool:
+    """Whether Airflow knows connection ``conn_id`` (environment, secrets backend or metadata DB)."""
+    from airflow.sdk.bases.hook import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return False
+    return True
 
 
 def aws_client(config: NotifyConfig, service: str, endpoint_url: str = "", botocore_config: Any = None) -> Any:
