@@ -47,12 +47,16 @@ def test_one_day_of_bad_product_files_lands_every_line_with_its_file_and_line(
         (HEADER + "\n" + _row(8, '"Two\nlines"') + "\n" + _row(9, 'Tempo 3.5" Short') + "\n").encode(),
     )
     _write(raw, "i-notes.txt", b"not a delivery")
-    big_rows = 700_000
-    with (raw / "j-big.csv").open("w") as big:
-        big.write(HEADER + "\n")
-        for i in range(100, 100 + big_rows):
-            big.write(_row(i, "A fairly long product display name for size") + "\n")
-        big.write("P-last,Men,Apparel\n")
+    # > 50 MB in ~90,000 wide rows (a 440-character name, a long image URL), written as bytes: the
+    # size that makes Spark split a file, at an eighth of the rows (and parse time) of short rows.
+    big_rows = 90_000
+    name = ("Slim fit organic cotton crew neck tee with a long marketing description " * 6)[:440].rstrip()
+    url = "https://cdn.example.com/images/catalog/" + "x" * 120 + ".jpg?w=1080&h=1440&format=webp"
+    suffix = _row(0, name).split(",", 1)[1].removesuffix(",").encode() + b"," + url.encode() + b"\n"
+    with (raw / "j-big.csv").open("wb") as big:
+        big.write(HEADER.encode() + b"\n")
+        big.write(b"".join(b"P%d," % i + suffix for i in range(100, 100 + big_rows)))
+        big.write(b"P-last,Men,Apparel\n")
     assert (raw / "j-big.csv").stat().st_size > 50 * 1024**2
 
     counts = run_batch_ingest(spark, config, DAY, tables=["products"], to_dynamodb=False)["products"]
