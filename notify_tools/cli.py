@@ -1,7 +1,8 @@
 """``notify``: the command line for operators and analysts.
 
 Operators: ``services up|down|status``, ``init``, ``generate``, ``demo``, ``airflow``.
-Analysts: ``explain USER_ID``, ``plan USER_ID``, ``deliveries USER_ID``, ``export``.
+Analysts: ``explain USER_ID``, ``plan USER_ID``, ``deliveries USER_ID``, ``export [--include-private]``.
+Stream: ``dead-letters replay [--since TIME]`` (re-process dead letters after a fix).
 Outside Airflow the configuration comes from ``NOTIFY_*`` variables, with ``local.env`` filling
 what is unset, so the same command works in a checkout and against AWS.
 
@@ -153,9 +154,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     from include.notify.analyst.export import export_tables
 
     config = _config()
-    for table, (rows, path) in export_tables(config, Path(args.out), args.tables).items():
+    exported = export_tables(config, Path(args.out), args.tables, include_private=args.include_private)
+    for table, (rows, path) in exported.items():
         print(f"{table:24s} {rows:>10,d} rows -> {path}")
     return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    import json
+
+    from include.notify.stages.dead_letters import replay_dead_letters
+
+    counts = replay_dead_letters(_config(), since=args.since)
+    print(json.dumps(counts, indent=2, sort_keys=True))
+    return 0
+
+
+def _since(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,7 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export DynamoDB tables to Parquet for analysts")
     export.add_argument("--out", default=str(Path(os.environ.get("NOTIFY_STATE_DIR", ".notify")) / "export"))
     export.add_argument("--tables", nargs="*", default=None, help="logical table names (default: all)")
+    export.add_argument(
+        "--include-private", action="store_true", help="keep email and password_hash of users (restricted data)"
+    )
     export.set_defaults(func=cmd_export)
+
+    dead = sub.add_parser("dead-letters", help="re-process the stream's dead letters after a fix")
+    dead.add_argument("action", choices=["replay"])
+    dead.add_argument("--since", type=_since, default=None, help="only letters dead-lettered at/after (ISO time)")
+    dead.set_defaults(func=cmd_dead_letters)
     return parser
 
 

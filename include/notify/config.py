@@ -40,6 +40,11 @@ class NotifyConfig:
     # Stream ingestion: the consumer group that owns the offsets, and the largest message accepted.
     stream_group_id: str = "notify-stream-ingest"
     stream_max_message_bytes: int = 65536
+    # A batch stops at this many bytes of message values (as well as its count and time bounds).
+    stream_max_batch_bytes: int = 16 * 1024 * 1024
+    # Fields a message carries beyond its schema: "keep" (the known fields go through, the unknown
+    # ones are counted per run) or "dead_letter" (the whole message is dead-lettered).
+    stream_unknown_fields: str = "keep"
     # Spark: "local" runs spark-submit on this machine; "emr_serverless" hands jobs to EMR.
     spark_runner: str = "local"
     spark_master: str = "local[*]"
@@ -142,6 +147,8 @@ def _validate(config: NotifyConfig) -> None:
     if not 0 < config.max_lateness_minutes < 24 * 60:
         # Dispatch reads one day of due buckets back; lateness must fit inside it.
         raise ValueError(f"max_lateness_minutes must be in 1..1439, got {config.max_lateness_minutes}")
+    if config.stream_unknown_fields not in {"keep", "dead_letter"}:
+        raise ValueError(f"stream_unknown_fields must be 'keep' or 'dead_letter', got {config.stream_unknown_fields!r}")
     if config.spark_runner not in {"local", "emr_serverless"}:
         raise ValueError(f"spark_runner must be 'local' or 'emr_serverless', got {config.spark_runner!r}")
 

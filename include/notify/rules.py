@@ -1,4 +1,4 @@
-"""Who may be sent what, when: eligibility, cooldown, quiet hours and the daily cap.
+"""Who may be sent what, when: eligibility, cooldown, quiet hours, the daily cap and opt-out.
 
 One definition each, used alike by scoring (which campaigns a segment may be recommended), the
 planner (vectorised over users x hours), the plan checker (per row) and dispatch. Each rule
@@ -8,6 +8,8 @@ works on NumPy arrays and on scalars.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -85,3 +87,45 @@ def fatigue_cap(cap: np.ndarray, ignored_streak: np.ndarray) -> np.ndarray:
 def over_cap(planned: int, delivered: int, cap: int) -> bool:
     """Whether a user's planned plus already delivered notifications of a day exceed the cap."""
     return planned + delivered > cap
+
+
+# ---------------------------------------------------------------------------------------- opt-out
+# Every opt-out signal - an ``opt_out`` / ``opt_in`` event, or a users row delivered with
+# ``opt_out`` true - is ranked by one number, its version: event time in epoch microseconds,
+# doubled, plus one for an opt-out. The signal with the highest version is the user's state, so the
+# latest by event time wins and, at the same microsecond, the opt-out wins. A users row without
+# the flag (or with ``false``) is no signal at all: it can never re-enable a user; only a later
+# ``opt_in`` event can. The stream (a conditional DynamoDB write on ``opt_out_version``), the
+# nightly users load (the same condition) and the features (the same number in Spark) all rank by
+# this version, so none of them can undo what another decided.
+OPT_OUT_EVENT, OPT_IN_EVENT = "opt_out", "opt_in"
+OPT_EVENTS = (OPT_OUT_EVENT, OPT_IN_EVENT)
+
+
+def epoch_micros(moment: datetime) -> int:
+    """A UTC instant as integer microseconds since 1970 (exact: no float rounding)."""
+    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def opt_signal_version(epoch_micros: int, opt_out: bool) -> int:
+    """The rank of one opt-out signal: later wins; at the same instant an opt-out wins."""
+    return int(epoch_micros) * 2 + int(bool(opt_out))
+
+
+def opt_out_of_version(version: int | None) -> bool:
+    """Whether the signal of rank ``version`` is an opt-out (``None``: no signal, not opted out)."""
+    return version is not None and int(version) % 2 == 1
+
+
+def latest_opt_out(signals: Iterable[tuple[int, bool]]) -> bool | None:
+    """The state after ``(epoch_micros, opt_out)`` signals: that of the highest version; None when none."""
+    versions = [opt_signal_version(ts, out) for ts, out in signals]
+    return opt_out_of_version(max(versions)) if versions else None
+
+
+def opt_signal_version_column(epoch_micros: Any, opt_out: Any) -> Any:
+    """``opt_signal_version`` as a Spark column expression (the features' copy of the same rank)."""
+    from pyspark.sql import functions as sf
+
+    return epoch_micros.cast("long") * 2 + sf.when(opt_out, 1).otherwise(0).cast("long")

@@ -121,6 +121,21 @@ def scheduled_items(dynamo: Dynamo, user_id: str) -> list[dict[str, Any]]:
     )
 
 
+def scheduled_items_many(dynamo: Dynamo, user_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """``scheduled_items`` of many users at once (concurrent queries), ``{user_id: items}``."""
+    requests = {
+        user_id: {
+            "KeyConditionExpression": "user_id = :u",
+            "FilterExpression": "#s = :scheduled",
+            "ExpressionAttributeNames": {"#s": "status"},
+            "ExpressionAttributeValues": {":u": user_id, ":scheduled": SCHEDULED},
+            "ConsistentRead": True,
+        }
+        for user_id in set(user_ids)
+    }
+    return dynamo.query_many(SCHEDULE, requests)
+
+
 # ----------------------------------------------------------------------------------- conditions
 def as_found(item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The condition that the item is still exactly as we read it (status, and lease if sending)."""

@@ -141,64 +141,118 @@ def _without(record: dict[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != key}
 
 
-def _fuzzed_messages(count: int, max_bytes: int, seed: int = 11) -> list[bytes]:
+def _fuzzed_messages(count: int, max_bytes: int, seed: int = 11) -> list[tuple[str, bytes, bytes]]:
+    """``(kind, key, value)``: ``good``, ``replayable`` (an unknown field or oversized: good after the
+    schema and the size limit are widened), ``duplicate`` (a good id again with another ts), ``bad``."""
     rng = random.Random(seed)
-    good = {"event_id": "x", "user_id": "u1", "ts": f"{DAY}T10:00:00Z", "event_type": "view"}
-    mutations = [
-        lambda: rng.randbytes(rng.randint(1, 64)),
-        lambda: json.dumps(good)[: rng.randint(1, 40)].encode(),
-        lambda: json.dumps([good]).encode(),
-        lambda: json.dumps(good | {rng.choice("abcxyz") + str(rng.randint(0, 99)): 1}).encode(),
-        lambda: json.dumps(_without(good, rng.choice(list(good)))).encode(),
-        lambda: json.dumps(good | {"ts": rng.choice(["now", 17, "2026-13-01T00:00:00Z", None])}).encode(),
-        lambda: json.dumps(good | {"event_type": rng.choice(["purchase", "VIEW", "", 3])}).encode(),
-        lambda: json.dumps(good | {"user_id": rng.choice([None, 5, [], {"id": 1}])}).encode(),
-        lambda: json.dumps(good | {"product_id": "p" * (max_bytes + 1)}).encode(),
-        lambda: b"\x00" * rng.randint(1, 10),
+
+    def good(i: int) -> dict[str, Any]:
+        return {"event_id": f"g{i}", "user_id": f"u{i % 40}", "ts": f"{DAY}T10:{i % 60:02d}:00Z", "event_type": "view"}
+
+    base = good(0)
+    bad = [
+        lambda: rng.randbytes(rng.randint(1, 64)) + b"\xff",  # invalid UTF-8
+        lambda: b'{"event_id": "caf\xe9", "user_id": "u1"}',  # Latin-1 bytes
+        lambda: json.dumps(base)[: rng.randint(1, 40)].encode(),
+        lambda: json.dumps([base]).encode(),
+        lambda: json.dumps(base | {"event_id": "e\ud800"}).encode(),  # lone surrogate in a value
+        lambda: json.dumps({"\ud800": 1} | base).encode(),  # lone surrogate in a field name
+        lambda: json.dumps(base | {"user_id": "\udc80x"}).encode(),
+        lambda: json.dumps(_without(base, rng.choice(list(base)))).encode(),
+        lambda: json.dumps(base | {"ts": rng.choice(["now", 17, "2026-13-01T00:00:00Z", None])}).encode(),
+        lambda: json.dumps(base | {"event_type": rng.choice(["purchase", "VIEW", "", 3])}).encode(),
+        lambda: json.dumps(base | {"user_id": rng.choice([None, 5, [], {"id": 1}])}).encode(),
+        lambda: b"[" * 3000,
         lambda: b"NaN",
         lambda: b"",
     ]
-    return [mutations[i % len(mutations)]() for i in range(count)]
+    messages: list[tuple[str, bytes, bytes]] = []
+    for i in range(count):
+        roll = i % 10
+        if roll < 5:
+            messages.append(("good", b"u", json.dumps(good(i)).encode()))
+        elif roll == 5:
+            record = good(i) | {"channel_v2": "push"}
+            messages.append(("replayable", b"u", json.dumps(record).encode()))
+        elif roll == 6 and i % 20 == 6:
+            padded = json.dumps(good(i)).encode() + b" " * (max_bytes + 10)  # valid JSON, too big
+            messages.append(("replayable", b"u", padded))
+        elif roll == 7:
+            earlier = good(i - 7) | {"ts": f"{DAY}T23:59:59Z"}  # same id as a good one, another timestamp
+            messages.append(("duplicate", b"u", json.dumps(earlier).encode()))
+        else:
+            messages.append(("bad", "k\ud800".encode("utf-8", "surrogatepass"), bad[i % len(bad)]()))
+    return messages
 
 
-def test_a_thousand_fuzzed_malformed_messages_all_reach_the_dead_letter_topic(
-    stream_config: NotifyConfig, dynamo: Dynamo
+def test_ten_thousand_fuzzed_messages_dead_letter_every_bad_one_and_write_every_good_one_once(
+    stream_config: NotifyConfig, dynamo: Dynamo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bad = _fuzzed_messages(1000, stream_config.stream_max_message_bytes)
-    producer = Producer({"bootstrap.servers": stream_config.kafka_bootstrap})
-    topic = stream_config.topic("events")
-    for i, value in enumerate(bad):
-        producer.produce(topic, value=value, key=f"k{i}".encode())
-        if i % 250 == 0:  # good messages in between: the batch must carry on past the bad ones
-            good = {"event_id": f"good{i}", "user_id": "u1", "ts": f"{DAY}T10:00:00Z", "event_type": "view"}
-            producer.produce(topic, value=json.dumps(good).encode(), key=b"u1")
-    assert producer.flush(30) == 0
+    strict = stream_config.replace(stream_unknown_fields="dead_letter")
+    messages = _fuzzed_messages(10_000, strict.stream_max_message_bytes)
+    producer = Producer({"bootstrap.servers": strict.kafka_bootstrap})
+    topic = strict.topic("events")
+    for _kind, key, value in messages:
+        producer.produce(topic, value=value, key=key)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+    kinds = {k: sum(1 for m in messages if m[0] == k) for k in ("good", "replayable", "duplicate", "bad")}
 
-    result = ingest_batch(stream_config, max_messages=5000, max_seconds=30, dynamo=dynamo)
-    assert result["rows_in"] == 1004
-    assert result["rows_rejected"] == 1000
-    assert result["rows_out"] == 4
-    assert sum(result["rejected_by_reason"].values()) == 1000
-    assert {"bad_json", "not_an_object", "unknown_fields", "invalid", "oversized", "empty"} <= set(
-        result["rejected_by_reason"]
-    )
-    assert {r["event_id"] for r in dynamo.scan("clickstream")} == {"good0", "good250", "good500", "good750"}
+    first = ingest_batch(strict, max_messages=6000, max_seconds=60, dynamo=dynamo)
+    second = ingest_batch(strict, max_messages=6000, max_seconds=60, dynamo=dynamo)
+    assert first["rows_in"] == 6000
+    assert first["total_lag"] > 0
+    assert first["rows_in"] + second["rows_in"] == 10_000
+    assert second["total_lag"] == 0
+    for run in (first, second):
+        assert run["rows_in"] == run["rows_out"] + run["rows_rejected"] + run["duplicates"]
+    assert first["rows_rejected"] + second["rows_rejected"] == kinds["bad"] + kinds["replayable"]
+    assert first["duplicates"] + second["duplicates"] == kinds["duplicate"]
+    reasons = set(first["rejected_by_reason"]) | set(second["rejected_by_reason"])
+    assert {"bad_utf8", "bad_json", "bad_text", "not_an_object", "invalid", "unknown_fields", "oversized"} <= reasons
 
+    good_ids = {json.loads(v)["event_id"] for k, _, v in messages if k == "good"}
+    rows = list(dynamo.scan("clickstream"))
+    assert sorted(r["event_id"] for r in rows) == sorted(good_ids)  # each exactly once
+    assert all(not r["ts"].endswith("23:59:59Z") for r in rows)  # the first timestamp of an id stands
+
+    dead = _read_dead_letters(strict, kinds["bad"] + kinds["replayable"])
+    assert len(dead) == kinds["bad"] + kinds["replayable"]
+    for letter in dead:
+        envelope = json.loads(letter.value())
+        assert envelope["reason"]
+        assert envelope["source_topic"] == topic
+        assert ("value" in envelope) or ("value_base64" in envelope)
+    originals = {(json.loads(d.value())["source_partition"], json.loads(d.value())["source_offset"]) for d in dead}
+    assert len(originals) == len(dead)
+
+    # The fix: the schema keeps unknown fields and the size limit is raised. Replay through the CLI.
+    for name, value in {
+        "NOTIFY_TABLE_PREFIX": strict.table_prefix, "NOTIFY_TOPIC_PREFIX": strict.topic_prefix,
+        "NOTIFY_KAFKA_BOOTSTRAP": strict.kafka_bootstrap, "NOTIFY_DYNAMODB_ENDPOINT_URL": strict.dynamodb_endpoint_url,
+        "NOTIFY_LAKE_URI": strict.lake_uri, "NOTIFY_STATE_DIR": str(strict.state_dir),
+        "NOTIFY_STREAM_UNKNOWN_FIELDS": "keep", "NOTIFY_STREAM_MAX_MESSAGE_BYTES": "1000000",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    from notify_tools import cli
+
+    for _ in range(2):  # twice: the second replay changes nothing
+        assert cli.main(["dead-letters", "replay"]) == 0
+        rows = list(dynamo.scan("clickstream"))
+        replayable_ids = {json.loads(v)["event_id"] for k, _, v in messages if k == "replayable"}
+        assert sorted(r["event_id"] for r in rows) == sorted(good_ids | replayable_ids)
+    assert cli.main(["dead-letters", "replay", "--since", "2100-01-01T00:00:00"]) == 0
+
+
+def _read_dead_letters(config: NotifyConfig, expected: int) -> list[Any]:
     consumer = Consumer(
-        {"bootstrap.servers": stream_config.kafka_bootstrap, "group.id": "dlq-reader", "auto.offset.reset": "earliest"}
+        {"bootstrap.servers": config.kafka_bootstrap, "group.id": "dlq-reader", "auto.offset.reset": "earliest"}
     )
-    consumer.assign([TopicPartition(stream_config.topic("dead_letter"), 0, OFFSET_BEGINNING)])
+    consumer.assign([TopicPartition(config.topic("dead_letter"), 0, OFFSET_BEGINNING)])
     dead: list[Any] = []
-    for _ in range(60):
-        dead += [m for m in consumer.consume(500, timeout=0.5) if m.error() is None]
-        if len(dead) >= 1000:
+    for _ in range(120):
+        dead += [m for m in consumer.consume(1000, timeout=0.5) if m.error() is None]
+        if len(dead) >= expected:
             break
     consumer.close()
-    assert len(dead) == 1000
-    originals = {f"k{i}".encode(): value for i, value in enumerate(bad)}
-    for message in dead:
-        headers = dict(message.headers())
-        assert headers["reason"]
-        assert headers["source_topic"] == topic.encode()
-        assert int(headers["source_offset"]) >= 0
-        assert (message.value() or b"") == originals[message.key()]
+    return dead

@@ -62,7 +62,7 @@ def frames(spark):
             ("E6", "U1", ts("2026-03-01T04:31:00"), "notification_click", None, None, "N1"),  # Kolkata 10:01; campaign from send
             ("E7", "U2", ts("2026-03-08T11:00:00"), "click", "P1", None, None),  # UTC 11
             ("E8", "U3", ts("2026-03-05T00:00:00"), "opt_in", None, None, None),  # Tokyo 09:00, after row dt
-            ("E9", "U1", ts("2026-02-20T00:00:00"), "opt_out", None, None, None),  # Kolkata 05:30, before row dt
+            ("E9", "U1", ts("2026-02-20T00:00:00"), "opt_out", None, None, None),  # Kolkata 05:30, before row dt: still counts
             ("E10", "U2", ts("2026-02-01T12:00:00"), "notification_sent", None, "C1", "N4"),  # outside 14 and 30 days
             ("E11", "U2", ts("2026-03-09T00:00:00"), "opt_out", None, None, None),  # UTC 0, after row dt
             ("E12", "U2", ts("2026-03-09T12:00:00"), "notification_sent", None, "C2", "N5"),
@@ -138,10 +138,11 @@ def test_notification_fatigue_and_ctr(user_rows) -> None:
     assert (u1["ignored_streak"], u2["ignored_streak"], u3["ignored_streak"]) == (2, 2, 0)
 
 
-def test_opt_out_follows_events_after_the_users_row(user_rows) -> None:
-    assert user_rows["U1"]["opt_out"] is False  # its opt_out event predates the row delivered on 03-01
+def test_opt_out_is_the_latest_signal_and_a_row_without_the_flag_is_none(user_rows) -> None:
+    # U1: opted out on 02-20; its row delivered on 03-01 without the flag does not re-enable it.
+    assert user_rows["U1"]["opt_out"] is True
     assert user_rows["U2"]["opt_out"] is True  # opted out after its row
-    assert user_rows["U3"]["opt_out"] is False  # row said true, opted back in afterwards
+    assert user_rows["U3"]["opt_out"] is False  # row said true (03-01), opted back in afterwards (03-05)
 
 
 def test_private_fields_never_in_features(user_rows) -> None:

@@ -72,7 +72,7 @@ def test_offset_timestamps_are_normalised_to_utc() -> None:
     ("payload", "expected"),
     [
         (b"{not json", "bad_json"),
-        (b"\xff\xfe\x00", "bad_json"),
+        (b"\xff\xfe\x00", "bad_utf8"),
         (b'{"price": NaN}', "bad_json"),
         (b"[1, 2]", "not_an_object"),
         (b'"order"', "not_an_object"),
@@ -159,3 +159,56 @@ def test_streamed_events_land_in_the_first_nightly_delivery_still_to_come() -> N
     assert delivery_day(event, datetime(2026, 11, 25, 23, 0, tzinfo=UTC)).isoformat() == "2026-11-26"
     # Consumed late (the next day): the nightly run of the 26th may be over, so the 27th.
     assert delivery_day(event, datetime(2026, 11, 26, 0, 30, tzinfo=UTC)).isoformat() == "2026-11-27"
+
+
+@pytest.mark.parametrize(
+    ("payload", "rule"),
+    [
+        (b'{"event_id": "e\\ud800", "user_id": "u1", "ts": "2026-11-25T09:00:00Z", "event_type": "view"}', "bad_text"),
+        (b'{"\\udfff": 1, "event_id": "e1", "user_id": "u1", "ts": "2026-11-25T09:00:00Z", "event_type": "view"}',
+         "bad_text"),
+        (b"[" * 5000 + b"]" * 5000, "bad_json"),
+        (b'{"event_id": "caf\xe9"}', "bad_utf8"),
+    ],
+)  # fmt: skip
+def test_text_that_cannot_be_stored_again_is_rejected_with_an_encodable_reason(payload: bytes, rule: str) -> None:
+    from include.notify.stages.stream_messages import parse_message_with
+
+    with pytest.raises(InvalidMessageError) as error:
+        parse_message_with(schemas.CLICKSTREAM, payload, 1_000_000, "keep")
+    assert error.value.rule == rule
+    str(error.value).encode("utf-8")  # the reason travels as a header and a log line
+
+
+def test_unknown_fields_are_kept_out_and_counted_or_dead_lettered_by_policy() -> None:
+    from include.notify.stages.stream_messages import parse_message_with
+
+    data = json.dumps(EVENT | {"new_field": 1}).encode()
+    parsed = parse_message_with(schemas.CLICKSTREAM, data, 4096, "keep")
+    assert parsed.unknown_fields == ["new_field"]
+    assert "new_field" not in parsed.record
+    with pytest.raises(InvalidMessageError, match="unknown_fields"):
+        parse_message_with(schemas.CLICKSTREAM, data, 4096, "dead_letter")
+
+
+def test_the_opt_out_rule_lets_the_latest_signal_win_and_an_opt_out_win_a_tie() -> None:
+    from include.notify import rules
+
+    assert rules.latest_opt_out([(200, True), (100, False)]) is True  # an older opt-in arriving later
+    assert rules.latest_opt_out([(100, True), (200, False)]) is False
+    assert rules.latest_opt_out([(100, False), (100, True)]) is True
+    assert rules.latest_opt_out([]) is None
+    assert rules.opt_out_of_version(rules.opt_signal_version(5, True))
+    assert not rules.opt_out_of_version(None)
+
+
+def test_a_dead_letter_envelope_keeps_the_original_bytes_text_or_base64() -> None:
+    from datetime import UTC, datetime
+
+    from include.notify.stages.dead_letters import Rejected, _original, envelope
+
+    for value in (b"\xff\xfe not text", b'{"event_id": "\\ud800"}', "plain é".encode()):
+        letter = json.loads(envelope(Rejected("t", 0, 5, "bad: x", b"\x80k", value), datetime.now(UTC)))
+        assert _original(letter, "value") == value
+        assert _original(letter, "key") == b"\x80k"
+    assert "value_base64" in json.loads(envelope(Rejected("t", 0, 5, "r", None, b"\xff"), datetime.now(UTC)))

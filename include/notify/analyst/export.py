@@ -14,6 +14,7 @@ from typing import Any
 
 from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import TABLES, Dynamo, bytes_to_vector
+from include.notify.schemas import PRIVATE_USER_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,17 @@ def _analyst_value(value: Any) -> Any:
 
 
 def export_tables(
-    config: NotifyConfig, out_dir: Path, tables: list[str] | None = None, dynamo: Dynamo | None = None
+    config: NotifyConfig,
+    out_dir: Path,
+    tables: list[str] | None = None,
+    dynamo: Dynamo | None = None,
+    include_private: bool = False,
 ) -> dict[str, tuple[int, Path]]:
-    """Write ``<out_dir>/<table>.parquet`` per table; returns rows and path per table."""
+    """Write ``<out_dir>/<table>.parquet`` per table; returns rows and path per table.
+
+    ``email`` and ``password_hash`` (``schemas.PRIVATE_USER_FIELDS``) never leave ``notify_users``
+    unless ``include_private`` asks for them: they are dropped from every exported item.
+    """
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -39,7 +48,11 @@ def export_tables(
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, tuple[int, Path]] = {}
     for name in wanted:
-        rows = [{k: _analyst_value(v) for k, v in item.items()} for item in dynamo.scan(name, segments=4)]
+        dropped = () if include_private else PRIVATE_USER_FIELDS
+        rows = [
+            {k: _analyst_value(v) for k, v in item.items() if k not in dropped}
+            for item in dynamo.scan(name, segments=4)
+        ]
         frame = pd.DataFrame(rows)
         path = out_dir / f"{name}.parquet"
         try:

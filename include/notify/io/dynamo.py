@@ -58,6 +58,7 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec("purchase_history", "user_id", "purchase_id", description="orders, one item per purchase"),
     TableSpec("user_product_matrix", "user_id", "product_id", description="who bought what, how often"),
     TableSpec("clickstream", "user_id", "ts_event_id", description="events keyed ts#event_id (idempotent)"),
+    TableSpec("stream_event_ids", "event_id", description="a streamed event's identity: its id alone, first ts wins"),
     TableSpec("product_embeddings", "product_id", description="float32 vector bytes + model + content hash"),
     TableSpec("campaign_embeddings", "campaign_id", description="float32 vector bytes + model + content hash"),
     TableSpec("user_embeddings", "user_id", description="float32 vector bytes + model + cold-start flag"),
@@ -274,6 +275,28 @@ class Dynamo:
             raise
         return True
 
+    def record_opt_signal(
+        self, user_id: str, opt_out: bool, changed_at: str, version: int, create: bool = False
+    ) -> bool:
+        """Record an opt-out signal of rank ``version`` (``rules.opt_signal_version``) on
+        ``notify_users`` if it outranks the one stored; returns whether it was applied.
+
+        One conditional update on ``opt_out_version``, so signals applied in any order by any
+        writer (the stream, the nightly users load) leave the highest-ranked one. Without
+        ``create`` an unknown user is not created.
+        """
+        condition = "(attribute_not_exists(opt_out_version) OR opt_out_version < :version)"
+        if not create:
+            condition = f"attribute_exists(user_id) AND {condition}"
+        return self.write_if(
+            "update",
+            "users",
+            Key=self.serialize({"user_id": user_id}),
+            UpdateExpression="SET opt_out = :v, opt_out_changed_at = :ts, opt_out_version = :version",
+            ConditionExpression=condition,
+            ExpressionAttributeValues=self.serialize({":v": opt_out, ":ts": changed_at, ":version": version}),
+        )
+
     # ----------------------------------------------------------------- reads
     def get(self, logical_name: str, key: Mapping[str, Any], consistent: bool = False) -> dict[str, Any] | None:
         response = self.client.get_item(
@@ -300,6 +323,23 @@ class Dynamo:
             else:
                 raise RuntimeError(f"{table}: keys still unprocessed after {self.max_attempts} attempts")
         return found
+
+    def query_many(
+        self, logical_name: str, requests: Mapping[Any, Mapping[str, Any]], workers: int = 8
+    ) -> dict[Any, list[dict[str, Any]]]:
+        """Run many queries at once (``{label: query kwargs}`` -> ``{label: items}``), ``workers`` in flight.
+
+        DynamoDB has no batched Query; a bounded thread pool keeps a batch touching thousands of
+        users (reactions of a stream batch) within its time budget instead of one round trip each.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not requests:
+            return {}
+        labels = list(requests)
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(labels)))) as pool:
+            results = pool.map(lambda label: list(self.query(logical_name, **requests[label])), labels)
+            return dict(zip(labels, results, strict=True))
 
     def query(self, logical_name: str, index: str | None = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
         """All pages of a query; pass KeyConditionExpression and ExpressionAttributeValues as Python values."""

@@ -231,14 +231,17 @@ class TopicConsumer:
         self._assigned: set[tuple[str, int]] = {(p.topic, p.partition) for p in partitions}
         self._at_end: set[tuple[str, int]] = set()
 
-    def poll_batch(self, max_messages: int, max_seconds: float) -> list[Message]:
-        """Up to ``max_messages`` messages, returning after ``max_seconds`` at the latest, or
-        earlier once every assigned partition has been read to its end."""
+    def poll_batch(self, max_messages: int, max_seconds: float, max_bytes: int | None = None) -> list[Message]:
+        """Up to ``max_messages`` messages and about ``max_bytes`` of values (the message crossing
+        the bound is the last), returning after ``max_seconds`` at the latest, or earlier once every
+        assigned partition has been read to its end. What the bounds leave is read by the next call
+        (nothing past the last returned message is committed)."""
         from confluent_kafka import KafkaError
 
         messages: list[Message] = []
+        size = 0
         deadline = time.monotonic() + max_seconds
-        while len(messages) < max_messages:
+        while len(messages) < max_messages and (max_bytes is None or size < max_bytes):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -250,7 +253,11 @@ class TopicConsumer:
                 position = (message.topic(), message.partition())
                 if error is None:
                     self._at_end.discard(position)
+                    if max_bytes is not None and size >= max_bytes:
+                        # Fetched past the bound: left for the next batch (never committed here).
+                        continue
                     messages.append(message)
+                    size += len(message.value() or b"")
                 elif error.code() == KafkaError._PARTITION_EOF:
                     self._at_end.add(position)
                 elif error.fatal():

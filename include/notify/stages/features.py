@@ -221,25 +221,35 @@ def notification_stats(users: DataFrame, clickstream: DataFrame, run_date: date)
     )
 
 
-def current_opt_out(users: DataFrame, clickstream: DataFrame, run_date: date) -> DataFrame:
-    """``user_id``, ``opt_out``: the users row's flag, overridden by the latest opt_out/opt_in event
-    on or after the day that row was delivered (``users.dt``, from ``read_current(keep_dt=True)``).
+def current_opt_out(
+    users: DataFrame, clickstream: DataFrame, run_date: date, opt_out_rows: DataFrame | None = None
+) -> DataFrame:
+    """``user_id``, ``opt_out`` by the one opt-out rule (``rules.opt_signal_version``): of every
+    ``opt_out`` / ``opt_in`` event up to ``run_date`` and every users row delivered with the flag
+    true (``opt_out_rows``: ``user_id``, ``dt`` of every such delivery, default ``users``' own rows;
+    a row counts from the start of its delivery day), the highest-ranked signal wins. A row without
+    the flag is no signal, so it never re-enables a user; an event before the row's delivery still counts.
     """
-    from pyspark.sql import Window
     from pyspark.sql import functions as sf
 
-    rows = users.select("user_id", "opt_out", "dt")
-    events = _until(clickstream, "ts", run_date).where(sf.col("event_type").isin("opt_out", "opt_in"))
-    latest = Window.partitionBy("user_id").orderBy(sf.col("ts").desc(), sf.col("event_id").desc())
-    after_row = (
-        events.join(rows.select("user_id", "dt"), "user_id")
-        .where(sf.to_date("ts") >= sf.col("dt"))
-        .withColumn("rank", sf.row_number().over(latest))
-        .where(sf.col("rank") == 1)
-        .select("user_id", (sf.col("event_type") == "opt_out").alias("event_opt_out"))
+    from include.notify.rules import OPT_EVENTS, OPT_OUT_EVENT, opt_signal_version_column
+
+    events = _until(clickstream, "ts", run_date).where(sf.col("event_type").isin(*OPT_EVENTS))
+    event_signals = events.select(
+        "user_id", sf.unix_micros(sf.col("ts")).alias("micros"), (sf.col("event_type") == OPT_OUT_EVENT).alias("out")
     )
-    return rows.join(after_row, "user_id", "left").select(
-        "user_id", sf.coalesce("event_opt_out", "opt_out", sf.lit(False)).alias("opt_out")
+    rows = opt_out_rows if opt_out_rows is not None else users.where(sf.col("opt_out")).select("user_id", "dt")
+    row_signals = rows.select(
+        "user_id", sf.unix_micros(sf.to_timestamp(sf.col("dt"))).alias("micros"), sf.lit(True).alias("out")
+    )
+    ranked = event_signals.unionByName(row_signals).select(
+        "user_id", opt_signal_version_column(sf.col("micros"), sf.col("out")).alias("version")
+    )
+    latest = ranked.groupBy("user_id").agg(sf.max("version").alias("version"))
+    return (
+        users.select("user_id")
+        .join(latest, "user_id", "left")
+        .select("user_id", sf.coalesce(sf.col("version") % 2 == 1, sf.lit(False)).alias("opt_out"))
     )
 
 
@@ -254,7 +264,12 @@ def segment_of(days_since_signup: Column, last_purchase_date: Column, run_date: 
 
 
 def user_features(
-    users: DataFrame, purchases: DataFrame, clickstream: DataFrame, products: DataFrame, run_date: date
+    users: DataFrame,
+    purchases: DataFrame,
+    clickstream: DataFrame,
+    products: DataFrame,
+    run_date: date,
+    opt_out_rows: DataFrame | None = None,
 ) -> DataFrame:
     """One row per user with every field of ``user_features`` in docs/data-contracts.md.
 
@@ -270,7 +285,7 @@ def user_features(
     orders = order_aggregates(purchases, products, run_date)
     hours = engagement_by_hour(users, clickstream, purchases, run_date)
     notifications = notification_stats(users, clickstream, run_date)
-    opt_out = current_opt_out(users, clickstream, run_date)
+    opt_out = current_opt_out(users, clickstream, run_date, opt_out_rows)
     joined = (
         base.join(orders, "user_id", "left")
         .join(hours, "user_id", "left")
@@ -444,7 +459,13 @@ def build_features(
         "purchase_history": purchases.count(),
         "clickstream": clickstream.count(),
     }
-    user_rows = user_features(users, purchases, clickstream, products, run_date).persist()
+    # Every delivery that opted a user out is a signal, not only the latest row (``rules`` opt-out).
+    opted_rows = (
+        lake.read_partitions(spark, config, "curated", "users", lake.curated_schema("users"), run_date)
+        .where("opt_out")
+        .select("user_id", "dt")
+    )
+    user_rows = user_features(users, purchases, clickstream, products, run_date, opted_rows).persist()
     segments = user_rows.select("user_id", "segment")
     frames = {
         "user_features": user_rows,

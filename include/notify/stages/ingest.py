@@ -9,8 +9,10 @@ and store the counts (``runs/notify_batch_ingestion/dt=D/<table>.json`` and ``pi
 ``run_batch_ingest`` is the whole stage; ``spark_jobs/batch_ingest.py`` (spark-submit, EMR
 Serverless) and the closed-loop simulator (in-process) both call it.
 
-Raw CSV is read as text and parsed per line so every row keeps its file and line number
-(``_source``) and a malformed line becomes a quarantined row instead of a failed job. Loading
+Raw CSV (``.csv``, ``.csv.gz``) is read one file per Spark task by ``raw_files`` (header by name,
+quoted multi-line fields, bare quotes as csv readers read them, UTF-8 checked), so every record
+keeps its exact file and line (``_source``) and a malformed one becomes a quarantined row instead
+of a failed job; what the day held (missing, empty, skipped files) is in the run record. Loading
 runs inside Spark partitions (``foreachPartition``), each partition batch-writing through
 ``io.dynamo.Dynamo`` (retries of unprocessed items, back-off), so loads scale with executors.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -39,92 +41,114 @@ DAG_ID = "notify_batch_ingestion"
 # Tags used while counting outcomes; rule names are lower-case words, so these cannot collide.
 GOOD, REFUSED = "<good>", "<refused>"
 
-# Files of one delivery are read whole by one task each, so a line's number is its position in
-# its file; deliveries are split into files upstream (part-*.csv, stream-*.csv) for parallelism.
-ONE_SPLIT_PER_FILE = str(64 * 1024**3)
+
+def _parse_files(table: RawTable, files: Iterable[str]) -> Iterator[tuple[Any, ...]]:
+    """Spark task body: every record of each file (``raw_files.read_records``) as a row tuple,
+    then one ``report`` row per file (its ``FileReport`` as JSON in ``_raw_line``)."""
+    import json
+    from dataclasses import asdict
+
+    import fsspec
+
+    from include.notify.stages.raw_files import FileReport, open_raw, read_records
+
+    for uri in files:
+        marker = f"/raw/{table.name}/"
+        relative = uri[uri.rfind(marker) + 1 :] if marker in uri else uri
+        report = FileReport(relative)
+        with fsspec.open(uri, "rb") as handle:
+            for row in read_records(open_raw(handle, uri), relative, table, report):
+                yield (*[row[n] for n in table.column_names], row["_file"], row["_line"], row["_raw_line"],
+                       row["_malformed"], "record")  # fmt: skip
+        yield (*[None] * len(table.column_names), relative, 0, json.dumps(asdict(report)), None, "report")
+
+
+def list_delivery(config: NotifyConfig, table: RawTable, run_date: date) -> tuple[list[str], list[str], bool]:
+    """The raw files of ``table`` for ``run_date``: (readable ``.csv``/``.csv.gz`` URIs, skipped
+    names, whether the day's folder exists at all)."""
+    import fsspec
+
+    from include.notify.stages.raw_files import SUFFIXES
+
+    root = config.lake_path("raw", table.name, run_date)
+    filesystem, path = fsspec.core.url_to_fs(root)
+    if not filesystem.exists(path):
+        return [], [], False
+    protocol = root.split("://", 1)[0] + "://" if "://" in root else ""
+    readable, skipped = [], []
+    for entry in sorted(filesystem.ls(path, detail=False)):
+        name = entry.rsplit("/", 1)[-1]
+        if name.startswith((".", "_")):
+            continue
+        uri = entry if "://" in entry else f"{protocol}{entry}"
+        (readable if name.endswith(SUFFIXES) else skipped).append(uri if name.endswith(SUFFIXES) else name)
+    return readable, skipped, True
 
 
 def read_raw(spark: SparkSession, config: NotifyConfig, table: RawTable, run_date: date) -> DataFrame:
-    """The raw delivery of ``table`` for ``run_date``: string columns plus lineage and parse status.
+    """``read_delivery``'s records only (kept for callers that do not need the delivery report)."""
+    return read_delivery(spark, config, table, run_date)[0]
+
+
+def read_delivery(
+    spark: SparkSession, config: NotifyConfig, table: RawTable, run_date: date
+) -> tuple[DataFrame, dict[str, Any]]:
+    """The raw delivery of ``table`` for ``run_date``: string columns plus lineage and parse status,
+    and what the delivery held (``status`` ``missing`` / ``empty`` / ``delivered``, files, skipped
+    files, per-file header problems and unknown columns).
 
     Columns: every raw column (string, null when empty), ``_file`` (path relative to the lake),
-    ``_line`` (1-based line in the file; the header is line 1), ``_source`` (``file:line``),
-    ``_raw_line`` (the line as delivered) and ``_malformed`` (``malformed_csv:...`` / ``bad_header:...``
-    or null). Blank lines are not records and are dropped. A day without a delivery gives an
-    empty frame.
+    ``_line`` (the record's first line in its file; the header is line 1), ``_source``
+    (``file:line``), ``_raw_line`` and ``_malformed`` (``malformed_csv:...``, ``bad_header:...``,
+    ``bad_encoding:...`` or null). One Spark task reads one file from its first byte, so line
+    numbers are exact for files of any size (see ``raw_files``).
     """
-    from pyspark.sql import Window
+    import json
+
     from pyspark.sql import functions as sf
 
-    previous = spark.conf.get("spark.sql.files.maxPartitionBytes")
-    spark.conf.set("spark.sql.files.maxPartitionBytes", ONE_SPLIT_PER_FILE)
-    try:
-        text = lake.read_text_lines(spark, config, "raw", table.name, run_date)
-        # Ids are consecutive within a Spark partition and a file is never split, so the line
-        # number is the id minus the file's first id.
-        numbered = text.select(
-            sf.col("value").alias("_raw_line"),
-            sf.input_file_name().alias("_uri"),
-            sf.monotonically_increasing_id().alias("_id"),
-        )
-        first = Window.partitionBy("_uri")
-        numbered = numbered.withColumn("_line", (sf.col("_id") - sf.min("_id").over(first) + 1).cast("long"))
-        numbered = numbered.withColumn("_file", sf.regexp_extract("_uri", r"(raw/.*)$", 1))
-        numbered = numbered.withColumn(
-            "_file", sf.when(sf.col("_file") != "", sf.col("_file")).otherwise(sf.col("_uri"))
-        )
-        # Materialised while the one-split setting holds; the checkpoint is freed with the frame.
-        numbered = numbered.drop("_id", "_uri").localCheckpoint(eager=True)
-    finally:
-        spark.conf.set("spark.sql.files.maxPartitionBytes", previous)
-
-    header = ",".join(table.column_names)
-    headers = numbered.where(sf.col("_line") == 1).select("_file", "_raw_line").collect()
-    bad_headers = {
-        row["_file"]: row["_raw_line"] for row in headers if row["_raw_line"].lstrip("\ufeff").strip() != header
+    files, skipped, exists = list_delivery(config, table, run_date)
+    columns = [*table.column_names, "_file", "_line", "_raw_line", "_malformed", "_kind"]
+    ddl = ", ".join(f"`{c}` {'long' if c == '_line' else 'string'}" for c in columns)
+    if files:
+        rdd = spark.sparkContext.parallelize(files, len(files)).mapPartitions(lambda part: _parse_files(table, part))
+        parsed = spark.createDataFrame(rdd, ddl).localCheckpoint(eager=True)
+    else:
+        parsed = spark.createDataFrame([], ddl)
+    reports = [json.loads(r["_raw_line"]) for r in parsed.where(sf.col("_kind") == "report").collect()]
+    records = parsed.where(sf.col("_kind") == "record").drop("_kind")
+    empty = [r["file"] for r in reports if r["empty"]]
+    status = "missing" if not exists else ("empty" if sum(r["records"] for r in reports) == 0 else "delivered")
+    delivery = {
+        "status": status,
+        "files": len(files),
+        "empty_files": empty,
+        "skipped_files": skipped,
+        "header_lines": sum(1 for r in reports if r["header"]),
+        "lines": sum(r["lines"] for r in reports),
+        "missing_columns": {r["file"]: r["missing_columns"] for r in reports if r["missing_columns"]},
+        "extra_columns": {r["file"]: r["extra_columns"] for r in reports if r["extra_columns"]},
+        "no_header": [r["file"] for r in reports if not r["header"] and not r["empty"]],
     }
-    for file, got in bad_headers.items():
-        log.warning("%s: header %r does not match the contract %r; its rows are quarantined", file, got, header)
-
-    ddl = ", ".join(f"`{name}` string" for name in table.column_names) + ", `_corrupt` string"
-    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"}
-    records = numbered.where((sf.col("_line") > 1) & (sf.trim(sf.col("_raw_line")) != ""))
-    parsed = records.withColumn("_parsed", sf.from_csv(sf.col("_raw_line"), ddl, options))
-    # An odd number of quotes means an unterminated quoted field, which the parser tolerates.
-    quotes = sf.length(sf.col("_raw_line")) - sf.length(sf.regexp_replace(sf.col("_raw_line"), '"', ""))
-    field_count = sf.size(sf.split(sf.col("_raw_line"), ","))
-    malformed = (
-        sf.when(
-            sf.col("_file").isin(*bad_headers) if bad_headers else sf.lit(False),
-            sf.concat(sf.lit("bad_header:"), sf.col("_file")),
-        )
-        .when(quotes % 2 == 1, sf.lit("malformed_csv:unbalanced quotes"))
-        .when(
-            sf.col("_parsed._corrupt").isNotNull(),
-            sf.concat(
-                sf.lit(f"malformed_csv:expected {len(table.column_names)} fields, got about "),
-                field_count.cast("string"),
-            ),
-        )
-    )
-    result = parsed.select(
-        *[sf.col(f"_parsed.`{name}`").alias(name) for name in table.column_names],
+    if status != "delivered":
+        log.warning("%s %s: delivery %s (%d files, skipped %s)", table.name, run_date, status, len(files), skipped)
+    for key in ("skipped_files", "empty_files", "missing_columns", "extra_columns", "no_header"):
+        if delivery[key]:
+            log.warning("%s %s: %s %s", table.name, run_date, key.replace("_", " "), delivery[key])
+    result = records.select(
+        *table.column_names,
         "_file",
         "_line",
         sf.concat(sf.col("_file"), sf.lit(":"), sf.col("_line").cast("string")).alias("_source"),
         "_raw_line",
-        malformed.alias("_malformed"),
+        "_malformed",
     )
     # Treat malformed lines' fields as absent so no other rule reads half-parsed values.
     result = result.select(
         *[sf.when(sf.col("_malformed").isNull(), sf.col(n)).alias(n) for n in table.column_names],
-        "_file",
-        "_line",
-        "_source",
-        "_raw_line",
-        "_malformed",
-    )
-    return result
+        "_file", "_line", "_source", "_raw_line", "_malformed",
+    )  # fmt: skip
+    return result, delivery
 
 
 def iso_timestamp(column: Any) -> Any:
@@ -171,17 +195,81 @@ def _load_partition(config: NotifyConfig, table: str, counter: Any, rows: Iterab
     counter.add(written)
 
 
-def load_dynamodb(frame: DataFrame, config: NotifyConfig, table: str, partitions: int | None = None) -> int:
+# Fields the stream owns on a users item: a nightly delivery never overwrites them directly.
+OPT_OUT_STATE = ("opt_out", "opt_out_changed_at", "opt_out_version")
+
+
+def upsert_user(dynamo: Any, record: dict[str, Any], delivered_micros: int) -> None:
+    """Write one delivered users row without undoing an opt-out (``rules``' one opt-out rule).
+
+    Every field but the opt-out state is set (absent ones removed, as a put would); a row with
+    ``opt_out`` true is then an opt-out signal dated at the start of its delivery day, recorded
+    only if it outranks the stored one. A row without the flag leaves the stored state alone.
+    """
+    from include.notify.rules import opt_signal_version
+
+    fields = {k: v for k, v in record.items() if k != "user_id" and k not in OPT_OUT_STATE}
+    present = {k: v for k, v in fields.items() if v is not None}
+    absent = [k for k, v in fields.items() if v is None]
+    names = {f"#f{i}": k for i, k in enumerate([*present, *absent])}
+    by_name = {k: n for n, k in names.items()}
+    expression = "SET " + ", ".join(f"{by_name[k]} = :v{i}" for i, k in enumerate(present))
+    if absent:
+        expression += " REMOVE " + ", ".join(by_name[k] for k in absent)
+    dynamo.client.update_item(
+        TableName=dynamo.table("users"),
+        Key=dynamo.serialize({"user_id": record["user_id"]}),
+        UpdateExpression=expression,
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues=dynamo.serialize({f":v{i}": v for i, v in enumerate(present.values())}),
+    )
+    if record.get("opt_out") is True:
+        version = opt_signal_version(delivered_micros, True)
+        from datetime import UTC, datetime
+
+        from include.notify.timeutil import iso_exact
+
+        delivered = iso_exact(datetime.fromtimestamp(delivered_micros / 1e6, UTC))
+        dynamo.record_opt_signal(str(record["user_id"]), True, delivered, version, create=True)
+
+
+def _load_users_partition(config: NotifyConfig, delivered_micros: int, counter: Any, rows: Iterable[Any]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from include.notify.io.dynamo import Dynamo
+
+    dynamo = Dynamo.from_config(config)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        written = sum(
+            1 for _ in pool.map(lambda row: upsert_user(dynamo, row.asDict(recursive=True), delivered_micros), rows)
+        )
+    counter.add(written)
+
+
+def load_dynamodb(
+    frame: DataFrame, config: NotifyConfig, table: str, partitions: int | None = None, run_date: date | None = None
+) -> int:
     """Write every row of ``frame`` to DynamoDB table ``table`` from the Spark partitions; returns items written.
 
     Rows are converted by ``to_dynamo_frame``; null fields are omitted (DynamoDB has no nulls).
     Puts are idempotent (same key, same item), so re-running a day rewrites the same items.
+    ``users`` rows are upserted by ``upsert_user`` instead, so a delivery never undoes an opt-out.
     Raises if any partition fails after ``Dynamo``'s retries.
     """
     spark = frame.sparkSession
     shaped = to_dynamo_frame(frame, table)
     target = partitions or max(2, spark.sparkContext.defaultParallelism)
     counter = spark.sparkContext.accumulator(0)
+    if table == "users":
+        from datetime import UTC, datetime
+
+        from include.notify.rules import epoch_micros
+
+        if run_date is None:
+            raise ValueError("loading users needs the delivery's run_date (the date of its opt-out signals)")
+        micros = epoch_micros(datetime(run_date.year, run_date.month, run_date.day, tzinfo=UTC))
+        shaped.repartition(target).foreachPartition(partial(_load_users_partition, config, micros, counter))
+        return int(counter.value)
     shaped.repartition(target).foreachPartition(partial(_load_partition, config, table, counter))
     return int(counter.value)
 
@@ -203,7 +291,7 @@ def ingest_table(
     written then) and ``RuntimeError`` when counts do not reconcile.
     """
     started = time.monotonic()
-    raw = read_raw(spark, config, table, run_date)
+    raw, delivery = read_delivery(spark, config, table, run_date)
     known = {ref.table: lake.read_keys(spark, config, ref.table, run_date) for ref in table.references}
     classified = quality.classify(raw, table, known).persist()
     try:
@@ -214,14 +302,14 @@ def ingest_table(
         gate_started = time.monotonic()
         gate = quality.validate_curated(curated, table, engine=gx_engine)
         gate["seconds"] = round(time.monotonic() - gate_started, 3)
-        details: dict[str, Any] = {"gx": gate, "loaded": 0}
+        details: dict[str, Any] = {"gx": gate, "loaded": 0, "delivery": delivery}
         if not gate["success"]:
             _store(config, run_date, table, rows_in, rows_out, rows_rejected, by_reason, started, details)
             quality.assert_valid(gate, table.name)
         lake.write_partition(curated, config, "curated", table.name, run_date)
         lake.write_partition(quarantined, config, "quarantine", table.name, run_date)
         load_started = time.monotonic()
-        loaded = load_dynamodb(curated, config, table.name) if to_dynamodb else rows_out
+        loaded = load_dynamodb(curated, config, table.name, run_date=run_date) if to_dynamodb else rows_out
         details.update(loaded=loaded, load_seconds=round(time.monotonic() - load_started, 3), dynamodb=to_dynamodb)
     finally:
         classified.unpersist()

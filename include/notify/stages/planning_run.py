@@ -70,7 +70,11 @@ def load_plan_inputs(config: NotifyConfig, day: date) -> PlanInputs:
 
 
 def _merge_users(users: pd.DataFrame | None, features: pd.DataFrame | None) -> pd.DataFrame:
-    """Identity settings (time zone, overrides, opt-out) from users; behaviour from features."""
+    """Identity settings (time zone, overrides) from users; behaviour and opt-out from features.
+
+    ``opt_out`` is the features' value (``features.current_opt_out``, the one rule of ``rules``);
+    the users row's flag is used only for users without a features row.
+    """
     behaviour = ["user_id", "engagement_by_hour", "ignored_streak", "segment", "opt_out", "timezone"]
     if features is not None:
         features = features.loc[:, [c for c in behaviour if c in features.columns]]
@@ -84,9 +88,11 @@ def _merge_users(users: pd.DataFrame | None, features: pd.DataFrame | None) -> p
         return users
     merged = users.merge(features, on="user_id", how="left", suffixes=("", "_features"))
     if "opt_out_features" in merged:
-        merged["opt_out"] = merged["opt_out"].fillna(False).astype(bool) | merged["opt_out_features"].fillna(
-            False
-        ).astype(bool)
+        # The features' flag is the one opt-out rule (rules.py) over every signal, the users row's
+        # flag among them; OR-ing the row back in would let it outlast a later opt_in. The row's
+        # flag stands only for a user the features do not have yet.
+        from_features = merged["opt_out_features"]
+        merged["opt_out"] = from_features.where(from_features.notna(), merged["opt_out"]).fillna(False).astype(bool)
     return merged.drop(columns=[c for c in merged.columns if c.endswith("_features")])
 
 

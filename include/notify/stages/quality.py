@@ -14,8 +14,8 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from include.notify.schemas import PRIVATE_USER_FIELDS, RawTable
 from include.notify.schemas import Column as RuleColumn
-from include.notify.schemas import RawTable
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 REASON_SEPARATOR = ";"
 MAX_VALUE_IN_REASON = 60
+# What quarantine rows, reasons and gate samples show instead of a private value.
+PRIVATE_MASK = "***"
+# The GX gate validates at most this many curated rows in pandas; the full check runs in Spark.
+GX_SAMPLE_ROWS = 10_000
 # Templates are checked only for these columns of the campaigns table.
 TEMPLATE_COLUMNS = ("template_short", "template_long")
 
@@ -76,21 +80,23 @@ def column_problems(column: RuleColumn) -> list[Column]:
     typed = typed_value(column)
     name = column.name
     problems = []
+    # A reason names the rule and the column; of a private column never the value.
+    display = sf.when(raw.isNotNull(), sf.lit(PRIVATE_MASK)) if name in PRIVATE_USER_FIELDS else raw
     if column.required:
         problems.append(sf.when(~present, sf.lit(f"missing:{name}")))
     if column.type != "string":
-        problems.append(sf.when(present & typed.isNull(), sf.concat(sf.lit(f"bad_type:{name}="), _shown(raw))))
+        problems.append(sf.when(present & typed.isNull(), sf.concat(sf.lit(f"bad_type:{name}="), _shown(display))))
     if column.allowed is not None:
         problems.append(
-            sf.when(present & ~raw.isin(*column.allowed), sf.concat(sf.lit(f"not_allowed:{name}="), _shown(raw)))
+            sf.when(present & ~raw.isin(*column.allowed), sf.concat(sf.lit(f"not_allowed:{name}="), _shown(display)))
         )
     if column.min_value is not None:
         problems.append(
-            sf.when(typed < sf.lit(column.min_value), sf.concat(sf.lit(f"out_of_range:{name}="), _shown(raw)))
+            sf.when(typed < sf.lit(column.min_value), sf.concat(sf.lit(f"out_of_range:{name}="), _shown(display)))
         )
     if column.max_value is not None:
         problems.append(
-            sf.when(typed > sf.lit(column.max_value), sf.concat(sf.lit(f"out_of_range:{name}="), _shown(raw)))
+            sf.when(typed > sf.lit(column.max_value), sf.concat(sf.lit(f"out_of_range:{name}="), _shown(display)))
         )
     if column.max_length is not None:
         problems.append(
@@ -215,12 +221,28 @@ def to_curated(classified: DataFrame, table: RawTable) -> DataFrame:
     return good.select(*[typed_value(c).alias(c.name) for c in table.columns])
 
 
+def private_columns(table: RawTable) -> list[str]:
+    """The table's columns that hold private data (``schemas.PRIVATE_USER_FIELDS``)."""
+    return [name for name in table.column_names if name in PRIVATE_USER_FIELDS]
+
+
 def to_quarantine(classified: DataFrame, table: RawTable) -> DataFrame:
-    """The refused rows: raw string columns plus ``_reason``, ``_source`` (file:line) and ``_raw_line``."""
+    """The refused rows: raw string columns plus ``_reason``, ``_source`` (file:line) and ``_raw_line``.
+
+    Private values are masked: a private column shows ``***`` when it had a value, and the raw
+    line of a table with private columns is masked whole (``_source`` points at the original in
+    the restricted raw zone).
+    """
     from pyspark.sql import functions as sf
 
+    private = private_columns(table)
     bad = classified.where(sf.col("_reason").isNotNull())
-    return bad.select(*table.column_names, "_reason", "_source", "_raw_line")
+    masked = [
+        sf.when(sf.col(n).isNotNull(), sf.lit(PRIVATE_MASK)).alias(n) if n in private else sf.col(n)
+        for n in table.column_names
+    ]
+    raw_line = sf.lit(PRIVATE_MASK).alias("_raw_line") if private else sf.col("_raw_line")
+    return bad.select(*masked, "_reason", "_source", raw_line)
 
 
 def reason_rules(reason_column: Column) -> Column:
@@ -266,8 +288,9 @@ def expectations_for(table: RawTable) -> list[tuple[str, dict[str, Any]]]:
 def validate_curated(frame: Any, table: RawTable, engine: str = "pandas") -> dict[str, Any]:
     """Validate curated rows with Great Expectations; returns a JSON-able summary.
 
-    ``frame`` is a Spark DataFrame. ``engine="pandas"`` validates ``frame.toPandas()`` (fast for
-    the sizes a nightly delivery has: see benchmarks/results/ingest.md); ``engine="spark"``
+    ``frame`` is a Spark DataFrame. ``engine="pandas"`` validates a sample of at most
+    ``GX_SAMPLE_ROWS`` rows in pandas and every row in Spark (``spark_expectation_failures``), so
+    no table is ever collected whole to the driver; ``engine="spark"``
     validates through GX's Spark datasource without collecting. The summary has ``success``,
     ``evaluated``, ``failed`` and, per failed expectation, its type, column and a sample of
     unexpected values. Callers decide to fail (``assert_valid``).
@@ -278,9 +301,12 @@ def validate_curated(frame: Any, table: RawTable, engine: str = "pandas") -> dic
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    full_check: list[dict[str, Any]] = []
     if engine == "pandas":
+        # Never the whole table in the driver: GX checks a bounded sample, Spark checks every row.
         source = context.data_sources.add_pandas(f"{table.name}_source")
-        data = frame.toPandas()
+        data = frame.limit(GX_SAMPLE_ROWS).toPandas()
+        full_check = spark_expectation_failures(frame, table)
     elif engine == "spark":
         source = context.data_sources.add_spark(f"{table.name}_source")
         data = frame
@@ -297,17 +323,78 @@ def validate_curated(frame: Any, table: RawTable, engine: str = "pandas") -> dic
             "expectation": r.expectation_config.type,
             "column": r.expectation_config.kwargs.get("column"),
             "unexpected_count": (r.result or {}).get("unexpected_count"),
-            "sample": [str(v) for v in ((r.result or {}).get("partial_unexpected_list") or [])[:5]],
+            "sample": _sample(r.expectation_config.kwargs.get("column"), r.result),
         }
         for r in result.results
         if not r.success
     ]
+    seen = {(f["expectation"], f["column"]) for f in failed}
     return {
-        "success": bool(result.success),
+        "success": bool(result.success) and not full_check,
         "engine": engine,
         "evaluated": len(result.results),
-        "failed": failed,
+        "sampled_rows": len(data) if engine == "pandas" else None,
+        "failed": failed + [f for f in full_check if (f["expectation"], f["column"]) not in seen],
     }
+
+
+def _sample(column: str | None, result: Mapping[str, Any] | None) -> list[str]:
+    values = [str(v) for v in ((result or {}).get("partial_unexpected_list") or [])[:5]]
+    return [PRIVATE_MASK] * len(values) if column in PRIVATE_USER_FIELDS else values
+
+
+def _snake(class_name: str) -> str:
+    """GX's expectation type for a class name (``ExpectColumnValuesToBeUnique`` ->
+    ``expect_column_values_to_be_unique``)."""
+    import re
+
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", class_name).lower()
+
+
+def spark_expectation_failures(frame: DataFrame, table: RawTable) -> list[dict[str, Any]]:
+    """``expectations_for(table)`` checked on every row in one Spark aggregation; the failed ones,
+    shaped like the GX summary's (``sample`` empty: nothing is collected)."""
+    from pyspark.sql import functions as sf
+
+    checks: list[tuple[str, str, Column]] = []
+    for class_name, kwargs in expectations_for(table):
+        column = sf.col(kwargs["column"])
+        if class_name == "ExpectColumnValuesToBeUnique":
+            continue  # counted below with count - count distinct
+        if class_name == "ExpectColumnValuesToNotBeNull":
+            bad = column.isNull()
+        elif class_name == "ExpectColumnValuesToBeInSet":
+            bad = column.isNotNull() & ~column.isin(*kwargs["value_set"])
+        elif class_name == "ExpectColumnValuesToBeBetween":
+            low, high = kwargs["min_value"], kwargs["max_value"]
+            bad = sf.lit(False)
+            if low is not None:
+                bad = bad | (column < sf.lit(low))
+            if high is not None:
+                bad = bad | (column > sf.lit(high))
+        else:  # ExpectColumnValueLengthsToBeBetween
+            bad = sf.length(column) > sf.lit(kwargs["max_value"])
+        checks.append((_snake(class_name), kwargs["column"], sf.sum(sf.when(bad, 1).otherwise(0))))
+    keys = list(table.key)
+    aggregates = [expression.alias(f"c{i}") for i, (_, _, expression) in enumerate(checks)]
+    aggregates += [sf.count(sf.lit(1)).alias("rows"), sf.count_distinct(*[sf.col(k) for k in keys]).alias("keys")]
+    totals = frame.agg(*aggregates).first()
+    failed = [
+        {
+            "expectation": name,
+            "column": column,
+            "unexpected_count": int(totals[f"c{i}"] or 0),
+            "sample": [],
+            "full": True,
+        }
+        for i, (name, column, _) in enumerate(checks)
+        if int(totals[f"c{i}"] or 0) > 0
+    ]
+    duplicates = int(totals["rows"]) - int(totals["keys"])
+    if duplicates > 0:
+        failed.append({"expectation": _snake("ExpectColumnValuesToBeUnique"), "column": "|".join(keys),
+                       "unexpected_count": duplicates, "sample": [], "full": True})  # fmt: skip
+    return failed
 
 
 def assert_valid(summary: Mapping[str, Any], table: str) -> None:

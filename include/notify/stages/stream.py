@@ -1,210 +1,88 @@
 """Stream ingestion: Kafka orders and events into DynamoDB and the lake, with exactly-once effects.
 
-One call of ``ingest_batch`` is one bounded micro-batch (by message count and by seconds):
+One call of ``ingest_batch`` is one bounded micro-batch (by message count, by bytes and by
+seconds), and every batch commits: no single message can stop the stream.
 
-1. consume ``notify.orders`` and ``notify.events`` with a consumer group whose offsets are
-   committed by hand (``enable.auto.commit`` false);
-2. validate every message against its raw schema (``schemas.PURCHASES`` / ``schemas.CLICKSTREAM``):
-   bad JSON, a non-object, unknown fields, missing required fields, wrong types, values outside
-   their range or allowed set, and messages over ``stream_max_message_bytes`` are rejected;
-3. write valid rows: purchases to ``notify_purchase_history`` (key user + purchase_id) and
-   ``notify_user_product_matrix`` (the touched rows recomputed from the user's purchase history,
-   so a replay cannot inflate ``times_purchased``), events to ``notify_clickstream`` (key
-   user + ``<ts>#<event_id>``); every write is a put keyed by the event's own id, so writing the
-   same message twice leaves the same item;
-4. land the consumed rows as raw CSV in the lake, one file per table, event day, topic and
-   partition, named after the first offset (``stream-<topic>-<partition>-<offset>.csv``), so a
-   replay of the same batch overwrites its file instead of adding a copy;
-5. react: an order cancels the user's still-scheduled notifications of that day that promote the
-   product or its article type; an ``opt_out`` event marks the user opted out and cancels all of
-   their scheduled notifications (``opt_in`` lifts the flag);
-6. send rejected messages to the dead-letter topic (original bytes as value; reason and source
-   topic / partition / offset in headers) and wait until the broker has them;
-7. only then commit the offsets.
+1. consume ``notify.orders`` and ``notify.events`` with manually committed offsets;
+2. decode and validate every message (``stream_messages.parse_message_with``): invalid UTF-8,
+   bad JSON, a lone surrogate in a field name or value, oversized, wrong types, missing fields
+   are rejected; unknown fields follow ``stream_unknown_fields`` (default ``keep``: the known
+   fields go through and the unknown ones are counted per run);
+3. an event's identity is its ``event_id`` alone: ``notify_stream_event_ids`` remembers the first
+   ``ts`` seen for each id, and a later copy with another ``ts`` is a duplicate, not a second row;
+4. encode every item (a message whose item cannot be encoded is rejected, not the batch) and
+   write: purchases to ``notify_purchase_history`` and ``notify_user_product_matrix`` (recomputed
+   from the users' purchase histories, fetched concurrently), events to ``notify_clickstream``;
+   if a batch write fails, the rows are written one by one and those that still fail are rejected;
+5. land the written rows as raw CSV in the lake (``stream-<topic>-<partition>-<first offset>.csv``);
+6. react: an order cancels the buyer's still-scheduled notifications of that day promoting the
+   product or its article type; opt-out / opt-in events go through ``rules``' one opt-out rule
+   (a conditional write on ``opt_out_version``: the latest by event time wins, whatever the order
+   of arrival) and an opt-out cancels the user's scheduled notifications, so it holds from the
+   next dispatch minute;
+7. dead-letter every rejected message (``dead_letters.dead_letter``: reason, source position and
+   the original bytes, base64 where they are not text) and wait for the broker;
+8. only then commit the offsets.
 
-A crash anywhere before step 7 means the batch is consumed again by the next run; because every
-effect is idempotent, the tables end up exactly as after one pass (dead letters are at-least-once:
-a replayed bad message is dead-lettered again, with the same source headers to deduplicate by).
-Per batch ``rows_in = rows_out + rows_rejected + duplicates`` (duplicates = repeated ids within
-the batch), and the counts and the consumer lag are logged, returned and kept in
-``notify_pipeline_runs``.
+A crash before step 8 means the batch is consumed again; every effect is idempotent, so the
+tables end up as after one pass. Per batch ``rows_in = rows_out + rows_rejected + duplicates``;
+the counts, the unknown fields seen and the consumer lag are logged (counts only, never a
+record's values), returned and kept in ``notify_pipeline_runs``.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
-import math
 import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from include.notify import schedule, schemas
+from include.notify import rules, schedule, schemas
 from include.notify.config import NotifyConfig
 from include.notify.io import lake
 from include.notify.io.dynamo import Dynamo
 from include.notify.io.kafka import OutgoingMessage, TopicConsumer, ensure_topics, produce_all
+from include.notify.stages.dead_letters import Rejected, dead_letter
+from include.notify.stages.stream_messages import (
+    InvalidMessageError,
+    _raw_text,
+    parse_message,
+    parse_message_with,
+    safe_text,
+    to_raw_json,
+)
 from include.notify.timeutil import iso_exact
-
-if TYPE_CHECKING:
-    from confluent_kafka import Message
 
 log = logging.getLogger(__name__)
 
 DAG_ID = "notify_stream_ingest"
 # Which raw table each consumed topic (logical name) carries.
 STREAM_TABLES: dict[str, schemas.RawTable] = {"orders": schemas.PURCHASES, "events": schemas.CLICKSTREAM}
-# Timestamps outside this range are typos or clock bugs, not events.
-MIN_EVENT_YEAR, MAX_EVENT_YEAR = 2000, 2100
+
+__all__ = [
+    "DAG_ID", "STREAM_TABLES", "BatchResult", "InvalidMessageError", "StreamConsumer", "ingest_batch",
+    "parse_message", "process_messages", "produce_records", "to_raw_json",
+]  # fmt: skip
 
 
-class InvalidMessageError(ValueError):
-    """A message that failed validation; the text starts with the rule name (``bad_json: ...``)."""
+class SourceMessage(Protocol):
+    """What processing needs of a message: a consumed ``confluent_kafka.Message`` or a replayed dead letter."""
 
-    @property
-    def rule(self) -> str:
-        return str(self).split(":", 1)[0]
-
-
-# ------------------------------------------------------------------------------------ validation
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-def _typed(column: schemas.Column, raw: Any) -> Any:
-    """The value converted to the column's type, or ``ValueError`` saying why it is not one."""
-    kind = column.type
-    if kind == "string":
-        if not isinstance(raw, str):
-            raise ValueError(f"expected string, got {type(raw).__name__}")
-        if column.max_length is not None and len(raw) > column.max_length:
-            raise ValueError(f"longer than {column.max_length} characters")
-        if column.allowed is not None and raw not in column.allowed:
-            raise ValueError(f"{raw[:40]!r} not in {','.join(column.allowed)}")
-        return raw
-    if kind == "boolean":
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, str) and raw.lower() in {"true", "false"}:
-            return raw.lower() == "true"
-        raise ValueError(f"expected boolean, got {type(raw).__name__}")
-    if kind in {"int", "double"}:
-        if isinstance(raw, bool) or not isinstance(raw, int | float):
-            raise ValueError(f"expected {kind}, got {type(raw).__name__}")
-        if kind == "int" and not isinstance(raw, int):
-            raise ValueError(f"expected int, got {raw!r}")
-        if kind == "int" and not -(2**31) <= raw < 2**31:
-            raise ValueError(f"{raw} does not fit a 32-bit int")
-        if not math.isfinite(raw):
-            raise ValueError(f"{raw} is not finite")
-        if column.min_value is not None and raw < column.min_value:
-            raise ValueError(f"{raw} < {column.min_value}")
-        if column.max_value is not None and raw > column.max_value:
-            raise ValueError(f"{raw} > {column.max_value}")
-        return int(raw) if kind == "int" else float(raw)
-    if kind == "timestamp":
-        if not isinstance(raw, str):
-            raise ValueError(f"expected ISO-8601 timestamp string, got {type(raw).__name__}")
-        parsed = datetime.fromisoformat(raw)  # ValueError names the bad text
-        if parsed.tzinfo is None:
-            raise ValueError(f"{raw[:40]!r} has no time zone (expected UTC, e.g. ...Z)")
-        if not MIN_EVENT_YEAR <= parsed.year <= MAX_EVENT_YEAR:
-            raise ValueError(f"{raw[:40]!r} outside {MIN_EVENT_YEAR}-{MAX_EVENT_YEAR}")
-        return parsed.astimezone(UTC)
-    if kind == "date":
-        if not isinstance(raw, str):
-            raise ValueError(f"expected ISO date string, got {type(raw).__name__}")
-        return date.fromisoformat(raw)
-    raise ValueError(f"unsupported column type {kind}")
-
-
-def parse_message(table: schemas.RawTable, value: bytes | None, max_bytes: int) -> dict[str, Any]:
-    """Decode and validate one message against ``table``; returns the typed record.
-
-    Raises ``InvalidMessageError`` whose text names the rule (``oversized``, ``bad_json``,
-    ``not_an_object``, ``unknown_fields``, ``invalid``) and the offending fields and values.
-    Every column of the table is present in the result (``None`` when optional and absent).
-    """
-    if value is None or len(value) == 0:
-        raise InvalidMessageError("empty: message has no value")
-    if len(value) > max_bytes:
-        raise InvalidMessageError(f"oversized: {len(value)} bytes > {max_bytes}")
-    try:
-        payload = json.loads(value, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise InvalidMessageError(f"bad_json: {str(error)[:200]}") from None
-    if not isinstance(payload, dict):
-        raise InvalidMessageError(f"not_an_object: got {type(payload).__name__}")
-    unknown = sorted(set(payload) - set(table.column_names))
-    if unknown:
-        raise InvalidMessageError(f"unknown_fields: {','.join(name[:40] for name in unknown)[:200]}")
-    record: dict[str, Any] = {}
-    problems: list[str] = []
-    for column in table.columns:
-        raw = payload.get(column.name)
-        if raw is None or raw == "":
-            if column.required:
-                problems.append(f"{column.name} is required")
-            record[column.name] = None
-            continue
-        try:
-            record[column.name] = _typed(column, raw)
-        except ValueError as error:
-            problems.append(f"{column.name} {error}")
-    if problems:
-        raise InvalidMessageError(f"invalid: {'; '.join(problems)[:400]}")
-    return record
-
-
-def _raw_text(value: Any) -> str:
-    """A typed value as the raw CSV contract writes it."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        return iso_exact(value)
-    if isinstance(value, date):
-        return value.isoformat()
-    return str(value)
-
-
-def to_raw_json(table: schemas.RawTable, record: Mapping[str, Any]) -> bytes:
-    """One record as the JSON a producer sends: the raw table's columns, absent values left out."""
-    unknown = set(record) - set(table.column_names)
-    if unknown:
-        raise ValueError(f"{table.name}: fields {sorted(unknown)} are not columns of the table")
-    payload: dict[str, Any] = {}
-    for column in table.columns:
-        value = record.get(column.name)
-        if value is None:
-            continue
-        if isinstance(value, datetime | date):
-            value = _raw_text(value)
-        payload[column.name] = value
-    return json.dumps(payload, separators=(",", ":")).encode()
+    def topic(self) -> str: ...
+    def partition(self) -> int: ...
+    def offset(self) -> int: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
 
 
 # ------------------------------------------------------------------------------------ consuming
-@dataclass
-class Rejected:
-    """A dead-lettered message: where it came from, why, and its original bytes."""
-
-    topic: str
-    partition: int
-    offset: int
-    reason: str
-    key: bytes | None
-    value: bytes | None
-
-
 class StreamConsumer(TopicConsumer):
     """The manual-commit consumer of the stream topics (``orders``, ``events``) for ``group_id``
     (default: the configured stream group); see ``kafka.TopicConsumer``."""
@@ -225,7 +103,9 @@ class BatchResult:
     rows_rejected: int = 0
     duplicates: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    unknown_fields: dict[str, int] = field(default_factory=dict)
     by_topic: dict[str, int] = field(default_factory=dict)
+    bytes_in: int = 0
     purchases_written: int = 0
     events_written: int = 0
     matrix_rows_written: int = 0
@@ -233,6 +113,7 @@ class BatchResult:
     notifications_cancelled: int = 0
     users_opted_out: int = 0
     users_opted_in: int = 0
+    opt_events_stale: int = 0
     committed: dict[str, int] = field(default_factory=dict)
     lag: dict[str, int] = field(default_factory=dict)
     total_lag: int = 0
@@ -248,6 +129,8 @@ class _Valid:
     topic: str
     partition: int
     offset: int
+    key: bytes | None = None
+    value: bytes | None = None
 
 
 def _item_purchase(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -276,60 +159,143 @@ def _item_event(record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+ITEM_OF = {"orders": ("purchase_history", _item_purchase), "events": ("clickstream", _item_event)}
+
+
+def _reject(rejected: list[Rejected], row: _Valid | SourceMessage, reason: str) -> None:
+    if isinstance(row, _Valid):
+        rejected.append(Rejected(row.topic, row.partition, row.offset, reason, row.key, row.value))
+    else:
+        rejected.append(Rejected(row.topic(), row.partition(), row.offset(), reason, row.key(), row.value()))
+
+
+def validate_messages(
+    config: NotifyConfig, messages: Sequence[SourceMessage], result: BatchResult, rejected: list[Rejected]
+) -> dict[str, dict[str, _Valid]]:
+    """The batch's valid records per logical topic, one per id (the first copy consumed wins);
+    invalid ones are appended to ``rejected``, repeated ids counted in ``result.duplicates``."""
+    topic_names = {config.topic(name): name for name in STREAM_TABLES}
+    valid: dict[str, dict[str, _Valid]] = {name: {} for name in STREAM_TABLES}
+    unknown: Counter[str] = Counter()
+    for message in messages:
+        topic = message.topic()
+        value = message.value()
+        result.rows_in += 1
+        result.bytes_in += len(value or b"")
+        result.by_topic[topic] = result.by_topic.get(topic, 0) + 1
+        logical = topic_names.get(topic)
+        try:
+            if logical is None:
+                raise InvalidMessageError(f"unknown_topic: {safe_text(topic, 100)}")
+            table = STREAM_TABLES[logical]
+            parsed = parse_message_with(table, value, config.stream_max_message_bytes, config.stream_unknown_fields)
+        except InvalidMessageError as error:
+            _reject(rejected, message, safe_text(str(error)))
+            continue
+        unknown.update(safe_text(name, 64) for name in parsed.unknown_fields)
+        record_id = parsed.record[table.key[0]]
+        if record_id in valid[logical]:
+            result.duplicates += 1
+            continue
+        valid[logical][record_id] = _Valid(
+            parsed.record, topic, message.partition(), message.offset(), message.key(), value
+        )
+    result.unknown_fields = dict(unknown)
+    return valid
+
+
+def drop_seen_event_ids(dynamo: Dynamo, events: dict[str, _Valid]) -> int:
+    """Keep an event id's first ``ts``: remove from ``events`` the ids already stored with another
+    ``ts`` (returns how many), and register the new ids. Same id and ``ts`` again is a replay and stays."""
+    if not events:
+        return 0
+    seen = {
+        str(item["event_id"]): str(item["ts"])
+        for item in dynamo.batch_get("stream_event_ids", [{"event_id": eid} for eid in events])
+    }
+    dropped = 0
+    for event_id in list(events):
+        first_ts = seen.get(event_id)
+        if first_ts is not None and first_ts != iso_exact(events[event_id].record["ts"]):
+            del events[event_id]
+            dropped += 1
+    new = [
+        {"event_id": eid, "ts": iso_exact(v.record["ts"]), "user_id": v.record["user_id"]}
+        for eid, v in events.items()
+        if eid not in seen
+    ]
+    dynamo.put_items("stream_event_ids", new)
+    return dropped
+
+
+def write_rows(dynamo: Dynamo, logical: str, rows: dict[str, _Valid], rejected: list[Rejected]) -> list[dict[str, Any]]:
+    """Encode and write the rows of one topic; returns the records written.
+
+    A row whose item cannot be encoded is rejected alone; when the batch write fails, the rows
+    are written one at a time and only those that still fail are rejected (``write_failed``).
+    """
+    table, to_item = ITEM_OF[logical]
+    encoded: list[tuple[str, dict[str, Any]]] = []
+    for record_id, row in list(rows.items()):
+        try:
+            item = to_item(row.record)
+            dynamo.serialize(item)
+            encoded.append((record_id, item))
+        except (TypeError, ValueError, UnicodeError, ArithmeticError) as error:
+            _reject(rejected, rows.pop(record_id), f"unencodable: {type(error).__name__}")
+    try:
+        dynamo.put_items(table, (item for _, item in encoded))
+    except Exception as batch_error:  # noqa: BLE001 - fall back to single writes to isolate the bad row
+        log.warning(
+            "%s: batch write failed (%s); writing %d rows one by one", table, type(batch_error).__name__, len(encoded)
+        )
+        for record_id, item in encoded:
+            try:
+                dynamo.put_items(table, [item])
+            except Exception as error:  # noqa: BLE001 - this row is dead-lettered with the reason
+                _reject(rejected, rows.pop(record_id), f"write_failed: {safe_text(type(error).__name__)}")
+    return [row.record for row in rows.values()]
+
+
 def process_messages(
     config: NotifyConfig,
     dynamo: Dynamo,
-    messages: Sequence[Message],
+    messages: Sequence[SourceMessage],
     producer: Any | None = None,
     now: datetime | None = None,
+    dead_letters: bool = True,
+    lake_prefix: str = "stream",
 ) -> BatchResult:
     """Validate, write, land, react to and dead-letter one batch; does NOT commit offsets.
 
     Returns after every effect is durable (DynamoDB written, lake files written, dead letters
-    acknowledged by the broker), so the caller may commit. Raises on any write failure. ``now``
-    is the ingestion clock (default: the wall clock; a simulation passes its own).
+    acknowledged by the broker), so the caller may commit. Only infrastructure failures raise (an
+    unreachable table or broker); a bad message never does. ``dead_letters=False`` (a replay)
+    returns the still-rejected messages in the counts without sending them again. ``now`` is the
+    ingestion clock (default: the wall clock; a simulation passes its own).
     """
     started = time.monotonic()
     now = (now or datetime.now(UTC)).astimezone(UTC)
     result = BatchResult(
         run_key=f"{DAG_ID}#{now.date().isoformat()}", stage=f"batch#{iso_exact(now)}#{uuid.uuid4().hex[:8]}"
     )
-    topic_names = {config.topic(name): name for name in STREAM_TABLES}
-    valid: dict[str, dict[str, _Valid]] = {name: {} for name in STREAM_TABLES}
     rejected: list[Rejected] = []
-    for message in messages:
-        topic, partition, offset = message.topic(), message.partition(), message.offset()
-        result.rows_in += 1
-        result.by_topic[topic] = result.by_topic.get(topic, 0) + 1
-        logical = topic_names.get(topic)
-        try:
-            if logical is None:
-                raise InvalidMessageError(f"unknown_topic: {topic}")
-            table = STREAM_TABLES[logical]
-            record = parse_message(table, message.value(), config.stream_max_message_bytes)
-        except InvalidMessageError as error:
-            log.info("rejecting %s[%d]@%d: %s", topic, partition, offset, error)
-            rejected.append(Rejected(topic, partition, offset, str(error), message.key(), message.value()))
-            continue
-        record_id = record[table.key[0]]
-        if record_id in valid[logical]:
-            result.duplicates += 1
-        # The later copy of an id wins, as the nightly batch's "latest wins" dedup does.
-        valid[logical][record_id] = _Valid(record, topic, partition, offset)
-
-    purchases = [v.record for v in valid["orders"].values()]
-    events = sorted((v.record for v in valid["events"].values()), key=lambda r: r["ts"])
-    result.purchases_written = dynamo.put_items("purchase_history", (_item_purchase(r) for r in purchases))
-    result.events_written = dynamo.put_items("clickstream", (_item_event(r) for r in events))
+    valid = validate_messages(config, messages, result, rejected)
+    result.duplicates += drop_seen_event_ids(dynamo, valid["events"])
+    purchases = write_rows(dynamo, "orders", valid["orders"], rejected)
+    events = sorted(write_rows(dynamo, "events", valid["events"], rejected), key=lambda r: r["ts"])
+    result.purchases_written, result.events_written = len(purchases), len(events)
     result.matrix_rows_written = refresh_user_product_matrix(
         dynamo, {(r["user_id"], r["product_id"]) for r in purchases}
     )
-    result.lake_files = land_raw(config, valid, now)
+    result.lake_files = land_raw(config, valid, now, lake_prefix)
     result.notifications_cancelled = cancel_for_orders(dynamo, purchases)
     opted = apply_opt_events(dynamo, events)
     result.users_opted_out, result.users_opted_in = opted["opt_out"], opted["opt_in"]
+    result.opt_events_stale = opted["stale"]
     result.notifications_cancelled += opted["cancelled"]
-    dead_letter(config, rejected, producer)
+    if dead_letters:
+        dead_letter(config, rejected, producer, now)
 
     result.rows_out = result.purchases_written + result.events_written
     result.rows_rejected = len(rejected)
@@ -344,21 +310,27 @@ def refresh_user_product_matrix(dynamo: Dynamo, pairs: Iterable[tuple[str, str]]
     """Recompute the matrix rows of ``pairs`` from the users' whole purchase history.
 
     Recomputing instead of incrementing makes the update idempotent: after any number of replays
-    ``times_purchased`` is the number of distinct purchases of the product by the user.
+    ``times_purchased`` is the number of distinct purchases of the product by the user. The
+    histories are fetched concurrently (``Dynamo.query_many``).
     """
     products_by_user: dict[str, set[str]] = defaultdict(set)
     for user_id, product_id in pairs:
         products_by_user[user_id].add(product_id)
+    histories = dynamo.query_many(
+        "purchase_history",
+        {
+            user_id: {
+                "KeyConditionExpression": "user_id = :u",
+                "ExpressionAttributeValues": {":u": user_id},
+                "ConsistentRead": True,
+            }
+            for user_id in products_by_user
+        },
+    )
     rows: list[dict[str, Any]] = []
     for user_id, products in products_by_user.items():
-        history = dynamo.query(
-            "purchase_history",
-            KeyConditionExpression="user_id = :u",
-            ExpressionAttributeValues={":u": user_id},
-            ConsistentRead=True,
-        )
         stats: dict[str, dict[str, Any]] = {}
-        for purchase in history:
+        for purchase in histories[user_id]:
             product_id = str(purchase["product_id"])
             if product_id not in products:
                 continue
@@ -385,7 +357,9 @@ def delivery_day(event_time: datetime, now: datetime) -> date:
     return max(event_time.astimezone(UTC).date(), now.astimezone(UTC).date()) + timedelta(days=1)
 
 
-def land_raw(config: NotifyConfig, valid: Mapping[str, Mapping[str, _Valid]], now: datetime) -> list[str]:
+def land_raw(
+    config: NotifyConfig, valid: Mapping[str, Mapping[str, _Valid]], now: datetime, prefix: str = "stream"
+) -> list[str]:
     """Write the batch's valid rows as raw CSV for the nightly batch; returns the file URIs.
 
     One file per (table, delivery day, topic, partition), named after its first offset: replaying
@@ -406,18 +380,15 @@ def land_raw(config: NotifyConfig, valid: Mapping[str, Mapping[str, _Valid]], no
         writer.writerow(table.column_names)
         for row in rows:
             writer.writerow([_raw_text(row.record.get(name)) for name in table.column_names])
-        name = f"stream-{topic}-{partition}-{rows[0].offset}.csv"
+        name = f"{prefix}-{topic}-{partition}-{rows[0].offset}.csv"
         written.append(lake.write_file(config, "raw", table_name, day, name, buffer.getvalue().encode()))
     return written
 
 
 # ------------------------------------------------------------------------------------ reactions
 def cancel_scheduled(dynamo: Dynamo, item: Mapping[str, Any], reason: str) -> bool:
-    """Move one schedule item scheduled -> cancelled and drop its due-index keys.
-
-    Conditional on the item still being ``scheduled``: an item dispatch already leased or sent
-    is left alone (returns False), so a reaction never races a send into a wrong state.
-    """
+    """Move one schedule item scheduled -> cancelled (``schedule.cancel``: conditional on it still
+    being ``scheduled``, so a reaction never races a send into a wrong state)."""
     return schedule.cancel(dynamo, item, reason, iso_exact(datetime.now(UTC)))
 
 
@@ -449,7 +420,7 @@ def cancel_for_orders(dynamo: Dynamo, purchases: Sequence[Mapping[str, Any]]) ->
     by_user: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for purchase in purchases:
         by_user[purchase["user_id"]].append(purchase)
-    pending = {user_id: schedule.scheduled_items(dynamo, user_id) for user_id in by_user}
+    pending = schedule.scheduled_items_many(dynamo, by_user)
     campaign_ids = {str(i["campaign_id"]) for items in pending.values() for i in items if i.get("campaign_id")}
     campaigns = {
         str(c["campaign_id"]): c for c in dynamo.batch_get("campaigns", [{"campaign_id": cid} for cid in campaign_ids])
@@ -471,60 +442,38 @@ def cancel_for_orders(dynamo: Dynamo, purchases: Sequence[Mapping[str, Any]]) ->
 
 
 def apply_opt_events(dynamo: Dynamo, events: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """Apply opt_out / opt_in events (the latest per user wins) to ``notify_users``; an opt-out also
-    cancels every still-scheduled notification of the user. Unknown users are logged, not created."""
-    latest: dict[str, Mapping[str, Any]] = {}
-    for event in events:  # sorted by ts, so the last one per user is the latest
-        if event["event_type"] in {"opt_out", "opt_in"}:
-            latest[event["user_id"]] = event
-    counts = {"opt_out": 0, "opt_in": 0, "cancelled": 0}
-    for user_id, event in latest.items():
-        opt_out = event["event_type"] == "opt_out"
-        applied = dynamo.write_if(
-            "update",
-            "users",
-            Key=dynamo.serialize({"user_id": user_id}),
-            UpdateExpression="SET opt_out = :v, opt_out_changed_at = :ts",
-            ConditionExpression="attribute_exists(user_id)",
-            ExpressionAttributeValues=dynamo.serialize({":v": opt_out, ":ts": iso_exact(event["ts"])}),
-        )
-        if applied:
+    """Apply opt_out / opt_in events to ``notify_users`` by the one opt-out rule; a user left opted
+    out has every still-scheduled notification cancelled. Unknown users are counted, not created."""
+    signals: dict[str, list[tuple[int, bool, Mapping[str, Any]]]] = defaultdict(list)
+    for event in events:
+        if event["event_type"] in rules.OPT_EVENTS:
+            out = event["event_type"] == rules.OPT_OUT_EVENT
+            signals[event["user_id"]].append((rules.epoch_micros(event["ts"]), out, event))
+    counts = {"opt_out": 0, "opt_in": 0, "cancelled": 0, "stale": 0, "unknown_user": 0}
+    to_cancel: list[str] = []
+    for user_id, found in signals.items():
+        micros, out, event = max(found, key=lambda s: rules.opt_signal_version(s[0], s[1]))
+        version = rules.opt_signal_version(micros, out)
+        if dynamo.record_opt_signal(user_id, out, iso_exact(event["ts"]), version):
             counts[event["event_type"]] += 1
+            if out:
+                to_cancel.append(user_id)
+            continue
+        stored = dynamo.get("users", {"user_id": user_id}, consistent=True)
+        if stored is None:
+            counts["unknown_user"] += 1
+            if out:  # cancel even for a user unknown to notify_users: the schedule is what sends
+                to_cancel.append(user_id)
         else:
-            log.warning(
-                "%s event %s for unknown user %s: not applied to users", event["event_type"], event["event_id"], user_id
-            )
-        if opt_out:  # cancel even for a user unknown to notify_users: the schedule is what sends
-            for item in schedule.scheduled_items(dynamo, user_id):
-                counts["cancelled"] += cancel_scheduled(dynamo, item, f"opt_out {event['event_id']}")
+            counts["stale"] += 1  # a newer signal is already recorded
+            if rules.opt_out_of_version(stored.get("opt_out_version")):
+                to_cancel.append(user_id)
+    for items in schedule.scheduled_items_many(dynamo, to_cancel).values():
+        for item in items:
+            counts["cancelled"] += cancel_scheduled(dynamo, item, "opt_out")
+    if counts["unknown_user"]:
+        log.warning("%d opt events for users not in notify_users: not recorded there", counts["unknown_user"])
     return counts
-
-
-# ------------------------------------------------------------------------------------ dead letters
-def dead_letter(config: NotifyConfig, rejected: Sequence[Rejected], producer: Any | None = None) -> int:
-    """Send rejected messages to the dead-letter topic and wait for the broker to acknowledge all.
-
-    The value is the original bytes; headers carry ``reason``, ``source_topic``,
-    ``source_partition``, ``source_offset``. Raises if any message was not delivered, so the
-    caller does not commit offsets for messages that would otherwise be lost.
-    """
-    if not rejected:
-        return 0
-    messages = (
-        OutgoingMessage(
-            item.value,
-            item.key,
-            [
-                ("reason", item.reason.encode()),
-                ("source_topic", item.topic.encode()),
-                ("source_partition", str(item.partition).encode()),
-                ("source_offset", str(item.offset).encode()),
-            ],
-        )
-        for item in rejected
-    )
-    label = f"dead-letter topic {config.topic('dead_letter')}"
-    return produce_all(config, "dead_letter", messages, linger_ms=5, timeout=30, producer=producer, label=label)
 
 
 def produce_records(config: NotifyConfig, logical_topic: str, records: Iterable[Mapping[str, Any]]) -> int:
@@ -548,11 +497,14 @@ def ingest_batch(
     dynamo: Dynamo | None = None,
     group_id: str | None = None,
     now: datetime | None = None,
+    max_bytes: int | None = None,
 ) -> dict[str, Any]:
-    """Consume, write and commit one bounded micro-batch; returns its counts and lag.
+    """Consume, write and commit one micro-batch bounded by count, bytes (default
+    ``stream_max_batch_bytes``) and seconds; returns its counts and lag.
 
-    Offsets are committed only after every effect of the batch is durable; an exception leaves
-    them uncommitted, so the next call re-reads the batch (and its writes are idempotent).
+    Offsets are committed only after every effect of the batch is durable; an infrastructure
+    exception leaves them uncommitted, so the next call re-reads the batch (its writes are
+    idempotent). Bad messages never raise: they are dead-lettered and the batch commits.
     """
     if max_messages < 1 or max_seconds <= 0:
         raise ValueError(f"max_messages must be >= 1 and max_seconds > 0, got {max_messages}, {max_seconds}")
@@ -560,7 +512,7 @@ def ingest_batch(
     ensure_topics(config)
     consumer = StreamConsumer(config, group_id)
     try:
-        messages = consumer.poll_batch(max_messages, max_seconds)
+        messages = consumer.poll_batch(max_messages, max_seconds, max_bytes or config.stream_max_batch_bytes)
         result = process_messages(config, dynamo, messages, now=now)
         result.committed = consumer.commit(messages)
         result.lag = consumer.lag()
@@ -570,9 +522,10 @@ def ingest_batch(
     if result.rows_in:
         record_run(dynamo, result)
     log.info(
-        "stream batch: in=%d out=%d rejected=%d duplicates=%d cancelled=%d opt_out=%d lag=%d in %.1fs %s",
-        result.rows_in, result.rows_out, result.rows_rejected, result.duplicates,
+        "stream batch: in=%d (%d bytes) out=%d rejected=%d duplicates=%d cancelled=%d opt_out=%d lag=%d "
+        "in %.1fs rejected by rule %s unknown fields %s",
+        result.rows_in, result.bytes_in, result.rows_out, result.rows_rejected, result.duplicates,
         result.notifications_cancelled, result.users_opted_out, result.total_lag, result.seconds,
-        result.rejected_by_reason,
+        result.rejected_by_reason, result.unknown_fields,
     )  # fmt: skip
     return result.to_dict()
