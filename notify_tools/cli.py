@@ -117,6 +117,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Estimate the greedy policy (exploration off, optionally another cost) from the logged decisions."""
+    from include.notify.analyst.evaluate import TargetPolicy, evaluate, format_report
+    from include.notify.config import load_config
+    from include.notify.io.lake import read_parquet
+    from include.notify.stages.response import training_frame
+
+    config = load_config()
+    decisions = read_parquet(config, "runs", "notify_planning_decisions")
+    events = read_parquet(config, "curated", "clickstream")
+    labelled = training_frame(decisions, events)
+    extra = decisions.drop_duplicates("notification_id").set_index("notification_id")
+    log = labelled.join(extra[["campaign_id", "propensity", "greedy_campaign", "greedy_value", "cost", "candidate_scores"]],
+                        on="notification_id")  # fmt: skip
+    print(format_report(evaluate(log, TargetPolicy("greedy", args.cost))))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="notify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -159,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     deliveries = sub.add_parser("deliveries", help="what was sent to a user, on which channel")
     deliveries.add_argument("user_id")
     deliveries.set_defaults(func=cmd_deliveries)
+
+    evaluate = sub.add_parser("evaluate", help="off-policy estimate (IPS, SNIPS, DR) of another policy's clicks")
+    evaluate.add_argument("--cost", type=float, default=None, help="the target's cost of interruption")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     export = sub.add_parser("export", help="export DynamoDB tables to Parquet for analysts")
     export.add_argument("--out", default=str(Path(os.environ.get("NOTIFY_STATE_DIR", ".notify")) / "export"))

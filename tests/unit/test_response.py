@@ -64,7 +64,8 @@ def test_the_model_is_deterministic_for_a_seed_and_beats_the_prior_on_learnable_
 
 def test_day_one_prior_path_with_no_logs(dataset) -> None:
     model = response.fit_for_day(None, None, DAY, 0.03, 5, 150, 1)
-    assert model.kind == "prior" and model.estimator is None
+    assert model.kind == "prior"
+    assert model.estimator is None
     cfg, inputs = _inputs(dataset, NotifyConfig(), model)
     result = build_plan(cfg, inputs)
     assert len(result.plan) > 0
@@ -78,12 +79,15 @@ def test_exploration_never_breaks_a_constraint_and_logs_propensities(dataset, ex
     result = build_plan(cfg, inputs)
     assert plan_violations(cfg, result.plan, inputs) == []
     propensity = result.plan["propensity"].to_numpy(float)
-    assert len(propensity) and ((propensity > 0) & (propensity <= 1)).all()
+    assert len(propensity)
+    assert ((propensity > 0) & (propensity <= 1)).all()
     assert result.plan["policy_version"].str.contains(f"e={explore:g}").all()
     assert result.plan["candidate_scores"].str.contains(":").all()
     explored = result.decisions["explored"].to_numpy(bool)
     assert explored.any() == (explore > 0)
-    assert np.allclose(result.decisions.loc[~explored & (result.decisions["propensity"] < 1), "propensity"] >= 1 - explore, True)
+    assert np.allclose(
+        result.decisions.loc[~explored & (result.decisions["propensity"] < 1), "propensity"] >= 1 - explore, True
+    )
 
 
 def test_the_kth_send_needs_value_above_the_interruption_cost(dataset) -> None:
@@ -93,7 +97,8 @@ def test_the_kth_send_needs_value_above_the_interruption_cost(dataset) -> None:
     assert len(few.plan) < len(many.plan)
     assert (few.decisions["value"] > 0.08).all()
     withheld = few.skipped[few.skipped["reason"] == "below_interruption_cost"]
-    assert len(withheld) and withheld["detail"].str.contains("<= cost").all()
+    assert len(withheld)
+    assert withheld["detail"].str.contains("<= cost").all()
 
 
 def test_a_user_with_no_history_gets_a_plan(dataset) -> None:
