@@ -129,8 +129,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     events = read_parquet(config, "curated", "clickstream")
     labelled = training_frame(decisions, events)
     extra = decisions.drop_duplicates("notification_id").set_index("notification_id")
-    log = labelled.join(extra[["campaign_id", "propensity", "greedy_campaign", "greedy_value", "cost", "candidate_scores"]],
-                        on="notification_id")  # fmt: skip
+    columns = ["propensity", "greedy_campaign", "greedy_value", "greedy_low", "cost", "candidate_scores"]
+    log = labelled.join(extra.reindex(columns=columns), on="notification_id")
     print(format_report(evaluate(log, TargetPolicy("greedy", args.cost))))
     return 0
 

@@ -178,7 +178,7 @@ def true_click_scorer(
     under the same cap, quiet hours, gap, cooldowns, eligibility and opt-outs as Notify; only the
     probabilities are the hidden truth. Benchmark-only: ``include/`` never sees it.
     """
-    from notify_tools.simulator.behaviour import hour_factor
+    from notify_tools.simulator.behaviour import hour_factors
 
     pop, b = population, behaviour
     users = np.asarray(user_ids, dtype=object).astype(str)
@@ -186,8 +186,12 @@ def true_click_scorer(
     index = np.array([pop.index[u] for u in users])
     relevance = np.array([pop.relevance(u, c) for u, c in zip(users, campaigns, strict=True)])
     responsiveness = pop.truth["responsiveness"].to_numpy(dtype=float)[index]
-    hours = np.array([[hour_factor(h, list(a), b.hour_falloff, b.night_factor) for h in range(24)]
-                      for a in pop.truth["active_hours"].to_numpy()[index]])  # fmt: skip
+    # The hour structure of every user is fixed for a run: computed once per population and behaviour.
+    cache = pop.__dict__.setdefault("_hour_factor_cache", {})
+    key = (tuple(b.hour_falloff), b.night_factor)
+    if key not in cache:
+        cache[key] = hour_factors(list(pop.truth["active_hours"].to_numpy()), b.hour_falloff, b.night_factor)
+    hours = cache[key][index]
     repeats = np.array(
         [sum(1 for d in simulator.sent_history.get((u, c), []) if 0 <= (day - d).days < b.repeat_window_days)
          for u, c in zip(users, campaigns, strict=True)]

@@ -75,6 +75,9 @@ class NotifyConfig:
     # decisions explores (uniform over the eligible candidates), each logged with its propensity.
     interruption_cost: float = 0.03
     explore_share: float = 0.1
+    # The send decision compares a lower quantile of the predicted value with the cost (0.5 = the
+    # mean): a model with little evidence for a campaign or a k-th send does not interrupt on hope.
+    send_quantile: float = 0.2
     channels: tuple[str, ...] = ("inbox", "kafka")
     webhook_url: str = ""
     ses_sender: str = "notify@example.com"
@@ -152,6 +155,8 @@ def _validate(config: NotifyConfig) -> None:
         raise ValueError(f"daily_cap must be >= 0, got {config.daily_cap}")
     if not 0 <= config.explore_share < 1:
         raise ValueError(f"explore_share must be in [0, 1), got {config.explore_share}")
+    if not 0 < config.send_quantile <= 0.5:
+        raise ValueError(f"send_quantile must be in (0, 0.5], got {config.send_quantile}")
     if config.interruption_cost < 0:
         raise ValueError(f"interruption_cost must be >= 0, got {config.interruption_cost}")
     if config.schedule_shards < 1:

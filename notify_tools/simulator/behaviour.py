@@ -88,6 +88,19 @@ def hour_factor(
     return float(falloff[min(distance, len(falloff) - 1)])
 
 
+def hour_factors(active_hours: Sequence[Sequence[int]], falloff: Sequence[float], night: float) -> np.ndarray:
+    """``hour_factor`` of every (user, local hour) at once: (users, 24), vectorised over users."""
+    hours = np.arange(HOURS)
+    out = np.full((len(active_hours), HOURS), 0.4)
+    for row, active in enumerate(active_hours):
+        if len(active):
+            gap = np.abs(hours[:, None] - np.asarray(list(active))[None, :])
+            distance = np.minimum(gap, HOURS - gap).min(axis=1)
+            out[row] = np.asarray(falloff, dtype=float)[np.minimum(distance, len(falloff) - 1)]
+    out[:, sorted(NIGHT_HOURS)] = night
+    return out
+
+
 def uniforms(seed: int, purpose: str, keys: Iterable[str]) -> np.ndarray:
     """One reproducible U(0,1) per key: a hash of (seed, purpose, key), independent of order."""
     out = [

@@ -271,9 +271,9 @@ def _joined_log(world: FastWorld) -> pd.DataFrame:
     decisions = pd.concat(world.decisions, ignore_index=True)
     labelled = training_frame(decisions, world.all_events())
     extra = decisions.drop_duplicates("notification_id").set_index("notification_id")
-    keep = ["local_day", "user_id", "campaign_id", "propensity", "explored", "greedy_campaign", "greedy_value",
+    keep = ["local_day", "user_id", "propensity", "explored", "greedy_campaign", "greedy_value", "greedy_low",
             "candidate_scores", "p_click", "value", "cost"]  # fmt: skip
-    return labelled.join(extra[keep], on="notification_id")
+    return labelled.join(extra.reindex(columns=keep), on="notification_id")
 
 
 def _metrics(

@@ -53,7 +53,7 @@ def evaluate(
     """IPS, SNIPS and DR estimates of ``target``'s clicks over the decisions in ``log``.
 
     ``log`` columns: propensity, clicked, campaign_id, greedy_campaign, greedy_value, cost,
-    candidate_scores. Returns the estimates, the logging policy's observed clicks and counts.
+    candidate_scores (and ``greedy_low``, the conservative value the send was decided on, when logged). Returns the estimates, the logging policy's observed clicks and counts.
     """
     needed = {"propensity", "clicked", "campaign_id", "greedy_campaign", "greedy_value", "cost", "candidate_scores"}
     missing = needed - set(log.columns)
@@ -67,7 +67,9 @@ def evaluate(
     logged_cost = log["cost"].to_numpy(dtype=float)
     cost = logged_cost if target.cost is None else np.full(n, target.cost)
     unsupported = int((cost < logged_cost - 1e-12).sum())
-    sends = log["greedy_value"].to_numpy(dtype=float) > cost
+    # The step sends on the conservative value of the greedy campaign when it was logged (``greedy_low``).
+    decided_on = log["greedy_low"] if "greedy_low" in log else log["greedy_value"]
+    sends = decided_on.to_numpy(dtype=float) > cost
     match = (log["campaign_id"].astype(str).to_numpy() == log["greedy_campaign"].astype(str).to_numpy()) & sends
     w = np.where(match, 1.0 / np.maximum(propensity, 1e-12), 0.0)
     scores = [parse_scores(text) for text in log["candidate_scores"].astype(str)]

@@ -7,8 +7,10 @@ user's top-10 recommendations and places each in an hour of that day:
   user's segment, out of their cooldown, for users who did not opt out;
 - never in the user's quiet hours (per-user override, else the configured 22:00-08:00), never
   closer than ``min_gap_minutes`` to another notification of the same user (planned or sent);
-- higher priority first, then higher score, each taking the best remaining hour of the user's
-  smoothed engagement-by-hour (population prior for users without features);
+- with a response model (``planning_value``): campaign and hour by expected clicks x a priority
+  weight, the k-th send only above the cost of one more interruption, exploration with logged
+  propensities; without one: higher score first (priority breaks ties), each taking the best
+  remaining hour of the user's smoothed engagement-by-hour;
 - at a deterministic minute within the hour (a hash of user and day), so the fleet does not all
   fire at :00 and re-planning the same day gives the same minutes.
 
@@ -42,7 +44,7 @@ from include.notify.schedule import (
     send_at_campaigns,
     shard_of,
 )
-from include.notify.stages.planning_value import ResponseContext, place_by_value
+from include.notify.stages.planning_value import ResponseContext, decision_fields, place_by_value
 
 log = logging.getLogger(__name__)
 
@@ -472,15 +474,11 @@ def _place(
     decisions = None
     if response is not None:
         campaign_of = campaigns["campaign_id"].to_numpy(dtype=object)[codes.c_row[rows]]
-        value = place_by_value(
+        chosen_hour, reasons, details, decisions = place_by_value(
             response, rows, group, ids, campaign_of, codes.priority[rows], day, allowed, free, used, cap,
             slot_epoch, gap,
-        )  # fmt: skip
-        chosen_hour = value.chosen_hour
-        reasons = pd.Index(SKIP_REASONS).get_indexer(pd.Series(value.why_not).replace("", SKIP_REASONS[0]))
+        ).as_codes(SKIP_REASONS)  # fmt: skip
         why_not = np.where(chosen_hour >= 0, 0, reasons).astype(np.int8)
-        details = value.detail
-        decisions = value.log
     else:
         for k in range(int(position.max()) + 1):
             sel = np.flatnonzero(position == k)
@@ -515,23 +513,11 @@ def _place(
     notification = notification_ids(user_col, day, campaign_col)
     decision_columns: dict[str, object] = dict.fromkeys(DECISION_COLUMNS)
     if response is not None and decisions is not None:
-        by_row = decisions.set_index("row").reindex(picked)
-        reason = (
-            "expected value: " + details[sel] + " (model " + response.model.version + "); "
-            + _HOUR_TEXT[hours] + " local is this user's #" + _NUMBER[np.minimum(hour_rank, HOURS)]
-            + " allowed hour by engagement, the best free hour by predicted clicks; minute :"
-            + _TWO_DIGITS[minutes] + " spreads the fleet"
-        )  # fmt: skip
-        decision_columns = {
-            "policy_version": response.policy_version,
-            "model_version": response.model.version,
-            "p_click": by_row["p_click"].to_numpy(dtype=float),
-            "propensity": by_row["propensity"].to_numpy(dtype=float),
-            "candidate_scores": by_row["candidate_scores"].to_numpy(dtype=object),
-        }
-        decisions = by_row.reset_index().assign(
-            notification_id=notification, user_id=user_col, campaign_id=campaign_col, local_day=day.isoformat(),
-            send_at=send_at, policy_version=response.policy_version, model_version=response.model.version,
+        hour_text = _HOUR_TEXT[hours] + " local is this user's #" + _NUMBER[np.minimum(hour_rank, HOURS)]
+        reason, decision_columns, decisions = decision_fields(
+            response, decisions, details[sel], picked, hour_text, _TWO_DIGITS[minutes],
+            {"notification_id": notification, "user_id": user_col, "campaign_id": campaign_col,
+             "local_day": day.isoformat(), "send_at": send_at},
         )  # fmt: skip
     else:
         reason = (
@@ -633,16 +619,6 @@ def _attach_products(plan: pd.DataFrame, products: pd.DataFrame | None, campaign
 
 
 __all__ = [
-    "PLAN_COLUMNS",
-    "SKIP_REASONS",
-    "PlanInputs",
-    "PlanResult",
-    "build_plan",
-    "clean_campaigns",
-    "clean_users",
-    "fatigue_cap",
-    "minute_offsets",
-    "population_prior",
-    "quiet_mask",
-    "shard_of",
-]
+    "PLAN_COLUMNS", "SKIP_REASONS", "PlanInputs", "PlanResult", "build_plan", "clean_campaigns", "clean_users",
+    "fatigue_cap", "minute_offsets", "population_prior", "quiet_mask", "shard_of",
+]  # fmt: skip

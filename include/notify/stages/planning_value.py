@@ -60,25 +60,29 @@ class ResponseContext:
     seed: int = 7
     scorer: Scorer | None = None  # replaces model.predict (the benchmark's oracle plugs truth in here)
     policy: str = POLICY_NAME
+    send_quantile: float = 0.5  # the send decision uses this lower quantile of p (0.5 = the mean)
     version_note: str = field(default="")
 
     @property
     def policy_version(self) -> str:
-        return f"{self.policy}/e={self.explore_share:g}/cost={self.cost(1):.3f}{self.version_note}"
+        return f"{self.policy}/e={self.explore_share:g}/cost={self.cost(1):.3f}/q={self.send_quantile:g}{self.version_note}"
 
     def cost(self, k: int) -> float:
         if len(self.costs) == 0:
             return 0.0
         return float(self.costs[min(k, len(self.costs)) - 1])
 
-    def predict(self, rows: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """p(click) (n, 24) and the features (n, 24, F) of candidate ``rows`` at every hour as send ``k``."""
+    def predict(self, rows: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """p(click) (n, 24), its conservative lower quantile (n, 24) and the features (n, 24, F) of
+        candidate ``rows`` at every hour as send ``k``."""
         hours = np.tile(np.arange(HOURS), (len(rows), 1))
-        table = CandidateTable(self.table.user_row[rows], self.table.static[rows])
+        table: CandidateTable = self.table.take(rows)
         features = table.at(hours, k, self.engagement[rows])
         if self.scorer is not None:
-            return self.scorer(rows, features), features
-        return self.model.predict(features), features
+            p = self.scorer(rows, features)
+            return p, p, features
+        p, n = self.model.estimate(features, table.campaign_ids)
+        return p, self.model.lower(p, n, self.send_quantile), features
 
 
 def _draws(keys: pd.Series, salt: str) -> np.ndarray:
@@ -94,6 +98,11 @@ class ValueDecisions:
     why_not: np.ndarray  # skip reason name per position ("" when placed)
     log: pd.DataFrame  # one row per placed item
     detail: np.ndarray  # per position: human-readable why (placed or withheld)
+
+    def as_codes(self, reasons: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
+        """``(chosen_hour, skip reason codes into reasons, detail, log)`` for ``planning._place``."""
+        codes = pd.Index(reasons).get_indexer(pd.Series(self.why_not).replace("", reasons[0]))
+        return self.chosen_hour, codes, self.detail, self.log
 
 
 def place_by_value(
@@ -134,16 +143,17 @@ def place_by_value(
             break
         g = group[sel]
         k = used[g] + 1
-        p, features = context.predict(rows[sel], k)
+        p, p_low, features = context.predict(rows[sel], k)
         value = np.where(free[g] & allowed[g], p * weight[sel, None], -np.inf)
         best_hour = np.argmax(value, axis=1)
         best_value = value[np.arange(len(sel)), best_hour]
+        best_low = p_low[np.arange(len(sel)), best_hour] * weight[sel]
         valid = np.isfinite(best_value)
         # No free slot left for a candidate: it can never be placed today.
         why_not[sel[~valid]] = "no_free_slot"
         remaining[sel[~valid]] = False
         sel, g, k, p, features = sel[valid], g[valid], k[valid], p[valid], features[valid]
-        best_hour, best_value = best_hour[valid], best_value[valid]
+        best_hour, best_value, best_low = best_hour[valid], best_value[valid], best_low[valid]
         if len(sel) == 0:
             break
         frame = pd.DataFrame({"g": g, "v": best_value, "pos": np.arange(len(sel))})
@@ -155,7 +165,8 @@ def place_by_value(
         n_valid = frame.groupby("g").size().reindex(users_here).to_numpy()
         step_k = used[users_here] + 1
         cost = np.array([context.cost(int(x)) for x in step_k])
-        send = best_value[greedy] > cost
+        # Rank by the expected value, send on the conservative one (a lower quantile of p).
+        send = best_low[greedy] > cost
         # Users whose best candidate is not worth another interruption stop for the day.
         quit_users = users_here[~send]
         stopped[quit_users] = True
@@ -164,13 +175,14 @@ def place_by_value(
         ordinal = np.array([_ordinal(int(x)) for x in step_k], dtype=object)
         note = pd.Series(
             "withheld: best remaining " + names.astype(str) + " value " + pd.Series(best_value[greedy]).round(4).astype(str).to_numpy()
-            + " <= cost " + pd.Series(cost).round(4).astype(str).to_numpy() + " of a " + ordinal + " notification",
+            + " (conservative " + pd.Series(best_low[greedy]).round(4).astype(str).to_numpy() + ") <= cost " + pd.Series(cost).round(4).astype(str).to_numpy() + " of a " + ordinal + " notification",
             index=users_here,
         )  # fmt: skip
         why_not[sel[quitting]] = "below_interruption_cost"
         detail[sel[quitting]] = note.reindex(g[quitting]).to_numpy()
         remaining[sel[quitting]] = False
         users_here, greedy, n_valid, step_k, cost = (a[send] for a in (users_here, greedy, n_valid, step_k, cost))
+        greedy_low = best_low[greedy]
         if len(users_here) == 0:
             continue
         keys = (
@@ -202,7 +214,8 @@ def place_by_value(
         detail[position] = (
             "p(click) " + pd.Series(chosen_p * 100).round(2).astype(str).to_numpy() + "% x weight "
             + pd.Series(weight[position]).round(2).astype(str).to_numpy() + " = value "
-            + pd.Series(chosen_value).round(4).astype(str).to_numpy() + " > cost "
+            + pd.Series(chosen_value).round(4).astype(str).to_numpy() + " (conservative "
+            + pd.Series(greedy_low).round(4).astype(str).to_numpy() + ") > cost "
             + pd.Series(cost).round(4).astype(str).to_numpy() + " of a " + np.array([_ordinal(int(x)) for x in step_k], dtype=object)
             + " notification" + np.where(explore, " (explored, propensity " + pd.Series(propensity).round(3).astype(str).to_numpy() + ")", "")
         )  # fmt: skip
@@ -216,6 +229,7 @@ def place_by_value(
         log["explored"] = explore
         log["greedy_campaign"] = campaign_ids[sel[greedy]]
         log["greedy_value"] = best_value[greedy]
+        log["greedy_low"] = greedy_low
         log["candidate_scores"] = scores
         logs.append(log)
     over = remaining & (why_not == "")
@@ -278,4 +292,70 @@ def build_context(
     engagement = user_engagement(signals, candidates.user_row)
     costs = model.costs if len(model.costs) else np.full(max(int(config.daily_cap), 1), float(config.interruption_cost))
     return ResponseContext(model, candidates, engagement, np.asarray(costs, dtype=float),
-                           float(config.explore_share), seed, scorer)  # fmt: skip
+                           float(config.explore_share), seed, scorer,
+                           send_quantile=float(getattr(config, "send_quantile", 0.5)))  # fmt: skip
+
+
+def candidate_breakdown(context: ResponseContext, campaign_ids: np.ndarray, k: int = 1) -> pd.DataFrame:
+    """Per candidate row of ``context`` (analysts' explain): its best local hour by the model as the
+    ``k``-th send of the day, p(click) there, the conservative p the send decision uses, the
+    evidence behind it and the main terms (affinity, similarity, hour engagement, repeats, the
+    day-1 prior's p and the priority weight)."""
+    from include.notify.stages.response_model import SHRINK_ROWS, F, prior_probability
+
+    rows = np.arange(len(context.table.user_row))
+    if len(rows) == 0:
+        return pd.DataFrame()
+    p, p_low, features = context.predict(rows, np.full(len(rows), k))
+    hour = np.argmax(p, axis=1)
+    at = features[rows, hour]
+    evidence = (
+        context.model.evidence(at, context.table.campaign_ids) if context.scorer is None else np.full(len(rows), np.inf)
+    )
+    priority = at[:, F["priority"]]
+    frame = pd.DataFrame(
+        {
+            "campaign_id": np.asarray(campaign_ids, dtype=object).astype(str),
+            "best_hour": hour,
+            "p_click": p[rows, hour],
+            "p_conservative": p_low[rows, hour],
+            "weight": business_weight(priority),
+            "affinity": at[:, F["affinity"]],
+            "similarity": at[:, F["similarity"]],
+            "hour_rel": at[:, F["hour_rel"]],
+            "times_sent": at[:, F["times_sent"]],
+            "prior_p": prior_probability(at),
+            "evidence_rows": evidence,
+            "learner_weight": np.where(context.model.estimator is None, 0.0, evidence / (evidence + SHRINK_ROWS)),
+        }
+    )
+    frame["value"] = frame["p_click"] * frame["weight"]
+    return frame.sort_values("value", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def decision_fields(
+    context: ResponseContext,
+    log: pd.DataFrame,
+    details: np.ndarray,
+    picked: np.ndarray,
+    hour_text: np.ndarray,
+    minutes: np.ndarray,
+    identity: dict[str, object],
+) -> tuple[np.ndarray, dict[str, object], pd.DataFrame]:
+    """For the placed rows ``picked`` (in plan order): the plan's reason text, its decision columns
+    (policy / model version, p_click, propensity, candidate scores) and the decision log keyed by
+    ``identity`` (notification_id, user_id, campaign_id, local_day, send_at)."""
+    by_row = log.set_index("row").reindex(picked)
+    reason = (
+        "expected value: " + details + " (model " + context.model.version + "); " + hour_text
+        + " allowed hour by engagement, the best free hour by predicted clicks; minute :" + minutes
+        + " spreads the fleet"
+    )  # fmt: skip
+    versions = {"policy_version": context.policy_version, "model_version": context.model.version}
+    columns = {
+        **versions,
+        "p_click": by_row["p_click"].to_numpy(dtype=float),
+        "propensity": by_row["propensity"].to_numpy(dtype=float),
+        "candidate_scores": by_row["candidate_scores"].to_numpy(dtype=object),
+    }
+    return reason, columns, by_row.reset_index().assign(**identity, **versions)

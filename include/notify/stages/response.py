@@ -13,15 +13,12 @@ What this stage guarantees:
   similarity, priority, generic campaign (no targets), segment, the hour's engagement (share and
   relative to the user's best hour), k, recent CTR, ignored streak, hours since the last
   notification, times this campaign was already sent, days since it was.
-- **Training** (``train``): on logged deliveries joined to their clicks (``training_frame``). Two
-  well-kept scikit-learn learners are fit on 80 % of the logs (split by a hash of the notification
-  id, so a seed gives the same model) and compared by held-out log-loss with the day-1 prior; the
-  best of the three decides and is refit on everything. Measured choice, not a fixed one: the
-  metrics (rows, positives, log-loss / AUC of each) are stored beside the model.
-- **Day-1 prior** (``prior_probability``): with fewer than ``MIN_TRAINING_ROWS`` logged deliveries
-  or ``MIN_POSITIVES`` clicks, ``p = PRIOR_SCALE x affinity x hour_rel x PRIOR_FATIGUE ** (k - 1)``
-  where ``hour_rel`` is the hour's engagement over the user's best hour's. A broadcast campaign
-  (no target types) is taken as ``GENERIC_AFFINITY``. So Notify ranks and times from day one.
+- **The model** (``response_model``: ``train``, ``ResponseModel``, ``prior_probability``): two
+  scikit-learn learners and the calibrated day-1 prior compete by held-out log-loss on the
+  logged deliveries; the winner is Platt-calibrated and shrunk towards the calibrated prior by the
+  evidence (logged rows) behind each campaign and k. The day-1 prior (no logs yet) is
+  ``PRIOR_SCALE x affinity x hour_rel x PRIOR_FATIGUE ** (k - 1)``; a broadcast campaign (no
+  target types) is taken as ``GENERIC_AFFINITY``. So Notify ranks and times from day one.
 - **Cost of one more interruption** (``interruption_costs``): the configured base cost plus the
   k-th send's observed opt-out rate (smoothed) times the clicks a user is worth over
   ``USER_VALUE_DAYS`` days (estimated from the logs): the planner sends the k-th notification only
@@ -32,10 +29,7 @@ What this stage guarantees:
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
-import pickle
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -45,6 +39,14 @@ import numpy as np
 import pandas as pd
 
 from include.notify.rules import HOURS
+from include.notify.stages.response_model import (
+    FEATURES,
+    F,
+    ResponseModel,
+    prior_model,
+    prior_probability,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +57,9 @@ HOUR_PSEUDO = 5.0
 RECENT_DAYS = 14
 CTR_PRIOR, CTR_STRENGTH = 0.05, 10.0
 GENERIC_AFFINITY = 0.1
-PRIOR_SCALE = 0.5
-PRIOR_FATIGUE = 0.8
-MIN_TRAINING_ROWS = 500
-MIN_POSITIVES = 20
 USER_VALUE_DAYS = 14
 OPT_OUT_PRIOR, OPT_OUT_STRENGTH = 0.002, 200.0
 HOURS_SINCE_CAP = 240.0
-
-FEATURES = (
-    "affinity", "similarity", "priority", "generic", "segment_new", "segment_lapsed", "recent_ctr",
-    "ignored_streak", "hours_since_last", "times_sent", "days_since_same", "hour_share", "hour_rel", "k",
-)  # fmt: skip
-F = {name: i for i, name in enumerate(FEATURES)}
 
 
 # ------------------------------------------------------------------------------------ signals
@@ -234,6 +226,11 @@ class CandidateTable:
 
     user_row: np.ndarray  # row in UserSignals (-1: never seen)
     static: np.ndarray  # (n, len(FEATURES)); hour_share, hour_rel and k filled per slot
+    campaign_ids: np.ndarray | None = None  # per row (the model's evidence is per campaign)
+
+    def take(self, rows: np.ndarray) -> CandidateTable:
+        campaigns = None if self.campaign_ids is None else self.campaign_ids[rows]
+        return CandidateTable(self.user_row[rows], self.static[rows], campaigns)
 
     def at(self, hours: np.ndarray, k: np.ndarray | int, engagement: np.ndarray) -> np.ndarray:
         """Features of every candidate at ``hours`` ((n, h) local hours) as the k-th send: (n, h, F)."""
@@ -298,7 +295,7 @@ def candidate_table(
         days_since[hit] = pairs["days_since"].to_numpy(dtype=float)[found[hit]]
     static[:, F["times_sent"]] = times
     static[:, F["days_since_same"]] = days_since
-    return CandidateTable(rows, static)
+    return CandidateTable(rows, static, np.asarray(cids, dtype=object))
 
 
 def user_engagement(signals: UserSignals, rows: np.ndarray) -> np.ndarray:
@@ -310,126 +307,15 @@ def user_engagement(signals: UserSignals, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-# ------------------------------------------------------------------------------------ model
-def prior_probability(features: np.ndarray) -> np.ndarray:
-    """The day-1 prior: ``PRIOR_SCALE x affinity x hour_rel x PRIOR_FATIGUE ** (k - 1)``."""
-    f = np.asarray(features, dtype=float)
-    k = np.maximum(f[..., F["k"]], 1)
-    return np.clip(
-        PRIOR_SCALE * f[..., F["affinity"]] * f[..., F["hour_rel"]] * PRIOR_FATIGUE ** (k - 1), 1e-6, 1 - 1e-6
-    )
-
-
-@dataclass
-class ResponseModel:
-    """A fitted (or prior) p(click) model with its version and training metrics."""
-
-    version: str
-    kind: str  # "prior" | "logistic" | "hist_gbt"
-    estimator: Any = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    costs: np.ndarray = field(default_factory=lambda: np.zeros(0))
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """p(click) for feature rows of any leading shape (..., len(FEATURES))."""
-        f = np.asarray(features, dtype=float)
-        if self.estimator is None or f.size == 0:
-            return prior_probability(f)
-        flat = f.reshape(-1, len(FEATURES))
-        return self.estimator.predict_proba(flat)[:, 1].reshape(f.shape[:-1])
-
-    def to_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        pickle.dump(self, buffer, protocol=pickle.HIGHEST_PROTOCOL)
-        return buffer.getvalue()
-
-    @staticmethod
-    def from_bytes(data: bytes) -> ResponseModel:
-        model = pickle.loads(data)  # noqa: S301 - our own artefact from our own lake
-        if not isinstance(model, ResponseModel):
-            raise TypeError(f"not a ResponseModel: {type(model)}")
-        return model
-
-
-def prior_model(day: date | None = None, costs: np.ndarray | None = None) -> ResponseModel:
-    """The documented day-1 prior as a model (no estimator)."""
-    return ResponseModel(f"response-prior-{day or 'none'}", "prior", None, {"reason": "no logs yet"},
-                         np.zeros(0) if costs is None else costs)  # fmt: skip
-
-
-def _learners(seed: int) -> dict[str, Any]:
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import SplineTransformer, StandardScaler
-
-    return {
-        "logistic": make_pipeline(
-            SplineTransformer(n_knots=4, degree=2), StandardScaler(), LogisticRegression(C=0.5, max_iter=500)
-        ),
-        "hist_gbt": HistGradientBoostingClassifier(
-            max_iter=200, learning_rate=0.06, max_leaf_nodes=15, min_samples_leaf=40, l2_regularization=1.0,
-            early_stopping=False, random_state=seed,
-        ),
-    }  # fmt: skip
-
-
-def _holdout(ids: pd.Series) -> np.ndarray:
-    """A stable 20 % holdout by hash of the notification id (same split for the same logs)."""
-    hashed = pd.util.hash_pandas_object(ids.astype(str), index=False).to_numpy()
-    return (hashed % 5) == 0
-
-
-def train(frame: pd.DataFrame, day: date, seed: int = 7, costs: np.ndarray | None = None) -> ResponseModel:
-    """Fit p(click) on ``training_frame`` rows (FEATURES + ``clicked`` + ``notification_id``).
-
-    Falls back to the prior when there are too few rows or clicks, or when neither learner beats
-    the prior's held-out log-loss. Deterministic for the same frame and seed.
-    """
-    from sklearn.metrics import log_loss, roc_auc_score
-
-    costs = np.zeros(0) if costs is None else costs
-    rows, positives = len(frame), int(frame["clicked"].sum()) if len(frame) else 0
-    if rows < MIN_TRAINING_ROWS or positives < MIN_POSITIVES:
-        model = prior_model(day, costs)
-        model.metrics = {"rows": rows, "positives": positives, "chosen": "prior", "reason": "too few logs"}
-        return model
-    frame = frame.sort_values("notification_id", kind="stable").reset_index(drop=True)
-    x = frame.loc[:, list(FEATURES)].to_numpy(dtype=float)
-    y = frame["clicked"].to_numpy(dtype=int)
-    held = _holdout(frame["notification_id"])
-    scores: dict[str, dict[str, float]] = {}
-
-    def measure(name: str, p: np.ndarray) -> None:
-        p = np.clip(p, 1e-6, 1 - 1e-6)
-        auc = float(roc_auc_score(y[held], p)) if len(set(y[held])) == 2 else float("nan")
-        scores[name] = {"log_loss": round(float(log_loss(y[held], p, labels=[0, 1])), 5), "auc": round(auc, 4)}
-
-    measure("prior", prior_probability(x[held]))
-    learners = _learners(seed)
-    for name, learner in learners.items():
-        learner.fit(x[~held], y[~held])
-        measure(name, learner.predict_proba(x[held])[:, 1])
-    chosen = min(scores, key=lambda name: scores[name]["log_loss"])
-    metrics = {"rows": rows, "positives": positives, "holdout_rows": int(held.sum()), "candidates": scores,
-               "chosen": chosen, "features": list(FEATURES)}  # fmt: skip
-    digest = hashlib.blake2b(pd.util.hash_pandas_object(frame["notification_id"], index=False).to_numpy().tobytes(),
-                             digest_size=4).hexdigest()  # fmt: skip
-    if chosen == "prior":
-        model = prior_model(day, costs)
-        model.metrics = metrics
-        return model
-    estimator = _learners(seed)[chosen].fit(x, y)
-    return ResponseModel(f"response-{chosen}-{day}-{digest}", chosen, estimator, metrics, costs)
-
-
+# ------------------------------------------------------------------------------------ training
 def training_frame(decisions: pd.DataFrame | None, events: pd.DataFrame | None) -> pd.DataFrame:
     """Logged decisions that were delivered (a ``notification_sent`` event), labelled by a click.
 
     ``decisions``: the planner's decision log (``notification_id`` + FEATURES as logged at decision
-    time); ``events``: the clickstream. Returns FEATURES, ``clicked``, ``opted_out``, ``notification_id``.
+    time); ``events``: the clickstream. Returns FEATURES, ``clicked``, ``opted_out``, ``notification_id``,
+    ``campaign_id`` (the model's evidence per campaign).
     """
-    columns = [*FEATURES, "clicked", "opted_out", "notification_id"]
+    columns = [*FEATURES, "clicked", "opted_out", "notification_id", "campaign_id"]
     if decisions is None or decisions.empty or events is None or events.empty:
         return pd.DataFrame(columns=columns)
     nid = events["notification_id"].astype(str)
@@ -547,7 +433,24 @@ def hour_of(epoch: np.ndarray, zone: str) -> np.ndarray:
 
 
 __all__ = [
-    "FEATURES", "CandidateTable", "ResponseModel", "UserSignals", "campaign_affinity", "candidate_table",
-    "fit_for_day", "interruption_costs", "load_model", "prior_model", "prior_probability", "run_response",
-    "save_model", "signals_for_day", "timedelta", "train", "training_frame", "user_engagement", "user_signals",
+    "FEATURES",
+    "CandidateTable",
+    "F",
+    "ResponseModel",
+    "UserSignals",
+    "campaign_affinity",
+    "candidate_table",
+    "fit_for_day",
+    "interruption_costs",
+    "load_model",
+    "prior_model",
+    "prior_probability",
+    "run_response",
+    "save_model",
+    "signals_for_day",
+    "timedelta",
+    "train",
+    "training_frame",
+    "user_engagement",
+    "user_signals",
 ]  # fmt: skip
