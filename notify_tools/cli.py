@@ -86,7 +86,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from include.notify.io.dynamo import Dynamo
 
     config = _config()
-    print(explain_user(config, Dynamo.from_config(config), args.user_id))
+    print(explain_user(config, Dynamo.from_config(config), args.user_id, with_model=True))
     return 0
 
 
@@ -95,7 +95,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from include.notify.io.dynamo import Dynamo
 
     config = _config()
-    print(describe_plan(config, Dynamo.from_config(config), args.user_id, args.date))
+
+    def skipped(day: str) -> object:
+        import pandas as pd
+
+        try:
+            return pd.read_parquet(f"{config.lake_path('runs', 'notify_planning', day)}/skipped.parquet")
+        except (FileNotFoundError, OSError):
+            return None
+
+    print(describe_plan(config, Dynamo.from_config(config), args.user_id, args.date, skipped))
     return 0
 
 

@@ -9,11 +9,14 @@ import pandas as pd
 import pytest
 
 from include.notify.analyst.evaluate import TargetPolicy, evaluate
+from include.notify.analyst.explain import format_candidates
+from include.notify.analyst.views import withheld_lines
 from include.notify.config import NotifyConfig
 from include.notify.stages import response
 from include.notify.stages.plan_check import plan_violations
 from include.notify.stages.planning import PlanInputs, build_plan
-from include.notify.stages.planning_value import build_context
+from include.notify.stages.planning_value import build_context, candidate_breakdown
+from include.notify.stages.response_model import scaled_prior
 from include.notify.stages.scoring import sendable_campaigns
 from notify_tools.datagen import build_dataset
 
@@ -42,7 +45,9 @@ def _synthetic_log(rows: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     x = pd.DataFrame(rng.random((rows, len(response.FEATURES))), columns=list(response.FEATURES))
     x["k"] = rng.integers(1, 4, rows)
-    p = 0.05 + 0.4 * x["affinity"] * x["hour_rel"] * 0.8 ** (x["k"] - 1)
+    x["times_sent"] = 0.0
+    # Not the prior's shape: similarity and recent CTR matter, the hour barely does.
+    p = 0.02 + 0.25 * x["affinity"] * x["similarity"] + 0.2 * x["recent_ctr"] * 0.7 ** (x["k"] - 1)
     x["clicked"] = (rng.random(rows) < p).astype(int)
     x["opted_out"] = 0
     x["notification_id"] = [f"n{i}" for i in range(rows)]
@@ -57,7 +62,7 @@ def test_the_model_is_deterministic_for_a_seed_and_beats_the_prior_on_learnable_
     features = frame.loc[:200, list(response.FEATURES)].to_numpy(float)
     np.testing.assert_array_equal(first.predict(features), second.predict(features))
     chosen = first.metrics["candidates"][first.kind]["log_loss"]
-    assert chosen < first.metrics["candidates"]["prior"]["log_loss"]
+    assert chosen < first.metrics["candidates"]["prior_calibrated"]["log_loss"]
     restored = response.ResponseModel.from_bytes(first.to_bytes())
     np.testing.assert_array_equal(restored.predict(features), first.predict(features))
 
@@ -131,3 +136,67 @@ def test_ope_recovers_a_greedy_policys_clicks_from_exploring_logs() -> None:
         assert estimate.contains(truth), estimate
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         evaluate(log.assign(propensity=0.0), TargetPolicy("greedy"))
+
+
+def test_a_learner_is_trusted_only_where_it_has_evidence_and_sends_on_a_lower_quantile() -> None:
+    frame = _synthetic_log(3000, 2).assign(campaign_id=lambda f: np.where(f.index % 2 == 0, "C1", "C2"))
+    model = response.train(frame, DAY, seed=3)
+    assert model.estimator is not None
+    assert model.campaign_rows == {"C1": 1500, "C2": 1500}
+    features = frame.loc[:99, list(response.FEATURES)].to_numpy(float)
+    seen, n_seen = model.estimate(features, np.full(100, "C1"))
+    unseen, n_unseen = model.estimate(features, np.full(100, "C_NEW"))
+    # A campaign without logs is priced by the calibrated prior; one with logs mostly by the learner.
+    assert (n_unseen == 0).all()
+    assert (n_seen > 0).all()
+    prior_only = scaled_prior(features, model.prior_scales)
+    np.testing.assert_allclose(unseen, prior_only)
+    assert not np.allclose(seen, prior_only)
+    # A 5th send was never logged (k is 1..3): no evidence, whatever the campaign.
+    fifth = features.copy()
+    fifth[:, response.F["k"]] = 5
+    assert (model.evidence(fifth, np.full(100, "C1")) == 0).all()
+    low_unseen = model.lower(unseen, n_unseen, 0.2)
+    low_seen = model.lower(seen, n_seen, 0.2)
+    assert (low_unseen < unseen).all()
+    assert (low_seen <= seen).all()
+    assert ((unseen - low_unseen) > (seen - low_seen) - 1e-12).mean() > 0.9  # less evidence, wider
+    np.testing.assert_array_equal(model.lower(seen, n_seen, 0.5), seen)
+
+
+def test_explain_lists_each_candidates_probability_and_main_terms(dataset) -> None:
+    _, inputs = _inputs(dataset, NotifyConfig(), response.prior_model(DAY), 0.0)
+    context = inputs.response
+    first_user = inputs.recommendations["user_id"] == inputs.recommendations["user_id"].iloc[0]
+    breakdown = candidate_breakdown(context, inputs.recommendations["campaign_id"].to_numpy())
+    assert len(breakdown) == len(inputs.recommendations)
+    assert breakdown["value"].is_monotonic_decreasing
+    assert ((breakdown["p_click"] > 0) & (breakdown["p_click"] < 1)).all()
+    assert (breakdown["p_conservative"] <= breakdown["p_click"]).all()
+    # The day-1 prior decides: p is the prior's at the chosen hour.
+    np.testing.assert_allclose(breakdown["p_click"], breakdown["prior_p"])
+    lines = format_candidates(breakdown.head(int(first_user.sum())), "response-prior-x")
+    text = "\n".join(lines)
+    assert "response-prior-x" in text
+    assert "1st send" in text
+    top = breakdown.iloc[0]
+    assert f"{top['p_click']:.2%}" in text
+    assert f"aff {top['affinity']:.2f}" in text
+    assert "prior" in text
+    assert "learner 0%" in text
+
+
+def test_plan_says_why_the_kth_was_sent_or_withheld(dataset) -> None:
+    cfg, inputs = _inputs(dataset, NotifyConfig(interruption_cost=0.05), response.prior_model(DAY), 0.0)
+    result = build_plan(cfg, inputs)
+    assert result.plan["reason"].str.contains(r"> cost \S+ of a 1st notification").any()
+    withheld = result.skipped[result.skipped["reason"] == "below_interruption_cost"]
+    user = str(withheld["user_id"].iloc[0])
+    lines = withheld_lines(result.skipped, user)
+    text = "\n".join(lines)
+    assert "below_interruption_cost" in text
+    assert "<= cost" in text
+    assert "notification" in text
+    k = int((result.plan["user_id"] == user).sum()) + 1
+    assert f"of a {k}{'st' if k == 1 else 'nd' if k == 2 else 'rd' if k == 3 else 'th'} notification" in text
+    assert "no skipped-candidates record" in withheld_lines(None, user)[-1]
