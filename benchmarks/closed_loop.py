@@ -1,6 +1,12 @@
-"""Closed-loop evaluation: seed policy vs Notify vs an oracle on the same simulated population.
+"""Closed-loop evaluation: seed policy vs Notify vs two oracles on the same simulated population.
 
-    .venv/bin/python benchmarks/closed_loop.py --users 2000 --days 7
+    .venv/bin/python benchmarks/closed_loop.py --users 2000 --days 7                       # full stack
+    .venv/bin/python benchmarks/closed_loop.py --mode fast --profile default,sharp_evening --seeds 7,8,9
+
+``--mode fast`` runs ``notify_tools.simulator.fast`` (the same policy code in process, no
+services) for every (profile, seed) and writes ``benchmarks/results/closed_loop_fast/``
+``closed_loop_<profile>.md`` + ``.svg`` with the OPE check; exit status 0 when every acceptance
+check of every profile holds.
 
 Runs ``notify_tools.simulator.run_closed_loop`` (private dynalite and Tansu on free loopback
 ports unless ``--use-configured-services``), prints the per-day table and writes
@@ -33,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, default=ROOT / ".notify" / "closed_loop")
     parser.add_argument("--policies", default="seed,notify,oracle")
     parser.add_argument("--use-configured-services", action="store_true", help="use NOTIFY_* endpoints")
+    parser.add_argument("--mode", choices=("full", "fast"), default="full")
+    parser.add_argument("--profile", default="default", help="simulator profile(s), comma-separated (fast mode)")
+    parser.add_argument("--seeds", default="7,8,9", help="seeds of the fast-mode sweep")
+    parser.add_argument("--report-only", action="store_true", help="fast mode: rebuild the report from raw files")
     args = parser.parse_args(argv)
+    if args.mode == "fast":
+        return _fast(args)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -60,6 +72,26 @@ def main(argv: list[str] | None = None) -> int:
     print(result)
     print(f"wall clock {time.monotonic() - started:.0f}s; report in {args.out / 'closed_loop.md'}")
     return 0 if all(result.checks().values()) else 1
+
+
+def _fast(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from notify_tools.simulator.sweep import run_sweep, write_sweep_report
+
+    out = args.out / "closed_loop_fast"
+    profiles = [p.strip() for p in args.profile.split(",") if p.strip()]
+    started = time.monotonic()
+    if not args.report_only:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        run_sweep(out, profiles, seeds, args.users, args.days, echo=lambda line: print(line, flush=True))
+    ok = True
+    for profile in profiles:
+        text = write_sweep_report(out, profile, args.users, args.days)
+        print(text)
+        ok &= "**NO**" not in text
+    print(f"fast sweep wall clock {time.monotonic() - started:.0f}s")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Nightly scoring: each user's top-10 eligible campaigns and top-10 products.
 
-Runs when `notify_embeddings` publishes the day's vectors. Campaigns must be active with the day
+Runs when `notify_embeddings` publishes the day's vectors. First the response model (p(click) per
+user, campaign, local hour and k-th send, trained on the logged deliveries; the day-1 prior when
+there are none) is fit and stored in `models/response/dt=D`. Campaigns must be active with the day
 inside their window and eligible for the user's segment (welcome only for new users; opted-out
 users get none); the score blends similarity with priority and the campaign's Beta-smoothed
 response rate per segment, and every item keeps those components and its reasons. Products are
@@ -43,11 +45,16 @@ from include.notify.orchestration import (
     tags=["notify", "ml", "scoring"],
 )
 def notify_scoring() -> None:
+    @task(execution_timeout=timedelta(minutes=30))
+    def train_response_model(**context: Any) -> Any:
+        # p(click) per (user, campaign, local hour, k) from the logged deliveries before the day.
+        return run_step(context, "include.notify.stages.response:run_response", RUN_DATE)
+
     @task(outlets=[RECOMMENDATIONS], execution_timeout=timedelta(hours=1))
     def score_users(**context: Any) -> Any:
         return run_step(context, "include.notify.stages.scoring:run_scoring", RUN_DATE, DYNAMO, outlet=RECOMMENDATIONS)
 
-    score_users()
+    train_response_model() >> score_users()
 
 
 notify_scoring()

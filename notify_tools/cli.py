@@ -124,7 +124,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     config = _config()
     dynamo = Dynamo.from_config(config)
     _require_known_user(config, dynamo, args.user_id)
-    print(explain_user(config, dynamo, args.user_id))
+    print(explain_user(config, dynamo, args.user_id, with_model=True))
     return 0
 
 
@@ -135,7 +135,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     config = _config()
     dynamo = Dynamo.from_config(config)
     _require_known_user(config, dynamo, args.user_id)
-    print(describe_plan(config, dynamo, args.user_id, args.date))
+
+    def skipped(day: str) -> object:
+        import pandas as pd
+
+        try:
+            return pd.read_parquet(f"{config.lake_path('runs', 'notify_planning', day)}/skipped.parquet")
+        except (FileNotFoundError, OSError):
+            return None
+
+    print(describe_plan(config, dynamo, args.user_id, args.date, skipped))
     return 0
 
 
@@ -173,6 +182,24 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 def _since(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Estimate the greedy policy (exploration off, optionally another cost) from the logged decisions."""
+    from include.notify.analyst.evaluate import TargetPolicy, evaluate, format_report
+    from include.notify.config import load_config
+    from include.notify.io.lake import read_parquet
+    from include.notify.stages.response import training_frame
+
+    config = load_config()
+    decisions = read_parquet(config, "runs", "notify_planning_decisions")
+    events = read_parquet(config, "curated", "clickstream")
+    labelled = training_frame(decisions, events)
+    extra = decisions.drop_duplicates("notification_id").set_index("notification_id")
+    columns = ["propensity", "greedy_campaign", "greedy_value", "greedy_low", "cost", "candidate_scores"]
+    log = labelled.join(extra.reindex(columns=columns), on="notification_id")
+    print(format_report(evaluate(log, TargetPolicy("greedy", args.cost))))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     deliveries = sub.add_parser("deliveries", help="what was sent to a user, on which channel")
     deliveries.add_argument("user_id")
     deliveries.set_defaults(func=cmd_deliveries)
+
+    evaluate = sub.add_parser("evaluate", help="off-policy estimate (IPS, SNIPS, DR) of another policy's clicks")
+    evaluate.add_argument("--cost", type=float, default=None, help="the target's cost of interruption")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     export = sub.add_parser("export", help="export DynamoDB tables to Parquet for analysts")
     export.add_argument("--out", default=str(Path(os.environ.get("NOTIFY_STATE_DIR", ".notify")) / "export"))

@@ -114,11 +114,18 @@ def load_catalog(path: Path = CATALOG_PATH) -> pd.DataFrame:
 
 
 def build_dataset(
-    users: int, run_date: date, seed: int = 7, catalog_path: Path = CATALOG_PATH, products_limit: int | None = None
+    users: int,
+    run_date: date,
+    seed: int = 7,
+    catalog_path: Path = CATALOG_PATH,
+    products_limit: int | None = None,
+    purchase_noise: float = 0.2,
 ) -> Dataset:
     """Generate a dataset of ``users`` users whose history ends the day before ``run_date``.
 
     ``products_limit`` keeps a seeded sample of the catalog, for tests that must embed it quickly.
+    ``purchase_noise`` is the share of past purchases of a type drawn regardless of the user's
+    preferences (the noise of the preference -> purchase link; a simulator profile knob).
     """
     rng = np.random.default_rng(seed)
     products = load_catalog(catalog_path)
@@ -126,7 +133,7 @@ def build_dataset(
         products = products.sample(products_limit, random_state=seed).sort_index().reset_index(drop=True)
     user_frame, truth = _users(rng, users, run_date, seed)
     pools = _product_pools(products)
-    purchases = _purchases(rng, user_frame, truth, products, pools, run_date)
+    purchases = _purchases(rng, user_frame, truth, products, pools, run_date, purchase_noise)
     purchases = _with_repeat_purchases(np.random.default_rng([seed, 18]), purchases, products, run_date)
     clickstream = _clickstream(rng, user_frame, truth, products, pools, purchases, run_date)
     campaigns = _campaigns(products, run_date)
@@ -263,13 +270,14 @@ def _purchases(
     products: pd.DataFrame,
     pools: _Pools,
     run_date: date,
+    noise: float = 0.2,
 ) -> pd.DataFrame:
     _assign_preferences(rng, truth, pools)
     n = len(users)
     new_user = truth["signup_days_ago"].to_numpy() < 7
     per_user = np.where(new_user, rng.poisson(0.4, n), rng.negative_binomial(2, 0.2, n))
     owner = np.repeat(np.arange(n), per_user)
-    article_types = _draw_article_types(rng, truth, pools, owner, explore_share=0.2)
+    article_types = _draw_article_types(rng, truth, pools, owner, explore_share=noise)
     product_index = _draw_products(rng, truth, pools, owner, article_types)
     moments = _event_times(rng, truth, owner, run_date, max_days=365)
     quantity = rng.choice([1, 2, 3], size=len(owner), p=[0.8, 0.15, 0.05])

@@ -161,3 +161,50 @@ def _oracle_hours(active: list[int], count: int, gap_hours: int) -> list[int]:
         if len(chosen) == count:
             break
     return chosen
+
+
+def true_click_scorer(
+    population: object,
+    behaviour: object,
+    simulator: object,
+    user_ids: np.ndarray,
+    campaign_ids: np.ndarray,
+    day: date,
+) -> object:
+    """The constrained oracle's scorer: the simulator's true p(click) of each candidate at every
+    local hour as the k-th send (relevance, responsiveness, hour structure, fatigue, repetition).
+
+    It plugs into ``planning_value.ResponseContext.scorer``, so the oracle runs the same planner
+    under the same cap, quiet hours, gap, cooldowns, eligibility and opt-outs as Notify; only the
+    probabilities are the hidden truth. Benchmark-only: ``include/`` never sees it.
+    """
+    from notify_tools.simulator.behaviour import hour_factors
+
+    pop, b = population, behaviour
+    users = np.asarray(user_ids, dtype=object).astype(str)
+    campaigns = np.asarray(campaign_ids, dtype=object).astype(str)
+    index = np.array([pop.index[u] for u in users])
+    relevance = np.array([pop.relevance(u, c) for u, c in zip(users, campaigns, strict=True)])
+    responsiveness = pop.truth["responsiveness"].to_numpy(dtype=float)[index]
+    # The hour structure of every user is fixed for a run: computed once per population and behaviour.
+    cache = pop.__dict__.setdefault("_hour_factor_cache", {})
+    key = (tuple(b.hour_falloff), b.night_factor)
+    if key not in cache:
+        cache[key] = hour_factors(list(pop.truth["active_hours"].to_numpy()), b.hour_falloff, b.night_factor)
+    hours = cache[key][index]
+    repeats = np.array(
+        [sum(1 for d in simulator.sent_history.get((u, c), []) if 0 <= (day - d).days < b.repeat_window_days)
+         for u, c in zip(users, campaigns, strict=True)]
+    )  # fmt: skip
+    base = (b.base_open * (0.5 + responsiveness) * (b.relevance_floor + (1 - b.relevance_floor) * relevance)
+            * b.repeat_decay ** repeats)  # fmt: skip
+    click = b.click_base + b.click_relevance * relevance
+
+    def score(rows: np.ndarray, features: np.ndarray) -> np.ndarray:
+        from include.notify.stages.response import F
+
+        k = features[:, :, F["k"]]
+        p_open = np.minimum(0.95, base[rows, None] * hours[rows] * b.fatigue_decay ** (k - 1))
+        return p_open * click[rows, None]
+
+    return score

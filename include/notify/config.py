@@ -18,7 +18,18 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE_DIR = REPO_ROOT / ".notify"
 
 # Lake zones in the order data flows through them: a stage reads upstream zones, never downstream ones.
-LAKE_ZONES = ("raw", "curated", "quarantine", "features", "embeddings", "recommendations", "runs", "truth", "export")
+LAKE_ZONES = (
+    "raw",
+    "curated",
+    "quarantine",
+    "features",
+    "embeddings",
+    "recommendations",
+    "models",
+    "runs",
+    "truth",
+    "export",
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,14 @@ class NotifyConfig:
     lease_seconds: int = 120
     schedule_shards: int = 16
     cooldown_days: int = 3
+    # The value-based planner: the k-th notification of a day is sent only when its expected clicks
+    # (x the priority weight) exceed this base cost plus the learned opt-out risk; a share of the
+    # decisions explores (uniform over the eligible candidates), each logged with its propensity.
+    interruption_cost: float = 0.03
+    explore_share: float = 0.1
+    # The send decision compares a lower quantile of the predicted value with the cost (0.5 = the
+    # mean): a model with little evidence for a campaign or a k-th send does not interrupt on hope.
+    send_quantile: float = 0.2
     channels: tuple[str, ...] = ("inbox", "kafka")
     webhook_url: str = ""
     ses_sender: str = "notify@example.com"
@@ -142,6 +161,12 @@ def _validate(config: NotifyConfig) -> None:
             raise ValueError(f"{name} must be an hour 0-23, got {getattr(config, name)}")
     if config.daily_cap < 0:
         raise ValueError(f"daily_cap must be >= 0, got {config.daily_cap}")
+    if not 0 <= config.explore_share < 1:
+        raise ValueError(f"explore_share must be in [0, 1), got {config.explore_share}")
+    if not 0 < config.send_quantile <= 0.5:
+        raise ValueError(f"send_quantile must be in (0, 0.5], got {config.send_quantile}")
+    if config.interruption_cost < 0:
+        raise ValueError(f"interruption_cost must be >= 0, got {config.interruption_cost}")
     if config.schedule_shards < 1:
         raise ValueError(f"schedule_shards must be >= 1, got {config.schedule_shards}")
     if not 0 < config.max_lateness_minutes < 24 * 60:

@@ -42,7 +42,9 @@ class Behaviour:
     """How simulated users respond; the defaults give open rates of a few percent to about half.
 
     ``p_open = base_open x (0.5 + responsiveness) x (floor + (1 - floor) x relevance)
-    x hour_factor x fatigue_decay ** (k - 1)`` for the user's k-th notification of the day;
+    x hour_factor x fatigue_decay ** (k - 1) x repeat_decay ** repeats`` for the user's k-th
+    notification of the day, ``repeats`` = sends of the same campaign in the last
+    ``repeat_window_days`` days;
     ``p_click | open = click_base + click_relevance x relevance``;
     ``p_order | click = order_after_click x (0.5 + relevance)``;
     an ignored k-th notification with ``k > tolerated_per_day`` makes the user opt out with
@@ -64,17 +66,39 @@ class Behaviour:
     orders_per_day: float = 0.03
     explore_share: float = 0.25
     peak_share: float = 0.75
+    # Hour structure: the open factor at distance 0, 1, 2, 3+ hours from an active hour; at night.
+    hour_falloff: tuple[float, ...] = (1.0, 0.75, 0.45, 0.2)
+    night_factor: float = 0.05
+    # Repetition: each send of the same campaign to the user in the last ``repeat_window_days``
+    # days multiplies the open probability by ``repeat_decay`` (the same thing again is less welcome).
+    repeat_decay: float = 0.6
+    repeat_window_days: int = 7
 
 
-def hour_factor(local_hour: int, active_hours: Sequence[int]) -> float:
-    """How likely a user looks at the phone at a local hour: 1 at an active hour, decaying with
-    the distance to the nearest one, and almost never at night (00-05)."""
+def hour_factor(
+    local_hour: int, active_hours: Sequence[int], falloff: Sequence[float] = (1.0, 0.75, 0.45, 0.2), night: float = 0.05
+) -> float:
+    """How likely a user looks at the phone at a local hour: ``falloff[0]`` at an active hour,
+    ``falloff[d]`` at distance d (the last value beyond), and ``night`` at night (00-05)."""
     if local_hour in NIGHT_HOURS:
-        return 0.05
+        return night
     if not active_hours:
         return 0.4
     distance = min(min(abs(local_hour - h), HOURS - abs(local_hour - h)) for h in active_hours)
-    return {0: 1.0, 1: 0.75, 2: 0.45}.get(distance, 0.2)
+    return float(falloff[min(distance, len(falloff) - 1)])
+
+
+def hour_factors(active_hours: Sequence[Sequence[int]], falloff: Sequence[float], night: float) -> np.ndarray:
+    """``hour_factor`` of every (user, local hour) at once: (users, 24), vectorised over users."""
+    hours = np.arange(HOURS)
+    out = np.full((len(active_hours), HOURS), 0.4)
+    for row, active in enumerate(active_hours):
+        if len(active):
+            gap = np.abs(hours[:, None] - np.asarray(list(active))[None, :])
+            distance = np.minimum(gap, HOURS - gap).min(axis=1)
+            out[row] = np.asarray(falloff, dtype=float)[np.minimum(distance, len(falloff) - 1)]
+    out[:, sorted(NIGHT_HOURS)] = night
+    return out
 
 
 def uniforms(seed: int, purpose: str, keys: Iterable[str]) -> np.ndarray:
@@ -186,6 +210,7 @@ class Simulator:
         self.seed = seed
         self.behaviour = behaviour or Behaviour()
         self.opted_out: set[str] = set()
+        self.sent_history: dict[tuple[str, str], list[date]] = {}
 
     # ------------------------------------------------------------------------------ organic
     def organic_day(self, day: date) -> Activity:
@@ -285,11 +310,14 @@ class Simulator:
             k = per_day[(user_id, local.date())] = per_day.get((user_id, local.date()), 0) + 1
             relevance = pop.relevance(user_id, campaign_id)
             responsiveness = float(pop.truth.at[user, "responsiveness"])
-            factor = hour_factor(local.hour, list(pop.truth.at[user, "active_hours"]))
+            factor = hour_factor(local.hour, list(pop.truth.at[user, "active_hours"]), b.hour_falloff, b.night_factor)
+            history = self.sent_history.setdefault((user_id, campaign_id), [])
+            repeats = sum(1 for d in history if 0 <= (local.date() - d).days < b.repeat_window_days)
+            history.append(local.date())
             p_open = min(
                 0.95,
                 b.base_open * (0.5 + responsiveness) * (b.relevance_floor + (1 - b.relevance_floor) * relevance)
-                * factor * b.fatigue_decay ** (k - 1),
+                * factor * b.fatigue_decay ** (k - 1) * b.repeat_decay ** repeats,
             )  # fmt: skip
             to_opted_out = user_id in self.opted_out
             opened = not to_opted_out and draws["open"][i] < p_open

@@ -258,6 +258,9 @@ def _nightly(
         timed("notify: batch ingestion (Spark)", run_batch_ingest, spark, world.config, day)
         timed("notify: features (Spark)", run_features, spark, world.config, day)
         timed("notify: embeddings", run_embeddings, world.config, day, world.dynamo)
+        from include.notify.stages.response import run_response
+
+        timed("notify: response model", run_response, world.config, day)
         timed("notify: scoring", run_scoring, world.config, day, world.dynamo)
         counts = timed("notify: planning", plan_day, world.config, day, world.dynamo, now=night)
         return int(counts.get("planned", 0))

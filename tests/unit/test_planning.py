@@ -89,7 +89,7 @@ def test_plan_checker_catches_a_broken_plan() -> None:
     assert "campaign status paused" in text
 
 
-def test_best_hours_go_to_the_highest_priority_with_the_minimum_gap() -> None:
+def test_best_hours_go_to_the_most_relevant_not_the_highest_priority_with_the_minimum_gap() -> None:
     inputs = PlanInputs(
         DAY,
         pd.DataFrame([user(engagement_by_hour=peaked(19, 20, 12, 9))]),
@@ -102,13 +102,14 @@ def test_best_hours_go_to_the_highest_priority_with_the_minimum_gap() -> None:
     )
     plan = build_plan(CONFIG, inputs).plan
     hours = {c: int(t[:2]) for c, t in local_times(plan).items()}
-    # 20:00 is within 2 h of 19:00, so the second-best free hour is 12:00, then 09:00 (3 h before).
-    assert hours == {"HIGH": 19, "MID": 12, "LOW": 9}
+    # Relevance (the score) orders candidates; priority never overrides it (issue 12). 20:00 is
+    # within 2 h of 19:00, so the second-best free hour is 12:00, then 09:00 (3 h before).
+    assert hours == {"LOW": 19, "HIGH": 12, "MID": 9}
     assert plan["send_at"].str.endswith("Z").all()
-    row = plan.set_index("campaign_id").loc["HIGH"]
+    row = plan.set_index("campaign_id").loc["LOW"]
     local = datetime.fromisoformat(row["send_at"].replace("Z", "+00:00")).astimezone(ZoneInfo("Asia/Kolkata"))
     assert local.strftime("%H:%M") == row["local_time"]
-    assert row["notification_id"] == "U1#2026-03-29#HIGH"
+    assert row["notification_id"] == "U1#2026-03-29#LOW"
     assert "#1 allowed hour" in row["reason"]
 
 
@@ -235,7 +236,9 @@ def test_bad_inputs_fail_with_the_missing_columns() -> None:
     rows = pd.DataFrame(recs("MARS", "A") + recs("EARTH", "A"))
     result = build_plan(CONFIG, PlanInputs(DAY, users, rows, campaigns({"campaign_id": "A"})))
     assert list(result.plan["user_id"]) == ["EARTH"]
-    assert result.skipped.to_dict("records") == [{"user_id": "MARS", "campaign_id": "A", "reason": "unknown_timezone"}]
+    assert result.skipped.drop(columns="detail").to_dict("records") == [
+        {"user_id": "MARS", "campaign_id": "A", "reason": "unknown_timezone"}
+    ]
 
 
 def test_malformed_engagement_falls_back_to_the_population_prior() -> None:

@@ -2,7 +2,8 @@
 
 ``explain_user`` reads only DynamoDB (the user's features, their recommendation item and the
 campaign definitions it names), with key lookups — never a scan — so it is instant on any table
-size and shows exactly what the planner will read.
+size and shows exactly what the planner will read. With ``with_model`` (``notify explain``) it
+also shows each candidate's predicted p(click) and its main terms from the response model.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ FEATURE_FIELDS = (
 )  # fmt: skip
 
 
-def explain_user(config: NotifyConfig, dynamo: Dynamo, user_id: str, top: int = 10) -> str:
+def explain_user(config: NotifyConfig, dynamo: Dynamo, user_id: str, top: int = 10, with_model: bool = False) -> str:
     """A plain-text report: the user's features, ranked campaigns with score components and
     reasons, and ranked products with names and the parts of their score (content,
-    collaborative, popularity, repurchase) when the recommendation carries them. Says clearly when the user or their
-    recommendations are unknown instead of raising."""
+    collaborative, popularity, repurchase) when the recommendation carries them. Says clearly when
+    the user or their recommendations are unknown instead of raising. ``with_model``: also each
+    candidate's predicted p(click) and main terms from the response model (reads the lake)."""
     features = dynamo.get("user_features", {"user_id": user_id})
     recs = dynamo.get("recommendations", {"user_id": user_id})
     lines = [f"User {user_id}"]
@@ -64,6 +66,12 @@ def explain_user(config: NotifyConfig, dynamo: Dynamo, user_id: str, top: int = 
         )
         if c.get("reasons"):
             lines.append(f"      why: {'; '.join(c['reasons'])}")
+    if with_model and campaigns and not recs.get("opt_out"):
+        try:
+            breakdown, version = response_candidates(config, user_id, features, recs)
+            lines += format_candidates(breakdown.head(top), version)
+        except FileNotFoundError as error:
+            lines += ["", f"Response model: not available ({error})"]
     products = recs.get("products") or []
     lines += ["", "Top products:"]
     if not products:
@@ -105,3 +113,55 @@ def _format(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(str(v) for v in value) or "-"
     return str(value)
+
+
+def format_candidates(frame: Any, model_version: str, k: int = 1) -> list[str]:
+    """The response model's view of each candidate (``planning_value.candidate_breakdown``) as lines."""
+    lines = ["", f"Response model {model_version}: p(click) of each candidate as the {_ordinal(k)} send of the day"]
+    if frame is None or len(frame) == 0:
+        return [*lines, "  (no candidates)"]
+    lines.append(
+        f"  {'campaign':<10} {'hour':>5} {'p(click)':>8} {'cons.':>6} {'x wt':>5} {'value':>6}  "
+        "main terms (affinity, similarity, hour vs best, repeats, prior p, learner weight / evidence rows)"
+    )
+    for r in frame.itertuples(index=False):
+        lines.append(
+            f"  {r.campaign_id:<10} {int(r.best_hour):>2}:00 {r.p_click:>8.2%} {r.p_conservative:>6.2%} "
+            f"{r.weight:>5.2f} {r.value:>6.4f}  aff {r.affinity:.2f}, sim {r.similarity:+.2f}, hour {r.hour_rel:.2f}, "
+            f"repeats {int(r.times_sent)}, prior {r.prior_p:.2%}, learner {r.learner_weight:.0%} / {r.evidence_rows:,.0f} rows"
+        )
+    return lines
+
+
+def response_candidates(config: NotifyConfig, user_id: str, features: dict | None, recs: dict) -> tuple[Any, str]:
+    """The user's recommended campaigns through the response model of the recommendations' day
+    (``response.load_model``; the day-1 prior when none is stored): ``(breakdown, model version)``."""
+    from datetime import date
+
+    import pandas as pd
+
+    from include.notify.io.lake import read_current_frame
+    from include.notify.stages import response
+    from include.notify.stages.planning_value import build_context, candidate_breakdown
+
+    day = date.fromisoformat(str(recs.get("run_date")))
+    campaigns = recs.get("campaigns") or []
+    features = features or {}
+    users = pd.DataFrame(
+        {"user_id": [user_id], "timezone": [features.get("timezone", "UTC")], "segment": [features.get("segment", "")]}
+    )
+    frame = pd.DataFrame(
+        {
+            "user_id": user_id,
+            "campaign_id": [str(c["campaign_id"]) for c in campaigns],
+            "similarity": [float(c.get("similarity", 0.0)) for c in campaigns],
+        }
+    )
+    model = response.load_model(config, day)
+    signals = response.signals_for_day(config, day, users)
+    context = build_context(config, frame, users, read_current_frame(config, "campaigns", day), model, signals)
+    return candidate_breakdown(context, frame["campaign_id"].to_numpy()), model.version
+
+
+def _ordinal(k: int) -> str:
+    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"

@@ -7,7 +7,7 @@ text; the reasons shown are the ones ``schedule``'s transitions wrote.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date
 from typing import Any
 
@@ -16,10 +16,19 @@ from include.notify.io.dynamo import Dynamo
 from include.notify.schedule import SCHEDULE
 
 
-def describe_plan(config: NotifyConfig, dynamo: Dynamo, user_id: str, day: date | str | None = None) -> str:
-    """A user's planned day for analysts: local and UTC times, status, and why each slot was chosen.
+def describe_plan(
+    config: NotifyConfig,
+    dynamo: Dynamo,
+    user_id: str,
+    day: date | str | None = None,
+    skipped: Callable[[str], Any] | None = None,
+) -> str:
+    """A user's planned day for analysts: local and UTC times, status, and why each slot was chosen
+    (the k-th notification of the day: its value against the cost of one more interruption).
 
-    ``day`` is the user's local day; by default the latest day that has items.
+    ``day`` is the user's local day; by default the latest day that has items. ``skipped`` maps a
+    day to that planning run's skipped candidates (``runs/notify_planning/dt=D/skipped.parquet``):
+    the candidates withheld for this user are listed with the planner's reason and detail.
     """
     items = list(
         dynamo.query(
@@ -37,15 +46,37 @@ def describe_plan(config: NotifyConfig, dynamo: Dynamo, user_id: str, day: date 
         return f"{user_id}: nothing planned for {chosen} (planned days: {', '.join(days)})"
     zone = items[0].get("timezone", "UTC")
     lines = [f"{user_id} · local day {chosen} · {zone} · {len(items)} notification(s)"]
-    lines.append(f"{'local':>5}  {'UTC':>20}  {'campaign':<10} {'status':<9} {'prio':>4} {'score':>6}  why")
-    for item in items:
+    lines.append(
+        f"{'#':>2}  {'local':>5}  {'UTC':>20}  {'campaign':<10} {'status':<9} {'prio':>4} {'score':>6}  why sent"
+    )
+    for k, item in enumerate(items, start=1):
         status = item.get("status", "?")
         extra = f" ({item['failure_reason']})" if item.get("failure_reason") else ""
         lines.append(
-            f"{item.get('local_time', '?'):>5}  {item['send_at']:>20}  {item['campaign_id']:<10} {status:<9} "
+            f"{k:>2}  {item.get('local_time', '?'):>5}  {item['send_at']:>20}  {item['campaign_id']:<10} {status:<9} "
             f"{item.get('priority', ''):>4} {float(item.get('score', 0.0)):>6.3f}  {item.get('reason', '')}{extra}"
         )
+    if skipped is not None:
+        lines += withheld_lines(skipped(chosen), user_id)
     return "\n".join(lines)
+
+
+WITHHELD_REASONS = ("below_interruption_cost", "over_cap", "no_free_slot")
+
+
+def withheld_lines(skipped: Any, user_id: str) -> list[str]:
+    """Why the user's next notification was not sent: the day's skipped candidates of the user whose
+    reason is the planner's volume decision (not worth another interruption, over the cap, no slot)."""
+    if skipped is None or len(skipped) == 0:
+        return ["", "Withheld: (no skipped-candidates record for this day)"]
+    mine = skipped[(skipped["user_id"].astype(str) == user_id) & skipped["reason"].isin(WITHHELD_REASONS)]
+    if mine.empty:
+        return ["", "Withheld: nothing (every candidate was planned or excluded by a rule)"]
+    lines = ["", f"Withheld ({len(mine)} candidate(s)):"]
+    for row in mine.itertuples(index=False):
+        detail = getattr(row, "detail", "") or ""
+        lines.append(f"  {row.campaign_id:<10} {row.reason:<24} {detail if str(detail) != 'nan' else ''}")
+    return lines
 
 
 def schedule_counts(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:

@@ -7,8 +7,10 @@ user's top-10 recommendations and places each in an hour of that day:
   user's segment, out of their cooldown, for users who did not opt out;
 - never in the user's quiet hours (per-user override, else the configured 22:00-08:00), never
   closer than ``min_gap_minutes`` to another notification of the same user (planned or sent);
-- higher priority first, then higher score, each taking the best remaining hour of the user's
-  smoothed engagement-by-hour (population prior for users without features);
+- with a response model (``planning_value``): campaign and hour by expected clicks x a priority
+  weight, the k-th send only above the cost of one more interruption, exploration with logged
+  propensities; without one: higher score first (priority breaks ties), each taking the best
+  remaining hour of the user's smoothed engagement-by-hour;
 - at a deterministic minute within the hour (a hash of user and day), so the fleet does not all
   fire at :00 and re-planning the same day gives the same minutes.
 
@@ -42,6 +44,7 @@ from include.notify.schedule import (
     send_at_campaigns,
     shard_of,
 )
+from include.notify.stages.planning_value import ResponseContext, decision_fields, place_by_value
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,10 @@ TOP_K = 10
 PLAN_COLUMNS = (
     "user_id", "send_at_campaign", "notification_id", "campaign_id", "send_at", "local_day", "local_time",
     "timezone", "priority", "score", "reason", "status", "attempts", "product_id", "due_bucket", "due_at",
+    "policy_version", "model_version", "p_click", "propensity", "candidate_scores",
 )  # fmt: skip
+# Written by the value-based core (``planning_value``); None on plans made without a response model.
+DECISION_COLUMNS = ("policy_version", "model_version", "p_click", "propensity", "candidate_scores")
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ class PlanInputs:
     products: pd.DataFrame | None = None
     recent_sends: pd.DataFrame | None = None
     existing: pd.DataFrame | None = None
+    response: ResponseContext | None = None  # the value-based core's model and features, aligned with recommendations
 
 
 @dataclass
@@ -89,6 +96,7 @@ class PlanResult:
     plan: pd.DataFrame
     skipped: pd.DataFrame
     candidates: int = 0
+    decisions: pd.DataFrame | None = None  # the decision log (planning_value), one row per planned item
 
     def counts(self) -> dict[str, int]:
         """Candidates in, planned out, skipped by reason."""
@@ -158,10 +166,16 @@ def build_plan(config: NotifyConfig, inputs: PlanInputs, not_before: datetime | 
 
     rows = np.flatnonzero(reason == 0)
     priority = campaigns["priority"].to_numpy()[safe_c]
-    rows = rows[np.lexsort((rank[rows], -score[rows], -priority[rows], ucode[rows]))]
+    # Relevance first: the score (or, with a response model, the expected value) orders candidates;
+    # priority only breaks ties here and is a weight on the value in ``planning_value``.
+    rows = rows[np.lexsort((rank[rows], -priority[rows], -score[rows], ucode[rows]))]
     codes = _Codes(ucode, unames, u_row, c_row, rank, score, priority)
-    plan, placed_rows, why_not = _place(config, users, campaigns, codes, rows, existing, day, not_before)
+    plan, placed_rows, why_not, decisions, details = _place(
+        config, users, campaigns, codes, rows, existing, day, not_before, inputs.response
+    )
     reason[rows[~placed_rows]] = why_not
+    detail = np.full(n, "", dtype=object)
+    detail[rows[~placed_rows]] = details
     plan = _attach_products(plan, inputs.products, campaigns)
     skipped_rows = np.flatnonzero(reason > 0)
     skipped = pd.DataFrame(
@@ -169,9 +183,10 @@ def build_plan(config: NotifyConfig, inputs: PlanInputs, not_before: datetime | 
             "user_id": recs["user_id"].to_numpy()[skipped_rows],
             "campaign_id": recs["campaign_id"].to_numpy()[skipped_rows],
             "reason": np.asarray(SKIP_REASONS, dtype=object)[reason[skipped_rows]],
+            "detail": detail[skipped_rows],
         }
     )
-    result = PlanResult(plan=plan, skipped=skipped, candidates=n)
+    result = PlanResult(plan=plan, skipped=skipped, candidates=n, decisions=decisions)
     if n != len(plan) + len(skipped):
         raise AssertionError(f"planner lost candidates: {n} in, {len(plan)} planned + {len(skipped)} skipped")
     return result
@@ -240,7 +255,7 @@ def clean_campaigns(config: NotifyConfig, frame: pd.DataFrame) -> pd.DataFrame:
 SKIP_REASONS = (
     "", "duplicate_recommendation", "beyond_top_10", "unknown_user", "unknown_timezone", "opted_out", "campaign_not_curated",
     "campaign_not_active", "outside_window", "not_eligible", "cooldown", "already_handled_today", "over_cap",
-    "no_free_slot",
+    "no_free_slot", "below_interruption_cost",
 )  # fmt: skip
 
 
@@ -409,14 +424,20 @@ def _place(
     existing: pd.DataFrame,
     day: date,
     not_before: datetime | None,
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Greedy placement, vectorised over users: rank k of every user picks at once.
+    response: ResponseContext | None = None,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, pd.DataFrame | None, np.ndarray]:
+    """Greedy placement, vectorised over users.
 
-    ``rows`` are candidate rows sorted by user, then priority and score (best first). Returns the
-    plan, which rows were placed, and the skip reason code of each row that was not.
+    With a ``response`` context the value-based core (``planning_value.place_by_value``) chooses
+    campaign and hour by expected value, stops a user's day when the next send is not worth its
+    cost, explores and logs propensities. Without one (no model wired in), rank k of every user
+    takes the best remaining hour by engagement, in score order. Returns the plan, which rows were
+    placed, the skip reason code of each row that was not, the decision log and per unplaced
+    row a detail text.
     """
+    empty = np.zeros(0, dtype=bool)
     if len(rows) == 0:
-        return pd.DataFrame(columns=list(PLAN_COLUMNS)), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int8)
+        return pd.DataFrame(columns=list(PLAN_COLUMNS)), empty, np.zeros(0, dtype=np.int8), None, np.zeros(0, object)
     user_of_row = codes.ucode[rows]
     starts = np.flatnonzero(np.r_[True, user_of_row[1:] != user_of_row[:-1]])
     lengths = np.diff(np.r_[starts, len(rows)])
@@ -449,20 +470,30 @@ def _place(
 
     chosen_hour = np.full(len(rows), -1, dtype=np.int64)
     why_not = np.zeros(len(rows), dtype=np.int8)
-    for k in range(int(position.max()) + 1):
-        sel = np.flatnonzero(position == k)
-        g = group[sel]
-        room = used[g] < cap[g]
-        why_not[sel[~room]] = SKIP_REASONS.index("over_cap")
-        sel, g = sel[room], g[room]
-        value = np.where(free[g] & allowed[g], engagement[g], -np.inf)
-        best = np.argmax(value, axis=1)
-        ok = np.isfinite(value[np.arange(len(g)), best])
-        why_not[sel[~ok]] = SKIP_REASONS.index("no_free_slot")
-        sel, g, best = sel[ok], g[ok], best[ok]
-        chosen_hour[sel] = best
-        used[g] += 1
-        free[g] &= np.abs(slot_epoch[g] - slot_epoch[g, best][:, None]) >= gap
+    details = np.full(len(rows), "", dtype=object)
+    decisions = None
+    if response is not None:
+        campaign_of = campaigns["campaign_id"].to_numpy(dtype=object)[codes.c_row[rows]]
+        chosen_hour, reasons, details, decisions = place_by_value(
+            response, rows, group, ids, campaign_of, codes.priority[rows], day, allowed, free, used, cap,
+            slot_epoch, gap,
+        ).as_codes(SKIP_REASONS)  # fmt: skip
+        why_not = np.where(chosen_hour >= 0, 0, reasons).astype(np.int8)
+    else:
+        for k in range(int(position.max()) + 1):
+            sel = np.flatnonzero(position == k)
+            g = group[sel]
+            room = used[g] < cap[g]
+            why_not[sel[~room]] = SKIP_REASONS.index("over_cap")
+            sel, g = sel[room], g[room]
+            value_matrix = np.where(free[g] & allowed[g], engagement[g], -np.inf)
+            best = np.argmax(value_matrix, axis=1)
+            ok = np.isfinite(value_matrix[np.arange(len(g)), best])
+            why_not[sel[~ok]] = SKIP_REASONS.index("no_free_slot")
+            sel, g, best = sel[ok], g[ok], best[ok]
+            chosen_hour[sel] = best
+            used[g] += 1
+            free[g] &= np.abs(slot_epoch[g] - slot_epoch[g, best][:, None]) >= gap
 
     placed = chosen_hour >= 0
     sel = np.flatnonzero(placed)
@@ -479,17 +510,27 @@ def _place(
     user_col = ids[g].astype(object)
     shards = shard_of(ids, config.schedule_shards)
     priority = codes.priority[picked]
-    reason = (
-        "priority " + _NUMBER[np.clip(priority, 0, 999)] + ", score " + _decimal(codes.score[picked], 3)
-        + " (rank " + _NUMBER[np.clip(codes.rank[picked], 0, 999)] + "); "
-        + _WHY_HOUR[hours, np.minimum(hour_rank, HOURS), own[g].astype(int)]
-        + _decimal(chosen_engagement * 100, 1) + "% of activity); minute :" + _TWO_DIGITS[minutes] + " spreads the fleet"
-    )  # fmt: skip
+    notification = notification_ids(user_col, day, campaign_col)
+    decision_columns: dict[str, object] = dict.fromkeys(DECISION_COLUMNS)
+    if response is not None and decisions is not None:
+        hour_text = _HOUR_TEXT[hours] + " local is this user's #" + _NUMBER[np.minimum(hour_rank, HOURS)]
+        reason, decision_columns, decisions = decision_fields(
+            response, decisions, details[sel], picked, hour_text, _TWO_DIGITS[minutes],
+            {"notification_id": notification, "user_id": user_col, "campaign_id": campaign_col,
+             "local_day": day.isoformat(), "send_at": send_at},
+        )  # fmt: skip
+    else:
+        reason = (
+            "score " + _decimal(codes.score[picked], 3) + ", priority " + _NUMBER[np.clip(priority, 0, 999)]
+            + " (rank " + _NUMBER[np.clip(codes.rank[picked], 0, 999)] + "); "
+            + _WHY_HOUR[hours, np.minimum(hour_rank, HOURS), own[g].astype(int)]
+            + _decimal(chosen_engagement * 100, 1) + "% of activity); minute :" + _TWO_DIGITS[minutes] + " spreads the fleet"
+        )  # fmt: skip
     plan = pd.DataFrame(
         {
             "user_id": user_col,
             "send_at_campaign": send_at_campaigns(send_at, campaign_col),
-            "notification_id": notification_ids(user_col, day, campaign_col),
+            "notification_id": notification,
             "campaign_id": campaign_col,
             "send_at": send_at,
             "local_day": day.isoformat(),
@@ -503,11 +544,14 @@ def _place(
             "product_id": None,
             "due_bucket": due_buckets_of(epoch, shards[g]),
             "due_at": send_at,
-        }
+            **decision_columns,
+        },
+        columns=list(PLAN_COLUMNS),
     )
-    return plan, placed, why_not[~placed]
+    return plan, placed, why_not[~placed], decisions, details[~placed]
 
 
+_HOUR_TEXT = np.array([f"{h:02d}:00" for h in range(HOURS)], dtype=object)
 _CLOCK = np.array([f"{m // 60:02d}:{m % 60:02d}" for m in range(HOURS * 60)], dtype=object)
 _NUMBER = np.array([str(i) for i in range(1000)], dtype=object)
 _TWO_DIGITS = np.array([f"{i:02d}" for i in range(100)], dtype=object)
@@ -575,16 +619,6 @@ def _attach_products(plan: pd.DataFrame, products: pd.DataFrame | None, campaign
 
 
 __all__ = [
-    "PLAN_COLUMNS",
-    "SKIP_REASONS",
-    "PlanInputs",
-    "PlanResult",
-    "build_plan",
-    "clean_campaigns",
-    "clean_users",
-    "fatigue_cap",
-    "minute_offsets",
-    "population_prior",
-    "quiet_mask",
-    "shard_of",
-]
+    "PLAN_COLUMNS", "SKIP_REASONS", "PlanInputs", "PlanResult", "build_plan", "clean_campaigns", "clean_users",
+    "fatigue_cap", "minute_offsets", "population_prior", "quiet_mask", "shard_of",
+]  # fmt: skip

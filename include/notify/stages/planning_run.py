@@ -66,7 +66,20 @@ def load_plan_inputs(config: NotifyConfig, day: date) -> PlanInputs:
         max(config.cooldown_days, pd.to_numeric(campaigns.get("cooldown_days"), errors="coerce").max() or 0)
     )
     recent = _recent_sends(config, day, max_cooldown)
-    return PlanInputs(day, users, recommendations, campaigns, products, recent)
+    return PlanInputs(day, users, recommendations, campaigns, products, recent,
+                      response=_response_context(config, day, users, recommendations, campaigns))  # fmt: skip
+
+
+def _response_context(
+    config: NotifyConfig, day: date, users: pd.DataFrame, recommendations: pd.DataFrame, campaigns: pd.DataFrame
+) -> Any:
+    """The value-based core's inputs: the day's response model (the prior when none) and signals."""
+    from include.notify.stages.planning_value import build_context
+    from include.notify.stages.response import load_model, signals_for_day
+
+    model = load_model(config, day)
+    signals = signals_for_day(config, day, users.loc[:, [c for c in ("user_id", "timezone") if c in users]])
+    return build_context(config, recommendations, users, campaigns, model, signals)
 
 
 def _merge_users(users: pd.DataFrame | None, features: pd.DataFrame | None) -> pd.DataFrame:
@@ -218,3 +231,7 @@ def _record_run(
     )
     write_run_counts(config, "notify_planning", day, counts, dynamo)
     write_parquet_file(result.skipped.astype(str), config, "runs", "notify_planning", day, "skipped.parquet")
+    if result.decisions is not None and len(result.decisions):
+        # The decision log the response model trains on and ``notify evaluate`` reads.
+        write_parquet_file(result.decisions.drop(columns="row"), config, "runs", "notify_planning_decisions", day,
+                           "decisions.parquet")  # fmt: skip

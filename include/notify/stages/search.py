@@ -80,7 +80,7 @@ def top_k(
     raise ValueError(f"unknown search method {method!r}; expected exact, ann or auto")
 
 
-def _finish(indices: np.ndarray, scores: np.ndarray, sims: np.ndarray) -> TopK:
+def finished_top_k(indices: np.ndarray, scores: np.ndarray, sims: np.ndarray) -> TopK:
     invalid = ~np.isfinite(scores)
     indices = np.where(invalid, -1, indices)
     sims = np.where(invalid, 0.0, sims).astype(np.float32)
@@ -128,7 +128,7 @@ def _exact(
             else:
                 out_sim[chunk] = np.einsum("qd,qkd->qk", q.numpy(), items[best_idx.numpy()])
     with np.errstate(invalid="ignore"):
-        return _finish(out_idx, out_score, out_sim)
+        return finished_top_k(out_idx, out_score, out_sim)
 
 
 def _ann(
@@ -168,7 +168,7 @@ def _ann(
         out_idx.append(np.take_along_axis(cand, best, axis=1))
         out_score.append(np.take_along_axis(scores, best, axis=1))
         out_sim.append(np.take_along_axis(sims, best, axis=1))
-    return _finish(np.concatenate(out_idx), np.concatenate(out_score), np.concatenate(out_sim))
+    return finished_top_k(np.concatenate(out_idx), np.concatenate(out_score), np.concatenate(out_sim))
 
 
 def _numba_cache_dir() -> str:

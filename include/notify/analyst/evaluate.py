@@ -1,0 +1,120 @@
+"""Off-policy evaluation: what another policy would have earned, estimated from logged decisions.
+
+Each logged decision is one planned-and-delivered notification of the value-based planner with
+its propensity, whether it explored, the greedy campaign and value, the candidates' p(click)
+(``candidate_scores``) and the outcome (``clicked``). A target policy is described by
+``TargetPolicy``: exploration off (always the greedy campaign) and a cost of interruption; it
+withholds a step whose greedy value is not above its cost (reward 0, known exactly). Estimators
+of the target's total clicks, vectorised over decisions:
+
+- **IPS**: ``sum w r`` with ``w = [a = target action] / propensity``;
+- **SNIPS**: ``n_send x sum w r / sum w`` (self-normalised over the decisions the target sends);
+- **DR**: ``sum q(x, target) + w (r - q(x, a))`` with ``q`` the logged p(click) of each candidate.
+
+Intervals are percentile bootstrap (Poisson weights, one matrix product, ``resamples`` columns).
+A target with a *lower* cost than the logging policy would send where nothing was logged; those
+decisions are not in the logs, so such a target is reported as unsupported rather than guessed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from include.notify.stages.planning_value import parse_scores
+
+
+@dataclass(frozen=True)
+class TargetPolicy:
+    """The policy to evaluate: greedy (no exploration) with a cost of interruption (None: the logged one)."""
+
+    name: str = "greedy"
+    cost: float | None = None
+
+
+@dataclass
+class Estimate:
+    """One estimator's total clicks with its bootstrap interval."""
+
+    estimator: str
+    value: float
+    low: float
+    high: float
+
+    def contains(self, x: float) -> bool:
+        return self.low <= x <= self.high
+
+
+def evaluate(
+    log: pd.DataFrame, target: TargetPolicy, resamples: int = 500, seed: int = 0, level: float = 0.95
+) -> dict[str, object]:
+    """IPS, SNIPS and DR estimates of ``target``'s clicks over the decisions in ``log``.
+
+    ``log`` columns: propensity, clicked, campaign_id, greedy_campaign, greedy_value, cost,
+    candidate_scores (and ``greedy_low``, the conservative value the send was decided on, when logged). Returns the estimates, the logging policy's observed clicks and counts.
+    """
+    needed = {"propensity", "clicked", "campaign_id", "greedy_campaign", "greedy_value", "cost", "candidate_scores"}
+    missing = needed - set(log.columns)
+    if missing:
+        raise ValueError(f"the decision log lacks {sorted(missing)}")
+    n = len(log)
+    propensity = log["propensity"].to_numpy(dtype=float)
+    if n and not ((propensity > 0) & (propensity <= 1)).all():
+        raise ValueError("propensities must lie in (0, 1]")
+    reward = log["clicked"].to_numpy(dtype=float)
+    logged_cost = log["cost"].to_numpy(dtype=float)
+    cost = logged_cost if target.cost is None else np.full(n, target.cost)
+    unsupported = int((cost < logged_cost - 1e-12).sum())
+    # The step sends on the conservative value of the greedy campaign when it was logged (``greedy_low``).
+    decided_on = log["greedy_low"] if "greedy_low" in log else log["greedy_value"]
+    sends = decided_on.to_numpy(dtype=float) > cost
+    match = (log["campaign_id"].astype(str).to_numpy() == log["greedy_campaign"].astype(str).to_numpy()) & sends
+    w = np.where(match, 1.0 / np.maximum(propensity, 1e-12), 0.0)
+    scores = [parse_scores(text) for text in log["candidate_scores"].astype(str)]
+    q_logged = np.array([s.get(str(a), 0.0) for s, a in zip(scores, log["campaign_id"].astype(str), strict=True)])
+    q_target = np.array([s.get(str(g), 0.0) for s, g in zip(scores, log["greedy_campaign"].astype(str), strict=True)])
+    q_target = np.where(sends, q_target, 0.0)
+    rng = np.random.default_rng(seed)
+    boot = rng.poisson(1.0, size=(n, resamples)).astype(float)
+    ips_terms = w * reward
+    dr_terms = q_target + w * (reward - q_logged)
+
+    def interval(point: float, samples: np.ndarray, name: str) -> Estimate:
+        alpha = (1 - level) / 2
+        low, high = np.quantile(samples, [alpha, 1 - alpha]) if n else (0.0, 0.0)
+        return Estimate(name, float(point), float(low), float(high))
+
+    n_send = float(sends.sum())
+    ips = interval(ips_terms.sum(), ips_terms @ boot, "IPS")
+    weight_sum = np.maximum(w @ boot, 1e-12)
+    boot_send = sends.astype(float) @ boot
+    snips = interval(
+        n_send * ips_terms.sum() / max(w.sum(), 1e-12), boot_send * (ips_terms @ boot) / weight_sum, "SNIPS"
+    )
+    dr = interval(dr_terms.sum(), dr_terms @ boot, "DR")
+    return {
+        "target": target,
+        "decisions": n,
+        "target_sends": int(n_send),
+        "unsupported_decisions": unsupported,
+        "logged_clicks": float(reward.sum()),
+        "estimates": [ips, snips, dr],
+    }
+
+
+def format_report(result: dict[str, object]) -> str:
+    """The estimates as a small text table."""
+    target = result["target"]
+    lines = [
+        f"target policy: {target.name} (cost {'as logged' if target.cost is None else target.cost}); "
+        f"{result['decisions']:,} logged decisions, the target sends {result['target_sends']:,}; "
+        f"logged clicks {result['logged_clicks']:,.0f}",
+    ]
+    if result["unsupported_decisions"]:
+        lines.append(f"WARNING: {result['unsupported_decisions']:,} decisions have a cost below the logged one: "
+                     "the target would also send where nothing was logged (not estimable)")  # fmt: skip
+    for e in result["estimates"]:
+        lines.append(f"  {e.estimator:5s} {e.value:10,.1f} clicks  [{e.low:,.1f}, {e.high:,.1f}]")
+    return "\n".join(lines)

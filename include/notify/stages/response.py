@@ -1,0 +1,456 @@
+"""The response model: p(click) of one notification for (user, campaign, local hour, k-th of the day).
+
+What this stage guarantees:
+
+- **Signals from observable data only** (``user_signals``): per user a time-decayed, smoothed
+  affinity to every article type (own purchases weigh 1, clicks 0.5, views 0.3, half-life
+  ``HALF_LIFE_DAYS``; ``(own + AFFINITY_PSEUDO x population share) / (own total + AFFINITY_PSEUDO)``,
+  so a user with no history has the population's shares), a local-hour engagement histogram
+  (every event and notification open, smoothed with the population's histogram), recent CTR
+  (14 days, Beta-smoothed), the ignored streak, the last notification's time and per campaign the
+  times it was sent to the user (14 days) and the days since the last one.
+- **Features** (``FEATURES``): affinity to the campaign's target article types, embedding
+  similarity, priority, generic campaign (no targets), segment, the hour's engagement (share and
+  relative to the user's best hour), k, recent CTR, ignored streak, hours since the last
+  notification, times this campaign was already sent, days since it was.
+- **The model** (``response_model``: ``train``, ``ResponseModel``, ``prior_probability``): two
+  scikit-learn learners and the calibrated day-1 prior compete by held-out log-loss on the
+  logged deliveries; the winner is Platt-calibrated and shrunk towards the calibrated prior by the
+  evidence (logged rows) behind each campaign and k. The day-1 prior (no logs yet) is
+  ``PRIOR_SCALE x affinity x hour_rel x PRIOR_FATIGUE ** (k - 1)``; a broadcast campaign (no
+  target types) is taken as ``GENERIC_AFFINITY``. So Notify ranks and times from day one.
+- **Cost of one more interruption** (``interruption_costs``): the configured base cost plus the
+  k-th send's observed opt-out rate (smoothed) times the clicks a user is worth over
+  ``USER_VALUE_DAYS`` days (estimated from the logs): the planner sends the k-th notification only
+  when its expected value exceeds this.
+- **Versioned and stored**: ``models/response/dt=D/model.pkl`` and ``metrics.json``; the version
+  (``response-<kind>-<day>-<hash>``) goes on every planned item.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+
+from include.notify.rules import HOURS
+from include.notify.stages.response_model import (
+    FEATURES,
+    F,
+    ResponseModel,
+    prior_model,
+    prior_probability,
+    train,
+)
+
+log = logging.getLogger(__name__)
+
+HALF_LIFE_DAYS = 60.0
+EVENT_WEIGHTS = {"purchase": 1.0, "click": 0.5, "add_to_cart": 0.6, "view": 0.3, "notification_click": 0.5}
+AFFINITY_PSEUDO = 3.0
+HOUR_PSEUDO = 5.0
+RECENT_DAYS = 14
+CTR_PRIOR, CTR_STRENGTH = 0.05, 10.0
+GENERIC_AFFINITY = 0.1
+USER_VALUE_DAYS = 14
+OPT_OUT_PRIOR, OPT_OUT_STRENGTH = 0.002, 200.0
+HOURS_SINCE_CAP = 240.0
+
+
+# ------------------------------------------------------------------------------------ signals
+@dataclass
+class UserSignals:
+    """Per user (rows of ``user_ids``) what the platform has observed, as of the start of ``day``."""
+
+    day: date
+    user_ids: pd.Index
+    type_names: pd.Index
+    type_affinity: np.ndarray  # (users, types), each row sums to 1
+    hour_engagement: np.ndarray  # (users, 24) local-hour shares, each row sums to 1
+    recent_ctr: np.ndarray
+    ignored_streak: np.ndarray
+    last_sent_epoch: np.ndarray  # float seconds, NaN = never
+    pair_sends: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["user_id", "campaign_id"]))
+
+    def rows(self, user_ids: Any) -> np.ndarray:
+        """Positions of ``user_ids`` (-1 for users never seen)."""
+        return self.user_ids.get_indexer(pd.Index(np.asarray(user_ids, dtype=object).astype(str)))
+
+
+def _local_hours(user_codes: np.ndarray, timezones: np.ndarray, moments: pd.Series) -> np.ndarray:
+    """Local hour of each moment in its user's time zone (one conversion per time zone, not per row)."""
+    hours = np.zeros(len(moments), dtype=np.int64)
+    zones = timezones[user_codes]
+    for zone in pd.unique(zones):
+        rows = np.flatnonzero(zones == zone)
+        try:
+            converted = moments.iloc[rows].dt.tz_convert(ZoneInfo(str(zone)))
+        except Exception:  # noqa: BLE001 - an unknown zone counts as UTC here; planning refuses it
+            converted = moments.iloc[rows]
+        hours[rows] = converted.dt.hour.to_numpy()
+    return hours
+
+
+def user_signals(
+    users: pd.DataFrame,
+    purchases: pd.DataFrame | None,
+    events: pd.DataFrame | None,
+    products: pd.DataFrame,
+    day: date,
+) -> UserSignals:
+    """Signals for every user of ``users`` (``user_id``, ``timezone``) from activity before ``day``.
+
+    ``purchases``: user_id, product_id, purchase_date (+ quantity); ``events``: the clickstream
+    (user_id, ts, event_type, product_id, campaign_id, notification_id) including
+    ``notification_sent`` / ``notification_open`` / ``notification_click``; ``products``:
+    product_id, articleType. Vectorised: group-bys and one ``np.add.at`` per matrix.
+    """
+    ids = pd.Index(users["user_id"].astype(str).to_numpy(), dtype=object)
+    zones = users["timezone"].fillna("UTC").astype(str).to_numpy(dtype=object)
+    types = pd.Index(sorted(products["articleType"].dropna().astype(str).unique()), dtype=object)
+    product_type = pd.Series(
+        types.get_indexer(products["articleType"].astype(str)), index=products["product_id"].astype(str)
+    )
+    cutoff = pd.Timestamp(datetime(day.year, day.month, day.day, tzinfo=UTC))
+    frames = []
+    if purchases is not None and len(purchases):
+        p = purchases.loc[:, ["user_id", "product_id", "purchase_date"]].rename(columns={"purchase_date": "ts"})
+        frames.append(p.assign(event_type="purchase", weight=1.0))
+    ev = _events_before(events, cutoff)
+    if len(ev):
+        frames.append(ev.loc[:, ["user_id", "product_id", "ts", "event_type"]].assign(weight=0.0))
+    activity = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["user_id", "product_id", "ts", "event_type", "weight"])
+    )
+    activity["ts"] = pd.to_datetime(activity["ts"], utc=True, format="ISO8601")
+    activity = activity[activity["ts"] < cutoff]
+    u = ids.get_indexer(activity["user_id"].astype(str))
+    age_days = ((cutoff - activity["ts"]).dt.total_seconds().to_numpy() / 86400.0).astype(float)
+    decay = 0.5 ** (age_days / HALF_LIFE_DAYS)
+    weight = activity["event_type"].map(EVENT_WEIGHTS).fillna(0.0).to_numpy(dtype=float) * decay
+    t = product_type.reindex(activity["product_id"].astype(str)).fillna(-1).to_numpy(dtype=np.int64)
+    ok = (u >= 0) & (t >= 0) & (weight > 0)
+    counts = np.zeros((len(ids), max(len(types), 1)))
+    np.add.at(counts, (u[ok], t[ok]), weight[ok])
+    population = counts.sum(axis=0)
+    population = (
+        population / population.sum() if population.sum() > 0 else np.full(counts.shape[1], 1 / counts.shape[1])
+    )
+    affinity = (counts + AFFINITY_PSEUDO * population) / (counts.sum(axis=1, keepdims=True) + AFFINITY_PSEUDO)
+
+    # Engagement by local hour: any activity and notification opens/clicks count, decayed.
+    engaged = (u >= 0) & (activity["event_type"] != "notification_sent").to_numpy()
+    hours = _local_hours(np.maximum(u, 0), zones, activity["ts"])
+    hour_counts = np.zeros((len(ids), HOURS))
+    np.add.at(hour_counts, (u[engaged], hours[engaged]), decay[engaged])
+    hour_pop = hour_counts.sum(axis=0) + 1e-3
+    hour_pop /= hour_pop.sum()
+    engagement = (hour_counts + HOUR_PSEUDO * hour_pop) / (hour_counts.sum(axis=1, keepdims=True) + HOUR_PSEUDO)
+
+    recent_ctr, streak, last_sent, pairs = _notification_signals(ids, ev, cutoff)
+    return UserSignals(day, ids, types, affinity.astype(np.float32), engagement.astype(np.float32),
+                       recent_ctr, streak, last_sent, pairs)  # fmt: skip
+
+
+def _events_before(events: pd.DataFrame | None, cutoff: pd.Timestamp) -> pd.DataFrame:
+    columns = ["user_id", "product_id", "ts", "event_type", "campaign_id", "notification_id"]
+    if events is None or events.empty:
+        return pd.DataFrame(columns=columns)
+    ev = events.reindex(columns=columns).copy()
+    ev["ts"] = pd.to_datetime(ev["ts"], utc=True, format="ISO8601")
+    ev["user_id"] = ev["user_id"].astype(str)
+    return ev[ev["ts"] < cutoff]
+
+
+def _notification_signals(
+    ids: pd.Index, ev: pd.DataFrame, cutoff: pd.Timestamp
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
+    """recent CTR, ignored streak, last send (epoch) per user; per (user, campaign) sends in 14 days."""
+    n = len(ids)
+    sent = ev[ev["event_type"] == "notification_sent"].drop_duplicates("notification_id")
+    reacted = ev[ev["event_type"].isin(["notification_open", "notification_click"])]
+    clicked_ids = set(ev.loc[ev["event_type"] == "notification_click", "notification_id"].astype(str))
+    reacted_ids = set(reacted["notification_id"].astype(str))
+    u = ids.get_indexer(sent["user_id"])
+    recent = (sent["ts"] >= cutoff - pd.Timedelta(days=RECENT_DAYS)).to_numpy()
+    nid = sent["notification_id"].astype(str)
+    click = nid.isin(clicked_ids).to_numpy()
+    react = nid.isin(reacted_ids).to_numpy()
+    known = u >= 0
+    sends = np.bincount(u[known & recent], minlength=n).astype(float)
+    clicks = np.bincount(u[known & recent & click], minlength=n).astype(float)
+    ctr = (clicks + CTR_STRENGTH * CTR_PRIOR) / (sends + CTR_STRENGTH)
+    epoch = (sent["ts"].astype("int64") // 10**9).to_numpy(dtype=float)
+    last_sent = np.full(n, np.nan)
+    last_react = np.full(n, -np.inf)
+    if known.any():
+        np.fmax.at(last_sent, u[known], epoch[known])
+        np.maximum.at(last_react, u[known & react], epoch[known & react])
+    streak = np.bincount(u[known & (epoch > last_react[np.maximum(u, 0)])], minlength=n).astype(float)
+    window = sent[recent & known]
+    pairs = (
+        window.assign(day=window["ts"].dt.floor("D"))
+        .groupby(["user_id", "campaign_id"], as_index=False)
+        .agg(times_sent=("notification_id", "size"), last_day=("day", "max"))
+    )
+    pairs["days_since"] = (cutoff.floor("D") - pairs["last_day"]).dt.days.astype(float)
+    return ctr.astype(np.float32), streak.astype(np.float32), last_sent, pairs.drop(columns="last_day")
+
+
+def campaign_affinity(signals: UserSignals, targets: Any) -> np.ndarray:
+    """(users, campaigns): the user's affinity summed over each campaign's target article types
+    (pipe-separated; clipped to 1); ``GENERIC_AFFINITY`` for a campaign without targets."""
+    targets = list(targets)
+    out = np.full((len(signals.user_ids), len(targets)), GENERIC_AFFINITY, dtype=np.float32)
+    for column, wanted in enumerate(targets):
+        names = [t for t in str(wanted or "").split("|") if t and t != "nan"]
+        if not names:
+            continue
+        found = signals.type_names.get_indexer(names)
+        found = found[found >= 0]
+        out[:, column] = np.minimum(1.0, signals.type_affinity[:, found].sum(axis=1)) if len(found) else 0.0
+    return out
+
+
+# ------------------------------------------------------------------------------------ features
+@dataclass(frozen=True)
+class CandidateTable:
+    """Per candidate (user, campaign) the hour-independent features, aligned by row."""
+
+    user_row: np.ndarray  # row in UserSignals (-1: never seen)
+    static: np.ndarray  # (n, len(FEATURES)); hour_share, hour_rel and k filled per slot
+    campaign_ids: np.ndarray | None = None  # per row (the model's evidence is per campaign)
+
+    def take(self, rows: np.ndarray) -> CandidateTable:
+        campaigns = None if self.campaign_ids is None else self.campaign_ids[rows]
+        return CandidateTable(self.user_row[rows], self.static[rows], campaigns)
+
+    def at(self, hours: np.ndarray, k: np.ndarray | int, engagement: np.ndarray) -> np.ndarray:
+        """Features of every candidate at ``hours`` ((n, h) local hours) as the k-th send: (n, h, F)."""
+        n, h = hours.shape
+        out = np.repeat(self.static[:, None, :], h, axis=1)
+        share = np.take_along_axis(engagement, hours, axis=1)
+        out[:, :, F["hour_share"]] = share
+        out[:, :, F["hour_rel"]] = share / np.maximum(engagement.max(axis=1, keepdims=True), 1e-9)
+        out[:, :, F["k"]] = np.broadcast_to(np.asarray(k, dtype=float).reshape(-1, 1) if np.ndim(k) else k, (n, h))
+        return out
+
+
+def candidate_table(
+    signals: UserSignals,
+    user_ids: np.ndarray,
+    campaign_ids: np.ndarray,
+    campaigns: pd.DataFrame,
+    similarity: np.ndarray,
+    segments: np.ndarray,
+) -> CandidateTable:
+    """The hour-independent features of candidates (``user_ids[i]``, ``campaign_ids[i]``).
+
+    ``campaigns``: campaign_id, priority, targets (pipe-separated target article types).
+    """
+    n = len(user_ids)
+    rows = signals.rows(user_ids)
+    seen = rows >= 0
+    safe = np.maximum(rows, 0)
+    table = campaigns.drop_duplicates("campaign_id", keep="last").set_index("campaign_id")
+    cids = pd.Index(np.asarray(campaign_ids, dtype=object).astype(str))
+    cpos = table.index.get_indexer(cids)
+    distinct = pd.unique(cids)
+    dpos = pd.Index(distinct).get_indexer(cids)
+    targets = table["targets"].reindex(distinct).fillna("").to_numpy()
+    by_campaign = campaign_affinity(signals, targets)  # (users, distinct campaigns)
+    static = np.zeros((n, len(FEATURES)), dtype=np.float64)
+    generic = np.array([not str(t) or str(t) == "nan" for t in targets])[dpos]
+    prior_affinity = np.where(generic, GENERIC_AFFINITY, 0.0)
+    static[:, F["affinity"]] = np.where(seen, by_campaign[safe, dpos], prior_affinity)
+    static[:, F["similarity"]] = np.nan_to_num(np.asarray(similarity, dtype=float))
+    priority = pd.to_numeric(table["priority"], errors="coerce").fillna(1).to_numpy()
+    static[:, F["priority"]] = np.where(cpos >= 0, priority[np.maximum(cpos, 0)], 1)
+    static[:, F["generic"]] = generic
+    seg = np.asarray(segments, dtype=object).astype(str)
+    static[:, F["segment_new"]] = seg == "new"
+    static[:, F["segment_lapsed"]] = seg == "lapsed"
+    static[:, F["recent_ctr"]] = np.where(seen, signals.recent_ctr[safe], CTR_PRIOR)
+    static[:, F["ignored_streak"]] = np.where(seen, signals.ignored_streak[safe], 0)
+    day_start = datetime(signals.day.year, signals.day.month, signals.day.day, tzinfo=UTC).timestamp()
+    since = (day_start - signals.last_sent_epoch[safe]) / 3600.0
+    static[:, F["hours_since_last"]] = np.where(
+        seen & np.isfinite(since), np.minimum(since, HOURS_SINCE_CAP), HOURS_SINCE_CAP
+    )
+    pairs = signals.pair_sends
+    times = np.zeros(n)
+    days_since = np.full(n, float(RECENT_DAYS))
+    if len(pairs):
+        key = pd.MultiIndex.from_arrays([pairs["user_id"].astype(str), pairs["campaign_id"].astype(str)])
+        found = key.get_indexer(pd.MultiIndex.from_arrays([np.asarray(user_ids, dtype=object).astype(str), cids]))
+        hit = found >= 0
+        times[hit] = pairs["times_sent"].to_numpy(dtype=float)[found[hit]]
+        days_since[hit] = pairs["days_since"].to_numpy(dtype=float)[found[hit]]
+    static[:, F["times_sent"]] = times
+    static[:, F["days_since_same"]] = days_since
+    return CandidateTable(rows, static, np.asarray(cids, dtype=object))
+
+
+def user_engagement(signals: UserSignals, rows: np.ndarray) -> np.ndarray:
+    """(n, 24) engagement of ``rows`` of the signals; the population's mean for unknown users (-1)."""
+    population = signals.hour_engagement.mean(axis=0) if len(signals.user_ids) else np.full(HOURS, 1 / HOURS)
+    out = np.tile(population, (len(rows), 1)).astype(np.float64)
+    seen = rows >= 0
+    out[seen] = signals.hour_engagement[rows[seen]]
+    return out
+
+
+# ------------------------------------------------------------------------------------ training
+def training_frame(decisions: pd.DataFrame | None, events: pd.DataFrame | None) -> pd.DataFrame:
+    """Logged decisions that were delivered (a ``notification_sent`` event), labelled by a click.
+
+    ``decisions``: the planner's decision log (``notification_id`` + FEATURES as logged at decision
+    time); ``events``: the clickstream. Returns FEATURES, ``clicked``, ``opted_out``, ``notification_id``,
+    ``campaign_id`` (the model's evidence per campaign).
+    """
+    columns = [*FEATURES, "clicked", "opted_out", "notification_id", "campaign_id"]
+    if decisions is None or decisions.empty or events is None or events.empty:
+        return pd.DataFrame(columns=columns)
+    nid = events["notification_id"].astype(str)
+    kinds = events["event_type"].astype(str)
+    sent = set(nid[kinds == "notification_sent"])
+    clicked = set(nid[kinds == "notification_click"])
+    opted = set(nid[kinds == "opt_out"])
+    logged = decisions.drop_duplicates("notification_id", keep="last")
+    ids = logged["notification_id"].astype(str)
+    delivered = logged[ids.isin(sent).to_numpy()].copy()
+    delivered["clicked"] = delivered["notification_id"].astype(str).isin(clicked).astype(int)
+    delivered["opted_out"] = delivered["notification_id"].astype(str).isin(opted).astype(int)
+    return delivered.reindex(columns=columns).reset_index(drop=True)
+
+
+def interruption_costs(frame: pd.DataFrame, base_cost: float, users: int, days: int, max_k: int) -> np.ndarray:
+    """Per k = 1..max_k the cost of sending the k-th notification of a day, in clicks.
+
+    ``base_cost`` (configured) + smoothed opt-out rate after a k-th send x the clicks a user is
+    worth over ``USER_VALUE_DAYS`` days (clicks per user per day observed in ``frame``).
+    """
+    k_values = np.arange(1, max(max_k, 1) + 1)
+    if frame is None or frame.empty:
+        return np.full(len(k_values), base_cost)
+    k = frame["k"].to_numpy(dtype=float).astype(int)
+    outs = np.array([frame["opted_out"].to_numpy()[k == v].sum() for v in k_values], dtype=float)
+    sends = np.array([(k == v).sum() for v in k_values], dtype=float)
+    # Later sends pool with the one before when they are rarely observed (monotone by construction).
+    rate = (outs + OPT_OUT_STRENGTH * OPT_OUT_PRIOR) / (sends + OPT_OUT_STRENGTH)
+    rate = np.maximum.accumulate(rate)
+    value = frame["clicked"].sum() / max(users, 1) / max(days, 1) * USER_VALUE_DAYS
+    return base_cost + rate * value
+
+
+# ------------------------------------------------------------------------------------ stage I/O
+def model_uri(config: Any, day: date) -> str:
+    return f"{config.lake_path('models', 'response', day)}/model.pkl"
+
+
+def save_model(config: Any, day: date, model: ResponseModel) -> str:
+    """Write ``models/response/dt=D/model.pkl`` and ``metrics.json``; returns the model's URI."""
+    from include.notify.io.lake import write_file, write_json
+
+    uri = write_file(config, "models", "response", day, "model.pkl", model.to_bytes())
+    write_json(config, f"{config.lake_path('models', 'response', day)}/metrics.json",
+               {"version": model.version, "kind": model.kind, "costs": model.costs.tolist(), **model.metrics})  # fmt: skip
+    return uri
+
+
+def load_model(config: Any, day: date) -> ResponseModel:
+    """The model trained for ``day`` (the prior when none was stored)."""
+    import fsspec
+
+    try:
+        with fsspec.open(model_uri(config, day), "rb") as handle:
+            return ResponseModel.from_bytes(handle.read())
+    except FileNotFoundError:
+        log.info("no response model for %s: the day-1 prior decides", day)
+        return prior_model(day)
+
+
+def fit_for_day(
+    decisions: pd.DataFrame | None, events: pd.DataFrame | None, day: date, base_cost: float, max_k: int,
+    users: int, days_logged: int, seed: int = 7,
+) -> ResponseModel:  # fmt: skip
+    """Training frame, interruption costs and the model for ``day`` (used by both the stage and the fast loop)."""
+    frame = training_frame(decisions, events)
+    costs = interruption_costs(frame, base_cost, users, days_logged, max_k)
+    return train(frame, day, seed, costs)
+
+
+def run_response(config: Any, day: date, seed: int = 7) -> dict[str, Any]:
+    """The nightly response-model stage for ``day``: logs before ``day`` -> model in the lake."""
+    import time
+
+    from include.notify.io.lake import read_current_frame, read_parquet
+
+    started = time.monotonic()
+    events = _read_all(read_parquet, config, "curated", "clickstream")
+    decisions = _read_all(read_parquet, config, "runs", "notify_planning_decisions")
+    if decisions is not None and "dt" in decisions:
+        decisions = decisions[pd.to_datetime(decisions["dt"].astype(str)).dt.date < day]
+    users = read_current_frame(config, "users", day)
+    days_logged = int(decisions["local_day"].nunique()) if decisions is not None and len(decisions) else 1
+    model = fit_for_day(decisions, events, day, config.interruption_cost, max(config.daily_cap, 1),
+                        max(len(users), 1), days_logged, seed)  # fmt: skip
+    save_model(config, day, model)
+    counts = {"version": model.version, "kind": model.kind, "rows": model.metrics.get("rows", 0),
+              "positives": model.metrics.get("positives", 0), "seconds": round(time.monotonic() - started, 2)}  # fmt: skip
+    log.info("response model %s: %s", day, counts)
+    return counts
+
+
+def _read_all(reader: Any, config: Any, zone: str, table: str) -> pd.DataFrame | None:
+    try:
+        return reader(config, zone, table)
+    except FileNotFoundError:
+        return None
+
+
+def signals_for_day(config: Any, day: date, users: pd.DataFrame) -> UserSignals:
+    """``user_signals`` from the lake's curated purchases, clickstream and products before ``day``."""
+    from include.notify.io.lake import read_current_frame, read_parquet
+
+    purchases = _read_all(read_parquet, config, "curated", "purchase_history")
+    events = _read_all(read_parquet, config, "curated", "clickstream")
+    products = read_current_frame(config, "products", day)
+    return user_signals(users, purchases, events, products, day)
+
+
+def hour_of(epoch: np.ndarray, zone: str) -> np.ndarray:
+    """Local hours of UTC epochs in one zone (tests and views)."""
+    z = ZoneInfo(zone)
+    return np.array([datetime.fromtimestamp(int(e), UTC).astimezone(z).hour for e in epoch])
+
+
+__all__ = [
+    "FEATURES",
+    "CandidateTable",
+    "F",
+    "ResponseModel",
+    "UserSignals",
+    "campaign_affinity",
+    "candidate_table",
+    "fit_for_day",
+    "interruption_costs",
+    "load_model",
+    "prior_model",
+    "prior_probability",
+    "run_response",
+    "save_model",
+    "signals_for_day",
+    "timedelta",
+    "train",
+    "training_frame",
+    "user_engagement",
+    "user_signals",
+]  # fmt: skip
