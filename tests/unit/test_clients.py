@@ -8,6 +8,9 @@ from include.notify.config import NotifyConfig
 
 
 def test_boto3_clients_pick_up_the_aws_connection_credentials_and_region(monkeypatch) -> None:
+    """Inside an Airflow process (a task: Airflow is imported) the connection decides."""
+    import airflow.sdk  # noqa: F401 - the process is an Airflow one, as a task's is
+
     from include.notify.io.dynamo import Dynamo
     from include.notify.stages.channels import _aws_client
 
@@ -89,3 +92,19 @@ def test_without_a_connection_only_configuration_is_used() -> None:
     assert kafka_settings(NotifyConfig(kafka_conn_id="no_such_connection", kafka_bootstrap="127.0.0.1:1")) == {
         "bootstrap.servers": "127.0.0.1:1"
     }
+
+
+def test_outside_airflow_no_client_imports_airflow() -> None:
+    """Spark's Python workers build DynamoDB clients: importing Airflow there initialises its ORM
+    and fails, so outside an Airflow process the clients never touch it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from include.notify.config import NotifyConfig\n"
+        "from include.notify.io.dynamo import Dynamo\n"
+        "Dynamo.from_config(NotifyConfig(dynamodb_endpoint_url='http://127.0.0.1:1'))\n"
+        "assert 'airflow' not in sys.modules, 'a client imported Airflow'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

@@ -2,14 +2,15 @@
 
 ``AwsBaseHook(aws_conn_id=...)`` turns the ``aws_default`` connection into a boto3 session: its
 access key / secret, ``role_arn`` (assumed, refreshed), profile and region. Notify only adds what
-configuration says on top: the region and a local endpoint (dynalite, moto). Where the provider is
-not installed (Spark jobs on EMR Serverless, the CLI without Airflow) or no connection id is
-configured, boto3's default chain (instance role, environment) is used.
+configuration says on top: the region and a local endpoint (dynalite, moto). Outside an Airflow
+process (Spark jobs locally and on EMR Serverless, the CLI), where the provider is not installed,
+or where the connection does not exist, boto3's default chain (instance role, environment) is used.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from include.notify.config import NotifyConfig
@@ -22,10 +23,15 @@ LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "loc
 
 def aws_session(config: NotifyConfig) -> Any:
     """A boto3 session carrying the ``aws_conn_id`` connection's credentials, role and region."""
-    try:
-        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-    except ImportError:
-        AwsBaseHook = None  # noqa: N806 - absent on EMR and outside Airflow
+    # Only a process that already runs Airflow (a task, the API server, a test driving DAGs) asks
+    # the hook: importing Airflow from a Spark worker or a plain script initialises its metadata
+    # ORM there, which fails in spark-submit's Python workers and costs seconds everywhere else.
+    AwsBaseHook = None  # noqa: N806
+    if "airflow" in sys.modules:
+        try:
+            from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+        except ImportError:  # the provider is not installed (a bare Airflow)
+            AwsBaseHook = None  # noqa: N806
     if AwsBaseHook is None or not config.aws_conn_id or not _connection_exists(config.aws_conn_id):
         import boto3
 
