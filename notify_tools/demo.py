@@ -179,10 +179,25 @@ def run_nightly_dags(
             "tasks", "clear", dag_ids[0], "--start-date", str(run_date), "--end-date", str(run_date), "--yes"
         )
         last_id = -1
+        _wait_until_rerun(airflow, dag_ids[0])
     reported: set[tuple[str, str, str]] = set()
     for dag_id in dag_ids:
         with timer.stage(f"{dag_id} (Airflow scheduler)"):
             _follow(airflow, dag_id, last_id, reported, echo)
+
+
+def _wait_until_rerun(airflow: LocalAirflow, dag_id: str, seconds: float = 60.0) -> None:
+    """After ``tasks clear`` of a failed day, wait until its run is no longer ``failed``, so following
+    it does not report the old failure at once."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with airflow.db() as db:
+            row = db.execute(
+                "SELECT state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
+            ).fetchone()
+        if row is None or row[0] != "failed":
+            return
+        time.sleep(POLL_SECONDS)
 
 
 def _follow(airflow: LocalAirflow, dag_id: str, after_id: int, reported: set, echo: Callable[[str], None]) -> None:
