@@ -39,7 +39,7 @@ def test_out_of_order_opt_in_and_a_delivery_without_the_flag_never_undo_an_opt_o
     from include.notify.io import lake
     from include.notify.io.kafka import ensure_topics
     from include.notify.stages.dispatch import simulate_day
-    from include.notify.stages.embeddings import run_embeddings
+    from include.notify.stages.embeddings_run import run_embeddings
     from include.notify.stages.features import run_features
     from include.notify.stages.ingest import run_batch_ingest
     from include.notify.stages.planning_run import load_plan_inputs, plan_day
