@@ -153,6 +153,8 @@ def _validate(config: NotifyConfig) -> None:
         raise ValueError(f"max_lateness_minutes must be in 1..1439, got {config.max_lateness_minutes}")
     if config.quiet_hours_at_send not in {"expire", "defer"}:
         raise ValueError(f"quiet_hours_at_send must be 'expire' or 'defer', got {config.quiet_hours_at_send!r}")
+    if not 0 <= config.quiet_margin_minutes < 60:
+        raise ValueError(f"quiet_margin_minutes must be in 0..59, got {config.quiet_margin_minutes}")
     if config.lease_seconds < 3:
         raise ValueError(f"lease_seconds must be >= 3 (renewed every third), got {config.lease_seconds}")
     if config.spark_runner not in {"local", "emr_serverless"}:
