@@ -18,6 +18,7 @@ Used by the fault tests (tests/integration/test_delivery_faults.py) and the soak
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import random
@@ -25,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from include.notify.stages.channels import Message, TransientChannelError, UnknownOutcomeError
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A threading HTTP server that does not print a traceback when a killed client resets."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
 
 
 def _fraction(key: str) -> float:
@@ -66,7 +77,7 @@ class ReceivingServer:
         self.kill_after = 0
         self.accepts = 0
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _QuietServer | None = None
 
     def start(self) -> ReceivingServer:
         owner = self
@@ -81,8 +92,7 @@ class ReceivingServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -218,6 +228,75 @@ def consume_all(bootstrap: str, topic: str, idle_seconds: float = 3.0, limit_sec
         return found
     finally:
         consumer.close()
+
+
+class BufferingProxy:
+    """An HTTP proxy in front of dynalite for processes that get SIGKILLed.
+
+    dynalite (4.0.0) throws and exits when a client connection is reset in the middle of a
+    request (``req.on('error', err => { throw err })``); DynamoDB does not. The proxy reads each
+    request whole before forwarding it on its own connection, so a client killed mid-request
+    never reaches dynalite half-sent, and a response nobody waits for any more is read and dropped.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        parsed = urllib.parse.urlsplit(upstream)
+        self.host, self.port = parsed.hostname or "127.0.0.1", int(parsed.port or 80)
+        self._server: _QuietServer | None = None
+
+    def start(self) -> BufferingProxy:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                owner._forward(self)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def _forward(self, request: BaseHTTPRequestHandler) -> None:
+        length = int(request.headers.get("Content-Length") or 0)
+        try:
+            body = request.rfile.read(length) if length else b""
+        except OSError:
+            return
+        if len(body) < length:
+            return  # the client died mid-request: nothing is forwarded
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("connection", "keep-alive")}
+        upstream = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        try:
+            upstream.request(request.command, request.path, body=body, headers=headers)
+            response = upstream.getresponse()
+            payload = response.read()
+            status, reason, reply_headers = response.status, response.reason, response.getheaders()
+        finally:
+            upstream.close()
+        try:
+            request.send_response(status, reason)
+            for name, value in reply_headers:
+                if name.lower() not in ("connection", "keep-alive", "content-length", "transfer-encoding"):
+                    request.send_header(name, value)
+            request.send_header("Content-Length", str(len(payload)))
+            request.end_headers()
+            request.wfile.write(payload)
+        except OSError:
+            pass  # the client is gone; its response is dropped
 
 
 # ------------------------------------------------------------------------- dispatcher process

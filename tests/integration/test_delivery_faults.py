@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from include.notify.analyst.views import describe_deliveries
 from include.notify.config import REPO_ROOT, NotifyConfig
 from include.notify.io.dynamo import Dynamo
 from include.notify.io.kafka import ensure_topics
@@ -32,7 +33,7 @@ from include.notify.schedule import FINAL_STATUSES
 from include.notify.stages.channels import WebhookChannel
 from include.notify.stages.dispatch import Dispatcher, KafkaEventSink
 from include.notify.stages.planning_run import read_existing, write_plan
-from notify_tools.faults import AcceptLogChannel, ReceivingServer, accepted_ids, consume_all
+from notify_tools.faults import AcceptLogChannel, BufferingProxy, ReceivingServer, accepted_ids, consume_all
 from notify_tools.services import RunningService
 
 pytestmark = pytest.mark.integration
@@ -92,10 +93,18 @@ def schedule_now(dynamo: Dynamo) -> dict[str, dict]:
     return {i["notification_id"]: i for i in dynamo.scan("notification_schedule")}
 
 
-def dispatcher_process(config: NotifyConfig, now: datetime, **flags: object) -> subprocess.Popen:
+@pytest.fixture
+def proxy(config: NotifyConfig) -> Iterator[BufferingProxy]:
+    """What killed dispatchers talk to: dynalite behind a proxy (a reset mid-request crashes dynalite)."""
+    running = BufferingProxy(config.dynamodb_endpoint_url).start()
+    yield running
+    running.stop()
+
+
+def dispatcher_process(config: NotifyConfig, proxy: BufferingProxy, now: datetime, **flags: object) -> subprocess.Popen:
     """``python -m notify_tools.faults dispatch`` against this test's tables and broker."""
     argv = [sys.executable, "-m", "notify_tools.faults", "dispatch", "--prefix", config.table_prefix,
-            "--endpoint", config.dynamodb_endpoint_url, "--kafka", config.kafka_bootstrap,
+            "--endpoint", proxy.endpoint, "--kafka", config.kafka_bootstrap,
             "--topic-prefix", config.topic_prefix, "--shards", str(config.schedule_shards),
             "--lease", str(config.lease_seconds), "--now", now.isoformat()]  # fmt: skip
     for name, value in flags.items():
@@ -168,7 +177,7 @@ def test_a_send_blocked_past_the_lease_keeps_it_by_renewal_and_a_second_dispatch
 
 
 def test_a_frozen_dispatcher_that_lost_its_lease_records_and_sends_nothing_more(
-    fconfig: NotifyConfig, dynamo: Dynamo, receiver: ReceivingServer, tmp_path: Path
+    fconfig: NotifyConfig, dynamo: Dynamo, receiver: ReceivingServer, proxy: BufferingProxy
 ) -> None:
     now = now_utc()
     items = seed(dynamo, fconfig, 20, now - timedelta(minutes=1))
@@ -176,7 +185,7 @@ def test_a_frozen_dispatcher_that_lost_its_lease_records_and_sends_nothing_more(
     receiver.held_keys = {held}
     receiver.hold.clear()
     config = fconfig.replace(webhook_url=receiver.url)
-    frozen = dispatcher_process(config, now, webhook=receiver.url, webhook_timeout=60, owner="frozen")
+    frozen = dispatcher_process(config, proxy, now, webhook=receiver.url, webhook_timeout=60, owner="frozen")
     try:
         assert receiver.holding.wait(60), frozen.stderr.read() if frozen.poll() is not None else "no request"
         time.sleep(0.5)
@@ -204,7 +213,7 @@ def test_a_frozen_dispatcher_that_lost_its_lease_records_and_sends_nothing_more(
 
 # ------------------------------------------------------------------------------------- (b)
 def test_a_dispatcher_sigkilled_right_after_a_channel_accept_then_a_normal_run_resends_nothing_blind(
-    fconfig: NotifyConfig, dynamo: Dynamo, receiver: ReceivingServer, tmp_path: Path
+    fconfig: NotifyConfig, dynamo: Dynamo, receiver: ReceivingServer, proxy: BufferingProxy, tmp_path: Path
 ) -> None:
     """Webhook (deduplicating) then the accept log (not): the process SIGKILLs itself right after
     the accept log's 10th accept. What was in flight is reported unknown, never resent."""
@@ -212,7 +221,7 @@ def test_a_dispatcher_sigkilled_right_after_a_channel_accept_then_a_normal_run_r
     seed(dynamo, fconfig, 40, now - timedelta(minutes=1))
     config = fconfig.replace(webhook_url=receiver.url)
     log = tmp_path / "accepts.log"
-    killed = dispatcher_process(config, now, webhook=receiver.url, accept_log=log, kill_after=10, chunk=20)
+    killed = dispatcher_process(config, proxy, now, webhook=receiver.url, accept_log=log, kill_after=10, chunk=20)
     _, err = killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL, err
     before = schedule_now(dynamo)
@@ -232,17 +241,23 @@ def test_a_dispatcher_sigkilled_right_after_a_channel_accept_then_a_normal_run_r
         assert "began" in found[name]["failure_reason"]
         assert accepted_ids(log)[name] == accepted_before[name]  # not one more line
     assert Counter(i["status"] for i in found.values()) == {"unknown": 20, "sent": 20}
+    # What an analyst sees for one of them (`notify deliveries USER`).
+    name = sorted(in_flight)[0]
+    view = describe_deliveries(config, dynamo, found[name]["user_id"])
+    assert "(unknown 1)" in view
+    assert "unknown outcome" in view
+    assert "not resent: acceptlog does not deduplicate" in view
 
 
 def test_a_dispatcher_sigkilled_after_webhook_accepts_is_resent_because_the_receiver_deduplicates(
-    fconfig: NotifyConfig, dynamo: Dynamo, receiver: ReceivingServer
+    fconfig: NotifyConfig, dynamo: Dynamo, receiver: ReceivingServer, proxy: BufferingProxy
 ) -> None:
     """Only the deduplicating webhook; the receiving server SIGKILLs the dispatcher right after its
     5th accept. The reconciler resends what was in flight, the receiver keeps one copy of each."""
     now = now_utc()
     seed(dynamo, fconfig, 30, now - timedelta(minutes=1))
     config = fconfig.replace(webhook_url=receiver.url)
-    killed = dispatcher_process(config, now, webhook=receiver.url, chunk=15)
+    killed = dispatcher_process(config, proxy, now, webhook=receiver.url, chunk=15)
     receiver.kill_pid, receiver.kill_after = killed.pid, 5
     _, err = killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL, err
