@@ -168,6 +168,7 @@ class AcceptLogChannel:
         transient_rate: float = 0.0,
         unknown_rate: float = 0.0,
         kill_after: int | None = None,
+        salt: str = "",
     ) -> None:
         self.path = Path(path)
         self.name = name
@@ -176,12 +177,16 @@ class AcceptLogChannel:
         self.kill_after = kill_after
         self.attempts: Counter[str] = Counter()
         self.accepts = 0
+        # Draws are a function of (salt, id, attempt): repeatable in one process; a dispatcher
+        # process passes its pid, or the same ids would fail in every new process for ever.
+        self.salt = salt
         self._lock = threading.Lock()
 
     def send(self, message: Message) -> None:
         with self._lock:
             self.attempts[message.notification_id] += 1
-            draw = _fraction(f"{self.name}#{message.notification_id}#{self.attempts[message.notification_id]}")
+            attempt = self.attempts[message.notification_id]
+            draw = _fraction(f"{self.name}#{self.salt}#{message.notification_id}#{attempt}")
         if draw < self.transient_rate:
             raise TransientChannelError(self.name, message.notification_id, "503 try later")
         with self._lock:
@@ -343,7 +348,7 @@ def _main(argv: list[str]) -> int:
     if args.accept_log:
         channels.append(
             AcceptLogChannel(Path(args.accept_log), transient_rate=args.transient_rate, unknown_rate=args.unknown_rate,
-                             kill_after=args.kill_after)
+                             kill_after=args.kill_after, salt=str(os.getpid()))
         )  # fmt: skip
     events = KafkaEventSink(config) if args.kafka else ListEventSink()
     options = {"owner": args.owner} if args.owner else {}
