@@ -55,6 +55,7 @@ from include.notify.stages.dispatch_send import (
     quiet_verdict,
     send_all,
 )
+from include.notify.stages.dispatch_simulate import _ceil, simulate_day
 from include.notify.stages.templates import UnsafeTemplateError
 from include.notify.timeutil import iso, parse_iso
 from include.notify.timeutil import require_utc as _utc
@@ -67,14 +68,9 @@ DISPATCH_LOOKBACK_HOURS = 24
 # How many older day buckets the daily sweep (``close_unreachable``) looks through.
 SWEEP_DAYS = 7
 __all__ = [
-    "PRODUCT_FALLBACK",
-    "Dispatcher",
-    "EventSink",
-    "KafkaEventSink",
-    "ListEventSink",
-    "build_message",
-    "sent_event",
-]
+    "PRODUCT_FALLBACK", "Dispatcher", "EventSink", "KafkaEventSink", "ListEventSink", "_ceil", "build_message",
+    "sent_event", "simulate_day",
+]  # fmt: skip
 
 
 def run_time_of(context: Mapping[str, Any]) -> datetime:
@@ -579,51 +575,3 @@ def close_unreachable(
     counts = {k: v for k, v in counts.items() if v and k not in ("due", "claimed", "seconds_ms", "lease_renewals")}
     log.info("closed unreachable items before %s: %s", reached, counts)
     return counts
-
-
-def simulate_day(
-    config: NotifyConfig,
-    day: date,
-    step_minutes: int = 10,
-    dynamo: Dynamo | None = None,
-    channels: list[Channel] | None = None,
-    events: EventSink | None = None,
-    **options: Any,
-) -> dict[str, int]:
-    """Dispatch local day ``day`` with a simulated clock, in minutes rather than 24 hours.
-
-    The clock advances in ``step_minutes`` ticks over the UTC span of that local day in every time
-    zone, skipping ticks where nothing is due (as the sensor would); every item is dispatched at
-    most one step after it is due, so ``step_minutes`` must stay below the lateness limit.
-    """
-    if not 0 < step_minutes < config.max_lateness_minutes:
-        raise ValueError(f"step_minutes must be in 1..{config.max_lateness_minutes - 1}, got {step_minutes}")
-    dynamo = dynamo or Dynamo.from_config(config)
-    own_channels = channels is None
-    channels = build_channels(config, dynamo) if channels is None else channels
-    events = KafkaEventSink(config) if events is None else events
-    step = timedelta(minutes=step_minutes)
-    # Local day D spans UTC D-1 10:00 (UTC+14) to D+1 12:00 (UTC-12).
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(hours=14)
-    end = start + timedelta(hours=50)
-    pending = due_items(config, dynamo, end, lookback_hours=50 + 24)
-    ticks = sorted(
-        {_ceil(parse_iso(i["due_at"]), start, step) for i in pending if i.get("local_day") == day.isoformat()}
-    )
-    totals: Counter[str] = Counter()
-    dispatcher = Dispatcher(config, dynamo, channels, events, simulated=True, **options)
-    try:
-        for tick in ticks:
-            counts = dispatcher.run(tick, lookback_hours=max(2, config.max_lateness_minutes // 60 + 2))
-            totals.update({k: v for k, v in counts.items() if k != "seconds_ms"})
-    finally:
-        if own_channels:
-            for channel in channels:
-                channel.close()
-    totals["ticks"] = len(ticks)
-    return dict(totals)
-
-
-def _ceil(moment: datetime, origin: datetime, step: timedelta) -> datetime:
-    steps = -(-(moment - origin) // step)
-    return origin + steps * step
