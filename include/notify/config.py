@@ -76,6 +76,12 @@ class NotifyConfig:
     min_gap_minutes: int = 120
     max_lateness_minutes: int = 30
     lease_seconds: int = 120
+    # Send-time promises: an item found inside the user's quiet hours is "expire"d or "defer"red to
+    # the next allowed slot of the same local day; the planner never plans sooner than now plus
+    # dispatch_margin_minutes, nor later than quiet_margin_minutes before quiet hours start.
+    quiet_hours_at_send: str = "expire"
+    dispatch_margin_minutes: int = 5
+    quiet_margin_minutes: int = 10
     schedule_shards: int = 16
     cooldown_days: int = 3
     # The value-based planner: the k-th notification of a day is sent only when its expected clicks
@@ -88,6 +94,12 @@ class NotifyConfig:
     send_quantile: float = 0.2
     channels: tuple[str, ...] = ("inbox", "kafka")
     webhook_url: str = ""
+    # Webhook hardening: the only hosts it may POST to (empty: the one in webhook_url), the Airflow
+    # connection whose password signs requests, and whether the receiver deduplicates by the
+    # Idempotency-Key (then a send of unknown outcome may be resent).
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    webhook_conn_id: str = "notify_webhook"
+    webhook_deduplicates: bool = True
     ses_sender: str = "notify@example.com"
     sns_topic_arn: str = ""
 
@@ -174,6 +186,12 @@ def _validate(config: NotifyConfig) -> None:
         raise ValueError(f"max_lateness_minutes must be in 1..1439, got {config.max_lateness_minutes}")
     if config.stream_unknown_fields not in {"keep", "dead_letter"}:
         raise ValueError(f"stream_unknown_fields must be 'keep' or 'dead_letter', got {config.stream_unknown_fields!r}")
+    if config.quiet_hours_at_send not in {"expire", "defer"}:
+        raise ValueError(f"quiet_hours_at_send must be 'expire' or 'defer', got {config.quiet_hours_at_send!r}")
+    if not 0 <= config.quiet_margin_minutes < 60:
+        raise ValueError(f"quiet_margin_minutes must be in 0..59, got {config.quiet_margin_minutes}")
+    if config.lease_seconds < 3:
+        raise ValueError(f"lease_seconds must be >= 3 (renewed every third), got {config.lease_seconds}")
     if config.spark_runner not in {"local", "emr_serverless"}:
         raise ValueError(f"spark_runner must be 'local' or 'emr_serverless', got {config.spark_runner!r}")
 

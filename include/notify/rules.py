@@ -70,6 +70,15 @@ def quiet_mask(quiet_start: np.ndarray, quiet_end: np.ndarray) -> np.ndarray:
     return np.where(start > end, wrapping, np.where(start < end, inside, False))
 
 
+def quiet_within(quiet: np.ndarray, minute_offsets: np.ndarray, margin_minutes: int) -> np.ndarray:
+    """(users, 24) True where a slot at ``hour:minute_offset`` is quiet or quiet hours begin within
+    ``margin_minutes`` (< 60) after it, so a send a few minutes late still lands outside them."""
+    quiet = np.asarray(quiet, dtype=bool)
+    spill = (np.asarray(minute_offsets, dtype=np.int64)[:, None] + int(margin_minutes)) // 60  # 0 or 1 hour on
+    ahead = (np.arange(HOURS)[None, :] + spill) % HOURS
+    return quiet | np.take_along_axis(quiet, ahead, axis=1)
+
+
 def is_quiet(hour: int, quiet_start: int, quiet_end: int) -> bool:
     """Whether one local hour is inside one quiet window (``quiet_mask`` for a single user)."""
     return bool(quiet_mask(np.array([quiet_start]), np.array([quiet_end]))[0, hour])

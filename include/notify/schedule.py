@@ -1,4 +1,4 @@
-"""The schedule item (``notification_schedule``): its keys, due buckets, statuses and transitions.
+r"""The schedule item (``notification_schedule``): its keys, due buckets, statuses and transitions.
 
 An item is keyed by ``user_id`` + ``send_at_campaign`` (``<send_at>#<campaign_id>``) and named by
 ``notification_id`` (``<user_id>#<local day>#<campaign_id>``). While pending it carries
@@ -7,17 +7,25 @@ dispatch reads; a final status removes them.
 
 Statuses and who moves an item between them::
 
-    scheduled --claim--> sending --mark_sent--> sent
-        |  ^                |  \\--close (failed / cancelled, failure_reason)
-        |  '--release-------'  (transient channel errors: back to scheduled, last_error)
-        |--expire (expired, failure_reason) <-- sending whose lease lapsed, too late
+    scheduled --claim--> sending --begin_send--> sending (send_began) --mark_sent--> sent (event_pending)
+        |  ^                |  \--close (failed / cancelled, failure_reason)          |
+        |  '--release-------'  (transient errors, or some channels still to go)     '--event_emitted--> sent
+        |--expire (expired, failure_reason) <-- sending whose lease lapsed before its send began
+        |                        sending whose lease lapsed after its send began --to_unknown--> unknown
+        |                        unknown --claim (reconciler, deduplicating channels only)--> sending
+        |                        unknown --give_up (failure_reason; nothing resent)--> unknown, final
         '--cancel (cancelled, cancel_reason + cancelled_at): stream reactions
 
-A ``sending`` item whose lease lapsed is reclaimed by ``claim`` (the condition names the old
-lease). The planner replaces only ``scheduled`` items (``put_if_scheduled``/``delete_if_scheduled``).
-Every transition is one conditional write through ``Dynamo.write_if``: False means another
-writer moved the item first, and the item is left as that writer left it. The reasons
-("why was this cancelled / failed / expired?") are written here and nowhere else.
+Leases are wall-clock epoch seconds and renewed (``renew``) while a chunk is in flight. Every
+write a dispatcher makes after its claim is conditional on still holding the lease
+(``lease_owner`` is unchanged, i.e. nobody reclaimed it); ``begin_send`` also needs the lease to
+be live, so a dispatcher that lost it sends nothing more. ``sent`` and ``unknown`` items keep the
+due-index keys until their event is out / they are reconciled, so the recovery paths find them
+without a scan. The planner replaces only ``scheduled`` items (``put_if_scheduled`` /
+``delete_if_scheduled``). Every transition is one conditional write through ``Dynamo.write_if``:
+False means another writer moved the item first, and the item is left as that writer left it.
+The reasons ("why was this cancelled / failed / expired / unknown?") are written here and nowhere
+else.
 """
 
 from __future__ import annotations
@@ -35,13 +43,20 @@ SCHEDULE = "notification_schedule"
 
 SCHEDULED, SENDING, SENT = "scheduled", "sending", "sent"
 EXPIRED, CANCELLED, FAILED = "expired", "cancelled", "failed"
+# A send began and its outcome is not known (crash or timeout after it began): never resent
+# silently; the reconciler resends on deduplicating channels only.
+UNKNOWN = "unknown"
 # Statuses a dispatcher owns: the planner never rewrites or deletes them.
-LOCKED_STATUSES = (SENDING, SENT, FAILED, EXPIRED, CANCELLED)
-# Of those, the ones that reached (or are reaching) the user: they count against cap and gap.
-DELIVERED_STATUSES = (SENDING, SENT)
-# Attributes only a pending item has: the due-index keys and the claim's lease.
-DUE_KEYS = ("due_bucket", "due_at", "lease_until", "lease_owner")
+LOCKED_STATUSES = (SENDING, SENT, FAILED, EXPIRED, CANCELLED, UNKNOWN)
+# Of those, the ones that reached (or may have reached) the user: they count against cap and gap.
+DELIVERED_STATUSES = (SENDING, SENT, UNKNOWN)
+# Where every item ends: each with a reason (sent with its channels).
+FINAL_STATUSES = (SENT, FAILED, EXPIRED, CANCELLED, UNKNOWN)
+DUE_INDEX_KEYS = ("due_bucket", "due_at")
 LEASE_KEYS = ("lease_until", "lease_owner")
+SEND_KEYS = ("send_began", "send_channels")
+# Attributes only a pending item has: the due-index keys, the claim's lease and the send marker.
+DUE_KEYS = (*DUE_INDEX_KEYS, *LEASE_KEYS)
 
 
 # ------------------------------------------------------------------------------------------ keys
@@ -87,8 +102,8 @@ def due_in_bucket(
 ) -> Iterator[dict[str, Any]]:
     """The pending items of one due bucket (due by ``until`` when given), oldest first.
 
-    With ``claimable_at`` (epoch seconds) only those a dispatcher could claim then: scheduled,
-    or sending with a lapsed lease.
+    With ``claimable_at`` (wall-clock epoch seconds) only those a dispatcher has work for then:
+    scheduled, sending with a lapsed lease, unknown (to reconcile) or sent with its event pending.
     """
     condition = "due_bucket = :b"
     values: dict[str, Any] = {":b": bucket}
@@ -98,10 +113,10 @@ def due_in_bucket(
         values[":now"] = until
     if claimable_at is not None:
         extra = {
-            "FilterExpression": "#s = :scheduled OR lease_until < :epoch",
+            "FilterExpression": "#s IN (:scheduled, :unknown) OR lease_until < :epoch OR event_pending = :true",
             "ExpressionAttributeNames": {"#s": "status"},
         }
-        values.update({":scheduled": SCHEDULED, ":epoch": claimable_at})
+        values.update({":scheduled": SCHEDULED, ":unknown": UNKNOWN, ":epoch": claimable_at, ":true": True})
     return dynamo.query(
         SCHEDULE, index=DUE_INDEX.name, KeyConditionExpression=condition, ExpressionAttributeValues=values, **extra
     )
@@ -136,17 +151,41 @@ def scheduled_items_many(dynamo: Dynamo, user_ids: Iterable[str]) -> dict[str, l
     return dynamo.query_many(SCHEDULE, requests)
 
 
+def day_items(dynamo: Dynamo, user_id: str, local_day: str) -> list[dict[str, Any]]:
+    """The user's items of local day ``local_day`` (one key query over the UTC span that day can
+    cover, consistent), for the cap check at send time."""
+    day = date.fromisoformat(local_day)
+    low = f"{date.fromordinal(day.toordinal() - 1).isoformat()}T00"
+    high = f"{date.fromordinal(day.toordinal() + 2).isoformat()}T00"
+    items = dynamo.query(
+        SCHEDULE,
+        KeyConditionExpression="user_id = :u AND send_at_campaign BETWEEN :low AND :high",
+        ExpressionAttributeValues={":u": user_id, ":low": low, ":high": high},
+        ConsistentRead=True,
+    )
+    return [item for item in items if item.get("local_day") == local_day]
+
+
 # ----------------------------------------------------------------------------------- conditions
 def as_found(item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The condition that the item is still exactly as we read it (status, and lease if sending)."""
-    if item.get("status") == SENDING:
+    status = item.get("status")
+    if status == SENDING:
         return "#s = :was AND lease_until = :old_lease", {":was": SENDING, ":old_lease": item.get("lease_until")}
+    if status == UNKNOWN:
+        return "#s = :was AND attribute_exists(due_bucket)", {":was": UNKNOWN}
     return "#s = :was", {":was": SCHEDULED}
 
 
 def mine(owner: str) -> tuple[str, dict[str, Any]]:
-    """The condition that ``owner`` holds the item's lease."""
+    """The condition that ``owner`` still holds the item's lease (nobody reclaimed it since)."""
     return "#s = :sending AND lease_owner = :me", {":sending": SENDING, ":me": owner}
+
+
+def mine_live(owner: str, now_epoch: int) -> tuple[str, dict[str, Any]]:
+    """``mine`` and the lease has not run out at ``now_epoch`` (wall clock): safe to start a send."""
+    condition, values = mine(owner)
+    return condition + " AND lease_until > :wall", {**values, ":wall": now_epoch}
 
 
 def _only_if_scheduled(dynamo: Dynamo) -> dict[str, Any]:
@@ -178,7 +217,7 @@ def update(
     if extra_set:
         assignments.append(extra_set)
     expression = "SET " + ", ".join(assignments)
-    removals = list(remove)
+    removals = [name for name in remove if name not in set_values]
     if removals:
         expression += " REMOVE " + ", ".join(removals)
     values.update(condition_values)
@@ -194,8 +233,9 @@ def update(
 
 
 def claim(dynamo: Dynamo, item: Mapping[str, Any], owner: str, lease_until: int) -> bool:
-    """scheduled -> sending (or reclaim a sending item whose lease lapsed) for ``owner`` until
-    ``lease_until``; counts the attempt. Exactly one of racing claimers wins."""
+    """scheduled -> sending (or reclaim a sending item whose lease lapsed, or an ``unknown`` one for
+    the reconciler) for ``owner`` until ``lease_until`` (wall-clock epoch s); counts the attempt.
+    Exactly one of racing claimers wins."""
     condition, values = as_found(item)
     return update(
         dynamo,
@@ -207,36 +247,118 @@ def claim(dynamo: Dynamo, item: Mapping[str, Any], owner: str, lease_until: int)
     )
 
 
-def expire(dynamo: Dynamo, item: Mapping[str, Any], reason: str) -> bool:
-    """A pending item found too late -> ``expired`` with ``failure_reason``; leaves the due index."""
-    return update(dynamo, item, {"status": EXPIRED, "failure_reason": reason}, *as_found(item), DUE_KEYS)
+def renew(dynamo: Dynamo, item: Mapping[str, Any], owner: str, lease_until: int) -> bool:
+    """Extend ``owner``'s lease to ``lease_until``; False when it was reclaimed (the lease is lost)."""
+    return update(dynamo, item, {"lease_until": lease_until}, *mine(owner))
 
 
-def mark_sent(dynamo: Dynamo, item: Mapping[str, Any], sent_utc: str, channel: str, owner: str | None = None) -> bool:
-    """-> ``sent`` from a recorded delivery (a dead dispatcher sent it but did not mark it); leaves
-    the due index. Conditional on the lease of ``owner``, else on the item being as found."""
-    condition = mine(owner) if owner is not None else as_found(item)
-    return update(dynamo, item, {"status": SENT, "sent_utc": sent_utc, "channel": channel}, *condition, DUE_KEYS)
+def begin_send(dynamo: Dynamo, item: Mapping[str, Any], owner: str, now_epoch: int, channels: list[str]) -> bool:
+    """Mark that ``owner`` starts sending on ``channels`` now (the write-ahead marker): only while
+    its lease is live. After this, a lapsed lease means "outcome unknown", never "send again"."""
+    return update(
+        dynamo, item, {"send_began": now_epoch, "send_channels": list(channels)}, *mine_live(owner, now_epoch)
+    )
+
+
+def mark_sent(
+    dynamo: Dynamo,
+    item: Mapping[str, Any],
+    sent_utc: str,
+    channel: str,
+    owner: str | None = None,
+    now_epoch: int = 0,
+    channel_errors: str | None = None,
+) -> bool:
+    """-> ``sent`` with ``event_pending`` (the item stays in the due index until ``event_emitted``).
+
+    With ``owner``: conditional on its lease, or on the item having become ``unknown`` from that
+    owner's send (its late acceptance settles the unknown). Without: on the item being as found
+    (a delivery recorded by a dead dispatcher)."""
+    if owner is not None:
+        condition = "(#s = :sending AND lease_owner = :me) OR (#s = :unknown AND last_owner = :me)"
+        values: dict[str, Any] = {":sending": SENDING, ":unknown": UNKNOWN, ":me": owner}
+    else:
+        condition, values = as_found(item)
+    fields = {"status": SENT, "sent_utc": sent_utc, "channel": channel, "event_pending": True, "sent_wall": now_epoch}
+    if channel_errors:
+        fields["channel_errors"] = channel_errors
+    return update(dynamo, item, fields, condition, values, (*LEASE_KEYS, "failure_reason"))
+
+
+def event_emitted(dynamo: Dynamo, item: Mapping[str, Any]) -> bool:
+    """A sent item whose ``notification_sent`` the broker acknowledged: leaves the due index."""
+    return update(
+        dynamo,
+        item,
+        {"status": SENT},
+        "#s = :sent AND event_pending = :true",
+        {":sent": SENT, ":true": True},
+        ("event_pending", *DUE_INDEX_KEYS),
+    )
 
 
 def sent_item(item: Mapping[str, Any], sent_utc: str, channel: str) -> dict[str, Any]:
-    """The whole ``sent`` item the lease holder writes after a delivery (due keys and private ``_``
-    fields dropped); batch-written, which the lease makes safe."""
-    done = {k: v for k, v in item.items() if k not in DUE_KEYS and not k.startswith("_")}
+    """The ``sent`` form of an item (due keys, lease and private ``_`` fields dropped), as a report or
+    the simulator shows it."""
+    done = {k: v for k, v in item.items() if k not in DUE_KEYS and k not in SEND_KEYS and not k.startswith("_")}
     return {**done, "status": SENT, "sent_utc": sent_utc, "channel": channel}
+
+
+def expire(dynamo: Dynamo, item: Mapping[str, Any], reason: str) -> bool:
+    """A pending item found too late (or at send time inside quiet hours) -> ``expired`` with
+    ``failure_reason``; leaves the due index. Conditional on the item being as found."""
+    return update(dynamo, item, {"status": EXPIRED, "failure_reason": reason}, *as_found(item), DUE_KEYS)
+
+
+def expire_mine(dynamo: Dynamo, item: Mapping[str, Any], reason: str, owner: str) -> bool:
+    """A claimed item that may not be sent now (quiet hours at send time) -> ``expired``."""
+    return update(dynamo, item, {"status": EXPIRED, "failure_reason": reason}, *mine(owner), (*DUE_KEYS, *SEND_KEYS))
+
+
+def to_unknown(dynamo: Dynamo, item: Mapping[str, Any], reason: str, owner: str | None = None) -> bool:
+    """A send began and its outcome is not known -> ``unknown`` (kept in the due index for the
+    reconciler, ``last_owner`` names whose send it was). With ``owner``: that dispatcher saw the
+    uncertain outcome itself (timeout after accept); without: a reclaimer found a lapsed lease."""
+    last_owner = owner if owner is not None else item.get("lease_owner", "")
+    condition = mine(owner) if owner is not None else as_found(item)
+    fields = {"status": UNKNOWN, "failure_reason": reason, "last_owner": last_owner}
+    return update(dynamo, item, fields, *condition, LEASE_KEYS)
+
+
+def give_up(dynamo: Dynamo, item: Mapping[str, Any], reason: str, owner: str | None = None) -> bool:
+    """An ``unknown`` item the reconciler may not resend -> final ``unknown`` with the reason (leaves
+    the due index; nothing was resent). With ``owner``: from the reconciler's own claim."""
+    if owner is not None:
+        return update(dynamo, item, {"status": UNKNOWN, "failure_reason": reason}, *mine(owner), DUE_KEYS)
+    return update(dynamo, item, {"failure_reason": reason}, *as_found(item), DUE_KEYS)
 
 
 def close(dynamo: Dynamo, item: Mapping[str, Any], status: str, reason: str, owner: str) -> bool:
     """A claimed item that must not be sent -> ``failed`` or ``cancelled`` with ``failure_reason``."""
     if status not in (FAILED, CANCELLED):
         raise ValueError(f"close moves an item to failed or cancelled, not {status!r}")
-    return update(dynamo, item, {"status": status, "failure_reason": reason}, *mine(owner), DUE_KEYS)
+    return update(dynamo, item, {"status": status, "failure_reason": reason}, *mine(owner), (*DUE_KEYS, *SEND_KEYS))
 
 
-def release(dynamo: Dynamo, item: Mapping[str, Any], owner: str, last_error: str) -> bool:
-    """A claimed item no channel accepted for a transient reason -> back to ``scheduled`` with
-    ``last_error``, for the next run."""
-    return update(dynamo, item, {"status": SCHEDULED, "last_error": last_error}, *mine(owner), LEASE_KEYS)
+def release(
+    dynamo: Dynamo,
+    item: Mapping[str, Any],
+    owner: str,
+    last_error: str,
+    delivered_channels: Iterable[str] = (),
+    due_at: str | None = None,
+    due_bucket: str | None = None,
+) -> bool:
+    """A claimed item not finished for a transient reason -> back to ``scheduled`` with
+    ``last_error``, for the next run. ``delivered_channels`` (those that accepted already) are
+    not sent again; ``due_at``/``due_bucket`` move it (the next allowed slot after quiet hours)."""
+    fields: dict[str, Any] = {"status": SCHEDULED, "last_error": last_error}
+    delivered = sorted(set(delivered_channels))
+    if delivered:
+        fields["delivered_channels"] = delivered
+    if due_at is not None and due_bucket is not None:
+        fields.update(due_at=due_at, due_bucket=due_bucket)
+    return update(dynamo, item, fields, *mine(owner), (*LEASE_KEYS, *SEND_KEYS))
 
 
 def cancel(dynamo: Dynamo, item: Mapping[str, Any], reason: str, cancelled_at: str) -> bool:
@@ -248,7 +370,7 @@ def cancel(dynamo: Dynamo, item: Mapping[str, Any], reason: str, cancelled_at: s
         {"status": CANCELLED, "cancel_reason": reason, "cancelled_at": cancelled_at},
         "#s = :was",
         {":was": SCHEDULED},
-        ("due_bucket", "due_at"),
+        DUE_INDEX_KEYS,
     )
 
 

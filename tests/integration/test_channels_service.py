@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
@@ -91,7 +92,8 @@ def test_kafka_channel_publishes_keyed_by_user_with_the_notification_id(
 def test_kafka_without_a_broker_is_transient(base_config: NotifyConfig) -> None:
     config = base_config.replace(kafka_bootstrap=f"127.0.0.1:{free_port()}")
     channel = KafkaChannel(config, timeout=1.5)
-    with pytest.raises(TransientChannelError, match="no broker ack"):
+    # The producer gives up within the channel's timeout and says so: a definite, transient failure.
+    with pytest.raises(TransientChannelError, match="timed out"):
         channel.send(MESSAGE)
 
 
@@ -197,3 +199,101 @@ def test_registry_builds_the_configured_channels_and_refuses_unknown_ones(config
         build_channels(config.replace(channels=("webhook",), webhook_url=""), dynamo)
     with pytest.raises(ValueError, match="NOTIFY_SNS_TOPIC_ARN"):
         build_channels(config.replace(channels=("sns",)), dynamo)
+
+
+def test_webhook_refuses_a_redirect_sends_no_second_request_and_the_item_is_not_sent(
+    config: NotifyConfig, dynamo: Dynamo
+) -> None:
+    from include.notify.stages.dispatch import Dispatcher, ListEventSink
+    from notify_tools.faults import ReceivingServer
+
+    elsewhere = ReceivingServer().start()
+    redirecting = ReceivingServer(redirect_to=elsewhere.url).start()
+    try:
+        cfg = config.replace(webhook_url=redirecting.url)
+        with pytest.raises(PermanentChannelError, match=r"302.*refused"):
+            WebhookChannel(cfg).send(MESSAGE)
+        assert sum(redirecting.received.values()) == 1
+        # Through dispatch: the item fails with the reason and nothing reached the other host.
+        now = datetime.now(UTC).replace(microsecond=0)
+        send_at = (now - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        dynamo.put("users", {"user_id": "U1", "name": "Asha Rao"})
+        dynamo.put("campaigns", {"campaign_id": "C1", "name": "Sale", "status": "active",
+                                 "template_short": "Hi {{ first_name }}", "template_long": "Sale"})  # fmt: skip
+        dynamo.put("notification_schedule", {
+            "user_id": "U1", "send_at_campaign": f"{send_at}#C1", "notification_id": "U1#d#C1", "campaign_id": "C1",
+            "send_at": send_at, "local_day": send_at[:10], "status": "scheduled",
+            "due_bucket": f"{send_at[:10]}#0", "due_at": send_at,
+        })  # fmt: skip
+        counts = Dispatcher(cfg.replace(schedule_shards=1), dynamo, [WebhookChannel(cfg)], ListEventSink()).run(now)
+        assert counts["failed"] == 1
+        [item] = list(dynamo.scan("notification_schedule"))
+        assert item["status"] == "failed"
+        assert "redirect" in item["failure_reason"]
+        assert sum(redirecting.received.values()) == 2  # one per send, never retried, never followed
+        assert sum(elsewhere.received.values()) == 0
+    finally:
+        redirecting.stop()
+        elsewhere.stop()
+
+
+def test_webhook_signs_with_the_secret_of_its_airflow_connection_and_checks_the_host_allowlist(
+    base_config: NotifyConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from include.notify.stages.channels import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify_signature
+    from notify_tools.faults import ReceivingServer
+
+    monkeypatch.setenv("AIRFLOW_CONN_NOTIFY_WEBHOOK", json.dumps({"conn_type": "http", "password": "shared-s3cret"}))
+    server = ReceivingServer(secret="shared-s3cret").start()
+    wrong = ReceivingServer(secret="another-secret").start()
+    try:
+        [channel] = build_channels(base_config.replace(channels=("webhook",), webhook_url=server.url))
+        channel.send(MESSAGE)
+        assert server.received[MESSAGE.notification_id] == 1
+        assert server.bad_signatures == 0
+        assert MESSAGE.notification_id in server.unique
+        # A receiver with another secret refuses it (401 is permanent).
+        [other] = build_channels(base_config.replace(channels=("webhook",), webhook_url=wrong.url))
+        with pytest.raises(PermanentChannelError, match="401"):
+            other.send(MESSAGE)
+        assert wrong.bad_signatures == 1
+    finally:
+        server.stop()
+        wrong.stop()
+    body = json.dumps(MESSAGE.payload()).encode()
+    signature = sign("shared-s3cret", "1796000000", body)
+    assert signature.startswith("sha256=")
+    assert verify_signature("shared-s3cret", "1796000000", body, signature)
+    assert not verify_signature("shared-s3cret", "1796000001", body, signature)
+    assert {SIGNATURE_HEADER, TIMESTAMP_HEADER} == {"X-Notify-Signature", "X-Notify-Timestamp"}
+    with pytest.raises(ValueError, match="not in webhook_allowed_hosts"):
+        WebhookChannel(base_config.replace(webhook_url="http://evil.example/x", webhook_allowed_hosts=("127.0.0.1",)))
+    WebhookChannel(base_config.replace(webhook_url=server.url, webhook_allowed_hosts=("127.0.0.1",)))
+
+
+def test_inbox_resend_never_marks_a_read_notification_unread(config: NotifyConfig, dynamo: Dynamo) -> None:
+    inbox = InboxChannel(dynamo)
+    inbox.send(MESSAGE)
+    key = {"user_id": MESSAGE.user_id, "notification_id": MESSAGE.notification_id}
+    dynamo.put("inbox", {**dynamo.get("inbox", key), "read": True})  # the user opened it
+    inbox.send(MESSAGE)  # a resend after an unknown outcome
+    assert dynamo.get("inbox", key)["read"] is True
+
+
+def test_sns_fifo_topics_deduplicate_by_notification_id(
+    base_config: NotifyConfig, aws_endpoint: RunningService
+) -> None:
+    config = base_config.replace(aws_endpoint_url=aws_endpoint.endpoint)
+    sns = _aws(config, "sns")
+    arn = sns.create_topic(Name=f"{config.table_prefix}n.fifo", Attributes={"FifoTopic": "true"})["TopicArn"]
+    sqs = _aws(config, "sqs")
+    queue = sqs.create_queue(QueueName=f"{config.table_prefix}q.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
+    channel = SnsChannel(config.replace(sns_topic_arn=arn))
+    assert channel.deduplicates
+    assert not SnsChannel(config.replace(sns_topic_arn=arn.removesuffix(".fifo"))).deduplicates
+    channel.send(MESSAGE)
+    channel.send(MESSAGE)  # the resend carries the same MessageDeduplicationId
+    received = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=2).get("Messages", [])
+    assert len(received) == 1

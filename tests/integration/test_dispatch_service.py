@@ -5,8 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -29,8 +30,10 @@ from include.notify.stages.planning_run import read_existing, write_plan
 
 pytestmark = pytest.mark.integration
 
-DAY = date(2026, 11, 25)
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+# Two days ahead of the wall clock: a message goes out at the later of the run's time and the wall
+# clock, so these runs send at their own time.
+DAY = datetime.now(UTC).date() + timedelta(days=2)
+NOW = datetime(DAY.year, DAY.month, DAY.day, 12, 0, tzinfo=UTC)
 
 
 class Recorder:
@@ -203,7 +206,7 @@ def test_two_dispatchers_and_a_killed_one_deliver_everything_exactly_once(config
         check=False,
     )
     assert killed.returncode == -9, killed.stderr
-    claimed_by_killed = int(killed.stdout.strip())
+    claimed_by_killed = int(killed.stdout.strip().splitlines()[-1])
     assert claimed_by_killed == 15
     assert Counter(statuses(dynamo).values()) == {"scheduled": 45, "sending": 15}
 
@@ -224,8 +227,10 @@ def test_two_dispatchers_and_a_killed_one_deliver_everything_exactly_once(config
     assert sum(r.get("leased_elsewhere", 0) for r in results) == 30  # each saw the killed one's 15
 
     # The killed dispatcher's lease lapses; the next run reclaims and sends its items.
+    # (Leases are on the wall clock: the recovering dispatcher's clock runs a lease ahead.)
     later = NOW + timedelta(seconds=config.lease_seconds + 60)
-    recovery = Dispatcher(config, dynamo, [InboxChannel(dynamo), recorder], events).run(later)
+    ahead = lambda: time.time() + config.lease_seconds + 60  # noqa: E731
+    recovery = Dispatcher(config, dynamo, [InboxChannel(dynamo), recorder], events, clock=ahead).run(later)
     assert recovery["sent"] == 15
     assert len(recorder.sent) == len(items) == 60
     assert set(recorder.sent.values()) == {1}
@@ -241,7 +246,16 @@ def test_a_crash_after_recording_is_finished_without_sending_again(config: Notif
     [item] = schedule(dynamo, config, ids, NOW - timedelta(minutes=3))
     # A dispatcher claimed, sent, recorded the delivery and died before marking the item sent.
     dynamo.put(
-        "notification_schedule", {**item, "status": "sending", "lease_until": int(NOW.timestamp()) - 10, "attempts": 1}
+        "notification_schedule",
+        {
+            **item,
+            "status": "sending",
+            "lease_until": int(time.time()) - 10,
+            "attempts": 1,
+            "lease_owner": "dead",
+            "send_began": int(time.time()) - 20,
+            "send_channels": ["inbox"],
+        },
     )
     dynamo.put(
         "deliveries",

@@ -78,3 +78,102 @@ def test_simulated_ticks_and_run_time() -> None:
     assert run_time_of({"logical_date": NOW}) == NOW
     with pytest.raises(ValueError, match="timezone-aware"):
         run_time_of({"logical_date": datetime(2026, 11, 25)})
+
+
+# ----------------------------------------------------------------------- send-time decisions
+def test_quiet_hours_are_judged_in_the_users_local_time_with_the_next_allowed_slot_that_day() -> None:
+    from include.notify.stages.dispatch_send import quiet_verdict
+
+    config = NotifyConfig()  # quiet 22:00-08:00
+    kolkata = {"timezone": "Asia/Kolkata"}
+    # 16:30 UTC = 22:00 Kolkata: quiet, and nothing allowed later that local day.
+    late = quiet_verdict(config, kolkata, {}, datetime(2026, 11, 25, 16, 30, tzinfo=UTC))
+    assert late.quiet
+    assert late.local_time == "22:00"
+    assert late.next_slot is None
+    assert not quiet_verdict(config, kolkata, {}, datetime(2026, 11, 25, 16, 29, tzinfo=UTC)).quiet  # 21:59
+    # 01:50 UTC = 07:20 Kolkata: quiet until 08:00 local = 02:30 UTC.
+    early = quiet_verdict(config, kolkata, {}, datetime(2026, 11, 25, 1, 50, tzinfo=UTC))
+    assert early.quiet
+    assert early.next_slot == datetime(2026, 11, 25, 2, 30, tzinfo=UTC)
+    # A user's own window wins over the configured one.
+    own = {"quiet_start_hour": 12, "quiet_end_hour": 13}
+    assert quiet_verdict(config, {"timezone": "UTC"}, own, datetime(2026, 11, 25, 12, 5, tzinfo=UTC)).quiet
+    assert not quiet_verdict(config, {"timezone": "UTC"}, own, datetime(2026, 11, 25, 22, 5, tzinfo=UTC)).quiet
+
+
+def test_what_counts_against_the_cap_at_send_time() -> None:
+    from include.notify.stages.dispatch_send import counts_against_cap, daily_cap_of
+
+    assert counts_against_cap({"status": "sent"})
+    assert counts_against_cap({"status": "unknown"})
+    assert counts_against_cap({"status": "sending", "send_began": 1})
+    assert not counts_against_cap({"status": "sending"})  # claimed, nothing went out yet
+    assert not counts_against_cap({"status": "scheduled"})
+    assert not counts_against_cap({"status": "expired"})
+    assert daily_cap_of(NotifyConfig(daily_cap=5), {"daily_cap": 2}) == 2
+    assert daily_cap_of(NotifyConfig(daily_cap=5), {}) == 5
+
+
+class _Channel:
+    def __init__(self, name: str, deduplicates: bool, errors: list[Exception | None]) -> None:
+        self.name, self.deduplicates, self.errors, self.calls = name, deduplicates, errors, 0
+
+    def send(self, message: object) -> None:
+        self.calls += 1
+        error = self.errors.pop(0) if self.errors else None
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_unknown_outcome_is_retried_only_on_a_deduplicating_channel() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from include.notify.stages.channels import UnknownOutcomeError
+    from include.notify.stages.dispatch_send import send_all
+
+    message = build_message(ITEM, USER, CAMPAIGN, None, NOW)
+    timeout = UnknownOutcomeError("x", ITEM["notification_id"], "timeout after accept")
+    keyed = _Channel("keyed", True, [timeout])
+    blind = _Channel("blind", False, [timeout])
+    crashing = _Channel("crashing", False, [RuntimeError("bug in the channel")])
+    with ThreadPoolExecutor(2) as pool:
+        [outcome] = send_all([keyed, blind, crashing], [message], [{"keyed", "blind", "crashing"}], pool, 3, 0.0)
+    assert keyed.calls == 2
+    assert outcome.accepted == ["keyed"]
+    assert blind.calls == 1  # never resent
+    assert crashing.calls == 1
+    assert [e.channel for e in outcome.unknown] == ["x", "crashing"]
+    assert "RuntimeError" in str(outcome.unknown[1])
+
+
+def test_the_reconciler_resends_only_where_every_unknown_channel_deduplicates_and_in_time() -> None:
+    from include.notify.stages.dispatch_recover import reconcile_verdict, unknown_channels
+
+    item = {"due_at": "2026-11-25T00:00:00Z", "send_channels": ["inbox", "ses"], "delivered_channels": ["ses"],
+            "failure_reason": "outcome unknown"}  # fmt: skip
+    assert unknown_channels(item) == ["inbox"]
+    assert reconcile_verdict(item, {"inbox"}, NOW, 30) == (True, "")
+    ok, reason = reconcile_verdict({**item, "delivered_channels": []}, {"inbox"}, NOW, 30)
+    assert not ok
+    assert "ses does not deduplicate" in reason
+    ok, reason = reconcile_verdict(item, {"inbox"}, NOW + timedelta(hours=1), 30)
+    assert not ok
+    assert "past the lateness limit" in reason
+
+
+def test_the_planner_keeps_a_margin_before_quiet_hours() -> None:
+    import numpy as np
+
+    from include.notify.rules import quiet_mask, quiet_within
+
+    quiet = quiet_mask(np.array([22, 22]), np.array([8, 8]))
+    blocked = quiet_within(quiet, np.array([52, 30]), 10)
+    assert blocked[0, 21]  # 21:52 + 10 min reaches 22:00
+    assert not blocked[1, 21]  # 21:30 + 10 min does not
+    assert not blocked[0, 20]
+    assert blocked[0, 22]
+    assert not blocked[0, 8]

@@ -58,6 +58,15 @@ TRANSITIONS = {
     "mark_sent_by_owner": lambda d: schedule.mark_sent(d, ITEM, "2026-11-25T09:07:00Z", "inbox", owner="me"),
     "close": lambda d: schedule.close(d, ITEM, "failed", "bounced", "me"),
     "release": lambda d: schedule.release(d, ITEM, "me", "timeout"),
+    "release_partial": lambda d: schedule.release(d, ITEM, "me", "kafka: 503", ["inbox"]),
+    "renew": lambda d: schedule.renew(d, ITEM, "me", 200),
+    "begin_send": lambda d: schedule.begin_send(d, ITEM, "me", 150, ["inbox", "kafka"]),
+    "event_emitted": lambda d: schedule.event_emitted(d, ITEM),
+    "to_unknown": lambda d: schedule.to_unknown(d, {**ITEM, "status": "sending", "lease_until": 5}, "lapsed"),
+    "to_unknown_by_owner": lambda d: schedule.to_unknown(d, ITEM, "timeout after send", owner="me"),
+    "give_up": lambda d: schedule.give_up(d, {**ITEM, "status": "unknown"}, "not resent"),
+    "give_up_by_owner": lambda d: schedule.give_up(d, ITEM, "not resent", owner="me"),
+    "expire_mine": lambda d: schedule.expire_mine(d, ITEM, "22:03 local is quiet", "me"),
     "cancel": lambda d: schedule.cancel(d, ITEM, "order p1", "2026-11-25T08:00:00Z"),
     "put_if_scheduled": lambda d: schedule.put_if_scheduled(d, ITEM),
     "delete_if_scheduled": lambda d: schedule.delete_if_scheduled(d, ITEM),
@@ -93,13 +102,41 @@ def test_the_reasons_are_written_under_the_names_analysts_read() -> None:
         "cancel": ({"status": "cancelled", "cancel_reason": "order p1", "cancelled_at": "2026-11-25T08:00:00Z"},
                    "due_bucket, due_at"),
         "expire": ({"status": "expired", "failure_reason": "late"}, "due_bucket, due_at, lease_until, lease_owner"),
-        "close": ({"status": "failed", "failure_reason": "bounced"}, "due_bucket, due_at, lease_until, lease_owner"),
-        "release": ({"status": "scheduled", "last_error": "timeout"}, "lease_until, lease_owner"),
+        "close": ({"status": "failed", "failure_reason": "bounced"},
+                  "due_bucket, due_at, lease_until, lease_owner, send_began, send_channels"),
+        "release": ({"status": "scheduled", "last_error": "timeout"}, "lease_until, lease_owner, send_began, send_channels"),
+        "to_unknown_by_owner": ({"status": "unknown", "failure_reason": "timeout after send", "last_owner": "me"},
+                                "lease_until, lease_owner"),
+        "give_up": ({"failure_reason": "not resent"}, "due_bucket, due_at, lease_until, lease_owner"),
+        "event_emitted": ({"status": "sent"}, "event_pending, due_bucket, due_at"),
     }  # fmt: skip
     for name, (expected, removed) in cases.items():
         fake = dynamo()
         TRANSITIONS[name](fake)
         assert _written(fake.client.requests[0][1]) == (expected, removed), name
+
+
+def test_writes_after_a_claim_need_the_lease_and_a_send_needs_it_live() -> None:
+    def condition(name: str) -> tuple[str, dict[str, Any]]:
+        fake = dynamo()
+        TRANSITIONS[name](fake)
+        request = fake.client.requests[0][1]
+        return request["ConditionExpression"], request["ExpressionAttributeValues"]
+
+    for name in ("close", "release", "renew", "expire_mine", "to_unknown_by_owner", "give_up_by_owner"):
+        expression, values = condition(name)
+        assert expression.startswith("#s = :sending AND lease_owner = :me"), name
+        assert values[":me"] == {"S": "me"}
+    expression, values = condition("begin_send")
+    assert expression.endswith("AND lease_until > :wall")
+    assert values[":wall"] == {"N": "150"}
+    # The owner's own late acceptance may settle an item a reclaimer made unknown.
+    expression, _ = condition("mark_sent_by_owner")
+    assert expression == "(#s = :sending AND lease_owner = :me) OR (#s = :unknown AND last_owner = :me)"
+    # A reclaim names the lease it found; an unknown item only while the reconciler has not decided it.
+    expression, values = condition("to_unknown")
+    assert expression == "#s = :was AND lease_until = :old_lease"
+    assert schedule.as_found({"status": "unknown"})[0] == "#s = :was AND attribute_exists(due_bucket)"
 
 
 def test_close_only_moves_a_claimed_item_to_failed_or_cancelled() -> None:

@@ -89,7 +89,7 @@ def schedule_counts(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 
 def describe_deliveries(config: NotifyConfig, dynamo: Dynamo, user_id: str, limit: int = 50) -> str:
     """A user's notifications for analysts: what was sent when, through which channels, and what was
-    not sent (expired, failed, cancelled) with the reason. Reads the user's schedule by key (no scan)
+    not sent (expired, failed, cancelled) or may have been (unknown) with the reason. Reads the user's schedule by key (no scan)
     and the deliveries by notification id."""
     items = list(
         dynamo.query(SCHEDULE, KeyConditionExpression="user_id = :u", ExpressionAttributeValues={":u": user_id})
@@ -99,7 +99,14 @@ def describe_deliveries(config: NotifyConfig, dynamo: Dynamo, user_id: str, limi
     items = sorted(items, key=lambda i: i["send_at"], reverse=True)[:limit]
     ids = [{"notification_id": i["notification_id"]} for i in items if i.get("status") == "sent"]
     deliveries = {d["notification_id"]: d for d in dynamo.batch_get("deliveries", ids)} if ids else {}
-    lines = [f"{user_id} · {len(items)} most recent notification(s) · {config.table_name('deliveries')}"]
+    by_status = Counter(str(i.get("status")) for i in items)
+    summary = ", ".join(f"{status} {count}" for status, count in sorted(by_status.items()))
+    lines = [f"{user_id} · {len(items)} most recent notification(s) ({summary}) · {config.table_name('deliveries')}"]
+    if by_status.get("unknown"):
+        lines.append(
+            f"{by_status['unknown']} with an unknown outcome: a send began and was not confirmed; not resent "
+            "on channels that do not deduplicate (see the reason)"
+        )
     lines.append(f"{'planned (UTC)':<20}  {'status':<9}  {'sent (UTC)':<20}  {'channel':<12} {'try':>3}  message")
     for item in items:
         delivery = deliveries.get(item["notification_id"], {})

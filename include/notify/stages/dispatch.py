@@ -1,36 +1,32 @@
-"""Dispatch: send what is due, exactly once, through the configured channels.
+"""Dispatch: send what is due through the configured channels, keeping the delivery contract.
 
-One run (``dispatch_due``) handles everything due up to ``now``, found through the sparse
-``due_index`` (one query per shard and UTC day; never a scan), item by item:
+One run (``Dispatcher.run``) handles everything due up to ``now``, found through the sparse
+``due_index`` (one query per shard and UTC day; never a scan), in chunks:
 
-1. **Claim** with a conditional update ``scheduled -> sending`` that sets ``lease_until`` and the
-   dispatcher's ``lease_owner``. Two dispatchers (or a retried task) racing for an item: exactly
-   one update succeeds. An item left ``sending`` by a dispatcher that died is reclaimed once its
-   lease has lapsed (the condition names the old lease, so only one reclaimer wins); if its
-   delivery was already recorded, it is only marked sent, not sent again.
-2. **Expire** instead of sending late: items more than ``max_lateness_minutes`` past due become
-   ``expired`` (a 3 a.m. "good morning" is worse than none).
-3. **Render** the campaign's templates in the sandbox (``templates.render``) with the user's name
-   and the planned product's name; cancel if the user opted out or the campaign stopped since
-   planning.
-4. **Send** through every configured channel, retrying transient errors with exponential
-   back-off; if none accepted and some failure was transient the item goes back to ``scheduled``
-   for the next run (lateness bounds how long); if all failed permanently it is ``failed`` with
-   the reason.
-5. **Record** the delivery (``notify_deliveries``), mark the item ``sent`` (removing the due-index
-   keys) and emit ``notification_sent`` to ``notify.events``; the records of a chunk go in batched
-   writes, which the claim makes safe (only the lease holder writes them).
+1. **Triage and claim**: ``scheduled -> sending`` with a wall-clock lease (``lease_until``,
+   ``lease_owner``), renewed by ``LeaseKeeper`` while the chunk is in flight. Racing claimers:
+   exactly one wins. A ``sending`` item whose lease lapsed before its send began is reclaimed;
+   one whose send had begun (``send_began``) is ``unknown`` (never resent blindly), or ``sent``
+   if its delivery was recorded. Items past ``max_lateness_minutes`` expire.
+2. **Prepare** per item, isolated: render in the sandbox (any render error fails that item with
+   its reason), cancel for an opt-out or a stopped campaign.
+3. **Re-check the promises at the moment of sending** (``dispatch_send``): never inside the user's
+   local quiet hours (expire, or defer to the next allowed slot that day), never over the day's cap.
+4. **Begin** (``schedule.begin_send``, only while the lease is live), **send** on each channel
+   still to do (transient errors retried with back-off; unknown outcomes retried only on
+   channels that deduplicate), **settle**: sent (conditional on the lease), partly sent (the
+   failed channel retried on its own next run), retried later, failed, or unknown.
+5. **Record and announce**: the delivery record, then exactly one ``notification_sent`` per sent
+   item; the item leaves the due index once the broker acknowledged it.
+6. **Reconcile** the ``unknown`` items found (``dispatch_recover``) and re-emit lost events.
 
-The clock is the ``now`` parameter: the DAG passes the run's time, ``simulate_day`` walks a
-simulated day in minutes instead of 24 hours.
+The run's time is the ``now`` parameter; a message goes out at the later of it and the wall clock
+(``simulate_day`` walks a simulated day with the run's time alone).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import random
 import threading
 import time
 import uuid
@@ -40,14 +36,27 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from include.notify import schedule
 from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import Dynamo
-from include.notify.schedule import SCHEDULE
-from include.notify.stages.channels import Channel, ChannelError, Message, build_channels
-from include.notify.stages.templates import UnsafeTemplateError, render
+from include.notify.stages.channels import Channel, Message, build_channels
+from include.notify.stages.dispatch_events import EventSink, KafkaEventSink, ListEventSink, sent_event
+from include.notify.stages.dispatch_recover import LeaseKeeper, reconcile, recover_events
+from include.notify.stages.dispatch_send import (
+    PRODUCT_FALLBACK,
+    QuietVerdict,
+    SendOutcome,
+    build_message,
+    counts_against_cap,
+    daily_cap_of,
+    describe,
+    quiet_verdict,
+    send_all,
+)
+from include.notify.stages.dispatch_simulate import _ceil, simulate_day
+from include.notify.stages.templates import UnsafeTemplateError
 from include.notify.timeutil import iso, parse_iso
 from include.notify.timeutil import require_utc as _utc
 
@@ -58,66 +67,10 @@ log = logging.getLogger(__name__)
 DISPATCH_LOOKBACK_HOURS = 24
 # How many older day buckets the daily sweep (``close_unreachable``) looks through.
 SWEEP_DAYS = 7
-PRODUCT_FALLBACK = "our latest picks"
-
-
-# ------------------------------------------------------------------------------------ events
-class EventSink(Protocol):
-    """Where ``notification_sent`` events go; ``flush`` returns how many could not be delivered."""
-
-    def emit(self, event: Mapping[str, Any]) -> None: ...
-
-    def flush(self) -> int: ...
-
-
-class KafkaEventSink:
-    """``notify.events``, keyed by user so a user's events stay in order on one partition."""
-
-    def __init__(self, config: NotifyConfig, timeout: float = 15.0) -> None:
-        from include.notify.io.kafka import TopicProducer
-
-        self.timeout = timeout
-        self.producer = TopicProducer(config, "events")
-        self.topic = self.producer.topic
-
-    def emit(self, event: Mapping[str, Any]) -> None:
-        from include.notify.io.kafka import OutgoingMessage
-
-        self.producer.produce(OutgoingMessage(json.dumps(event).encode(), str(event["user_id"]).encode()))
-
-    def flush(self) -> int:
-        """Wait for the broker; returns how many events since the last flush it did not acknowledge."""
-        remaining, failures = self.producer.flush(self.timeout)
-        return remaining + len(failures)
-
-
-class ListEventSink:
-    """Events kept in memory (tests, and the simulator when no broker is wanted)."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-
-    def emit(self, event: Mapping[str, Any]) -> None:
-        with self._lock:
-            self.events.append(dict(event))
-
-    def flush(self) -> int:
-        return 0
-
-
-def sent_event(item: Mapping[str, Any], sent_utc: str) -> dict[str, Any]:
-    """The ``notification_sent`` event of the contract; its id is derived from the notification, so a
-    re-emitted event (after a crash) is deduplicated by stream ingestion."""
-    digest = hashlib.sha1(f"notification_sent#{item['notification_id']}".encode(), usedforsecurity=False)
-    return {
-        "event_id": f"ns-{digest.hexdigest()[:32]}",
-        "user_id": item["user_id"],
-        "ts": sent_utc,
-        "event_type": "notification_sent",
-        "campaign_id": item["campaign_id"],
-        "notification_id": item["notification_id"],
-    }
+__all__ = [
+    "PRODUCT_FALLBACK", "Dispatcher", "EventSink", "KafkaEventSink", "ListEventSink", "_ceil", "build_message",
+    "sent_event", "simulate_day",
+]  # fmt: skip
 
 
 def run_time_of(context: Mapping[str, Any]) -> datetime:
@@ -162,13 +115,14 @@ def due_items(
 def has_due(
     config: NotifyConfig, now: datetime, dynamo: Dynamo | None = None, lookback_hours: int = DISPATCH_LOOKBACK_HOURS
 ) -> bool:
-    """Whether anything is claimable at ``now``: a scheduled item due, or a sending one whose lease lapsed.
+    """Whether a dispatch run has work at ``now``: a scheduled item due, a sending one whose lease
+    lapsed (wall clock), an unknown one to reconcile or a sent one whose event is pending.
 
     What the dispatch DAG's sensor pokes; stops at the first hit.
     """
     dynamo = dynamo or Dynamo.from_config(config)
     now = _utc(now)
-    epoch = int(now.timestamp())
+    epoch = int(time.time())
     for bucket in due_buckets(config, now, lookback_hours):
         for _ in schedule.due_in_bucket(dynamo, bucket, until=iso(now), claimable_at=epoch):
             return True
@@ -178,7 +132,12 @@ def has_due(
 # ---------------------------------------------------------------------------------- dispatch
 @dataclass
 class Dispatcher:
-    """One dispatcher identity (``owner``) with its channels, event sink and retry policy."""
+    """One dispatcher identity (``owner``) with its channels, event sink and retry policy.
+
+    ``clock`` is the wall clock (epoch seconds) leases are measured on; ``simulated`` makes the
+    run's time the moment of sending (``simulate_day``), where otherwise a run sends at the later
+    of its time and the wall clock, and checks quiet hours and lateness at that moment.
+    """
 
     config: NotifyConfig
     dynamo: Dynamo
@@ -191,65 +150,134 @@ class Dispatcher:
     chunk_size: int = 500
     # Test hook: called with the claimed items before anything is sent (e.g. to die there).
     after_claim: Callable[[list[dict[str, Any]]], None] | None = None
+    clock: Callable[[], float] = time.time
+    simulated: bool = False
+
+    def __post_init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._keeper: LeaseKeeper | None = None
+        self._later: list[dict[str, Any]] = []  # sent by a recovery path: event still to emit
+        self._unknown: list[dict[str, Any]] = []  # to reconcile before the run ends
+        self._reconciling = False
+        self._lock = threading.Lock()
+
+    def send_moment(self, now: datetime) -> datetime:
+        """When a message goes out: the run's time, or the wall clock when that is later."""
+        if self.simulated:
+            return now
+        return max(now, datetime.fromtimestamp(self.clock(), UTC))
 
     def run(
         self, now: datetime, lookback_hours: int = DISPATCH_LOOKBACK_HOURS, limit: int | None = None
     ) -> dict[str, int]:
-        """Dispatch everything due up to ``now``; returns counts by outcome."""
+        """Dispatch everything due up to ``now``; returns counts by outcome (``unknown`` among them)."""
         now = _utc(now)
+        return self.process(due_items(self.config, self.dynamo, now, lookback_hours, limit), now)
+
+    def process(self, items: list[dict[str, Any]], now: datetime) -> dict[str, int]:
+        """Triage, claim, deliver, reconcile and announce these pending items at run time ``now``."""
         started = time.monotonic()
         counts: Counter[str] = Counter()
-        items = due_items(self.config, self.dynamo, now, lookback_hours, limit)
         counts["due"] = len(items)
-        # Claim and send in chunks so that a claim's lease is young when its item is sent.
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+        counts["events_failed"] = 0
+        self._later, self._unknown, pending_events = [], [], []
+        with (
+            ThreadPoolExecutor(max_workers=self.workers) as pool,
+            LeaseKeeper(self.dynamo, self.owner, self.config.lease_seconds, self.clock) as keeper,
+        ):
+            self._pool, self._keeper = pool, keeper
+            # Claim and send in chunks so that a claim's lease is young when its item is sent.
             for start in range(0, len(items), self.chunk_size):
                 chunk = items[start : start + self.chunk_size]
-                claims = list(pool.map(lambda item: self._claim_or_expire(item, now), chunk))
-                claimed = [item for item, outcome in zip(chunk, claims, strict=True) if outcome == "claimed"]
-                counts.update(outcome for outcome in claims if outcome != "claimed")
+                outcomes = list(pool.map(lambda item: self._triage(item, now), chunk))
+                claimed = [item for item, outcome in zip(chunk, outcomes, strict=True) if outcome == "claimed"]
+                pending_events += [i for i, o in zip(chunk, outcomes, strict=True) if o == "event_pending"]
+                counts.update(o for o in outcomes if o not in ("claimed", "event_pending", "to_reconcile"))
                 counts["claimed"] += len(claimed)
                 if claimed and self.after_claim is not None:
                     self.after_claim(claimed)
                 if claimed:
-                    counts.update(self._deliver_chunk(claimed, now, pool))
-        if self.events is not None:
-            counts["events_failed"] = self.events.flush()
+                    counts.update(self.deliver(claimed, now))
+            self._reconciling = True
+            try:
+                counts.update(reconcile(self, self._unknown, now))
+            finally:
+                self._reconciling = False
+            counts.update(recover_events(self, pending_events + self._later))
+            counts["lease_renewals"] = keeper.renewals
+        self._pool = self._keeper = None
         counts["seconds_ms"] = int((time.monotonic() - started) * 1000)
         log.info("dispatch at %s by %s: %s", iso(now), self.owner, dict(counts))
-        return dict(counts)
+        return {k: v for k, v in counts.items() if v or k in ("due", "claimed", "events_failed")}
 
     # ---------------------------------------------------------------------------- claiming
-    def _claim_or_expire(self, item: dict[str, Any], now: datetime) -> str:
+    def claim(self, item: dict[str, Any]) -> bool:
+        """Claim ``item`` for this dispatcher on the wall clock; updates the item as written."""
         status = item.get("status")
-        epoch = int(now.timestamp())
-        if status == "sending" and int(item.get("lease_until", 0)) >= epoch:
+        lease_until = int(self.clock()) + self.config.lease_seconds
+        if not schedule.claim(self.dynamo, item, self.owner, lease_until):
+            return False
+        item.update(status=schedule.SENDING, lease_until=lease_until, lease_owner=self.owner)
+        item["attempts"] = int(item.get("attempts", 0)) + 1
+        item["_reclaimed"] = status == schedule.SENDING
+        return True
+
+    def _triage(self, item: dict[str, Any], now: datetime) -> str:
+        """What to do with one pending item: claim it, expire it, finish a dead dispatcher's work,
+        or hand it to the reconciler / event recovery."""
+        status = item.get("status")
+        if status == schedule.SENT:
+            return "event_pending" if item.get("event_pending") else "not_pending"
+        if status == schedule.UNKNOWN:
+            self._unknown.append(item)
+            return "to_reconcile"
+        if status == schedule.SENDING and int(item.get("lease_until", 0)) >= int(self.clock()):
             return "leased_elsewhere"
-        if status not in ("scheduled", "sending"):
+        if status not in (schedule.SCHEDULED, schedule.SENDING):
             return "not_pending"
-        late = now - parse_iso(item["due_at"])
+        if status == schedule.SENDING and item.get("send_began") is not None:
+            if self._delivered_already(item):
+                return self._mark_sent_from_record(item)
+            return self._lapsed_send(item)
+        late = self.send_moment(now) - parse_iso(item["due_at"])
         if late > timedelta(minutes=self.config.max_lateness_minutes):
-            if status == "sending" and self._delivered_already(item):
+            if item.get("delivered_channels") or (status == schedule.SENDING and self._delivered_already(item)):
                 return self._mark_sent_from_record(item)
             reason = (
                 f"{int(late.total_seconds() // 60)} min past due > max lateness {self.config.max_lateness_minutes} min"
             )
             return "expired" if schedule.expire(self.dynamo, item, reason) else "lost_race"
-        if not schedule.claim(self.dynamo, item, self.owner, epoch + self.config.lease_seconds):
+        return "claimed" if self.claim(item) else "lost_race"
+
+    def _lapsed_send(self, item: dict[str, Any]) -> str:
+        """A send began and its lease lapsed before it was recorded: the outcome is unknown."""
+        channels = ", ".join(item.get("send_channels") or [])
+        began = datetime.fromtimestamp(int(item["send_began"]), UTC)
+        reason = (
+            f"send by {item.get('lease_owner')} on {channels} began {iso(began)} and its lease lapsed before "
+            "it was recorded: outcome unknown"
+        )
+        if not schedule.to_unknown(self.dynamo, item, reason):
             return "lost_race"
-        item.update(status="sending", lease_until=epoch + self.config.lease_seconds, lease_owner=self.owner)
-        item["attempts"] = int(item.get("attempts", 0)) + 1
-        item["_reclaimed"] = status == "sending"
-        return "claimed"
+        item.update(status=schedule.UNKNOWN, failure_reason=reason, last_owner=item.get("lease_owner"))
+        self._unknown.append(item)
+        return "to_reconcile"
 
     def _delivered_already(self, item: Mapping[str, Any]) -> bool:
         return self.dynamo.get("deliveries", {"notification_id": item["notification_id"]}, consistent=True) is not None
 
     def _mark_sent_from_record(self, item: dict[str, Any]) -> str:
-        """A dead dispatcher sent and recorded the delivery but did not mark the item: finish its bookkeeping."""
+        """A delivery was recorded (by a dead dispatcher, or a partial one whose other channels ran
+        out of time) but the item not marked: mark it sent; its event goes out with the run's."""
         record = self.dynamo.get("deliveries", {"notification_id": item["notification_id"]}, consistent=True) or {}
-        ok = schedule.mark_sent(self.dynamo, item, record.get("sent_utc", ""), record.get("channel", ""))
-        return "recovered_sent" if ok else "lost_race"
+        channel = record.get("channel") or ",".join(item.get("delivered_channels") or [])
+        errors = item.get("last_error")
+        if not schedule.mark_sent(self.dynamo, item, record.get("sent_utc", ""), channel, channel_errors=errors):
+            return "lost_race"
+        item.update(status=schedule.SENT, sent_utc=record.get("sent_utc", ""), channel=channel, sent_wall=0)
+        with self._lock:
+            self._later.append(item)
+        return "recovered_sent"
 
     # ---------------------------------------------------------------------------- delivering
     def _context(self, items: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -264,44 +292,63 @@ class Dispatcher:
             "products": {str(p["product_id"]): p for p in products},
         }
 
-    def _deliver_chunk(self, claimed: list[dict[str, Any]], now: datetime, pool: ThreadPoolExecutor) -> Counter[str]:
-        """Render, send and record one chunk of claimed items.
+    def deliver(self, claimed: list[dict[str, Any]], now: datetime) -> Counter[str]:
+        """Render, re-check the promises, send and record one chunk of claimed items.
 
-        Channels that can (the inbox) take the chunk in batched writes; the delivery records and
-        the sent markers are batch-written too. That is safe because the claim already made this
-        dispatcher the only one working on these items while the lease holds; after a crash the
-        reclaimer finds the delivery record and only finishes the bookkeeping.
+        Per-item isolation: a render, template or channel error fails (or leaves unknown) that
+        item with its reason; the rest of the chunk goes on. Every write is conditional on this
+        dispatcher's lease, which ``LeaseKeeper`` renews while the chunk is in flight.
         """
+        assert self._pool is not None, "deliver runs inside run()"
+        assert self._keeper is not None, "deliver runs inside run()"
+        pool, keeper = self._pool, self._keeper
+        keeper.hold(claimed)
         counts: Counter[str] = Counter()
-        context = self._context(claimed)
-        ready: list[tuple[dict[str, Any], Message]] = []
-        for item, prepared in zip(
-            claimed, pool.map(partial(self._prepare, now=now, context=context), claimed), strict=True
-        ):
-            if isinstance(prepared, Message):
-                ready.append((item, prepared))
-            else:
-                counts[prepared] += 1
-        if not ready:
-            return counts
-        results = self._send_chunk([message for _, message in ready], pool)
-        delivered = []
-        undelivered = []
-        for (item, message), (accepted, errors) in zip(ready, results, strict=True):
-            if accepted:
-                delivered.append((item, message, accepted, errors))
-            else:
-                undelivered.append((item, errors))
-        counts.update(pool.map(lambda entry: self._not_delivered(*entry), undelivered))
-        if delivered:
-            self._record(delivered)
-            counts["sent"] += len(delivered)
+        try:
+            context = self._context(claimed)
+            moment = self.send_moment(now)
+            ready: list[tuple[dict[str, Any], Message]] = []
+            for item, prepared in zip(
+                claimed, pool.map(partial(self._prepare, moment=moment, context=context), claimed), strict=True
+            ):
+                if isinstance(prepared, Message):
+                    ready.append((item, prepared))
+                else:
+                    counts[prepared] += 1
+            ready = self._keep_promises(ready, context, counts)
+            todo = [self._channels_to_do(item) for item, _ in ready]
+            begun = list(pool.map(lambda entry: self._begin(*entry), zip(ready, todo, strict=True)))
+            counts["lost_lease"] += begun.count(False)
+            started = [(entry, names) for entry, names, ok in zip(ready, todo, begun, strict=True) if ok]
+            if not started:
+                return counts
+            outcomes = send_all(
+                self.channels,
+                [message for (_, message), _ in started],
+                [names for _, names in started],
+                pool,
+                self.send_attempts,
+                self.backoff_seconds,
+            )
+            settled = list(
+                pool.map(lambda entry: self._settle(*entry), [(*e, o) for e, o in zip(started, outcomes, strict=True)])
+            )
+            sent = [record for outcome, record in settled if outcome == "sent"]
+            partial_records = [record for outcome, record in settled if outcome == "partial_retry"]
+            counts.update(outcome for outcome, _ in settled)
+            if sent or partial_records:
+                self.dynamo.put_items("deliveries", [r for _, r in sent] + [r for _, r in partial_records])
+            if sent:
+                counts.update(self.announce([item for item, _ in sent]))
+        finally:
+            for item in claimed:
+                keeper.done(item)
         return counts
 
-    def _prepare(self, item: dict[str, Any], now: datetime, context: Mapping[str, Mapping[str, Any]]) -> Message | str:
+    def _prepare(
+        self, item: dict[str, Any], moment: datetime, context: Mapping[str, Mapping[str, Any]]
+    ) -> Message | str:
         """The rendered message of a claimed item, or the outcome when it must not be sent."""
-        if item.get("_reclaimed") and self._delivered_already(item):
-            return self._recover(item, now)
         user = context["users"].get(item["user_id"])
         campaign = context["campaigns"].get(item["campaign_id"])
         if user is None:
@@ -314,130 +361,154 @@ class Dispatcher:
             return self._close(item, "cancelled", f"campaign is {campaign.get('status')} since planning")
         product = context["products"].get(str(item.get("product_id")))
         try:
-            return build_message(item, user, campaign, product, now)
+            return build_message(item, user, campaign, product, moment)
         except UnsafeTemplateError as error:
             return self._close(item, "failed", f"template of {item['campaign_id']}: {error}")
-
-    def _send_chunk(
-        self, messages: list[Message], pool: ThreadPoolExecutor
-    ) -> list[tuple[list[str], list[ChannelError]]]:
-        """Every message through every channel: accepted channel names and final errors per message.
-
-        Transient failures are retried with exponential back-off and jitter, up to
-        ``send_attempts`` per channel; a permanent failure is final at once.
-        """
-        accepted: list[list[str]] = [[] for _ in messages]
-        errors: list[list[ChannelError]] = [[] for _ in messages]
-        for channel in self.channels:
-            pending = list(range(len(messages)))
-            for attempt in range(self.send_attempts):
-                outcomes = _send_many(channel, [messages[i] for i in pending], pool)
-                retry = []
-                for index, error in zip(pending, outcomes, strict=True):
-                    if error is None:
-                        accepted[index].append(channel.name)
-                    elif error.transient and attempt < self.send_attempts - 1:
-                        retry.append(index)
-                    else:
-                        errors[index].append(error)
-                pending = retry
-                if not pending:
-                    break
-                time.sleep(self.backoff_seconds * 2**attempt * (0.5 + random.random()))
-        return list(zip(accepted, errors, strict=True))
-
-    def _not_delivered(self, item: dict[str, Any], errors: list[ChannelError]) -> str:
-        """No channel accepted: back to ``scheduled`` if any failure was transient, else ``failed``."""
-        reason = "; ".join(str(error) for error in errors)
-        if any(error.transient for error in errors):
-            return "retry_later" if schedule.release(self.dynamo, item, self.owner, reason) else "lost_lease"
-        return self._close(item, "failed", reason)
-
-    def _record(self, delivered: list[tuple[dict[str, Any], Message, list[str], list[ChannelError]]]) -> None:
-        """Delivery records, then the items marked sent (due keys removed), then the events."""
-        records = []
-        finished = []
-        for item, message, accepted, errors in delivered:
-            channel = ",".join(accepted)
-            records.append(
-                {
-                    **message.payload(),
-                    "channel": channel,
-                    "attempts": int(item.get("attempts", 1)),
-                    "product_id": item.get("product_id"),
-                    "channel_errors": "; ".join(str(e) for e in errors) or None,
-                }
+        except Exception as error:  # noqa: BLE001 - any render error fails this item only, with its reason
+            return self._close(
+                item, "failed", f"template of {item['campaign_id']} failed to render: {type(error).__name__}: {error}"
             )
-            finished.append(schedule.sent_item(item, message.sent_utc, channel))
-        self.dynamo.put_items("deliveries", records)
-        self.dynamo.put_items(SCHEDULE, finished)
-        if self.events is not None:
-            for item, message, _, _ in delivered:
-                self.events.emit(sent_event(item, message.sent_utc))
 
-    def _recover(self, item: dict[str, Any], now: datetime) -> str:
-        """A dead dispatcher sent and recorded this item but did not mark it: mark it, re-emit the event.
+    def _keep_promises(
+        self,
+        ready: list[tuple[dict[str, Any], Message]],
+        context: Mapping[str, Mapping[str, Any]],
+        counts: Counter[str],
+    ) -> list[tuple[dict[str, Any], Message]]:
+        """The promises re-checked at the moment of sending: quiet hours (expire or defer) and the
+        day's cap (cancel); the opt-out was checked in ``_prepare``."""
+        assert self._pool is not None
+        keep = []
+        quiet_ok = []
+        for item, message in ready:
+            moment = datetime.fromtimestamp(message.sent_epoch, UTC)
+            user = context["users"][item["user_id"]]
+            verdict = quiet_verdict(self.config, item, user, moment)
+            if verdict.quiet:
+                counts[self._quiet(item, verdict)] += 1
+            else:
+                quiet_ok.append((item, message))
+        users = sorted({(item["user_id"], str(item.get("local_day") or "")) for item, _ in quiet_ok})
+        days = dict(zip(users, self._pool.map(lambda key: self._day_count(*key), users), strict=True))
+        approved: Counter[tuple[str, str]] = Counter()
+        for item, message in quiet_ok:
+            day_key = (item["user_id"], str(item.get("local_day") or ""))
+            others = days[day_key] - (1 if counts_against_cap(item) else 0)
+            cap = daily_cap_of(self.config, context["users"][item["user_id"]])
+            if others + approved[day_key] >= cap:
+                reason = f"daily cap {cap} reached at send time ({others + approved[day_key]} already sent that day)"
+                counts[self._close(item, "cancelled", reason)] += 1
+                continue
+            approved[day_key] += 1
+            keep.append((item, message))
+        return keep
 
-        The event id is derived from the notification, so stream ingestion drops a second copy.
-        """
-        record = self.dynamo.get("deliveries", {"notification_id": item["notification_id"]}, consistent=True) or {}
-        sent_utc = record.get("sent_utc", iso(now))
-        if not schedule.mark_sent(self.dynamo, item, sent_utc, record.get("channel", ""), owner=self.owner):
-            return "lost_lease"
-        if self.events is not None:
-            self.events.emit(sent_event(item, sent_utc))
-        return "recovered_sent"
+    def _day_count(self, user_id: str, local_day: str) -> int:
+        """How many of the user's items of that local day reached (or may have reached) them."""
+        if not local_day:
+            return 0
+        return sum(counts_against_cap(i) for i in schedule.day_items(self.dynamo, user_id, local_day))
+
+    def _quiet(self, item: dict[str, Any], verdict: QuietVerdict) -> str:
+        start, end = self.config.quiet_start_hour, self.config.quiet_end_hour
+        where = f"{verdict.local_time} local is inside quiet hours at send time"
+        if self.config.quiet_hours_at_send == "defer" and verdict.next_slot is not None:
+            due_at = iso(verdict.next_slot)
+            bucket = f"{verdict.next_slot.date().isoformat()}#{str(item['due_bucket']).rpartition('#')[2]}"
+            moved = schedule.release(
+                self.dynamo, item, self.owner, f"{where}; moved to {due_at}", item.get("delivered_channels") or (),
+                due_at=due_at, due_bucket=bucket,
+            )  # fmt: skip
+            return "deferred" if moved else "lost_lease"
+        log.info("%s: %s (%02d:00-%02d:00)", item["notification_id"], where, start, end)
+        ok = schedule.expire_mine(self.dynamo, item, f"{where}; not sent", self.owner)
+        return "expired" if ok else "lost_lease"
+
+    def _channels_to_do(self, item: Mapping[str, Any]) -> set[str]:
+        delivered = set(item.get("delivered_channels") or [])
+        only = item.get("_only_channels")
+        names = [c.name for c in self.channels if only is None or c.name in only]
+        return {name for name in names if name not in delivered}
+
+    def _begin(self, entry: tuple[dict[str, Any], Message], names: set[str]) -> bool:
+        item, _ = entry
+        assert self._keeper is not None
+        if item["notification_id"] in self._keeper.lost:
+            return False
+        now_epoch = int(self.clock())
+        ordered = [c.name for c in self.channels if c.name in names]
+        if not schedule.begin_send(self.dynamo, item, self.owner, now_epoch, ordered):
+            return False
+        item.update(send_began=now_epoch, send_channels=ordered)
+        return True
+
+    def _settle(
+        self, entry: tuple[dict[str, Any], Message], names: set[str], outcome: SendOutcome
+    ) -> tuple[str, tuple[dict[str, Any], dict[str, Any]] | None]:
+        """Record what the channels did with one item: sent, partly sent (the rest retried on their
+        own), failed, retried later, or unknown (never resent here)."""
+        item, message = entry
+        delivered = [
+            c.name for c in self.channels if c.name in set(item.get("delivered_channels") or []) | set(outcome.accepted)
+        ]
+        notes = describe(outcome.unknown + outcome.errors)
+        if delivered and (outcome.unknown or not any(e.transient for e in outcome.errors)):
+            channel = ",".join(delivered)
+            epoch = int(self.clock())
+            if not schedule.mark_sent(self.dynamo, item, message.sent_utc, channel, self.owner, epoch, notes or None):
+                return "lost_lease", None
+            item.update(status=schedule.SENT, sent_utc=message.sent_utc, channel=channel, sent_wall=epoch)
+            return "sent", (item, self._record_of(item, message, channel, notes))
+        if outcome.unknown:
+            reason = f"outcome unknown: {notes}"
+            if not schedule.to_unknown(self.dynamo, item, reason, owner=self.owner):
+                return "lost_lease", None
+            item.update(status=schedule.UNKNOWN, failure_reason=reason, last_owner=self.owner)
+            if not self._reconciling:
+                with self._lock:
+                    self._unknown.append(item)
+            return "unknown_outcome", None
+        if any(error.transient for error in outcome.errors):
+            if not schedule.release(self.dynamo, item, self.owner, notes, delivered):
+                return "lost_lease", None
+            if delivered:
+                return "partial_retry", (item, self._record_of(item, message, ",".join(delivered), notes))
+            return "retry_later", None
+        return self._close(item, "failed", notes or "no channel to send on"), None
+
+    def _record_of(self, item: Mapping[str, Any], message: Message, channel: str, notes: str) -> dict[str, Any]:
+        return {
+            **message.payload(),
+            "channel": channel,
+            "attempts": int(item.get("attempts", 1)),
+            "product_id": item.get("product_id"),
+            "channel_errors": notes or None,
+        }
+
+    def announce(self, items: list[dict[str, Any]], recovered: bool = False) -> Counter[str]:
+        """One ``notification_sent`` per sent item (its id derived from the notification); once the
+        broker acknowledged them all, the items leave the due index. After a failed flush they stay
+        ``event_pending`` and the next run re-emits them (same id: deduplicated downstream)."""
+        counts: Counter[str] = Counter()
+        if not items:
+            return counts
+        if self.events is None:
+            counts["events_pending"] += len(items)
+            return counts
+        for item in items:
+            self.events.emit(sent_event(item, str(item.get("sent_utc") or "")))
+        failed = self.events.flush()
+        if failed:
+            counts["events_failed"] += failed
+            return counts
+        pool = self._pool
+        done = list(pool.map(partial(schedule.event_emitted, self.dynamo), items)) if pool else []
+        counts["events_recovered" if recovered else "events_emitted"] += sum(done)
+        return counts
 
     def _close(self, item: dict[str, Any], status: str, reason: str) -> str:
         log.warning("%s %s: %s", item["notification_id"], status, reason)
         return status if schedule.close(self.dynamo, item, status, reason, self.owner) else "lost_lease"
-
-
-def _send_many(channel: Channel, messages: list[Message], pool: ThreadPoolExecutor) -> list[ChannelError | None]:
-    """Send through one channel: its batch method when it has one, else message by message in the pool."""
-    batch = getattr(channel, "send_batch", None)
-    if batch is not None:
-        return list(batch(messages))
-
-    def one(message: Message) -> ChannelError | None:
-        try:
-            channel.send(message)
-        except ChannelError as error:
-            return error
-        return None
-
-    return list(pool.map(one, messages))
-
-
-def build_message(
-    item: Mapping[str, Any],
-    user: Mapping[str, Any],
-    campaign: Mapping[str, Any],
-    product: Mapping[str, Any] | None,
-    now: datetime,
-) -> Message:
-    """The rendered payload of one schedule item (sandboxed templates, whitelisted variables only)."""
-    name = str(user.get("name") or "").strip()
-    variables = {
-        "first_name": name.split(" ")[0] if name else "there",
-        "name": name or "there",
-        "product_name": str((product or {}).get("productDisplayName") or PRODUCT_FALLBACK),
-        "article_type": str((product or {}).get("articleType") or ""),
-        "campaign_name": str(campaign.get("name") or ""),
-    }
-    return Message(
-        notification_id=str(item["notification_id"]),
-        user_id=str(item["user_id"]),
-        campaign_id=str(item["campaign_id"]),
-        title=str(campaign.get("name") or item["campaign_id"]),
-        short_text=render(str(campaign.get("template_short") or ""), variables),
-        long_text=render(str(campaign.get("template_long") or ""), variables),
-        priority=int(campaign.get("priority") or item.get("priority") or 1),
-        notification_type=str(campaign.get("notification_type") or ""),
-        sent_epoch=int(now.timestamp()),
-        sent_utc=iso(now),
-        email=user.get("email"),
-    )
 
 
 def dispatch_due(
@@ -471,6 +542,7 @@ def close_unreachable(
     dynamo: Dynamo | None = None,
     days: int = SWEEP_DAYS,
     wall_clock: datetime | None = None,
+    events: EventSink | None = None,
 ) -> dict[str, int]:
     """Close pending items no dispatch run reaches any more, so an outage never leaves them pending.
 
@@ -487,60 +559,19 @@ def close_unreachable(
     now = min(_utc(wall_clock or datetime.now(UTC)), day_start)
     reached = (now - timedelta(hours=DISPATCH_LOOKBACK_HOURS)).date()
     # No channels: every item found is past the lateness limit (checked by config validation),
-    # so the dispatcher only ever closes them.
-    dispatcher = Dispatcher(config, dynamo, channels=[])
-    counts: Counter[str] = Counter()
-    older = (reached - timedelta(days=back) for back in range(1, days + 1))
-    for bucket in schedule.buckets_of(older, config.schedule_shards):
-        for item in schedule.due_in_bucket(dynamo, bucket):
-            counts[dispatcher._claim_or_expire(item, now)] += 1
-    log.info("closed unreachable items before %s: %s", reached, dict(counts))
-    return dict(counts)
-
-
-def simulate_day(
-    config: NotifyConfig,
-    day: date,
-    step_minutes: int = 10,
-    dynamo: Dynamo | None = None,
-    channels: list[Channel] | None = None,
-    events: EventSink | None = None,
-    **options: Any,
-) -> dict[str, int]:
-    """Dispatch local day ``day`` with a simulated clock, in minutes rather than 24 hours.
-
-    The clock advances in ``step_minutes`` ticks over the UTC span of that local day in every time
-    zone, skipping ticks where nothing is due (as the sensor would); every item is dispatched at
-    most one step after it is due, so ``step_minutes`` must stay below the lateness limit.
-    """
-    if not 0 < step_minutes < config.max_lateness_minutes:
-        raise ValueError(f"step_minutes must be in 1..{config.max_lateness_minutes - 1}, got {step_minutes}")
-    dynamo = dynamo or Dynamo.from_config(config)
-    own_channels = channels is None
-    channels = build_channels(config, dynamo) if channels is None else channels
+    # so the dispatcher only ever closes them (expired, sent from a record, final unknown) and
+    # emits the events of those it finds sent.
     events = KafkaEventSink(config) if events is None else events
-    step = timedelta(minutes=step_minutes)
-    # Local day D spans UTC D-1 10:00 (UTC+14) to D+1 12:00 (UTC-12).
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(hours=14)
-    end = start + timedelta(hours=50)
-    pending = due_items(config, dynamo, end, lookback_hours=50 + 24)
-    ticks = sorted(
-        {_ceil(parse_iso(i["due_at"]), start, step) for i in pending if i.get("local_day") == day.isoformat()}
-    )
-    totals: Counter[str] = Counter()
-    dispatcher = Dispatcher(config, dynamo, channels, events, **options)
-    try:
-        for tick in ticks:
-            counts = dispatcher.run(tick, lookback_hours=max(2, config.max_lateness_minutes // 60 + 2))
-            totals.update({k: v for k, v in counts.items() if k != "seconds_ms"})
-    finally:
-        if own_channels:
-            for channel in channels:
-                channel.close()
-    totals["ticks"] = len(ticks)
-    return dict(totals)
-
-
-def _ceil(moment: datetime, origin: datetime, step: timedelta) -> datetime:
-    steps = -(-(moment - origin) // step)
-    return origin + steps * step
+    dispatcher = Dispatcher(config, dynamo, channels=[], events=events)
+    older = (reached - timedelta(days=back) for back in range(1, days + 1))
+    items = [
+        item
+        for bucket in schedule.buckets_of(older, config.schedule_shards)
+        for item in schedule.due_in_bucket(dynamo, bucket)
+    ]
+    if not items:
+        return {}
+    counts = dispatcher.process(items, now)
+    counts = {k: v for k, v in counts.items() if v and k not in ("due", "claimed", "seconds_ms", "lease_renewals")}
+    log.info("closed unreachable items before %s: %s", reached, counts)
+    return counts

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from include.notify.config import NotifyConfig
-from include.notify.rules import HOURS, fatigue_cap, in_cooldown, quiet_mask, required_segment
+from include.notify.rules import HOURS, fatigue_cap, in_cooldown, quiet_mask, quiet_within, required_segment
 from include.notify.schedule import (
     DELIVERED_STATUSES,
     LOCKED_STATUSES,
@@ -449,7 +449,9 @@ def _place(
     hour_starts, exists = _hour_starts(tz_names, day)
     offsets = minute_offsets(ids, day)
     slot_epoch = hour_starts[tz_codes] + offsets[:, None] * 60  # (users, 24) UTC epoch of each slot
-    allowed = exists[tz_codes] & ~quiet_mask(local["quiet_start"].to_numpy(), local["quiet_end"].to_numpy())
+    quiet = quiet_mask(local["quiet_start"].to_numpy(), local["quiet_end"].to_numpy())
+    # A margin before quiet hours: a slot at 21:52 with a 10-minute margin is not allowed.
+    allowed = exists[tz_codes] & ~quiet_within(quiet, offsets, config.quiet_margin_minutes)
     if not_before is not None:
         allowed &= slot_epoch >= int(not_before.timestamp())
     engagement, own = _engagement_matrix(local["engagement"].to_numpy())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -148,41 +148,72 @@ def read_existing(dynamo: Dynamo, user_ids: Iterable[str], day: date, workers: i
     return pd.DataFrame(rows).reindex(columns=columns)
 
 
+Clock = Callable[[], datetime]
+
+
+def clock_of(now: datetime | Clock | None) -> Clock:
+    """A clock: the wall clock by default, a fixed moment (a simulated night), or a callable."""
+    if now is None:
+        return lambda: datetime.now(UTC)
+    if callable(now):
+        return now
+    return lambda: now
+
+
 def write_plan(
-    dynamo: Dynamo, plan: pd.DataFrame, existing: pd.DataFrame, now: datetime, workers: int = 8
+    dynamo: Dynamo,
+    plan: pd.DataFrame,
+    existing: pd.DataFrame,
+    now: datetime | Clock | None = None,
+    workers: int = 8,
+    margin: timedelta = timedelta(0),
+    batch_size: int = 1000,
 ) -> dict[str, int]:
     """Replace the unsent items of the planned user-days with ``plan``; never touch dispatched ones.
 
-    Old ``scheduled`` items not in the new plan are deleted; new items are put. Items due within
-    ``CONDITIONAL_WINDOW`` of ``now`` could be claimed by a dispatcher meanwhile, so they are
+    Old ``scheduled`` items not in the new plan are deleted; new items are put, batch by batch,
+    re-reading the clock (``now``: a moment or a clock) for each batch, as a long write outlives a
+    fixed "now": an item due before now + ``margin`` by then is dropped (``too_late``); items due
+    within ``CONDITIONAL_WINDOW`` of now could be claimed by a dispatcher meanwhile, so they are
     written one by one (in parallel) with a condition (``status = scheduled``); later ones go in
-    batches. ``lost_to_dispatch`` counts items a dispatcher claimed first (left as they are).
+    batches. Keys the planner read as ``sending``, ``sent``, ``unknown`` or otherwise closed are
+    never written. ``lost_to_dispatch`` counts items a dispatcher claimed first (left as they are).
     """
-    horizon = iso(now + CONDITIONAL_WINDOW)
+    clock = clock_of(now)
     new_keys = set(zip(plan["user_id"], plan["send_at_campaign"], strict=True))
+    locked = existing[existing["status"] != SCHEDULED]
+    locked_keys = set(zip(locked["user_id"], locked["send_at_campaign"], strict=True))
     pending = existing[existing["status"] == SCHEDULED]
     stale = [
-        (u, k, str(d)) for u, k, d in zip(pending["user_id"], pending["send_at_campaign"], pending["due_at"], strict=True)
+        ("delete", {"user_id": u, "send_at_campaign": k}, str(d))
+        for u, k, d in zip(pending["user_id"], pending["send_at_campaign"], pending["due_at"], strict=True)
         if (u, k) not in new_keys
-    ]  # fmt: skip
-    records = plan.to_dict("records")
-    counts = {"deleted": 0, "written": 0, "lost_to_dispatch": 0}
-    counts["deleted"] += dynamo.delete_keys(
-        SCHEDULE, [{"user_id": u, "send_at_campaign": k} for u, k, d in stale if d > horizon]
-    )
-    counts["written"] += dynamo.put_items(SCHEDULE, [r for r in records if r["due_at"] > horizon])
+    ]
+    puts = [("put", r, str(r["due_at"])) for r in plan.to_dict("records")]
+    counts = {"deleted": 0, "written": 0, "lost_to_dispatch": 0, "too_late": 0, "kept_dispatched": 0}
+    kept = [op for op in puts if (op[1]["user_id"], op[1]["send_at_campaign"]) in locked_keys]
+    counts["kept_dispatched"] = len(kept)
+    operations = sorted(stale + [op for op in puts if op not in kept], key=lambda op: op[2])
 
-    def conditional(operation: tuple[str, dict[str, Any]]) -> str:
-        kind, record = operation
+    def conditional(operation: tuple[str, dict[str, Any], str]) -> str:
+        kind, record, _ = operation
         if kind == "delete":
             return "deleted" if delete_if_scheduled(dynamo, record) else "lost_to_dispatch"
         return "written" if put_if_scheduled(dynamo, record) else "lost_to_dispatch"
 
-    operations = [("delete", {"user_id": u, "send_at_campaign": k}) for u, k, d in stale if d <= horizon]
-    operations += [("put", r) for r in records if r["due_at"] <= horizon]
-    if operations:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for outcome in pool.map(conditional, operations):
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(operations), batch_size):
+            batch = operations[start : start + batch_size]
+            moment = clock()  # per batch: the clock moves while we write
+            earliest, horizon = iso(moment + margin), iso(moment + CONDITIONAL_WINDOW)
+            late = [op for op in batch if op[0] == "put" and op[2] < earliest]
+            counts["too_late"] += len(late)
+            batch = [op for op in batch if not (op[0] == "put" and op[2] < earliest)]
+            near = [op for op in batch if op[2] <= horizon]
+            far = [op for op in batch if op[2] > horizon]
+            counts["deleted"] += dynamo.delete_keys(SCHEDULE, [r for kind, r, _ in far if kind == "delete"])
+            counts["written"] += dynamo.put_items(SCHEDULE, [r for kind, r, _ in far if kind == "put"])
+            for outcome in pool.map(conditional, near):
                 counts[outcome] += 1
     return counts
 
@@ -191,25 +222,30 @@ def plan_day(
     config: NotifyConfig,
     day: date,
     dynamo: Dynamo | None = None,
-    now: datetime | None = None,
+    now: datetime | Clock | None = None,
     not_before: datetime | None = None,
     inputs: PlanInputs | None = None,
 ) -> dict[str, int]:
-    """Plan local day ``day`` for every recommended user and write it; safe to re-run.
+    """Plan local day ``day`` for every recommended user and write it; safe to re-run, also while
+    dispatch is sending (its writes never overwrite sending, sent or unknown items).
 
-    ``not_before`` (optional) keeps slots earlier than it out of the plan, so a re-plan during the
-    day does not schedule sends that would only expire. ``now`` (default: the wall clock) decides
-    which writes could race a dispatcher and must be conditional. Returns counts: candidates,
-    planned, skipped by reason, deleted (replaced) and written items.
+    No slot is planned before now + ``dispatch_margin_minutes`` (nor before ``not_before``), so a
+    re-plan during the day does not schedule sends that would only be late; the clock (``now``:
+    the wall clock by default, a fixed moment in simulations) is read again for each batch of
+    writes. Returns counts: candidates, planned, skipped by reason, deleted (replaced), written,
+    too_late and lost_to_dispatch items.
     """
     started = time.monotonic()
     dynamo = dynamo or Dynamo.from_config(config)
-    now = now or datetime.now(UTC)
+    clock = clock_of(now)
+    margin = timedelta(minutes=config.dispatch_margin_minutes)
     inputs = inputs or load_plan_inputs(config, day)
     existing = read_existing(dynamo, inputs.recommendations["user_id"], day)
+    earliest = clock() + margin
+    not_before = earliest if not_before is None else max(not_before, earliest)
     result = build_plan(config, replace(inputs, existing=existing), not_before=not_before)
     counts = result.counts()
-    written = write_plan(dynamo, result.plan, existing, now)
+    written = write_plan(dynamo, result.plan, existing, clock, margin=margin)
     counts.update(written)
     seconds = math.ceil((time.monotonic() - started) * 1000) / 1000
     _record_run(config, dynamo, day, result, written, seconds)
