@@ -55,12 +55,16 @@ class ClosedLoopResult:
         return [float(getattr(r, name)) for r in self.rows if r.policy == policy]
 
     def checks(self) -> dict[str, bool]:
-        """The issue's acceptance: Notify beats the seed policy in CTR on the last day and its CTR
-        on the last day is above its first day's."""
-        notify, seed = self.metric("notify", "ctr"), self.metric("seed", "ctr")
-        if not notify or not seed:
-            return {"notify_beats_seed_ctr_at_end": False, "notify_ctr_improves": False}
-        return {"notify_beats_seed_ctr_at_end": notify[-1] > seed[-1], "notify_ctr_improves": notify[-1] > notify[0]}
+        """Yes/no on clicks and sends, never CTR alone (sending less raises CTR while clicks fall):
+        Notify earns more clicks than the seed policy over the run, with at most half its sends."""
+        clicks = {p: sum(self.metric(p, "clicked")) for p in ("notify", "seed")}
+        sends = {p: sum(self.metric(p, "sent")) for p in ("notify", "seed")}
+        if not self.metric("notify", "sent") or not self.metric("seed", "sent"):
+            return {"notify_more_clicks_than_seed": False, "notify_at_most_half_the_seed_sends": False}
+        return {
+            "notify_more_clicks_than_seed": clicks["notify"] > clicks["seed"],
+            "notify_at_most_half_the_seed_sends": sends["notify"] <= 0.5 * sends["seed"],
+        }
 
     def table(self) -> str:
         """A Markdown table: one row per day, the three policies side by side per metric."""

@@ -167,3 +167,21 @@ def test_reactions_are_reproducible_and_valid_events(population: Population) -> 
         parse_message(schemas.CLICKSTREAM, to_raw_json(schemas.CLICKSTREAM, event), 4096)
     for order in first_activity.orders:
         parse_message(schemas.PURCHASES, to_raw_json(schemas.PURCHASES, order), 4096)
+
+
+def test_closed_loop_checks_compare_clicks_and_sends_not_ctr() -> None:
+    """Sending almost nothing raises CTR while clicks fall: that must not pass the demo's checks."""
+    from datetime import date
+
+    from notify_tools.simulator.results import ClosedLoopResult, DayMetrics
+
+    def day(policy: str, sent: int, clicked: int) -> DayMetrics:
+        return DayMetrics(
+            policy, 1, date(2026, 1, 1), sent, clicked, clicked, 0, clicked / sent, 1.0, 0.0, 0.0, 0, 0, 0, 0
+        )
+
+    timid = ClosedLoopResult(100, 1, 7, [day("seed", 1000, 20), day("notify", 10, 5)], {}, ".")
+    assert timid.metric("notify", "ctr")[0] > timid.metric("seed", "ctr")[0]
+    assert timid.checks() == {"notify_more_clicks_than_seed": False, "notify_at_most_half_the_seed_sends": True}
+    good = ClosedLoopResult(100, 1, 7, [day("seed", 1000, 20), day("notify", 400, 40)], {}, ".")
+    assert all(good.checks().values())
