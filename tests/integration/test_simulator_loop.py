@@ -35,8 +35,10 @@ def test_a_two_day_closed_loop_of_seed_and_oracle(config: NotifyConfig, kafka_br
     assert (frame["sent_to_opted_out"] == 0).all()
     seed = frame[frame["policy"] == "seed"].set_index("day")
     oracle = frame[frame["policy"] == "oracle"].set_index("day")
-    # The seed sends its top 5 to everyone who had not opted out.
-    assert seed.loc[1, "sent"] == 5 * round(40 * (1 - seed.loc[1, "opt_out_rate"]) + seed.loc[1, "new_opt_outs"])
+    # The seed plans its top 5 for everyone who had not opted out, at fixed UTC times; dispatch
+    # re-checks quiet hours at send time, so the ones that fall in a user's local night expire.
+    reachable = round(40 * (1 - seed.loc[1, "opt_out_rate"]) + seed.loc[1, "new_opt_outs"])
+    assert 0 < seed.loc[1, "sent"] < 5 * reachable
     assert oracle["clicked"].sum() / oracle["sent"].sum() > seed["clicked"].sum() / seed["sent"].sum()
     report = (tmp_path / "out" / "closed_loop.md").read_text()
     assert "| day | CTR seed | CTR oracle |" in report
