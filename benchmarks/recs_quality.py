@@ -7,7 +7,7 @@ before it on are left out: they were the path to the held-out order). Metrics: h
 recall@10, NDCG@10, catalog coverage and intra-list diversity (mean pairwise 1 - cosine of the
 products' text vectors). Methods, all on the same data:
 
-- Notify: ``products.fit_products_model`` (the nightly code: ALS settings and blend weights fit
+- Notify: ``products_fit.fit_products_model`` (the nightly code: ALS settings and blend weights fit
   on the last day of the training history) + ``products.score_products``.
 - popularity; item-to-item co-purchase / co-view (cosine of item columns, scipy);
   ALS alone (``implicit``); content alone (today's 0.9 cosine + 0.1 popularity).
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from include.notify.config import DEFAULT_STATE_DIR
-from include.notify.stages import embeddings, scoring, search
+from include.notify.stages import embeddings, products_fit, scoring, search
 from include.notify.stages import products as products_mod
 from notify_tools.datagen import build_dataset
 
@@ -188,7 +188,7 @@ def make_split(data: Any, purchases: pd.DataFrame, clicks: pd.DataFrame, product
     held = purchases[held_mask.to_numpy()]
     cutoff = pd.to_datetime(held["purchase_date"], utc=True).groupby(held["user_id"].astype(str)).min()
     train = purchases[train_mask.to_numpy()]
-    kept_clicks = products_mod._before(clicks, cutoff)
+    kept_clicks = products_fit._before(clicks, cutoff)
     user_ids = data.users["user_id"].astype(str).to_numpy(object)
     history = products_mod.build_history(user_ids, product_ids, train, kept_clicks)
     held_hist = products_mod.build_history(user_ids, product_ids, held)
@@ -362,8 +362,8 @@ def evaluate_products(users: int, run_date: date, seed: int) -> dict[str, Any]:
 
     # Notify: the nightly fit on the training history (it holds out its own last day), then scoring.
     started = time.monotonic()
-    model = products_mod.fit_products_model(
-        products_mod.TrainingData(
+    model = products_fit.fit_products_model(
+        products_fit.TrainingData(
             catalog.assign(article_type=catalog["articleType"]),
             vectors,
             data.users["user_id"].astype(str).to_numpy(object),
@@ -379,7 +379,7 @@ def evaluate_products(users: int, run_date: date, seed: int) -> dict[str, Any]:
     groups = products_mod.item_groups(catalog.assign(article_type=catalog["articleType"]))
     started = time.monotonic()
     scored = products_mod.score_products(
-        test_content[test.users], vectors, model, products_mod._subset_terms(terms, test.users), groups,
+        test_content[test.users], vectors, model, products_fit._subset_terms(terms, test.users), groups,
         user_rows=test.users,
     )  # fmt: skip
     results["Notify"] = {
@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         f"applied to the training history ({first['validation_users']} users on seed {seeds[0]}). Every baseline's "
         "settings and its exclusion of already bought products (none / last 30 days / all bought) are chosen by "
         "recall@10 on validation; Notify's blend weights and ALS settings are fit on that validation split by "
-        "`products.fit_products_model` (the nightly code). Mean ± sample sd over seeds "
+        "`products_fit.fit_products_model` (the nightly code). Mean ± sample sd over seeds "
         f"{', '.join(map(str, seeds))}. Diversity = mean pairwise (1 - cosine) of the 10 products' text vectors; "
         "coverage = share of the catalog recommended to anyone.",
         "",

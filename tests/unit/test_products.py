@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from include.notify.stages import products as P  # noqa: N812 - the module under test, read as a prefix
+from include.notify.stages import products_fit as PF  # noqa: N812 - its training half
 
 NOW = datetime(2026, 11, 24, tzinfo=UTC)
 
@@ -161,6 +162,6 @@ def test_blend_weights_are_fit_to_the_part_that_predicts_the_held_out_items() ->
     cand = np.tile(np.arange(c), (n, 1))
     # The held-out item of each user is the candidate with the highest collaborative part.
     held = [{int(np.argmax(feats[u, :, 1]))} for u in range(n)]
-    weights, recall = P.fit_blend(cand, feats, held, k=1)
+    weights, recall = PF.fit_blend(cand, feats, held, k=1)
     assert recall > 0.9
     assert max(weights, key=weights.get) == "collaborative"

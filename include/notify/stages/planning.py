@@ -44,6 +44,7 @@ from include.notify.schedule import (
     send_at_campaigns,
     shard_of,
 )
+from include.notify.stages.plan_text import CLOCK, HOUR_TEXT, NUMBER, TWO_DIGITS, WHY_HOUR, decimal_text
 from include.notify.stages.planning_value import ResponseContext, decision_fields, place_by_value
 
 log = logging.getLogger(__name__)
@@ -515,18 +516,18 @@ def _place(
     notification = notification_ids(user_col, day, campaign_col)
     decision_columns: dict[str, object] = dict.fromkeys(DECISION_COLUMNS)
     if response is not None and decisions is not None:
-        hour_text = _HOUR_TEXT[hours] + " local is this user's #" + _NUMBER[np.minimum(hour_rank, HOURS)]
+        hour_text = HOUR_TEXT[hours] + " local is this user's #" + NUMBER[np.minimum(hour_rank, HOURS)]
         reason, decision_columns, decisions = decision_fields(
-            response, decisions, details[sel], picked, hour_text, _TWO_DIGITS[minutes],
+            response, decisions, details[sel], picked, hour_text, TWO_DIGITS[minutes],
             {"notification_id": notification, "user_id": user_col, "campaign_id": campaign_col,
              "local_day": day.isoformat(), "send_at": send_at},
         )  # fmt: skip
     else:
         reason = (
-            "score " + _decimal(codes.score[picked], 3) + ", priority " + _NUMBER[np.clip(priority, 0, 999)]
-            + " (rank " + _NUMBER[np.clip(codes.rank[picked], 0, 999)] + "); "
-            + _WHY_HOUR[hours, np.minimum(hour_rank, HOURS), own[g].astype(int)]
-            + _decimal(chosen_engagement * 100, 1) + "% of activity); minute :" + _TWO_DIGITS[minutes] + " spreads the fleet"
+            "score " + decimal_text(codes.score[picked], 3) + ", priority " + NUMBER[np.clip(priority, 0, 999)]
+            + " (rank " + NUMBER[np.clip(codes.rank[picked], 0, 999)] + "); "
+            + WHY_HOUR[hours, np.minimum(hour_rank, HOURS), own[g].astype(int)]
+            + decimal_text(chosen_engagement * 100, 1) + "% of activity); minute :" + TWO_DIGITS[minutes] + " spreads the fleet"
         )  # fmt: skip
     plan = pd.DataFrame(
         {
@@ -536,7 +537,7 @@ def _place(
             "campaign_id": campaign_col,
             "send_at": send_at,
             "local_day": day.isoformat(),
-            "local_time": _CLOCK[hours * 60 + minutes],
+            "local_time": CLOCK[hours * 60 + minutes],
             "timezone": np.asarray(tz_names, dtype=object)[tz_codes[g]],
             "priority": priority,
             "score": codes.score[picked],
@@ -551,37 +552,6 @@ def _place(
         columns=list(PLAN_COLUMNS),
     )
     return plan, placed, why_not[~placed], decisions, details[~placed]
-
-
-_HOUR_TEXT = np.array([f"{h:02d}:00" for h in range(HOURS)], dtype=object)
-_CLOCK = np.array([f"{m // 60:02d}:{m % 60:02d}" for m in range(HOURS * 60)], dtype=object)
-_NUMBER = np.array([str(i) for i in range(1000)], dtype=object)
-_TWO_DIGITS = np.array([f"{i:02d}" for i in range(100)], dtype=object)
-_FRACTIONS = {digits: np.array([f"{i:0{digits}d}" for i in range(10**digits)], dtype=object) for digits in (1, 3)}
-_WHY_HOUR = np.array(
-    [
-        [
-            [
-                f"{hour:02d}:00 local is this user's #{rank} allowed hour by {note} ("
-                for note in ("population-prior engagement", "its engagement")
-            ]
-            for rank in range(HOURS + 1)
-        ]
-        for hour in range(HOURS)
-    ],
-    dtype=object,
-)
-
-
-def _decimal(values: np.ndarray, digits: int) -> np.ndarray:
-    """Fixed-point text of many floats by table lookups (``f"{v:.3f}"`` per value is the slow path)."""
-    scale = 10**digits
-    scaled = np.round(np.abs(np.nan_to_num(values)) * scale).astype(np.int64)
-    whole, fraction = scaled // scale, scaled % scale
-    text = _NUMBER[np.minimum(whole, 999)] + "." + _FRACTIONS[digits][fraction]
-    large = np.flatnonzero(whole > 999)
-    text[large] = [f"{abs(v):.{digits}f}" for v in values[large]]
-    return np.where((values < 0) & (scaled > 0), "-" + text, text)
 
 
 def _attach_products(plan: pd.DataFrame, products: pd.DataFrame | None, campaigns: pd.DataFrame) -> pd.DataFrame:

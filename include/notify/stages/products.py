@@ -8,7 +8,7 @@ What this module guarantees:
   package, trained nightly on purchases, add-to-carts, clicks and views); ``popularity`` =
   log(1 + units sold) / log(1 + most units sold); ``repurchase`` = how likely the user re-buys a
   product they bought, from the learned rule below (0 for products they never bought).
-- **Blend weights are fit on held-out data**, never hand-set (``fit_products_model``): each
+- **Blend weights are fit on held-out data**, never hand-set (``products_fit.fit_products_model``): each
   user's last purchase day is held out, the collaborative model is trained on the rest, and the
   weights that maximise recall@10 of the held-out day (random search on the simplex over
   candidates pooled from every part) are kept; the model is then retrained on everything.
@@ -36,7 +36,6 @@ What this module guarantees:
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
@@ -459,195 +458,6 @@ def lookup_pairs(
     found = (keys[pos] == query) if len(keys) else np.zeros(query.shape, bool)
     out = np.where(found, values[pos] if len(keys) else 0.0, 0.0)
     return out.reshape(np.broadcast_shapes(u.shape, i.shape)).astype(np.float32)
-
-
-# ------------------------------------------------------------------------------------ fitting
-def candidate_features(
-    user_vectors: np.ndarray,
-    product_vectors: np.ndarray,
-    collab: Collaborative,
-    popularity: np.ndarray,
-    terms: RepurchaseTerms,
-    per_part: int = BLEND_CANDIDATES_PER_PART,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Candidates pooled from every part's own top-``per_part`` plus every allowed repurchase, and
-    their raw parts: (n_users, C) positions (-1 = padding) and (n_users, C, 4) features.
-    Suppressed pairs are left out."""
-    import torch
-
-    n = len(user_vectors)
-    pools = []
-    for queries, items in ((user_vectors, product_vectors), (collab.user_factors, collab.item_factors)):
-        q, it = torch.from_numpy(np.ascontiguousarray(queries)), torch.from_numpy(np.ascontiguousarray(items)).T
-        pools.append(np.vstack([torch.topk(q[s : s + QUERY_CHUNK] @ it, per_part, dim=1)[1].numpy()
-                                for s in range(0, n, QUERY_CHUNK)]))  # fmt: skip
-    pools.append(np.broadcast_to(np.argsort(-popularity)[:per_part], (n, per_part)))
-    allowed = ~terms.suppressed & (terms.value > 0)
-    rep = pd.DataFrame({"u": terms.user_pos[allowed], "i": terms.item_pos[allowed]})
-    width = int(rep.groupby("u").size().max()) if len(rep) else 0
-    rep_pool = np.full((n, max(width, 1)), -1, dtype=np.int64)
-    if len(rep):
-        rank = rep.groupby("u").cumcount().to_numpy()
-        rep_pool[rep["u"].to_numpy(), rank] = rep["i"].to_numpy()
-    cand = np.sort(np.hstack([*pools, rep_pool]), axis=1)
-    dup = np.zeros(cand.shape, dtype=bool)
-    dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
-    n_items = len(product_vectors)
-    blocked = lookup_pairs(terms.user_pos, terms.item_pos, terms.suppressed.astype(np.float32),
-                           np.arange(n)[:, None], np.maximum(cand, 0), n_items) > 0  # fmt: skip
-    cand = np.where(dup | blocked | (cand < 0), -1, cand)
-    safe = np.maximum(cand, 0)
-    feats = np.stack(
-        [
-            rowwise_dot(user_vectors, product_vectors, safe),
-            rowwise_dot(collab.user_factors, collab.item_factors, safe),
-            popularity[safe],
-            lookup_pairs(terms.user_pos, terms.item_pos, terms.value, np.arange(n)[:, None], safe, n_items),
-        ],
-        axis=2,
-    ).astype(np.float32)
-    return cand, feats
-
-
-def fit_blend(
-    cand: np.ndarray, feats: np.ndarray, held: list[set[int]] | np.ndarray, k: int = TOP_K, seed: int = 0
-) -> tuple[dict[str, float], float]:
-    """Weights (on the raw parts) that maximise mean recall@k of the held-out items over the
-    candidates, by random search on the simplex of standardised parts; and that recall."""
-    valid = cand >= 0
-    scale = np.array([max(float(feats[..., j][valid].std()), 1e-6) for j in range(feats.shape[2])])
-    z = feats / scale
-    truth = np.zeros(cand.shape, dtype=bool)
-    sizes = np.zeros(len(cand))
-    for row, items in enumerate(held):
-        items = np.fromiter(items, dtype=np.int64)
-        sizes[row] = len(items)
-        truth[row] = np.isin(cand[row], items) & valid[row]
-    rng = np.random.default_rng(seed)
-    d = feats.shape[2]
-    trials = np.vstack([np.eye(d), np.full((1, d), 1 / d), rng.dirichlet(np.full(d, 0.7), BLEND_SAMPLES)])
-    best, best_recall = trials[0], -1.0
-    for weights in trials:
-        s = np.where(valid, z @ weights, -np.inf)
-        top = np.argpartition(-s, min(k, s.shape[1] - 1), axis=1)[:, :k]
-        found = np.take_along_axis(truth & np.isfinite(s), top, axis=1).sum(axis=1)
-        recall = float(np.mean(found / np.maximum(sizes, 1)))
-        if recall > best_recall + 1e-12:
-            best, best_recall = weights, recall
-    raw = best / scale
-    return {name: float(v) for name, v in zip(PARTS, raw, strict=True)}, best_recall
-
-
-@dataclass
-class TrainingData:
-    """What ``fit_products_model`` needs: the catalog, the text vectors and the history."""
-
-    products: pd.DataFrame  # product_id, article_type (catalog order, aligned with product_vectors)
-    product_vectors: np.ndarray
-    user_ids: np.ndarray
-    purchases: pd.DataFrame  # user_id, product_id, purchase_date
-    clickstream: pd.DataFrame | None
-    # user vectors from a history: (purchases, clickstream, as_of date) -> (n_users, d) aligned with user_ids
-    content_vectors: object
-
-
-def fit_products_model(data: TrainingData, run_date: date, seed: int = 0) -> ProductModel:
-    """Nightly fit: hold out each user's last purchase day, train ALS (best of ``ALS_GRID`` by
-    held-out recall@10 on its own) and fit the blend weights there, then retrain the chosen ALS
-    and the repurchase rule on the whole history."""
-    started = time.monotonic()
-    product_ids = data.products["product_id"].astype(str).to_numpy(object)
-    types = data.products["article_type"].astype(str).to_numpy()
-    train_mask, held_mask = split_last_day(data.purchases)
-    cutoff = (
-        pd.to_datetime(data.purchases.loc[held_mask, "purchase_date"], utc=True)
-        .groupby(data.purchases.loc[held_mask, "user_id"].astype(str))
-        .min()
-    )
-    clicks = _before(data.clickstream, cutoff)
-    train_hist = build_history(data.user_ids, product_ids, data.purchases[train_mask.to_numpy()], clicks)
-    held_hist = build_history(data.user_ids, product_ids, data.purchases[held_mask.to_numpy()])
-    held_users = np.unique(held_hist.purchases["user_pos"].to_numpy())
-    if len(held_users) > BLEND_FIT_USERS:
-        held_users = np.sort(np.random.default_rng(seed).choice(held_users, BLEND_FIT_USERS, replace=False))
-    if not len(held_users):
-        return _without_held_out_data(data, product_ids, types, seed)
-    held_sets = held_hist.purchases.groupby("user_pos")["item_pos"].agg(set)
-    targets = [held_sets[u] for u in held_users]
-    matrix = interaction_matrix(train_hist)
-    content = np.asarray(
-        data.content_vectors(data.purchases[train_mask.to_numpy()], clicks, run_date),
-        dtype=np.float32,  # type: ignore[operator]
-    )[held_users]
-    popularity = popularity_norm(train_hist)
-    rule = learn_repurchase(train_hist, types)
-    as_of = np.full(len(data.user_ids), np.datetime64(datetime.combine(run_date, datetime.min.time())), "datetime64[s]")
-    as_of[cutoff.index.map(pd.Index(data.user_ids).get_loc).to_numpy(int)] = (
-        cutoff.dt.tz_localize(None).to_numpy().astype("datetime64[s]")
-    )
-    terms_all = repurchase_terms(rule, train_hist, types, as_of)
-    terms = _subset_terms(terms_all, held_users)
-    best: tuple[float, Collaborative, dict[str, float]] | None = None
-    for settings in ALS_GRID:
-        collab = fit_als(matrix, int(settings["factors"]), float(settings["alpha"]), seed)
-        sub = Collaborative(collab.user_factors[held_users], collab.item_factors, collab.settings)
-        cand, feats = candidate_features(content, data.product_vectors, sub, popularity, terms)
-        weights, recall = fit_blend(cand, feats, targets, seed=seed)
-        log.info("ALS %s: held-out recall@10 of the blend %.4f, weights %s", settings, recall, weights)
-        if best is None or recall > best[0]:
-            best = (recall, collab, weights)
-    assert best is not None
-    recall, chosen, weights = best
-    full = build_history(data.user_ids, product_ids, data.purchases, data.clickstream)
-    final = fit_als(interaction_matrix(full), int(chosen.settings["factors"]), float(chosen.settings["alpha"]), seed)
-    log.info(
-        "product model fit in %.1fs: %d held-out users, recall@10 %.4f, weights %s, ALS %s",
-        time.monotonic() - started, len(held_users), recall, weights, chosen.settings,
-    )  # fmt: skip
-    return ProductModel(
-        weights=weights,
-        collaborative=final,
-        repurchase=learn_repurchase(full, types),
-        popularity=popularity_norm(full),
-        validation={"held_out_users": float(len(held_users)), "recall@10": recall, **chosen.settings},
-    )
-
-
-# Used only when no user has purchases on two days (a new shop): today's content formula.
-FALLBACK_WEIGHTS = {"content": 0.9, "collaborative": 0.0, "popularity": 0.1, "repurchase": 0.0}
-
-
-def _without_held_out_data(data: TrainingData, product_ids: np.ndarray, types: np.ndarray, seed: int) -> ProductModel:
-    """Nothing to fit weights on: content + popularity (``FALLBACK_WEIGHTS``), said in the log."""
-    full = build_history(data.user_ids, product_ids, data.purchases, data.clickstream)
-    settings = ALS_GRID[0]
-    log.warning("no user has purchases on two days: product blend falls back to %s", FALLBACK_WEIGHTS)
-    return ProductModel(
-        weights=dict(FALLBACK_WEIGHTS),
-        collaborative=fit_als(interaction_matrix(full), int(settings["factors"]), float(settings["alpha"]), seed),
-        repurchase=learn_repurchase(full, types),
-        popularity=popularity_norm(full),
-        validation={"held_out_users": 0.0, **settings},
-    )
-
-
-def _before(clickstream: pd.DataFrame | None, cutoff: pd.Series) -> pd.DataFrame | None:
-    """Clickstream events strictly more than an hour before the user's held-out day begins (the
-    views and add-to-carts that led to a held-out purchase would leak it)."""
-    if clickstream is None:
-        return None
-    ts = pd.to_datetime(clickstream["ts"], utc=True)
-    limit = clickstream["user_id"].astype(str).map(cutoff - pd.Timedelta(hours=1))
-    return clickstream[~(ts >= limit).fillna(False).to_numpy(bool)]
-
-
-def _subset_terms(terms: RepurchaseTerms, users: np.ndarray) -> RepurchaseTerms:
-    """Terms of ``users`` only, renumbered to their positions in ``users``."""
-    pos = pd.Index(users).get_indexer(terms.user_pos)
-    keep = pos >= 0
-    return RepurchaseTerms(
-        pos[keep], terms.item_pos[keep], terms.value[keep], terms.suppressed[keep], terms.days_since[keep]
-    )
 
 
 def as_of_run_date(run_date: date) -> datetime:

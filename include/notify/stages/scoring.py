@@ -52,15 +52,14 @@ from include.notify.stages.products import (
     PARTS,
     ProductModel,
     RepurchaseTerms,
-    TrainingData,
     as_of_run_date,
     build_history,
-    fit_products_model,
     item_groups,
     repurchase_terms,
     rowwise_dot,
     score_products,
 )
+from include.notify.stages.products_fit import TrainingData, fit_products_model
 from include.notify.stages.search import QUERY_CHUNK, TOP_K, TopK, finished_top_k, top_k
 
 if TYPE_CHECKING:
@@ -416,7 +415,7 @@ def product_day(inputs: ScoringInputs) -> date:
 
 
 def fit_product_model(inputs: ScoringInputs) -> ProductModel:
-    """The nightly product model from the inputs' history (``products.fit_products_model``); the
+    """The nightly product model from the inputs' history (``products_fit.fit_products_model``); the
     content part of its held-out fit uses user vectors rebuilt from the history before each
     user's held-out day, exactly as the embeddings stage builds them."""
     product_ids = inputs.products["product_id"].astype(str).to_numpy(object)
