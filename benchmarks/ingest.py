@@ -1,7 +1,7 @@
 """Benchmark: batch ingestion + features at several scales, with DuckDB as a reference.
 
 For each size: generate the raw delivery (``datagen.generate_dataset``), run
-``spark_jobs.batch_ingest.run`` and ``spark_jobs.features.run`` in one local SparkSession
+``stages.ingest.run_batch_ingest`` and ``stages.features.run_features`` (what the Spark jobs run) in one local SparkSession
 against a dynalite started here on a free port, and measure rows/s per stage and the peak
 memory of the whole process tree (driver, JVM, Python workers, sampled with psutil). Then the
 core user aggregates (orders, spend, average order value, last purchase, top article type by
@@ -114,9 +114,9 @@ def spark_user_aggregates(spark: Any, config: Any) -> tuple[float, dict[str, Any
 def bench_size(spark: Any, endpoint: str, users: int, workdir: Path, skip_dynamodb_above: int) -> dict[str, Any]:
     from include.notify.config import load_config
     from include.notify.io.dynamo import Dynamo
+    from include.notify.stages.features import run_features
+    from include.notify.stages.ingest import run_batch_ingest
     from notify_tools.datagen import generate_dataset
-    from spark_jobs import batch_ingest
-    from spark_jobs import features as features_job
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
     config = load_config(env).replace(
@@ -132,10 +132,10 @@ def bench_size(spark: Any, endpoint: str, users: int, workdir: Path, skip_dynamo
     generate_seconds = time.perf_counter() - started
     with PeakMemory() as memory:
         started = time.perf_counter()
-        ingested = batch_ingest.run(spark, config, RUN_DATE, load_dynamodb=load)
+        ingested = run_batch_ingest(spark, config, RUN_DATE, to_dynamodb=load)
         ingest_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        built = features_job.run(spark, config, RUN_DATE, load_dynamodb=load)
+        built = run_features(spark, config, RUN_DATE, to_dynamodb=load)
         feature_seconds = time.perf_counter() - started
         spark_agg_seconds, spark_totals = spark_user_aggregates(spark, config)
     duck_seconds, duck_totals = duckdb_user_aggregates(

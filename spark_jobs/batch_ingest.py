@@ -12,28 +12,14 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from include.notify.config import NotifyConfig
 from include.notify.stages.ingest import DAG_ID, run_batch_ingest
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    pass
 
-__all__ = ["DAG_ID", "main", "run"]
-
-
-def run(
-    spark: SparkSession,
-    config: NotifyConfig,
-    run_date: date,
-    tables: Sequence[str] | None = None,
-    gx_engine: str = "pandas",
-    load_dynamodb: bool = True,
-) -> dict[str, dict[str, Any]]:
-    """``stages.ingest.run_batch_ingest``: every raw table (or ``tables``) for ``run_date``; counts per table."""
-    return run_batch_ingest(spark, config, run_date, tables, gx_engine, to_dynamodb=load_dynamodb)
+__all__ = ["DAG_ID", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,23 +13,14 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from include.notify.config import NotifyConfig
 from include.notify.stages.features import DAG_ID, FEATURE_TABLES, run_features
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    pass
 
-__all__ = ["DAG_ID", "FEATURE_TABLES", "main", "run"]
-
-
-def run(
-    spark: SparkSession, config: NotifyConfig, run_date: date, load_dynamodb: bool = True
-) -> dict[str, dict[str, Any]]:
-    """``stages.features.run_features``: compute, write (lake + DynamoDB) and count every feature table."""
-    return run_features(spark, config, run_date, to_dynamodb=load_dynamodb)
+__all__ = ["DAG_ID", "FEATURE_TABLES", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -107,3 +107,22 @@ def catalog_path() -> Path:
     if not CATALOG.exists():
         pytest.fail(f"the fashion catalog is missing at {CATALOG} (../shared/data beside the repo)")
     return CATALOG
+
+
+@pytest.fixture
+def moto_aws_default(monkeypatch: pytest.MonkeyPatch, aws_endpoint: RunningService) -> str:
+    """Airflow's ``aws_default`` connection pointing at the session's moto server; returns its endpoint."""
+    import json
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "local",
+                "password": "local",
+                "extra": {"region_name": "us-east-1", "endpoint_url": aws_endpoint.endpoint},
+            }
+        ),
+    )
+    return aws_endpoint.endpoint

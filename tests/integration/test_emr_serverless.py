@@ -10,7 +10,6 @@ with the event the trigger emits. moto does not run Spark: a job run is SUCCESS 
 
 from __future__ import annotations
 
-import json
 from datetime import date
 from pathlib import Path
 from unittest.mock import MagicMock
@@ -20,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_deferrable_operator_runs_each_day_with_the_bundle(aws_endpoint, monkeypatch, tmp_path: Path) -> None:
+def test_deferrable_operator_runs_each_day_with_the_bundle(moto_aws_default, monkeypatch, tmp_path: Path) -> None:
     import boto3
     from airflow.providers.amazon.aws.operators.emr import EmrServerlessStartJobOperator
     from airflow.providers.amazon.aws.triggers.emr import EmrServerlessStartJobTrigger
@@ -30,18 +29,7 @@ def test_deferrable_operator_runs_each_day_with_the_bundle(aws_endpoint, monkeyp
     from include.notify.spark import EMR_DEPS_ARCHIVE, emr_job_runs
     from notify_tools.packaging import build_emr_bundle
 
-    endpoint = aws_endpoint.endpoint
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "local",
-                "password": "local",
-                "extra": {"region_name": "us-east-1", "endpoint_url": endpoint},
-            }
-        ),
-    )
+    endpoint = moto_aws_default
     aws = {
         "endpoint_url": endpoint,
         "region_name": "us-east-1",

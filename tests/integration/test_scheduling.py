@@ -6,7 +6,6 @@ partition of that day exists), so the test is about orchestration, not the stage
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -129,11 +128,11 @@ def test_a_manual_run_processes_the_run_date_param(airflow_db, lake_env: NotifyC
     assert Path(lake_env.lake_path("curated", "t", date(2026, 2, 3)).removeprefix("file://"), "part-0.txt").exists()
 
 
-def test_a_failing_task_publishes_to_the_alerts_topic(airflow_db, aws_endpoint, monkeypatch, lake_env) -> None:
+def test_a_failing_task_publishes_to_the_alerts_topic(airflow_db, moto_aws_default, monkeypatch, lake_env) -> None:
     import boto3
 
     aws = {
-        "endpoint_url": aws_endpoint.endpoint,
+        "endpoint_url": moto_aws_default,
         "region_name": "us-east-1",
         "aws_access_key_id": "local",
         "aws_secret_access_key": "local",
@@ -144,17 +143,6 @@ def test_a_failing_task_publishes_to_the_alerts_topic(airflow_db, aws_endpoint, 
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
     monkeypatch.setenv("AIRFLOW__NOTIFY__ALERTS_SNS_TOPIC_ARN", topic)
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "local",
-                "password": "local",
-                "extra": {"region_name": "us-east-1", "endpoint_url": aws_endpoint.endpoint},
-            }
-        ),
-    )
 
     run = _run(_dag("notify_test_failure", f"{__name__}:fail_step"))
     assert run.state == "failed"
