@@ -91,6 +91,9 @@ class LocalAirflow:
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            # INFO, not the CLI's WARNING: these are the task logs the UI shows (each step's result,
+            # Spark's and GX's lines), and they go to files, never to the demo's terminal.
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         }
         self.processes: dict[str, subprocess.Popen] = {}
 
@@ -143,6 +146,13 @@ class LocalAirflow:
                 return
             time.sleep(POLL_SECONDS)
         raise RuntimeError(f"DAGs not parsed within {timeout:.0f}s; see {self.log_dir / 'dag-processor.log'}")
+
+
+def say(line: str) -> None:
+    """``print``, but above a progress bar when one is on the terminal."""
+    from tqdm import tqdm
+
+    tqdm.write(line)
 
 
 def _airflow_bin() -> str:
@@ -201,6 +211,17 @@ def _wait_until_rerun(airflow: LocalAirflow, dag_id: str, seconds: float = 60.0)
 
 
 def _follow(airflow: LocalAirflow, dag_id: str, after_id: int, reported: set, echo: Callable[[str], None]) -> None:
+    """Print each task of ``dag_id``'s newest run as it ends, under a bar of tasks done out of the
+    run's tasks (the bar only on a terminal, through ``tqdm.write`` so lines and bar do not mix)."""
+    from tqdm import tqdm
+
+    with tqdm(desc=f"   {dag_id}", unit="task", total=0, leave=False, disable=None) as bar:
+        _follow_run(airflow, dag_id, after_id, reported, echo, bar)
+
+
+def _follow_run(
+    airflow: LocalAirflow, dag_id: str, after_id: int, reported: set, echo: Callable[[str], None], bar: Any
+) -> None:
     deadline = time.monotonic() + DAG_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         airflow.check_alive()
@@ -219,12 +240,16 @@ def _follow(airflow: LocalAirflow, dag_id: str, after_id: int, reported: set, ec
                 if run
                 else []
             )
+        if len(tasks) != bar.total:
+            bar.total = len(tasks)
+            bar.refresh()
         for task_id, map_index, state, start, end in tasks:
             key = (dag_id, f"{task_id}[{map_index}]", str(state))
             if state in TERMINAL and key not in reported:
                 reported.add(key)
                 suffix = f"[{map_index}]" if map_index is not None and map_index >= 0 else ""
                 echo(f"     {task_id}{suffix:<6} {state:<15} {_seconds(start, end):6.1f}s")
+                bar.update(1)
         if run and run[1] == "success":
             return
         if run and run[1] == "failed":
@@ -236,8 +261,9 @@ def _follow(airflow: LocalAirflow, dag_id: str, after_id: int, reported: set, ec
 
 
 @contextmanager
-def output_to(path: Path) -> Iterator[None]:
-    """Send this process's stdout and stderr (Python, the JVM's progress bars, GX) to ``path``."""
+def output_to(path: Path) -> Iterator[Callable[[str], None]]:
+    """Send this process's stdout and stderr (Python, the JVM's progress bars, GX) to ``path``;
+    yields a writer to the terminal for the progress lines that should still be seen."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -246,7 +272,7 @@ def output_to(path: Path) -> Iterator[None]:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
-            yield
+            yield lambda line: os.write(saved[0], (line + "\n").encode())
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -279,7 +305,7 @@ def run_demo(
     run_date: date,
     loop_users: int = 500,
     loop_days: int = 3,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = say,
 ) -> int:
     """Run the demo and print the report; returns a process exit code."""
     from include.notify.io.dynamo import Dynamo
@@ -322,11 +348,12 @@ def run_demo(
 
         with (
             timer.stage(f"closed loop: {loop_users} users x {loop_days} days, three policies"),
-            output_to(log_dir / "closed_loop.log"),
+            output_to(log_dir / "closed_loop.log") as terminal,
         ):
             loop_table = run_closed_loop(
-                users=loop_users, days=loop_days, seed=7, out_dir=config.state_dir / "closed_loop", products_limit=2000
-            )
+                users=loop_users, days=loop_days, seed=7, out_dir=config.state_dir / "closed_loop",
+                products_limit=2000, echo=lambda line: terminal(f"     {line}"),
+            )  # fmt: skip
     report(config, dynamo, run_date, timer, dispatched, loop_table, echo)
     return 0
 

@@ -8,13 +8,9 @@ screenshots are kept under ``.notify/artifacts/browser/`` (and the test's tmp fo
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,21 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from browser_support import login, new_context, save_screenshot, simple_auth_env, wait_http
 
-from include.notify.config import REPO_ROOT, NotifyConfig
+from include.notify.config import NotifyConfig
 from notify_tools.localenv import airflow_environment
 from notify_tools.services import free_port
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path(os.environ.get("NOTIFY_CHROMIUM", "/usr/bin/chromium"))
-# As root in a closed network: no sandbox, and no background calls to Google's hosts.
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-]  # fmt: skip
-ARTIFACTS = REPO_ROOT / ".notify" / "artifacts" / "browser"
-PASSWORDS = {"admin": "admin-pw-1", "viewer": "viewer-pw-2"}
 USER = "U0000042"
 DAY = datetime.now(UTC).date()
 
@@ -86,26 +75,9 @@ def seed_demo_user(config: NotifyConfig) -> None:
                                       "campaign_id": "C01", "notification_id": f"{USER}#{DAY}#C01"}])  # fmt: skip
 
 
-def _wait_http(url: str, process: subprocess.Popen, log: Path, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"airflow api-server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"airflow api-server did not answer on {url} within {seconds:.0f}s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def airflow_ui(tmp_path_factory: pytest.TempPathFactory, dynalite) -> Iterator[tuple[str, NotifyConfig]]:
     """An Airflow API server (UI, login, the Notify plugin) on a free loopback port."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium package (apt-get install chromium) to run it")
     from include.notify.config import load_config
     from include.notify.io.dynamo import Dynamo
 
@@ -116,20 +88,13 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory, dynalite) -> Iterator[t
     )  # fmt: skip
     Dynamo.from_config(config).create_tables()
     seed_demo_user(config)
-    passwords = home / "passwords.json"
-    passwords.write_text(json.dumps(PASSWORDS))
     port = free_port()
     env = {
         **os.environ,
         **airflow_environment(config),
         "AIRFLOW_HOME": str(home / "airflow"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__API_AUTH__JWT_SECRET": "browser-test-secret",
+        **simple_auth_env(home, port),
         "AIRFLOW__CORE__DAGS_FOLDER": str(home / "no-dags"),
     }
     bin_dir = Path(sys.executable).parent
@@ -144,7 +109,7 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory, dynalite) -> Iterator[t
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(f"{base}/api/v2/monitor/health", process, log)
+        wait_http(f"{base}/api/v2/monitor/health", process, log)
         yield base, config
     finally:
         process.terminate()
@@ -154,51 +119,11 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory, dynalite) -> Iterator[t
             process.kill()
 
 
-@pytest.fixture(scope="module")
-def browser(airflow_ui):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # Debian's Chromium only: Playwright never downloads a browser here.
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-def _context(browser, base: str):
-    """A fresh browser profile that records every request leaving for somewhere other than ``base``."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.outside = []
-    context.on(
-        "request",
-        lambda r: None if r.url.startswith((base, "data:", "blob:", "about:")) else context.outside.append(r.url),
-    )
-    return context
-
-
-def _login(page, base: str, user: str, next_path: str) -> None:
-    page.goto(f"{base}{next_path}")
-    # No session: the plugin hands the visitor to Airflow's own login page.
-    page.wait_for_url(re.compile(r".*/auth/login.*"), timeout=30_000)
-    page.locator("input[name=username], input#username").first.fill(user)
-    page.locator("input[type=password]").first.fill(PASSWORDS[user])
-    page.locator("button[type=submit], button:has-text('Sign in'), button:has-text('Login')").first.click()
-    page.wait_for_url(lambda url: "/auth/login" not in url, timeout=30_000)
-
-
-def _save(page, tmp_path: Path, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / name
-    page.screenshot(path=str(shot), full_page=True)
-    shutil.copy(shot, tmp_path / name)
-    return shot
-
-
 def test_an_admin_logs_in_and_reads_a_users_plan_deliveries_and_scores(airflow_ui, browser, tmp_path: Path) -> None:
     base, _ = airflow_ui
-    context = _context(browser, base)
+    context = new_context(browser, base)
     page = context.new_page()
-    _login(page, base, "admin", f"/notify/user/{USER}")
+    login(page, base, "admin", f"/notify/user/{USER}")
     assert page.url.startswith(f"{base}/notify/user/{USER}"), page.url
 
     timeline = page.locator("#timeline svg")
@@ -222,14 +147,14 @@ def test_an_admin_logs_in_and_reads_a_users_plan_deliveries_and_scores(airflow_u
     assert "pbkdf2" not in page.content()
     # The long "why" stays inside the page: nothing wider than the viewport.
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-    shot = _save(page, tmp_path, "notify-user-page.png")
+    shot = save_screenshot(page, tmp_path, "notify-user-page.png")
 
     # Inside the Airflow UI: the nav entry's page frames the view.
     page.goto(f"{base}/plugin/notify")
     frame = page.frame_locator("iframe")
     frame.locator("#fleet svg").first.wait_for(timeout=30_000)
     assert "Fleet overview" in frame.locator("body").inner_text()
-    _save(page, tmp_path, "notify-in-airflow-ui.png")
+    save_screenshot(page, tmp_path, "notify-in-airflow-ui.png")
     assert context.outside == [], f"requests left the machine: {context.outside}"
     assert shot.stat().st_size > 10_000
     context.close()
@@ -237,9 +162,9 @@ def test_an_admin_logs_in_and_reads_a_users_plan_deliveries_and_scores(airflow_u
 
 def test_a_viewer_is_refused_user_data(airflow_ui, browser) -> None:
     base, _ = airflow_ui
-    context = _context(browser, base)
+    context = new_context(browser, base)
     page = context.new_page()
-    _login(page, base, "viewer", f"/notify/user/{USER}")
+    login(page, base, "viewer", f"/notify/user/{USER}")
     assert "may read" in page.locator("body").inner_text()
     assert "rain jackets" not in page.content()
     assert "Monsoon sale" not in page.content()
