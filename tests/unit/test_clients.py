@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from include.notify.config import NotifyConfig
 
@@ -96,7 +97,9 @@ def test_without_a_connection_only_configuration_is_used() -> None:
 
 def test_outside_airflow_no_client_imports_airflow() -> None:
     """Spark's Python workers build DynamoDB clients: importing Airflow there initialises its ORM
-    and fails, so outside an Airflow process the clients never touch it."""
+    and fails, so outside an Airflow process the clients never touch it. Kafka clients neither,
+    unless the connection is given as its AIRFLOW_CONN_ variable (the CLI's terminal otherwise
+    gets Airflow's logging config)."""
     import subprocess
     import sys
 
@@ -104,7 +107,10 @@ def test_outside_airflow_no_client_imports_airflow() -> None:
         "import sys\n"
         "from include.notify.config import NotifyConfig\n"
         "from include.notify.io.dynamo import Dynamo\n"
+        "from include.notify.io.kafka import kafka_settings\n"
         "Dynamo.from_config(NotifyConfig(dynamodb_endpoint_url='http://127.0.0.1:1'))\n"
+        "kafka_settings(NotifyConfig(kafka_bootstrap='127.0.0.1:1'))\n"
         "assert 'airflow' not in sys.modules, 'a client imported Airflow'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -59,6 +61,12 @@ def kafka_settings(config: NotifyConfig, **extra: object) -> dict[str, object]:
 def connection_settings(config: NotifyConfig) -> dict[str, object]:
     """The ``kafka_conn_id`` connection's client settings, ``{}`` when Airflow or the connection is absent."""
     if not config.kafka_conn_id:
+        return {}
+    # Outside an Airflow process the connection can only come from its AIRFLOW_CONN_ variable;
+    # without one, importing the provider would only start Airflow (its ORM and its logging
+    # config, which takes over the CLI's and the demo's terminal) to find nothing.
+    in_airflow = "airflow" in sys.modules
+    if not in_airflow and f"AIRFLOW_CONN_{config.kafka_conn_id.upper()}" not in os.environ:
         return {}
     try:
         from airflow.providers.apache.kafka.hooks.base import KafkaBaseHook
