@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 
 import numpy as np
 import pandas as pd
@@ -76,6 +76,15 @@ def test_day_one_prior_path_with_no_logs(dataset) -> None:
     assert len(result.plan) > 0
     assert set(result.plan["model_version"]) == {model.version}
     assert plan_violations(cfg, result.plan, inputs) == []
+
+
+def test_a_day_already_over_plans_nothing_instead_of_failing(dataset) -> None:
+    """A backfill plans past days: every slot is before ``not_before``, so nothing is placed."""
+    model = response.fit_for_day(None, None, DAY, 0.03, 5, 150, 1)
+    cfg, inputs = _inputs(dataset, NotifyConfig(), model)
+    result = build_plan(cfg, inputs, not_before=datetime(DAY.year, DAY.month, DAY.day + 3, tzinfo=UTC))
+    assert len(result.plan) == 0
+    assert result.candidates > 0
 
 
 @pytest.mark.parametrize("explore", [0.0, 0.3, 0.9])

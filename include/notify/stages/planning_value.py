@@ -105,6 +105,14 @@ class ValueDecisions:
         return self.chosen_hour, codes, self.detail, self.log
 
 
+# The decision log's columns after the features (one row per placed send): a day with nothing
+# placed (a backfilled day already over, every candidate withheld) still has them all.
+LOG_FIELDS = (
+    "local_hour", "p_click", "value", "cost", "propensity", "explored",
+    "greedy_campaign", "greedy_value", "greedy_low", "candidate_scores",
+)  # fmt: skip
+
+
 def place_by_value(
     context: ResponseContext,
     rows: np.ndarray,
@@ -234,7 +242,7 @@ def place_by_value(
         logs.append(log)
     over = remaining & (why_not == "")
     why_not[over] = "over_cap"
-    placed_log = pd.concat(logs, ignore_index=True) if logs else pd.DataFrame(columns=["row", *FEATURES])
+    placed_log = pd.concat(logs, ignore_index=True) if logs else pd.DataFrame(columns=["row", *FEATURES, *LOG_FIELDS])
     return ValueDecisions(chosen_hour, why_not, placed_log, detail)
 
 
