@@ -69,6 +69,9 @@ class NotifyConfig:
     # Products: at most this many similar products (same article type and colour family, or
     # near-identical text) in a user's top-10 (stages/products.py).
     product_max_similar: int = 2
+    # Nightly chain: an Asset-triggered run also processes the days of this many days before its
+    # last one that its upstream stage has written but it has not (orchestration.missed_days).
+    catch_up_days: int = 7
     # Planning and dispatch
     daily_cap: int = 5
     quiet_start_hour: int = 22

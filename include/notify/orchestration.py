@@ -160,6 +160,38 @@ def run_dates_of(context: Mapping[str, Any]) -> list[date]:
     return [logical.date()]
 
 
+def missed_days(config: Any, dag_id: str, days: Sequence[date], run_started: datetime | None = None) -> list[date]:
+    """Days before the run's last one (within ``config.catch_up_days``) that the upstream DAG has
+    written and this DAG has not: its output is absent, older than its input, or being written by
+    this very run (so every task of the run sees the same days).
+
+    Asset events alone lose days: when events arrive while the scheduler is creating the run for
+    an earlier one (a backfill's days finishing within seconds of each other), Airflow 3.3 attaches
+    only the first and drops the queue entry for the others, so a 3-day backfill reached
+    features for one day of three. The lake is what each stage really left.
+    """
+    from include.notify.io.lake import partition_written_at
+    from include.notify.schemas import CHAIN_INPUT, DAY_PARTITIONS
+
+    upstream = CHAIN_INPUT.get(dag_id)
+    if upstream is None or not days or config.catch_up_days <= 0:
+        return []
+    started = run_started.timestamp() if run_started else None
+    last = max(days)
+    missed = []
+    for back in range(config.catch_up_days, 0, -1):
+        day = last - timedelta(days=back)
+        if day in days:
+            continue
+        given = partition_written_at(config, *DAY_PARTITIONS[upstream], day)
+        if given is None:
+            continue
+        made = partition_written_at(config, *DAY_PARTITIONS[dag_id], day)
+        if made is None or made < given or (started is not None and made >= started):
+            missed.append(day)
+    return missed
+
+
 def run_date_of(context: Mapping[str, Any]) -> date:
     """The one day a run is for; ``ValueError`` if it is for several (use ``run_dates_of``)."""
     days = run_dates_of(context)
@@ -264,6 +296,11 @@ def run_step(
         run_time = run_time_of(context)
     dated = bool(markers & {RUN_DATE, RUN_DATES}) or outlet is not None
     days: list[date | None] = list(run_dates_of(context)) if dated else [None]
+    dag_run = context.get("dag_run")
+    if dated and dag_run is not None and not (context.get("params") or {}).get("run_date"):
+        # A manual run does the day it was asked for; any other run also catches up on lost days.
+        found = [d for d in days if d is not None]
+        days = sorted({*found, *missed_days(config, dag_run.dag_id, found, getattr(dag_run, "start_date", None))})
 
     def fill(value: Any, day: date | None) -> Any:
         if isinstance(value, Ref):

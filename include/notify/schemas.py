@@ -166,3 +166,20 @@ RAW_TABLES_BY_NAME = {table.name: table for table in RAW_TABLES}
 
 # Fields that never leave notify_users (DESIGN: identity stays in one table).
 PRIVATE_USER_FIELDS = ("password_hash", "email")
+
+
+# What each nightly DAG leaves per day: the lake folder whose ``dt=<day>`` partition proves it ran,
+# and which DAG's output it reads. ``orchestration.missed_days`` compares the two.
+DAY_PARTITIONS: dict[str, tuple[str, str]] = {
+    "notify_batch_ingestion": ("curated", "purchase_history"),
+    "notify_features": ("features", "user_features"),
+    "notify_embeddings": ("embeddings", "users"),
+    "notify_scoring": ("recommendations", "campaigns"),
+    "notify_planning": ("runs", "notify_planning"),
+}
+CHAIN_INPUT = {
+    "notify_features": "notify_batch_ingestion",
+    "notify_embeddings": "notify_features",
+    "notify_scoring": "notify_embeddings",
+    "notify_planning": "notify_scoring",
+}

@@ -83,6 +83,56 @@ def test_a_three_day_backfill_reaches_every_day_down_the_chain(lake_env: NotifyC
             )
 
 
+def write_partition(config: NotifyConfig, dag_id: str, day: date) -> dict[str, int]:
+    """A stand-in step leaving ``dag_id``'s real per-day partition (orchestration.DAY_PARTITIONS)."""
+    from include.notify.schemas import DAY_PARTITIONS
+
+    out = Path(config.lake_path(*DAY_PARTITIONS[dag_id], day).removeprefix("file://"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "part-0.parquet").write_text(day.isoformat())
+    return {"rows": 1}
+
+
+def test_days_whose_asset_events_were_lost_are_caught_up_from_the_lake(lake_env: NotifyConfig) -> None:
+    """As in a real 3-day backfill on Airflow 3.3: ingestion wrote 3 days, but the features run was
+    created with the last day's event only (the other two events arrived while it was being
+    created and were dropped). It must still process the two earlier days, every task of the run
+    the same days, and a later run must not redo them; a manual run does only its day."""
+    import time
+
+    from include.notify.orchestration import RUN_DATE, run_step
+
+    days = [date(2026, 3, 10), date(2026, 3, 11), date(2026, 3, 12)]
+    for day in days:
+        write_partition(lake_env, "notify_batch_ingestion", day)
+    write_partition(lake_env, "notify_batch_ingestion", date(2026, 3, 1))  # beyond catch_up_days (7)
+    time.sleep(0.05)
+    target = f"{__name__}:write_partition"
+
+    def features_run(started: datetime, params: dict | None = None) -> tuple[list, SimpleNamespace]:
+        published = SimpleNamespace(extra={})
+        context = {
+            "dag_run": SimpleNamespace(dag_id="notify_features", start_date=started),
+            "params": params or {},
+            "triggering_asset_events": {"curated": [SimpleNamespace(extra={"run_dates": ["2026-03-12"]})]},
+            "outlet_events": {"features": published},
+        }
+        return run_step(context, target, "notify_features", RUN_DATE, outlet="features"), published
+
+    started = datetime.now(UTC)
+    first_task, _ = features_run(started)
+    assert first_task == [{"rows": 1}] * 3
+    # The run's next task sees the same three days although their output now exists.
+    _, published = features_run(started)
+    assert published.extra["run_dates"] == [d.isoformat() for d in days]
+    # A later run triggered for the last day again: nothing left to catch up.
+    time.sleep(0.05)
+    again, _ = features_run(datetime.now(UTC))
+    assert again == {"rows": 1}
+    _, published = features_run(datetime.now(UTC), {"run_date": "2026-03-11"})
+    assert published.extra["run_dates"] == ["2026-03-11"]
+
+
 @pytest.fixture(scope="module")
 def airflow_db() -> None:
     from airflow.dag_processing.bundles.manager import DagBundlesManager

@@ -318,6 +318,22 @@ def latest_partition_day(
     return max(days) if days else None
 
 
+def partition_written_at(config: NotifyConfig, zone: str, table: str, run_date: date) -> float | None:
+    """When a ``dt=`` partition was last written (newest file's modification time, epoch seconds);
+    None when it is absent or holds no file. Local disk and S3 alike (pyarrow's file systems)."""
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(config.lake_path(zone, table, run_date))
+    if filesystem.get_file_info(path).type != fs.FileType.Directory:
+        return None
+    written = [
+        info.mtime.timestamp()
+        for info in filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+        if info.type == fs.FileType.File and info.mtime is not None
+    ]
+    return max(written) if written else None
+
+
 # ---------------------------------------------------------------------------- single files
 def write_file(config: NotifyConfig, zone: str, table: str, run_date: date | str | None, name: str, data: bytes) -> str:
     """Write (or replace) the file ``<zone>/<table>/dt=run_date/<name>`` (``<zone>/<table>/<name>``
