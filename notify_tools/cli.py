@@ -107,6 +107,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from notify_tools.backfill import run_backfill
+
+    return run_backfill(_config(), users=args.users, first=args.first, last=args.last, products=args.products or None)
+
+
 def cmd_airflow(args: argparse.Namespace) -> int:
     config = _config()
     print(migrate_airflow_db(config))
@@ -228,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--loop-users", type=int, default=500, help="users in the closing closed-loop run (0 skips)")
     demo.add_argument("--loop-days", type=int, default=3)
     demo.set_defaults(func=cmd_demo)
+
+    backfill = sub.add_parser("backfill", help="backfill the real nightly chain over several days through Airflow")
+    backfill.add_argument("--from", dest="first", type=date.fromisoformat, required=True)
+    backfill.add_argument("--to", dest="last", type=date.fromisoformat, required=True)
+    backfill.add_argument("--users", type=int, default=200)
+    backfill.add_argument("--products", type=int, default=2000, help="catalog size (0: the full catalog)")
+    backfill.set_defaults(func=cmd_backfill)
 
     airflow = sub.add_parser("airflow", help="run the Airflow UI and scheduler locally with Notify's DAGs")
     airflow.add_argument("--port", type=int, default=8080)
