@@ -3,6 +3,8 @@ plan row with ``f"{v:.3f}"`` was the planner's slow path at a million users)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from include.notify.rules import HOURS
@@ -36,3 +38,23 @@ def decimal_text(values: np.ndarray, digits: int) -> np.ndarray:
     large = np.flatnonzero(whole > 999)
     text[large] = [f"{abs(v):.{digits}f}" for v in values[large]]
     return np.where((values < 0) & (scaled > 0), "-" + text, text)
+
+
+def join_text(*parts: Any) -> np.ndarray:
+    """Element-wise concatenation of object arrays of strings and plain strings, in one Arrow pass
+    (2-3x faster than chaining ``+`` over object arrays, which builds every intermediate string)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arrays = [part if isinstance(part, str) else pa.array(part, type=pa.string()) for part in parts]
+    if not any(isinstance(part, pa.Array) for part in arrays):
+        return np.array(["".join(parts)], dtype=object)
+    return pc.binary_join_element_wise(*arrays, "").to_numpy(zero_copy_only=False).astype(object, copy=False)
+
+
+def utc_text(epoch: np.ndarray) -> np.ndarray:
+    """``YYYY-MM-DDTHH:MM:SSZ`` of many epoch seconds: formatted once per distinct moment (a plan
+    has at most time zones x 24 x 60 of them), then looked up."""
+    moments, index = np.unique(np.asarray(epoch, dtype=np.int64), return_inverse=True)
+    text = np.datetime_as_string(moments.astype("datetime64[s]"), unit="s").astype(object) + "Z"
+    return text[index.reshape(-1)]
