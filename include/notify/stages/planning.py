@@ -56,7 +56,8 @@ from include.notify.stages.plan_text import (
     NUMBER,
     TWO_DIGITS,
     WHY_HOUR,
-    decimal_text,
+    Lookup,
+    decimal_parts,
     join_text,
     utc_text,
 )
@@ -503,11 +504,12 @@ def _place(
              "local_day": day.isoformat(), "send_at": send_at},
         )  # fmt: skip
     else:
+        why = np.ravel_multi_index((hours, np.minimum(hour_rank, HOURS), own[g].astype(int)), WHY_HOUR.shape)
         reason = join_text(
-            "score ", decimal_text(codes.score[picked], 3), ", priority ", NUMBER[np.clip(priority, 0, 999)],
-            " (rank ", NUMBER[np.clip(codes.rank[picked], 0, 999)], "); ",
-            WHY_HOUR[hours, np.minimum(hour_rank, HOURS), own[g].astype(int)],
-            decimal_text(chosen_engagement * 100, 1), "% of activity); minute :", TWO_DIGITS[minutes], " spreads the fleet",
+            "score ", *decimal_parts(codes.score[picked], 3), ", priority ", Lookup(NUMBER, np.clip(priority, 0, 999)),
+            " (rank ", Lookup(NUMBER, np.clip(codes.rank[picked], 0, 999)), "); ", Lookup(WHY_HOUR, why),
+            *decimal_parts(chosen_engagement * 100, 1), "% of activity); minute :", Lookup(TWO_DIGITS, minutes),
+            " spreads the fleet",
         )  # fmt: skip
     plan = pd.DataFrame(
         {
