@@ -1,7 +1,13 @@
 """Planning and dispatch throughput.
 
-Planning: ``planning.build_plan`` (the pure core the DAG runs) on synthetic inputs of 10 k, 100 k
-and 1 M users (10 recommendations each), users per second, plus the plan checker on a sample.
+Planning: the sharded planner (``plan_shards``: ``planning.build_plan`` per user shard of
+``--shard-users``, with the population's engagement prior summed over the shards first) on
+synthetic inputs of 10 k, 100 k and 1 M users (10 recommendations each). The shards are written to
+disk beforehand (untimed, standing in for the lake) and planned by ``--planning-workers`` worker
+processes, each loading and planning one shard at a time; users per second over the wall time of
+the prior pass plus the shard pass, the peak RSS of a worker process (a shard's memory: inputs,
+plan, interpreter), the plan checker on a 300-user sample, and on a ``--sample-users`` population
+the sharded plan compared with the unsharded ``build_plan`` (sorted by key, every column).
 
 Dispatch: a local dynalite started here on a free port; N schedule items due at the same minute
 are dispatched by ``dispatch.Dispatcher`` through the in-app inbox (per item one conditional
@@ -10,19 +16,24 @@ writes of inbox items, delivery records and sent markers), compared with a bare
 ``Dynamo.put_items`` batch write of the same N items to the same endpoint in the same run. Events
 go to memory, so the broker is not part of the number.
 
-    .venv/bin/python benchmarks/plan_dispatch.py --users 10000 100000 1000000 --dispatch-items 3000
+    .venv/bin/python benchmarks/plan_dispatch.py --users 10000 100000 1000000 --dispatch-items 3000 \
+        --shard-users 100000 --planning-workers 2 --sample-users 100000
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import multiprocessing
 import os
+import pickle
 import platform
 import resource
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -34,39 +45,132 @@ from include.notify.io.dynamo import TABLES_BY_NAME, Dynamo  # noqa: E402
 from include.notify.stages.channels import InboxChannel  # noqa: E402
 from include.notify.stages.dispatch import Dispatcher, ListEventSink, iso  # noqa: E402
 from include.notify.stages.plan_check import plan_violations  # noqa: E402
-from include.notify.stages.planning import build_plan  # noqa: E402
+from include.notify.stages.plan_engagement import user_engagement_sums  # noqa: E402
+from include.notify.stages.plan_shards import plan_in_shards, split_inputs  # noqa: E402
+from include.notify.stages.planning import PlanInputs, PlanResult, build_plan  # noqa: E402
 from notify_tools.services import free_port, start_service  # noqa: E402
-from notify_tools.synthetic import synthetic_inputs  # noqa: E402
+from notify_tools.synthetic import synthetic_blocks, synthetic_inputs  # noqa: E402
 
 DAY = date(2026, 11, 25)
 
 
-def bench_planning(sizes: list[int]) -> list[dict[str, float]]:
-    config = NotifyConfig()
-    rows = []
-    for users in sizes:
-        inputs = synthetic_inputs(users, DAY, seed=7)
-        gc.collect()
-        started = time.perf_counter()
-        result = build_plan(config, inputs)
-        seconds = time.perf_counter() - started
+def _plan_shard(path: str, prior: list[int], check_sample: bool = False) -> dict[str, float]:
+    """In a worker process: load one shard from disk, plan it with the population's prior."""
+    import numpy as np
+
+    started = time.perf_counter()
+    cpu = time.process_time()
+    with open(path, "rb") as handle:
+        inputs = replace(pickle.load(handle), prior_sums=np.asarray(prior, dtype=np.int64))
+    result = build_plan(NotifyConfig(), inputs)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    violations = -1
+    if check_sample:
         sample_users = set(result.plan["user_id"].drop_duplicates().head(300))
-        sample = result.plan[result.plan["user_id"].isin(sample_users)]
-        violations = len(plan_violations(config, sample, inputs))
+        violations = len(
+            plan_violations(NotifyConfig(), result.plan[result.plan["user_id"].isin(sample_users)], inputs)
+        )
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "candidates": result.candidates,
+        "planned": len(result.plan),
+        "violations": violations,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+    }
+
+
+def _warm(_: int) -> float:
+    time.sleep(0.5)  # so every worker process gets one and is started before the clock
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def bench_planning(sizes: list[int], shard_users: int, workers: int) -> list[dict[str, float]]:
+    rows = []
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: a worker's RSS is its shards'
+    for users in sizes:
+        folder = Path(tempfile.mkdtemp(prefix="notify-plan-shards-"))
+        paths, user_paths = [], []
+        for number, block in enumerate(synthetic_blocks(users, shard_users, DAY, seed=7)):  # untimed: the "lake"
+            paths.append(str(folder / f"shard-{number:05d}.pkl"))
+            user_paths.append(str(folder / f"users-{number:05d}.pkl"))
+            with open(paths[-1], "wb") as handle:
+                pickle.dump(block, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            with open(user_paths[-1], "wb") as handle:
+                pickle.dump(block.users.loc[:, ["user_id", "engagement_by_hour"]], handle, protocol=5)
+            del block
+        gc.collect()
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            list(pool.map(_warm, range(workers)))  # interpreters and imports up before the clock starts
+            started = time.perf_counter()
+            prior = None
+            for path in user_paths:  # pass 1: the population's engagement prior, users' columns only
+                with open(path, "rb") as handle:
+                    sums = user_engagement_sums(pickle.load(handle))
+                prior = sums if prior is None else prior + sums
+            prior_seconds = time.perf_counter() - started
+            shards = list(pool.map(_plan_shard, paths, [prior.tolist()] * len(paths)))
+            seconds = time.perf_counter() - started
+            # The row-by-row checker on a sample of the first shard's plan, off the clock.
+            violations = pool.submit(_plan_shard, paths[0], prior.tolist(), True).result()["violations"]
+        for path in paths + user_paths:
+            os.remove(path)
+        folder.rmdir()
         rows.append(
             {
                 "users": users,
-                "candidates": result.candidates,
-                "planned": len(result.plan),
+                "shards": len(paths),
+                "shard_users": min(shard_users, users),
+                "workers": workers,
+                "candidates": sum(shard["candidates"] for shard in shards),
+                "planned": sum(shard["planned"] for shard in shards),
+                "prior_seconds": prior_seconds,
                 "seconds": seconds,
+                "cpu_seconds": sum(shard["cpu_seconds"] for shard in shards),
                 "users_per_s": users / seconds,
                 "violations_in_sample": violations,
-                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+                "peak_rss_gb": max(shard["peak_rss_gb"] for shard in shards),
             }
         )
-        print(f"planning {users:>9,} users: {seconds:7.2f} s, {users / seconds:>10,.0f} users/s", flush=True)
-        del inputs, result
+        print(
+            f"planning {users:>9,} users in {len(paths)} shard(s) of {min(shard_users, users):,} on {workers} worker(s): "
+            f"{seconds:7.2f} s (prior pass {prior_seconds:.2f} s) = {users / seconds:>9,.0f} users/s; "
+            f"CPU in shards {rows[-1]['cpu_seconds']:.1f} s; worker peak RSS {rows[-1]['peak_rss_gb']:.2f} GB",
+            flush=True,
+        )
     return rows
+
+
+def _by_key(result: PlanResult) -> tuple[object, object]:
+    import pandas as pd
+
+    plan = result.plan.sort_values(["user_id", "send_at_campaign"], kind="stable").reset_index(drop=True)
+    skipped = result.skipped.sort_values(["user_id", "campaign_id", "reason"], kind="stable").reset_index(drop=True)
+    return pd.DataFrame(plan), pd.DataFrame(skipped)
+
+
+def compare_sharded(users: int, shards: int) -> dict[str, object]:
+    """The sharded plan of ``users`` users in ``shards`` shards against the unsharded ``build_plan``."""
+    import pandas as pd
+
+    config = NotifyConfig()
+    inputs: PlanInputs = synthetic_inputs(users, DAY, seed=7)
+    whole_plan, whole_skipped = _by_key(build_plan(config, inputs))
+    plans, skipped = [], []
+    plan_in_shards(
+        config, split_inputs(inputs, shards), sink=lambda _, __, r: (plans.append(r.plan), skipped.append(r.skipped))
+    )
+    sharded = PlanResult(pd.concat(plans, ignore_index=True), pd.concat(skipped, ignore_index=True))
+    sharded_plan, sharded_skipped = _by_key(sharded)
+    identical = sharded_plan.equals(whole_plan) and sharded_skipped.equals(whole_skipped)
+    if identical:
+        pd.testing.assert_frame_equal(sharded_plan, whole_plan)  # also dtypes and column order
+    sample = sharded_plan[sharded_plan["user_id"].isin(set(sharded_plan["user_id"].drop_duplicates().head(300)))]
+    result = {"users": users, "shards": shards, "rows": len(whole_plan), "skipped": len(whole_skipped),
+              "identical": identical, "violations_in_sample": len(plan_violations(config, sample, inputs))}  # fmt: skip
+    print(f"sharded vs unsharded, {users:,} users in {shards} shards: identical={identical} "
+          f"({len(whole_plan):,} plan rows, {len(whole_skipped):,} skipped)", flush=True)  # fmt: skip
+    return result
 
 
 def _items(config: NotifyConfig, count: int, due: datetime) -> list[dict[str, object]]:
@@ -141,7 +245,13 @@ def bench_dispatch(count: int, workers: int) -> dict[str, float]:
         service.stop()
 
 
-def write_report(path: Path, command: str, planning: list[dict[str, float]], dispatch: list[dict[str, float]]) -> None:
+def write_report(
+    path: Path,
+    command: str,
+    planning: list[dict[str, float]],
+    dispatch: list[dict[str, float]],
+    identity: dict[str, object] | None = None,
+) -> None:
     lines = [
         "# Planning and dispatch throughput",
         "",
@@ -151,16 +261,29 @@ def write_report(path: Path, command: str, planning: list[dict[str, float]], dis
         f"2 cores shared with other work while measured (1-min load average at the end: {os.getloadavg()[0]:.1f}); "
         "one run, so treat the numbers as rough.",
         "",
-        "## Planning (`planning.build_plan`, synthetic inputs, 10 recommendations per user)",
+        "## Planning (`plan_shards`: `planning.build_plan` per user shard, synthetic inputs, 10 recommendations per user)",
         "",
-        "| users | candidates | planned | seconds | users/s | checker violations (300-user sample) | peak RSS GB |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "Wall time of the prior pass (users' engagement columns, shard by shard) plus the shard pass (worker",
+        "processes each loading a shard from disk and planning it); peak RSS is the largest of the worker",
+        "processes' (`getrusage` high-water mark: interpreter, imports, one shard's inputs and plan at a time).",
+        "",
+        "| users | shards x users | workers | candidates | planned | prior pass s | seconds | users/s | CPU s in shards | checker violations (300-user sample) | peak RSS per shard process GB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in planning:
         lines.append(
-            f"| {row['users']:,} | {row['candidates']:,} | {row['planned']:,} | {row['seconds']:.2f} | "
-            f"{row['users_per_s']:,.0f} | {row['violations_in_sample']} | {row['peak_rss_gb']:.1f} |"
+            f"| {row['users']:,} | {row['shards']} x {row['shard_users']:,} | {row['workers']} | {row['candidates']:,} | "
+            f"{row['planned']:,} | {row['prior_seconds']:.2f} | {row['seconds']:.2f} | {row['users_per_s']:,.0f} | "
+            f"{row['cpu_seconds']:.1f} | {row['violations_in_sample']} | {row['peak_rss_gb']:.2f} |"
         )
+    if identity is not None:
+        lines += [
+            "",
+            f"Sharded vs unsharded on {identity['users']:,} users ({identity['shards']} hash shards against one "
+            f"`build_plan`, both sorted by key): identical = {identity['identical']} ({identity['rows']:,} plan rows, "
+            f"{identity['skipped']:,} skipped rows); checker violations in a 300-user sample: "
+            f"{identity['violations_in_sample']}.",
+        ]
     lines += [
         "",
         "## Dispatch vs a bare batch write (same items, same dynalite endpoint, same run)",
@@ -186,14 +309,18 @@ def write_report(path: Path, command: str, planning: list[dict[str, float]], dis
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--shard-users", type=int, default=NotifyConfig().planning_shard_users)
+    parser.add_argument("--planning-workers", type=int, default=2)
+    parser.add_argument("--sample-users", type=int, default=100_000, help="sharded vs unsharded check (0: skip)")
     parser.add_argument("--dispatch-items", type=int, default=3000)
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 8])
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "plan_dispatch.md")
     args = parser.parse_args(argv)
     command = "python benchmarks/plan_dispatch.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    planning = bench_planning(args.users)
+    planning = bench_planning(args.users, args.shard_users, args.planning_workers)
+    identity = compare_sharded(args.sample_users, 4) if args.sample_users else None
     dispatch = [bench_dispatch(args.dispatch_items, workers) for workers in args.workers]
-    write_report(args.output, command.strip(), planning, dispatch)
+    write_report(args.output, command.strip(), planning, dispatch, identity)
     return 0
 
 
