@@ -88,7 +88,7 @@ class NotifyConfig:
     # schedule's day index (the planner's bulk read of a day's items: one query per shard).
     planning_shard_users: int = 100_000
     planning_write_workers: int = 8
-    planning_day_shards: int = 32
+    planning_day_shards: int = 256
     cooldown_days: int = 3
     # The value-based planner: the k-th notification of a day is sent only when its expected clicks
     # (x the priority weight) exceed this base cost plus the learned opt-out risk; a share of the

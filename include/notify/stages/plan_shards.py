@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
@@ -43,8 +43,28 @@ def user_shard(user_ids: pd.Series | np.ndarray, shards: int) -> np.ndarray:
 
 
 def shard_count(config: NotifyConfig, users: int) -> int:
-    """How many shards ``users`` users need at ``config.planning_shard_users`` per shard (>= 1)."""
-    return max(1, math.ceil(users / config.planning_shard_users))
+    """How many shards ``users`` users need at ``config.planning_shard_users`` per shard: a power of
+    two (>= 1), so a planning shard is a whole set of the day index's shards (``day_index_shards``)."""
+    return 1 << max(0, math.ceil(math.log2(max(users, 1) / config.planning_shard_users)))
+
+
+def day_shards_of(user_ids: pd.Series | np.ndarray, local_days: object, day_shards: int) -> np.ndarray:
+    """The day index's key (``dynamo.DAY_INDEX``) of each user's item of its local day (one day, or
+    one per item): ``YYYY-MM-DD#<user_shard(user, day_shards)>``."""
+    codes = user_shard(user_ids, day_shards).astype(str).astype(object)
+    days = local_days.isoformat() if isinstance(local_days, date) else local_days
+    return np.asarray(days, dtype=object) + "#" + codes
+
+
+def day_index_shards(shard: int, shards: int, day_shards: int) -> list[int]:
+    """The day index shards holding planning shard ``shard`` of ``shards``' users: the same hash
+    modulo both counts, so with powers of two it is every ``d`` with ``d % shards == shard`` (or
+    the one ``shard % day_shards`` holding several planning shards, filtered by the reader)."""
+    if shards <= day_shards and day_shards % shards == 0:
+        return list(range(shard, day_shards, shards))
+    if shards % day_shards == 0:
+        return [shard % day_shards]
+    return list(range(day_shards))  # counts that do not divide: every shard, filtered by the reader
 
 
 def population_sums(user_frames: Iterable[pd.DataFrame]) -> np.ndarray:
@@ -139,4 +159,13 @@ def plan_in_shards(
     return run
 
 
-__all__ = ["ShardedRun", "plan_in_shards", "population_sums", "shard_count", "split_inputs", "user_shard"]
+__all__ = [
+    "ShardedRun",
+    "day_index_shards",
+    "day_shards_of",
+    "plan_in_shards",
+    "population_sums",
+    "shard_count",
+    "split_inputs",
+    "user_shard",
+]
