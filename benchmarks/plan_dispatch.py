@@ -173,6 +173,59 @@ def compare_sharded(users: int, shards: int) -> dict[str, object]:
     return result
 
 
+def bench_existing(users: int) -> dict[str, float]:
+    """The planner's I/O on one dynalite: the plan of ``users`` users written by ``write_plan`` on
+    one thread and on ``planning_write_workers`` threads; the day's items read back per user (one
+    query each, 8 in flight), through the day index (one query per index shard, 8 in flight), and
+    from a Parquet copy of the same items (what a lake snapshot would cost)."""
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    from include.notify.stages.planning_run import EXISTING_COLUMNS, read_existing, read_existing_day, write_plan
+
+    state = Path(tempfile.mkdtemp(prefix="notify-plan-io-"))
+    service = start_service("dynamodb", free_port(), state)
+    try:
+        config = NotifyConfig(state_dir=state, dynamodb_endpoint_url=service.endpoint, table_prefix="plan_")
+        plan = build_plan(config, synthetic_inputs(users, DAY, seed=7)).plan
+        before = datetime(2026, 11, 20, tzinfo=UTC)  # every item far ahead: batch writes only
+        empty = pd.DataFrame(columns=EXISTING_COLUMNS)
+        result: dict[str, float] = {"users": users, "items": len(plan)}
+        for workers, prefix in ((1, "one_"), (config.planning_write_workers, "plan_")):
+            dynamo = Dynamo.from_config(config.replace(table_prefix=prefix))
+            dynamo.create_tables([TABLES_BY_NAME["notification_schedule"]])
+            started = time.perf_counter()
+            write_plan(dynamo, plan, empty, before, workers=workers)
+            result[f"write_{workers}_s"] = time.perf_counter() - started
+        result["write_workers"] = config.planning_write_workers
+        started = time.perf_counter()
+        per_user = read_existing(dynamo, plan["user_id"].unique(), DAY, workers=8)
+        result["per_user_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        bulk = read_existing_day(dynamo, DAY, 0, 1, workers=8)
+        result["day_index_s"] = time.perf_counter() - started
+        if len(bulk) != len(per_user) or len(bulk) != len(plan):
+            raise RuntimeError(f"day index read {len(bulk)} items, per-user reads {len(per_user)}, plan {len(plan)}")
+        lake_dir = state / "lake-copy"
+        lake_dir.mkdir()
+        plan.loc[:, [*EXISTING_COLUMNS, "local_day"]].to_parquet(lake_dir / "part-0.parquet")
+        started = time.perf_counter()
+        copy = ds.dataset(lake_dir, format="parquet").to_table(filter=ds.field("local_day") == DAY.isoformat())
+        result["lake_s"] = time.perf_counter() - started
+        if copy.num_rows != len(plan):
+            raise RuntimeError(f"lake copy read {copy.num_rows} of {len(plan)} items")
+        print(
+            f"planner I/O, {users:,} users / {len(plan):,} items: write {result['write_1_s']:.2f} s on 1 thread, "
+            f"{result[f'write_{config.planning_write_workers}_s']:.2f} s on {config.planning_write_workers}; "
+            f"read per user {result['per_user_s']:.2f} s, day index {result['day_index_s']:.2f} s, "
+            f"Parquet copy {result['lake_s']:.3f} s",
+            flush=True,
+        )
+        return result
+    finally:
+        service.stop()
+
+
 def _items(config: NotifyConfig, count: int, due: datetime) -> list[dict[str, object]]:
     send_at = iso(due)
     return [
@@ -251,6 +304,7 @@ def write_report(
     planning: list[dict[str, float]],
     dispatch: list[dict[str, float]],
     identity: dict[str, object] | None = None,
+    planner_io: dict[str, float] | None = None,
 ) -> None:
     lines = [
         "# Planning and dispatch throughput",
@@ -284,6 +338,17 @@ def write_report(
             f"{identity['skipped']:,} skipped rows); checker violations in a 300-user sample: "
             f"{identity['violations_in_sample']}.",
         ]
+    if planner_io is not None:
+        io, workers = planner_io, int(planner_io["write_workers"])
+        lines += [
+            "",
+            f"Planner I/O on one dynalite, {io['users']:,} users' plan ({io['items']:,} items): `write_plan` "
+            f"{io['write_1_s']:.2f} s on 1 thread ({io['items'] / io['write_1_s']:,.0f} items/s), "
+            f"{io[f'write_{workers}_s']:.2f} s on {workers} ({io['items'] / io[f'write_{workers}_s']:,.0f} items/s); "
+            f"the day's items read back per user (one query each, 8 in flight) {io['per_user_s']:.2f} s, through "
+            f"the day index (one query per index shard, 8 in flight) {io['day_index_s']:.2f} s, from a Parquet "
+            f"copy {io['lake_s']:.3f} s.",
+        ]
     lines += [
         "",
         "## Dispatch vs a bare batch write (same items, same dynalite endpoint, same run)",
@@ -312,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-users", type=int, default=NotifyConfig().planning_shard_users)
     parser.add_argument("--planning-workers", type=int, default=2)
     parser.add_argument("--sample-users", type=int, default=100_000, help="sharded vs unsharded check (0: skip)")
+    parser.add_argument("--io-users", type=int, default=5000, help="planner I/O on dynalite (0: skip)")
     parser.add_argument("--dispatch-items", type=int, default=3000)
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 8])
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "plan_dispatch.md")
@@ -319,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/plan_dispatch.py " + " ".join(sys.argv[1:] if argv is None else argv)
     planning = bench_planning(args.users, args.shard_users, args.planning_workers)
     identity = compare_sharded(args.sample_users, 4) if args.sample_users else None
+    planner_io = bench_existing(args.io_users) if args.io_users else None
     dispatch = [bench_dispatch(args.dispatch_items, workers) for workers in args.workers]
-    write_report(args.output, command.strip(), planning, dispatch, identity)
+    write_report(args.output, command.strip(), planning, dispatch, identity, planner_io)
     return 0
 
 
