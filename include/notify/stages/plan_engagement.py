@@ -72,16 +72,14 @@ def engagement_matrix(values: np.ndarray, prior_sums: np.ndarray | None = None) 
     own = np.zeros(len(values), dtype=bool)
     if len(values) == 0:
         return Engagement(matrix, own, np.zeros(HOURS, dtype=np.int64))
+    stacked = own.copy()
     if values.dtype == object:
-        stacked = np.fromiter(
-            (isinstance(v, np.ndarray) and v.shape == (HOURS,) and v.dtype.kind in "fiu" for v in values),
-            dtype=bool, count=len(values),
-        )  # fmt: skip
-    else:
-        stacked = own.copy()
-    if stacked.any():
-        matrix[stacked] = np.nan_to_num(np.stack(values[stacked].tolist()).astype(np.float64), nan=0.0)
-        own[stacked] = True
+        present = np.flatnonzero(~pd.isna(values))  # nulls are scalars; arrays are never "na" here
+        rows = _numeric_rows(values[present])
+        if rows is not None:
+            stacked[present] = True
+            matrix[present] = rows
+    own |= stacked
     rest = np.flatnonzero(~stacked)
     if len(rest):
         others = values[rest]
@@ -96,3 +94,17 @@ def engagement_matrix(values: np.ndarray, prior_sums: np.ndarray | None = None) 
     sums = engagement_sums(matrix[own])
     matrix[~own] = prior_of(sums if prior_sums is None else prior_sums)
     return Engagement(matrix, own, sums)
+
+
+def _numeric_rows(values: np.ndarray) -> np.ndarray | None:
+    """The rows as one (n, 24) float matrix (NaN as 0) when every one is a NumPy array of 24
+    numbers, as the lake's list column reads; None otherwise (then Arrow sorts them out)."""
+    if len(values) == 0 or set(map(type, values)) != {np.ndarray}:
+        return None
+    try:
+        rows = np.vstack(values.tolist())
+    except ValueError:  # ragged: some rows are not 24 long
+        return None
+    if rows.shape != (len(values), HOURS) or rows.dtype.kind not in "fiu":
+        return None
+    return np.nan_to_num(rows.astype(np.float64), nan=0.0)
