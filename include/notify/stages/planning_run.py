@@ -193,7 +193,15 @@ def read_existing_day(dynamo: Dynamo, day: date, shard: int = 0, shards: int = 1
         }
         for key in keys
     }
-    rows = [item for items in dynamo.query_many(SCHEDULE, requests, workers).values() for item in items]
+    try:
+        rows = [item for items in dynamo.query_many(SCHEDULE, requests, workers).values() for item in items]
+    except Exception as error:  # botocore's ClientError; named here so the fix is in the message
+        if "index" not in str(error).lower():
+            raise
+        raise RuntimeError(
+            f"{dynamo.table(SCHEDULE)} has no usable day_index ({error}); a table created before the index "
+            "needs it added (UpdateTable, GlobalSecondaryIndexUpdates Create, as in dynamo.DAY_INDEX)"
+        ) from error
     frame = pd.DataFrame(rows).reindex(columns=EXISTING_COLUMNS) if rows else pd.DataFrame(columns=EXISTING_COLUMNS)
     if shards > 1 and len(frame):
         frame = frame[user_shard(frame["user_id"], shards) == shard].reset_index(drop=True)
