@@ -80,6 +80,14 @@ def _plan_shard(path: str, prior: list[int], check_sample: bool = False) -> dict
     }
 
 
+def _user_sums(path: str) -> tuple[object, float]:
+    """In a worker process: one shard's users' engagement sums (and the CPU seconds they took)."""
+    cpu = time.process_time()
+    with open(path, "rb") as handle:
+        sums = user_engagement_sums(pickle.load(handle))
+    return sums, time.process_time() - cpu
+
+
 def _warm(_: int) -> float:
     time.sleep(0.5)  # so every worker process gets one and is started before the clock
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
@@ -103,11 +111,9 @@ def bench_planning(sizes: list[int], shard_users: int, workers: int) -> list[dic
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             list(pool.map(_warm, range(workers)))  # interpreters and imports up before the clock starts
             started = time.perf_counter()
-            prior = None
-            for path in user_paths:  # pass 1: the population's engagement prior, users' columns only
-                with open(path, "rb") as handle:
-                    sums = user_engagement_sums(pickle.load(handle))
-                prior = sums if prior is None else prior + sums
+            # Pass 1, on the workers: the population's engagement prior from the users' columns only.
+            partial = list(pool.map(_user_sums, user_paths))
+            prior = sum((sums for sums, _ in partial), start=0)
             prior_seconds = time.perf_counter() - started
             shards = list(pool.map(_plan_shard, paths, [prior.tolist()] * len(paths)))
             seconds = time.perf_counter() - started
@@ -127,6 +133,7 @@ def bench_planning(sizes: list[int], shard_users: int, workers: int) -> list[dic
                 "prior_seconds": prior_seconds,
                 "seconds": seconds,
                 "cpu_seconds": sum(shard["cpu_seconds"] for shard in shards),
+                "prior_cpu_seconds": sum(cpu for _, cpu in partial),
                 "users_per_s": users / seconds,
                 "violations_in_sample": violations,
                 "peak_rss_gb": max(shard["peak_rss_gb"] for shard in shards),
@@ -135,7 +142,8 @@ def bench_planning(sizes: list[int], shard_users: int, workers: int) -> list[dic
         print(
             f"planning {users:>9,} users in {len(paths)} shard(s) of {min(shard_users, users):,} on {workers} worker(s): "
             f"{seconds:7.2f} s (prior pass {prior_seconds:.2f} s) = {users / seconds:>9,.0f} users/s; "
-            f"CPU in shards {rows[-1]['cpu_seconds']:.1f} s; worker peak RSS {rows[-1]['peak_rss_gb']:.2f} GB",
+            f"CPU in shards {rows[-1]['cpu_seconds']:.1f} s + prior {rows[-1]['prior_cpu_seconds']:.1f} s = "
+            f"{users / (rows[-1]['cpu_seconds'] + rows[-1]['prior_cpu_seconds']):,.0f} users per CPU-second; worker peak RSS {rows[-1]['peak_rss_gb']:.2f} GB",
             flush=True,
         )
     return rows
@@ -317,18 +325,21 @@ def write_report(
         "",
         "## Planning (`plan_shards`: `planning.build_plan` per user shard, synthetic inputs, 10 recommendations per user)",
         "",
-        "Wall time of the prior pass (users' engagement columns, shard by shard) plus the shard pass (worker",
-        "processes each loading a shard from disk and planning it); peak RSS is the largest of the worker",
+        "Wall time of the prior pass (users' engagement columns, shard by shard, on the workers) plus the shard",
+        "pass (worker processes each loading a shard from disk and planning it); CPU seconds are the workers'",
+        "(`process_time`), so users per CPU-second is the rate one free core gives; peak RSS is the largest of the worker",
         "processes' (`getrusage` high-water mark: interpreter, imports, one shard's inputs and plan at a time).",
         "",
-        "| users | shards x users | workers | candidates | planned | prior pass s | seconds | users/s | CPU s in shards | checker violations (300-user sample) | peak RSS per shard process GB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| users | shards x users | workers | candidates | planned | prior pass s | seconds | users/s | CPU s (prior + shards) | users per CPU-second | checker violations (300-user sample) | peak RSS per shard process GB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in planning:
         lines.append(
             f"| {row['users']:,} | {row['shards']} x {row['shard_users']:,} | {row['workers']} | {row['candidates']:,} | "
             f"{row['planned']:,} | {row['prior_seconds']:.2f} | {row['seconds']:.2f} | {row['users_per_s']:,.0f} | "
-            f"{row['cpu_seconds']:.1f} | {row['violations_in_sample']} | {row['peak_rss_gb']:.2f} |"
+            f"{row['prior_cpu_seconds']:.1f} + {row['cpu_seconds']:.1f} | "
+            f"{row['users'] / (row['prior_cpu_seconds'] + row['cpu_seconds']):,.0f} | "
+            f"{row['violations_in_sample']} | {row['peak_rss_gb']:.2f} |"
         )
     if identity is not None:
         lines += [
