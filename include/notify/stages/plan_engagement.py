@@ -101,10 +101,13 @@ def _numeric_rows(values: np.ndarray) -> np.ndarray | None:
     numbers, as the lake's list column reads; None otherwise (then Arrow sorts them out)."""
     if len(values) == 0 or set(map(type, values)) != {np.ndarray}:
         return None
+    arrays = values.tolist()
+    if not (np.fromiter(map(len, arrays), np.int64, len(arrays)) == HOURS).all():
+        return None
     try:
-        rows = np.vstack(values.tolist())
-    except ValueError:  # ragged: some rows are not 24 long
+        flat = np.concatenate(arrays)  # one C pass; vstack would make every row 2-D first
+    except ValueError:  # rows of different dimensions
         return None
-    if rows.shape != (len(values), HOURS) or rows.dtype.kind not in "fiu":
+    if flat.dtype.kind not in "fiu" or flat.size != len(arrays) * HOURS:  # (24, k) rows are not 24 numbers
         return None
-    return np.nan_to_num(rows.astype(np.float64), nan=0.0)
+    return np.nan_to_num(flat.astype(np.float64).reshape(len(arrays), HOURS), nan=0.0)
