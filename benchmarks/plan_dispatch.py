@@ -3,9 +3,9 @@
 Planning: the sharded planner (``plan_shards``: ``planning.build_plan`` per user shard of
 ``--shard-users``, with the population's engagement prior summed over the shards first) on
 synthetic inputs of 10 k, 100 k and 1 M users (10 recommendations each). The shards are written to
-disk beforehand (untimed, standing in for the lake) and planned by ``--planning-workers`` worker
+disk beforehand as Parquet, a file per input frame (untimed, standing in for the lake) and planned by ``--planning-workers`` worker
 processes, each loading and planning one shard at a time; users per second over the wall time of
-the prior pass plus the shard pass, the peak RSS of a worker process (a shard's memory: inputs,
+the prior pass (the users' two engagement columns of every shard) plus the shard pass, the peak RSS of a worker process (a shard's memory: inputs,
 plan, interpreter), the plan checker on a 300-user sample, and on a ``--sample-users`` population
 the sharded plan compared with the unsharded ``build_plan`` (sorted by key, every column).
 
@@ -26,14 +26,13 @@ import argparse
 import gc
 import multiprocessing
 import os
-import pickle
 import platform
 import resource
+import shutil
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -60,8 +59,7 @@ def _plan_shard(path: str, prior: list[int], check_sample: bool = False) -> dict
 
     started = time.perf_counter()
     cpu = time.process_time()
-    with open(path, "rb") as handle:
-        inputs = replace(pickle.load(handle), prior_sums=np.asarray(prior, dtype=np.int64))
+    inputs = _read_shard(path, np.asarray(prior, dtype=np.int64))
     result = build_plan(NotifyConfig(), inputs)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     violations = -1
@@ -80,11 +78,31 @@ def _plan_shard(path: str, prior: list[int], check_sample: bool = False) -> dict
     }
 
 
+SHARD_FRAMES = ("users", "recommendations", "campaigns", "products", "recent_sends")
+
+
+def _write_shard(inputs: PlanInputs, folder: Path) -> str:
+    """One shard as Parquet files, one per input frame (the lake's stand-in)."""
+    folder.mkdir()
+    for name in SHARD_FRAMES:
+        getattr(inputs, name).to_parquet(folder / f"{name}.parquet", index=False)
+    return str(folder)
+
+
+def _read_shard(path: str, prior: object) -> PlanInputs:
+    import pandas as pd
+
+    frames = {name: pd.read_parquet(f"{path}/{name}.parquet") for name in SHARD_FRAMES}
+    return PlanInputs(DAY, **frames, prior_sums=prior)
+
+
 def _user_sums(path: str) -> tuple[object, float]:
-    """In a worker process: one shard's users' engagement sums (and the CPU seconds they took)."""
+    """In a worker process: one shard's users' engagement sums from the two columns they need
+    (and the CPU seconds that took)."""
+    import pandas as pd
+
     cpu = time.process_time()
-    with open(path, "rb") as handle:
-        sums = user_engagement_sums(pickle.load(handle))
+    sums = user_engagement_sums(pd.read_parquet(f"{path}/users.parquet", columns=["user_id", "engagement_by_hour"]))
     return sums, time.process_time() - cpu
 
 
@@ -98,30 +116,23 @@ def bench_planning(sizes: list[int], shard_users: int, workers: int) -> list[dic
     context = multiprocessing.get_context("spawn")  # fresh interpreters: a worker's RSS is its shards'
     for users in sizes:
         folder = Path(tempfile.mkdtemp(prefix="notify-plan-shards-"))
-        paths, user_paths = [], []
+        paths = []
         for number, block in enumerate(synthetic_blocks(users, shard_users, DAY, seed=7)):  # untimed: the "lake"
-            paths.append(str(folder / f"shard-{number:05d}.pkl"))
-            user_paths.append(str(folder / f"users-{number:05d}.pkl"))
-            with open(paths[-1], "wb") as handle:
-                pickle.dump(block, handle, protocol=pickle.HIGHEST_PROTOCOL)
-            with open(user_paths[-1], "wb") as handle:
-                pickle.dump(block.users.loc[:, ["user_id", "engagement_by_hour"]], handle, protocol=5)
+            paths.append(_write_shard(block, folder / f"shard={number:05d}"))
             del block
         gc.collect()
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             list(pool.map(_warm, range(workers)))  # interpreters and imports up before the clock starts
             started = time.perf_counter()
             # Pass 1, on the workers: the population's engagement prior from the users' columns only.
-            partial = list(pool.map(_user_sums, user_paths))
+            partial = list(pool.map(_user_sums, paths))
             prior = sum((sums for sums, _ in partial), start=0)
             prior_seconds = time.perf_counter() - started
             shards = list(pool.map(_plan_shard, paths, [prior.tolist()] * len(paths)))
             seconds = time.perf_counter() - started
             # The row-by-row checker on a sample of the first shard's plan, off the clock.
             violations = pool.submit(_plan_shard, paths[0], prior.tolist(), True).result()["violations"]
-        for path in paths + user_paths:
-            os.remove(path)
-        folder.rmdir()
+        shutil.rmtree(folder)
         rows.append(
             {
                 "users": users,
