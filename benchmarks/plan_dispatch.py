@@ -1,7 +1,13 @@
 """Planning and dispatch throughput.
 
-Planning: ``planning.build_plan`` (the pure core the DAG runs) on synthetic inputs of 10 k, 100 k
-and 1 M users (10 recommendations each), users per second, plus the plan checker on a sample.
+Planning: the sharded planner (``plan_shards``: ``planning.build_plan`` per user shard of
+``--shard-users``, with the population's engagement prior summed over the shards first) on
+synthetic inputs of 10 k, 100 k and 1 M users (10 recommendations each). The shards are written to
+disk beforehand as Parquet, a file per input frame (untimed, standing in for the lake) and planned by ``--planning-workers`` worker
+processes, each loading and planning one shard at a time; users per second over the wall time of
+the prior pass (the users' two engagement columns of every shard) plus the shard pass, the peak RSS of a worker process (a shard's memory: inputs,
+plan, interpreter), the plan checker on a 300-user sample, and on a ``--sample-users`` population
+the sharded plan compared with the unsharded ``build_plan`` (sorted by key, every column).
 
 Dispatch: a local dynalite started here on a free port; N schedule items due at the same minute
 are dispatched by ``dispatch.Dispatcher`` through the in-app inbox (per item one conditional
@@ -10,19 +16,23 @@ writes of inbox items, delivery records and sent markers), compared with a bare
 ``Dynamo.put_items`` batch write of the same N items to the same endpoint in the same run. Events
 go to memory, so the broker is not part of the number.
 
-    .venv/bin/python benchmarks/plan_dispatch.py --users 10000 100000 1000000 --dispatch-items 3000
+    .venv/bin/python benchmarks/plan_dispatch.py --users 10000 100000 1000000 --dispatch-items 3000 \
+        --shard-users 100000 --planning-workers 2 --sample-users 100000
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -34,39 +44,205 @@ from include.notify.io.dynamo import TABLES_BY_NAME, Dynamo  # noqa: E402
 from include.notify.stages.channels import InboxChannel  # noqa: E402
 from include.notify.stages.dispatch import Dispatcher, ListEventSink, iso  # noqa: E402
 from include.notify.stages.plan_check import plan_violations  # noqa: E402
-from include.notify.stages.planning import build_plan  # noqa: E402
+from include.notify.stages.plan_engagement import user_engagement_sums  # noqa: E402
+from include.notify.stages.plan_shards import plan_in_shards, split_inputs  # noqa: E402
+from include.notify.stages.planning import PlanInputs, PlanResult, build_plan  # noqa: E402
 from notify_tools.services import free_port, start_service  # noqa: E402
-from notify_tools.synthetic import synthetic_inputs  # noqa: E402
+from notify_tools.synthetic import synthetic_blocks, synthetic_inputs  # noqa: E402
 
 DAY = date(2026, 11, 25)
 
 
-def bench_planning(sizes: list[int]) -> list[dict[str, float]]:
-    config = NotifyConfig()
-    rows = []
-    for users in sizes:
-        inputs = synthetic_inputs(users, DAY, seed=7)
-        gc.collect()
-        started = time.perf_counter()
-        result = build_plan(config, inputs)
-        seconds = time.perf_counter() - started
+def _plan_shard(path: str, prior: list[int], check_sample: bool = False) -> dict[str, float]:
+    """In a worker process: load one shard from disk, plan it with the population's prior."""
+    import numpy as np
+
+    started = time.perf_counter()
+    cpu = time.process_time()
+    inputs = _read_shard(path, np.asarray(prior, dtype=np.int64))
+    result = build_plan(NotifyConfig(), inputs)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    violations = -1
+    if check_sample:
         sample_users = set(result.plan["user_id"].drop_duplicates().head(300))
-        sample = result.plan[result.plan["user_id"].isin(sample_users)]
-        violations = len(plan_violations(config, sample, inputs))
+        violations = len(
+            plan_violations(NotifyConfig(), result.plan[result.plan["user_id"].isin(sample_users)], inputs)
+        )
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "candidates": result.candidates,
+        "planned": len(result.plan),
+        "violations": violations,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+    }
+
+
+SHARD_FRAMES = ("users", "recommendations", "campaigns", "products", "recent_sends")
+
+
+def _write_shard(inputs: PlanInputs, folder: Path) -> str:
+    """One shard as Parquet files, one per input frame (the lake's stand-in)."""
+    folder.mkdir()
+    for name in SHARD_FRAMES:
+        getattr(inputs, name).to_parquet(folder / f"{name}.parquet", index=False)
+    return str(folder)
+
+
+def _read_shard(path: str, prior: object) -> PlanInputs:
+    import pandas as pd
+
+    frames = {name: pd.read_parquet(f"{path}/{name}.parquet") for name in SHARD_FRAMES}
+    return PlanInputs(DAY, **frames, prior_sums=prior)
+
+
+def _user_sums(path: str) -> tuple[object, float]:
+    """In a worker process: one shard's users' engagement sums from the two columns they need
+    (and the CPU seconds that took)."""
+    import pandas as pd
+
+    cpu = time.process_time()
+    sums = user_engagement_sums(pd.read_parquet(f"{path}/users.parquet", columns=["user_id", "engagement_by_hour"]))
+    return sums, time.process_time() - cpu
+
+
+def _warm(_: int) -> float:
+    time.sleep(0.5)  # so every worker process gets one and is started before the clock
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def bench_planning(sizes: list[int], shard_users: int, workers: int) -> list[dict[str, float]]:
+    rows = []
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: a worker's RSS is its shards'
+    for users in sizes:
+        folder = Path(tempfile.mkdtemp(prefix="notify-plan-shards-"))
+        paths = []
+        for number, block in enumerate(synthetic_blocks(users, shard_users, DAY, seed=7)):  # untimed: the "lake"
+            paths.append(_write_shard(block, folder / f"shard={number:05d}"))
+            del block
+        gc.collect()
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            list(pool.map(_warm, range(workers)))  # interpreters and imports up before the clock starts
+            started = time.perf_counter()
+            # Pass 1, on the workers: the population's engagement prior from the users' columns only.
+            partial = list(pool.map(_user_sums, paths))
+            prior = sum((sums for sums, _ in partial), start=0)
+            prior_seconds = time.perf_counter() - started
+            shards = list(pool.map(_plan_shard, paths, [prior.tolist()] * len(paths)))
+            seconds = time.perf_counter() - started
+            # The row-by-row checker on a sample of the first shard's plan, off the clock.
+            violations = pool.submit(_plan_shard, paths[0], prior.tolist(), True).result()["violations"]
+        shutil.rmtree(folder)
         rows.append(
             {
                 "users": users,
-                "candidates": result.candidates,
-                "planned": len(result.plan),
+                "shards": len(paths),
+                "shard_users": min(shard_users, users),
+                "workers": workers,
+                "candidates": sum(shard["candidates"] for shard in shards),
+                "planned": sum(shard["planned"] for shard in shards),
+                "prior_seconds": prior_seconds,
                 "seconds": seconds,
+                "cpu_seconds": sum(shard["cpu_seconds"] for shard in shards),
+                "prior_cpu_seconds": sum(cpu for _, cpu in partial),
                 "users_per_s": users / seconds,
                 "violations_in_sample": violations,
-                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+                "peak_rss_gb": max(shard["peak_rss_gb"] for shard in shards),
             }
         )
-        print(f"planning {users:>9,} users: {seconds:7.2f} s, {users / seconds:>10,.0f} users/s", flush=True)
-        del inputs, result
+        print(
+            f"planning {users:>9,} users in {len(paths)} shard(s) of {min(shard_users, users):,} on {workers} worker(s): "
+            f"{seconds:7.2f} s (prior pass {prior_seconds:.2f} s) = {users / seconds:>9,.0f} users/s; "
+            f"CPU in shards {rows[-1]['cpu_seconds']:.1f} s + prior {rows[-1]['prior_cpu_seconds']:.1f} s = "
+            f"{users / (rows[-1]['cpu_seconds'] + rows[-1]['prior_cpu_seconds']):,.0f} users per CPU-second; worker peak RSS {rows[-1]['peak_rss_gb']:.2f} GB",
+            flush=True,
+        )
     return rows
+
+
+def _by_key(result: PlanResult) -> tuple[object, object]:
+    import pandas as pd
+
+    plan = result.plan.sort_values(["user_id", "send_at_campaign"], kind="stable").reset_index(drop=True)
+    skipped = result.skipped.sort_values(["user_id", "campaign_id", "reason"], kind="stable").reset_index(drop=True)
+    return pd.DataFrame(plan), pd.DataFrame(skipped)
+
+
+def compare_sharded(users: int, shards: int) -> dict[str, object]:
+    """The sharded plan of ``users`` users in ``shards`` shards against the unsharded ``build_plan``."""
+    import pandas as pd
+
+    config = NotifyConfig()
+    inputs: PlanInputs = synthetic_inputs(users, DAY, seed=7)
+    whole_plan, whole_skipped = _by_key(build_plan(config, inputs))
+    plans, skipped = [], []
+    plan_in_shards(
+        config, split_inputs(inputs, shards), sink=lambda _, __, r: (plans.append(r.plan), skipped.append(r.skipped))
+    )
+    sharded = PlanResult(pd.concat(plans, ignore_index=True), pd.concat(skipped, ignore_index=True))
+    sharded_plan, sharded_skipped = _by_key(sharded)
+    identical = sharded_plan.equals(whole_plan) and sharded_skipped.equals(whole_skipped)
+    if identical:
+        pd.testing.assert_frame_equal(sharded_plan, whole_plan)  # also dtypes and column order
+    sample = sharded_plan[sharded_plan["user_id"].isin(set(sharded_plan["user_id"].drop_duplicates().head(300)))]
+    result = {"users": users, "shards": shards, "rows": len(whole_plan), "skipped": len(whole_skipped),
+              "identical": identical, "violations_in_sample": len(plan_violations(config, sample, inputs))}  # fmt: skip
+    print(f"sharded vs unsharded, {users:,} users in {shards} shards: identical={identical} "
+          f"({len(whole_plan):,} plan rows, {len(whole_skipped):,} skipped)", flush=True)  # fmt: skip
+    return result
+
+
+def bench_existing(users: int) -> dict[str, float]:
+    """The planner's I/O on one dynalite: the plan of ``users`` users written by ``write_plan`` on
+    one thread and on ``planning_write_workers`` threads; the day's items read back per user (one
+    query each, 8 in flight), through the day index (one query per index shard, 8 in flight), and
+    from a Parquet copy of the same items (what a lake snapshot would cost)."""
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    from include.notify.stages.planning_run import EXISTING_COLUMNS, read_existing, read_existing_day, write_plan
+
+    state = Path(tempfile.mkdtemp(prefix="notify-plan-io-"))
+    service = start_service("dynamodb", free_port(), state)
+    try:
+        config = NotifyConfig(state_dir=state, dynamodb_endpoint_url=service.endpoint, table_prefix="plan_")
+        plan = build_plan(config, synthetic_inputs(users, DAY, seed=7)).plan
+        before = datetime(2026, 11, 20, tzinfo=UTC)  # every item far ahead: batch writes only
+        empty = pd.DataFrame(columns=EXISTING_COLUMNS)
+        result: dict[str, float] = {"users": users, "items": len(plan)}
+        for workers, prefix in ((1, "one_"), (config.planning_write_workers, "plan_")):
+            dynamo = Dynamo.from_config(config.replace(table_prefix=prefix))
+            dynamo.create_tables([TABLES_BY_NAME["notification_schedule"]])
+            started = time.perf_counter()
+            write_plan(dynamo, plan, empty, before, workers=workers)
+            result[f"write_{workers}_s"] = time.perf_counter() - started
+        result["write_workers"] = config.planning_write_workers
+        started = time.perf_counter()
+        per_user = read_existing(dynamo, plan["user_id"].unique(), DAY, workers=8)
+        result["per_user_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        bulk = read_existing_day(dynamo, DAY, 0, 1, workers=8)
+        result["day_index_s"] = time.perf_counter() - started
+        if len(bulk) != len(per_user) or len(bulk) != len(plan):
+            raise RuntimeError(f"day index read {len(bulk)} items, per-user reads {len(per_user)}, plan {len(plan)}")
+        lake_dir = state / "lake-copy"
+        lake_dir.mkdir()
+        plan.loc[:, [*EXISTING_COLUMNS, "local_day"]].to_parquet(lake_dir / "part-0.parquet")
+        started = time.perf_counter()
+        copy = ds.dataset(lake_dir, format="parquet").to_table(filter=ds.field("local_day") == DAY.isoformat())
+        result["lake_s"] = time.perf_counter() - started
+        if copy.num_rows != len(plan):
+            raise RuntimeError(f"lake copy read {copy.num_rows} of {len(plan)} items")
+        print(
+            f"planner I/O, {users:,} users / {len(plan):,} items: write {result['write_1_s']:.2f} s on 1 thread, "
+            f"{result[f'write_{config.planning_write_workers}_s']:.2f} s on {config.planning_write_workers}; "
+            f"read per user {result['per_user_s']:.2f} s, day index {result['day_index_s']:.2f} s, "
+            f"Parquet copy {result['lake_s']:.3f} s",
+            flush=True,
+        )
+        return result
+    finally:
+        service.stop()
 
 
 def _items(config: NotifyConfig, count: int, due: datetime) -> list[dict[str, object]]:
@@ -141,7 +317,14 @@ def bench_dispatch(count: int, workers: int) -> dict[str, float]:
         service.stop()
 
 
-def write_report(path: Path, command: str, planning: list[dict[str, float]], dispatch: list[dict[str, float]]) -> None:
+def write_report(
+    path: Path,
+    command: str,
+    planning: list[dict[str, float]],
+    dispatch: list[dict[str, float]],
+    identity: dict[str, object] | None = None,
+    planner_io: dict[str, float] | None = None,
+) -> None:
     lines = [
         "# Planning and dispatch throughput",
         "",
@@ -151,16 +334,43 @@ def write_report(path: Path, command: str, planning: list[dict[str, float]], dis
         f"2 cores shared with other work while measured (1-min load average at the end: {os.getloadavg()[0]:.1f}); "
         "one run, so treat the numbers as rough.",
         "",
-        "## Planning (`planning.build_plan`, synthetic inputs, 10 recommendations per user)",
+        "## Planning (`plan_shards`: `planning.build_plan` per user shard, synthetic inputs, 10 recommendations per user)",
         "",
-        "| users | candidates | planned | seconds | users/s | checker violations (300-user sample) | peak RSS GB |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "Wall time of the prior pass (users' engagement columns, shard by shard, on the workers) plus the shard",
+        "pass (worker processes each loading a shard from disk and planning it); CPU seconds are the workers'",
+        "(`process_time`), so users per CPU-second is the rate one free core gives; peak RSS is the largest of the worker",
+        "processes' (`getrusage` high-water mark: interpreter, imports, one shard's inputs and plan at a time).",
+        "",
+        "| users | shards x users | workers | candidates | planned | prior pass s | seconds | users/s | CPU s (prior + shards) | users per CPU-second | checker violations (300-user sample) | peak RSS per shard process GB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in planning:
         lines.append(
-            f"| {row['users']:,} | {row['candidates']:,} | {row['planned']:,} | {row['seconds']:.2f} | "
-            f"{row['users_per_s']:,.0f} | {row['violations_in_sample']} | {row['peak_rss_gb']:.1f} |"
+            f"| {row['users']:,} | {row['shards']} x {row['shard_users']:,} | {row['workers']} | {row['candidates']:,} | "
+            f"{row['planned']:,} | {row['prior_seconds']:.2f} | {row['seconds']:.2f} | {row['users_per_s']:,.0f} | "
+            f"{row['prior_cpu_seconds']:.1f} + {row['cpu_seconds']:.1f} | "
+            f"{row['users'] / (row['prior_cpu_seconds'] + row['cpu_seconds']):,.0f} | "
+            f"{row['violations_in_sample']} | {row['peak_rss_gb']:.2f} |"
         )
+    if identity is not None:
+        lines += [
+            "",
+            f"Sharded vs unsharded on {identity['users']:,} users ({identity['shards']} hash shards against one "
+            f"`build_plan`, both sorted by key): identical = {identity['identical']} ({identity['rows']:,} plan rows, "
+            f"{identity['skipped']:,} skipped rows); checker violations in a 300-user sample: "
+            f"{identity['violations_in_sample']}.",
+        ]
+    if planner_io is not None:
+        io, workers = planner_io, int(planner_io["write_workers"])
+        lines += [
+            "",
+            f"Planner I/O on one dynalite, {io['users']:,} users' plan ({io['items']:,} items): `write_plan` "
+            f"{io['write_1_s']:.2f} s on 1 thread ({io['items'] / io['write_1_s']:,.0f} items/s), "
+            f"{io[f'write_{workers}_s']:.2f} s on {workers} ({io['items'] / io[f'write_{workers}_s']:,.0f} items/s); "
+            f"the day's items read back per user (one query each, 8 in flight) {io['per_user_s']:.2f} s, through "
+            f"the day index (one query per index shard, 8 in flight) {io['day_index_s']:.2f} s, from a Parquet "
+            f"copy {io['lake_s']:.3f} s.",
+        ]
     lines += [
         "",
         "## Dispatch vs a bare batch write (same items, same dynalite endpoint, same run)",
@@ -186,14 +396,20 @@ def write_report(path: Path, command: str, planning: list[dict[str, float]], dis
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--shard-users", type=int, default=NotifyConfig().planning_shard_users)
+    parser.add_argument("--planning-workers", type=int, default=2)
+    parser.add_argument("--sample-users", type=int, default=100_000, help="sharded vs unsharded check (0: skip)")
+    parser.add_argument("--io-users", type=int, default=5000, help="planner I/O on dynalite (0: skip)")
     parser.add_argument("--dispatch-items", type=int, default=3000)
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 8])
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "plan_dispatch.md")
     args = parser.parse_args(argv)
     command = "python benchmarks/plan_dispatch.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    planning = bench_planning(args.users)
+    planning = bench_planning(args.users, args.shard_users, args.planning_workers)
+    identity = compare_sharded(args.sample_users, 4) if args.sample_users else None
+    planner_io = bench_existing(args.io_users) if args.io_users else None
     dispatch = [bench_dispatch(args.dispatch_items, workers) for workers in args.workers]
-    write_report(args.output, command.strip(), planning, dispatch)
+    write_report(args.output, command.strip(), planning, dispatch, identity, planner_io)
     return 0
 
 

@@ -1,7 +1,10 @@
-"""Synthetic planner inputs at any scale, for the planning benchmark and property tests."""
+"""Synthetic planner inputs at any scale, for the planning benchmark and property tests; whole or in
+blocks of users (a population too large for one frame, planned shard by shard)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import date, timedelta
 
 import numpy as np
@@ -13,15 +16,24 @@ from include.notify.stages.planning import TOP_K, PlanInputs
 SYNTHETIC_TIMEZONES = ("Asia/Kolkata", "Europe/London", "America/New_York", "Australia/Sydney", "Pacific/Kiritimati")
 
 
-def synthetic_inputs(users: int, day: date, seed: int = 7, campaigns: int = 24) -> PlanInputs:
+def synthetic_inputs(
+    users: int,
+    day: date,
+    seed: int | Sequence[int] = 7,
+    campaigns: int = 24,
+    first_user: int = 0,
+    campaign_seed: int | None = None,
+) -> PlanInputs:
     """Random but rule-exercising planner inputs at any scale (benchmarks and property tests).
 
     Includes what the planner must refuse: opted-out users, paused, ended, future and
     new-users-only campaigns, recent sends inside cooldowns, fatigued users, quiet-hour and cap
-    overrides, users without features (population prior) and time zones up to UTC+14.
+    overrides, users without features (population prior) and time zones up to UTC+14. User ids
+    run from ``first_user``; with ``campaign_seed`` the campaigns are drawn from that seed alone
+    (the same campaigns in every block of a population).
     """
     rng = np.random.default_rng(seed)
-    ids = np.char.add("U", np.char.zfill(np.arange(users).astype(str), 8)).astype(object)
+    ids = np.char.add("U", np.char.zfill(np.arange(first_user, first_user + users).astype(str), 8)).astype(object)
     peaks = rng.integers(0, HOURS, size=(users, 2))
     hours = np.arange(HOURS)[None, :]
     bumps = np.exp(-0.5 * ((hours - peaks[:, :1]) / 1.5) ** 2) + np.exp(-0.5 * ((hours - peaks[:, 1:]) / 2.0) ** 2)
@@ -54,7 +66,9 @@ def synthetic_inputs(users: int, day: date, seed: int = 7, campaigns: int = 24) 
             "status": statuses,
             "start_date": starts,
             "end_date": ends,
-            "priority": rng.integers(1, 6, campaigns),
+            "priority": (rng if campaign_seed is None else np.random.default_rng(campaign_seed)).integers(
+                1, 6, campaigns
+            ),
             "eligibility": np.where(np.arange(campaigns) % 6 == 1, "new_users", "all"),
             "cooldown_days": pd.array(np.where(np.arange(campaigns) % 4 == 0, 7, pd.NA), dtype="Int64"),
             "target_article_types": np.where(
@@ -90,3 +104,31 @@ def synthetic_inputs(users: int, day: date, seed: int = 7, campaigns: int = 24) 
         }
     )
     return PlanInputs(day, user_frame, recs, campaign_frame, products, recent)
+
+
+def synthetic_blocks(users: int, block_users: int, day: date, seed: int = 7) -> Iterator[PlanInputs]:
+    """A population of ``users`` as blocks of ``block_users`` users (block ``b``: ids from
+    ``b x block_users``, drawn from seed ``(seed, b)``), one block at a time; the same campaigns in
+    every block. Each user is in exactly one block, so the blocks are shards of the population."""
+    for number, first in enumerate(range(0, users, block_users)):
+        yield synthetic_inputs(min(block_users, users - first), day, seed=(seed, number), first_user=first,
+                               campaign_seed=seed)  # fmt: skip
+
+
+def concat_inputs(blocks: Iterable[PlanInputs]) -> PlanInputs:
+    """The blocks as one ``PlanInputs`` (campaigns of the first block): the unsharded population."""
+    blocks = list(blocks)
+
+    def joined(name: str) -> pd.DataFrame | None:
+        frames = [getattr(block, name) for block in blocks if getattr(block, name) is not None]
+        return pd.concat(frames, ignore_index=True) if frames else None
+
+    return replace(
+        blocks[0],
+        users=joined("users"),
+        recommendations=joined("recommendations"),
+        products=joined("products"),
+        recent_sends=joined("recent_sends"),
+        existing=joined("existing"),
+        prior_sums=None,
+    )

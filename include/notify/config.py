@@ -86,6 +86,12 @@ class NotifyConfig:
     dispatch_margin_minutes: int = 5
     quiet_margin_minutes: int = 10
     schedule_shards: int = 16
+    # Planning in shards (stages/plan_shards.py): users per shard (a shard's peak memory scales with
+    # it, not with the population), schedule batch writers in flight, and the shards of the
+    # schedule's day index (the planner's bulk read of a day's items: one query per shard).
+    planning_shard_users: int = 100_000
+    planning_write_workers: int = 8
+    planning_day_shards: int = 256
     cooldown_days: int = 3
     # The value-based planner: the k-th notification of a day is sent only when its expected clicks
     # (x the priority weight) exceed this base cost plus the learned opt-out risk; a share of the
@@ -184,6 +190,9 @@ def _validate(config: NotifyConfig) -> None:
         raise ValueError(f"interruption_cost must be >= 0, got {config.interruption_cost}")
     if config.schedule_shards < 1:
         raise ValueError(f"schedule_shards must be >= 1, got {config.schedule_shards}")
+    for name in ("planning_shard_users", "planning_write_workers", "planning_day_shards"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if not 0 < config.max_lateness_minutes < 24 * 60:
         # Dispatch reads one day of due buckets back; lateness must fit inside it.
         raise ValueError(f"max_lateness_minutes must be in 1..1439, got {config.max_lateness_minutes}")

@@ -127,3 +127,42 @@ def test_items_due_soon_are_not_replaced_once_a_dispatcher_claimed_them(config: 
     assert dynamo.get(
         "notification_schedule", {"user_id": item["user_id"], "send_at_campaign": item["send_at_campaign"]}
     )
+
+
+def test_plan_day_in_shards_reads_the_day_in_bulk_and_writes_what_one_shard_would(
+    config: NotifyConfig, dynamo: Dynamo
+) -> None:
+    from include.notify.stages.planning_run import read_existing, read_existing_day
+
+    write_lake(config, users=120)
+    whole = plan_day(config, DAY, dynamo, now=BEFORE)
+    assert whole["shards"] == 1
+    one_shard = schedule_frame(dynamo).drop(columns="day_shard").sort_values(["user_id", "send_at_campaign"])
+    sharded_config = config.replace(planning_shard_users=30, planning_day_shards=8)  # 120 users: 4 shards
+    sharded = plan_day(sharded_config, DAY, Dynamo.from_config(sharded_config), now=BEFORE)
+    assert sharded["shards"] == 4
+    assert {k: v for k, v in sharded.items() if k.startswith(("planned", "skipped", "candidates"))} == {
+        k: v for k, v in whole.items() if k.startswith(("planned", "skipped", "candidates"))
+    }
+    assert sharded["deleted"] == 0  # the same plan: nothing replaced
+    again = schedule_frame(dynamo)
+    assert set(again["day_shard"].str.split("#").str[0]) == {DAY.isoformat()}
+    pd.testing.assert_frame_equal(
+        again.drop(columns="day_shard").sort_values(["user_id", "send_at_campaign"]).reset_index(drop=True),
+        one_shard.reset_index(drop=True),
+        check_like=True,
+    )
+    # The bulk read per shard finds what the per-user reads find, each user in exactly one shard.
+    sent = again.iloc[0].to_dict()
+    assert _update(dynamo, sent, {"status": "sent"}, "#s = :was", {":was": "scheduled"})
+    users = sorted(again["user_id"].unique())
+    per_user = read_existing(dynamo, users, DAY).sort_values(["user_id", "send_at_campaign"]).reset_index(drop=True)
+    sharded_dynamo = Dynamo.from_config(sharded_config)
+    bulk = pd.concat([read_existing_day(sharded_dynamo, DAY, s, 4) for s in range(4)], ignore_index=True)
+    bulk = bulk.sort_values(["user_id", "send_at_campaign"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(bulk, per_user.astype(bulk.dtypes.to_dict()))
+    assert (bulk["status"] == "sent").sum() == 1
+    skipped = pd.read_parquet(
+        config.lake_path("runs", "notify_planning", DAY).removeprefix("file://") + "/skipped.parquet"
+    )
+    assert len(skipped) == sharded["skipped"]  # four part files, the earlier single part removed

@@ -30,6 +30,7 @@ class Index:
     name: str
     hash_key: str
     range_key: str | None = None
+    projection: tuple[str, ...] = ()  # non-key attributes copied into the index; () = all of them
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,11 @@ class TableSpec:
 # A day bucket rather than a minute bucket lets one query per shard find everything overdue,
 # including items missed during an outage (to expire them) and items whose lease lapsed.
 DUE_INDEX = Index("due_index", "due_bucket", "due_at")
+# The planner's bulk read of a local day's items (stages/plan_shards.py): ``day_shard``
+# (``YYYY-MM-DD#shard`` of the local day and the user's planning hash) is set by the planner's
+# writes; one query per shard reads a day's items instead of one query per user. Only what the
+# planner reads is projected.
+DAY_INDEX = Index("day_index", "day_shard", "user_id", ("campaign_id", "send_at", "status", "due_at", "local_day"))
 
 TABLES: tuple[TableSpec, ...] = (
     TableSpec("users", "user_id", description="identity; password_hash never leaves this table"),
@@ -68,7 +74,7 @@ TABLES: tuple[TableSpec, ...] = (
         "notification_schedule",
         "user_id",
         "send_at_campaign",
-        indexes=(DUE_INDEX,),
+        indexes=(DUE_INDEX, DAY_INDEX),
         description="planned sends: scheduled -> sending -> sent / expired / cancelled / failed",
     ),
     TableSpec("deliveries", "notification_id", description="rendered payload, channel, attempts"),
@@ -395,7 +401,10 @@ def _create_table_request(name: str, spec: TableSpec) -> dict[str, Any]:
         if index.range_key:
             index_keys.append({"AttributeName": index.range_key, "KeyType": "RANGE"})
             attributes.add(index.range_key)
-        indexes.append({"IndexName": index.name, "KeySchema": index_keys, "Projection": {"ProjectionType": "ALL"}})
+        projection: dict[str, Any] = {"ProjectionType": "ALL"}
+        if index.projection:
+            projection = {"ProjectionType": "INCLUDE", "NonKeyAttributes": list(index.projection)}
+        indexes.append({"IndexName": index.name, "KeySchema": index_keys, "Projection": projection})
     request: dict[str, Any] = {
         "TableName": name,
         "KeySchema": key_schema,

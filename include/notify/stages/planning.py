@@ -44,7 +44,23 @@ from include.notify.schedule import (
     send_at_campaigns,
     shard_of,
 )
-from include.notify.stages.plan_text import CLOCK, HOUR_TEXT, NUMBER, TWO_DIGITS, WHY_HOUR, decimal_text
+from include.notify.stages.plan_engagement import (
+    Engagement,
+    engagement_matrix,
+    population_prior,
+)
+from include.notify.stages.plan_products import attach_products, position_in_group
+from include.notify.stages.plan_text import (
+    CLOCK,
+    HOUR_TEXT,
+    NUMBER,
+    TWO_DIGITS,
+    WHY_HOUR,
+    Lookup,
+    decimal_parts,
+    join_text,
+    utc_text,
+)
 from include.notify.stages.planning_value import ResponseContext, decision_fields, place_by_value
 
 log = logging.getLogger(__name__)
@@ -84,6 +100,9 @@ class PlanInputs:
     recent_sends: pd.DataFrame | None = None
     existing: pd.DataFrame | None = None
     response: ResponseContext | None = None  # the value-based core's model and features, aligned with recommendations
+    # The population's engagement-by-hour sums (``engagement_sums``) for users without their own:
+    # ``plan_shards`` passes the whole population's to every shard; None: the sums of ``users``.
+    prior_sums: np.ndarray | None = None
 
 
 @dataclass
@@ -140,7 +159,7 @@ def build_plan(config: NotifyConfig, inputs: PlanInputs, not_before: datetime | 
     duplicate = np.zeros(n, dtype=bool)
     duplicate[order] = pd.Series(pair[order]).duplicated().to_numpy()
     refuse(duplicate, "duplicate_recommendation")
-    refuse(_position_in_group(ucode, order, ~duplicate) >= TOP_K, "beyond_top_10")
+    refuse(position_in_group(ucode, order, ~duplicate) >= TOP_K, "beyond_top_10")
     u_row = upos[ucode]
     known = u_row >= 0
     refuse(~known, "unknown_user")
@@ -171,13 +190,14 @@ def build_plan(config: NotifyConfig, inputs: PlanInputs, not_before: datetime | 
     # priority only breaks ties here and is a weight on the value in ``planning_value``.
     rows = rows[np.lexsort((rank[rows], -priority[rows], -score[rows], ucode[rows]))]
     codes = _Codes(ucode, unames, u_row, c_row, rank, score, priority)
+    engagement = engagement_matrix(users["engagement"].to_numpy(), inputs.prior_sums)
     plan, placed_rows, why_not, decisions, details = _place(
-        config, users, campaigns, codes, rows, existing, day, not_before, inputs.response
+        config, users, engagement, campaigns, codes, rows, existing, day, not_before, inputs.response
     )
     reason[rows[~placed_rows]] = why_not
     detail = np.full(n, "", dtype=object)
     detail[rows[~placed_rows]] = details
-    plan = _attach_products(plan, inputs.products, campaigns)
+    plan = attach_products(plan, inputs.products, campaigns)
     skipped_rows = np.flatnonzero(reason > 0)
     skipped = pd.DataFrame(
         {
@@ -185,7 +205,8 @@ def build_plan(config: NotifyConfig, inputs: PlanInputs, not_before: datetime | 
             "campaign_id": recs["campaign_id"].to_numpy()[skipped_rows],
             "reason": np.asarray(SKIP_REASONS, dtype=object)[reason[skipped_rows]],
             "detail": detail[skipped_rows],
-        }
+        },
+        copy=False,  # fresh arrays: no consolidating copy
     )
     result = PlanResult(plan=plan, skipped=skipped, candidates=n, decisions=decisions)
     if n != len(plan) + len(skipped):
@@ -300,18 +321,6 @@ def _check_recommendations(frame: pd.DataFrame) -> pd.DataFrame:
     return recs
 
 
-def _position_in_group(group: np.ndarray, order: np.ndarray, counted: np.ndarray) -> np.ndarray:
-    """For rows sorted by ``order`` (grouped), how many ``counted`` rows of the group precede each row."""
-    counted_sorted = counted[order].astype(np.int64)
-    running = np.cumsum(counted_sorted) - counted_sorted
-    group_sorted = group[order]
-    starts = np.flatnonzero(np.r_[True, group_sorted[1:] != group_sorted[:-1]])
-    lengths = np.diff(np.r_[starts, len(order)])
-    position = np.empty(len(order), dtype=np.int64)
-    position[order] = running - np.repeat(running[starts], lengths)
-    return position
-
-
 def _pair_lookup(
     frame: pd.DataFrame | None, column: str, unames: pd.Index, cnames: pd.Index, pair: np.ndarray, how: str
 ) -> np.ndarray:
@@ -380,36 +389,6 @@ def _hour_starts(timezones: Iterable[str], day: date) -> tuple[np.ndarray, np.nd
     return starts, exists
 
 
-def population_prior(engagement: np.ndarray) -> np.ndarray:
-    """The mean engagement-by-hour over users who have one (rows of a matrix); flat when none."""
-    if len(engagement) == 0:
-        return np.full(HOURS, 1.0 / HOURS)
-    prior = engagement.mean(axis=0)
-    total = prior.sum()
-    return prior / total if total > 0 else np.full(HOURS, 1.0 / HOURS)
-
-
-def _engagement_matrix(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(users, 24) engagement with the population prior for users without 24 values; and who has their own.
-
-    Converted through Arrow (one C++ pass), not a Python loop over users.
-    """
-    import pyarrow as pa
-
-    matrix = np.empty((len(values), HOURS), dtype=np.float64)
-    if len(values) == 0:
-        return matrix, np.zeros(0, dtype=bool)
-    cleaned = np.where(pd.isna(values), None, values) if values.dtype == object else np.full(len(values), None)
-    array = pa.array(cleaned, type=pa.list_(pa.float64()), from_pandas=True)
-    lengths = array.value_lengths().to_numpy(zero_copy_only=False)
-    own = ~array.is_null().to_numpy(zero_copy_only=False) & (np.nan_to_num(lengths, nan=0) == HOURS)
-    if own.any():
-        flat = array.filter(pa.array(own)).flatten().to_numpy(zero_copy_only=False)
-        matrix[own] = np.nan_to_num(flat.reshape(-1, HOURS), nan=0.0)
-    matrix[~own] = population_prior(matrix[own])
-    return matrix, own
-
-
 def minute_offsets(user_ids: pd.Series | np.ndarray, day: date) -> np.ndarray:
     """A deterministic minute 0-59 per user and day: same on re-planning, spread across the fleet."""
     keys = pd.Series(np.asarray(user_ids, dtype=object)).astype(str) + f"#{day.isoformat()}"
@@ -419,6 +398,7 @@ def minute_offsets(user_ids: pd.Series | np.ndarray, day: date) -> np.ndarray:
 def _place(
     config: NotifyConfig,
     users: pd.DataFrame,
+    engagement_of_users: Engagement,
     campaigns: pd.DataFrame,
     codes: _Codes,
     rows: np.ndarray,
@@ -444,7 +424,8 @@ def _place(
     lengths = np.diff(np.r_[starts, len(rows)])
     group = np.repeat(np.arange(len(starts)), lengths)  # local user index of each candidate
     position = np.arange(len(rows)) - np.repeat(starts, lengths)
-    local = users.iloc[codes.u_row[rows[starts]]]
+    local_rows = codes.u_row[rows[starts]]
+    local = users.iloc[local_rows]
     ids = local["user_id"].to_numpy()
     tz_codes, tz_names = pd.factorize(local["timezone"])
     hour_starts, exists = _hour_starts(tz_names, day)
@@ -455,7 +436,7 @@ def _place(
     allowed = exists[tz_codes] & ~quiet_within(quiet, offsets, config.quiet_margin_minutes)
     if not_before is not None:
         allowed &= slot_epoch >= int(not_before.timestamp())
-    engagement, own = _engagement_matrix(local["engagement"].to_numpy())
+    engagement, own = engagement_of_users.matrix[local_rows], engagement_of_users.own[local_rows]
     gap = config.min_gap_minutes * 60
     free = np.ones(slot_epoch.shape, dtype=bool)
     used = np.zeros(len(ids), dtype=np.int64)
@@ -508,7 +489,7 @@ def _place(
     # The hour's rank among the user's allowed hours, to explain the choice.
     hour_rank = ((engagement[g] > chosen_engagement[:, None]) & allowed[g]).sum(axis=1) + 1
     picked = rows[sel]
-    send_at = np.datetime_as_string(epoch.astype("datetime64[s]"), unit="s").astype(object) + "Z"
+    send_at = utc_text(epoch)
     campaign_col = campaigns["campaign_id"].to_numpy(dtype=object)[codes.c_row[picked]]
     user_col = ids[g].astype(object)
     shards = shard_of(ids, config.schedule_shards)
@@ -523,11 +504,12 @@ def _place(
              "local_day": day.isoformat(), "send_at": send_at},
         )  # fmt: skip
     else:
-        reason = (
-            "score " + decimal_text(codes.score[picked], 3) + ", priority " + NUMBER[np.clip(priority, 0, 999)]
-            + " (rank " + NUMBER[np.clip(codes.rank[picked], 0, 999)] + "); "
-            + WHY_HOUR[hours, np.minimum(hour_rank, HOURS), own[g].astype(int)]
-            + decimal_text(chosen_engagement * 100, 1) + "% of activity); minute :" + TWO_DIGITS[minutes] + " spreads the fleet"
+        why = np.ravel_multi_index((hours, np.minimum(hour_rank, HOURS), own[g].astype(int)), WHY_HOUR.shape)
+        reason = join_text(
+            "score ", *decimal_parts(codes.score[picked], 3), ", priority ", Lookup(NUMBER, np.clip(priority, 0, 999)),
+            " (rank ", Lookup(NUMBER, np.clip(codes.rank[picked], 0, 999)), "); ", Lookup(WHY_HOUR, why),
+            *decimal_parts(chosen_engagement * 100, 1), "% of activity); minute :", Lookup(TWO_DIGITS, minutes),
+            " spreads the fleet",
         )  # fmt: skip
     plan = pd.DataFrame(
         {
@@ -550,44 +532,9 @@ def _place(
             **decision_columns,
         },
         columns=list(PLAN_COLUMNS),
+        copy=False,  # fresh arrays: no consolidating copy of a dozen object columns
     )
     return plan, placed, why_not[~placed], decisions, details[~placed]
-
-
-def _attach_products(plan: pd.DataFrame, products: pd.DataFrame | None, campaigns: pd.DataFrame) -> pd.DataFrame:
-    """The product a message may name: the user's best-ranked recommended product of a type the
-    campaign targets, else the user's top product; none when the user has no recommended products."""
-    if plan.empty or products is None or products.empty:
-        return plan
-    plan_users, user_names = pd.factorize(plan["user_id"])
-    owner = pd.Index(user_names).get_indexer(products["user_id"])
-    keep = np.flatnonzero(owner >= 0)
-    if len(keep) == 0:
-        return plan
-    owner = owner[keep]
-    rank = pd.to_numeric(products["rank"], errors="coerce").fillna(999).to_numpy()[keep]
-    order = np.lexsort((rank, owner))
-    owner = owner[order]
-    product_ids = products["product_id"].astype(str).to_numpy(dtype=object)[keep][order]
-    types, type_names = pd.factorize(products["article_type"].to_numpy(dtype=object)[keep][order])
-    position = _position_in_group(owner, np.arange(len(owner)), np.ones(len(owner), dtype=bool))
-    width = int(min(TOP_K, position.max() + 1))
-    first = position < width
-    slot = np.full((len(user_names), width), -1, dtype=np.int64)
-    slot[owner[first], position[first]] = np.flatnonzero(first)
-    slot_types = np.where(slot >= 0, types[np.maximum(slot, 0)], -1)
-    targets = np.zeros((len(campaigns), max(len(type_names), 1)), dtype=bool)
-    for row, wanted in enumerate(campaigns["targets"].to_numpy()):
-        if wanted:
-            found = pd.Index(type_names).get_indexer(wanted.split("|"))
-            targets[row, found[found >= 0]] = True
-    plan_campaigns = pd.Index(campaigns["campaign_id"]).get_indexer(plan["campaign_id"])
-    candidates = slot[plan_users]
-    candidate_types = slot_types[plan_users]
-    match = targets[plan_campaigns[:, None], np.maximum(candidate_types, 0)] & (candidate_types >= 0)
-    best = np.where(match.any(axis=1), candidates[np.arange(len(plan)), match.argmax(axis=1)], candidates[:, 0])
-    chosen = np.where(best >= 0, product_ids[np.maximum(best, 0)], None)
-    return plan.assign(product_id=chosen)
 
 
 __all__ = [

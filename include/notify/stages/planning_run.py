@@ -1,9 +1,28 @@
 """One planning run: the planner's inputs from the lake, the plan written to DynamoDB, the run record.
 
 ``plan_day`` is what ``notify_planning`` runs for local day ``D``: ``load_plan_inputs`` (lake),
-``read_existing`` (the day's schedule items), ``planning.build_plan`` (pure), ``write_plan``
-(through ``schedule``'s conditional writes where a dispatcher could race) and the run record
-(counts, and the skipped candidates with their reason).
+then user shard after shard (``plan_shards``, ``config.planning_shard_users`` users each):
+``read_existing_day`` (the shard's items of the day, in bulk), ``planning.build_plan`` (pure),
+``write_plan`` (batches in parallel; ``schedule``'s conditional writes where a dispatcher could
+race) and the shard's skipped candidates and decisions to the lake; then the run record.
+
+What the planner must know of earlier sends, and where it comes from (measured with
+``benchmarks/plan_dispatch.py``, README):
+
+- sends of earlier days (cooldowns): the lake's curated ``notification_sent`` events, read in
+  bulk per day partition (``_recent_sends``), as before;
+- today's items (sent ones count against cap and gap; sending/sent ones are never rewritten):
+  DynamoDB, through the schedule's day index (``dynamo.DAY_INDEX``, key ``day_shard`` =
+  ``<local day>#<user hash shard>``), one paginated query per index shard, several in flight,
+  instead of one query per user (10 M queries at 10 M users, ~1.5 h on 8 threads). The lake has
+  no copy of today's schedule: dispatch's transitions (scheduled -> sending -> sent) live only in
+  DynamoDB, and a re-plan during the day must see the sends of the last minutes, so a lake
+  snapshot (at best last night's) cannot serve; the index can. Its reads are eventually
+  consistent (a GSI), which widens the read-to-write window every plan already has (it reads,
+  plans, then writes) by the index's replication lag; that window is closed where it matters by
+  the writes: items due within ``CONDITIONAL_WINDOW`` are written with a condition on
+  ``scheduled``, later ones cannot have been claimed yet, and a re-planned campaign keeps its
+  notification id (user, day, campaign), which dispatch delivers at most once.
 """
 
 from __future__ import annotations
@@ -23,7 +42,16 @@ from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import Dynamo
 from include.notify.io.lake import read_current_frame
 from include.notify.schedule import SCHEDULE, SCHEDULED, delete_if_scheduled, put_if_scheduled
-from include.notify.stages.planning import PlanInputs, PlanResult, build_plan
+from include.notify.stages.plan_shards import (
+    ShardedRun,
+    day_index_shards,
+    day_shards_of,
+    plan_in_shards,
+    shard_count,
+    split_inputs,
+    user_shard,
+)
+from include.notify.stages.planning import PlanInputs, PlanResult
 from include.notify.timeutil import iso
 
 log = logging.getLogger(__name__)
@@ -142,10 +170,42 @@ def read_existing(dynamo: Dynamo, user_ids: Iterable[str], day: date, workers: i
     unique = list(dict.fromkeys(str(u) for u in user_ids))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         rows = [item for items in pool.map(one, unique) for item in items]
-    columns = ["user_id", "send_at_campaign", "campaign_id", "send_at", "status", "due_at"]
     if not rows:
-        return pd.DataFrame(columns=columns)
-    return pd.DataFrame(rows).reindex(columns=columns)
+        return pd.DataFrame(columns=EXISTING_COLUMNS)
+    return pd.DataFrame(rows).reindex(columns=EXISTING_COLUMNS)
+
+
+EXISTING_COLUMNS = ["user_id", "send_at_campaign", "campaign_id", "send_at", "status", "due_at"]
+
+
+def read_existing_day(dynamo: Dynamo, day: date, shard: int = 0, shards: int = 1, workers: int = 8) -> pd.DataFrame:
+    """The schedule items of local day ``day`` of planning shard ``shard`` of ``shards``, in bulk:
+    one paginated query per day-index shard holding the shard's users (``day_index_shards``),
+    ``workers`` in flight. Items written before the day index existed have no ``day_shard`` and
+    are not seen: ``read_existing`` (per user) reads those."""
+    day_shards = dynamo.config.planning_day_shards
+    keys = [f"{day.isoformat()}#{d}" for d in day_index_shards(shard, shards, day_shards)]
+    requests = {
+        key: {
+            "index": "day_index",
+            "KeyConditionExpression": "day_shard = :k",
+            "ExpressionAttributeValues": {":k": key},
+        }
+        for key in keys
+    }
+    try:
+        rows = [item for items in dynamo.query_many(SCHEDULE, requests, workers).values() for item in items]
+    except Exception as error:  # botocore's ClientError; named here so the fix is in the message
+        if "index" not in str(error).lower():
+            raise
+        raise RuntimeError(
+            f"{dynamo.table(SCHEDULE)} has no usable day_index ({error}); a table created before the index "
+            "needs it added (UpdateTable, GlobalSecondaryIndexUpdates Create, as in dynamo.DAY_INDEX)"
+        ) from error
+    frame = pd.DataFrame(rows).reindex(columns=EXISTING_COLUMNS) if rows else pd.DataFrame(columns=EXISTING_COLUMNS)
+    if shards > 1 and len(frame):
+        frame = frame[user_shard(frame["user_id"], shards) == shard].reset_index(drop=True)
+    return frame
 
 
 Clock = Callable[[], datetime]
@@ -168,6 +228,7 @@ def write_plan(
     workers: int = 8,
     margin: timedelta = timedelta(0),
     batch_size: int = 1000,
+    chunk: int = 25,
 ) -> dict[str, int]:
     """Replace the unsent items of the planned user-days with ``plan``; never touch dispatched ones.
 
@@ -175,11 +236,17 @@ def write_plan(
     re-reading the clock (``now``: a moment or a clock) for each batch, as a long write outlives a
     fixed "now": an item due before now + ``margin`` by then is dropped (``too_late``); items due
     within ``CONDITIONAL_WINDOW`` of now could be claimed by a dispatcher meanwhile, so they are
-    written one by one (in parallel) with a condition (``status = scheduled``); later ones go in
-    batches. Keys the planner read as ``sending``, ``sent``, ``unknown`` or otherwise closed are
+    written one by one with a condition (``status = scheduled``); later ones go in batch writes of
+    ``chunk`` items. Both run on ``workers`` threads, at most one batch (``batch_size`` operations)
+    in flight. Keys the planner read as ``sending``, ``sent``, ``unknown`` or otherwise closed are
     never written. ``lost_to_dispatch`` counts items a dispatcher claimed first (left as they are).
+    Every item carries ``day_shard``, its key in the day index (``read_existing_day``).
     """
     clock = clock_of(now)
+    if len(plan) and "day_shard" not in plan:
+        plan = plan.assign(
+            day_shard=day_shards_of(plan["user_id"], plan["local_day"], dynamo.config.planning_day_shards)
+        )
     new_keys = set(zip(plan["user_id"], plan["send_at_campaign"], strict=True))
     locked = existing[existing["status"] != SCHEDULED]
     locked_keys = set(zip(locked["user_id"], locked["send_at_campaign"], strict=True))
@@ -211,10 +278,16 @@ def write_plan(
             batch = [op for op in batch if not (op[0] == "put" and op[2] < earliest)]
             near = [op for op in batch if op[2] <= horizon]
             far = [op for op in batch if op[2] > horizon]
-            counts["deleted"] += dynamo.delete_keys(SCHEDULE, [r for kind, r, _ in far if kind == "delete"])
-            counts["written"] += dynamo.put_items(SCHEDULE, [r for kind, r, _ in far if kind == "put"])
-            for outcome in pool.map(conditional, near):
-                counts[outcome] += 1
+            deletes = [r for kind, r, _ in far if kind == "delete"]
+            puts_far = [r for kind, r, _ in far if kind == "put"]
+            futures = [pool.submit(lambda part: ("deleted", dynamo.delete_keys(SCHEDULE, part)), deletes[i : i + chunk])
+                       for i in range(0, len(deletes), chunk)]  # fmt: skip
+            futures += [pool.submit(lambda part: ("written", dynamo.put_items(SCHEDULE, part)), puts_far[i : i + chunk])
+                        for i in range(0, len(puts_far), chunk)]  # fmt: skip
+            futures += [pool.submit(lambda op: (conditional(op), 1), op) for op in near]
+            for future in futures:  # the whole batch lands before the clock is read for the next
+                outcome, number = future.result()
+                counts[outcome] += number
     return counts
 
 
@@ -229,45 +302,86 @@ def plan_day(
     """Plan local day ``day`` for every recommended user and write it; safe to re-run, also while
     dispatch is sending (its writes never overwrite sending, sent or unknown items).
 
-    No slot is planned before now + ``dispatch_margin_minutes`` (nor before ``not_before``), so a
+    Users are planned in shards (``plan_shards.shard_count`` of ``config.planning_shard_users``):
+    per shard the day's existing items are read in bulk, the shard is planned with the whole
+    population's prior (the same plan as unsharded) and written before the next shard. No slot
+    is planned before now + ``dispatch_margin_minutes`` (nor before ``not_before``), so a
     re-plan during the day does not schedule sends that would only be late; the clock (``now``:
     the wall clock by default, a fixed moment in simulations) is read again for each batch of
     writes. Returns counts: candidates, planned, skipped by reason, deleted (replaced), written,
-    too_late and lost_to_dispatch items.
+    too_late and lost_to_dispatch items, and the number of shards.
     """
     started = time.monotonic()
     dynamo = dynamo or Dynamo.from_config(config)
     clock = clock_of(now)
     margin = timedelta(minutes=config.dispatch_margin_minutes)
     inputs = inputs or load_plan_inputs(config, day)
-    existing = read_existing(dynamo, inputs.recommendations["user_id"], day)
+    shards = shard_count(config, int(inputs.recommendations["user_id"].nunique()))
     earliest = clock() + margin
     not_before = earliest if not_before is None else max(not_before, earliest)
-    result = build_plan(config, replace(inputs, existing=existing), not_before=not_before)
-    counts = result.counts()
-    written = write_plan(dynamo, result.plan, existing, clock, margin=margin)
+    outputs = _ShardOutputs(config, day)
+    written: dict[str, int] = {}
+
+    def with_existing() -> Iterable[PlanInputs]:
+        for number, shard in enumerate(split_inputs(inputs, shards)):
+            existing = read_existing_day(dynamo, day, number, shards, config.planning_write_workers)
+            yield replace(shard, existing=existing)
+
+    def sink(number: int, shard: PlanInputs, result: PlanResult) -> None:
+        counts = write_plan(dynamo, result.plan, shard.existing, clock, config.planning_write_workers, margin)
+        for name, value in counts.items():
+            written[name] = written.get(name, 0) + value
+        outputs.write(number, result)
+
+    run = plan_in_shards(config, with_existing(), not_before=not_before, sink=sink)
+    counts = dict(run.counts)
     counts.update(written)
     seconds = math.ceil((time.monotonic() - started) * 1000) / 1000
-    _record_run(config, dynamo, day, result, written, seconds)
+    _record_run(config, dynamo, day, run, written, seconds)
+    counts["shards"] = shards
     counts["seconds"] = seconds  # type: ignore[assignment]
     log.info("planned %s: %s", day, counts)
     return counts
 
 
-def _record_run(
-    config: NotifyConfig, dynamo: Dynamo, day: date, result: PlanResult, written: Mapping[str, int], seconds: float
-) -> None:
-    """Counts to ``runs/notify_planning/dt=D/plan.json`` and ``pipeline_runs``; the skipped candidates
-    with their reason to ``runs/notify_planning/dt=D/skipped.parquet`` (why was X not planned?)."""
-    from include.notify.io.lake import RunCounts, write_parquet_file, write_run_counts
+class _ShardOutputs:
+    """The run's lake outputs, written shard by shard: the skipped candidates as the dataset
+    ``runs/notify_planning/dt=D/skipped.parquet/part-<shard>.parquet`` (why was X not planned?)
+    and the decision log as ``runs/notify_planning_decisions/dt=D/decisions-<shard>.parquet``
+    (what the response model trains on, ``notify evaluate`` reads). A re-run first removes the
+    day's earlier files, so a run with fewer shards leaves none of an earlier run's behind."""
 
-    by_reason = {k.removeprefix("skipped_"): v for k, v in result.counts().items() if k.startswith("skipped_")}
-    counts = RunCounts(
-        "plan", result.candidates, len(result.plan), len(result.skipped), by_reason, seconds, dict(written)
-    )
+    def __init__(self, config: NotifyConfig, day: date) -> None:
+        from pyarrow import fs
+
+        self.config, self.day = config, day
+        for uri in (f"{config.lake_path('runs', 'notify_planning', day)}/skipped.parquet",
+                    config.lake_path("runs", "notify_planning_decisions", day)):  # fmt: skip
+            filesystem, path = fs.FileSystem.from_uri(uri)
+            info = filesystem.get_file_info(path)
+            if info.type == fs.FileType.Directory:
+                filesystem.delete_dir(path)
+            elif info.type == fs.FileType.File:
+                filesystem.delete_file(path)
+
+    def write(self, shard: int, result: PlanResult) -> None:
+        from include.notify.io.lake import write_parquet_file
+
+        write_parquet_file(result.skipped.astype(str), self.config, "runs",
+                           f"notify_planning/dt={self.day}/skipped.parquet", None, f"part-{shard:05d}.parquet")  # fmt: skip
+        if result.decisions is not None and len(result.decisions):
+            write_parquet_file(result.decisions.drop(columns="row"), self.config, "runs", "notify_planning_decisions",
+                               self.day, f"decisions-{shard:05d}.parquet")  # fmt: skip
+
+
+def _record_run(
+    config: NotifyConfig, dynamo: Dynamo, day: date, run: ShardedRun, written: Mapping[str, int], seconds: float
+) -> None:
+    """Counts to ``runs/notify_planning/dt=D/plan.json`` and ``pipeline_runs`` (the shards' skipped
+    candidates and decisions were written by ``_ShardOutputs`` as each shard finished)."""
+    from include.notify.io.lake import RunCounts, write_run_counts
+
+    by_reason = {k.removeprefix("skipped_"): v for k, v in run.counts.items() if k.startswith("skipped_")}
+    counts = RunCounts("plan", run.counts.get("candidates", 0), run.counts.get("planned", 0),
+                       run.counts.get("skipped", 0), by_reason, seconds, dict(written))  # fmt: skip
     write_run_counts(config, "notify_planning", day, counts, dynamo)
-    write_parquet_file(result.skipped.astype(str), config, "runs", "notify_planning", day, "skipped.parquet")
-    if result.decisions is not None and len(result.decisions):
-        # The decision log the response model trains on and ``notify evaluate`` reads.
-        write_parquet_file(result.decisions.drop(columns="row"), config, "runs", "notify_planning_decisions", day,
-                           "decisions.parquet")  # fmt: skip
