@@ -41,7 +41,7 @@ MAX_SECONDS = 40.0
 def notify_stream_ingest() -> None:
     @task(execution_timeout=timedelta(minutes=3))
     def ingest(**context: Any) -> Any:
-        return run_step(context, "include.notify.stages.stream:ingest_batch", MAX_MESSAGES, MAX_SECONDS, DYNAMO)
+        return run_step(context, "include.notify.stages.stream_run:ingest_batch", MAX_MESSAGES, MAX_SECONDS, DYNAMO)
 
     ingest()
 

@@ -12,12 +12,12 @@ from include.notify import schemas
 from include.notify.config import NotifyConfig
 from include.notify.stages.stream import (
     InvalidMessageError,
-    _Valid,
+    Valid,
     delivery_day,
-    land_raw,
     parse_message,
     to_raw_json,
 )
+from include.notify.stages.stream_run import land_raw
 from include.notify.timeutil import iso_exact as format_timestamp
 
 ORDER = {
@@ -132,10 +132,10 @@ def test_landing_writes_raw_csv_per_day_and_partition_and_a_replay_overwrites(tm
     late = ORDER | {"purchase_id": "p2", "purchase_date": "2026-11-26T00:10:00Z"}
     valid = {
         "orders": {
-            "p1": _Valid(_parse(schemas.PURCHASES, ORDER), "notify.orders", 1, 7),
-            "p2": _Valid(_parse(schemas.PURCHASES, late), "notify.orders", 1, 8),
+            "p1": Valid(_parse(schemas.PURCHASES, ORDER), "notify.orders", 1, 7),
+            "p2": Valid(_parse(schemas.PURCHASES, late), "notify.orders", 1, 8),
         },
-        "events": {"e1": _Valid(_parse(schemas.CLICKSTREAM, EVENT), "notify.events", 0, 3)},
+        "events": {"e1": Valid(_parse(schemas.CLICKSTREAM, EVENT), "notify.events", 0, 3)},
     }
     consumed = datetime(2026, 11, 25, 23, 59, tzinfo=UTC)
     first = land_raw(config, valid, consumed)
