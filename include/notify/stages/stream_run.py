@@ -84,6 +84,26 @@ def _concurrently(function: Callable[[T], R], items: Sequence[T], workers: int =
         return list(pool.map(function, items))
 
 
+# Items per concurrent BatchWriteItem / BatchGetItem call chain (whole requests: 25 / 100 each).
+WRITE_CHUNK, READ_CHUNK = 250, 500
+
+
+def put_all(dynamo: Dynamo, logical_name: str, records: Sequence[Mapping[str, Any]]) -> int:
+    """``Dynamo.put_items`` of ``records`` in chunks, several chunks in flight; returns how many
+    were written (raises, as ``put_items`` does, when any chunk could not be written)."""
+    chunks = [records[i : i + WRITE_CHUNK] for i in range(0, len(records), WRITE_CHUNK)]
+    return sum(_concurrently(lambda chunk: dynamo.put_items(logical_name, chunk), chunks))
+
+
+def get_all(
+    dynamo: Dynamo, logical_name: str, keys: Sequence[Mapping[str, Any]], consistent: bool = False
+) -> list[dict[str, Any]]:
+    """``Dynamo.batch_get`` of ``keys`` in chunks, several chunks in flight."""
+    chunks = [keys[i : i + READ_CHUNK] for i in range(0, len(keys), READ_CHUNK)]
+    found = _concurrently(lambda chunk: dynamo.batch_get(logical_name, chunk, consistent=consistent), chunks)
+    return [item for part in found for item in part]
+
+
 # ------------------------------------------------------------------------------------ consuming
 class StreamConsumer(TopicConsumer):
     """The manual-commit consumer of the stream topics (``orders``, ``events``) for ``group_id``
@@ -109,37 +129,50 @@ def drop_seen_event_ids(dynamo: Dynamo, events: dict[str, Valid]) -> int:
         return 0
     seen = {
         str(item["event_id"]): str(item["ts"])
-        for item in dynamo.batch_get("stream_event_ids", [{"event_id": eid} for eid in events], consistent=True)
+        for item in get_all(dynamo, "stream_event_ids", [{"event_id": eid} for eid in events], consistent=True)
     }
     duplicates, new = stream.split_seen_event_ids(events, seen)
     for event_id in duplicates:
         del events[event_id]
-    dynamo.put_items("stream_event_ids", new)
+    put_all(dynamo, "stream_event_ids", new)
     return len(duplicates)
 
 
 def write_rows(dynamo: Dynamo, logical: str, rows: dict[str, Valid], rejected: list[Rejected]) -> list[dict[str, Any]]:
     """Encode and batch-write the rows of one topic; returns the records written.
 
-    A row whose item cannot be encoded is rejected alone; when the batch write fails, the rows
-    are written one at a time and only those that still fail are rejected (``write_failed``).
+    The rows go out in batches at once (each item encoded once, by the write). Only when that
+    fails are they checked one by one: a row whose item cannot be encoded is rejected alone
+    (``unencodable``), the rest batch-written again, and if that fails too they are written one
+    at a time and only those that still fail are rejected (``write_failed``). Every write is a
+    put of the same item, so writing a row again is harmless.
     """
     table, to_item = stream.ITEM_OF[logical]
-    encoded: list[tuple[str, dict[str, Any]]] = []
+    items: dict[str, dict[str, Any]] = {}
     for record_id, row in list(rows.items()):
         try:
-            item = to_item(row.record)
-            dynamo.serialize(item)
-            encoded.append((record_id, item))
+            items[record_id] = to_item(row.record)
         except (TypeError, ValueError, UnicodeError, ArithmeticError) as error:
             rejected.append(rows.pop(record_id).rejected(f"unencodable: {type(error).__name__}"))
     try:
-        dynamo.put_items(table, (item for _, item in encoded))
+        put_all(dynamo, table, list(items.values()))
+        return [row.record for row in rows.values()]
+    except Exception as batch_error:  # noqa: BLE001 - isolate the bad rows below
+        log.warning("%s: batch write failed (%s); checking %d rows", table, type(batch_error).__name__, len(items))
+    for record_id, item in list(items.items()):
+        try:
+            dynamo.serialize(item)
+        except (TypeError, ValueError, UnicodeError, ArithmeticError) as error:
+            del items[record_id]
+            rejected.append(rows.pop(record_id).rejected(f"unencodable: {type(error).__name__}"))
+    try:
+        put_all(dynamo, table, list(items.values()))
     except Exception as batch_error:  # noqa: BLE001 - fall back to single writes to isolate the bad row
         log.warning(
-            "%s: batch write failed (%s); writing %d rows one by one", table, type(batch_error).__name__, len(encoded)
-        )
-        for record_id, item in encoded:
+            "%s: batch write failed again (%s); writing %d rows one by one",
+            table, type(batch_error).__name__, len(items),
+        )  # fmt: skip
+        for record_id, item in items.items():
             try:
                 dynamo.put_items(table, [item])
             except Exception as error:  # noqa: BLE001 - this row is dead-lettered with the reason
@@ -169,14 +202,14 @@ def refresh_user_product_matrix(dynamo: Dynamo, purchases: Sequence[Mapping[str,
         return 0, 0
     stored = {
         (str(row["user_id"]), str(row["product_id"])): row
-        for row in dynamo.batch_get(
-            "user_product_matrix", [{"user_id": u, "product_id": p} for u, p in pairs], consistent=True
+        for row in get_all(
+            dynamo, "user_product_matrix", [{"user_id": u, "product_id": p} for u, p in pairs], consistent=True
         )
     }
     users = stream.users_needing_history(pairs, stored)
     histories = dynamo.query_many("purchase_history", {u: _history_query(u) for u in users}, workers=REQUESTS_IN_FLIGHT)
     rows = stream.matrix_rows(purchases, stored, histories)
-    return dynamo.put_items("user_product_matrix", rows), len(users)
+    return put_all(dynamo, "user_product_matrix", rows), len(users)
 
 
 def land_raw(
@@ -206,7 +239,9 @@ def _pending_of_days(dynamo: Dynamo, purchases: Sequence[Mapping[str, Any]]) -> 
         user_id: {
             "KeyConditionExpression": "user_id = :u AND send_at_campaign BETWEEN :low AND :high",
             "FilterExpression": "#s = :scheduled",
-            "ExpressionAttributeNames": {"#s": "status"},
+            # Only what the decision and the cancel need: smaller answers to read and decode.
+            "ProjectionExpression": "user_id, send_at_campaign, campaign_id, product_id, local_day, #tz, #s",
+            "ExpressionAttributeNames": {"#s": "status", "#tz": "timezone"},
             "ExpressionAttributeValues": {":u": user_id, ":low": low, ":high": high, ":scheduled": schedule.SCHEDULED},
             "ConsistentRead": True,
         }
@@ -220,11 +255,12 @@ def cancel_for_orders(dynamo: Dynamo, purchases: Sequence[Mapping[str, Any]]) ->
     bought product or its article type (``stream.moot_notifications``); returns how many."""
     if not purchases:
         return 0
-    product_ids = {str(p["product_id"]) for p in purchases}
-    products = {
-        str(p["product_id"]): p for p in dynamo.batch_get("products", [{"product_id": pid} for pid in product_ids])
-    }
     pending = _pending_of_days(dynamo, purchases)
+    # Only the orders of buyers with something still scheduled can make anything moot.
+    product_ids = sorted({str(p["product_id"]) for p in purchases if pending.get(str(p["user_id"]))})
+    products = {
+        str(p["product_id"]): p for p in get_all(dynamo, "products", [{"product_id": pid} for pid in product_ids])
+    }
     campaign_ids = {str(i["campaign_id"]) for items in pending.values() for i in items if i.get("campaign_id")}
     campaigns = {
         str(c["campaign_id"]): c for c in dynamo.batch_get("campaigns", [{"campaign_id": cid} for cid in campaign_ids])
