@@ -84,6 +84,7 @@ bench: setup
 	$(PY) benchmarks/recs_quality.py --users 3000
 	$(PY) benchmarks/scoring.py
 	$(PY) benchmarks/plan_dispatch.py
+	$(PY) benchmarks/stream_ingest.py --messages 40000 --users 10000
 	$(PY) benchmarks/closed_loop.py --users 2000 --days 7
 
 ## emr-bundle: what NOTIFY_EMR_CODE_URI must hold for EMR Serverless (job files, include.zip, deps archive)

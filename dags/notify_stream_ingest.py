@@ -1,7 +1,8 @@
 """Minutely stream ingestion: Kafka `notify.orders` and `notify.events` into DynamoDB and the lake.
 
 Each run consumes one bounded micro-batch (at most 20,000 messages or 40 seconds, so it ends well
-inside its minute), validates every message against its raw schema, and writes purchases to
+inside its minute), its partitions read in parallel by three consumers of the group that each
+commit their own, validates every message against its raw schema, and batch-writes purchases to
 `notify_purchase_history` and `notify_user_product_matrix` and events to `notify_clickstream`;
 it lands the same rows as raw CSV (`raw/<table>/dt=D/stream-*.csv`) for the nightly batch. It
 reacts at once: an order cancels that user's still-unsent notifications of the day promoting the
@@ -41,7 +42,7 @@ MAX_SECONDS = 40.0
 def notify_stream_ingest() -> None:
     @task(execution_timeout=timedelta(minutes=3))
     def ingest(**context: Any) -> Any:
-        return run_step(context, "include.notify.stages.stream:ingest_batch", MAX_MESSAGES, MAX_SECONDS, DYNAMO)
+        return run_step(context, "include.notify.stages.stream_run:ingest_batch", MAX_MESSAGES, MAX_SECONDS, DYNAMO)
 
     ingest()
 

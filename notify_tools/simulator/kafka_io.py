@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from include.notify.config import NotifyConfig
-from include.notify.stages.stream import produce_records
+from include.notify.stages.stream_run import produce_records
 from notify_tools.simulator.behaviour import Activity
 
 

@@ -303,7 +303,7 @@ def _nightly(
 
 def _drain(world: _World, day: date) -> dict[str, int]:
     """Stream-ingest until the world's topics are consumed; returns summed counts."""
-    from include.notify.stages.stream import ingest_batch
+    from include.notify.stages.stream_run import ingest_batch
 
     end_of_day = datetime(day.year, day.month, day.day, 23, 59, tzinfo=UTC)
     totals = {"rows_in": 0, "rows_rejected": 0, "notifications_cancelled": 0, "users_opted_out": 0}

@@ -14,7 +14,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import Dynamo
 from include.notify.io.kafka import ensure_topics
-from include.notify.stages.stream import StreamConsumer, ingest_batch, process_messages, produce_records
+from include.notify.stages.stream_run import StreamConsumer, ingest_batch, process_messages, produce_records
 
 pytestmark = pytest.mark.integration
 

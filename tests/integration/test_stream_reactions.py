@@ -10,7 +10,7 @@ import pytest
 from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import Dynamo
 from include.notify.io.kafka import ensure_topics
-from include.notify.stages.stream import ingest_batch, produce_records
+from include.notify.stages.stream_run import ingest_batch, produce_records
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,12 @@ from include.notify import schemas
 from include.notify.config import NotifyConfig
 from include.notify.stages.stream import (
     InvalidMessageError,
-    _Valid,
+    Valid,
     delivery_day,
-    land_raw,
     parse_message,
     to_raw_json,
 )
+from include.notify.stages.stream_run import land_raw
 from include.notify.timeutil import iso_exact as format_timestamp
 
 ORDER = {
@@ -132,10 +132,10 @@ def test_landing_writes_raw_csv_per_day_and_partition_and_a_replay_overwrites(tm
     late = ORDER | {"purchase_id": "p2", "purchase_date": "2026-11-26T00:10:00Z"}
     valid = {
         "orders": {
-            "p1": _Valid(_parse(schemas.PURCHASES, ORDER), "notify.orders", 1, 7),
-            "p2": _Valid(_parse(schemas.PURCHASES, late), "notify.orders", 1, 8),
+            "p1": Valid(_parse(schemas.PURCHASES, ORDER), "notify.orders", 1, 7),
+            "p2": Valid(_parse(schemas.PURCHASES, late), "notify.orders", 1, 8),
         },
-        "events": {"e1": _Valid(_parse(schemas.CLICKSTREAM, EVENT), "notify.events", 0, 3)},
+        "events": {"e1": Valid(_parse(schemas.CLICKSTREAM, EVENT), "notify.events", 0, 3)},
     }
     consumed = datetime(2026, 11, 25, 23, 59, tzinfo=UTC)
     first = land_raw(config, valid, consumed)
@@ -212,3 +212,129 @@ def test_a_dead_letter_envelope_keeps_the_original_bytes_text_or_base64() -> Non
         assert _original(letter, "value") == value
         assert _original(letter, "key") == b"\x80k"
     assert "value_base64" in json.loads(envelope(Rejected("t", 0, 5, "r", None, b"\xff"), datetime.now(UTC)))
+
+
+# ------------------------------------------------------------------------------------ decisions
+def _purchase(purchase_id: str, user: str = "u1", product: str = "P1", day: str = "2026-11-25", qty: int = 1) -> dict:
+    return {"purchase_id": purchase_id, "user_id": user, "product_id": product, "quantity": qty,
+            "purchase_date": datetime.fromisoformat(f"{day}T12:00:00+00:00")}  # fmt: skip
+
+
+def test_matrix_rows_count_each_purchase_once_however_often_a_batch_is_replayed() -> None:
+    from include.notify.stages.stream import matrix_rows
+
+    batch = [_purchase("o1"), _purchase("o2", qty=2), _purchase("o3", product="P2")]
+    first = {(r["user_id"], r["product_id"]): r for r in matrix_rows(batch, {}, {})}
+    assert first[("u1", "P1")] == {
+        "user_id": "u1", "product_id": "P1", "times_purchased": 2, "total_quantity": 3, "purchased_before": True,
+        "last_purchase_date": "2026-11-25", "purchase_ids": ["o1", "o2"],
+    }  # fmt: skip
+    assert matrix_rows(batch, first, {}) == []  # a replay changes nothing
+    later = matrix_rows([_purchase("o1"), _purchase("o4", day="2026-11-27", qty=5)], first, {})
+    assert later == [first[("u1", "P1")] | {"times_purchased": 3, "total_quantity": 8,
+                                            "last_purchase_date": "2026-11-27", "purchase_ids": ["o1", "o2", "o4"]}]  # fmt: skip
+
+
+def test_a_nightly_matrix_row_without_its_purchase_ids_is_recomputed_from_the_users_history() -> None:
+    from include.notify.stages.stream import matrix_rows, users_needing_history
+
+    nightly = {("u1", "P1"): {"user_id": "u1", "product_id": "P1", "times_purchased": 2, "total_quantity": 2,
+                              "last_purchase_date": "2026-11-20"}}  # fmt: skip
+    batch = [_purchase("o9"), _purchase("o5", user="u2")]
+    assert users_needing_history({("u1", "P1"), ("u2", "P1")}, nightly) == {"u1"}
+    # The history already holds the batch's purchase (written before the matrix) and the old ones.
+    history = {"u1": [_purchase("o1", day="2026-11-19"), _purchase("o2", day="2026-11-20"), _purchase("o9"),
+                      _purchase("o7", product="P8")]}  # fmt: skip
+    rows = {r["user_id"]: r for r in matrix_rows(batch, nightly, history)}
+    assert rows["u1"]["times_purchased"] == 3
+    assert rows["u1"]["purchase_ids"] == ["o1", "o2", "o9"]
+    assert rows["u2"]["times_purchased"] == 1
+
+
+def test_an_order_makes_moot_only_same_local_day_items_promoting_its_product_or_article_type() -> None:
+    from include.notify.stages.stream import moot_notifications, order_day_span
+
+    def item(campaign: str, day: str, product: str | None = None, tz: str = "UTC") -> dict:
+        return {"user_id": "u1", "send_at_campaign": f"{day}T18:00:00Z#{campaign}", "campaign_id": campaign,
+                "product_id": product, "local_day": day, "timezone": tz, "status": "scheduled"}  # fmt: skip
+
+    pending = {"u1": [item("c-shirts", "2026-11-25"), item("c-other", "2026-11-25", product="P1"),
+                      item("c-watch", "2026-11-25"), item("c-shirts", "2026-11-26"),
+                      item("c-shirts", "2026-11-26", tz="Pacific/Kiritimati")]}  # fmt: skip
+    campaigns = {"c-shirts": {"target_article_types": "Shirts|Tshirts"}, "c-watch": {"target_article_types": "Watches"}}
+    moot = moot_notifications([_purchase("o1")], pending, {"P1": {"articleType": "Shirts"}}, campaigns)
+    # 12:00 UTC on the 25th is already the 26th at UTC+14.
+    assert [(i["send_at_campaign"], i["timezone"]) for i, _ in moot] == [
+        ("2026-11-25T18:00:00Z#c-shirts", "UTC"), ("2026-11-25T18:00:00Z#c-other", "UTC"),
+        ("2026-11-26T18:00:00Z#c-shirts", "Pacific/Kiritimati"),
+    ]  # fmt: skip
+    assert {reason for _, reason in moot} == {"order o1"}
+    low, high = order_day_span([_purchase("o1")])
+    assert low <= "2026-11-24T10"
+    assert high > "2026-11-26T23"
+
+
+def test_opt_signals_the_latest_wins_and_stale_or_unknown_users_are_still_cancelled_when_out() -> None:
+    from include.notify.stages.stream import opt_outcomes, winning_opt_signals
+
+    def event(user: str, ts: str, kind: str) -> dict:
+        return {"user_id": user, "ts": datetime.fromisoformat(ts), "event_type": kind}
+
+    winners = winning_opt_signals([
+        event("a", "2026-11-25T10:00:00+00:00", "opt_out"), event("a", "2026-11-25T09:00:00+00:00", "opt_in"),
+        event("b", "2026-11-25T10:00:00+00:00", "opt_in"), event("c", "2026-11-25T10:00:00+00:00", "opt_out"),
+        event("d", "2026-11-25T10:00:00+00:00", "opt_in"), event("e", "2026-11-25T10:00:00+00:00", "view"),
+    ])  # fmt: skip
+    assert {u: w[1] for u, w in winners.items()} == {"a": True, "b": False, "c": True, "d": False}
+    from include.notify import rules
+
+    newer_out = {"opt_out_version": rules.opt_signal_version(10**18, True)}
+    counts, to_cancel = opt_outcomes(winners, applied={"a", "b"}, stored={"d": newer_out})
+    assert counts == {"opt_out": 1, "opt_in": 1, "stale": 1, "unknown_user": 1}
+    assert sorted(to_cancel) == ["a", "c", "d"]  # a: applied, c: unknown user, d: a newer opt-out stands
+
+
+def test_event_ids_seen_with_another_ts_are_duplicates_and_new_ones_are_registered() -> None:
+    from include.notify.stages.stream import split_seen_event_ids
+
+    events = {
+        eid: Valid(_parse(schemas.CLICKSTREAM, EVENT | {"event_id": eid}), "notify.events", 0, n)
+        for n, eid in enumerate(["e1", "e2", "e3"])
+    }
+    ts = format_timestamp(events["e1"].record["ts"])
+    duplicates, new = split_seen_event_ids(events, {"e1": ts, "e2": "2026-11-24T00:00:00Z"})
+    assert duplicates == ["e2"]
+    assert new == [{"event_id": "e3", "ts": ts, "user_id": "u1"}]
+
+
+def test_merged_worker_results_add_up() -> None:
+    from include.notify.stages.stream import BatchResult
+
+    one = BatchResult("r", "a", rows_in=5, rows_out=3, rows_rejected=1, duplicates=1,
+                      rejected_by_reason={"bad_json": 1}, committed={"t-0": 5}, lag={"t-0": 2}, total_lag=2)  # fmt: skip
+    two = BatchResult("r", "b", rows_in=4, rows_out=4, rejected_by_reason={}, committed={"t-1": 9}, lag={"t-1": 0})
+    total = BatchResult.merged("r", "run", [one, two])
+    assert (total.rows_in, total.rows_out, total.rows_rejected, total.duplicates) == (9, 7, 1, 1)
+    assert total.balanced()
+    assert total.workers == 2
+    assert total.committed == {"t-0": 5, "t-1": 9}
+    assert total.total_lag == 2
+
+
+def test_a_shared_poll_budget_never_grants_more_than_its_bounds_and_starves_no_consumer() -> None:
+    from include.notify.io.kafka import PollBudget
+
+    budget = PollBudget(1000, max_bytes=None, sharers=3)
+    grants = [budget.reserve(500) for _ in range(3)]
+    assert all(g > 0 for g in grants)
+    assert sum(grants) <= 1000
+    budget.settle(grants[0], 10, 100)  # the first consumer used 10 of its grant
+    assert not budget.spent()
+    assert budget.reserve(10_000) <= 1000 - sum(grants) + grants[0] - 10
+    by_bytes = PollBudget(10**6, max_bytes=1000, sharers=2)
+    got = by_bytes.reserve(500)
+    assert not by_bytes.bytes_full(999)
+    assert by_bytes.bytes_full(1000)
+    by_bytes.settle(got, 3, 1200)
+    assert by_bytes.spent()
+    assert by_bytes.reserve(1) == 0

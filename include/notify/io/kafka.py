@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -198,11 +198,72 @@ def produce_all(
 
 
 # ------------------------------------------------------------------------------------ consuming
+def partition_numbers(config: NotifyConfig, logical_topics: Sequence[str], timeout: float = 10.0) -> list[int]:
+    """The partition numbers any of ``logical_topics`` has (sorted), from the cluster's metadata."""
+    from confluent_kafka.admin import AdminClient
+
+    metadata = AdminClient(kafka_settings(config)).list_topics(timeout=timeout)
+    numbers: set[int] = set()
+    for name in logical_topics:
+        found = metadata.topics.get(config.topic(name))
+        if found is None or found.error is not None:
+            raise RuntimeError(f"topic {config.topic(name)} is missing on {config.kafka_bootstrap}")
+        numbers.update(found.partitions)
+    return sorted(numbers)
+
+
+class PollBudget:
+    """The message-count and byte bounds of one batch, shared (thread-safe) by the ``sharers``
+    consumers that read it in parallel: a consumer reserves messages before each fetch (at most
+    an even share of what is left, so none is starved) and settles what it used, so a run stops
+    at its bounds however its partitions are filled."""
+
+    def __init__(self, max_messages: int, max_bytes: int | None = None, sharers: int = 1) -> None:
+        self.left = max_messages
+        self.max_bytes = max_bytes
+        self.sharers = max(1, sharers)
+        self.bytes_used = 0
+        self.outstanding = 0
+        self._lock = threading.Lock()
+
+    def _bytes_spent(self) -> bool:
+        return self.max_bytes is not None and self.bytes_used >= self.max_bytes
+
+    def reserve(self, wanted: int) -> int:
+        """Up to ``wanted`` messages of the budget; 0 when none is free right now."""
+        with self._lock:
+            if self._bytes_spent():
+                return 0
+            granted = min(wanted, self.left, max(1, -(-(self.left + self.outstanding) // self.sharers)))
+            self.left -= granted
+            self.outstanding += granted
+            return granted
+
+    def spent(self) -> bool:
+        """Whether nothing more can be read: the bytes are spent, or the count with no
+        reservation outstanding that could still be given back."""
+        with self._lock:
+            return self._bytes_spent() or (self.left == 0 and self.outstanding == 0)
+
+    def bytes_full(self, pending: int) -> bool:
+        """Whether the bytes are spent counting ``pending`` bytes a consumer has not settled yet."""
+        with self._lock:
+            return self.max_bytes is not None and self.bytes_used + pending >= self.max_bytes
+
+    def settle(self, reserved: int, used: int, size: int) -> None:
+        """Give back the unused part of a reservation and charge the bytes taken."""
+        with self._lock:
+            self.left += reserved - used
+            self.outstanding -= reserved
+            self.bytes_used += size
+
+
 class TopicConsumer:
     """A manual-commit consumer of some topics; offsets move only through ``commit``.
 
-    The consumer assigns itself every partition of its topics, starting at the group's committed
-    offsets (earliest when none), instead of joining the group protocol: like Spark's Kafka source
+    The consumer assigns itself every partition of its topics (or the given partition numbers of
+    each), starting at the group's committed offsets (earliest when none), instead of joining the
+    group protocol: like Spark's Kafka source
     it owns its offsets explicitly and starts in about a second instead of waiting for a
     rebalance; callers keep consumers of one group from overlapping (e.g. ``max_active_runs=1``).
     Closing without ``commit`` (or dying) leaves the group's offsets where they were, so the next
@@ -210,8 +271,15 @@ class TopicConsumer:
     """
 
     def __init__(
-        self, config: NotifyConfig, logical_topics: Sequence[str], group_id: str, timeout: float = 10.0
+        self,
+        config: NotifyConfig,
+        logical_topics: Sequence[str],
+        group_id: str,
+        timeout: float = 10.0,
+        partitions: Collection[int] | None = None,
     ) -> None:
+        """``partitions`` (partition numbers, applied to every topic): assign only those, so several
+        consumers of one group can each own a disjoint share of the partitions (None: all)."""
         from confluent_kafka import Consumer, TopicPartition
 
         self.topics = {config.topic(name): name for name in logical_topics}
@@ -228,51 +296,70 @@ class TopicConsumer:
             )
         )
         metadata = self.consumer.list_topics(timeout=timeout)
-        partitions = []
+        wanted = []
         for topic in self.topics:
             found = metadata.topics.get(topic)
             if found is None or found.error is not None:
                 self.consumer.close()
                 raise RuntimeError(f"topic {topic} is missing on {config.kafka_bootstrap}: {found and found.error}")
-            partitions += [TopicPartition(topic, p) for p in sorted(found.partitions)]
-        self.consumer.assign(self.consumer.committed(partitions, timeout=timeout))
-        self._assigned: set[tuple[str, int]] = {(p.topic, p.partition) for p in partitions}
+            wanted += [
+                TopicPartition(topic, p) for p in sorted(found.partitions) if partitions is None or p in partitions
+            ]
+        self._assigned: set[tuple[str, int]] = {(p.topic, p.partition) for p in wanted}
+        if wanted:
+            self.consumer.assign(self.consumer.committed(wanted, timeout=timeout))
         self._at_end: set[tuple[str, int]] = set()
 
-    def poll_batch(self, max_messages: int, max_seconds: float, max_bytes: int | None = None) -> list[Message]:
+    def poll_batch(
+        self, max_messages: int, max_seconds: float, max_bytes: int | None = None, budget: PollBudget | None = None
+    ) -> list[Message]:
         """Up to ``max_messages`` messages and about ``max_bytes`` of values (the message crossing
         the bound is the last), returning after ``max_seconds`` at the latest, or earlier once every
-        assigned partition has been read to its end. What the bounds leave is read by the next call
-        (nothing past the last returned message is committed)."""
+        assigned partition has been read to its end. ``budget``: bounds shared with other consumers
+        of the same run instead (``max_messages`` / ``max_bytes`` are then ignored). What the bounds
+        leave is read by the next call (nothing past the last returned message is committed)."""
         from confluent_kafka import KafkaError
 
+        budget = budget or PollBudget(max_messages, max_bytes)
         messages: list[Message] = []
-        size = 0
+        if not self._assigned:
+            return messages
         deadline = time.monotonic() + max_seconds
-        while len(messages) < max_messages and (max_bytes is None or size < max_bytes):
+        full = False
+        while not full:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            batch = self.consumer.consume(
-                num_messages=min(500, max_messages - len(messages)), timeout=min(remaining, 0.5)
-            )
+            wanted = budget.reserve(500)
+            if wanted == 0:
+                if budget.spent():
+                    break
+                time.sleep(0.05)  # another consumer holds the rest; it may give some back
+                continue
+            batch = self.consumer.consume(num_messages=wanted, timeout=min(remaining, 0.5))
+            used = size = 0
             for message in batch:
                 error = message.error()
                 position = (message.topic(), message.partition())
                 if error is None:
                     self._at_end.discard(position)
-                    if max_bytes is not None and size >= max_bytes:
-                        # Fetched past the bound: left for the next batch (never committed here).
+                    if full or budget.bytes_full(size):
+                        # Fetched past the bound: left for the next batch (never committed here),
+                        # and so is everything after it, so no offset skips over it.
+                        full = True
                         continue
                     messages.append(message)
+                    used += 1
                     size += len(message.value() or b"")
                 elif error.code() == KafkaError._PARTITION_EOF:
                     self._at_end.add(position)
                 elif error.fatal():
+                    budget.settle(wanted, used, size)
                     raise RuntimeError(f"Kafka consumer failed fatally on {position}: {error}")
                 else:
                     log.warning("Kafka consumer error on %s (retrying): %s", position, error)
-            if self._assigned and self._assigned <= self._at_end and not batch:
+            budget.settle(wanted, used, size)
+            if self._assigned <= self._at_end and not batch:
                 break
         return messages
 

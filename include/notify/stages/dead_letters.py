@@ -9,7 +9,7 @@ tools that filter without parsing. Dead letters are at-least-once: a batch re-re
 dead-letters its bad messages again, with the same source position to deduplicate by.
 
 ``replay_dead_letters`` re-processes them (``notify dead-letters replay [--since]``) through the
-same ``stream.process_messages`` after a fix (a widened schema, a larger size limit, ...). It reads
+same ``stream_run.process_messages`` after a fix (a widened schema, a larger size limit, ...). It reads
 the whole topic without moving any offsets, deduplicates by source position, and writes only
 what now passes; every write is keyed by the record's own id, so replaying twice changes nothing.
 """
@@ -112,7 +112,7 @@ def dead_letter(
 
 @dataclass(frozen=True)
 class ReplayedMessage:
-    """A dead letter's original message, shaped like a consumed one for ``stream.process_messages``."""
+    """A dead letter's original message, shaped like a consumed one for ``stream_run.process_messages``."""
 
     source_topic: str
     source_partition: int
@@ -166,7 +166,7 @@ def replay_dead_letters(
     are (not dead-lettered a second time), ``duplicates`` = already ingested (an id written before).
     """
     from include.notify.io.dynamo import Dynamo
-    from include.notify.stages.stream import process_messages
+    from include.notify.stages.stream_run import process_messages
 
     dynamo = dynamo or Dynamo.from_config(config)
     messages, read = read_dead_letters(config, since)
