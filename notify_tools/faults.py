@@ -325,6 +325,7 @@ def _main(argv: list[str]) -> int:
     run.add_argument("--kill-after", type=int, default=None)
     run.add_argument("--backoff", type=float, default=0.05)
     run.add_argument("--chunk", type=int, default=500)
+    run.add_argument("--workers", type=int, default=8)
     args = parser.parse_args(argv)
 
     from include.notify.config import NotifyConfig
@@ -353,7 +354,14 @@ def _main(argv: list[str]) -> int:
     events = KafkaEventSink(config) if args.kafka else ListEventSink()
     options = {"owner": args.owner} if args.owner else {}
     dispatcher = Dispatcher(
-        config, dynamo, channels, events, backoff_seconds=args.backoff, chunk_size=args.chunk, **options
+        config,
+        dynamo,
+        channels,
+        events,
+        backoff_seconds=args.backoff,
+        chunk_size=args.chunk,
+        workers=args.workers,
+        **options,
     )
     counts = dispatcher.run(datetime.fromisoformat(args.now))
     print(json.dumps(counts), flush=True)

@@ -31,6 +31,7 @@ else.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -394,3 +395,228 @@ def delete_if_scheduled(dynamo: Dynamo, item: Mapping[str, Any]) -> bool:
         ConditionExpression="#s = :scheduled",
         **_only_if_scheduled(dynamo),
     )
+
+
+# ------------------------------------------------------------------------------ shard leases
+# Dispatch claims a whole due-index shard at a time: one conditional write on the shard's lease
+# record (``dispatch_leases``) instead of one per item. A lease carries a fencing token that
+# grows with every acquisition; each step of a batch under it (claim, begin, commit, end) is one
+# conditional write on (token, owner, still live), so a dispatcher whose lease ran out or was
+# taken over cannot begin or record a batch. The batch in flight (its items' keys, ``claimed``
+# or ``sending``) is written to the lease record before anything is sent: the next owner knows
+# which items a dead owner may have sent (``sending``: outcome unknown) and which it never
+# began (``claimed``: claim them again). Between those fenced steps the items themselves move by
+# batched puts (no conditional batch write exists), which only the lease holder makes.
+LEASES = "dispatch_leases"
+BATCH_CLAIMED, BATCH_SENDING = "claimed", "sending"
+
+
+def shard_of_bucket(bucket: str) -> str:
+    """The due-index shard (``<shard>``) of a due bucket ``<UTC day>#<shard>``."""
+    return str(bucket).rpartition("#")[2]
+
+
+def shards_for(notifications_per_day: float, peak_minute_share: float, partition_wcu: int = 1000) -> int:
+    """Due-index shards so no index partition is asked for more than ``partition_wcu`` writes/s.
+
+    Each notification writes its due-index entry three times (planned, claimed, removed); the
+    heaviest load is a peak minute holding ``peak_minute_share`` of the day's notifications, all
+    claimed and removed within that minute, or the nightly planner writing the day in 45 minutes.
+    Rounded up to a power of two with 50 % headroom.
+    """
+    peak = notifications_per_day * peak_minute_share * 2 / 60
+    nightly = notifications_per_day / (45 * 60)
+    needed = max(peak, nightly) * 1.5 / partition_wcu
+    shards = 1
+    while shards < needed:
+        shards *= 2
+    return shards
+
+
+@dataclass(frozen=True)
+class ShardLease:
+    """A lease on one shard: whose, its fencing token, until when (wall-clock epoch s), and the
+    batch a previous owner left in flight (keys and whether it had begun sending)."""
+
+    shard: str
+    owner: str
+    token: int
+    until: int
+    left_keys: tuple[tuple[str, str], ...] = ()
+    left_state: str = ""
+    left_owner: str = ""
+
+
+def _lease_key(shard: str) -> dict[str, Any]:
+    return {"shard": str(shard)}
+
+
+def _flat(keys: Iterable[Mapping[str, Any]]) -> list[str]:
+    return [f"{k['user_id']}\t{k['send_at_campaign']}" for k in keys]
+
+
+def _unflat(values: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    return tuple(tuple(str(v).split("\t", 1)) for v in values)  # type: ignore[misc]
+
+
+def acquire_lease(dynamo: Dynamo, shard: str, owner: str, now_epoch: int, lease_seconds: int) -> ShardLease | None:
+    """Take the shard's lease for ``owner`` if nobody else holds it live; None when someone does.
+
+    A consistent read, then one conditional put on the token read: of racing acquirers exactly
+    one wins. The batch a previous owner left in flight stays in the record (and is returned)
+    until the new owner has settled it and begins its own.
+    """
+    current = dynamo.get(LEASES, _lease_key(shard), consistent=True)
+    if current and current.get("owner") not in (None, "", owner) and int(current.get("lease_until", 0)) >= now_epoch:
+        return None
+    token = int((current or {}).get("token", 0)) + 1
+    record = {**(current or {}), "shard": str(shard), "owner": owner, "token": token}
+    record["lease_until"] = now_epoch + lease_seconds
+    if current is None:
+        request: dict[str, Any] = {
+            "ConditionExpression": "attribute_not_exists(#k)",
+            "ExpressionAttributeNames": {"#k": "shard"},
+        }
+    else:
+        request = {
+            "ConditionExpression": "#t = :seen",
+            "ExpressionAttributeNames": {"#t": "token"},
+            "ExpressionAttributeValues": dynamo.serialize({":seen": token - 1}),
+        }
+    if not dynamo.write_if("put", LEASES, Item=dynamo.serialize(record), **request):
+        return None
+    left_keys = _unflat(record.get("inflight") or []) if record.get("inflight_owner") != owner else ()
+    return ShardLease(
+        str(shard), owner, token, record["lease_until"], left_keys,
+        str(record.get("inflight_state") or ""), str(record.get("inflight_owner") or ""),
+    )  # fmt: skip
+
+
+def _lease_update(
+    dynamo: Dynamo,
+    lease: ShardLease,
+    now_epoch: int,
+    set_values: Mapping[str, Any],
+    remove: Iterable[str] = (),
+) -> bool:
+    """One conditional update of the lease record: still ``lease``'s token and owner, and live."""
+    names = {"#t": "token", "#o": "owner", "#u": "lease_until"}
+    values: dict[str, Any] = {":token": lease.token, ":owner": lease.owner, ":now": now_epoch}
+    parts = []
+    for number, (name, value) in enumerate(set_values.items()):
+        names[f"#a{number}"] = name
+        values[f":a{number}"] = value
+        parts.append(f"#a{number} = :a{number}")
+    expression = "SET " + ", ".join(parts)
+    removals = list(remove)
+    if removals:
+        expression += " REMOVE " + ", ".join(removals)
+    return dynamo.write_if(
+        "update",
+        LEASES,
+        Key=dynamo.serialize(_lease_key(lease.shard)),
+        UpdateExpression=expression,
+        ConditionExpression="#t = :token AND #o = :owner AND #u >= :now",
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues=dynamo.serialize(values),
+    )
+
+
+def renew_lease(dynamo: Dynamo, lease: ShardLease, now_epoch: int, lease_seconds: int) -> bool:
+    """Extend a live lease to now + ``lease_seconds``; False when it ran out or was taken over."""
+    return _lease_update(dynamo, lease, now_epoch, {"lease_until": now_epoch + lease_seconds})
+
+
+def claim_batch(
+    dynamo: Dynamo, lease: ShardLease, keys: Iterable[Mapping[str, Any]], now_epoch: int, lease_seconds: int
+) -> bool:
+    """Record the batch about to be claimed (its keys, ``claimed``: nothing sent yet) under a live lease."""
+    fields = {"lease_until": now_epoch + lease_seconds, "inflight": _flat(keys), "inflight_state": BATCH_CLAIMED,
+              "inflight_owner": lease.owner, "inflight_at": now_epoch}  # fmt: skip
+    return _lease_update(dynamo, lease, now_epoch, fields)
+
+
+def begin_batch(dynamo: Dynamo, lease: ShardLease, now_epoch: int, lease_seconds: int) -> bool:
+    """The write-ahead mark of a batch: from here on a lapsed lease means "outcome unknown", never
+    "send again". Only while the lease is live."""
+    fields = {"lease_until": now_epoch + lease_seconds, "inflight_state": BATCH_SENDING, "inflight_at": now_epoch}
+    return _lease_update(dynamo, lease, now_epoch, fields)
+
+
+def end_batch(dynamo: Dynamo, lease: ShardLease, now_epoch: int, release: bool = False) -> bool:
+    """The batch is settled: forget it (and with ``release`` give the shard up for the next run)."""
+    fields: dict[str, Any] = {"lease_until": 0} if release else {"inflight_at": now_epoch}
+    return _lease_update(dynamo, lease, now_epoch, fields, ("inflight", "inflight_state", "inflight_owner"))
+
+
+# ------------------------------------------------------------------------ states, written in batches
+def _clean(item: Mapping[str, Any], drop: Iterable[str]) -> dict[str, Any]:
+    dropped = set(drop)
+    return {k: v for k, v in item.items() if k not in dropped and not str(k).startswith("_")}
+
+
+def claimed_state(
+    item: Mapping[str, Any], lease: ShardLease, channels: Iterable[str], now_epoch: int
+) -> dict[str, Any]:
+    """``sending`` under ``lease`` (its owner and token), with the channels about to be sent on and
+    the moment the batch begins (``send_began``), the attempt counted."""
+    state = _clean(item, ("failure_reason",))
+    state.update(
+        status=SENDING, lease_owner=lease.owner, lease_until=lease.until, lease_token=lease.token,
+        send_began=now_epoch, send_channels=list(channels), attempts=int(item.get("attempts", 0)) + 1,
+    )  # fmt: skip
+    return state
+
+
+def sent_state(
+    item: Mapping[str, Any], sent_utc: str, channel: str, channel_errors: str | None, event_out: bool, now_epoch: int
+) -> dict[str, Any]:
+    """``sent``; out of the due index when its event is out, else ``event_pending`` (kept in it)."""
+    drop = (*LEASE_KEYS, "lease_token", *SEND_KEYS, "failure_reason", "last_error", "event_pending")
+    state = _clean(item, (*drop, *DUE_INDEX_KEYS) if event_out else drop)
+    state.update(status=SENT, sent_utc=sent_utc, channel=channel, sent_wall=now_epoch)
+    if channel_errors:
+        state["channel_errors"] = channel_errors
+    if not event_out:
+        state["event_pending"] = True
+    return state
+
+
+def closed_state(item: Mapping[str, Any], status: str, reason: str) -> dict[str, Any]:
+    """``failed``, ``cancelled`` or ``expired`` with the reason; out of the due index."""
+    if status not in (FAILED, CANCELLED, EXPIRED):
+        raise ValueError(f"a closed state is failed, cancelled or expired, not {status!r}")
+    state = _clean(item, (*DUE_KEYS, "lease_token", *SEND_KEYS))
+    state.update(status=status, failure_reason=reason)
+    return state
+
+
+def released_state(
+    item: Mapping[str, Any],
+    last_error: str,
+    delivered_channels: Iterable[str] = (),
+    due_at: str | None = None,
+    due_bucket: str | None = None,
+) -> dict[str, Any]:
+    """Back to ``scheduled`` for a later run (as ``release``), optionally moved to another slot."""
+    state = _clean(item, (*LEASE_KEYS, "lease_token", *SEND_KEYS))
+    state.update(status=SCHEDULED, last_error=last_error)
+    delivered = sorted(set(delivered_channels))
+    if delivered:
+        state["delivered_channels"] = delivered
+    if due_at is not None and due_bucket is not None:
+        state.update(due_at=due_at, due_bucket=due_bucket)
+    return state
+
+
+def unknown_state(item: Mapping[str, Any], reason: str, last_owner: str, final: bool = False) -> dict[str, Any]:
+    """``unknown`` with the reason and whose send it was; kept in the due index for the reconciler
+    unless ``final`` (the reconciler gave up: nothing resent)."""
+    state = _clean(item, (*(DUE_KEYS if final else LEASE_KEYS), "lease_token"))
+    state.update(status=UNKNOWN, failure_reason=reason, last_owner=last_owner)
+    return state
+
+
+def put_states(dynamo: Dynamo, states: Iterable[Mapping[str, Any]]) -> int:
+    """Write items' new states (batched puts; only a shard's lease holder calls this)."""
+    return dynamo.put_items(SCHEDULE, states)

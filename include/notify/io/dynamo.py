@@ -73,6 +73,14 @@ TABLES: tuple[TableSpec, ...] = (
     ),
     TableSpec("deliveries", "notification_id", description="rendered payload, channel, attempts"),
     TableSpec("inbox", "user_id", "notification_id", description="the in-app inbox channel"),
+    TableSpec(
+        "dispatch_leases",
+        "shard",
+        description="dispatch's lease on a due-index shard: owner, fencing token, batch in flight",
+    ),
+    TableSpec(
+        "user_day_sends", "user_id", "local_day", description="what reached a user on a local day (send-time cap)"
+    ),
     TableSpec("pipeline_runs", "run_key", "stage", description="counts in/out/rejected per run and stage"),
 )
 TABLES_BY_NAME: dict[str, TableSpec] = {spec.name: spec for spec in TABLES}
@@ -305,14 +313,17 @@ class Dynamo:
         item = response.get("Item")
         return self.deserialize(item) if item else None
 
-    def batch_get(self, logical_name: str, keys: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Get many items by key (100 per request, unprocessed keys retried)."""
+    def batch_get(
+        self, logical_name: str, keys: Iterable[Mapping[str, Any]], consistent: bool = False
+    ) -> list[dict[str, Any]]:
+        """Get many items by key (100 per request, unprocessed keys retried; strongly consistent
+        reads with ``consistent``)."""
         table = self.table(logical_name)
         unique = {tuple(sorted((k, str(v)) for k, v in key.items())): key for key in keys}
         all_keys = [self.serialize(key) for key in unique.values()]
         found: list[dict[str, Any]] = []
         for start in range(0, len(all_keys), 100):
-            request: dict[str, Any] = {table: {"Keys": all_keys[start : start + 100]}}
+            request: dict[str, Any] = {table: {"Keys": all_keys[start : start + 100], "ConsistentRead": consistent}}
             for attempt in range(self.max_attempts):
                 response = self.client.batch_get_item(RequestItems=request)
                 found += [self.deserialize(item) for item in response["Responses"].get(table, [])]

@@ -149,12 +149,15 @@ def send_all(
     pool: ThreadPoolExecutor,
     attempts: int,
     backoff_seconds: float,
+    first_sends: Sequence[bool] | None = None,
 ) -> list[SendOutcome]:
     """Every message through each channel named in its ``todo`` set.
 
     Transient failures are retried with exponential back-off and jitter, up to ``attempts`` per
     channel; a permanent failure is final at once. An unknown outcome is retried (safe) only on a
-    channel that ``deduplicates``; elsewhere it is final and reported, never resent.
+    channel that ``deduplicates``; elsewhere it is final and reported, never resent. A channel
+    with ``send_many`` takes the messages marked in ``first_sends`` (never sent before) in one
+    batched call on the first attempt.
     """
     outcomes = [SendOutcome() for _ in messages]
     for channel in channels:
@@ -163,7 +166,14 @@ def send_all(
         for attempt in range(attempts):
             if not pending:
                 break
-            results = list(pool.map(lambda i, ch=channel: _send_one(ch, messages[i]), pending))
+            many = getattr(channel, "send_many", None)
+            batched = [i for i in pending if first_sends and first_sends[i]] if many and attempt == 0 else []
+            by_index = dict(zip(batched, many([messages[i] for i in batched]) if batched else [], strict=True))
+            single = [i for i in pending if i not in by_index]
+            by_index.update(
+                zip(single, pool.map(lambda i, ch=channel: _send_one(ch, messages[i]), single), strict=True)
+            )
+            results = [by_index[i] for i in pending]
             retry = []
             for index, error in zip(pending, results, strict=True):
                 last = attempt == attempts - 1
