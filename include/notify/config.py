@@ -82,7 +82,12 @@ class NotifyConfig:
     quiet_hours_at_send: str = "expire"
     dispatch_margin_minutes: int = 5
     quiet_margin_minutes: int = 10
-    schedule_shards: int = 16
+    schedule_shards: int = 32  # sized for 10 M users x 5 a day: schedule.shards_for, README
+    # Dispatch leases due-index shards in slices (shard % dispatch_slices): one lease per slice and
+    # run, slices dispatched in parallel, at most this many owners at a time (README).
+    dispatch_slices: int = 8
+    # Mapped dispatch tasks a minute (each takes every dispatch_tasks-th slice).
+    dispatch_tasks: int = 1
     cooldown_days: int = 3
     # The value-based planner: the k-th notification of a day is sent only when its expected clicks
     # (x the priority weight) exceed this base cost plus the learned opt-out risk; a share of the
@@ -181,6 +186,11 @@ def _validate(config: NotifyConfig) -> None:
         raise ValueError(f"interruption_cost must be >= 0, got {config.interruption_cost}")
     if config.schedule_shards < 1:
         raise ValueError(f"schedule_shards must be >= 1, got {config.schedule_shards}")
+    if config.dispatch_slices < 1 or not 1 <= config.dispatch_tasks <= config.dispatch_slices:
+        raise ValueError(
+            f"dispatch_slices must be >= 1 and dispatch_tasks in 1..dispatch_slices, got "
+            f"{config.dispatch_slices} / {config.dispatch_tasks}"
+        )
     if not 0 < config.max_lateness_minutes < 24 * 60:
         # Dispatch reads one day of due buckets back; lateness must fit inside it.
         raise ValueError(f"max_lateness_minutes must be in 1..1439, got {config.max_lateness_minutes}")

@@ -416,6 +416,14 @@ def shard_of_bucket(bucket: str) -> str:
     return str(bucket).rpartition("#")[2]
 
 
+def slice_of_bucket(bucket: str, slices: int) -> str:
+    """The dispatch slice (what one lease covers) of a due bucket: its shard modulo ``slices``.
+
+    A user's items are all in one shard, so in one slice: one owner at a time for any user,
+    which the send-time cap's day ledger relies on."""
+    return str(int(shard_of_bucket(bucket)) % slices)
+
+
 def shards_for(notifications_per_day: float, peak_minute_share: float, partition_wcu: int = 1000) -> int:
     """Due-index shards so no index partition is asked for more than ``partition_wcu`` writes/s.
 
@@ -445,6 +453,7 @@ class ShardLease:
     left_keys: tuple[tuple[str, str], ...] = ()
     left_state: str = ""
     left_owner: str = ""
+    seen_through: str = ""
 
 
 def _lease_key(shard: str) -> dict[str, Any]:
@@ -459,12 +468,16 @@ def _unflat(values: Iterable[str]) -> tuple[tuple[str, str], ...]:
     return tuple(tuple(str(v).split("\t", 1)) for v in values)  # type: ignore[misc]
 
 
-def acquire_lease(dynamo: Dynamo, shard: str, owner: str, now_epoch: int, lease_seconds: int) -> ShardLease | None:
+def acquire_lease(
+    dynamo: Dynamo, shard: str, owner: str, now_epoch: int, lease_seconds: int, run_through: str = ""
+) -> ShardLease | None:
     """Take the shard's lease for ``owner`` if nobody else holds it live; None when someone does.
 
     A consistent read, then one conditional put on the token read: of racing acquirers exactly
     one wins. The batch a previous owner left in flight stays in the record (and is returned)
-    until the new owner has settled it and begins its own.
+    until the new owner has settled it and begins its own. ``seen_through`` keeps the latest due
+    time any owner may have touched (``run_through``, the run's time): items due later were never
+    written by dispatch, so the due index's copy of them is as good as a read by key.
     """
     current = dynamo.get(LEASES, _lease_key(shard), consistent=True)
     if current and current.get("owner") not in (None, "", owner) and int(current.get("lease_until", 0)) >= now_epoch:
@@ -472,6 +485,8 @@ def acquire_lease(dynamo: Dynamo, shard: str, owner: str, now_epoch: int, lease_
     token = int((current or {}).get("token", 0)) + 1
     record = {**(current or {}), "shard": str(shard), "owner": owner, "token": token}
     record["lease_until"] = now_epoch + lease_seconds
+    seen_through = str((current or {}).get("seen_through") or "")
+    record["seen_through"] = max(seen_through, run_through)
     if current is None:
         request: dict[str, Any] = {
             "ConditionExpression": "attribute_not_exists(#k)",
@@ -488,7 +503,7 @@ def acquire_lease(dynamo: Dynamo, shard: str, owner: str, now_epoch: int, lease_
     left_keys = _unflat(record.get("inflight") or []) if record.get("inflight_owner") != owner else ()
     return ShardLease(
         str(shard), owner, token, record["lease_until"], left_keys,
-        str(record.get("inflight_state") or ""), str(record.get("inflight_owner") or ""),
+        str(record.get("inflight_state") or ""), str(record.get("inflight_owner") or ""), seen_through,
     )  # fmt: skip
 
 

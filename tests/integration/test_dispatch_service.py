@@ -15,6 +15,7 @@ import pytest
 from include.notify.analyst.views import describe_deliveries, describe_plan, status_counts
 from include.notify.config import REPO_ROOT, NotifyConfig
 from include.notify.io.dynamo import Dynamo
+from include.notify.schedule import slice_of_bucket
 from include.notify.stages.channels import InboxChannel, Message, PermanentChannelError, TransientChannelError
 from include.notify.stages.dispatch import (
     Dispatcher,
@@ -207,8 +208,9 @@ def test_two_dispatchers_and_a_killed_one_deliver_everything_exactly_once(config
     )
     assert killed.returncode == -9, killed.stderr
     bucket, claimed = killed.stdout.strip().splitlines()[-1].split()
-    in_doomed_shard = [i for i in items if i["due_bucket"] == bucket]
-    assert int(claimed) == len(in_doomed_shard) >= 1  # the whole shard was its first batch
+    doomed = slice_of_bucket(bucket, config.dispatch_slices)
+    in_doomed_slice = [i for i in items if slice_of_bucket(i["due_bucket"], config.dispatch_slices) == doomed]
+    assert int(claimed) == len(in_doomed_slice) >= 1  # the whole slice was its first batch
     assert Counter(statuses(dynamo).values()) == {"scheduled": 60 - int(claimed), "sending": int(claimed)}
 
     recorder, events = Recorder(), ListEventSink()
@@ -224,25 +226,25 @@ def test_two_dispatchers_and_a_killed_one_deliver_everything_exactly_once(config
         thread.start()
     for thread in threads:
         thread.join()
-    # The dead one's shard stays leased until its lease lapses; everything else went out once.
-    assert sum(r.get("sent", 0) for r in results) == 60 - len(in_doomed_shard)
-    assert all(r["leased_elsewhere"] >= len(in_doomed_shard) for r in results)
-    assert not {i["notification_id"] for i in in_doomed_shard} & set(recorder.sent)
+    # The dead one's slice stays leased until its lease lapses; everything else went out once.
+    assert sum(r.get("sent", 0) for r in results) == 60 - len(in_doomed_slice)
+    assert all(r["leased_elsewhere"] >= len(in_doomed_slice) for r in results)
+    assert not {i["notification_id"] for i in in_doomed_slice} & set(recorder.sent)
 
-    # The killed dispatcher's lease lapses; the next run takes the shard over, finds the batch it
+    # The killed dispatcher's lease lapses; the next run takes the slice over, finds the batch it
     # claimed but never began, claims it again and sends it.
     # (Leases are on the wall clock: the recovering dispatcher's clock runs a lease ahead.)
     later = NOW + timedelta(seconds=config.lease_seconds + 60)
     ahead = lambda: time.time() + config.lease_seconds + 60  # noqa: E731
     recovery = Dispatcher(config, dynamo, [InboxChannel(dynamo), recorder], events, clock=ahead).run(later)
-    assert recovery["sent"] == len(in_doomed_shard)
+    assert recovery["sent"] == len(in_doomed_slice)
     assert len(recorder.sent) == len(items) == 60
     assert set(recorder.sent.values()) == {1}
     assert Counter(statuses(dynamo).values()) == {"sent": 60}
     assert dynamo.count("deliveries") == 60
     assert len({e["notification_id"] for e in events.events}) == len(events.events) == 60
     reclaimed = [i for i in dynamo.scan("notification_schedule") if i["attempts"] == 2]
-    assert len(reclaimed) == len(in_doomed_shard)
+    assert len(reclaimed) == len(in_doomed_slice)
 
 
 def test_a_crash_after_recording_is_finished_without_sending_again(config: NotifyConfig, dynamo: Dynamo) -> None:

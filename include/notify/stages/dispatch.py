@@ -184,7 +184,9 @@ class Dispatcher:
         counts["events_failed"] = 0
         by_shard: dict[str, list[dict[str, Any]]] = {}
         for item in items:
-            by_shard.setdefault(schedule.shard_of_bucket(item["due_bucket"]), []).append(item)
+            by_shard.setdefault(schedule.slice_of_bucket(item["due_bucket"], self.config.dispatch_slices), []).append(
+                item
+            )
         self._load_shared(items)
         shards = sorted(by_shard, key=lambda s: (len(s), s))
         with (
@@ -214,11 +216,20 @@ class Dispatcher:
             self._shared["products"].update({str(p["product_id"]): p for p in found})
 
     def _current(self, found: list[dict[str, Any]], lease: schedule.ShardLease) -> list[dict[str, Any]]:
-        """The items as they are now (consistent reads by key, after taking the lease: the due
-        index may lag), plus those of a batch a previous owner left in flight."""
-        keys = {(str(i["user_id"]), str(i["send_at_campaign"])) for i in found} | set(lease.left_keys)
+        """The items as they are now, after taking the lease: those dispatch may have written
+        before (and those of a batch a previous owner left in flight) re-read by key, consistent,
+        as the due index may lag; the rest as the due index gave them."""
+        left = {tuple(k) for k in lease.left_keys}
+        fresh = [
+            i for i in found
+            if (str(i["user_id"]), str(i["send_at_campaign"])) not in left
+            and not dispatch_decide.touched(i, lease.seen_through)
+        ]  # fmt: skip
+        fresh_keys = {(str(i["user_id"]), str(i["send_at_campaign"])) for i in fresh}
+        keys = ({(str(i["user_id"]), str(i["send_at_campaign"])) for i in found} | left) - fresh_keys
         requested = [{"user_id": u, "send_at_campaign": k} for u, k in keys]
-        return self.dynamo.batch_get(schedule.SCHEDULE, requested, consistent=True)
+        reread = self.dynamo.batch_get(schedule.SCHEDULE, requested, consistent=True) if requested else []
+        return fresh + reread
 
     def _records(self, items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if not items:
@@ -232,7 +243,9 @@ class Dispatcher:
         then claim, send and record in batches, then reconcile and finish lost events."""
         assert self._keeper is not None
         counts: Counter[str] = Counter()
-        lease = schedule.acquire_lease(self.dynamo, shard, self.owner, int(self.clock()), self.config.lease_seconds)
+        lease = schedule.acquire_lease(
+            self.dynamo, shard, self.owner, int(self.clock()), self.config.lease_seconds, iso(self.send_moment(now))
+        )
         if lease is None:
             counts["leased_elsewhere"] += len(found)
             return counts
@@ -375,7 +388,6 @@ class Dispatcher:
         if claimed and self.after_claim is not None:
             self.after_claim(claimed)
         if not claimed:
-            schedule.end_batch(self.dynamo, lease, int(self.clock()))
             return counts, []
         if not schedule.begin_batch(self.dynamo, lease, int(self.clock()), self.config.lease_seconds):
             self._keeper.lost.add(lease.shard)
@@ -420,7 +432,8 @@ class Dispatcher:
                 ledgers[key].discard(state["notification_id"])
                 gone[key] = ledgers[key]
         self._put_ledgers(gone)
-        schedule.end_batch(self.dynamo, lease, int(self.clock()))
+        # The batch stays named in the lease record until the next one is claimed or the shard is
+        # released: a next owner re-reading it finds it settled.
         unknown = [s.state for s in settled if s.outcome == "unknown_outcome" and s.state is not None]
         return counts, ([] if reconciling else unknown)
 

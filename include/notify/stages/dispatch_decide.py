@@ -44,6 +44,17 @@ class Verdict:
     reason: str = ""
 
 
+def touched(item: Mapping[str, Any], seen_through: str) -> bool:
+    """Whether dispatch may have written the item already (so it must be re-read by key: the due
+    index may lag behind the base table): anything but a ``scheduled`` item never attempted, and
+    any item due by the latest time a dispatcher of its shard ran for (``seen_through``)."""
+    if item.get("status") != schedule.SCHEDULED or int(item.get("attempts", 0) or 0) > 0:
+        return True
+    if item.get("delivered_channels") or item.get("last_error"):
+        return True
+    return bool(seen_through) and str(item.get("due_at") or "") <= seen_through
+
+
 def needs_record_lookup(item: Mapping[str, Any]) -> bool:
     """Whether ``triage`` needs to know if a delivery of the item was recorded (a send that began,
     or channels that already accepted)."""
