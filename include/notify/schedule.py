@@ -7,25 +7,33 @@ dispatch reads; a final status removes them.
 
 Statuses and who moves an item between them::
 
-    scheduled --claim--> sending --begin_send--> sending (send_began) --mark_sent--> sent (event_pending)
-        |  ^                |  \--close (failed / cancelled, failure_reason)          |
-        |  '--release-------'  (transient errors, or some channels still to go)     '--event_emitted--> sent
-        |--expire (expired, failure_reason) <-- sending whose lease lapsed before its send began
-        |                        sending whose lease lapsed after its send began --to_unknown--> unknown
-        |                        unknown --claim (reconciler, deduplicating channels only)--> sending
-        |                        unknown --give_up (failure_reason; nothing resent)--> unknown, final
+    scheduled --claimed_state (batch claimed, then begun on the lease record)--> sending (send_began)
+        |  ^          sending --sent_state--> sent (out of the due index; event_pending while its event is not out)
+        |  |          sending --closed_state--> failed / cancelled / expired (failure_reason)
+        |  '--released_state (transient errors, channels still to go, deferred past quiet hours)
+        |             sending whose batch had begun when its owner's lease lapsed --unknown_state--> unknown
+        |             unknown --claimed again (reconciler, deduplicating channels only)--> sending
+        |             unknown --unknown_state(final) (failure_reason; nothing resent)--> unknown, final
+        |--closed_state (expired: too late; failed / cancelled at claim time)
         '--cancel (cancelled, cancel_reason + cancelled_at): stream reactions
 
-Leases are wall-clock epoch seconds and renewed (``renew``) while a chunk is in flight. Every
-write a dispatcher makes after its claim is conditional on still holding the lease
-(``lease_owner`` is unchanged, i.e. nobody reclaimed it); ``begin_send`` also needs the lease to
-be live, so a dispatcher that lost it sends nothing more. ``sent`` and ``unknown`` items keep the
-due-index keys until their event is out / they are reconciled, so the recovery paths find them
-without a scan. The planner replaces only ``scheduled`` items (``put_if_scheduled`` /
-``delete_if_scheduled``). Every transition is one conditional write through ``Dynamo.write_if``:
-False means another writer moved the item first, and the item is left as that writer left it.
-The reasons ("why was this cancelled / failed / expired / unknown?") are written here and nowhere
-else.
+Dispatch moves items only under the lease of their due-index slice (``acquire_lease`` and the
+fenced steps below): one conditional write per slice and batch, the items themselves written in
+batched puts (``put_states``) by the one lease holder. A claimed batch is named in the lease
+record before anything is sent and marked begun (``begin_batch``) right before sending, so the
+next owner knows which items a dead owner may have sent (``unknown``) and which it never began
+(claimed again); the commit of a batch needs the lease still live. ``sent`` and ``unknown``
+items keep the due-index keys until their event is out / they are reconciled, so the recovery
+paths find them without a scan. The planner replaces only ``scheduled`` items
+(``put_if_scheduled`` / ``delete_if_scheduled``) and the stream cancels only ``scheduled`` ones,
+each with one conditional write through ``Dynamo.write_if``: False means another writer moved
+the item first. The reasons ("why was this cancelled / failed / expired / unknown?") are written
+here and nowhere else.
+
+Between a slice owner's read of an item and its batched claim, no condition protects the item:
+a stream cancel or planner write landing in those milliseconds is overwritten by the claim (the
+item is then sent as if the claim had come first). DynamoDB has no conditional batch write; a
+transaction per batch (``TransactWriteItems``, not in the local endpoint) would close it.
 """
 
 from __future__ import annotations
@@ -152,43 +160,7 @@ def scheduled_items_many(dynamo: Dynamo, user_ids: Iterable[str]) -> dict[str, l
     return dynamo.query_many(SCHEDULE, requests)
 
 
-def day_items(dynamo: Dynamo, user_id: str, local_day: str) -> list[dict[str, Any]]:
-    """The user's items of local day ``local_day`` (one key query over the UTC span that day can
-    cover, consistent), for the cap check at send time."""
-    day = date.fromisoformat(local_day)
-    low = f"{date.fromordinal(day.toordinal() - 1).isoformat()}T00"
-    high = f"{date.fromordinal(day.toordinal() + 2).isoformat()}T00"
-    items = dynamo.query(
-        SCHEDULE,
-        KeyConditionExpression="user_id = :u AND send_at_campaign BETWEEN :low AND :high",
-        ExpressionAttributeValues={":u": user_id, ":low": low, ":high": high},
-        ConsistentRead=True,
-    )
-    return [item for item in items if item.get("local_day") == local_day]
-
-
 # ----------------------------------------------------------------------------------- conditions
-def as_found(item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The condition that the item is still exactly as we read it (status, and lease if sending)."""
-    status = item.get("status")
-    if status == SENDING:
-        return "#s = :was AND lease_until = :old_lease", {":was": SENDING, ":old_lease": item.get("lease_until")}
-    if status == UNKNOWN:
-        return "#s = :was AND attribute_exists(due_bucket)", {":was": UNKNOWN}
-    return "#s = :was", {":was": SCHEDULED}
-
-
-def mine(owner: str) -> tuple[str, dict[str, Any]]:
-    """The condition that ``owner`` still holds the item's lease (nobody reclaimed it since)."""
-    return "#s = :sending AND lease_owner = :me", {":sending": SENDING, ":me": owner}
-
-
-def mine_live(owner: str, now_epoch: int) -> tuple[str, dict[str, Any]]:
-    """``mine`` and the lease has not run out at ``now_epoch`` (wall clock): safe to start a send."""
-    condition, values = mine(owner)
-    return condition + " AND lease_until > :wall", {**values, ":wall": now_epoch}
-
-
 def _only_if_scheduled(dynamo: Dynamo) -> dict[str, Any]:
     return {
         "ExpressionAttributeNames": {"#s": "status"},
@@ -231,135 +203,6 @@ def update(
         ExpressionAttributeNames=names,
         ExpressionAttributeValues=dynamo.serialize(values),
     )
-
-
-def claim(dynamo: Dynamo, item: Mapping[str, Any], owner: str, lease_until: int) -> bool:
-    """scheduled -> sending (or reclaim a sending item whose lease lapsed, or an ``unknown`` one for
-    the reconciler) for ``owner`` until ``lease_until`` (wall-clock epoch s); counts the attempt.
-    Exactly one of racing claimers wins."""
-    condition, values = as_found(item)
-    return update(
-        dynamo,
-        item,
-        {"status": SENDING, "lease_until": lease_until, "lease_owner": owner},
-        condition,
-        {**values, ":zero": 0, ":one": 1},
-        extra_set="attempts = if_not_exists(attempts, :zero) + :one",
-    )
-
-
-def renew(dynamo: Dynamo, item: Mapping[str, Any], owner: str, lease_until: int) -> bool:
-    """Extend ``owner``'s lease to ``lease_until``; False when it was reclaimed (the lease is lost)."""
-    return update(dynamo, item, {"lease_until": lease_until}, *mine(owner))
-
-
-def begin_send(dynamo: Dynamo, item: Mapping[str, Any], owner: str, now_epoch: int, channels: list[str]) -> bool:
-    """Mark that ``owner`` starts sending on ``channels`` now (the write-ahead marker): only while
-    its lease is live. After this, a lapsed lease means "outcome unknown", never "send again"."""
-    return update(
-        dynamo, item, {"send_began": now_epoch, "send_channels": list(channels)}, *mine_live(owner, now_epoch)
-    )
-
-
-def mark_sent(
-    dynamo: Dynamo,
-    item: Mapping[str, Any],
-    sent_utc: str,
-    channel: str,
-    owner: str | None = None,
-    now_epoch: int = 0,
-    channel_errors: str | None = None,
-) -> bool:
-    """-> ``sent`` with ``event_pending`` (the item stays in the due index until ``event_emitted``).
-
-    With ``owner``: conditional on its lease, or on the item having become ``unknown`` from that
-    owner's send (its late acceptance settles the unknown). Without: on the item being as found
-    (a delivery recorded by a dead dispatcher)."""
-    if owner is not None:
-        condition = "(#s = :sending AND lease_owner = :me) OR (#s = :unknown AND last_owner = :me)"
-        values: dict[str, Any] = {":sending": SENDING, ":unknown": UNKNOWN, ":me": owner}
-    else:
-        condition, values = as_found(item)
-    fields = {"status": SENT, "sent_utc": sent_utc, "channel": channel, "event_pending": True, "sent_wall": now_epoch}
-    if channel_errors:
-        fields["channel_errors"] = channel_errors
-    return update(dynamo, item, fields, condition, values, (*LEASE_KEYS, "failure_reason"))
-
-
-def event_emitted(dynamo: Dynamo, item: Mapping[str, Any]) -> bool:
-    """A sent item whose ``notification_sent`` the broker acknowledged: leaves the due index."""
-    return update(
-        dynamo,
-        item,
-        {"status": SENT},
-        "#s = :sent AND event_pending = :true",
-        {":sent": SENT, ":true": True},
-        ("event_pending", *DUE_INDEX_KEYS),
-    )
-
-
-def sent_item(item: Mapping[str, Any], sent_utc: str, channel: str) -> dict[str, Any]:
-    """The ``sent`` form of an item (due keys, lease and private ``_`` fields dropped), as a report or
-    the simulator shows it."""
-    done = {k: v for k, v in item.items() if k not in DUE_KEYS and k not in SEND_KEYS and not k.startswith("_")}
-    return {**done, "status": SENT, "sent_utc": sent_utc, "channel": channel}
-
-
-def expire(dynamo: Dynamo, item: Mapping[str, Any], reason: str) -> bool:
-    """A pending item found too late (or at send time inside quiet hours) -> ``expired`` with
-    ``failure_reason``; leaves the due index. Conditional on the item being as found."""
-    return update(dynamo, item, {"status": EXPIRED, "failure_reason": reason}, *as_found(item), DUE_KEYS)
-
-
-def expire_mine(dynamo: Dynamo, item: Mapping[str, Any], reason: str, owner: str) -> bool:
-    """A claimed item that may not be sent now (quiet hours at send time) -> ``expired``."""
-    return update(dynamo, item, {"status": EXPIRED, "failure_reason": reason}, *mine(owner), (*DUE_KEYS, *SEND_KEYS))
-
-
-def to_unknown(dynamo: Dynamo, item: Mapping[str, Any], reason: str, owner: str | None = None) -> bool:
-    """A send began and its outcome is not known -> ``unknown`` (kept in the due index for the
-    reconciler, ``last_owner`` names whose send it was). With ``owner``: that dispatcher saw the
-    uncertain outcome itself (timeout after accept); without: a reclaimer found a lapsed lease."""
-    last_owner = owner if owner is not None else item.get("lease_owner", "")
-    condition = mine(owner) if owner is not None else as_found(item)
-    fields = {"status": UNKNOWN, "failure_reason": reason, "last_owner": last_owner}
-    return update(dynamo, item, fields, *condition, LEASE_KEYS)
-
-
-def give_up(dynamo: Dynamo, item: Mapping[str, Any], reason: str, owner: str | None = None) -> bool:
-    """An ``unknown`` item the reconciler may not resend -> final ``unknown`` with the reason (leaves
-    the due index; nothing was resent). With ``owner``: from the reconciler's own claim."""
-    if owner is not None:
-        return update(dynamo, item, {"status": UNKNOWN, "failure_reason": reason}, *mine(owner), DUE_KEYS)
-    return update(dynamo, item, {"failure_reason": reason}, *as_found(item), DUE_KEYS)
-
-
-def close(dynamo: Dynamo, item: Mapping[str, Any], status: str, reason: str, owner: str) -> bool:
-    """A claimed item that must not be sent -> ``failed`` or ``cancelled`` with ``failure_reason``."""
-    if status not in (FAILED, CANCELLED):
-        raise ValueError(f"close moves an item to failed or cancelled, not {status!r}")
-    return update(dynamo, item, {"status": status, "failure_reason": reason}, *mine(owner), (*DUE_KEYS, *SEND_KEYS))
-
-
-def release(
-    dynamo: Dynamo,
-    item: Mapping[str, Any],
-    owner: str,
-    last_error: str,
-    delivered_channels: Iterable[str] = (),
-    due_at: str | None = None,
-    due_bucket: str | None = None,
-) -> bool:
-    """A claimed item not finished for a transient reason -> back to ``scheduled`` with
-    ``last_error``, for the next run. ``delivered_channels`` (those that accepted already) are
-    not sent again; ``due_at``/``due_bucket`` move it (the next allowed slot after quiet hours)."""
-    fields: dict[str, Any] = {"status": SCHEDULED, "last_error": last_error}
-    delivered = sorted(set(delivered_channels))
-    if delivered:
-        fields["delivered_channels"] = delivered
-    if due_at is not None and due_bucket is not None:
-        fields.update(due_at=due_at, due_bucket=due_bucket)
-    return update(dynamo, item, fields, *mine(owner), (*LEASE_KEYS, *SEND_KEYS))
 
 
 def cancel(dynamo: Dynamo, item: Mapping[str, Any], reason: str, cancelled_at: str) -> bool:

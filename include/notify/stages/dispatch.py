@@ -66,6 +66,12 @@ __all__ = [
 ]  # fmt: skip
 
 
+def dispatch_parts(config: NotifyConfig) -> list[int]:
+    """The mapped dispatch tasks of a minute: one per part, each taking every
+    ``dispatch_tasks``-th slice (so no two tasks ever contend for a slice)."""
+    return list(range(config.dispatch_tasks))
+
+
 def run_time_of(context: Mapping[str, Any]) -> datetime:
     """The time a minutely dispatch run is for: the end of its data interval, else its logical date.
 
@@ -80,11 +86,17 @@ def run_time_of(context: Mapping[str, Any]) -> datetime:
 
 
 # ---------------------------------------------------------------------------------- finding
-def due_buckets(config: NotifyConfig, now: datetime, lookback_hours: int) -> list[str]:
-    """The due-index partitions that can hold items due in (now - lookback, now]."""
+def due_buckets(config: NotifyConfig, now: datetime, lookback_hours: int, part: int | None = None) -> list[str]:
+    """The due-index partitions that can hold items due in (now - lookback, now]; with ``part``
+    only those of the slices that mapped task takes (slice % dispatch_tasks == part)."""
     first = (now - timedelta(hours=lookback_hours)).date()
     days = (first + timedelta(days=n) for n in range((now.date() - first).days + 1))
-    return schedule.buckets_of(days, config.schedule_shards)
+    buckets = schedule.buckets_of(days, config.schedule_shards)
+    if part is None:
+        return buckets
+    return [
+        b for b in buckets if int(schedule.slice_of_bucket(b, config.dispatch_slices)) % config.dispatch_tasks == part
+    ]
 
 
 def due_items(
@@ -93,11 +105,13 @@ def due_items(
     now: datetime,
     lookback_hours: int = DISPATCH_LOOKBACK_HOURS,
     limit: int | None = None,
+    part: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Pending (scheduled or sending) items with ``due_at <= now``, oldest first within each shard."""
+    """Pending (scheduled or sending) items with ``due_at <= now``, oldest first within each shard
+    (of one mapped task's slices with ``part``)."""
     now = _utc(now)
     found: list[dict[str, Any]] = []
-    for bucket in due_buckets(config, now, lookback_hours):
+    for bucket in due_buckets(config, now, lookback_hours, part):
         for item in schedule.due_in_bucket(dynamo, bucket, until=iso(now)):
             found.append(item)
             if limit is not None and len(found) >= limit:
@@ -106,7 +120,11 @@ def due_items(
 
 
 def has_due(
-    config: NotifyConfig, now: datetime, dynamo: Dynamo | None = None, lookback_hours: int = DISPATCH_LOOKBACK_HOURS
+    config: NotifyConfig,
+    now: datetime,
+    dynamo: Dynamo | None = None,
+    lookback_hours: int = DISPATCH_LOOKBACK_HOURS,
+    part: int | None = None,
 ) -> bool:
     """Whether a dispatch run has work at ``now``: a scheduled item due, a sending one whose lease
     lapsed (wall clock), an unknown one to reconcile or a sent one whose event is pending.
@@ -116,7 +134,7 @@ def has_due(
     dynamo = dynamo or Dynamo.from_config(config)
     now = _utc(now)
     epoch = int(time.time())
-    for bucket in due_buckets(config, now, lookback_hours):
+    for bucket in due_buckets(config, now, lookback_hours, part):
         for _ in schedule.due_in_bucket(dynamo, bucket, until=iso(now), claimable_at=epoch):
             return True
     return False
@@ -169,11 +187,16 @@ class Dispatcher:
         return max(now, datetime.fromtimestamp(self.clock(), UTC))
 
     def run(
-        self, now: datetime, lookback_hours: int = DISPATCH_LOOKBACK_HOURS, limit: int | None = None
+        self,
+        now: datetime,
+        lookback_hours: int = DISPATCH_LOOKBACK_HOURS,
+        limit: int | None = None,
+        part: int | None = None,
     ) -> dict[str, int]:
-        """Dispatch everything due up to ``now``; returns counts by outcome (``unknown`` among them)."""
+        """Dispatch everything due up to ``now`` (in one mapped task's slices with ``part``);
+        returns counts by outcome (``unknown`` among them)."""
         now = _utc(now)
-        return self.process(due_items(self.config, self.dynamo, now, lookback_hours, limit), now)
+        return self.process(due_items(self.config, self.dynamo, now, lookback_hours, limit, part), now)
 
     def process(self, items: list[dict[str, Any]], now: datetime) -> dict[str, int]:
         """Dispatch these pending items (from the due index) at run time ``now``, shard by shard:
@@ -512,19 +535,21 @@ def dispatch_due(
     dynamo: Dynamo | None = None,
     channels: list[Channel] | None = None,
     events: EventSink | None = None,
+    part: int | None = None,
     **options: Any,
 ) -> dict[str, int]:
     """Send everything due up to ``now`` exactly once; returns counts (due, claimed, sent, expired, ...).
 
-    Channels default to ``config.channels`` and events to ``notify.events``; ``options`` go to
-    ``Dispatcher`` (workers, send_attempts, backoff_seconds, owner).
+    Channels default to ``config.channels`` and events to ``notify.events``; ``part`` is a mapped
+    task's share of the slices (``dispatch_parts``); ``options`` go to ``Dispatcher`` (workers,
+    send_attempts, backoff_seconds, owner).
     """
     dynamo = dynamo or Dynamo.from_config(config)
     own_channels = channels is None
     channels = build_channels(config, dynamo) if channels is None else channels
     events = KafkaEventSink(config) if events is None else events
     try:
-        return Dispatcher(config, dynamo, channels, events, **options).run(now)
+        return Dispatcher(config, dynamo, channels, events, **options).run(now, part=part)
     finally:
         if own_channels:
             for channel in channels:
