@@ -133,7 +133,7 @@ def test_an_unknown_outcome_is_retried_only_on_a_deduplicating_channel() -> None
     from concurrent.futures import ThreadPoolExecutor
 
     from include.notify.stages.channels import UnknownOutcomeError
-    from include.notify.stages.dispatch_send import send_all
+    from include.notify.stages.dispatch_channels import send_all
 
     message = build_message(ITEM, USER, CAMPAIGN, None, NOW)
     timeout = UnknownOutcomeError("x", ITEM["notification_id"], "timeout after accept")

@@ -46,9 +46,10 @@ from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import Dynamo
 from include.notify.stages import dispatch_decide
 from include.notify.stages.channels import Channel, Message, build_channels
+from include.notify.stages.dispatch_channels import send_all
 from include.notify.stages.dispatch_events import EventSink, KafkaEventSink, ListEventSink, sent_event
 from include.notify.stages.dispatch_recover import LeaseKeeper, missing_records, reconcile_plan
-from include.notify.stages.dispatch_send import PRODUCT_FALLBACK, build_message, send_all
+from include.notify.stages.dispatch_send import PRODUCT_FALLBACK, build_message
 from include.notify.stages.dispatch_simulate import _ceil, simulate_day
 from include.notify.timeutil import iso
 from include.notify.timeutil import require_utc as _utc
