@@ -1,8 +1,10 @@
 """Minutely dispatch: sends what `notify_planning` scheduled, exactly once, through the channels.
 
-Every minute one task asks the sparse due index whether anything is claimable at the run's time;
-if nothing is, the task is skipped (one cheap query). Otherwise it claims each due item with a conditional update and a lease, renders its templates in the
-sandbox, sends through the configured channels (inbox, Kafka `notify.notifications`, webhook,
+Every minute one task (or `NOTIFY_DISPATCH_TASKS` mapped tasks, each taking its share of the
+dispatch slices) asks the sparse due index whether anything is claimable at the run's time; if
+nothing is, the task is skipped (one cheap query). Otherwise it leases each slice of the due
+index it has items in (one conditional write per slice; slices in parallel), claims the items in
+batches under that lease, renders their templates in the sandbox, sends through the configured channels (inbox, Kafka `notify.notifications`, webhook,
 SNS, SES), writes `notify_deliveries`, marks it sent and emits `notification_sent` to
 `notify.events`. Items past the lateness limit are expired, not sent late. One run at a time and
 no catch-up: a backlog is one run's work, never a storm of runs.
@@ -20,7 +22,11 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
+from include.notify.config import load_config
 from include.notify.orchestration import DEFAULT_ARGS, DYNAMO, RUN_TIME, START_DATE, run_step
+
+# One mapped task per part (default 1: one worker launch a minute); the environment decides.
+PARTS = list(range(load_config().dispatch_tasks))
 
 
 @dag(
@@ -36,16 +42,17 @@ from include.notify.orchestration import DEFAULT_ARGS, DYNAMO, RUN_TIME, START_D
 )
 def notify_dispatch() -> None:
     @task(execution_timeout=timedelta(minutes=8))
-    def dispatch(**context: Any) -> Any:
+    def dispatch(part: int, **context: Any) -> Any:
         return run_step(
             context,
             "include.notify.stages.dispatch:dispatch_due",
             RUN_TIME,
             DYNAMO,
+            part=part,
             skip_unless="include.notify.stages.dispatch:has_due",
         )
 
-    dispatch()
+    dispatch.expand(part=PARTS)
 
 
 notify_dispatch()

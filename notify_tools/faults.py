@@ -325,6 +325,8 @@ def _main(argv: list[str]) -> int:
     run.add_argument("--kill-after", type=int, default=None)
     run.add_argument("--backoff", type=float, default=0.05)
     run.add_argument("--chunk", type=int, default=500)
+    run.add_argument("--workers", type=int, default=8)
+    run.add_argument("--stop-after-claim", action="store_true", help="SIGSTOP itself once its first batch is claimed")
     args = parser.parse_args(argv)
 
     from include.notify.config import NotifyConfig
@@ -351,9 +353,25 @@ def _main(argv: list[str]) -> int:
                              kill_after=args.kill_after, salt=str(os.getpid()))
         )  # fmt: skip
     events = KafkaEventSink(config) if args.kafka else ListEventSink()
-    options = {"owner": args.owner} if args.owner else {}
+    options: dict[str, Any] = {"owner": args.owner} if args.owner else {}
+    if args.stop_after_claim:
+        stopped: list[int] = []
+
+        def stop_once(_items: list[dict[str, Any]]) -> None:
+            if not stopped:
+                stopped.append(1)
+                os.kill(os.getpid(), signal.SIGSTOP)  # frozen between the claim and the begin
+
+        options["after_claim"] = stop_once
     dispatcher = Dispatcher(
-        config, dynamo, channels, events, backoff_seconds=args.backoff, chunk_size=args.chunk, **options
+        config,
+        dynamo,
+        channels,
+        events,
+        backoff_seconds=args.backoff,
+        chunk_size=args.chunk,
+        workers=args.workers,
+        **options,
     )
     counts = dispatcher.run(datetime.fromisoformat(args.now))
     print(json.dumps(counts), flush=True)

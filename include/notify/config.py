@@ -85,7 +85,12 @@ class NotifyConfig:
     quiet_hours_at_send: str = "expire"
     dispatch_margin_minutes: int = 5
     quiet_margin_minutes: int = 10
-    schedule_shards: int = 16
+    schedule_shards: int = 32  # sized for 10 M users x 5 a day: schedule.shards_for, README
+    # Dispatch leases due-index shards in slices (shard % dispatch_slices): one lease per slice and
+    # run, slices dispatched in parallel, at most this many owners at a time (README).
+    dispatch_slices: int = 8
+    # Mapped dispatch tasks a minute (each takes every dispatch_tasks-th slice).
+    dispatch_tasks: int = 1
     # Planning in shards (stages/plan_shards.py): users per shard (a shard's peak memory scales with
     # it, not with the population), schedule batch writers in flight, and the shards of the
     # schedule's day index (the planner's bulk read of a day's items: one query per shard).
@@ -193,6 +198,11 @@ def _validate(config: NotifyConfig) -> None:
     for name in ("planning_shard_users", "planning_write_workers", "planning_day_shards"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.dispatch_slices < 1 or not 1 <= config.dispatch_tasks <= config.dispatch_slices:
+        raise ValueError(
+            f"dispatch_slices must be >= 1 and dispatch_tasks in 1..dispatch_slices, got "
+            f"{config.dispatch_slices} / {config.dispatch_tasks}"
+        )
     if not 0 < config.max_lateness_minutes < 24 * 60:
         # Dispatch reads one day of due buckets back; lateness must fit inside it.
         raise ValueError(f"max_lateness_minutes must be in 1..1439, got {config.max_lateness_minutes}")

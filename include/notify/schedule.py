@@ -7,30 +7,39 @@ dispatch reads; a final status removes them.
 
 Statuses and who moves an item between them::
 
-    scheduled --claim--> sending --begin_send--> sending (send_began) --mark_sent--> sent (event_pending)
-        |  ^                |  \--close (failed / cancelled, failure_reason)          |
-        |  '--release-------'  (transient errors, or some channels still to go)     '--event_emitted--> sent
-        |--expire (expired, failure_reason) <-- sending whose lease lapsed before its send began
-        |                        sending whose lease lapsed after its send began --to_unknown--> unknown
-        |                        unknown --claim (reconciler, deduplicating channels only)--> sending
-        |                        unknown --give_up (failure_reason; nothing resent)--> unknown, final
+    scheduled --claimed_state (batch claimed, then begun on the lease record)--> sending (send_began)
+        |  ^          sending --sent_state--> sent (out of the due index; event_pending while its event is not out)
+        |  |          sending --closed_state--> failed / cancelled / expired (failure_reason)
+        |  '--released_state (transient errors, channels still to go, deferred past quiet hours)
+        |             sending whose batch had begun when its owner's lease lapsed --unknown_state--> unknown
+        |             unknown --claimed again (reconciler, deduplicating channels only)--> sending
+        |             unknown --unknown_state(final) (failure_reason; nothing resent)--> unknown, final
+        |--closed_state (expired: too late; failed / cancelled at claim time)
         '--cancel (cancelled, cancel_reason + cancelled_at): stream reactions
 
-Leases are wall-clock epoch seconds and renewed (``renew``) while a chunk is in flight. Every
-write a dispatcher makes after its claim is conditional on still holding the lease
-(``lease_owner`` is unchanged, i.e. nobody reclaimed it); ``begin_send`` also needs the lease to
-be live, so a dispatcher that lost it sends nothing more. ``sent`` and ``unknown`` items keep the
-due-index keys until their event is out / they are reconciled, so the recovery paths find them
-without a scan. The planner replaces only ``scheduled`` items (``put_if_scheduled`` /
-``delete_if_scheduled``). Every transition is one conditional write through ``Dynamo.write_if``:
-False means another writer moved the item first, and the item is left as that writer left it.
-The reasons ("why was this cancelled / failed / expired / unknown?") are written here and nowhere
-else.
+Dispatch moves items only under the lease of their due-index slice (``acquire_lease`` and the
+fenced steps below): one conditional write per slice and batch, the items themselves written in
+batched puts (``put_states``) by the one lease holder. A claimed batch is named in the lease
+record before anything is sent and marked begun (``begin_batch``) right before sending, so the
+next owner knows which items a dead owner may have sent (``unknown``) and which it never began
+(claimed again); the commit of a batch needs the lease still live. ``sent`` and ``unknown``
+items keep the due-index keys until their event is out / they are reconciled, so the recovery
+paths find them without a scan. The planner replaces only ``scheduled`` items
+(``put_if_scheduled`` / ``delete_if_scheduled``) and the stream cancels only ``scheduled`` ones,
+each with one conditional write through ``Dynamo.write_if``: False means another writer moved
+the item first. The reasons ("why was this cancelled / failed / expired / unknown?") are written
+here and nowhere else.
+
+Between a slice owner's read of an item and its batched claim, no condition protects the item:
+a stream cancel or planner write landing in those milliseconds is overwritten by the claim (the
+item is then sent as if the claim had come first). DynamoDB has no conditional batch write; a
+transaction per batch (``TransactWriteItems``, not in the local endpoint) would close it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -151,43 +160,7 @@ def scheduled_items_many(dynamo: Dynamo, user_ids: Iterable[str]) -> dict[str, l
     return dynamo.query_many(SCHEDULE, requests)
 
 
-def day_items(dynamo: Dynamo, user_id: str, local_day: str) -> list[dict[str, Any]]:
-    """The user's items of local day ``local_day`` (one key query over the UTC span that day can
-    cover, consistent), for the cap check at send time."""
-    day = date.fromisoformat(local_day)
-    low = f"{date.fromordinal(day.toordinal() - 1).isoformat()}T00"
-    high = f"{date.fromordinal(day.toordinal() + 2).isoformat()}T00"
-    items = dynamo.query(
-        SCHEDULE,
-        KeyConditionExpression="user_id = :u AND send_at_campaign BETWEEN :low AND :high",
-        ExpressionAttributeValues={":u": user_id, ":low": low, ":high": high},
-        ConsistentRead=True,
-    )
-    return [item for item in items if item.get("local_day") == local_day]
-
-
 # ----------------------------------------------------------------------------------- conditions
-def as_found(item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The condition that the item is still exactly as we read it (status, and lease if sending)."""
-    status = item.get("status")
-    if status == SENDING:
-        return "#s = :was AND lease_until = :old_lease", {":was": SENDING, ":old_lease": item.get("lease_until")}
-    if status == UNKNOWN:
-        return "#s = :was AND attribute_exists(due_bucket)", {":was": UNKNOWN}
-    return "#s = :was", {":was": SCHEDULED}
-
-
-def mine(owner: str) -> tuple[str, dict[str, Any]]:
-    """The condition that ``owner`` still holds the item's lease (nobody reclaimed it since)."""
-    return "#s = :sending AND lease_owner = :me", {":sending": SENDING, ":me": owner}
-
-
-def mine_live(owner: str, now_epoch: int) -> tuple[str, dict[str, Any]]:
-    """``mine`` and the lease has not run out at ``now_epoch`` (wall clock): safe to start a send."""
-    condition, values = mine(owner)
-    return condition + " AND lease_until > :wall", {**values, ":wall": now_epoch}
-
-
 def _only_if_scheduled(dynamo: Dynamo) -> dict[str, Any]:
     return {
         "ExpressionAttributeNames": {"#s": "status"},
@@ -232,135 +205,6 @@ def update(
     )
 
 
-def claim(dynamo: Dynamo, item: Mapping[str, Any], owner: str, lease_until: int) -> bool:
-    """scheduled -> sending (or reclaim a sending item whose lease lapsed, or an ``unknown`` one for
-    the reconciler) for ``owner`` until ``lease_until`` (wall-clock epoch s); counts the attempt.
-    Exactly one of racing claimers wins."""
-    condition, values = as_found(item)
-    return update(
-        dynamo,
-        item,
-        {"status": SENDING, "lease_until": lease_until, "lease_owner": owner},
-        condition,
-        {**values, ":zero": 0, ":one": 1},
-        extra_set="attempts = if_not_exists(attempts, :zero) + :one",
-    )
-
-
-def renew(dynamo: Dynamo, item: Mapping[str, Any], owner: str, lease_until: int) -> bool:
-    """Extend ``owner``'s lease to ``lease_until``; False when it was reclaimed (the lease is lost)."""
-    return update(dynamo, item, {"lease_until": lease_until}, *mine(owner))
-
-
-def begin_send(dynamo: Dynamo, item: Mapping[str, Any], owner: str, now_epoch: int, channels: list[str]) -> bool:
-    """Mark that ``owner`` starts sending on ``channels`` now (the write-ahead marker): only while
-    its lease is live. After this, a lapsed lease means "outcome unknown", never "send again"."""
-    return update(
-        dynamo, item, {"send_began": now_epoch, "send_channels": list(channels)}, *mine_live(owner, now_epoch)
-    )
-
-
-def mark_sent(
-    dynamo: Dynamo,
-    item: Mapping[str, Any],
-    sent_utc: str,
-    channel: str,
-    owner: str | None = None,
-    now_epoch: int = 0,
-    channel_errors: str | None = None,
-) -> bool:
-    """-> ``sent`` with ``event_pending`` (the item stays in the due index until ``event_emitted``).
-
-    With ``owner``: conditional on its lease, or on the item having become ``unknown`` from that
-    owner's send (its late acceptance settles the unknown). Without: on the item being as found
-    (a delivery recorded by a dead dispatcher)."""
-    if owner is not None:
-        condition = "(#s = :sending AND lease_owner = :me) OR (#s = :unknown AND last_owner = :me)"
-        values: dict[str, Any] = {":sending": SENDING, ":unknown": UNKNOWN, ":me": owner}
-    else:
-        condition, values = as_found(item)
-    fields = {"status": SENT, "sent_utc": sent_utc, "channel": channel, "event_pending": True, "sent_wall": now_epoch}
-    if channel_errors:
-        fields["channel_errors"] = channel_errors
-    return update(dynamo, item, fields, condition, values, (*LEASE_KEYS, "failure_reason"))
-
-
-def event_emitted(dynamo: Dynamo, item: Mapping[str, Any]) -> bool:
-    """A sent item whose ``notification_sent`` the broker acknowledged: leaves the due index."""
-    return update(
-        dynamo,
-        item,
-        {"status": SENT},
-        "#s = :sent AND event_pending = :true",
-        {":sent": SENT, ":true": True},
-        ("event_pending", *DUE_INDEX_KEYS),
-    )
-
-
-def sent_item(item: Mapping[str, Any], sent_utc: str, channel: str) -> dict[str, Any]:
-    """The ``sent`` form of an item (due keys, lease and private ``_`` fields dropped), as a report or
-    the simulator shows it."""
-    done = {k: v for k, v in item.items() if k not in DUE_KEYS and k not in SEND_KEYS and not k.startswith("_")}
-    return {**done, "status": SENT, "sent_utc": sent_utc, "channel": channel}
-
-
-def expire(dynamo: Dynamo, item: Mapping[str, Any], reason: str) -> bool:
-    """A pending item found too late (or at send time inside quiet hours) -> ``expired`` with
-    ``failure_reason``; leaves the due index. Conditional on the item being as found."""
-    return update(dynamo, item, {"status": EXPIRED, "failure_reason": reason}, *as_found(item), DUE_KEYS)
-
-
-def expire_mine(dynamo: Dynamo, item: Mapping[str, Any], reason: str, owner: str) -> bool:
-    """A claimed item that may not be sent now (quiet hours at send time) -> ``expired``."""
-    return update(dynamo, item, {"status": EXPIRED, "failure_reason": reason}, *mine(owner), (*DUE_KEYS, *SEND_KEYS))
-
-
-def to_unknown(dynamo: Dynamo, item: Mapping[str, Any], reason: str, owner: str | None = None) -> bool:
-    """A send began and its outcome is not known -> ``unknown`` (kept in the due index for the
-    reconciler, ``last_owner`` names whose send it was). With ``owner``: that dispatcher saw the
-    uncertain outcome itself (timeout after accept); without: a reclaimer found a lapsed lease."""
-    last_owner = owner if owner is not None else item.get("lease_owner", "")
-    condition = mine(owner) if owner is not None else as_found(item)
-    fields = {"status": UNKNOWN, "failure_reason": reason, "last_owner": last_owner}
-    return update(dynamo, item, fields, *condition, LEASE_KEYS)
-
-
-def give_up(dynamo: Dynamo, item: Mapping[str, Any], reason: str, owner: str | None = None) -> bool:
-    """An ``unknown`` item the reconciler may not resend -> final ``unknown`` with the reason (leaves
-    the due index; nothing was resent). With ``owner``: from the reconciler's own claim."""
-    if owner is not None:
-        return update(dynamo, item, {"status": UNKNOWN, "failure_reason": reason}, *mine(owner), DUE_KEYS)
-    return update(dynamo, item, {"failure_reason": reason}, *as_found(item), DUE_KEYS)
-
-
-def close(dynamo: Dynamo, item: Mapping[str, Any], status: str, reason: str, owner: str) -> bool:
-    """A claimed item that must not be sent -> ``failed`` or ``cancelled`` with ``failure_reason``."""
-    if status not in (FAILED, CANCELLED):
-        raise ValueError(f"close moves an item to failed or cancelled, not {status!r}")
-    return update(dynamo, item, {"status": status, "failure_reason": reason}, *mine(owner), (*DUE_KEYS, *SEND_KEYS))
-
-
-def release(
-    dynamo: Dynamo,
-    item: Mapping[str, Any],
-    owner: str,
-    last_error: str,
-    delivered_channels: Iterable[str] = (),
-    due_at: str | None = None,
-    due_bucket: str | None = None,
-) -> bool:
-    """A claimed item not finished for a transient reason -> back to ``scheduled`` with
-    ``last_error``, for the next run. ``delivered_channels`` (those that accepted already) are
-    not sent again; ``due_at``/``due_bucket`` move it (the next allowed slot after quiet hours)."""
-    fields: dict[str, Any] = {"status": SCHEDULED, "last_error": last_error}
-    delivered = sorted(set(delivered_channels))
-    if delivered:
-        fields["delivered_channels"] = delivered
-    if due_at is not None and due_bucket is not None:
-        fields.update(due_at=due_at, due_bucket=due_bucket)
-    return update(dynamo, item, fields, *mine(owner), (*LEASE_KEYS, *SEND_KEYS))
-
-
 def cancel(dynamo: Dynamo, item: Mapping[str, Any], reason: str, cancelled_at: str) -> bool:
     """A still-``scheduled`` item -> ``cancelled`` with ``cancel_reason`` and ``cancelled_at``;
     leaves the due index. An item dispatch already leased or sent is left alone (False)."""
@@ -394,3 +238,243 @@ def delete_if_scheduled(dynamo: Dynamo, item: Mapping[str, Any]) -> bool:
         ConditionExpression="#s = :scheduled",
         **_only_if_scheduled(dynamo),
     )
+
+
+# ------------------------------------------------------------------------------ shard leases
+# Dispatch claims a whole due-index shard at a time: one conditional write on the shard's lease
+# record (``dispatch_leases``) instead of one per item. A lease carries a fencing token that
+# grows with every acquisition; each step of a batch under it (claim, begin, commit, end) is one
+# conditional write on (token, owner, still live), so a dispatcher whose lease ran out or was
+# taken over cannot begin or record a batch. The batch in flight (its items' keys, ``claimed``
+# or ``sending``) is written to the lease record before anything is sent: the next owner knows
+# which items a dead owner may have sent (``sending``: outcome unknown) and which it never
+# began (``claimed``: claim them again). Between those fenced steps the items themselves move by
+# batched puts (no conditional batch write exists), which only the lease holder makes.
+LEASES = "dispatch_leases"
+BATCH_CLAIMED, BATCH_SENDING = "claimed", "sending"
+
+
+def shard_of_bucket(bucket: str) -> str:
+    """The due-index shard (``<shard>``) of a due bucket ``<UTC day>#<shard>``."""
+    return str(bucket).rpartition("#")[2]
+
+
+def slice_of_bucket(bucket: str, slices: int) -> str:
+    """The dispatch slice (what one lease covers) of a due bucket: its shard modulo ``slices``.
+
+    A user's items are all in one shard, so in one slice: one owner at a time for any user,
+    which the send-time cap's day ledger relies on."""
+    return str(int(shard_of_bucket(bucket)) % slices)
+
+
+def shards_for(notifications_per_day: float, peak_minute_share: float, partition_wcu: int = 1000) -> int:
+    """Due-index shards so no index partition is asked for more than ``partition_wcu`` writes/s.
+
+    Each notification writes its due-index entry three times (planned, claimed, removed); the
+    heaviest load is a peak minute holding ``peak_minute_share`` of the day's notifications, all
+    claimed and removed within that minute, or the nightly planner writing the day in 45 minutes.
+    Rounded up to a power of two with 50 % headroom.
+    """
+    peak = notifications_per_day * peak_minute_share * 2 / 60
+    nightly = notifications_per_day / (45 * 60)
+    needed = max(peak, nightly) * 1.5 / partition_wcu
+    shards = 1
+    while shards < needed:
+        shards *= 2
+    return shards
+
+
+@dataclass(frozen=True)
+class ShardLease:
+    """A lease on one shard: whose, its fencing token, until when (wall-clock epoch s), and the
+    batch a previous owner left in flight (keys and whether it had begun sending)."""
+
+    shard: str
+    owner: str
+    token: int
+    until: int
+    left_keys: tuple[tuple[str, str], ...] = ()
+    left_state: str = ""
+    left_owner: str = ""
+    seen_through: str = ""
+
+
+def _lease_key(shard: str) -> dict[str, Any]:
+    return {"shard": str(shard)}
+
+
+def _flat(keys: Iterable[Mapping[str, Any]]) -> list[str]:
+    return [f"{k['user_id']}\t{k['send_at_campaign']}" for k in keys]
+
+
+def _unflat(values: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    return tuple(tuple(str(v).split("\t", 1)) for v in values)  # type: ignore[misc]
+
+
+def acquire_lease(
+    dynamo: Dynamo, shard: str, owner: str, now_epoch: int, lease_seconds: int, run_through: str = ""
+) -> ShardLease | None:
+    """Take the shard's lease for ``owner`` if nobody else holds it live; None when someone does.
+
+    A consistent read, then one conditional put on the token read: of racing acquirers exactly
+    one wins. The batch a previous owner left in flight stays in the record (and is returned)
+    until the new owner has settled it and begins its own. ``seen_through`` keeps the latest due
+    time any owner may have touched (``run_through``, the run's time): items due later were never
+    written by dispatch, so the due index's copy of them is as good as a read by key.
+    """
+    current = dynamo.get(LEASES, _lease_key(shard), consistent=True)
+    if current and current.get("owner") not in (None, "", owner) and int(current.get("lease_until", 0)) >= now_epoch:
+        return None
+    token = int((current or {}).get("token", 0)) + 1
+    record = {**(current or {}), "shard": str(shard), "owner": owner, "token": token}
+    record["lease_until"] = now_epoch + lease_seconds
+    seen_through = str((current or {}).get("seen_through") or "")
+    record["seen_through"] = max(seen_through, run_through)
+    if current is None:
+        request: dict[str, Any] = {
+            "ConditionExpression": "attribute_not_exists(#k)",
+            "ExpressionAttributeNames": {"#k": "shard"},
+        }
+    else:
+        request = {
+            "ConditionExpression": "#t = :seen",
+            "ExpressionAttributeNames": {"#t": "token"},
+            "ExpressionAttributeValues": dynamo.serialize({":seen": token - 1}),
+        }
+    if not dynamo.write_if("put", LEASES, Item=dynamo.serialize(record), **request):
+        return None
+    left_keys = _unflat(record.get("inflight") or []) if record.get("inflight_owner") != owner else ()
+    return ShardLease(
+        str(shard), owner, token, record["lease_until"], left_keys,
+        str(record.get("inflight_state") or ""), str(record.get("inflight_owner") or ""), seen_through,
+    )  # fmt: skip
+
+
+def _lease_update(
+    dynamo: Dynamo,
+    lease: ShardLease,
+    now_epoch: int,
+    set_values: Mapping[str, Any],
+    remove: Iterable[str] = (),
+) -> bool:
+    """One conditional update of the lease record: still ``lease``'s token and owner, and live."""
+    names = {"#t": "token", "#o": "owner", "#u": "lease_until"}
+    values: dict[str, Any] = {":token": lease.token, ":owner": lease.owner, ":now": now_epoch}
+    parts = []
+    for number, (name, value) in enumerate(set_values.items()):
+        names[f"#a{number}"] = name
+        values[f":a{number}"] = value
+        parts.append(f"#a{number} = :a{number}")
+    expression = "SET " + ", ".join(parts)
+    removals = list(remove)
+    if removals:
+        expression += " REMOVE " + ", ".join(removals)
+    return dynamo.write_if(
+        "update",
+        LEASES,
+        Key=dynamo.serialize(_lease_key(lease.shard)),
+        UpdateExpression=expression,
+        ConditionExpression="#t = :token AND #o = :owner AND #u >= :now",
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues=dynamo.serialize(values),
+    )
+
+
+def renew_lease(dynamo: Dynamo, lease: ShardLease, now_epoch: int, lease_seconds: int) -> bool:
+    """Extend a live lease to now + ``lease_seconds``; False when it ran out or was taken over."""
+    return _lease_update(dynamo, lease, now_epoch, {"lease_until": now_epoch + lease_seconds})
+
+
+def claim_batch(
+    dynamo: Dynamo, lease: ShardLease, keys: Iterable[Mapping[str, Any]], now_epoch: int, lease_seconds: int
+) -> bool:
+    """Record the batch about to be claimed (its keys, ``claimed``: nothing sent yet) under a live lease."""
+    fields = {"lease_until": now_epoch + lease_seconds, "inflight": _flat(keys), "inflight_state": BATCH_CLAIMED,
+              "inflight_owner": lease.owner, "inflight_at": now_epoch}  # fmt: skip
+    return _lease_update(dynamo, lease, now_epoch, fields)
+
+
+def begin_batch(dynamo: Dynamo, lease: ShardLease, now_epoch: int, lease_seconds: int) -> bool:
+    """The write-ahead mark of a batch: from here on a lapsed lease means "outcome unknown", never
+    "send again". Only while the lease is live."""
+    fields = {"lease_until": now_epoch + lease_seconds, "inflight_state": BATCH_SENDING, "inflight_at": now_epoch}
+    return _lease_update(dynamo, lease, now_epoch, fields)
+
+
+def end_batch(dynamo: Dynamo, lease: ShardLease, now_epoch: int, release: bool = False) -> bool:
+    """The batch is settled: forget it (and with ``release`` give the shard up for the next run)."""
+    fields: dict[str, Any] = {"lease_until": 0} if release else {"inflight_at": now_epoch}
+    return _lease_update(dynamo, lease, now_epoch, fields, ("inflight", "inflight_state", "inflight_owner"))
+
+
+# ------------------------------------------------------------------------ states, written in batches
+def _clean(item: Mapping[str, Any], drop: Iterable[str]) -> dict[str, Any]:
+    dropped = set(drop)
+    return {k: v for k, v in item.items() if k not in dropped and not str(k).startswith("_")}
+
+
+def claimed_state(
+    item: Mapping[str, Any], lease: ShardLease, channels: Iterable[str], now_epoch: int
+) -> dict[str, Any]:
+    """``sending`` under ``lease`` (its owner and token), with the channels about to be sent on and
+    the moment the batch begins (``send_began``), the attempt counted."""
+    state = _clean(item, ("failure_reason",))
+    state.update(
+        status=SENDING, lease_owner=lease.owner, lease_until=lease.until, lease_token=lease.token,
+        send_began=now_epoch, send_channels=list(channels), attempts=int(item.get("attempts", 0)) + 1,
+    )  # fmt: skip
+    return state
+
+
+def sent_state(
+    item: Mapping[str, Any], sent_utc: str, channel: str, channel_errors: str | None, event_out: bool, now_epoch: int
+) -> dict[str, Any]:
+    """``sent``; out of the due index when its event is out, else ``event_pending`` (kept in it)."""
+    drop = (*LEASE_KEYS, "lease_token", *SEND_KEYS, "failure_reason", "last_error", "event_pending")
+    state = _clean(item, (*drop, *DUE_INDEX_KEYS) if event_out else drop)
+    state.update(status=SENT, sent_utc=sent_utc, channel=channel, sent_wall=now_epoch)
+    if channel_errors:
+        state["channel_errors"] = channel_errors
+    if not event_out:
+        state["event_pending"] = True
+    return state
+
+
+def closed_state(item: Mapping[str, Any], status: str, reason: str) -> dict[str, Any]:
+    """``failed``, ``cancelled`` or ``expired`` with the reason; out of the due index."""
+    if status not in (FAILED, CANCELLED, EXPIRED):
+        raise ValueError(f"a closed state is failed, cancelled or expired, not {status!r}")
+    state = _clean(item, (*DUE_KEYS, "lease_token", *SEND_KEYS))
+    state.update(status=status, failure_reason=reason)
+    return state
+
+
+def released_state(
+    item: Mapping[str, Any],
+    last_error: str,
+    delivered_channels: Iterable[str] = (),
+    due_at: str | None = None,
+    due_bucket: str | None = None,
+) -> dict[str, Any]:
+    """Back to ``scheduled`` for a later run (as ``release``), optionally moved to another slot."""
+    state = _clean(item, (*LEASE_KEYS, "lease_token", *SEND_KEYS))
+    state.update(status=SCHEDULED, last_error=last_error)
+    delivered = sorted(set(delivered_channels))
+    if delivered:
+        state["delivered_channels"] = delivered
+    if due_at is not None and due_bucket is not None:
+        state.update(due_at=due_at, due_bucket=due_bucket)
+    return state
+
+
+def unknown_state(item: Mapping[str, Any], reason: str, last_owner: str, final: bool = False) -> dict[str, Any]:
+    """``unknown`` with the reason and whose send it was; kept in the due index for the reconciler
+    unless ``final`` (the reconciler gave up: nothing resent)."""
+    state = _clean(item, (*(DUE_KEYS if final else LEASE_KEYS), "lease_token"))
+    state.update(status=UNKNOWN, failure_reason=reason, last_owner=last_owner)
+    return state
+
+
+def put_states(dynamo: Dynamo, states: Iterable[Mapping[str, Any]]) -> int:
+    """Write items' new states (batched puts; only a shard's lease holder calls this)."""
+    return dynamo.put_items(SCHEDULE, states)

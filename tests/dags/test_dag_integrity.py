@@ -128,6 +128,8 @@ def test_dispatch_takes_one_worker_launch_a_minute(dagbag) -> None:
     dag = dagbag.dags["notify_dispatch"]
     assert [t.task_id for t in dag.tasks] == ["dispatch"]
     assert not any(isinstance(t, BaseSensorOperator) for t in dag.tasks)
+    # Mapped over NOTIFY_DISPATCH_TASKS parts of the slices (default 1: one launch a minute).
+    assert dag.task_dict["dispatch"].is_mapped
 
 
 def test_every_task_body_is_one_call_into_include() -> None:

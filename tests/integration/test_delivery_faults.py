@@ -108,7 +108,7 @@ def dispatcher_process(config: NotifyConfig, proxy: BufferingProxy, now: datetim
             "--topic-prefix", config.topic_prefix, "--shards", str(config.schedule_shards),
             "--lease", str(config.lease_seconds), "--now", now.isoformat()]  # fmt: skip
     for name, value in flags.items():
-        argv += [f"--{name.replace('_', '-')}", str(value)]
+        argv += [f"--{name.replace('_', '-')}"] + ([str(value)] if value != "" else [])
     return subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -165,13 +165,15 @@ def test_a_send_blocked_past_the_lease_keeps_it_by_renewal_and_a_second_dispatch
     thread.start()
     assert receiver.holding.wait(20)
     time.sleep(LEASE + 1.5)  # the lease the first dispatcher took would have run out by now
+    # The other shards were sent meanwhile; the held item's shard is still the first one's.
+    held_shard = [i for i in items if i["due_bucket"] == items[0]["due_bucket"]]
     second = Dispatcher(config, dynamo, [WebhookChannel(config)], KafkaEventSink(config), owner="second").run(now)
     assert second.get("claimed", 0) == 0
-    assert second["leased_elsewhere"] == 20
+    assert second["leased_elsewhere"] == len(held_shard)
     receiver.hold.set()
     thread.join(60)
     assert first_counts["sent"] == 20
-    assert first_counts["lease_renewals"] >= 20
+    assert first_counts["lease_renewals"] >= 2  # the held shard's lease, renewed every second
     assert set(receiver.received.values()) == {1}
     assert_contract(config, dynamo, receiver, None, 20)
 
@@ -185,15 +187,18 @@ def test_a_frozen_dispatcher_that_lost_its_lease_records_and_sends_nothing_more(
     receiver.held_keys = {held}
     receiver.hold.clear()
     config = fconfig.replace(webhook_url=receiver.url)
-    frozen = dispatcher_process(config, proxy, now, webhook=receiver.url, webhook_timeout=60, owner="frozen")
+    # One shard at a time: the held item's shard (#0) is the first, the others wait behind it.
+    held_shard = [i for i in items if i["due_bucket"] == items[0]["due_bucket"]]
+    frozen = dispatcher_process(config, proxy, now, webhook=receiver.url, webhook_timeout=60, owner="frozen", workers=1)
     try:
         assert receiver.holding.wait(60), frozen.stderr.read() if frozen.poll() is not None else "no request"
         time.sleep(0.5)
         frozen.send_signal(signal.SIGSTOP)  # no renewals from here on: its leases run out
         time.sleep(LEASE + 1.5)
         second = Dispatcher(config, dynamo, [WebhookChannel(config)], KafkaEventSink(config), owner="second").run(now)
-        # The frozen one had begun every send: outcome unknown, resent only because the webhook deduplicates.
-        assert second["reconcile_resends"] == 20
+        # The frozen one had begun its batch: outcome unknown, resent only because the webhook
+        # deduplicates; the shards it never reached are sent as usual.
+        assert second["reconcile_resends"] == len(held_shard)
         assert second["sent"] == 20
         receiver.hold.set()
         frozen.send_signal(signal.SIGCONT)
@@ -203,7 +208,7 @@ def test_a_frozen_dispatcher_that_lost_its_lease_records_and_sends_nothing_more(
             frozen.kill()
     late = json.loads(out.strip().splitlines()[-1])
     assert late.get("sent", 0) == 0, (late, err)  # it recorded nothing once the lease was gone
-    assert late["lost_lease"] == 20
+    assert late["lost_lease"] == len(held_shard)
     assert late.get("events_emitted", 0) == 0
     assert receiver.received[held] == 2  # once from each: the receiver kept one
     found = assert_contract(config, dynamo, receiver, None, 20)
@@ -216,31 +221,35 @@ def test_a_dispatcher_sigkilled_right_after_a_channel_accept_then_a_normal_run_r
     fconfig: NotifyConfig, dynamo: Dynamo, receiver: ReceivingServer, proxy: BufferingProxy, tmp_path: Path
 ) -> None:
     """Webhook (deduplicating) then the accept log (not): the process SIGKILLs itself right after
-    the accept log's 10th accept. What was in flight is reported unknown, never resent."""
+    the accept log's 5th accept, in the middle of its first batch (shard #0, 10 items; one shard
+    at a time). What was in flight is reported unknown, never resent."""
     now = now_utc()
-    seed(dynamo, fconfig, 40, now - timedelta(minutes=1))
+    items = seed(dynamo, fconfig, 40, now - timedelta(minutes=1))
     config = fconfig.replace(webhook_url=receiver.url)
     log = tmp_path / "accepts.log"
-    killed = dispatcher_process(config, proxy, now, webhook=receiver.url, accept_log=log, kill_after=10, chunk=20)
+    killed = dispatcher_process(
+        config, proxy, now, webhook=receiver.url, accept_log=log, kill_after=5, chunk=20, workers=1
+    )
     _, err = killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL, err
     before = schedule_now(dynamo)
     in_flight = {n for n, i in before.items() if i["status"] == "sending" and i.get("send_began")}
-    assert len(in_flight) == 20  # the first chunk had begun; the second was never claimed
-    assert sum(accepted_ids(log).values()) == 10
+    assert in_flight == {i["notification_id"] for i in items if i["due_bucket"].endswith("#0")}
+    assert len(in_flight) == 10  # the first shard's batch had begun; the other shards were never claimed
+    assert sum(accepted_ids(log).values()) == 5
     accepted_before = accepted_ids(log)
 
     time.sleep(LEASE + 1)  # the dead dispatcher's leases lapse
     channels = [WebhookChannel(config), AcceptLogChannel(log)]
     counts = Dispatcher(config, dynamo, channels, KafkaEventSink(config), backoff_seconds=0.01).run(now)
     found = assert_contract(config, dynamo, receiver, log, 40)
-    assert counts["unknown"] == 20
+    assert counts["unknown"] == 10
     for name in in_flight:
         assert found[name]["status"] == "unknown"
         assert "not resent: acceptlog does not deduplicate" in found[name]["failure_reason"]
         assert "began" in found[name]["failure_reason"]
         assert accepted_ids(log)[name] == accepted_before[name]  # not one more line
-    assert Counter(i["status"] for i in found.values()) == {"unknown": 20, "sent": 20}
+    assert Counter(i["status"] for i in found.values()) == {"unknown": 10, "sent": 30}
     # What an analyst sees for one of them (`notify deliveries USER`).
     name = sorted(in_flight)[0]
     view = describe_deliveries(config, dynamo, found[name]["user_id"])
@@ -253,20 +262,22 @@ def test_a_dispatcher_sigkilled_after_webhook_accepts_is_resent_because_the_rece
     fconfig: NotifyConfig, dynamo: Dynamo, receiver: ReceivingServer, proxy: BufferingProxy
 ) -> None:
     """Only the deduplicating webhook; the receiving server SIGKILLs the dispatcher right after its
-    5th accept. The reconciler resends what was in flight, the receiver keeps one copy of each."""
+    5th accept (in its first batch: shard #0, 8 items). The reconciler resends what was in flight,
+    the receiver keeps one copy of each."""
     now = now_utc()
-    seed(dynamo, fconfig, 30, now - timedelta(minutes=1))
+    items = seed(dynamo, fconfig, 30, now - timedelta(minutes=1))
+    first_batch = [i for i in items if i["due_bucket"].endswith("#0")]
     config = fconfig.replace(webhook_url=receiver.url)
-    killed = dispatcher_process(config, proxy, now, webhook=receiver.url, chunk=15)
+    killed = dispatcher_process(config, proxy, now, webhook=receiver.url, chunk=15, workers=1)
     receiver.kill_pid, receiver.kill_after = killed.pid, 5
     _, err = killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL, err
     received_before = sum(receiver.received.values())
-    assert 5 <= received_before <= 15
+    assert 5 <= received_before <= len(first_batch)
     assert dynamo.count("deliveries") == 0
     time.sleep(LEASE + 1)
     counts = Dispatcher(config, dynamo, [WebhookChannel(config)], KafkaEventSink(config)).run(now)
-    assert counts["reconcile_resends"] == 15
+    assert counts["reconcile_resends"] == len(first_batch)
     found = assert_contract(config, dynamo, receiver, None, 30)
     assert Counter(i["status"] for i in found.values()) == {"sent": 30}
     assert len(receiver.unique) == 30
@@ -352,3 +363,104 @@ def test_a_planner_rerun_while_items_are_sending_never_turns_them_back_into_sche
     assert Counter(i["status"] for i in found.values()) == {"sent": 60}
     assert set(server.received.values()) == {1}
     assert sum(accepted_ids(log).values()) == 60
+
+
+# ------------------------------------------------------------------- the slice lease itself
+def _lease(dynamo: Dynamo, slice_id: str) -> dict:
+    return dynamo.get("dispatch_leases", {"shard": slice_id}, consistent=True) or {}
+
+
+def _wait_stopped(process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"exited {process.returncode}: {process.stderr.read()}")
+        state = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "T":
+            return
+        time.sleep(0.05)
+    raise AssertionError("the dispatcher never stopped itself")
+
+
+def test_a_slice_owner_sigkilled_mid_batch_leaves_its_committed_batch_sent_and_its_batch_in_flight_unknown(
+    fconfig: NotifyConfig, dynamo: Dynamo, receiver: ReceivingServer, proxy: BufferingProxy, tmp_path: Path
+) -> None:
+    """One slice at a time, batches of 4: slice 0 (10 items) goes out as 4 + 4 + 2. The process
+    SIGKILLs itself at the non-deduplicating channel's 6th accept, in the middle of the second
+    batch. The first batch stays sent, the lease record names the batch in flight; the owner that
+    takes the slice over reports those unknown (never resent on the accept log) and sends the rest."""
+    now = now_utc()
+    items = seed(dynamo, fconfig, 40, now - timedelta(minutes=1))
+    config = fconfig.replace(webhook_url=receiver.url)
+    log = tmp_path / "accepts.log"
+    killed = dispatcher_process(
+        config, proxy, now, webhook=receiver.url, accept_log=log, kill_after=6, chunk=4, workers=1, owner="doomed"
+    )
+    _, err = killed.communicate(timeout=120)
+    assert killed.returncode == -signal.SIGKILL, err
+    before = schedule_now(dynamo)
+    assert Counter(i["status"] for i in before.values()) == {"sent": 4, "sending": 4, "scheduled": 32}
+    lease = _lease(dynamo, "0")
+    in_flight = {tuple(k.split("\t")) for k in lease["inflight"]}
+    assert lease["owner"] == "doomed"
+    assert lease["token"] == 1
+    assert lease["inflight_state"] == "sending"
+    assert in_flight == {(i["user_id"], i["send_at_campaign"]) for i in before.values() if i["status"] == "sending"}
+    assert sum(accepted_ids(log).values()) == 6
+
+    time.sleep(LEASE + 1)  # the dead owner's lease lapses; nobody renews it
+    channels = [WebhookChannel(config), AcceptLogChannel(log)]
+    counts = Dispatcher(config, dynamo, channels, KafkaEventSink(config), owner="next", backoff_seconds=0.01).run(now)
+    found = assert_contract(config, dynamo, receiver, log, 40)
+    assert counts["unknown"] == 4
+    assert counts["sent"] == 32
+    assert Counter(i["status"] for i in found.values()) == {"sent": 36, "unknown": 4}
+    assert all(accepted_ids(log)[n] <= 1 for n in found)  # nothing twice on the channel that does not deduplicate
+    assert {n for n, i in found.items() if i["status"] == "unknown"} == {
+        i["notification_id"] for i in items if (i["user_id"], i["send_at_campaign"]) in in_flight
+    }
+    after = _lease(dynamo, "0")
+    assert after["token"] == 2
+    assert after["owner"] == "next"
+    assert "inflight" not in after
+
+
+def test_a_slice_owner_frozen_between_claim_and_begin_is_fenced_off_and_the_next_owner_sends_its_batch_once(
+    fconfig: NotifyConfig, dynamo: Dynamo, receiver: ReceivingServer, proxy: BufferingProxy, tmp_path: Path
+) -> None:
+    """The first owner stops itself right after claiming its first batch (items ``sending``, batch
+    ``claimed`` in the lease record) and stays frozen past its lease. A second owner takes the slice
+    over (a new fencing token), claims the never-begun batch again and sends it with everything else.
+    Woken up, the first owner's begin is refused by the token: it sends and records nothing."""
+    now = now_utc()
+    items = seed(dynamo, fconfig, 20, now - timedelta(minutes=1))
+    first_batch = {i["notification_id"] for i in items if i["due_bucket"].endswith("#0")}
+    config = fconfig.replace(webhook_url=receiver.url)
+    log = tmp_path / "accepts.log"
+    frozen = dispatcher_process(
+        config, proxy, now, webhook=receiver.url, accept_log=log, workers=1, owner="frozen", stop_after_claim=""
+    )
+    try:
+        _wait_stopped(frozen)
+        claimed = schedule_now(dynamo)
+        assert {n for n, i in claimed.items() if i["status"] == "sending"} == first_batch
+        assert _lease(dynamo, "0")["inflight_state"] == "claimed"
+        time.sleep(LEASE + 1.5)  # its lease runs out while it is frozen
+        channels = [WebhookChannel(config), AcceptLogChannel(log)]
+        second = Dispatcher(config, dynamo, channels, KafkaEventSink(config), owner="second").run(now)
+        assert second["sent"] == 20
+        assert _lease(dynamo, "0")["token"] == 2
+        frozen.send_signal(signal.SIGCONT)
+        out, err = frozen.communicate(timeout=60)
+    finally:
+        if frozen.poll() is None:
+            frozen.kill()
+    late = json.loads(out.strip().splitlines()[-1])
+    assert late.get("sent", 0) == 0, (late, err)
+    assert late["lost_lease"] == len(first_batch)
+    found = assert_contract(config, dynamo, receiver, log, 20)
+    assert Counter(i["status"] for i in found.values()) == {"sent": 20}
+    assert set(accepted_ids(log).values()) == {1}
+    assert len(accepted_ids(log)) == 20
+    assert set(receiver.received.values()) == {1}
+    assert {n for n, i in found.items() if i["attempts"] == 2} == first_batch  # claimed twice, sent once

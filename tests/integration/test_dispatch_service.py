@@ -15,6 +15,7 @@ import pytest
 from include.notify.analyst.views import describe_deliveries, describe_plan, status_counts
 from include.notify.config import REPO_ROOT, NotifyConfig
 from include.notify.io.dynamo import Dynamo
+from include.notify.schedule import slice_of_bucket
 from include.notify.stages.channels import InboxChannel, Message, PermanentChannelError, TransientChannelError
 from include.notify.stages.dispatch import (
     Dispatcher,
@@ -180,9 +181,9 @@ from include.notify.io.dynamo import Dynamo
 config = NotifyConfig(table_prefix=sys.argv[1], dynamodb_endpoint_url=sys.argv[2], schedule_shards=int(sys.argv[3]))
 dynamo = Dynamo.from_config(config)
 def die(items):
-    print(len(items), flush=True)
-    os.kill(os.getpid(), signal.SIGKILL)  # killed between claim and send
-Dispatcher(config, dynamo, channels=[], after_claim=die, owner="doomed").run(datetime.fromisoformat(sys.argv[4]), limit=15)
+    print(items[0]["due_bucket"], len(items), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # killed between the claim of its first batch and the send
+Dispatcher(config, dynamo, channels=[], after_claim=die, owner="doomed", workers=1).run(datetime.fromisoformat(sys.argv[4]))
 """
 
 
@@ -206,9 +207,11 @@ def test_two_dispatchers_and_a_killed_one_deliver_everything_exactly_once(config
         check=False,
     )
     assert killed.returncode == -9, killed.stderr
-    claimed_by_killed = int(killed.stdout.strip().splitlines()[-1])
-    assert claimed_by_killed == 15
-    assert Counter(statuses(dynamo).values()) == {"scheduled": 45, "sending": 15}
+    bucket, claimed = killed.stdout.strip().splitlines()[-1].split()
+    doomed = slice_of_bucket(bucket, config.dispatch_slices)
+    in_doomed_slice = [i for i in items if slice_of_bucket(i["due_bucket"], config.dispatch_slices) == doomed]
+    assert int(claimed) == len(in_doomed_slice) >= 1  # the whole slice was its first batch
+    assert Counter(statuses(dynamo).values()) == {"scheduled": 60 - int(claimed), "sending": int(claimed)}
 
     recorder, events = Recorder(), ListEventSink()
     results: list[dict[str, int]] = []
@@ -223,22 +226,25 @@ def test_two_dispatchers_and_a_killed_one_deliver_everything_exactly_once(config
         thread.start()
     for thread in threads:
         thread.join()
-    assert sum(r.get("sent", 0) for r in results) == 45
-    assert sum(r.get("leased_elsewhere", 0) for r in results) == 30  # each saw the killed one's 15
+    # The dead one's slice stays leased until its lease lapses; everything else went out once.
+    assert sum(r.get("sent", 0) for r in results) == 60 - len(in_doomed_slice)
+    assert all(r["leased_elsewhere"] >= len(in_doomed_slice) for r in results)
+    assert not {i["notification_id"] for i in in_doomed_slice} & set(recorder.sent)
 
-    # The killed dispatcher's lease lapses; the next run reclaims and sends its items.
+    # The killed dispatcher's lease lapses; the next run takes the slice over, finds the batch it
+    # claimed but never began, claims it again and sends it.
     # (Leases are on the wall clock: the recovering dispatcher's clock runs a lease ahead.)
     later = NOW + timedelta(seconds=config.lease_seconds + 60)
     ahead = lambda: time.time() + config.lease_seconds + 60  # noqa: E731
     recovery = Dispatcher(config, dynamo, [InboxChannel(dynamo), recorder], events, clock=ahead).run(later)
-    assert recovery["sent"] == 15
+    assert recovery["sent"] == len(in_doomed_slice)
     assert len(recorder.sent) == len(items) == 60
     assert set(recorder.sent.values()) == {1}
     assert Counter(statuses(dynamo).values()) == {"sent": 60}
     assert dynamo.count("deliveries") == 60
     assert len({e["notification_id"] for e in events.events}) == len(events.events) == 60
     reclaimed = [i for i in dynamo.scan("notification_schedule") if i["attempts"] == 2]
-    assert len(reclaimed) == 15
+    assert len(reclaimed) == len(in_doomed_slice)
 
 
 def test_a_crash_after_recording_is_finished_without_sending_again(config: NotifyConfig, dynamo: Dynamo) -> None:

@@ -116,7 +116,8 @@ def test_a_run_late_by_minutes_around_22_local_sends_nothing_inside_quiet_hours(
     )
     assert on_time.get("sent") == 3  # a run on time (21:59) sends all three before 22:00
     # Again, with every item still due and a run 11 minutes late:
-    dynamo.delete_tables()
+    config = config.replace(table_prefix=f"{config.table_prefix}late_")
+    dynamo = Dynamo.from_config(config)
     dynamo.create_tables()
     dynamo.put_items("users", [{"user_id": u, "name": "Asha Rao", "timezone": "Asia/Kolkata"} for u in "ABCD"])
     dynamo.put_items("campaigns", [campaign("C1")])
@@ -233,6 +234,10 @@ def test_a_channel_that_failed_while_another_accepted_is_retried_on_its_own(
         def send(self, message: Message) -> None:
             self.calls[message.notification_id] += 1
             super().send(message)
+
+        def send_many(self, messages: list[Message]) -> list:
+            self.calls.update(m.notification_id for m in messages)
+            return super().send_many(messages)
 
     inbox, push, events = CountingInbox(dynamo), FlakyOnce(), ListEventSink()
     run = Dispatcher(config, dynamo, [inbox, push], events, send_attempts=1, backoff_seconds=0.0)

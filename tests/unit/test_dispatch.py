@@ -133,7 +133,7 @@ def test_an_unknown_outcome_is_retried_only_on_a_deduplicating_channel() -> None
     from concurrent.futures import ThreadPoolExecutor
 
     from include.notify.stages.channels import UnknownOutcomeError
-    from include.notify.stages.dispatch_send import send_all
+    from include.notify.stages.dispatch_channels import send_all
 
     message = build_message(ITEM, USER, CAMPAIGN, None, NOW)
     timeout = UnknownOutcomeError("x", ITEM["notification_id"], "timeout after accept")
@@ -177,3 +177,13 @@ def test_the_planner_keeps_a_margin_before_quiet_hours() -> None:
     assert not blocked[0, 20]
     assert blocked[0, 22]
     assert not blocked[0, 8]
+
+
+def test_mapped_dispatch_tasks_split_the_slices_so_no_two_contend_for_one() -> None:
+    from include.notify.stages.dispatch import dispatch_parts
+
+    config = NotifyConfig(schedule_shards=32, dispatch_slices=8, dispatch_tasks=3)
+    parts = [due_buckets(config, NOW, 24, part) for part in dispatch_parts(config)]
+    assert sorted(b for buckets in parts for b in buckets) == sorted(due_buckets(config, NOW, 24))
+    slices = [{int(b.rpartition("#")[2]) % 8 for b in buckets} for buckets in parts]
+    assert slices == [{0, 3, 6}, {1, 4, 7}, {2, 5}]

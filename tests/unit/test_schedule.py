@@ -52,24 +52,16 @@ def dynamo(error_code: str | None = None) -> Dynamo:
 
 
 TRANSITIONS = {
-    "claim": lambda d: schedule.claim(d, ITEM, "me", 100),
-    "expire": lambda d: schedule.expire(d, ITEM, "late"),
-    "mark_sent": lambda d: schedule.mark_sent(d, ITEM, "2026-11-25T09:07:00Z", "inbox"),
-    "mark_sent_by_owner": lambda d: schedule.mark_sent(d, ITEM, "2026-11-25T09:07:00Z", "inbox", owner="me"),
-    "close": lambda d: schedule.close(d, ITEM, "failed", "bounced", "me"),
-    "release": lambda d: schedule.release(d, ITEM, "me", "timeout"),
-    "release_partial": lambda d: schedule.release(d, ITEM, "me", "kafka: 503", ["inbox"]),
-    "renew": lambda d: schedule.renew(d, ITEM, "me", 200),
-    "begin_send": lambda d: schedule.begin_send(d, ITEM, "me", 150, ["inbox", "kafka"]),
-    "event_emitted": lambda d: schedule.event_emitted(d, ITEM),
-    "to_unknown": lambda d: schedule.to_unknown(d, {**ITEM, "status": "sending", "lease_until": 5}, "lapsed"),
-    "to_unknown_by_owner": lambda d: schedule.to_unknown(d, ITEM, "timeout after send", owner="me"),
-    "give_up": lambda d: schedule.give_up(d, {**ITEM, "status": "unknown"}, "not resent"),
-    "give_up_by_owner": lambda d: schedule.give_up(d, ITEM, "not resent", owner="me"),
-    "expire_mine": lambda d: schedule.expire_mine(d, ITEM, "22:03 local is quiet", "me"),
     "cancel": lambda d: schedule.cancel(d, ITEM, "order p1", "2026-11-25T08:00:00Z"),
     "put_if_scheduled": lambda d: schedule.put_if_scheduled(d, ITEM),
     "delete_if_scheduled": lambda d: schedule.delete_if_scheduled(d, ITEM),
+}
+LEASE = schedule.ShardLease("3", "me", 7, 200)
+LEASE_STEPS = {
+    "renew_lease": lambda d: schedule.renew_lease(d, LEASE, 150, 120),
+    "claim_batch": lambda d: schedule.claim_batch(d, LEASE, [ITEM], 150, 120),
+    "begin_batch": lambda d: schedule.begin_batch(d, LEASE, 150, 120),
+    "end_batch": lambda d: schedule.end_batch(d, LEASE, 150, release=True),
 }
 
 
@@ -85,72 +77,98 @@ def test_every_transition_is_one_conditional_write_false_when_another_writer_won
         TRANSITIONS[name](dynamo("ProvisionedThroughputExceededException"))
 
 
-def _written(request: dict[str, Any]) -> tuple[dict[str, str], str]:
-    """(attribute name -> placeholder value) of the SET part, and the REMOVE part."""
-    names, values = request["ExpressionAttributeNames"], request["ExpressionAttributeValues"]
-    set_part, _, remove = request["UpdateExpression"].removeprefix("SET ").partition(" REMOVE ")
-    written = {}
-    for assignment in set_part.split(", "):
-        name, _, value = assignment.partition(" = ")
-        if name in names:
-            written[names[name]] = values[value]["S"] if "S" in values[value] else values[value]
-    return written, remove
+@pytest.mark.parametrize("name", sorted(LEASE_STEPS))
+def test_every_step_under_a_slice_lease_is_fenced_by_its_token_owner_and_liveness(name: str) -> None:
+    ok = dynamo()
+    assert LEASE_STEPS[name](ok) is True
+    ((action, request),) = ok.client.requests
+    assert action == "update"
+    assert request["TableName"] == NotifyConfig().table_name("dispatch_leases")
+    assert request["ConditionExpression"] == "#t = :token AND #o = :owner AND #u >= :now"
+    assert request["ExpressionAttributeValues"][":token"] == {"N": "7"}
+    assert request["ExpressionAttributeValues"][":owner"] == {"S": "me"}
+    assert request["ExpressionAttributeValues"][":now"] == {"N": "150"}
+    assert LEASE_STEPS[name](dynamo("ConditionalCheckFailedException")) is False
 
 
-def test_the_reasons_are_written_under_the_names_analysts_read() -> None:
-    cases = {
-        "cancel": ({"status": "cancelled", "cancel_reason": "order p1", "cancelled_at": "2026-11-25T08:00:00Z"},
-                   "due_bucket, due_at"),
-        "expire": ({"status": "expired", "failure_reason": "late"}, "due_bucket, due_at, lease_until, lease_owner"),
-        "close": ({"status": "failed", "failure_reason": "bounced"},
-                  "due_bucket, due_at, lease_until, lease_owner, send_began, send_channels"),
-        "release": ({"status": "scheduled", "last_error": "timeout"}, "lease_until, lease_owner, send_began, send_channels"),
-        "to_unknown_by_owner": ({"status": "unknown", "failure_reason": "timeout after send", "last_owner": "me"},
-                                "lease_until, lease_owner"),
-        "give_up": ({"failure_reason": "not resent"}, "due_bucket, due_at, lease_until, lease_owner"),
-        "event_emitted": ({"status": "sent"}, "event_pending, due_bucket, due_at"),
-    }  # fmt: skip
-    for name, (expected, removed) in cases.items():
-        fake = dynamo()
-        TRANSITIONS[name](fake)
-        assert _written(fake.client.requests[0][1]) == (expected, removed), name
+class LeaseTable(FakeClient):
+    """The lease record the conditional writes act on (one shard), for acquire_lease."""
+
+    def __init__(self, record: dict[str, Any] | None) -> None:
+        super().__init__()
+        self.record = record
+
+    def get_item(self, **request: Any) -> dict[str, Any]:
+        return {"Item": self.record} if self.record else {}
 
 
-def test_writes_after_a_claim_need_the_lease_and_a_send_needs_it_live() -> None:
-    def condition(name: str) -> tuple[str, dict[str, Any]]:
-        fake = dynamo()
-        TRANSITIONS[name](fake)
-        request = fake.client.requests[0][1]
-        return request["ConditionExpression"], request["ExpressionAttributeValues"]
+def test_a_slice_lease_is_taken_only_when_free_or_lapsed_and_hands_over_the_batch_left_in_flight() -> None:
+    d = dynamo()
+    live = {"shard": "3", "owner": "other", "token": 4, "lease_until": 500}
+    d.client = LeaseTable(d.serialize(live))
+    assert schedule.acquire_lease(d, "3", "me", 400, 120) is None  # someone else holds it live
+    assert d.client.requests == []
+    left = {**live, "lease_until": 300, "inflight": ["U1\t2026-11-25T09:07:00Z#C1"], "inflight_state": "sending",
+            "inflight_owner": "other", "seen_through": "2026-11-25T09:08:00Z"}  # fmt: skip
+    d.client = LeaseTable(d.serialize(left))
+    lease = schedule.acquire_lease(d, "3", "me", 400, 120, "2026-11-25T09:07:30Z")
+    assert lease is not None
+    assert (lease.token, lease.until, lease.left_state, lease.left_owner) == (5, 520, "sending", "other")
+    assert lease.left_keys == (("U1", "2026-11-25T09:07:00Z#C1"),)
+    assert lease.seen_through == "2026-11-25T09:08:00Z"
+    ((action, request),) = d.client.requests
+    assert action == "put"
+    assert request["ConditionExpression"] == "#t = :seen"  # exactly one of racing acquirers wins
+    assert request["ExpressionAttributeValues"][":seen"] == {"N": "4"}
+    assert request["Item"]["seen_through"] == {"S": "2026-11-25T09:08:00Z"}  # never moves back
+    d.client = LeaseTable(None)
+    first = schedule.acquire_lease(d, "3", "me", 400, 120, "2026-11-25T09:07:30Z")
+    assert first is not None
+    assert first.token == 1
+    assert first.left_keys == ()
+    assert d.client.requests[0][1]["ConditionExpression"] == "attribute_not_exists(#k)"
 
-    for name in ("close", "release", "renew", "expire_mine", "to_unknown_by_owner", "give_up_by_owner"):
-        expression, values = condition(name)
-        assert expression.startswith("#s = :sending AND lease_owner = :me"), name
-        assert values[":me"] == {"S": "me"}
-    expression, values = condition("begin_send")
-    assert expression.endswith("AND lease_until > :wall")
-    assert values[":wall"] == {"N": "150"}
-    # The owner's own late acceptance may settle an item a reclaimer made unknown.
-    expression, _ = condition("mark_sent_by_owner")
-    assert expression == "(#s = :sending AND lease_owner = :me) OR (#s = :unknown AND last_owner = :me)"
-    # A reclaim names the lease it found; an unknown item only while the reconciler has not decided it.
-    expression, values = condition("to_unknown")
-    assert expression == "#s = :was AND lease_until = :old_lease"
-    assert schedule.as_found({"status": "unknown"})[0] == "#s = :was AND attribute_exists(due_bucket)"
 
-
-def test_close_only_moves_a_claimed_item_to_failed_or_cancelled() -> None:
+def test_the_batched_states_drop_what_their_status_must_not_carry_and_keep_the_reasons() -> None:
+    lease = schedule.ShardLease("3", "me", 7, 200)
+    claimed = schedule.claimed_state({**ITEM, "_only_channels": ["inbox"], "attempts": 1}, lease, ["inbox"], 150)
+    assert claimed["status"] == "sending"
+    assert (claimed["lease_owner"], claimed["lease_token"], claimed["lease_until"]) == ("me", 7, 200)
+    assert (claimed["send_began"], claimed["send_channels"], claimed["attempts"]) == (150, ["inbox"], 2)
+    assert "_only_channels" not in claimed
+    sent = schedule.sent_state(claimed, "2026-11-25T09:08:00Z", "inbox", None, event_out=True, now_epoch=160)
+    assert sent["status"] == "sent"
+    assert not {"due_bucket", "due_at", "lease_owner", "lease_until", "lease_token", "send_began"} & sent.keys()
+    pending = schedule.sent_state(claimed, "2026-11-25T09:08:00Z", "inbox", "kafka: 503", False, 160)
+    assert pending["event_pending"] is True
+    assert pending["due_bucket"] == ITEM["due_bucket"]  # stays findable until its event is out
+    assert pending["channel_errors"] == "kafka: 503"
+    failed = schedule.closed_state(claimed, "failed", "bounced")
+    assert (failed["status"], failed["failure_reason"]) == ("failed", "bounced")
+    assert not {"due_bucket", "lease_owner", "send_began"} & failed.keys()
     with pytest.raises(ValueError, match="'sent'"):
-        schedule.close(dynamo(), ITEM, "sent", "why", "me")
+        schedule.closed_state(claimed, "sent", "why")
+    moved = schedule.released_state(claimed, "quiet", ["inbox"], "2026-11-25T10:00:00Z", "2026-11-25#3")
+    assert (moved["status"], moved["last_error"], moved["delivered_channels"]) == ("scheduled", "quiet", ["inbox"])
+    assert moved["due_at"] == "2026-11-25T10:00:00Z"
+    assert not {"lease_owner", "send_began"} & moved.keys()
+    unknown = schedule.unknown_state(claimed, "lapsed", "me")
+    assert (unknown["status"], unknown["last_owner"], unknown["send_channels"]) == ("unknown", "me", ["inbox"])
+    assert unknown["due_bucket"] == ITEM["due_bucket"]
+    assert "lease_owner" not in unknown
+    final = schedule.unknown_state(unknown, "not resent", "me", final=True)
+    assert "due_bucket" not in final
+    assert final["failure_reason"] == "not resent"
 
 
-def test_a_sent_item_keeps_its_fields_and_drops_the_due_index_and_private_marks() -> None:
-    claimed = {**ITEM, "status": "sending", "lease_until": 5, "lease_owner": "me", "_reclaimed": False}
-    sent = schedule.sent_item(claimed, "2026-11-25T09:08:00Z", "inbox,push")
-    assert sent == {
-        "user_id": "U1", "send_at_campaign": ITEM["send_at_campaign"], "notification_id": ITEM["notification_id"],
-        "status": "sent", "sent_utc": "2026-11-25T09:08:00Z", "channel": "inbox,push",
-    }  # fmt: skip
+def test_slices_and_shard_sizing() -> None:
+    assert schedule.shard_of_bucket("2026-11-25#13") == "13"
+    assert schedule.slice_of_bucket("2026-11-25#13", 8) == "5"
+    # 10 M users x 5 a day: the nightly planner's 50 M due-index writes in 45 min need 19
+    # partitions at 1,000 WCU/s; a peak minute of 1 % of the day (claimed and removed) 17.
+    assert schedule.shards_for(50e6, 0.01) == 32
+    assert schedule.shards_for(50e6, 0.02) == 64
+    assert schedule.shards_for(10_000, 0.01) == 1
 
 
 def test_keys_and_due_buckets_of_many_items_match_the_one_item_form() -> None:

@@ -79,6 +79,14 @@ TABLES: tuple[TableSpec, ...] = (
     ),
     TableSpec("deliveries", "notification_id", description="rendered payload, channel, attempts"),
     TableSpec("inbox", "user_id", "notification_id", description="the in-app inbox channel"),
+    TableSpec(
+        "dispatch_leases",
+        "shard",
+        description="dispatch's lease on a due-index shard: owner, fencing token, batch in flight",
+    ),
+    TableSpec(
+        "user_day_sends", "user_id", "local_day", description="what reached a user on a local day (send-time cap)"
+    ),
     TableSpec("pipeline_runs", "run_key", "stage", description="counts in/out/rejected per run and stage"),
 )
 TABLES_BY_NAME: dict[str, TableSpec] = {spec.name: spec for spec in TABLES}

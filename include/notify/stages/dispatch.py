@@ -1,24 +1,29 @@
 """Dispatch: send what is due through the configured channels, keeping the delivery contract.
 
 One run (``Dispatcher.run``) handles everything due up to ``now``, found through the sparse
-``due_index`` (one query per shard and UTC day; never a scan), in chunks:
+``due_index`` (one query per shard and UTC day; never a scan), shard by shard, ``workers`` shards
+in parallel. The I/O is here; every decision is a pure function of the records read
+(``dispatch_decide``, ``dispatch_send``); every state is written by ``schedule``.
 
-1. **Triage and claim**: ``scheduled -> sending`` with a wall-clock lease (``lease_until``,
-   ``lease_owner``), renewed by ``LeaseKeeper`` while the chunk is in flight. Racing claimers:
-   exactly one wins. A ``sending`` item whose lease lapsed before its send began is reclaimed;
-   one whose send had begun (``send_began``) is ``unknown`` (never resent blindly), or ``sent``
-   if its delivery was recorded. Items past ``max_lateness_minutes`` expire.
-2. **Prepare** per item, isolated: render in the sandbox (any render error fails that item with
-   its reason), cancel for an opt-out or a stopped campaign.
-3. **Re-check the promises at the moment of sending** (``dispatch_send``): never inside the user's
-   local quiet hours (expire, or defer to the next allowed slot that day), never over the day's cap.
-4. **Begin** (``schedule.begin_send``, only while the lease is live), **send** on each channel
-   still to do (transient errors retried with back-off; unknown outcomes retried only on
-   channels that deduplicate), **settle**: sent (conditional on the lease), partly sent (the
-   failed channel retried on its own next run), retried later, failed, or unknown.
-5. **Record and announce**: the delivery record, then exactly one ``notification_sent`` per sent
-   item; the item leaves the due index once the broker acknowledged it.
-6. **Reconcile** the ``unknown`` items found (``dispatch_recover``) and re-emit lost events.
+Per shard, under one lease (``schedule.acquire_lease``: one conditional write; exactly one of
+racing dispatchers wins, a fencing token grows with each owner):
+
+1. **Read and triage**: the shard's due items re-read by key (consistent; the index may lag) with
+   the batch a previous owner left in flight. Items past ``max_lateness_minutes`` expire; a send
+   that had begun is ``sent`` if its delivery was recorded, else ``unknown`` (never resent
+   blindly); a batch that was claimed but never begun is claimed again.
+2. **Claim a batch**: its keys go to the lease record (fenced), then the items become ``sending``
+   and the day ledger (``user_day_sends``) counts them, in batched puts.
+3. **Prepare and keep the promises** per item, isolated: render in the sandbox (a render error
+   fails that item with its reason), cancel for an opt-out or a stopped campaign, never inside
+   the user's local quiet hours (expire, or defer to the next allowed slot that day), never over
+   the day's cap (the ledger plus the batch).
+4. **Begin** (the fenced write-ahead mark on the lease record: from here on a lapsed lease means
+   "outcome unknown"), **send** on each channel still to do (the inbox in batched writes;
+   transient errors retried with back-off; unknown outcomes retried only on channels that
+   deduplicate), **commit** only if the lease is still ours: delivery records, then exactly one
+   ``notification_sent`` per sent item, then the items' final states, in batches.
+5. **Reconcile** the ``unknown`` items found and re-emit lost events; release the shard.
 
 The run's time is the ``now`` parameter; a message goes out at the later of it and the wall clock
 (``simulate_day`` walks a simulated day with the run's time alone).
@@ -27,37 +32,26 @@ The run's time is the ``now`` parameter; a message goes out at the later of it a
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from functools import partial
 from typing import Any
 
 from include.notify import schedule
 from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import Dynamo
+from include.notify.stages import dispatch_decide
 from include.notify.stages.channels import Channel, Message, build_channels
+from include.notify.stages.dispatch_channels import send_all
 from include.notify.stages.dispatch_events import EventSink, KafkaEventSink, ListEventSink, sent_event
-from include.notify.stages.dispatch_recover import LeaseKeeper, reconcile, recover_events
-from include.notify.stages.dispatch_send import (
-    PRODUCT_FALLBACK,
-    QuietVerdict,
-    SendOutcome,
-    build_message,
-    counts_against_cap,
-    daily_cap_of,
-    describe,
-    quiet_verdict,
-    send_all,
-)
+from include.notify.stages.dispatch_recover import LeaseKeeper, missing_records, reconcile_plan
+from include.notify.stages.dispatch_send import PRODUCT_FALLBACK, build_message
 from include.notify.stages.dispatch_simulate import _ceil, simulate_day
-from include.notify.stages.templates import UnsafeTemplateError
-from include.notify.timeutil import iso, parse_iso
+from include.notify.timeutil import iso
 from include.notify.timeutil import require_utc as _utc
 
 log = logging.getLogger(__name__)
@@ -71,6 +65,12 @@ __all__ = [
     "PRODUCT_FALLBACK", "Dispatcher", "EventSink", "KafkaEventSink", "ListEventSink", "_ceil", "build_message",
     "sent_event", "simulate_day",
 ]  # fmt: skip
+
+
+def dispatch_parts(config: NotifyConfig) -> list[int]:
+    """The mapped dispatch tasks of a minute: one per part, each taking every
+    ``dispatch_tasks``-th slice (so no two tasks ever contend for a slice)."""
+    return list(range(config.dispatch_tasks))
 
 
 def run_time_of(context: Mapping[str, Any]) -> datetime:
@@ -87,11 +87,17 @@ def run_time_of(context: Mapping[str, Any]) -> datetime:
 
 
 # ---------------------------------------------------------------------------------- finding
-def due_buckets(config: NotifyConfig, now: datetime, lookback_hours: int) -> list[str]:
-    """The due-index partitions that can hold items due in (now - lookback, now]."""
+def due_buckets(config: NotifyConfig, now: datetime, lookback_hours: int, part: int | None = None) -> list[str]:
+    """The due-index partitions that can hold items due in (now - lookback, now]; with ``part``
+    only those of the slices that mapped task takes (slice % dispatch_tasks == part)."""
     first = (now - timedelta(hours=lookback_hours)).date()
     days = (first + timedelta(days=n) for n in range((now.date() - first).days + 1))
-    return schedule.buckets_of(days, config.schedule_shards)
+    buckets = schedule.buckets_of(days, config.schedule_shards)
+    if part is None:
+        return buckets
+    return [
+        b for b in buckets if int(schedule.slice_of_bucket(b, config.dispatch_slices)) % config.dispatch_tasks == part
+    ]
 
 
 def due_items(
@@ -100,11 +106,13 @@ def due_items(
     now: datetime,
     lookback_hours: int = DISPATCH_LOOKBACK_HOURS,
     limit: int | None = None,
+    part: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Pending (scheduled or sending) items with ``due_at <= now``, oldest first within each shard."""
+    """Pending (scheduled or sending) items with ``due_at <= now``, oldest first within each shard
+    (of one mapped task's slices with ``part``)."""
     now = _utc(now)
     found: list[dict[str, Any]] = []
-    for bucket in due_buckets(config, now, lookback_hours):
+    for bucket in due_buckets(config, now, lookback_hours, part):
         for item in schedule.due_in_bucket(dynamo, bucket, until=iso(now)):
             found.append(item)
             if limit is not None and len(found) >= limit:
@@ -113,7 +121,11 @@ def due_items(
 
 
 def has_due(
-    config: NotifyConfig, now: datetime, dynamo: Dynamo | None = None, lookback_hours: int = DISPATCH_LOOKBACK_HOURS
+    config: NotifyConfig,
+    now: datetime,
+    dynamo: Dynamo | None = None,
+    lookback_hours: int = DISPATCH_LOOKBACK_HOURS,
+    part: int | None = None,
 ) -> bool:
     """Whether a dispatch run has work at ``now``: a scheduled item due, a sending one whose lease
     lapsed (wall clock), an unknown one to reconcile or a sent one whose event is pending.
@@ -123,20 +135,31 @@ def has_due(
     dynamo = dynamo or Dynamo.from_config(config)
     now = _utc(now)
     epoch = int(time.time())
-    for bucket in due_buckets(config, now, lookback_hours):
+    for bucket in due_buckets(config, now, lookback_hours, part):
         for _ in schedule.due_in_bucket(dynamo, bucket, until=iso(now), claimable_at=epoch):
             return True
     return False
 
 
 # ---------------------------------------------------------------------------------- dispatch
+class LeaseLostError(Exception):
+    """This dispatcher no longer holds the shard's lease (it ran out, or another owner took it);
+    ``lost`` items of the batch in hand were left to the next owner."""
+
+    def __init__(self, shard: str, lost: int = 0) -> None:
+        super().__init__(f"lease on shard {shard} lost")
+        self.lost = lost
+
+
 @dataclass
 class Dispatcher:
     """One dispatcher identity (``owner``) with its channels, event sink and retry policy.
 
-    ``clock`` is the wall clock (epoch seconds) leases are measured on; ``simulated`` makes the
-    run's time the moment of sending (``simulate_day``), where otherwise a run sends at the later
-    of its time and the wall clock, and checks quiet hours and lateness at that moment.
+    ``workers`` shards are dispatched in parallel (each under its own lease), and as many channel
+    sends are in flight. ``clock`` is the wall clock (epoch seconds) leases are measured on;
+    ``simulated`` makes the run's time the moment of sending (``simulate_day``), where otherwise a
+    run sends at the later of its time and the wall clock, and checks quiet hours and lateness at
+    that moment.
     """
 
     config: NotifyConfig
@@ -148,18 +171,15 @@ class Dispatcher:
     send_attempts: int = 3
     backoff_seconds: float = 0.2
     chunk_size: int = 500
-    # Test hook: called with the claimed items before anything is sent (e.g. to die there).
+    # Test hook: called with a batch's claimed items before anything is sent (e.g. to die there).
     after_claim: Callable[[list[dict[str, Any]]], None] | None = None
     clock: Callable[[], float] = time.time
     simulated: bool = False
 
     def __post_init__(self) -> None:
-        self._pool: ThreadPoolExecutor | None = None
+        self._send_pool: ThreadPoolExecutor | None = None
         self._keeper: LeaseKeeper | None = None
-        self._later: list[dict[str, Any]] = []  # sent by a recovery path: event still to emit
-        self._unknown: list[dict[str, Any]] = []  # to reconcile before the run ends
-        self._reconciling = False
-        self._lock = threading.Lock()
+        self._shared: dict[str, dict[str, dict[str, Any]]] = {"campaigns": {}, "products": {}}
 
     def send_moment(self, now: datetime) -> datetime:
         """When a message goes out: the run's time, or the wall clock when that is later."""
@@ -168,328 +188,290 @@ class Dispatcher:
         return max(now, datetime.fromtimestamp(self.clock(), UTC))
 
     def run(
-        self, now: datetime, lookback_hours: int = DISPATCH_LOOKBACK_HOURS, limit: int | None = None
+        self,
+        now: datetime,
+        lookback_hours: int = DISPATCH_LOOKBACK_HOURS,
+        limit: int | None = None,
+        part: int | None = None,
     ) -> dict[str, int]:
-        """Dispatch everything due up to ``now``; returns counts by outcome (``unknown`` among them)."""
+        """Dispatch everything due up to ``now`` (in one mapped task's slices with ``part``);
+        returns counts by outcome (``unknown`` among them)."""
         now = _utc(now)
-        return self.process(due_items(self.config, self.dynamo, now, lookback_hours, limit), now)
+        return self.process(due_items(self.config, self.dynamo, now, lookback_hours, limit, part), now)
 
     def process(self, items: list[dict[str, Any]], now: datetime) -> dict[str, int]:
-        """Triage, claim, deliver, reconcile and announce these pending items at run time ``now``."""
+        """Dispatch these pending items (from the due index) at run time ``now``, shard by shard:
+        each shard under its lease, ``workers`` shards at a time."""
         started = time.monotonic()
         counts: Counter[str] = Counter()
         counts["due"] = len(items)
         counts["events_failed"] = 0
-        self._later, self._unknown, pending_events = [], [], []
+        by_shard: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            by_shard.setdefault(schedule.slice_of_bucket(item["due_bucket"], self.config.dispatch_slices), []).append(
+                item
+            )
+        self._load_shared(items)
+        shards = sorted(by_shard, key=lambda s: (len(s), s))
         with (
-            ThreadPoolExecutor(max_workers=self.workers) as pool,
+            ThreadPoolExecutor(max_workers=self.workers) as send_pool,
+            ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(shards)))) as shard_pool,
             LeaseKeeper(self.dynamo, self.owner, self.config.lease_seconds, self.clock) as keeper,
         ):
-            self._pool, self._keeper = pool, keeper
-            # Claim and send in chunks so that a claim's lease is young when its item is sent.
-            for start in range(0, len(items), self.chunk_size):
-                chunk = items[start : start + self.chunk_size]
-                outcomes = list(pool.map(lambda item: self._triage(item, now), chunk))
-                claimed = [item for item, outcome in zip(chunk, outcomes, strict=True) if outcome == "claimed"]
-                pending_events += [i for i, o in zip(chunk, outcomes, strict=True) if o == "event_pending"]
-                counts.update(o for o in outcomes if o not in ("claimed", "event_pending", "to_reconcile"))
-                counts["claimed"] += len(claimed)
-                if claimed and self.after_claim is not None:
-                    self.after_claim(claimed)
-                if claimed:
-                    counts.update(self.deliver(claimed, now))
-            self._reconciling = True
-            try:
-                counts.update(reconcile(self, self._unknown, now))
-            finally:
-                self._reconciling = False
-            counts.update(recover_events(self, pending_events + self._later))
+            self._send_pool, self._keeper = send_pool, keeper
+            for result in shard_pool.map(lambda shard: self._shard(shard, by_shard[shard], now), shards):
+                counts.update(result)
             counts["lease_renewals"] = keeper.renewals
-        self._pool = self._keeper = None
+        self._send_pool = self._keeper = None
         counts["seconds_ms"] = int((time.monotonic() - started) * 1000)
         log.info("dispatch at %s by %s: %s", iso(now), self.owner, dict(counts))
         return {k: v for k, v in counts.items() if v or k in ("due", "claimed", "events_failed")}
 
-    # ---------------------------------------------------------------------------- claiming
-    def claim(self, item: dict[str, Any]) -> bool:
-        """Claim ``item`` for this dispatcher on the wall clock; updates the item as written."""
-        status = item.get("status")
-        lease_until = int(self.clock()) + self.config.lease_seconds
-        if not schedule.claim(self.dynamo, item, self.owner, lease_until):
-            return False
-        item.update(status=schedule.SENDING, lease_until=lease_until, lease_owner=self.owner)
-        item["attempts"] = int(item.get("attempts", 0)) + 1
-        item["_reclaimed"] = status == schedule.SENDING
-        return True
+    # ---------------------------------------------------------------------------- reading
+    def _load_shared(self, items: list[dict[str, Any]]) -> None:
+        """Campaigns and products of the run's items, fetched once in batches (shared by shards)."""
+        campaigns = {str(i["campaign_id"]) for i in items if "campaign_id" in i} - set(self._shared["campaigns"])
+        products = {str(i["product_id"]) for i in items if i.get("product_id")} - set(self._shared["products"])
+        if campaigns:
+            found = self.dynamo.batch_get("campaigns", [{"campaign_id": c} for c in campaigns])
+            self._shared["campaigns"].update({c["campaign_id"]: c for c in found})
+        if products:
+            found = self.dynamo.batch_get("products", [{"product_id": p} for p in products])
+            self._shared["products"].update({str(p["product_id"]): p for p in found})
 
-    def _triage(self, item: dict[str, Any], now: datetime) -> str:
-        """What to do with one pending item: claim it, expire it, finish a dead dispatcher's work,
-        or hand it to the reconciler / event recovery."""
-        status = item.get("status")
-        if status == schedule.SENT:
-            return "event_pending" if item.get("event_pending") else "not_pending"
-        if status == schedule.UNKNOWN:
-            self._unknown.append(item)
-            return "to_reconcile"
-        if status == schedule.SENDING and int(item.get("lease_until", 0)) >= int(self.clock()):
-            return "leased_elsewhere"
-        if status not in (schedule.SCHEDULED, schedule.SENDING):
-            return "not_pending"
-        if status == schedule.SENDING and item.get("send_began") is not None:
-            if self._delivered_already(item):
-                return self._mark_sent_from_record(item)
-            return self._lapsed_send(item)
-        late = self.send_moment(now) - parse_iso(item["due_at"])
-        if late > timedelta(minutes=self.config.max_lateness_minutes):
-            if item.get("delivered_channels") or (status == schedule.SENDING and self._delivered_already(item)):
-                return self._mark_sent_from_record(item)
-            reason = (
-                f"{int(late.total_seconds() // 60)} min past due > max lateness {self.config.max_lateness_minutes} min"
-            )
-            return "expired" if schedule.expire(self.dynamo, item, reason) else "lost_race"
-        return "claimed" if self.claim(item) else "lost_race"
+    def _current(self, found: list[dict[str, Any]], lease: schedule.ShardLease) -> list[dict[str, Any]]:
+        """The items as they are now, after taking the lease: those dispatch may have written
+        before (and those of a batch a previous owner left in flight) re-read by key, consistent,
+        as the due index may lag; the rest as the due index gave them."""
+        left = {tuple(k) for k in lease.left_keys}
+        fresh = [
+            i for i in found
+            if (str(i["user_id"]), str(i["send_at_campaign"])) not in left
+            and not dispatch_decide.touched(i, lease.seen_through)
+        ]  # fmt: skip
+        fresh_keys = {(str(i["user_id"]), str(i["send_at_campaign"])) for i in fresh}
+        keys = ({(str(i["user_id"]), str(i["send_at_campaign"])) for i in found} | left) - fresh_keys
+        requested = [{"user_id": u, "send_at_campaign": k} for u, k in keys]
+        reread = self.dynamo.batch_get(schedule.SCHEDULE, requested, consistent=True) if requested else []
+        return fresh + reread
 
-    def _lapsed_send(self, item: dict[str, Any]) -> str:
-        """A send began and its lease lapsed before it was recorded: the outcome is unknown."""
-        channels = ", ".join(item.get("send_channels") or [])
-        began = datetime.fromtimestamp(int(item["send_began"]), UTC)
-        reason = (
-            f"send by {item.get('lease_owner')} on {channels} began {iso(began)} and its lease lapsed before "
-            "it was recorded: outcome unknown"
-        )
-        if not schedule.to_unknown(self.dynamo, item, reason):
-            return "lost_race"
-        item.update(status=schedule.UNKNOWN, failure_reason=reason, last_owner=item.get("lease_owner"))
-        self._unknown.append(item)
-        return "to_reconcile"
+    def _records(self, items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if not items:
+            return {}
+        keys = [{"notification_id": i["notification_id"]} for i in items]
+        return {d["notification_id"]: d for d in self.dynamo.batch_get("deliveries", keys, consistent=True)}
 
-    def _delivered_already(self, item: Mapping[str, Any]) -> bool:
-        return self.dynamo.get("deliveries", {"notification_id": item["notification_id"]}, consistent=True) is not None
-
-    def _mark_sent_from_record(self, item: dict[str, Any]) -> str:
-        """A delivery was recorded (by a dead dispatcher, or a partial one whose other channels ran
-        out of time) but the item not marked: mark it sent; its event goes out with the run's."""
-        record = self.dynamo.get("deliveries", {"notification_id": item["notification_id"]}, consistent=True) or {}
-        channel = record.get("channel") or ",".join(item.get("delivered_channels") or [])
-        errors = item.get("last_error")
-        if not schedule.mark_sent(self.dynamo, item, record.get("sent_utc", ""), channel, channel_errors=errors):
-            return "lost_race"
-        item.update(status=schedule.SENT, sent_utc=record.get("sent_utc", ""), channel=channel, sent_wall=0)
-        with self._lock:
-            self._later.append(item)
-        return "recovered_sent"
-
-    # ---------------------------------------------------------------------------- delivering
-    def _context(self, items: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-        """Users, campaigns and products of the claimed items, fetched in batches (100 keys a request)."""
-        users = self.dynamo.batch_get("users", [{"user_id": i["user_id"]} for i in items])
-        campaigns = self.dynamo.batch_get("campaigns", [{"campaign_id": i["campaign_id"]} for i in items])
-        product_keys = [{"product_id": str(i["product_id"])} for i in items if i.get("product_id")]
-        products = self.dynamo.batch_get("products", product_keys) if product_keys else []
-        return {
-            "users": {u["user_id"]: u for u in users},
-            "campaigns": {c["campaign_id"]: c for c in campaigns},
-            "products": {str(p["product_id"]): p for p in products},
-        }
-
-    def deliver(self, claimed: list[dict[str, Any]], now: datetime) -> Counter[str]:
-        """Render, re-check the promises, send and record one chunk of claimed items.
-
-        Per-item isolation: a render, template or channel error fails (or leaves unknown) that
-        item with its reason; the rest of the chunk goes on. Every write is conditional on this
-        dispatcher's lease, which ``LeaseKeeper`` renews while the chunk is in flight.
-        """
-        assert self._pool is not None, "deliver runs inside run()"
-        assert self._keeper is not None, "deliver runs inside run()"
-        pool, keeper = self._pool, self._keeper
-        keeper.hold(claimed)
+    # ---------------------------------------------------------------------------- one shard
+    def _shard(self, shard: str, found: list[dict[str, Any]], now: datetime) -> Counter[str]:
+        """Everything due in one shard, under its lease: settle what a previous owner left,
+        then claim, send and record in batches, then reconcile and finish lost events."""
+        assert self._keeper is not None
         counts: Counter[str] = Counter()
+        lease = schedule.acquire_lease(
+            self.dynamo, shard, self.owner, int(self.clock()), self.config.lease_seconds, iso(self.send_moment(now))
+        )
+        if lease is None:
+            counts["leased_elsewhere"] += len(found)
+            return counts
+        self._keeper.hold(lease)
         try:
-            context = self._context(claimed)
-            moment = self.send_moment(now)
-            ready: list[tuple[dict[str, Any], Message]] = []
-            for item, prepared in zip(
-                claimed, pool.map(partial(self._prepare, moment=moment, context=context), claimed), strict=True
-            ):
-                if isinstance(prepared, Message):
-                    ready.append((item, prepared))
-                else:
-                    counts[prepared] += 1
-            ready = self._keep_promises(ready, context, counts)
-            todo = [self._channels_to_do(item) for item, _ in ready]
-            begun = list(pool.map(lambda entry: self._begin(*entry), zip(ready, todo, strict=True)))
-            counts["lost_lease"] += begun.count(False)
-            started = [(entry, names) for entry, names, ok in zip(ready, todo, begun, strict=True) if ok]
-            if not started:
-                return counts
-            outcomes = send_all(
-                self.channels,
-                [message for (_, message), _ in started],
-                [names for _, names in started],
-                pool,
-                self.send_attempts,
-                self.backoff_seconds,
-            )
-            settled = list(
-                pool.map(lambda entry: self._settle(*entry), [(*e, o) for e, o in zip(started, outcomes, strict=True)])
-            )
-            sent = [record for outcome, record in settled if outcome == "sent"]
-            partial_records = [record for outcome, record in settled if outcome == "partial_retry"]
-            counts.update(outcome for outcome, _ in settled)
-            if sent or partial_records:
-                self.dynamo.put_items("deliveries", [r for _, r in sent] + [r for _, r in partial_records])
-            if sent:
-                counts.update(self.announce([item for item, _ in sent]))
+            self._shard_work(lease, found, now, counts)
+        except LeaseLostError as error:
+            counts["lost_lease"] += error.lost
+            log.warning("%s: lease on shard %s lost mid-run; its items are left to the next owner", self.owner, shard)
         finally:
-            for item in claimed:
-                keeper.done(item)
+            self._keeper.done(lease)
+            if shard not in self._keeper.lost:
+                schedule.end_batch(self.dynamo, lease, int(self.clock()), release=True)
         return counts
 
-    def _prepare(
-        self, item: dict[str, Any], moment: datetime, context: Mapping[str, Mapping[str, Any]]
-    ) -> Message | str:
-        """The rendered message of a claimed item, or the outcome when it must not be sent."""
-        user = context["users"].get(item["user_id"])
-        campaign = context["campaigns"].get(item["campaign_id"])
-        if user is None:
-            return self._close(item, "failed", f"user {item['user_id']} not in notify_users")
-        if campaign is None:
-            return self._close(item, "failed", f"campaign {item['campaign_id']} not in notify_campaigns")
-        if bool(user.get("opt_out")):
-            return self._close(item, "cancelled", "user opted out after planning")
-        if campaign.get("status") != "active":
-            return self._close(item, "cancelled", f"campaign is {campaign.get('status')} since planning")
-        product = context["products"].get(str(item.get("product_id")))
-        try:
-            return build_message(item, user, campaign, product, moment)
-        except UnsafeTemplateError as error:
-            return self._close(item, "failed", f"template of {item['campaign_id']}: {error}")
-        except Exception as error:  # noqa: BLE001 - any render error fails this item only, with its reason
-            return self._close(
-                item, "failed", f"template of {item['campaign_id']} failed to render: {type(error).__name__}: {error}"
+    def _shard_work(
+        self, lease: schedule.ShardLease, found: list[dict[str, Any]], now: datetime, counts: Counter[str]
+    ) -> None:
+        items = self._current(found, lease)
+        left = {tuple(k) for k in lease.left_keys} if lease.left_state == schedule.BATCH_CLAIMED else set()
+        records = self._records([i for i in items if dispatch_decide.needs_record_lookup(i)])
+        moment, wall = self.send_moment(now), int(self.clock())
+        claimable, unknown, announce_later, states = [], [], [], []
+        for item in items:
+            key = (str(item["user_id"]), str(item["send_at_campaign"]))
+            verdict = dispatch_decide.triage(
+                item, moment, self.config.max_lateness_minutes, wall, item["notification_id"] in records, key in left
             )
-
-    def _keep_promises(
-        self,
-        ready: list[tuple[dict[str, Any], Message]],
-        context: Mapping[str, Mapping[str, Any]],
-        counts: Counter[str],
-    ) -> list[tuple[dict[str, Any], Message]]:
-        """The promises re-checked at the moment of sending: quiet hours (expire or defer) and the
-        day's cap (cancel); the opt-out was checked in ``_prepare``."""
-        assert self._pool is not None
-        keep = []
-        quiet_ok = []
-        for item, message in ready:
-            moment = datetime.fromtimestamp(message.sent_epoch, UTC)
-            user = context["users"][item["user_id"]]
-            verdict = quiet_verdict(self.config, item, user, moment)
-            if verdict.quiet:
-                counts[self._quiet(item, verdict)] += 1
+            if verdict.action == "claim":
+                claimable.append(item)
+            elif verdict.action == "expire":
+                states.append(schedule.closed_state(item, schedule.EXPIRED, verdict.reason))
+                counts["expired"] += 1
+            elif verdict.action == "lapsed":
+                state = schedule.unknown_state(item, verdict.reason, str(item.get("lease_owner") or ""))
+                states.append(state)
+                unknown.append(state)
+            elif verdict.action == "to_reconcile":
+                unknown.append(item)
+            elif verdict.action == "sent_from_record":
+                record = records.get(item["notification_id"]) or {}
+                channel = record.get("channel") or ",".join(item.get("delivered_channels") or [])
+                announce_later.append(
+                    {
+                        **item,
+                        "sent_utc": record.get("sent_utc", ""),
+                        "channel": channel,
+                        "_errors": item.get("last_error"),
+                    }
+                )
+                counts["recovered_sent"] += 1
+            elif verdict.action == "event_pending":
+                announce_later.append({**item, "_recovered": True})
             else:
-                quiet_ok.append((item, message))
-        users = sorted({(item["user_id"], str(item.get("local_day") or "")) for item, _ in quiet_ok})
-        days = dict(zip(users, self._pool.map(lambda key: self._day_count(*key), users), strict=True))
-        approved: Counter[tuple[str, str]] = Counter()
-        for item, message in quiet_ok:
-            day_key = (item["user_id"], str(item.get("local_day") or ""))
-            others = days[day_key] - (1 if counts_against_cap(item) else 0)
-            cap = daily_cap_of(self.config, context["users"][item["user_id"]])
-            if others + approved[day_key] >= cap:
-                reason = f"daily cap {cap} reached at send time ({others + approved[day_key]} already sent that day)"
-                counts[self._close(item, "cancelled", reason)] += 1
-                continue
-            approved[day_key] += 1
-            keep.append((item, message))
-        return keep
+                counts[verdict.action] += 1
+        if states:
+            self._check(lease)
+            schedule.put_states(self.dynamo, states)
+        claimable.sort(key=lambda i: str(i.get("due_at")))
+        for start in range(0, len(claimable), self.chunk_size):
+            batch_counts, batch_unknown = self._batch(lease, claimable[start : start + self.chunk_size], now)
+            counts.update(batch_counts)
+            unknown += batch_unknown
+        if unknown:
+            counts.update(self._reconcile(lease, unknown, now))
+        if announce_later:
+            counts.update(self._finish_sent(lease, announce_later))
 
-    def _day_count(self, user_id: str, local_day: str) -> int:
-        """How many of the user's items of that local day reached (or may have reached) them."""
-        if not local_day:
-            return 0
-        return sum(counts_against_cap(i) for i in schedule.day_items(self.dynamo, user_id, local_day))
+    def _check(self, lease: schedule.ShardLease) -> None:
+        """Renew the lease before a batched write; raise ``LeaseLostError`` when it is gone."""
+        if not schedule.renew_lease(self.dynamo, lease, int(self.clock()), self.config.lease_seconds):
+            assert self._keeper is not None
+            self._keeper.lost.add(lease.shard)
+            raise LeaseLostError(lease.shard)
 
-    def _quiet(self, item: dict[str, Any], verdict: QuietVerdict) -> str:
-        start, end = self.config.quiet_start_hour, self.config.quiet_end_hour
-        where = f"{verdict.local_time} local is inside quiet hours at send time"
-        if self.config.quiet_hours_at_send == "defer" and verdict.next_slot is not None:
-            due_at = iso(verdict.next_slot)
-            bucket = f"{verdict.next_slot.date().isoformat()}#{str(item['due_bucket']).rpartition('#')[2]}"
-            moved = schedule.release(
-                self.dynamo, item, self.owner, f"{where}; moved to {due_at}", item.get("delivered_channels") or (),
-                due_at=due_at, due_bucket=bucket,
-            )  # fmt: skip
-            return "deferred" if moved else "lost_lease"
-        log.info("%s: %s (%02d:00-%02d:00)", item["notification_id"], where, start, end)
-        ok = schedule.expire_mine(self.dynamo, item, f"{where}; not sent", self.owner)
-        return "expired" if ok else "lost_lease"
-
-    def _channels_to_do(self, item: Mapping[str, Any]) -> set[str]:
-        delivered = set(item.get("delivered_channels") or [])
-        only = item.get("_only_channels")
-        names = [c.name for c in self.channels if only is None or c.name in only]
-        return {name for name in names if name not in delivered}
-
-    def _begin(self, entry: tuple[dict[str, Any], Message], names: set[str]) -> bool:
-        item, _ = entry
+    # ---------------------------------------------------------------------------- one batch
+    def _batch(
+        self, lease: schedule.ShardLease, claimable: list[dict[str, Any]], now: datetime, reconciling: bool = False
+    ) -> tuple[Counter[str], list[dict[str, Any]]]:
+        """Claim, check, send and record one batch of a shard; returns counts and the items whose
+        outcome became unknown (for the reconciler)."""
+        assert self._send_pool is not None
         assert self._keeper is not None
-        if item["notification_id"] in self._keeper.lost:
-            return False
-        now_epoch = int(self.clock())
-        ordered = [c.name for c in self.channels if c.name in names]
-        if not schedule.begin_send(self.dynamo, item, self.owner, now_epoch, ordered):
-            return False
-        item.update(send_began=now_epoch, send_channels=ordered)
-        return True
-
-    def _settle(
-        self, entry: tuple[dict[str, Any], Message], names: set[str], outcome: SendOutcome
-    ) -> tuple[str, tuple[dict[str, Any], dict[str, Any]] | None]:
-        """Record what the channels did with one item: sent, partly sent (the rest retried on their
-        own), failed, retried later, or unknown (never resent here)."""
-        item, message = entry
-        delivered = [
-            c.name for c in self.channels if c.name in set(item.get("delivered_channels") or []) | set(outcome.accepted)
-        ]
-        notes = describe(outcome.unknown + outcome.errors)
-        if delivered and (outcome.unknown or not any(e.transient for e in outcome.errors)):
-            channel = ",".join(delivered)
-            epoch = int(self.clock())
-            if not schedule.mark_sent(self.dynamo, item, message.sent_utc, channel, self.owner, epoch, notes or None):
-                return "lost_lease", None
-            item.update(status=schedule.SENT, sent_utc=message.sent_utc, channel=channel, sent_wall=epoch)
-            return "sent", (item, self._record_of(item, message, channel, notes))
-        if outcome.unknown:
-            reason = f"outcome unknown: {notes}"
-            if not schedule.to_unknown(self.dynamo, item, reason, owner=self.owner):
-                return "lost_lease", None
-            item.update(status=schedule.UNKNOWN, failure_reason=reason, last_owner=self.owner)
-            if not self._reconciling:
-                with self._lock:
-                    self._unknown.append(item)
-            return "unknown_outcome", None
-        if any(error.transient for error in outcome.errors):
-            if not schedule.release(self.dynamo, item, self.owner, notes, delivered):
-                return "lost_lease", None
-            if delivered:
-                return "partial_retry", (item, self._record_of(item, message, ",".join(delivered), notes))
-            return "retry_later", None
-        return self._close(item, "failed", notes or "no channel to send on"), None
-
-    def _record_of(self, item: Mapping[str, Any], message: Message, channel: str, notes: str) -> dict[str, Any]:
-        return {
-            **message.payload(),
-            "channel": channel,
-            "attempts": int(item.get("attempts", 1)),
-            "product_id": item.get("product_id"),
-            "channel_errors": notes or None,
-        }
-
-    def announce(self, items: list[dict[str, Any]], recovered: bool = False) -> Counter[str]:
-        """One ``notification_sent`` per sent item (its id derived from the notification); once the
-        broker acknowledged them all, the items leave the due index. After a failed flush they stay
-        ``event_pending`` and the next run re-emits them (same id: deduplicated downstream)."""
         counts: Counter[str] = Counter()
+        wall = int(self.clock())
+        if not schedule.claim_batch(self.dynamo, lease, claimable, wall, self.config.lease_seconds):
+            self._keeper.lost.add(lease.shard)
+            raise LeaseLostError(lease.shard, len(claimable))
+        lease = replace(lease, until=wall + self.config.lease_seconds)
+        users = {
+            u["user_id"]: u for u in self.dynamo.batch_get("users", [{"user_id": i["user_id"]} for i in claimable])
+        }
+        day_keys = {dispatch_decide.day_key(i) for i in claimable if i.get("local_day")}
+        ledgers = {
+            (r["user_id"], r["local_day"]): dispatch_decide.reached(r)
+            for r in self.dynamo.batch_get(
+                "user_day_sends", [{"user_id": u, "local_day": d} for u, d in day_keys], consistent=True
+            )
+        }
+        moment = self.send_moment(now)
+        campaigns, products = self._shared["campaigns"], self._shared["products"]
+        ready: list[tuple[dict[str, Any], Message]] = []
+        states: list[dict[str, Any]] = []
+        for item in claimable:
+            prepared = dispatch_decide.prepare(
+                item, users.get(item["user_id"]), campaigns.get(item["campaign_id"]),
+                products.get(str(item.get("product_id"))), moment,
+            )  # fmt: skip
+            if isinstance(prepared, Message):
+                ready.append((item, prepared))
+            else:
+                status, reason = prepared
+                log.warning("%s %s: %s", item["notification_id"], status, reason)
+                states.append(schedule.closed_state(item, status, reason))
+                counts[status] += 1
+        promised = dispatch_decide.promises(self.config, ready, users, ledgers)
+        for outcome, state in promised.held:
+            states.append(state)
+            counts[outcome] += 1
+        names = [c.name for c in self.channels]
+        todo = [dispatch_decide.channels_to_do(item, names) for item, _ in promised.keep]
+        first = [int(item.get("attempts", 0)) == 0 and "_only_channels" not in item for item, _ in promised.keep]
+        claimed = [
+            schedule.claimed_state(item, lease, t, wall) for (item, _), t in zip(promised.keep, todo, strict=True)
+        ]
+        for state, (item, _) in zip(claimed, promised.keep, strict=True):
+            if "_only_channels" in item:
+                state["_only_channels"] = item["_only_channels"]
+        counts["claimed"] += len(claimed)
+        changed = {}
+        for state in claimed:
+            key = dispatch_decide.day_key(state)
+            if key[1]:
+                ledgers.setdefault(key, set()).add(state["notification_id"])
+                changed[key] = ledgers[key]
+        # The claim, visible to everyone (the planner and the stream leave ``sending`` items alone)
+        # and counted in the day ledger before anything is sent.
+        schedule.put_states(self.dynamo, states + claimed)
+        self._put_ledgers(changed)
+        if claimed and self.after_claim is not None:
+            self.after_claim(claimed)
+        if not claimed:
+            return counts, []
+        if not schedule.begin_batch(self.dynamo, lease, int(self.clock()), self.config.lease_seconds):
+            self._keeper.lost.add(lease.shard)
+            raise LeaseLostError(lease.shard, len(claimed))
+        messages = [message for _, message in promised.keep]
+        outcomes = send_all(
+            self.channels, messages, [set(t) for t in todo], self._send_pool,
+            self.send_attempts, self.backoff_seconds, first,
+        )  # fmt: skip
+        settled = [
+            dispatch_decide.settle(state, message, outcome, names, self.owner)
+            for state, message, outcome in zip(claimed, messages, outcomes, strict=True)
+        ]
+        # Commit only while the lease is still ours: a dispatcher that lost it records nothing.
+        if not schedule.renew_lease(self.dynamo, lease, int(self.clock()), self.config.lease_seconds):
+            self._keeper.lost.add(lease.shard)
+            raise LeaseLostError(lease.shard, len(claimed))
+        records = [s.record for s in settled if s.record is not None]
+        if records:
+            self.dynamo.put_items("deliveries", records)
+        sent = [
+            {
+                **state,
+                "sent_utc": message.sent_utc,
+                "channel": s.record["channel"],
+                "_errors": s.record["channel_errors"],
+            }
+            for state, message, s in zip(claimed, messages, settled, strict=True)
+            if s.outcome == "sent" and s.record is not None
+        ]
+        out = self._announce(sent)
+        counts.update(out)
+        final = [s.state for s in settled if s.state is not None]
+        wall, event_out = int(self.clock()), self.events is not None and not out["events_failed"]
+        final += [schedule.sent_state(i, i["sent_utc"], i["channel"], i.get("_errors"), event_out, wall) for i in sent]
+        counts.update(s.outcome for s in settled)
+        schedule.put_states(self.dynamo, final)
+        gone = {}
+        for state, s in zip(claimed, settled, strict=True):
+            key = dispatch_decide.day_key(state)
+            if not s.reached and key[1]:
+                ledgers[key].discard(state["notification_id"])
+                gone[key] = ledgers[key]
+        self._put_ledgers(gone)
+        # The batch stays named in the lease record until the next one is claimed or the shard is
+        # released: a next owner re-reading it finds it settled.
+        unknown = [s.state for s in settled if s.outcome == "unknown_outcome" and s.state is not None]
+        return counts, ([] if reconciling else unknown)
+
+    def _put_ledgers(self, changed: Mapping[tuple[str, str], set[str]]) -> None:
+        if changed:
+            records = [{"user_id": u, "local_day": d, "reached": sorted(ids)} for (u, d), ids in changed.items()]
+            self.dynamo.put_items("user_day_sends", records)
+
+    def _announce(self, items: list[dict[str, Any]]) -> Counter[str]:
+        """One ``notification_sent`` per sent item (its id derived from the notification); the
+        items leave the due index once the broker acknowledged them all. After a failed flush they
+        stay ``event_pending`` and the next run re-emits them (same id: deduplicated downstream)."""
+        counts: Counter[str] = Counter()
+        counts["events_failed"] = 0
         if not items:
             return counts
         if self.events is None:
@@ -501,14 +483,51 @@ class Dispatcher:
         if failed:
             counts["events_failed"] += failed
             return counts
-        pool = self._pool
-        done = list(pool.map(partial(schedule.event_emitted, self.dynamo), items)) if pool else []
-        counts["events_recovered" if recovered else "events_emitted"] += sum(done)
+        recovered = sum(1 for i in items if i.get("_recovered"))
+        counts["events_recovered"] += recovered
+        counts["events_emitted"] += len(items) - recovered
         return counts
 
-    def _close(self, item: dict[str, Any], status: str, reason: str) -> str:
-        log.warning("%s %s: %s", item["notification_id"], status, reason)
-        return status if schedule.close(self.dynamo, item, status, reason, self.owner) else "lost_lease"
+    # ---------------------------------------------------------------------------- recovery
+    def _reconcile(self, lease: schedule.ShardLease, items: list[dict[str, Any]], now: datetime) -> Counter[str]:
+        """Decide the shard's ``unknown`` items: resend on deduplicating channels (through the
+        normal batch path, so promises, lease and events apply) or give up with the reason."""
+        counts: Counter[str] = Counter()
+        deduplicating = {c.name for c in self.channels if getattr(c, "deduplicates", False)}
+        give_up, resend = reconcile_plan(items, deduplicating, self.send_moment(now), self.config.max_lateness_minutes)
+        if give_up:
+            self._check(lease)
+            schedule.put_states(self.dynamo, give_up)
+            counts["unknown"] += len(give_up)
+        counts["reconcile_resends"] += len(resend)
+        for start in range(0, len(resend), self.chunk_size):
+            counts.update(self._batch(lease, resend[start : start + self.chunk_size], now, reconciling=True)[0])
+        return counts
+
+    def _finish_sent(self, lease: schedule.ShardLease, items: list[dict[str, Any]]) -> Counter[str]:
+        """Sent items whose event never went out, or whose delivery a dead owner recorded: the
+        record if missing, the event (same id), then they leave the due index."""
+        recorded = set(self._records(items))
+        missing = missing_records(items, recorded)
+        if missing:
+            self.dynamo.put_items("deliveries", missing)
+        counts: Counter[str] = Counter({"records_recovered": len(missing)})
+        out = self._announce([{**i, "_recovered": True} for i in items])
+        counts.update(out)
+        self._check(lease)
+        wall, event_out = int(self.clock()), self.events is not None and not out["events_failed"]
+        states = [
+            schedule.sent_state(
+                i, str(i.get("sent_utc") or ""), str(i.get("channel") or ""), _errors(i), event_out, wall
+            )
+            for i in items
+        ]
+        schedule.put_states(self.dynamo, states)
+        return counts
+
+
+def _errors(item: Mapping[str, Any]) -> str | None:
+    return item.get("_errors") or item.get("channel_errors")
 
 
 def dispatch_due(
@@ -517,19 +536,21 @@ def dispatch_due(
     dynamo: Dynamo | None = None,
     channels: list[Channel] | None = None,
     events: EventSink | None = None,
+    part: int | None = None,
     **options: Any,
 ) -> dict[str, int]:
     """Send everything due up to ``now`` exactly once; returns counts (due, claimed, sent, expired, ...).
 
-    Channels default to ``config.channels`` and events to ``notify.events``; ``options`` go to
-    ``Dispatcher`` (workers, send_attempts, backoff_seconds, owner).
+    Channels default to ``config.channels`` and events to ``notify.events``; ``part`` is a mapped
+    task's share of the slices (``dispatch_parts``); ``options`` go to ``Dispatcher`` (workers,
+    send_attempts, backoff_seconds, owner).
     """
     dynamo = dynamo or Dynamo.from_config(config)
     own_channels = channels is None
     channels = build_channels(config, dynamo) if channels is None else channels
     events = KafkaEventSink(config) if events is None else events
     try:
-        return Dispatcher(config, dynamo, channels, events, **options).run(now)
+        return Dispatcher(config, dynamo, channels, events, **options).run(now, part=part)
     finally:
         if own_channels:
             for channel in channels:

@@ -1,22 +1,21 @@
 """Dispatch's recovery paths: lease renewal, the reconciler of ``unknown`` items, lost events.
 
-- ``LeaseKeeper`` renews the leases of a chunk in flight (every third of the lease, wall clock)
-  and remembers those it lost, so a slow chunk keeps its items and a dispatcher that was frozen
-  past its lease learns it no longer owns them.
-- ``reconcile`` decides every ``unknown`` item a run finds: if each channel whose outcome is
+- ``LeaseKeeper`` renews the shard leases a dispatcher holds (every third of the lease, wall
+  clock) and remembers those it lost.
+- ``reconcile_plan`` decides every ``unknown`` item a run finds: if each channel whose outcome is
   unknown deduplicates by notification id, and the item is within the lateness limit, it is
   claimed again and resent on those channels only; otherwise it becomes final ``unknown`` with
   the reason, and nothing is resent.
-- ``recover_events`` finishes ``sent`` items whose ``notification_sent`` never made it to the
-  broker (a crash between recording and emitting, a failed flush): the delivery record if
-  missing, the event (same id, so downstream deduplicates), then the item leaves the due index.
+- ``missing_records``: for ``sent`` items whose ``notification_sent`` never made it to the broker
+  (a crash between recording and emitting, a failed flush) the delivery record if it is missing;
+  dispatch then re-emits the event (same id, so downstream deduplicates) and the item leaves
+  the due index.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,47 +28,44 @@ log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    """Renews ``owner``'s leases on the items it holds until they are finished (a daemon thread)."""
+    """Renews ``owner``'s shard leases while it holds them (a daemon thread, every third of the
+    lease, wall clock) and remembers those it lost, so a slow batch keeps its shard and a
+    dispatcher that was frozen past its lease learns it no longer owns it."""
 
     def __init__(self, dynamo: Dynamo, owner: str, lease_seconds: int, clock: Callable[[], float]) -> None:
         self.dynamo = dynamo
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.clock = clock
-        self.held: dict[str, dict[str, Any]] = {}
+        self.held: dict[str, schedule.ShardLease] = {}
         self.lost: set[str] = set()
         self.renewals = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def hold(self, items: Iterable[dict[str, Any]]) -> None:
+    def hold(self, lease: schedule.ShardLease) -> None:
         with self._lock:
-            for item in items:
-                self.held[item["notification_id"]] = item
+            self.held[lease.shard] = lease
 
-    def done(self, item: Mapping[str, Any]) -> None:
+    def done(self, lease: schedule.ShardLease) -> None:
         with self._lock:
-            self.held.pop(item["notification_id"], None)
+            self.held.pop(lease.shard, None)
 
     def renew_now(self) -> None:
-        """One round: every held item's lease moved to now + lease; lost ones dropped and noted."""
+        """One round: every held shard's lease moved to now + lease; lost ones dropped and noted."""
         with self._lock:
-            items = list(self.held.values())
-        until = int(self.clock()) + self.lease_seconds
-        for item in items:
+            leases = list(self.held.values())
+        for lease in leases:
             if self._stop.is_set():
                 return
-            if schedule.renew(self.dynamo, item, self.owner, until):
-                item["lease_until"] = until
+            if schedule.renew_lease(self.dynamo, lease, int(self.clock()), self.lease_seconds):
                 self.renewals += 1
             else:
                 with self._lock:
-                    self.held.pop(item["notification_id"], None)
-                    self.lost.add(item["notification_id"])
-                log.warning(
-                    "%s: lease on %s lost (reclaimed by another dispatcher)", self.owner, item["notification_id"]
-                )
+                    self.held.pop(lease.shard, None)
+                    self.lost.add(lease.shard)
+                log.warning("%s: lease on shard %s lost (taken over by another dispatcher)", self.owner, lease.shard)
 
     def _loop(self) -> None:
         interval = max(1.0, self.lease_seconds / 3)
@@ -114,41 +110,26 @@ def reconcile_verdict(
     return True, ""
 
 
-def reconcile(dispatcher: Any, items: list[dict[str, Any]], now: datetime) -> Counter[str]:
-    """Decide the ``unknown`` items found by a run: resend on deduplicating channels (through the
-    dispatcher's normal path, so promises, lease and events apply) or give up with the reason."""
-    counts: Counter[str] = Counter()
-    moment = dispatcher.send_moment(now)
-    deduplicating = {c.name for c in dispatcher.channels if getattr(c, "deduplicates", False)}
-    resend = []
+def reconcile_plan(
+    items: Iterable[dict[str, Any]], deduplicating: set[str], moment: datetime, max_lateness_minutes: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``unknown`` items found, decided: (final ``unknown`` states with the reason, nothing
+    resent; items to resend on their unknown channels only, through the normal send path)."""
+    give_up, resend = [], []
     for item in items:
-        ok, reason = reconcile_verdict(item, deduplicating, moment, dispatcher.config.max_lateness_minutes)
-        if not ok:
-            counts["unknown" if schedule.give_up(dispatcher.dynamo, item, reason) else "lost_race"] += 1
-            log.warning("%s unknown: %s", item["notification_id"], reason)
-        elif dispatcher.claim(item):
-            # Only the channels whose outcome is unknown; those that accepted stay delivered.
-            item["_only_channels"] = unknown_channels(item)
-            resend.append(item)
+        ok, reason = reconcile_verdict(item, deduplicating, moment, max_lateness_minutes)
+        if ok:
+            resend.append({**item, "_only_channels": unknown_channels(item)})
         else:
-            counts["lost_race"] += 1
-    counts["reconcile_resends"] += len(resend)
-    if resend:
-        counts.update(dispatcher.deliver(resend, now))
-    return counts
+            log.warning("%s unknown: %s", item["notification_id"], reason)
+            give_up.append(schedule.unknown_state(item, reason, str(item.get("last_owner") or ""), final=True))
+    return give_up, resend
 
 
-def recover_events(dispatcher: Any, items: list[dict[str, Any]]) -> Counter[str]:
-    """``sent`` items still marked ``event_pending`` longer than a lease (their sender died or its
-    flush failed): write the delivery record if missing, re-emit the event, then finish them."""
-    counts: Counter[str] = Counter()
-    horizon = int(dispatcher.clock()) - dispatcher.config.lease_seconds
-    stale = [i for i in items if int(i.get("sent_wall") or 0) < horizon]
-    if not stale:
-        return counts
-    ids = [{"notification_id": i["notification_id"]} for i in stale]
-    recorded = {d["notification_id"] for d in dispatcher.dynamo.batch_get("deliveries", ids)}
-    missing = [
+def missing_records(items: Iterable[Mapping[str, Any]], recorded: set[str]) -> list[dict[str, Any]]:
+    """Delivery records for ``sent`` items whose record never made it (their sender died between
+    marking and recording), from what the item says."""
+    return [
         {
             "notification_id": i["notification_id"],
             "user_id": i["user_id"],
@@ -160,11 +141,6 @@ def recover_events(dispatcher: Any, items: list[dict[str, Any]]) -> Counter[str]
             "product_id": i.get("product_id"),
             "recovered": True,
         }
-        for i in stale
+        for i in items
         if i["notification_id"] not in recorded
     ]
-    if missing:
-        dispatcher.dynamo.put_items("deliveries", missing)
-    counts["records_recovered"] += len(missing)
-    counts.update(dispatcher.announce(stale, recovered=True))
-    return counts

@@ -1,22 +1,18 @@
 """Dispatch's decisions at send time: the message, the promises re-checked, the channels' outcome.
 
-Pure decision logic and the channel loop; every store write is ``dispatch``'s (through
-``schedule``). What is decided here:
+Pure decision logic, no store or channel I/O (the channel loop is ``dispatch_channels``, every
+store write ``dispatch``'s through ``schedule``). What is decided here:
 
 - ``build_message``: the rendered payload (sandboxed templates, whitelisted variables only).
 - ``quiet_verdict`` / ``over_cap_at_send``: the planner's promises re-checked at the moment of
   sending, in the user's local time: never inside quiet hours, never over the day's cap.
-- ``send_all``: every message through the channels it still needs, retrying transient errors
-  with back-off, and retrying an unknown outcome only on a channel that deduplicates.
+- ``SendOutcome`` / ``describe``: what the channels did with a message, and as one reason.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from include.notify import rules
 from include.notify.config import NotifyConfig
-from include.notify.stages.channels import Channel, ChannelError, Message, UnknownOutcomeError
+from include.notify.stages.channels import ChannelError, Message
 from include.notify.stages.templates import render
 from include.notify.timeutil import iso
 
@@ -129,58 +125,6 @@ class SendOutcome:
     accepted: list[str] = field(default_factory=list)
     errors: list[ChannelError] = field(default_factory=list)
     unknown: list[ChannelError] = field(default_factory=list)
-
-
-def _send_one(channel: Channel, message: Message) -> ChannelError | None:
-    try:
-        channel.send(message)
-    except ChannelError as error:
-        return error
-    except Exception as error:
-        log.exception("channel %s raised on %s", channel.name, message.notification_id)
-        return UnknownOutcomeError(channel.name, message.notification_id, f"{type(error).__name__}: {error}")
-    return None
-
-
-def send_all(
-    channels: Sequence[Channel],
-    messages: Sequence[Message],
-    todo: Sequence[set[str]],
-    pool: ThreadPoolExecutor,
-    attempts: int,
-    backoff_seconds: float,
-) -> list[SendOutcome]:
-    """Every message through each channel named in its ``todo`` set.
-
-    Transient failures are retried with exponential back-off and jitter, up to ``attempts`` per
-    channel; a permanent failure is final at once. An unknown outcome is retried (safe) only on a
-    channel that ``deduplicates``; elsewhere it is final and reported, never resent.
-    """
-    outcomes = [SendOutcome() for _ in messages]
-    for channel in channels:
-        deduplicates = bool(getattr(channel, "deduplicates", False))
-        pending = [i for i in range(len(messages)) if channel.name in todo[i]]
-        for attempt in range(attempts):
-            if not pending:
-                break
-            results = list(pool.map(lambda i, ch=channel: _send_one(ch, messages[i]), pending))
-            retry = []
-            for index, error in zip(pending, results, strict=True):
-                last = attempt == attempts - 1
-                if error is None:
-                    outcomes[index].accepted.append(channel.name)
-                elif error.unknown and deduplicates and not last:
-                    retry.append(index)
-                elif error.unknown:
-                    outcomes[index].unknown.append(error)
-                elif error.transient and not last:
-                    retry.append(index)
-                else:
-                    outcomes[index].errors.append(error)
-            pending = retry
-            if pending:
-                time.sleep(backoff_seconds * 2**attempt * (0.5 + random.random()))
-    return outcomes
 
 
 def describe(errors: Sequence[ChannelError]) -> str:
