@@ -161,9 +161,10 @@ def run_dates_of(context: Mapping[str, Any]) -> list[date]:
 
 
 def missed_days(config: Any, dag_id: str, days: Sequence[date], run_started: datetime | None = None) -> list[date]:
-    """Days before the run's last one (within ``config.catch_up_days``) that the upstream DAG has
-    written and this DAG has not: its output is absent, older than its input, or being written by
-    this very run (so every task of the run sees the same days).
+    """Days before the run's last one (within ``config.catch_up_days``) that the upstream DAG had
+    written when this run began and this DAG has not: its output is absent, older than its input,
+    or being written by this very run. Both ends are fixed at the run's start, so every task of
+    the run sees the same days.
 
     Asset events alone lose days: when events arrive while the scheduler is creating the run for
     an earlier one (a backfill's days finishing within seconds of each other), Airflow 3.3 attaches
@@ -184,8 +185,8 @@ def missed_days(config: Any, dag_id: str, days: Sequence[date], run_started: dat
         if day in days:
             continue
         given = partition_written_at(config, *DAY_PARTITIONS[upstream], day)
-        if given is None:
-            continue
+        if given is None or (started is not None and given >= started):
+            continue  # absent, or arrived after this run began: the next run's (its event's) day
         made = partition_written_at(config, *DAY_PARTITIONS[dag_id], day)
         if made is None or made < given or (started is not None and made >= started):
             missed.append(day)

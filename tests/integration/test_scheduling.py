@@ -131,6 +131,14 @@ def test_days_whose_asset_events_were_lost_are_caught_up_from_the_lake(lake_env:
     assert again == {"rows": 1}
     _, published = features_run(datetime.now(UTC), {"run_date": "2026-03-11"})
     assert published.extra["run_dates"] == ["2026-03-11"]
+    # Ingestion finishing a day while a features run is going: that run's tasks keep their days
+    # (the new day is the next run's), so report_counts never checks a day build_features skipped.
+    started = datetime.now(UTC)
+    time.sleep(0.05)
+    write_partition(lake_env, "notify_batch_ingestion", date(2026, 3, 9))
+    late, published = features_run(started)
+    assert late == {"rows": 1}
+    assert published.extra["run_dates"] == ["2026-03-12"]
 
 
 @pytest.fixture(scope="module")
