@@ -30,6 +30,9 @@ from notify_tools.simulator.results import ClosedLoopResult, DayMetrics
 
 FAST_POLICIES = ("seed", "notify", "notify_greedy", "oracle_constrained", "oracle")
 NEW_USER_DAYS, ACTIVE_PURCHASE_DAYS = 7, 60
+# Scoring's product side gets nothing to score in the fast loop (only campaigns are planned).
+_NO_PURCHASES = pd.DataFrame({"user_id": pd.Series(dtype=object), "product_id": pd.Series(dtype=object),
+                              "purchase_date": pd.Series(dtype="datetime64[ns, UTC]")})  # fmt: skip
 
 
 @dataclass
@@ -252,7 +255,7 @@ def _value_plan(
             campaign_vectors=vectors["campaign_vectors"][position], campaign_stats=None,
             products=pd.DataFrame({"product_id": [], "name": [], "article_type": [], "popularity": np.zeros(0, np.float32)}),
             product_vectors=np.zeros((0, vectors["product_vectors"].shape[1]), np.float32),
-            recent_purchases=pd.DataFrame(columns=["user_id", "product_id"]), model="fast",
+            purchases=_NO_PURCHASES, model="fast",
             campaign_affinity=response.campaign_affinity(signals, targets)[signals.rows(user_ids)],
         )  # fmt: skip
         recs = score(inputs).campaigns

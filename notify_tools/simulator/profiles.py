@@ -11,6 +11,8 @@ other:
   away almost nothing; more activity concentrated at the active hours), tolerance 2 a day with
   steeper opt-outs, 45 % of purchases and 40 % of views off-taste (a noisier preference signal),
   users 30 % less responsive and more put off by repeats.
+- ``heldout_flat`` (held out, not an acceptance profile): flat hours, tolerance 1 with steep
+  opt-outs, strong fatigue, a weak repetition effect; no constant of Notify was chosen on it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,28 @@ PROFILES: dict[str, Profile] = {
         ),
         0.45,
         "sharp hours, tolerance 2, 45 % purchase noise, 30 % less responsive",
+    ),
+    # Held out: never used to choose any constant of Notify; a check that the policy did not fit
+    # the two shipped worlds. Flat hours, tolerance 1 with steep opt-outs, strong fatigue, a weak
+    # repetition effect, clicks depending more on relevance, 30 % purchase noise.
+    "heldout_flat": Profile(
+        "heldout_flat",
+        Behaviour(
+            base_open=1.0,
+            click_base=0.08,
+            click_relevance=0.75,
+            fatigue_decay=0.6,
+            tolerated_per_day=1,
+            opt_out_per_extra=0.04,
+            hour_falloff=(1.0, 0.9, 0.7, 0.45),
+            night_factor=0.1,
+            peak_share=0.55,
+            explore_share=0.3,
+            repeat_decay=0.8,
+            repeat_window_days=5,
+        ),
+        0.3,
+        "flat hours, tolerance 1, strong fatigue, weak repetition effect, 30 % purchase noise (held out)",
     ),
 }
 

@@ -57,7 +57,7 @@ def _synthetic_log(rows: int, seed: int) -> pd.DataFrame:
 def test_the_model_is_deterministic_for_a_seed_and_beats_the_prior_on_learnable_logs() -> None:
     frame = _synthetic_log(3000, 1)
     first, second = response.train(frame, DAY, seed=3), response.train(frame, DAY, seed=3)
-    assert first.kind in {"logistic", "hist_gbt"}
+    assert first.kind in {"prior_logistic", "logistic", "hist_gbt"}
     assert first.version == second.version
     features = frame.loc[:200, list(response.FEATURES)].to_numpy(float)
     np.testing.assert_array_equal(first.predict(features), second.predict(features))
@@ -102,6 +102,17 @@ def test_exploration_never_breaks_a_constraint_and_logs_propensities(dataset, ex
     assert np.allclose(
         result.decisions.loc[~explored & (result.decisions["propensity"] < 1), "propensity"] >= 1 - explore, True
     )
+
+
+def test_exploration_only_tries_arms_worth_an_interruption(dataset) -> None:
+    cfg, inputs = _inputs(dataset, NotifyConfig(interruption_cost=0.05), response.prior_model(DAY), 0.5)
+    result = build_plan(cfg, inputs)
+    explored = result.decisions[result.decisions["explored"].astype(bool)]
+    assert len(explored)
+    # An explored campaign's expected value beats the cost of its step; its propensity is e / arms.
+    assert (explored["value"] > explored["cost"]).all()
+    arms = np.round(0.5 / explored["propensity"].where(explored["campaign_id"] != explored["greedy_campaign"]))
+    assert (arms.dropna() >= 2).all()
 
 
 def test_the_kth_send_needs_value_above_the_interruption_cost(dataset) -> None:
@@ -169,8 +180,24 @@ def test_a_learner_is_trusted_only_where_it_has_evidence_and_sends_on_a_lower_qu
     low_seen = model.lower(seen, n_seen, 0.2)
     assert (low_unseen < unseen).all()
     assert (low_seen <= seen).all()
-    assert ((unseen - low_unseen) > (seen - low_seen) - 1e-12).mean() > 0.9  # less evidence, wider
+    # The same p with less evidence behind it: a wider interval, a lower conservative value.
+    assert (model.lower(seen, np.zeros(100), 0.2) < low_seen).all()
     np.testing.assert_array_equal(model.lower(seen, n_seen, 0.5), seen)
+
+
+def test_a_feature_value_never_logged_is_priced_by_the_prior() -> None:
+    frame = _synthetic_log(3000, 4)  # times_sent is 0 and the ignored streak < 1 in every row
+    model = response.train(frame, DAY, seed=3)
+    assert model.estimator is not None
+    features = frame.loc[:99, list(response.FEATURES)].to_numpy(float)
+    repeat, streak = features.copy(), features.copy()
+    repeat[:, response.F["times_sent"]] = 2
+    streak[:, response.F["ignored_streak"]] = 6
+    for unseen in (repeat, streak):
+        p, n = model.estimate(unseen)
+        assert (n == 0).all()
+        np.testing.assert_allclose(p, scaled_prior(unseen, model.prior_scales))
+    assert (model.estimate(features)[1] > 0).all()
 
 
 def test_explain_lists_each_candidates_probability_and_main_terms(dataset) -> None:

@@ -103,8 +103,8 @@ def build_history(
     u = users.get_indexer(purchases["user_id"].astype(str))
     i = products.get_indexer(purchases["product_id"].astype(str))
     keep = (u >= 0) & (i >= 0)
-    when = pd.to_datetime(purchases["purchase_date"], utc=True).to_numpy()
-    bought = pd.DataFrame({"user_pos": u[keep], "item_pos": i[keep], "when": when[keep]})
+    when = pd.to_datetime(purchases["purchase_date"], utc=True).reset_index(drop=True)  # dtype kept when empty
+    bought = pd.DataFrame({"user_pos": u[keep], "item_pos": i[keep], "when": when[keep].reset_index(drop=True)})
     frames = [bought[["user_pos", "item_pos"]].assign(weight=EVENT_WEIGHTS["purchase"])]
     dropped_events = 0
     if clickstream is not None and len(clickstream):

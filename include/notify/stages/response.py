@@ -3,10 +3,11 @@
 What this stage guarantees:
 
 - **Signals from observable data only** (``user_signals``): per user a time-decayed, smoothed
-  affinity to every article type (own purchases weigh 1, clicks 0.5, views 0.3, half-life
+  affinity to every article type (own purchases weigh 1, clicks and views 0.6, half-life
   ``HALF_LIFE_DAYS``; ``(own + AFFINITY_PSEUDO x population share) / (own total + AFFINITY_PSEUDO)``,
   so a user with no history has the population's shares), a local-hour engagement histogram
-  (every event and notification open, smoothed with the population's histogram), recent CTR
+  (every event and notification open, pooled with half the counts of the neighbouring hours,
+  ``smooth_hours``, then smoothed with the population's histogram), recent CTR
   (14 days, Beta-smoothed), the ignored streak, the last notification's time and per campaign the
   times it was sent to the user (14 days) and the days since the last one.
 - **Features** (``FEATURES``): affinity to the campaign's target article types, embedding
@@ -50,10 +51,11 @@ from include.notify.stages.response_model import (
 
 log = logging.getLogger(__name__)
 
-HALF_LIFE_DAYS = 60.0
-EVENT_WEIGHTS = {"purchase": 1.0, "click": 0.5, "add_to_cart": 0.6, "view": 0.3, "notification_click": 0.5}
+HALF_LIFE_DAYS = 180.0
+EVENT_WEIGHTS = {"purchase": 1.0, "click": 0.6, "add_to_cart": 0.6, "view": 0.6, "notification_click": 0.5}
 AFFINITY_PSEUDO = 3.0
 HOUR_PSEUDO = 5.0
+HOUR_KERNEL = (0.5,)
 RECENT_DAYS = 14
 CTR_PRIOR, CTR_STRENGTH = 0.05, 10.0
 GENERIC_AFFINITY = 0.1
@@ -150,6 +152,7 @@ def user_signals(
     hours = _local_hours(np.maximum(u, 0), zones, activity["ts"])
     hour_counts = np.zeros((len(ids), HOURS))
     np.add.at(hour_counts, (u[engaged], hours[engaged]), decay[engaged])
+    hour_counts = smooth_hours(hour_counts)
     hour_pop = hour_counts.sum(axis=0) + 1e-3
     hour_pop /= hour_pop.sum()
     engagement = (hour_counts + HOUR_PSEUDO * hour_pop) / (hour_counts.sum(axis=1, keepdims=True) + HOUR_PSEUDO)
@@ -157,6 +160,18 @@ def user_signals(
     recent_ctr, streak, last_sent, pairs = _notification_signals(ids, ev, cutoff)
     return UserSignals(day, ids, types, affinity.astype(np.float32), engagement.astype(np.float32),
                        recent_ctr, streak, last_sent, pairs)  # fmt: skip
+
+
+def smooth_hours(counts: np.ndarray, kernel: tuple[float, ...] | None = None) -> np.ndarray:
+    """Each hour's count plus ``kernel[d - 1]`` x the counts ``d`` hours either side (circular):
+    someone active at 19:40 is likely about at 20:00 too, so a user's few events are pooled with
+    their neighbours before the busiest hour is picked (one event at 21:00 no longer beats a
+    cluster at 18-20)."""
+    kernel = HOUR_KERNEL if kernel is None else kernel
+    out = np.array(counts, dtype=float, copy=True)
+    for distance, weight in enumerate(kernel, start=1):
+        out += weight * (np.roll(counts, distance, axis=1) + np.roll(counts, -distance, axis=1))
+    return out
 
 
 def _events_before(events: pd.DataFrame | None, cutoff: pd.Timestamp) -> pd.DataFrame:
