@@ -72,7 +72,8 @@ NEAR_DUPLICATE_COSINE = 0.97
 RERANK_CANDIDATES = 100
 RERANK_BLOCK = 256
 # MMR strengths tried on held-out data, in units of a typical top-10's score spread.
-DIVERSITY_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
+DIVERSITY_GRID = (0.0, 0.5, 1.0, 1.5)
+TAIL_GRID = (0.0, 0.5, 1.0)
 CO_PURCHASE_NEIGHBOURS = 50
 QUERY_CHUNK = 2048
 COLOUR_FAMILIES = {
@@ -320,6 +321,7 @@ class ProductModel:
     popularity: np.ndarray  # normalised, aligned with the catalog
     validation: dict[str, float] = field(default_factory=dict)
     diversity: float = 0.0  # MMR strength of the re-rank (fit on held-out data)
+    tail_bonus: float = 0.0  # re-rank bonus x (1 - popularity) (fit on held-out data)
 
 
 def popularity_norm(history: History) -> np.ndarray:
@@ -421,8 +423,9 @@ def score_products(
         # The user's own due re-buys are reorders, not near-duplicate suggestions: never capped.
         reorder = reorders.get(chunk[:, None], cand) > 0
         keep = diverse_top_k(
-            cand, cand_scores, product_vectors, groups, k, max_similar, types, max_per_type, reorder, model.diversity
-        )
+            cand, cand_scores, product_vectors, groups, k, max_similar, types, max_per_type, reorder, model.diversity,
+            model.tail_bonus * (1.0 - model.popularity[cand]) if model.tail_bonus else None,
+        )  # fmt: skip
         chosen = np.where(keep >= 0, np.take_along_axis(cand, np.maximum(keep, 0), axis=1), -1)
         sc = np.where(keep >= 0, np.take_along_axis(cand_scores, np.maximum(keep, 0), axis=1), -np.inf)
         block = slice(start, start + len(chunk))
@@ -447,16 +450,17 @@ def diverse_top_k(
     max_per_type: int = MAX_PER_TYPE,
     exempt: np.ndarray | None = None,
     strength: float = 0.0,
+    bonus: np.ndarray | None = None,
 ) -> np.ndarray:
     """Positions into each row of ``cand`` (best first, -1 = empty) of the greedy diverse top-k.
 
     Greedy, one pick per step: the allowed candidate with the best ``score - strength x (max
-    cosine to the items kept so far)`` (MMR; ``strength`` is fit on held-out data). A candidate
+    cosine to the items kept so far) + bonus`` (MMR; ``strength`` and the long-tail ``bonus`` are
+    fit on held-out data, ``products_fit.fit_diversity``). A candidate
     is not allowed once ``max_similar`` kept items are similar to it: same group (article type
     and colour family) or text-vector cosine >= ``NEAR_DUPLICATE_COSINE``. ``exempt`` candidates
     (the user's own due re-buys) bypass the cap and the penalty and count against no one.
-    Similarities are computed from each pick to the row's candidates only (k x C per row, not
-    the full C x C gram), in blocks of ``RERANK_BLOCK`` rows.
+    One C x C gram per block of ``RERANK_BLOCK`` rows, then k cheap steps.
     """
     n = len(cand)
     out = np.full((n, k), -1, dtype=np.int64)
@@ -464,10 +468,12 @@ def diverse_top_k(
         stop = min(start + RERANK_BLOCK, n)
         rows = slice(start, stop)
         free = None if exempt is None else exempt[rows]
+        scores = cand_scores[rows]
+        if bonus is not None:
+            scores = scores + (bonus[rows] if free is None else np.where(free, 0.0, bonus[rows]))
         out[rows] = _diverse_block(
-            cand[rows], cand_scores[rows], product_vectors, groups, k, max_similar,
-            types, max_per_type, free, strength,
-        )  # fmt: skip
+            cand[rows], scores, product_vectors, groups, k, max_similar, types, max_per_type, free, strength
+        )
     return out
 
 
@@ -487,6 +493,7 @@ def _diverse_block(
 
     n, c = cand.shape
     vecs = torch.from_numpy(np.ascontiguousarray(product_vectors[np.maximum(cand, 0)], dtype=np.float32))
+    gram = torch.bmm(vecs, vecs.transpose(1, 2)).numpy()
     g = groups[np.maximum(cand, 0)]
     t = None if types is None else types[np.maximum(cand, 0)]
     free = np.zeros((n, c), bool) if exempt is None else exempt
@@ -509,14 +516,12 @@ def _diverse_block(
         counted = ok & ~free[all_rows, pick]
         if not counted.any():
             continue
-        r = all_rows[counted]
-        rt, pt = torch.from_numpy(r), torch.from_numpy(pick[counted])
-        sim = torch.bmm(vecs[rt, pt].unsqueeze(1), vecs[rt].transpose(1, 2)).squeeze(1).numpy()
-        similar = (sim >= NEAR_DUPLICATE_COSINE) | (g[r] == g[r, pick[counted]][:, None])
-        clash[r] += similar
+        sim = gram[all_rows, pick]
+        similar = (sim >= NEAR_DUPLICATE_COSINE) | (g == g[all_rows, pick][:, None])
+        clash += similar & counted[:, None]
         if t is not None:
-            type_clash[r] += t[r] == t[r, pick[counted]][:, None]
-        max_sim[r] = np.maximum(max_sim[r], sim)
+            type_clash += (t == t[all_rows, pick][:, None]) & counted[:, None]
+        max_sim = np.where(counted[:, None], np.maximum(max_sim, sim), max_sim)
     return out
 
 

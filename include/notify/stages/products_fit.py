@@ -5,6 +5,7 @@ and the rules guarantee). Kept apart from scoring: this is the training half, ru
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from include.notify.stages.products import (
     PARTS,
     QUERY_CHUNK,
     RERANK_CANDIDATES,
+    TAIL_GRID,
     TOP_K,
     Collaborative,
     ProductModel,
@@ -144,10 +146,15 @@ def fit_diversity(
     groups: np.ndarray,
     max_similar: int = MAX_SIMILAR,
     k: int = TOP_K,
-) -> tuple[float, float]:
-    """The MMR strength of the re-rank (``products.diverse_top_k``) with the best held-out
-    recall@k, from ``DIVERSITY_GRID`` x the typical spread of a top-k's scores; and that recall.
-    On a tie the stronger one is kept (same hits, fewer near-alike products)."""
+    floor: tuple[float, float] = (0.0, 0.0),
+) -> tuple[tuple[float, float], float]:
+    """The re-rank's (MMR strength, long-tail bonus) (``products.diverse_top_k``), from
+    ``DIVERSITY_GRID`` x ``TAIL_GRID`` x the typical spread of a top-k's scores, and its held-out
+    recall@k. The bonus adds ``tail x (1 - popularity)`` to a candidate, favouring rarely
+    bought products among the ``RERANK_CANDIDATES``. The most accurate pair is kept; on a tie
+    the later, stronger one (same hits, more varied lists). With ``floor`` = (intra-list
+    diversity, catalog coverage), default none, only pairs whose lists reach both compete on
+    recall (the closest when none does)."""
     w = np.array([weights[name] for name in FEATURES[: feats.shape[2]]], dtype=np.float32)
     score = np.where(cand >= 0, feats @ w, -np.inf)
     order = np.argsort(-score, axis=1, kind="stable")[:, :RERANK_CANDIDATES]
@@ -156,19 +163,53 @@ def fit_diversity(
     truth, sizes = _truth(c, held)
     spread = s[:, 0] - s[:, min(k, s.shape[1]) - 1]
     scale = float(np.median(spread[np.isfinite(spread)])) if np.isfinite(spread).any() else 0.0
-    best, best_recall = 0.0, -1.0
-    for factor in DIVERSITY_GRID:
-        keep = diverse_top_k(c, s, product_vectors, groups, k, max_similar, exempt=exempt, strength=factor * scale)
+    tail = 1.0 - np.take_along_axis(feats[..., PARTS.index("popularity")], order, axis=1)
+    best, best_key, best_recall = (0.0, 0.0), (-np.inf, -1.0), -1.0
+    for factor, tail_factor in itertools.product(DIVERSITY_GRID, TAIL_GRID):
+        strength = (factor * scale, tail_factor * scale)
+        keep = diverse_top_k(c, s, product_vectors, groups, k, max_similar, exempt=exempt, strength=strength[0],
+                             bonus=strength[1] * tail)  # fmt: skip
         found = np.where(keep >= 0, np.take_along_axis(truth, np.maximum(keep, 0), axis=1), False).sum(axis=1)
         recall = float(np.mean(found / np.maximum(sizes, 1)))
-        log.info("MMR strength %.3g (x%.2f): held-out recall@%d %.4f", factor * scale, factor, k, recall)
-        if recall >= best_recall - 1e-12:
-            best, best_recall = factor * scale, recall
+        chosen = np.where(keep >= 0, np.take_along_axis(c, np.maximum(keep, 0), axis=1), -1)
+        diversity, coverage = list_diversity(chosen, product_vectors), list_coverage(chosen, len(product_vectors))
+        shortfall = min(diversity - floor[0], 0.0) / max(floor[0], 1e-9) + min(coverage - floor[1], 0.0) / max(
+            floor[1], 1e-9
+        )
+        log.info(
+            "MMR strength x%.2f, long-tail bonus x%.2f: held-out recall@%d %.4f, diversity %.3f, coverage %.3f",
+            factor, tail_factor, k, recall, diversity, coverage,
+        )  # fmt: skip
+        if (shortfall, recall) >= (best_key[0], best_key[1] - 1e-12):
+            best, best_key, best_recall = strength, (shortfall, recall), recall
     return best, best_recall
 
 
+def list_diversity(indices: np.ndarray, product_vectors: np.ndarray) -> float:
+    """Mean over lists of the mean pairwise (1 - cosine) of their products' text vectors."""
+    safe = np.maximum(indices, 0)
+    total, pairs = np.zeros(len(indices)), np.zeros(len(indices))
+    for start in range(0, len(indices), QUERY_CHUNK):
+        rows = slice(start, start + QUERY_CHUNK)
+        v = product_vectors[safe[rows]]
+        ok = indices[rows] >= 0
+        mask = ok[:, :, None] & ok[:, None, :] & ~np.eye(indices.shape[1], dtype=bool)[None]
+        total[rows] = ((1 - np.einsum("ukd,ujd->ukj", v, v)) * mask).sum(axis=(1, 2))
+        pairs[rows] = mask.sum(axis=(1, 2))
+    return float(np.mean(total / np.maximum(pairs, 1)))
+
+
+def list_coverage(indices: np.ndarray, n_items: int) -> float:
+    """Share of the catalog that is on at least one list."""
+    return len(np.unique(indices[indices >= 0])) / max(n_items, 1)
+
+
 def fit_blend(
-    cand: np.ndarray, feats: np.ndarray, held: list[set[int]] | np.ndarray, k: int = TOP_K, seed: int = 0
+    cand: np.ndarray,
+    feats: np.ndarray,
+    held: list[set[int]] | np.ndarray,
+    k: int = TOP_K,
+    seed: int = 0,
 ) -> tuple[dict[str, float], float]:
     """Weights (on the raw parts) that maximise mean recall@k of the held-out items over the
     candidates, by random search on the simplex of standardised parts; and that recall."""
@@ -253,14 +294,14 @@ def fit_products_model(data: TrainingData, run_date: date, seed: int = 0) -> Pro
     assert best is not None
     recall, chosen, weights, cand, feats = best
     groups = item_groups(data.products)
-    strength, diverse_recall = fit_diversity(cand, feats, weights, targets, data.product_vectors, groups)
+    (strength, tail), diverse_recall = fit_diversity(cand, feats, weights, targets, data.product_vectors, groups)
     full = build_history(data.user_ids, product_ids, data.purchases, data.clickstream)
     final = fit_als(interaction_matrix(full), int(chosen.settings["factors"]), float(chosen.settings["alpha"]), seed)
     final.item_item = fit_co_purchase(full)
     log.info(
-        "product model fit in %.1fs: %d held-out users, recall@10 %.4f (%.4f re-ranked, MMR strength %.3g), "
+        "product model fit in %.1fs: %d held-out users, recall@10 %.4f (%.4f re-ranked, MMR strength %.3g, tail bonus %.3g), "
         "weights %s, ALS %s",
-        time.monotonic() - started, len(held_users), recall, diverse_recall, strength, weights, chosen.settings,
+        time.monotonic() - started, len(held_users), recall, diverse_recall, strength, tail, weights, chosen.settings,
     )  # fmt: skip
     return ProductModel(
         weights=weights,
@@ -270,6 +311,7 @@ def fit_products_model(data: TrainingData, run_date: date, seed: int = 0) -> Pro
         validation={"held_out_users": float(len(held_users)), "recall@10": recall,
                     "recall@10_reranked": diverse_recall, **chosen.settings},
         diversity=strength,
+        tail_bonus=tail,
     )  # fmt: skip
 
 
