@@ -211,6 +211,7 @@ def product_blend_case(n_users: int, factors: int, repeats: int) -> dict[str, An
     from include.notify.stages import products as prod
     from include.notify.stages import search
     from include.notify.stages.embeddings import normalize_rows
+    from include.notify.stages.products_fit import fit_co_purchase
 
     catalog_frame, items = _catalog()
     rng = np.random.default_rng(3)
@@ -237,7 +238,7 @@ def product_blend_case(n_users: int, factors: int, repeats: int) -> dict[str, An
         pd.Index(np.arange(n_users)), pd.Index(np.arange(n_items)),
         pd.DataFrame({"user_pos": bought_u, "item_pos": bought_i}), pd.DataFrame(),
     )  # fmt: skip
-    item_item = prod.fit_co_purchase(bought)
+    item_item = fit_co_purchase(bought)
     basket = prod.baskets(terms, n_users, n_items)
     model = prod.ProductModel(
         {"content": 1.0, "collaborative": 0.5, "popularity": 0.1, "repurchase": 0.3, "co_purchase": 0.2},

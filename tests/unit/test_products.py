@@ -173,7 +173,7 @@ def test_co_purchase_similarity_links_products_bought_together_and_scores_the_ba
     purchases = pd.DataFrame(rows, columns=["user_id", "product_id", "purchase_date"])
     users = np.array([f"U{u}" for u in range(5)] + ["U9", "NEW"], dtype=object)
     history = P.build_history(users, np.array(["x", "y", "z"], dtype=object), purchases)
-    sim = P.fit_co_purchase(history).toarray()
+    sim = PF.fit_co_purchase(history).toarray()
     assert sim[0, 1] > 0.99, "always bought together"
     assert sim[1, 0] > 0.99
     assert sim[0, 0] == 0, "a product is not its own neighbour"
@@ -183,7 +183,7 @@ def test_co_purchase_similarity_links_products_bought_together_and_scores_the_ba
     items = _unit(rng.normal(size=(3, 8)))
     model = _model(1, 3, {"content": 0.0, "collaborative": 0.0, "popularity": 0.0, "repurchase": 0.0,
                           "co_purchase": 1.0})  # fmt: skip
-    model.collaborative.item_item = P.fit_co_purchase(history)
+    model.collaborative.item_item = PF.fit_co_purchase(history)
     terms = P.RepurchaseTerms(np.array([0]), np.array([0]), np.zeros(1, np.float32), np.array([True]),
                               np.array([1.0], np.float32))  # fmt: skip
     result = P.score_products(_unit(rng.normal(size=(1, 8))), items, model, terms, np.arange(3), k=2)

@@ -5,7 +5,9 @@ What this module guarantees:
 - **Four parts per (user, product)**, each kept on the recommendation so analysts can read it:
   ``content`` = cosine(user text vector, product text vector); ``collaborative`` = the dot
   product of the user's and the product's implicit-feedback ALS factors (the ``implicit``
-  package, trained nightly on purchases, add-to-carts, clicks and views); ``popularity`` =
+  package, trained nightly on purchases, add-to-carts, clicks and views) plus the item-to-item
+  co-purchase score (the user's basket x the products' cosine similarity of buyers, 50
+  neighbours each, ``products_fit.fit_co_purchase``), each with its own weight; ``popularity`` =
   log(1 + units sold) / log(1 + most units sold); ``repurchase`` = how likely the user re-buys a
   product they bought, from the learned rule below (0 for products they never bought).
 - **Blend weights are fit on held-out data**, never hand-set (``products_fit.fit_products_model``): each
@@ -28,9 +30,12 @@ What this module guarantees:
   passed as ``never`` (e.g. returns: the purchase data model has no returns today, quantity is
   always >= 1, so nothing fills it yet).
 - **Diversity** (``diverse_top_k``): from each user's best ``RERANK_CANDIDATES`` by blended score,
-  greedily keep the best item unless ``max_similar`` already kept items are similar to it —
-  same article type and colour family, or text vectors with cosine >= ``NEAR_DUPLICATE_COSINE``.
+  greedily keep the best of ``score - strength x (max cosine to the kept) + tail x (1 -
+  popularity)`` (MMR with a long-tail bonus; both fit on the held-out day by recall@10,
+  ``products_fit.fit_diversity``) among items that fewer than ``max_similar`` kept items are
+  similar to — same article type and colour family, or text cosine >= ``NEAR_DUPLICATE_COSINE``.
   The cap is strict: a user whose candidates run out of dissimilar items gets fewer than k.
+  The user's own due re-buys are reorders: exempt from the cap, the penalty and the bonus.
 """
 
 from __future__ import annotations
@@ -180,35 +185,6 @@ def fit_als(matrix: sp.csr_matrix, factors: int, alpha: float, seed: int = 0) ->
     users[np.diff(matrix.indptr) == 0] = 0.0
     items[np.bincount(matrix.indices, minlength=matrix.shape[1]) == 0] = 0.0
     return Collaborative(users, items, {"factors": factors, "alpha": alpha})
-
-
-def fit_co_purchase(history: History, neighbours: int = CO_PURCHASE_NEIGHBOURS) -> sp.csr_matrix:
-    """Item-to-item co-purchase similarity: cosine of the product columns of the binary user x
-    product purchase matrix, each product's ``neighbours`` most similar kept, itself left out
-    (re-buying the same product is the repurchase part's business)."""
-    p = history.purchases
-    shape = (len(history.user_ids), len(history.product_ids))
-    x = sp.csr_matrix((np.ones(len(p), np.float32), (p["user_pos"], p["item_pos"])), shape=shape)
-    x.sum_duplicates()
-    x.data[:] = 1.0
-    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
-    xn = x @ sp.diags(np.where(norms > 0, 1 / np.maximum(norms, 1e-9), 0).astype(np.float32))
-    sim = (xn.T @ xn).tocsr()
-    sim.setdiag(0)
-    sim.eliminate_zeros()
-    return _prune_rows(sim, neighbours)
-
-
-def _prune_rows(sim: sp.csr_matrix, neighbours: int) -> sp.csr_matrix:
-    """Keep each row's ``neighbours`` largest entries."""
-    counts = np.diff(sim.indptr)
-    if counts.max(initial=0) <= neighbours:
-        return sim.astype(np.float32)
-    row_of = np.repeat(np.arange(sim.shape[0]), counts)
-    order = np.lexsort((-sim.data, row_of))
-    rank = np.arange(len(order)) - np.repeat(sim.indptr[:-1], counts)
-    keep = order[rank < neighbours]
-    return sp.csr_matrix((sim.data[keep], (row_of[keep], sim.indices[keep])), shape=sim.shape, dtype=np.float32)
 
 
 def baskets(terms: RepurchaseTerms, n_rows: int, n_items: int) -> sp.csr_matrix:

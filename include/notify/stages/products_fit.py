@@ -20,6 +20,7 @@ from include.notify.stages.products import (
     BLEND_CANDIDATES_PER_PART,
     BLEND_FIT_USERS,
     BLEND_SAMPLES,
+    CO_PURCHASE_NEIGHBOURS,
     DIVERSITY_GRID,
     FEATURES,
     MAX_SIMILAR,
@@ -29,13 +30,13 @@ from include.notify.stages.products import (
     TAIL_GRID,
     TOP_K,
     Collaborative,
+    History,
     ProductModel,
     RepurchaseTerms,
     baskets,
     build_history,
     diverse_top_k,
     fit_als,
-    fit_co_purchase,
     interaction_matrix,
     item_groups,
     learn_repurchase,
@@ -98,6 +99,35 @@ def candidate_features(
         axis=2,
     ).astype(np.float32)
     return cand, feats
+
+
+def fit_co_purchase(history: History, neighbours: int = CO_PURCHASE_NEIGHBOURS) -> sp.csr_matrix:
+    """Item-to-item co-purchase similarity: cosine of the product columns of the binary user x
+    product purchase matrix, each product's ``neighbours`` most similar kept, itself left out
+    (re-buying the same product is the repurchase part's business)."""
+    p = history.purchases
+    shape = (len(history.user_ids), len(history.product_ids))
+    x = sp.csr_matrix((np.ones(len(p), np.float32), (p["user_pos"], p["item_pos"])), shape=shape)
+    x.sum_duplicates()
+    x.data[:] = 1.0
+    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
+    xn = x @ sp.diags(np.where(norms > 0, 1 / np.maximum(norms, 1e-9), 0).astype(np.float32))
+    sim = (xn.T @ xn).tocsr()
+    sim.setdiag(0)
+    sim.eliminate_zeros()
+    return _prune_rows(sim, neighbours)
+
+
+def _prune_rows(sim: sp.csr_matrix, neighbours: int) -> sp.csr_matrix:
+    """Keep each row's ``neighbours`` largest entries."""
+    counts = np.diff(sim.indptr)
+    if counts.max(initial=0) <= neighbours:
+        return sim.astype(np.float32)
+    row_of = np.repeat(np.arange(sim.shape[0]), counts)
+    order = np.lexsort((-sim.data, row_of))
+    rank = np.arange(len(order)) - np.repeat(sim.indptr[:-1], counts)
+    keep = order[rank < neighbours]
+    return sp.csr_matrix((sim.data[keep], (row_of[keep], sim.indices[keep])), shape=sim.shape, dtype=np.float32)
 
 
 def _co_purchase_scores(collab: Collaborative, terms: RepurchaseTerms, n: int, n_items: int) -> sp.csr_matrix | None:
