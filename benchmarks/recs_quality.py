@@ -379,7 +379,7 @@ def evaluate_products(users: int, run_date: date, seed: int) -> dict[str, Any]:
     groups = products_mod.item_groups(catalog.assign(article_type=catalog["articleType"]))
     started = time.monotonic()
     scored = products_mod.score_products(
-        test_content[test.users], vectors, model, products_fit._subset_terms(terms, test.users), groups,
+        test_content[test.users], vectors, model, terms, groups,
         user_rows=test.users,
     )  # fmt: skip
     results["Notify"] = {

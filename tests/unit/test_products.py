@@ -165,3 +165,59 @@ def test_blend_weights_are_fit_to_the_part_that_predicts_the_held_out_items() ->
     weights, recall = PF.fit_blend(cand, feats, held, k=1)
     assert recall > 0.9
     assert max(weights, key=weights.get) == "collaborative"
+
+
+def test_co_purchase_similarity_links_products_bought_together_and_scores_the_basket() -> None:
+    # Users buy x with y; z is bought alone. A new buyer of x is offered y through co-purchase.
+    rows = [(f"U{u}", p, NOW) for u in range(5) for p in ("x", "y")] + [("U9", "z", NOW)]
+    purchases = pd.DataFrame(rows, columns=["user_id", "product_id", "purchase_date"])
+    users = np.array([f"U{u}" for u in range(5)] + ["U9", "NEW"], dtype=object)
+    history = P.build_history(users, np.array(["x", "y", "z"], dtype=object), purchases)
+    sim = PF.fit_co_purchase(history).toarray()
+    assert sim[0, 1] > 0.99, "always bought together"
+    assert sim[1, 0] > 0.99
+    assert sim[0, 0] == 0, "a product is not its own neighbour"
+    assert sim[0, 2] == 0
+    assert sim[2].sum() == 0
+    rng = np.random.default_rng(5)
+    items = _unit(rng.normal(size=(3, 8)))
+    model = _model(1, 3, {"content": 0.0, "collaborative": 0.0, "popularity": 0.0, "repurchase": 0.0,
+                          "co_purchase": 1.0})  # fmt: skip
+    model.collaborative.item_item = PF.fit_co_purchase(history)
+    terms = P.RepurchaseTerms(np.array([0]), np.array([0]), np.zeros(1, np.float32), np.array([True]),
+                              np.array([1.0], np.float32))  # fmt: skip
+    result = P.score_products(_unit(rng.normal(size=(1, 8))), items, model, terms, np.arange(3), k=2)
+    assert result.indices[0, 0] == 1, "the product bought with the basket's x comes first"
+    assert result.parts["collaborative"][0, 0] > 0.99, "co-purchase is reported in the collaborative part"
+    assert 0 not in result.indices[0], "the suppressed own purchase stays out"
+
+
+def test_mmr_strength_trades_score_for_distance_to_what_is_already_kept() -> None:
+    # Candidates 0-2 are close variants (different groups, below the near-duplicate cosine), 3 is far.
+    base = np.eye(8)[0]
+    near = _unit(np.vstack([base + 0.3 * np.eye(8)[j] for j in (1, 2, 3)]))
+    items = np.vstack([near, _unit(np.eye(8)[4:5])])
+    cand = np.array([[0, 1, 2, 3]])
+    scores = np.array([[1.0, 0.95, 0.9, 0.7]], np.float32)
+    plain = P.diverse_top_k(cand, scores, items, np.arange(4), 2, max_similar=2)
+    mmr = P.diverse_top_k(cand, scores, items, np.arange(4), 2, max_similar=2, strength=0.5)
+    assert plain[0].tolist() == [0, 1]
+    assert mmr[0].tolist() == [0, 3], "the distant product beats a close variant once the penalty applies"
+    exempt = np.array([[False, True, False, False]])
+    assert P.diverse_top_k(cand, scores, items, np.arange(4), 2, 2, exempt=exempt, strength=0.5)[0].tolist() == [0, 1]
+
+
+def test_fit_diversity_keeps_a_strength_that_costs_no_held_out_hits() -> None:
+    # Each user's held-out item is their top candidate: any strength keeps it, ties go stronger.
+    rng = np.random.default_rng(6)
+    n, c = 50, 30
+    items = _unit(rng.normal(size=(c, 8)))
+    cand = np.tile(np.arange(c), (n, 1))
+    feats = np.zeros((n, c, 5), np.float32)
+    feats[..., 0] = rng.random((n, c))
+    held = [{int(np.argmax(feats[u, :, 0]))} for u in range(n)]
+    weights = {"content": 1.0, "collaborative": 0.0, "popularity": 0.0, "repurchase": 0.0, "co_purchase": 0.0}
+    (strength, tail), recall = PF.fit_diversity(cand, feats, weights, held, items, np.arange(c), k=3)
+    assert recall == 1.0
+    assert strength > 0, "on a tie the strongest re-rank is kept"
+    assert tail > 0

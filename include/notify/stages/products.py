@@ -5,7 +5,9 @@ What this module guarantees:
 - **Four parts per (user, product)**, each kept on the recommendation so analysts can read it:
   ``content`` = cosine(user text vector, product text vector); ``collaborative`` = the dot
   product of the user's and the product's implicit-feedback ALS factors (the ``implicit``
-  package, trained nightly on purchases, add-to-carts, clicks and views); ``popularity`` =
+  package, trained nightly on purchases, add-to-carts, clicks and views) plus the item-to-item
+  co-purchase score (the user's basket x the products' cosine similarity of buyers, 50
+  neighbours each, ``products_fit.fit_co_purchase``), each with its own weight; ``popularity`` =
   log(1 + units sold) / log(1 + most units sold); ``repurchase`` = how likely the user re-buys a
   product they bought, from the learned rule below (0 for products they never bought).
 - **Blend weights are fit on held-out data**, never hand-set (``products_fit.fit_products_model``): each
@@ -28,9 +30,12 @@ What this module guarantees:
   passed as ``never`` (e.g. returns: the purchase data model has no returns today, quantity is
   always >= 1, so nothing fills it yet).
 - **Diversity** (``diverse_top_k``): from each user's best ``RERANK_CANDIDATES`` by blended score,
-  greedily keep the best item unless ``max_similar`` already kept items are similar to it —
-  same article type and colour family, or text vectors with cosine >= ``NEAR_DUPLICATE_COSINE``.
+  greedily keep the best of ``score - strength x (max cosine to the kept) + tail x (1 -
+  popularity)`` (MMR with a long-tail bonus; both fit on the held-out day by recall@10,
+  ``products_fit.fit_diversity``) among items that fewer than ``max_similar`` kept items are
+  similar to — same article type and colour family, or text cosine >= ``NEAR_DUPLICATE_COSINE``.
   The cap is strict: a user whose candidates run out of dissimilar items gets fewer than k.
+  The user's own due re-buys are reorders: exempt from the cap, the penalty and the bonus.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ import scipy.sparse as sp
 log = logging.getLogger(__name__)
 
 PARTS = ("content", "collaborative", "popularity", "repurchase")
+# What the blend is fit on: the parts, with the collaborative part split into ALS and co-purchase.
+FEATURES = (*PARTS, "co_purchase")
 TOP_K = 10
 # Interaction weights for the collaborative model (confidence = alpha x weight).
 EVENT_WEIGHTS = {"purchase": 1.0, "add_to_cart": 0.5, "click": 0.3, "view": 0.2}
@@ -68,6 +75,11 @@ MAX_SIMILAR = 2
 MAX_PER_TYPE = 10
 NEAR_DUPLICATE_COSINE = 0.97
 RERANK_CANDIDATES = 100
+RERANK_BLOCK = 256
+# MMR strengths tried on held-out data, in units of a typical top-10's score spread.
+DIVERSITY_GRID = (0.0, 0.5, 1.0, 1.5)
+TAIL_GRID = (0.0, 0.5, 1.0)
+CO_PURCHASE_NEIGHBOURS = 50
 QUERY_CHUNK = 2048
 COLOUR_FAMILIES = {
     "black": "dark", "charcoal": "dark", "grey": "grey", "grey melange": "grey", "steel": "grey",
@@ -152,6 +164,8 @@ class Collaborative:
     user_factors: np.ndarray
     item_factors: np.ndarray
     settings: dict[str, float] = field(default_factory=dict)
+    # Item-to-item co-purchase similarity (products x products, see ``fit_co_purchase``).
+    item_item: sp.csr_matrix | None = None
 
 
 def fit_als(matrix: sp.csr_matrix, factors: int, alpha: float, seed: int = 0) -> Collaborative:
@@ -171,6 +185,15 @@ def fit_als(matrix: sp.csr_matrix, factors: int, alpha: float, seed: int = 0) ->
     users[np.diff(matrix.indptr) == 0] = 0.0
     items[np.bincount(matrix.indices, minlength=matrix.shape[1]) == 0] = 0.0
     return Collaborative(users, items, {"factors": factors, "alpha": alpha})
+
+
+def baskets(terms: RepurchaseTerms, n_rows: int, n_items: int) -> sp.csr_matrix:
+    """Binary (rows, products) matrix of what each row's user bought (every pair in ``terms``)."""
+    data = np.ones(len(terms.user_pos), np.float32)
+    matrix = sp.csr_matrix((data, (terms.user_pos, terms.item_pos)), shape=(n_rows, n_items))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
 
 
 # ------------------------------------------------------------------------------------ repurchase
@@ -273,6 +296,8 @@ class ProductModel:
     repurchase: RepurchaseRule
     popularity: np.ndarray  # normalised, aligned with the catalog
     validation: dict[str, float] = field(default_factory=dict)
+    diversity: float = 0.0  # MMR strength of the re-rank (fit on held-out data)
+    tail_bonus: float = 0.0  # re-rank bonus x (1 - popularity) (fit on held-out data)
 
 
 def popularity_norm(history: History) -> np.ndarray:
@@ -324,6 +349,7 @@ def score_products(
     import torch
 
     w = model.weights
+    w_co = float(w.get("co_purchase", 0.0))
     rows = np.arange(len(user_vectors)) if user_rows is None else np.asarray(user_rows, dtype=np.int64)
     collab = model.collaborative
     items = np.hstack([product_vectors, collab.item_factors]).astype(np.float32)
@@ -338,16 +364,29 @@ def score_products(
         adj_i = np.concatenate([adj_i, np.asarray(never[1], np.int64)])
         adj_v = np.concatenate([adj_v, np.full(len(never[0]), -np.inf, np.float32)])
     by_row = pd.Series(np.arange(len(adj_u))).groupby(adj_u).indices if len(adj_u) else {}
+    co_sim = collab.item_item if w_co and collab.item_item is not None else None
+    n_rows = int(max(rows.max(initial=-1), terms.user_pos.max(initial=-1))) + 1
+    basket = baskets(terms, n_rows, n_items) if co_sim is not None else None
+    reorders = PairLookup(terms.user_pos, terms.item_pos, terms.value, n_items)
     n_cand = min(RERANK_CANDIDATES, n_items)
     k = min(k, n_items)
     out_idx = np.full((len(rows), k), -1, dtype=np.int64)
     out_score = np.full((len(rows), k), -np.inf, dtype=np.float32)
+    out_co = np.zeros((len(rows), k), dtype=np.float32)
     for start in range(0, len(rows), QUERY_CHUNK):
         chunk = rows[start : start + QUERY_CHUNK]
         query = np.hstack(
             [w["content"] * user_vectors[start : start + QUERY_CHUNK], w["collaborative"] * collab.user_factors[chunk]]
         )
         scores = torch.addmm(bias, torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)), item_t)
+        co = None
+        if basket is not None and co_sim is not None:
+            co = (basket[chunk] @ co_sim).tocoo()
+            scores.index_put_(
+                (torch.from_numpy(co.row.astype(np.int64)), torch.from_numpy(co.col.astype(np.int64))),
+                torch.from_numpy((w_co * co.data).astype(np.float32)),
+                accumulate=True,
+            )
         picks = [by_row[r] for r in chunk if r in by_row]
         if picks:
             sel = np.concatenate(picks)
@@ -358,13 +397,21 @@ def score_products(
         cand_scores, cand = torch.topk(scores, n_cand, dim=1)
         cand, cand_scores = cand.numpy(), cand_scores.numpy()
         # The user's own due re-buys are reorders, not near-duplicate suggestions: never capped.
-        reorder = lookup_pairs(terms.user_pos, terms.item_pos, terms.value, chunk[:, None], cand, n_items) > 0
-        keep = diverse_top_k(cand, cand_scores, product_vectors, groups, k, max_similar, types, max_per_type, reorder)
+        reorder = reorders.get(chunk[:, None], cand) > 0
+        keep = diverse_top_k(
+            cand, cand_scores, product_vectors, groups, k, max_similar, types, max_per_type, reorder, model.diversity,
+            model.tail_bonus * (1.0 - model.popularity[cand]) if model.tail_bonus else None,
+        )  # fmt: skip
         chosen = np.where(keep >= 0, np.take_along_axis(cand, np.maximum(keep, 0), axis=1), -1)
         sc = np.where(keep >= 0, np.take_along_axis(cand_scores, np.maximum(keep, 0), axis=1), -np.inf)
-        out_idx[start : start + len(chunk)] = np.where(np.isfinite(sc), chosen, -1)
-        out_score[start : start + len(chunk)] = sc
-    parts = score_parts(user_vectors, product_vectors, model, terms, out_idx, rows)
+        block = slice(start, start + len(chunk))
+        out_idx[block] = np.where(np.isfinite(sc), chosen, -1)
+        out_score[block] = sc
+        if co is not None:
+            out_co[block] = PairLookup(co.row, co.col, co.data, n_items).get(
+                np.arange(len(chunk))[:, None], np.maximum(out_idx[block], 0)
+            )
+    parts = score_parts(user_vectors, product_vectors, model, terms, out_idx, rows, out_co)
     return Scored(out_idx, out_score, parts)
 
 
@@ -378,38 +425,79 @@ def diverse_top_k(
     types: np.ndarray | None = None,
     max_per_type: int = MAX_PER_TYPE,
     exempt: np.ndarray | None = None,
+    strength: float = 0.0,
+    bonus: np.ndarray | None = None,
 ) -> np.ndarray:
     """Positions into each row of ``cand`` (best first, -1 = empty) of the greedy diverse top-k.
 
-    An item is skipped when ``max_similar`` kept items are already similar to it: same group
-    (article type and colour family) or text-vector cosine >= ``NEAR_DUPLICATE_COSINE``.
+    Greedy, one pick per step: the allowed candidate with the best ``score - strength x (max
+    cosine to the items kept so far) + bonus`` (MMR; ``strength`` and the long-tail ``bonus`` are
+    fit on held-out data, ``products_fit.fit_diversity``). A candidate
+    is not allowed once ``max_similar`` kept items are similar to it: same group (article type
+    and colour family) or text-vector cosine >= ``NEAR_DUPLICATE_COSINE``. ``exempt`` candidates
+    (the user's own due re-buys) bypass the cap and the penalty and count against no one.
+    One C x C gram per block of ``RERANK_BLOCK`` rows, then k cheap steps.
     """
+    n = len(cand)
+    out = np.full((n, k), -1, dtype=np.int64)
+    for start in range(0, n, RERANK_BLOCK):
+        stop = min(start + RERANK_BLOCK, n)
+        rows = slice(start, stop)
+        free = None if exempt is None else exempt[rows]
+        scores = cand_scores[rows]
+        if bonus is not None:
+            scores = scores + (bonus[rows] if free is None else np.where(free, 0.0, bonus[rows]))
+        out[rows] = _diverse_block(
+            cand[rows], scores, product_vectors, groups, k, max_similar, types, max_per_type, free, strength
+        )
+    return out
+
+
+def _diverse_block(
+    cand: np.ndarray,
+    cand_scores: np.ndarray,
+    product_vectors: np.ndarray,
+    groups: np.ndarray,
+    k: int,
+    max_similar: int,
+    types: np.ndarray | None,
+    max_per_type: int,
+    exempt: np.ndarray | None,
+    strength: float,
+) -> np.ndarray:
     import torch
 
     n, c = cand.shape
-    vecs = torch.from_numpy(np.ascontiguousarray(product_vectors[cand], dtype=np.float32))
+    vecs = torch.from_numpy(np.ascontiguousarray(product_vectors[np.maximum(cand, 0)], dtype=np.float32))
     gram = torch.bmm(vecs, vecs.transpose(1, 2)).numpy()
-    g = groups[cand]
-    similar = (g[:, :, None] == g[:, None, :]) | (gram >= NEAR_DUPLICATE_COSINE)
-    t = np.zeros_like(g) if types is None else types[cand]
-    same_type = t[:, :, None] == t[:, None, :]
-    kept = np.zeros((n, c), dtype=bool)
-    n_kept = np.zeros(n, dtype=np.int64)
+    g = groups[np.maximum(cand, 0)]
+    t = None if types is None else types[np.maximum(cand, 0)]
+    free = np.zeros((n, c), bool) if exempt is None else exempt
+    clash = np.zeros((n, c), np.int64)
+    type_clash = np.zeros((n, c), np.int64)
+    max_sim = np.zeros((n, c), np.float32)
+    available = np.isfinite(cand_scores) & (cand >= 0)
     out = np.full((n, k), -1, dtype=np.int64)
-    valid = np.isfinite(cand_scores)
-    for j in range(c):
-        clash = (similar[:, j, :] & kept).sum(axis=1)
-        type_clash = (same_type[:, j, :] & kept).sum(axis=1) if types is not None else 0
-        free = exempt[:, j] if exempt is not None else False
-        take = valid[:, j] & (free | ((clash < max_similar) & (type_clash < max_per_type))) & (n_kept < k)
-        rows = np.flatnonzero(take)
-        out[rows, n_kept[rows]] = j
-        # An exempt (reorder) item does not count against the others' caps either.
-        counted = rows if exempt is None else rows[~exempt[rows, j]]
-        kept[counted, j] = True
-        n_kept[rows] += 1
-        if (n_kept >= k).all():
+    all_rows = np.arange(n)
+    for step in range(k):
+        allowed = available & (free | ((clash < max_similar) & (type_clash < max_per_type)))
+        adjusted = np.where(free, cand_scores, cand_scores - strength * max_sim) if strength else cand_scores
+        adjusted = np.where(allowed, adjusted, -np.inf)
+        pick = np.argmax(adjusted, axis=1)
+        ok = np.isfinite(adjusted[all_rows, pick])
+        if not ok.any():
             break
+        out[ok, step] = pick[ok]
+        available[all_rows[ok], pick[ok]] = False
+        counted = ok & ~free[all_rows, pick]
+        if not counted.any():
+            continue
+        sim = gram[all_rows, pick]
+        similar = (sim >= NEAR_DUPLICATE_COSINE) | (g == g[all_rows, pick][:, None])
+        clash += similar & counted[:, None]
+        if t is not None:
+            type_clash += (t == t[all_rows, pick][:, None]) & counted[:, None]
+        max_sim = np.where(counted[:, None], np.maximum(max_sim, sim), max_sim)
     return out
 
 
@@ -420,20 +508,27 @@ def score_parts(
     terms: RepurchaseTerms,
     indices: np.ndarray,
     rows: np.ndarray,
+    co_purchase: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """The weighted parts of each chosen product's score (they sum to the score); 0 where empty."""
+    """The weighted parts of each chosen product's score (they sum to the score); 0 where empty.
+    ``collaborative`` is ALS plus co-purchase (``co_purchase``: the unweighted co-purchase score
+    of each chosen product)."""
     safe = np.maximum(indices, 0)
     collab = model.collaborative
     w = model.weights
     content = rowwise_dot(user_vectors, product_vectors, safe)
-    collaborative = rowwise_dot(collab.user_factors[rows], collab.item_factors, safe)
-    popularity = model.popularity[safe]
-    repurchase = lookup_pairs(terms.user_pos, terms.item_pos, terms.value, rows[:, None], safe, len(product_vectors))
+    collaborative = w["collaborative"] * rowwise_dot(collab.user_factors[rows], collab.item_factors, safe)
+    if co_purchase is not None:
+        collaborative = collaborative + float(w.get("co_purchase", 0.0)) * co_purchase
+    repurchase = PairLookup(terms.user_pos, terms.item_pos, terms.value, len(product_vectors)).get(rows[:, None], safe)
     valid = indices >= 0
-    return {
-        name: np.where(valid, w[name] * value, 0.0).astype(np.float32)
-        for name, value in zip(PARTS, (content, collaborative, popularity, repurchase), strict=True)
+    weighted = {
+        "content": w["content"] * content,
+        "collaborative": collaborative,
+        "popularity": w["popularity"] * model.popularity[safe],
+        "repurchase": w["repurchase"] * repurchase,
     }
+    return {name: np.where(valid, weighted[name], 0.0).astype(np.float32) for name in PARTS}
 
 
 def rowwise_dot(queries: np.ndarray, items: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -446,18 +541,29 @@ def rowwise_dot(queries: np.ndarray, items: np.ndarray, indices: np.ndarray) -> 
     return out
 
 
+class PairLookup:
+    """Values of (user, product) pairs, sorted once and looked up many times (0 where absent)."""
+
+    def __init__(self, pair_u: np.ndarray, pair_i: np.ndarray, values: np.ndarray, n_items: int) -> None:
+        keys = np.asarray(pair_u, np.int64) * n_items + np.asarray(pair_i, np.int64)
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.values, self.n_items = keys[order], np.asarray(values)[order], n_items
+
+    def get(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+        shape = np.broadcast_shapes(np.shape(u), np.shape(i))
+        if not len(self.keys):
+            return np.zeros(shape, np.float32)
+        query = (np.broadcast_to(u, shape).astype(np.int64) * self.n_items + np.broadcast_to(i, shape)).ravel()
+        pos = np.minimum(np.searchsorted(self.keys, query), len(self.keys) - 1)
+        found = self.keys[pos] == query
+        return np.where(found, self.values[pos], 0.0).reshape(shape).astype(np.float32)
+
+
 def lookup_pairs(
     pair_u: np.ndarray, pair_i: np.ndarray, values: np.ndarray, u: np.ndarray, i: np.ndarray, n_items: int
 ) -> np.ndarray:
     """``values`` of the (u, i) pairs (broadcast), 0 where the pair is not listed."""
-    keys = pair_u.astype(np.int64) * n_items + pair_i
-    order = np.argsort(keys)
-    keys, values = keys[order], values[order]
-    query = (np.broadcast_to(u, np.broadcast_shapes(u.shape, i.shape)).astype(np.int64) * n_items + i).ravel()
-    pos = np.minimum(np.searchsorted(keys, query), max(len(keys) - 1, 0))
-    found = (keys[pos] == query) if len(keys) else np.zeros(query.shape, bool)
-    out = np.where(found, values[pos] if len(keys) else 0.0, 0.0)
-    return out.reshape(np.broadcast_shapes(u.shape, i.shape)).astype(np.float32)
+    return PairLookup(pair_u, pair_i, values, n_items).get(u, i)
 
 
 def as_of_run_date(run_date: date) -> datetime:

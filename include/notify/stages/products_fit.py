@@ -5,6 +5,7 @@ and the rules guarantee). Kept apart from scoring: this is the training half, ru
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -12,21 +13,32 @@ from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from include.notify.stages.products import (
     ALS_GRID,
     BLEND_CANDIDATES_PER_PART,
     BLEND_FIT_USERS,
     BLEND_SAMPLES,
+    CO_PURCHASE_NEIGHBOURS,
+    DIVERSITY_GRID,
+    FEATURES,
+    MAX_SIMILAR,
     PARTS,
     QUERY_CHUNK,
+    RERANK_CANDIDATES,
+    TAIL_GRID,
     TOP_K,
     Collaborative,
+    History,
     ProductModel,
     RepurchaseTerms,
+    baskets,
     build_history,
+    diverse_top_k,
     fit_als,
     interaction_matrix,
+    item_groups,
     learn_repurchase,
     lookup_pairs,
     popularity_norm,
@@ -58,6 +70,10 @@ def candidate_features(
         pools.append(np.vstack([torch.topk(q[s : s + QUERY_CHUNK] @ it, per_part, dim=1)[1].numpy()
                                 for s in range(0, n, QUERY_CHUNK)]))  # fmt: skip
     pools.append(np.broadcast_to(np.argsort(-popularity)[:per_part], (n, per_part)))
+    n_items = len(product_vectors)
+    co = _co_purchase_scores(collab, terms, n, n_items)
+    if co is not None:
+        pools.append(_sparse_row_top(co, per_part))
     allowed = ~terms.suppressed & (terms.value > 0)
     rep = pd.DataFrame({"u": terms.user_pos[allowed], "i": terms.item_pos[allowed]})
     width = int(rep.groupby("u").size().max()) if len(rep) else 0
@@ -68,7 +84,6 @@ def candidate_features(
     cand = np.sort(np.hstack([*pools, rep_pool]), axis=1)
     dup = np.zeros(cand.shape, dtype=bool)
     dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
-    n_items = len(product_vectors)
     blocked = lookup_pairs(terms.user_pos, terms.item_pos, terms.suppressed.astype(np.float32),
                            np.arange(n)[:, None], np.maximum(cand, 0), n_items) > 0  # fmt: skip
     cand = np.where(dup | blocked | (cand < 0), -1, cand)
@@ -79,26 +94,159 @@ def candidate_features(
             rowwise_dot(collab.user_factors, collab.item_factors, safe),
             popularity[safe],
             lookup_pairs(terms.user_pos, terms.item_pos, terms.value, np.arange(n)[:, None], safe, n_items),
+            np.zeros(safe.shape, np.float32) if co is None else _sparse_at(co, safe),
         ],
         axis=2,
     ).astype(np.float32)
     return cand, feats
 
 
+def fit_co_purchase(history: History, neighbours: int = CO_PURCHASE_NEIGHBOURS) -> sp.csr_matrix:
+    """Item-to-item co-purchase similarity: cosine of the product columns of the binary user x
+    product purchase matrix, each product's ``neighbours`` most similar kept, itself left out
+    (re-buying the same product is the repurchase part's business)."""
+    p = history.purchases
+    shape = (len(history.user_ids), len(history.product_ids))
+    x = sp.csr_matrix((np.ones(len(p), np.float32), (p["user_pos"], p["item_pos"])), shape=shape)
+    x.sum_duplicates()
+    x.data[:] = 1.0
+    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
+    xn = x @ sp.diags(np.where(norms > 0, 1 / np.maximum(norms, 1e-9), 0).astype(np.float32))
+    sim = (xn.T @ xn).tocsr()
+    sim.setdiag(0)
+    sim.eliminate_zeros()
+    return _prune_rows(sim, neighbours)
+
+
+def _prune_rows(sim: sp.csr_matrix, neighbours: int) -> sp.csr_matrix:
+    """Keep each row's ``neighbours`` largest entries."""
+    counts = np.diff(sim.indptr)
+    if counts.max(initial=0) <= neighbours:
+        return sim.astype(np.float32)
+    row_of = np.repeat(np.arange(sim.shape[0]), counts)
+    order = np.lexsort((-sim.data, row_of))
+    rank = np.arange(len(order)) - np.repeat(sim.indptr[:-1], counts)
+    keep = order[rank < neighbours]
+    return sp.csr_matrix((sim.data[keep], (row_of[keep], sim.indices[keep])), shape=sim.shape, dtype=np.float32)
+
+
+def _co_purchase_scores(collab: Collaborative, terms: RepurchaseTerms, n: int, n_items: int) -> sp.csr_matrix | None:
+    """(n, products) co-purchase scores: each user's basket (every product in ``terms``) x the
+    item-to-item similarity."""
+    if collab.item_item is None:
+        return None
+    return (baskets(terms, n, n_items) @ collab.item_item).tocsr()
+
+
+def _sparse_row_top(matrix: sp.csr_matrix, k: int) -> np.ndarray:
+    """Per row, the columns of its ``k`` largest stored entries (-1 = padding)."""
+    out = np.full((matrix.shape[0], k), -1, dtype=np.int64)
+    counts = np.diff(matrix.indptr)
+    row_of = np.repeat(np.arange(matrix.shape[0]), counts)
+    order = np.lexsort((-matrix.data, row_of))
+    rank = np.arange(len(order)) - np.repeat(matrix.indptr[:-1], counts)
+    keep = rank < k
+    out[row_of[keep], rank[keep]] = matrix.indices[order[keep]]
+    return out
+
+
+def _sparse_at(matrix: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
+    """``matrix[r, columns[r, j]]`` for every row r (0 where not stored)."""
+    coo = matrix.tocoo()
+    return lookup_pairs(coo.row, coo.col, coo.data, np.arange(len(columns))[:, None], columns, matrix.shape[1])
+
+
+def _truth(cand: np.ndarray, held: list[set[int]] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate: is it a held-out item; per row: how many held-out items."""
+    truth = np.zeros(cand.shape, dtype=bool)
+    sizes = np.zeros(len(cand))
+    for row, items in enumerate(held):
+        items = np.fromiter(items, dtype=np.int64)
+        sizes[row] = len(items)
+        truth[row] = np.isin(cand[row], items) & (cand[row] >= 0)
+    return truth, sizes
+
+
+def fit_diversity(
+    cand: np.ndarray,
+    feats: np.ndarray,
+    weights: dict[str, float],
+    held: list[set[int]] | np.ndarray,
+    product_vectors: np.ndarray,
+    groups: np.ndarray,
+    max_similar: int = MAX_SIMILAR,
+    k: int = TOP_K,
+    floor: tuple[float, float] = (0.0, 0.0),
+) -> tuple[tuple[float, float], float]:
+    """The re-rank's (MMR strength, long-tail bonus) (``products.diverse_top_k``), from
+    ``DIVERSITY_GRID`` x ``TAIL_GRID`` x the typical spread of a top-k's scores, and its held-out
+    recall@k. The bonus adds ``tail x (1 - popularity)`` to a candidate, favouring rarely
+    bought products among the ``RERANK_CANDIDATES``. The most accurate pair is kept; on a tie
+    the later, stronger one (same hits, more varied lists). With ``floor`` = (intra-list
+    diversity, catalog coverage), default none, only pairs whose lists reach both compete on
+    recall (the closest when none does)."""
+    w = np.array([weights[name] for name in FEATURES[: feats.shape[2]]], dtype=np.float32)
+    score = np.where(cand >= 0, feats @ w, -np.inf)
+    order = np.argsort(-score, axis=1, kind="stable")[:, :RERANK_CANDIDATES]
+    c, s = np.take_along_axis(cand, order, axis=1), np.take_along_axis(score, order, axis=1)
+    exempt = np.take_along_axis(feats[..., PARTS.index("repurchase")] > 0, order, axis=1)
+    truth, sizes = _truth(c, held)
+    spread = s[:, 0] - s[:, min(k, s.shape[1]) - 1]
+    scale = float(np.median(spread[np.isfinite(spread)])) if np.isfinite(spread).any() else 0.0
+    tail = 1.0 - np.take_along_axis(feats[..., PARTS.index("popularity")], order, axis=1)
+    best, best_key, best_recall = (0.0, 0.0), (-np.inf, -1.0), -1.0
+    for factor, tail_factor in itertools.product(DIVERSITY_GRID, TAIL_GRID):
+        strength = (factor * scale, tail_factor * scale)
+        keep = diverse_top_k(c, s, product_vectors, groups, k, max_similar, exempt=exempt, strength=strength[0],
+                             bonus=strength[1] * tail)  # fmt: skip
+        found = np.where(keep >= 0, np.take_along_axis(truth, np.maximum(keep, 0), axis=1), False).sum(axis=1)
+        recall = float(np.mean(found / np.maximum(sizes, 1)))
+        chosen = np.where(keep >= 0, np.take_along_axis(c, np.maximum(keep, 0), axis=1), -1)
+        diversity, coverage = list_diversity(chosen, product_vectors), list_coverage(chosen, len(product_vectors))
+        shortfall = min(diversity - floor[0], 0.0) / max(floor[0], 1e-9) + min(coverage - floor[1], 0.0) / max(
+            floor[1], 1e-9
+        )
+        log.info(
+            "MMR strength x%.2f, long-tail bonus x%.2f: held-out recall@%d %.4f, diversity %.3f, coverage %.3f",
+            factor, tail_factor, k, recall, diversity, coverage,
+        )  # fmt: skip
+        if (shortfall, recall) >= (best_key[0], best_key[1] - 1e-12):
+            best, best_key, best_recall = strength, (shortfall, recall), recall
+    return best, best_recall
+
+
+def list_diversity(indices: np.ndarray, product_vectors: np.ndarray) -> float:
+    """Mean over lists of the mean pairwise (1 - cosine) of their products' text vectors."""
+    safe = np.maximum(indices, 0)
+    total, pairs = np.zeros(len(indices)), np.zeros(len(indices))
+    for start in range(0, len(indices), QUERY_CHUNK):
+        rows = slice(start, start + QUERY_CHUNK)
+        v = product_vectors[safe[rows]]
+        ok = indices[rows] >= 0
+        mask = ok[:, :, None] & ok[:, None, :] & ~np.eye(indices.shape[1], dtype=bool)[None]
+        total[rows] = ((1 - np.einsum("ukd,ujd->ukj", v, v)) * mask).sum(axis=(1, 2))
+        pairs[rows] = mask.sum(axis=(1, 2))
+    return float(np.mean(total / np.maximum(pairs, 1)))
+
+
+def list_coverage(indices: np.ndarray, n_items: int) -> float:
+    """Share of the catalog that is on at least one list."""
+    return len(np.unique(indices[indices >= 0])) / max(n_items, 1)
+
+
 def fit_blend(
-    cand: np.ndarray, feats: np.ndarray, held: list[set[int]] | np.ndarray, k: int = TOP_K, seed: int = 0
+    cand: np.ndarray,
+    feats: np.ndarray,
+    held: list[set[int]] | np.ndarray,
+    k: int = TOP_K,
+    seed: int = 0,
 ) -> tuple[dict[str, float], float]:
     """Weights (on the raw parts) that maximise mean recall@k of the held-out items over the
     candidates, by random search on the simplex of standardised parts; and that recall."""
     valid = cand >= 0
     scale = np.array([max(float(feats[..., j][valid].std()), 1e-6) for j in range(feats.shape[2])])
     z = feats / scale
-    truth = np.zeros(cand.shape, dtype=bool)
-    sizes = np.zeros(len(cand))
-    for row, items in enumerate(held):
-        items = np.fromiter(items, dtype=np.int64)
-        sizes[row] = len(items)
-        truth[row] = np.isin(cand[row], items) & valid[row]
+    truth, sizes = _truth(cand, held)
     rng = np.random.default_rng(seed)
     d = feats.shape[2]
     trials = np.vstack([np.eye(d), np.full((1, d), 1 / d), rng.dirichlet(np.full(d, 0.7), BLEND_SAMPLES)])
@@ -111,7 +259,7 @@ def fit_blend(
         if recall > best_recall + 1e-12:
             best, best_recall = weights, recall
     raw = best / scale
-    return {name: float(v) for name, v in zip(PARTS, raw, strict=True)}, best_recall
+    return {name: float(v) for name, v in zip(FEATURES[:d], raw, strict=True)}, best_recall
 
 
 @dataclass
@@ -163,30 +311,38 @@ def fit_products_model(data: TrainingData, run_date: date, seed: int = 0) -> Pro
     )
     terms_all = repurchase_terms(rule, train_hist, types, as_of)
     terms = _subset_terms(terms_all, held_users)
-    best: tuple[float, Collaborative, dict[str, float]] | None = None
+    co_purchase = fit_co_purchase(train_hist)
+    best: tuple[float, Collaborative, dict[str, float], np.ndarray, np.ndarray] | None = None
     for settings in ALS_GRID:
         collab = fit_als(matrix, int(settings["factors"]), float(settings["alpha"]), seed)
-        sub = Collaborative(collab.user_factors[held_users], collab.item_factors, collab.settings)
+        sub = Collaborative(collab.user_factors[held_users], collab.item_factors, collab.settings, co_purchase)
         cand, feats = candidate_features(content, data.product_vectors, sub, popularity, terms)
         weights, recall = fit_blend(cand, feats, targets, seed=seed)
         log.info("ALS %s: held-out recall@10 of the blend %.4f, weights %s", settings, recall, weights)
         if best is None or recall > best[0]:
-            best = (recall, collab, weights)
+            best = (recall, collab, weights, cand, feats)
     assert best is not None
-    recall, chosen, weights = best
+    recall, chosen, weights, cand, feats = best
+    groups = item_groups(data.products)
+    (strength, tail), diverse_recall = fit_diversity(cand, feats, weights, targets, data.product_vectors, groups)
     full = build_history(data.user_ids, product_ids, data.purchases, data.clickstream)
     final = fit_als(interaction_matrix(full), int(chosen.settings["factors"]), float(chosen.settings["alpha"]), seed)
+    final.item_item = fit_co_purchase(full)
     log.info(
-        "product model fit in %.1fs: %d held-out users, recall@10 %.4f, weights %s, ALS %s",
-        time.monotonic() - started, len(held_users), recall, weights, chosen.settings,
+        "product model fit in %.1fs: %d held-out users, recall@10 %.4f (%.4f re-ranked, MMR strength %.3g, tail bonus %.3g), "
+        "weights %s, ALS %s",
+        time.monotonic() - started, len(held_users), recall, diverse_recall, strength, tail, weights, chosen.settings,
     )  # fmt: skip
     return ProductModel(
         weights=weights,
         collaborative=final,
         repurchase=learn_repurchase(full, types),
         popularity=popularity_norm(full),
-        validation={"held_out_users": float(len(held_users)), "recall@10": recall, **chosen.settings},
-    )
+        validation={"held_out_users": float(len(held_users)), "recall@10": recall,
+                    "recall@10_reranked": diverse_recall, **chosen.settings},
+        diversity=strength,
+        tail_bonus=tail,
+    )  # fmt: skip
 
 
 # Used only when no user has purchases on two days (a new shop): today's content formula.
