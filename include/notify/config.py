@@ -69,6 +69,9 @@ class NotifyConfig:
     # Products: at most this many similar products (same article type and colour family, or
     # near-identical text) in a user's top-10 (stages/products.py).
     product_max_similar: int = 2
+    # Nightly per-user stages run one task per user shard of at most about this many users
+    # (io/shards.py): a task's memory is bounded by this, not by the population.
+    user_shard_size: int = 250_000
     # Planning and dispatch
     daily_cap: int = 5
     quiet_start_hour: int = 22
@@ -179,6 +182,8 @@ def _validate(config: NotifyConfig) -> None:
         raise ValueError(f"send_quantile must be in (0, 0.5], got {config.send_quantile}")
     if config.interruption_cost < 0:
         raise ValueError(f"interruption_cost must be >= 0, got {config.interruption_cost}")
+    if config.user_shard_size < 1:
+        raise ValueError(f"user_shard_size must be >= 1, got {config.user_shard_size}")
     if config.schedule_shards < 1:
         raise ValueError(f"schedule_shards must be >= 1, got {config.schedule_shards}")
     if not 0 < config.max_lateness_minutes < 24 * 60:
