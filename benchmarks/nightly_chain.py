@@ -211,7 +211,9 @@ EMB = "include.notify.stages.embeddings_run"
 SCO = "include.notify.stages.scoring_run"
 
 
-def run_chain(config: NotifyConfig, catalog_lake: Path | None) -> tuple[list[dict[str, Any]], Path | None]:
+def run_chain(
+    config: NotifyConfig, catalog_lake: Path | None, embeddings_only: bool = False
+) -> tuple[list[dict[str, Any]], Path | None]:
     """Every stage for one size; returns per-stage rows and the lake holding the catalog vectors."""
     lake = Path(config.lake_root.removeprefix("file://"))
     rows: list[dict[str, Any]] = []
@@ -239,6 +241,10 @@ def run_chain(config: NotifyConfig, catalog_lake: Path | None) -> tuple[list[dic
     stage("user cold-start prior", mapped(f"{EMB}:user_prior_shard"), "mapped")
     stage("user embeddings", [*mapped(f"{EMB}:embed_user_shard"),
                               run_task(f"{EMB}:commit_user_shards", config, RUN_DATE, "users")], "mapped")  # fmt: skip
+    if embeddings_only:
+        for row in rows:
+            row["shards"] = count
+        return rows, catalog_lake
     stage("response model", [run_task("include.notify.stages.response:run_response", config, RUN_DATE)], "task")
     stage("scoring model fit (population)", [run_task(f"{SCO}:fit_scoring_model", config, RUN_DATE)], "task")
     stage("scoring", [*mapped(f"{SCO}:score_shard"), run_task(f"{SCO}:commit_scoring", config, RUN_DATE)], "mapped")
@@ -284,18 +290,24 @@ def dynamo_loads(config: NotifyConfig, sample: int) -> list[dict[str, Any]]:
     features = read_features(config, "user_features", RUN_DATE)
     features = features[features["user_id"].astype(str).isin(keep)]
     feature_records = [_plain(r) for r in features.to_dict("records")]
-    campaigns, _ = read_partition_frame(config, "recommendations", "campaigns", RUN_DATE)
-    products, _ = read_partition_frame(config, "recommendations", "products", RUN_DATE)
-    recs = Recommendations(campaigns[campaigns["user_id"].astype(str).isin(keep)],
-                           products[products["user_id"].astype(str).isin(keep)])  # fmt: skip
     ids = users["user_id"].astype(str).to_numpy(object)
-    rec_items = recommendation_items(recs, ids, np.zeros(len(ids), bool), RUN_DATE, "all-MiniLM-L6-v2", 384)
+    try:
+        campaigns, _ = read_partition_frame(config, "recommendations", "campaigns", RUN_DATE)
+        products, _ = read_partition_frame(config, "recommendations", "products", RUN_DATE)
+        campaigns["reasons"] = campaigns["reasons"].map(list)  # Parquet gives arrays back
+        recs = Recommendations(campaigns[campaigns["user_id"].astype(str).isin(keep)],
+                               products[products["user_id"].astype(str).isin(keep)])  # fmt: skip
+        rec_items = recommendation_items(recs, ids, np.zeros(len(ids), bool), RUN_DATE, "all-MiniLM-L6-v2", 384)
+    except FileNotFoundError:  # a size run up to the user embeddings only
+        rec_items = []
     rows = []
     for table, load, records in (
         ("user_features", lambda: dynamo.put_items("user_features", feature_records), feature_records),
         ("user_embeddings", lambda: write_vectors(dynamo, "users", RUN_DATE, users, vectors), None),
         ("recommendations", lambda: dynamo.put_items("recommendations", rec_items), rec_items),
     ):
+        if records is not None and not records:
+            continue
         started = time.perf_counter()
         written = load()
         seconds = time.perf_counter() - started
@@ -336,7 +348,8 @@ def _fmt_s(seconds: float) -> str:
 
 def write_report(path: Path, command: str, sizes: dict[int, dict[str, Any]], dynamo: list[dict[str, Any]],
                  dynamo_at: int | None, shard_size: int, not_run: list[str]) -> str:  # fmt: skip
-    stages = [r["stage"] for r in next(iter(sizes.values()))["rows"] if "once" not in r["stage"]]
+    longest = max(sizes.values(), key=lambda d: len(d["rows"]))["rows"]
+    stages = [r["stage"] for r in longest if "once" not in r["stage"]]
     head = "| stage | where | " + " | ".join(f"{n:,} users: time / peak / tasks" for n in sizes) + " |"
     lines = [
         "# Nightly per-user chain: time and peak memory per stage",
@@ -352,9 +365,9 @@ def write_report(path: Path, command: str, sizes: dict[int, dict[str, Any]], dyn
     for name in stages:
         cells = []
         for data in sizes.values():
-            row = next(r for r in data["rows"] if r["stage"] == name)
-            cells.append(f"{_fmt_s(row['seconds'])} / {row['peak_mb']:,.0f} MB / {row['tasks']}")
-        where = next(r for r in next(iter(sizes.values()))["rows"] if r["stage"] == name)["where"]
+            row = next((r for r in data["rows"] if r["stage"] == name), None)
+            cells.append(f"{_fmt_s(row['seconds'])} / {row['peak_mb']:,.0f} MB / {row['tasks']}" if row else "not run")
+        where = next(r for r in longest if r["stage"] == name)["where"]
         lines.append(f"| {name} | {where} | " + " | ".join(cells) + " |")
     totals = [sum(r["seconds"] for r in d["rows"] if "once" not in r["stage"]) for d in sizes.values()]
     lines.append("| **chain total** | | " + " | ".join(f"**{_fmt_s(t)}**" for t in totals) + " |")
@@ -384,34 +397,56 @@ def write_report(path: Path, command: str, sizes: dict[int, dict[str, Any]], dyn
     return text
 
 
+def _per_task(sizes: dict[int, dict[str, Any]], name: str) -> list[tuple[float, float, float]]:
+    """(users per task, seconds per task, peak MB) of a stage at each measured size."""
+    points = []
+    for users, data in sorted(sizes.items()):
+        row = next((r for r in data["rows"] if r["stage"] == name), None)
+        if row is not None:
+            tasks = row["shards"] if row["where"] == "mapped" else 1
+            points.append((users / tasks, row["seconds"] / tasks, row["peak_mb"]))  # a commit counts in its shards
+    return points
+
+
+def _at(points: list[tuple[float, float, float]], users: float) -> tuple[float, float] | None:
+    """Seconds and MB at ``users`` per task, linear through the two largest measured sizes (fixed
+    cost + per-user cost); None with one size (the fixed cost cannot be told from the per-user one)."""
+    if len(points) < 2 or points[-1][0] == points[-2][0]:
+        return None
+    (u0, s0, m0), (u1, s1, m1) = points[-2], points[-1]
+    return s1 + (s1 - s0) / (u1 - u0) * (users - u1), m1 + (m1 - m0) / (u1 - u0) * (users - u1)
+
+
 def projection(sizes: dict[int, dict[str, Any]], dynamo: list[dict[str, Any]]) -> list[str]:
-    """10 M users on the production engines, from the largest measured size (linear per shard)."""
-    largest = max(sizes)
-    rows = {r["stage"]: r for r in sizes[largest]["rows"]}
+    """10 M users on the production engines: per task, linear through the two largest sizes."""
     shards = math.ceil(PRODUCTION_USERS / PRODUCTION_SHARD_SIZE)
-    scale = PRODUCTION_USERS / largest
+    names = [r["stage"] for r in max(sizes.values(), key=lambda d: len(d["rows"]))["rows"] if "once" not in r["stage"]]
     lines = [f"## Projection to {PRODUCTION_USERS:,} users", "",
-             f"Linear from the {largest:,}-user run: {shards} shards of {PRODUCTION_SHARD_SIZE:,} users "
-             f"(the default `user_shard_size`); a mapped task's work and memory scale with the shard, so per-task "
-             "figures are the measured per-user cost x the shard size; global tasks scale with the population.", "",
+             f"{shards} shards of {PRODUCTION_SHARD_SIZE:,} users (the default `user_shard_size`). A task's time and "
+             "memory are taken as fixed cost + per-user cost, fitted through the two largest sizes measured for "
+             "that stage (a stage measured at one size only is not projected: its fixed cost, process start and "
+             "imports, cannot be told from its per-user cost).", "",
              "| stage | runs on | tasks | per task (projected) | stage wall time (projected) |",
              "|---|---|---|---|---|"]  # fmt: skip
-    for name, row in rows.items():
-        if "once" in name:
-            continue
-        per_user_s = row["seconds"] / largest
-        if row["where"] == "mapped":
-            task_s = per_user_s * PRODUCTION_SHARD_SIZE
-            task_mb = row["peak_mb"] * PRODUCTION_SHARD_SIZE / max(largest / row["shards"], 1)
-            where = "MWAA worker, one mapped task per shard (`.expand`)"
-            wall = f"{_fmt_s(task_s * shards / 16)} on 16 worker slots"
-            lines.append(f"| {name} | {where} | {shards} | {_fmt_s(task_s)}, ~{task_mb:,.0f} MB | {wall} |")
-        elif row["where"] == "Spark":
-            lines.append(f"| {name} | EMR Serverless (Spark partitions the users itself) | 1 job | - | "
-                         f"{_fmt_s(row['seconds'] * scale / 16)} at 16x this machine's 2 cores |")  # fmt: skip
+    for name in names:
+        points = _per_task(sizes, name)
+        row = next(r for d in sizes.values() for r in d["rows"] if r["stage"] == name)
+        mapped = row["where"] == "mapped"
+        at = _at(points, PRODUCTION_SHARD_SIZE if mapped else PRODUCTION_USERS)
+        if row["where"] == "Spark":
+            where, tasks = "EMR Serverless (Spark partitions by user itself)", "1 job"
+        elif mapped:
+            where, tasks = "MWAA worker, one mapped task per shard (`.expand`)", str(shards)
         else:
-            lines.append(f"| {name} | one task, population-wide (see README) | 1 | {_fmt_s(row['seconds'] * scale)}, "
-                         f"~{row['peak_mb'] * scale:,.0f} MB if linear | same |")  # fmt: skip
+            where, tasks = "one task over the whole population", "1"
+        if at is None:
+            lines.append(f"| {name} | {where} | {tasks} | not projected (one size measured) | - |")
+            continue
+        seconds, mb = at
+        wall = _fmt_s(seconds * shards / 16) + " on 16 worker slots" if mapped else _fmt_s(seconds) + " on this machine"
+        if row["where"] == "Spark":
+            wall = f"{_fmt_s(seconds / 16)} at 16x this machine's 2 cores (if it scaled linearly)"
+        lines.append(f"| {name} | {where} | {tasks} | {_fmt_s(seconds)}, ~{mb:,.0f} MB | {wall} |")
     if dynamo:
         window_s = 2 * 3600
         lines += ["", f"DynamoDB nightly loads at {PRODUCTION_USERS:,} users, written within a {window_s // 3600} h "
@@ -428,13 +463,20 @@ def projection(sizes: dict[int, dict[str, Any]], dynamo: list[dict[str, Any]]) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--users", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--shard-size", type=int, default=100_000)
     parser.add_argument("--chunk", type=int, default=100_000, help="users generated per chunk")
     parser.add_argument("--dynamo-at", type=int, default=100_000)
     parser.add_argument("--dynamo-sample", type=int, default=20_000)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "nightly_chain.md")
     parser.add_argument("--work", type=Path, default=ROOT / ".notify" / "bench-chain")
+    parser.add_argument(
+        "--embeddings-only",
+        type=int,
+        nargs="*",
+        default=[],
+        help="sizes run only up to the user embeddings (no response model or scoring)",
+    )
     parser.add_argument("--previous", type=Path, help="an earlier run's .json whose sizes join the table")
     args = parser.parse_args(argv)
     command = "python benchmarks/nightly_chain.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -463,6 +505,9 @@ def _sizes(args: argparse.Namespace, command: str, endpoint: str, dynamo_client:
     cache = args.work.parent / "bench-chain-catalog"
     catalog_lake: Path | None = cache if (cache / "embeddings" / "products").exists() else None
     not_run: list[str] = []
+    if not args.users and args.previous:  # only re-render the report of an earlier run
+        print(write_report(args.out, earlier.get("command", ""), sizes, dynamo, args.dynamo_at, args.shard_size,
+                           earlier.get("not_run", [])))  # fmt: skip
     for users in args.users:
         lake = args.work / f"lake-{users}"
         config = NotifyConfig(state_dir=args.work / f"state-{users}", lake_uri=lake.as_uri(),
@@ -473,14 +518,18 @@ def _sizes(args: argparse.Namespace, command: str, endpoint: str, dynamo_client:
         try:
             generated = run_task(f"{__name__}:generate_lake", config, users, args.chunk)
             print(f"  generated in {generated['seconds']:.1f} s: {generated['result']}", flush=True)
-            rows, catalog_lake = run_chain(config, catalog_lake)
+            rows, catalog_lake = run_chain(config, catalog_lake, users in args.embeddings_only)
         except RuntimeError as error:
             not_run.append(f"{users:,} users: {error}")
             print(f"  failed: {error}", flush=True)
             break
         sizes[users] = {"rows": rows, "generate_seconds": generated["seconds"], "generated": generated["result"]}
         if users == args.dynamo_at:
-            dynamo = run_task(f"{__name__}:dynamo_loads", config, args.dynamo_sample)["result"]
+            try:
+                dynamo = run_task(f"{__name__}:dynamo_loads", config, args.dynamo_sample)["result"]
+            except RuntimeError as error:
+                not_run.append(f"DynamoDB loads at {users:,} users: {error}")
+                print(f"  DynamoDB loads failed: {error}", flush=True)
         json_path = args.out.with_suffix(".json")
         record = {"command": command, "sizes": sizes, "dynamo": dynamo, "not_run": not_run}
         json_path.write_text(json.dumps(record, indent=1, default=str))
