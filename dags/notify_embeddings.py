@@ -7,6 +7,11 @@ Runs when `notify_features` updates the feature tables. Two branches in parallel
 - campaigns -> **campaign_embeddings**, which joins the chain at user_embeddings because clicked
   notifications pull a user towards the campaign they clicked.
 
+The per-user steps run once per user shard (`user_shards`, the count the features job fixed for
+the day; dynamic task mapping): **purchase_embeddings** per shard, then **user_priors** (each
+shard's share of the cold-start prior: segment means and popularity are population-wide), then
+**user_embeddings** per shard; a commit task seals each sharded output (`_SUCCESS.json`).
+
 `products` / `campaigns` stage the texts with content hashes (and count what changed);
 the embedding tasks re-encode only changed items with all-MiniLM-L6-v2 (configurable), write
 `embeddings/<kind>/dt=D` in the lake and `notify_<kind>_embeddings` in DynamoDB (float32 bytes
@@ -30,6 +35,7 @@ from include.notify.orchestration import (
     START_DATE,
     nightly_deadline,
     run_step,
+    user_shards,
 )
 
 STAGES = "include.notify.stages.embeddings_run"
@@ -57,9 +63,13 @@ def notify_embeddings() -> None:
     def product_embeddings(**context: Any) -> Any:
         return run_step(context, f"{STAGES}:embed_items", "products", RUN_DATE, DYNAMO)
 
+    @task(execution_timeout=timedelta(minutes=45))
+    def purchase_embeddings(shard: int, **context: Any) -> Any:
+        return run_step(context, f"{STAGES}:embed_purchase_shard", RUN_DATE, shard)
+
     @task
-    def purchase_embeddings(**context: Any) -> Any:
-        return run_step(context, f"{STAGES}:embed_purchases", RUN_DATE)
+    def commit_purchases(**context: Any) -> Any:
+        return run_step(context, f"{STAGES}:commit_user_shards", RUN_DATE, "purchases")
 
     @task
     def campaigns(**context: Any) -> Any:
@@ -69,13 +79,24 @@ def notify_embeddings() -> None:
     def campaign_embeddings(**context: Any) -> Any:
         return run_step(context, f"{STAGES}:embed_items", "campaigns", RUN_DATE, DYNAMO)
 
-    @task(outlets=[EMBEDDINGS])
-    def user_embeddings(**context: Any) -> Any:
-        return run_step(context, f"{STAGES}:embed_users", RUN_DATE, DYNAMO, outlet=EMBEDDINGS)
+    @task(execution_timeout=timedelta(minutes=45))
+    def user_priors(shard: int, **context: Any) -> Any:
+        return run_step(context, f"{STAGES}:user_prior_shard", RUN_DATE, shard)
 
-    product_chain = products() >> product_embeddings() >> purchase_embeddings()
-    campaign_branch = campaigns() >> campaign_embeddings()
-    [product_chain, campaign_branch] >> user_embeddings()
+    @task(execution_timeout=timedelta(minutes=45))
+    def user_embeddings(shard: int, **context: Any) -> Any:
+        return run_step(context, f"{STAGES}:embed_user_shard", RUN_DATE, shard, DYNAMO)
+
+    @task(outlets=[EMBEDDINGS])
+    def commit_users(**context: Any) -> Any:
+        return run_step(context, f"{STAGES}:commit_user_shards", RUN_DATE, "users", outlet=EMBEDDINGS)
+
+    shard_list = user_shards()
+    purchases_done = commit_purchases()
+    products() >> product_embeddings() >> purchase_embeddings.expand(shard=shard_list) >> purchases_done
+    priors = user_priors.expand(shard=shard_list)
+    [purchases_done, campaigns() >> campaign_embeddings()] >> priors
+    priors >> user_embeddings.expand(shard=shard_list) >> commit_users()
 
 
 notify_embeddings()

@@ -5,10 +5,15 @@ user, campaign, local hour and k-th send, trained on the logged deliveries; the 
 there are none) is fit and stored in `models/response/dt=D`. Campaigns must be active with the day
 inside their window and eligible for the user's segment (welcome only for new users; opted-out
 users get none); the score blends similarity with priority and the campaign's Beta-smoothed
-response rate per segment, and every item keeps those components and its reasons. Products are
-the most similar ones the user has not bought in the last 30 days. Writes `notify_recommendations`
-(one item per user) and `recommendations/{campaigns,products}/dt=D` in the lake, then emits the
-`notify_recommendations` Asset with `run_date` for planning.
+response rate per segment, and every item keeps those components and its reasons. Products
+blend content, collaborative, popularity and repurchase parts (stages/products.py).
+
+Per user shard: **fit_scoring_model** once (the product model and the affinity prior are fit on
+the whole population's history), then **score_users** mapped over the day's user shards
+(`user_shards`; each task's memory bounded by `user_shard_size`), each writing its shard of
+`recommendations/{campaigns,products}/dt=D` and its users' `notify_recommendations` items; then
+**commit_recommendations** seals the day and emits the `notify_recommendations` Asset with
+`run_date` for planning.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from include.notify.orchestration import (
     START_DATE,
     nightly_deadline,
     run_step,
+    user_shards,
 )
+
+STAGES = "include.notify.stages.scoring_run"
 
 
 @dag(
@@ -50,11 +58,20 @@ def notify_scoring() -> None:
         # p(click) per (user, campaign, local hour, k) from the logged deliveries before the day.
         return run_step(context, "include.notify.stages.response:run_response", RUN_DATE)
 
-    @task(outlets=[RECOMMENDATIONS], execution_timeout=timedelta(hours=1))
-    def score_users(**context: Any) -> Any:
-        return run_step(context, "include.notify.stages.scoring:run_scoring", RUN_DATE, DYNAMO, outlet=RECOMMENDATIONS)
+    @task(execution_timeout=timedelta(minutes=45))
+    def fit_scoring_model(**context: Any) -> Any:
+        return run_step(context, f"{STAGES}:fit_scoring_model", RUN_DATE)
 
-    train_response_model() >> score_users()
+    @task(execution_timeout=timedelta(minutes=45))
+    def score_users(shard: int, **context: Any) -> Any:
+        return run_step(context, f"{STAGES}:score_shard", RUN_DATE, shard, DYNAMO)
+
+    @task(outlets=[RECOMMENDATIONS])
+    def commit_recommendations(**context: Any) -> Any:
+        return run_step(context, f"{STAGES}:commit_scoring", RUN_DATE, outlet=RECOMMENDATIONS)
+
+    scored = score_users.expand(shard=user_shards())
+    train_response_model() >> fit_scoring_model() >> scored >> commit_recommendations()
 
 
 notify_scoring()

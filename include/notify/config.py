@@ -72,6 +72,9 @@ class NotifyConfig:
     # Nightly chain: an Asset-triggered run also processes the days of this many days before its
     # last one that its upstream stage has written but it has not (orchestration.missed_days).
     catch_up_days: int = 7
+    # Nightly per-user stages run one task per user shard of at most about this many users
+    # (io/shards.py): a task's memory is bounded by this, not by the population.
+    user_shard_size: int = 250_000
     # Planning and dispatch
     daily_cap: int = 5
     quiet_start_hour: int = 22
@@ -193,6 +196,8 @@ def _validate(config: NotifyConfig) -> None:
         raise ValueError(f"send_quantile must be in (0, 0.5], got {config.send_quantile}")
     if config.interruption_cost < 0:
         raise ValueError(f"interruption_cost must be >= 0, got {config.interruption_cost}")
+    if config.user_shard_size < 1:
+        raise ValueError(f"user_shard_size must be >= 1, got {config.user_shard_size}")
     if config.schedule_shards < 1:
         raise ValueError(f"schedule_shards must be >= 1, got {config.schedule_shards}")
     for name in ("planning_shard_users", "planning_write_workers", "planning_day_shards"):

@@ -330,6 +330,20 @@ def run_step(
     return results[0] if len(results) == 1 else results
 
 
+# ------------------------------------------------------------------------------ user shards
+def user_shards(task_id: str = "user_shards") -> Any:
+    """A task returning the run's user shard numbers (``io.shards.shard_numbers``: the day's count
+    fixed by the features job), for a per-shard task's ``.expand(shard=...)``: one mapped task
+    instance per shard, so a task's memory is bounded by ``user_shard_size``, not the population."""
+    from airflow.sdk import task
+
+    @task(task_id=task_id)
+    def shard_list(**context: Any) -> Any:
+        return run_step(context, "include.notify.io.shards:shard_numbers", RUN_DATES)
+
+    return shard_list()
+
+
 # ------------------------------------------------------------------------------ Spark jobs
 SPARK_RUNNER_ENV = "NOTIFY_SPARK_RUNNER"
 

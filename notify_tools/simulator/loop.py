@@ -253,7 +253,7 @@ def _nightly(
         from include.notify.stages.features import run_features
         from include.notify.stages.ingest import run_batch_ingest
         from include.notify.stages.planning_run import plan_day
-        from include.notify.stages.scoring import run_scoring
+        from include.notify.stages.scoring_run import run_scoring
 
         timed("notify: batch ingestion (Spark)", run_batch_ingest, spark, world.config, day)
         timed("notify: features (Spark)", run_features, spark, world.config, day)

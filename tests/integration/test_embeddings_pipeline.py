@@ -16,7 +16,7 @@ import pytest
 from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import Dynamo, bytes_to_vector
 from include.notify.io.lake import read_partition_frame, write_partition_frame
-from include.notify.stages import embeddings_run, scoring
+from include.notify.stages import embeddings_run, scoring_run
 from include.notify.stages import products as product_recs
 from notify_tools.datagen import build_dataset
 
@@ -135,7 +135,7 @@ def test_embeddings_then_scoring_on_a_small_lake(config: NotifyConfig, dynamo: D
     assert bool(cold["cold_start"])
     assert cold["cold_start_source"] in {"segment:new", "popularity"}
 
-    result = scoring.run_scoring(config, RUN_DATE, dynamo)
+    result = scoring_run.run_scoring(config, RUN_DATE, dynamo)
     assert result["written"] == len(lake["users"])
     recs = {u: dynamo.get("recommendations", {"user_id": u}) for u in lake["users"]["user_id"]}
     campaigns = lake["campaigns"].set_index("campaign_id")
@@ -164,7 +164,7 @@ def test_embeddings_then_scoring_on_a_small_lake(config: NotifyConfig, dynamo: D
     purchases = lake["purchases"]
     recent = purchases[pd.to_datetime(purchases["purchase_date"], utc=True) >= since]
     assert len(recent), "the generated data should have purchases in the last 30 days"
-    inputs = scoring.load_inputs(config, RUN_DATE)
+    inputs = scoring_run.load_inputs(config, RUN_DATE)
     rule = product_recs.learn_repurchase(
         product_recs.build_history(inputs.user_ids, inputs.products["product_id"].to_numpy(object), inputs.purchases),
         inputs.products["article_type"].astype(str).to_numpy(),

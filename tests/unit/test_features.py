@@ -198,3 +198,15 @@ def test_campaign_stats(frames, spark) -> None:
     assert rows[("C2", "active")] == (1, 0, 0, 0)
     assert rows[("C2", "new")] == (1, 0, 0, 0)
     assert rows[("C3", "all")] == (0, 0, 0, 0)
+
+
+def test_spark_and_pandas_put_every_user_in_the_same_shard(spark) -> None:
+    from pyspark.sql import functions as sf
+
+    from include.notify.io import shards
+
+    ids = [f"U{i:07d}" for i in range(500)] + ["ü-ß-用户"]
+    frame = spark.createDataFrame([(u,) for u in ids], "user_id string")
+    got = frame.select("user_id", shards.spark_shard_column(sf.col("user_id"), 7).alias("shard")).collect()
+    by_id = {row["user_id"]: row["shard"] for row in got}
+    assert [by_id[u] for u in ids] == shards.shard_of(ids, 7).tolist()

@@ -431,6 +431,7 @@ def user_vectors(
     clickstream: pd.DataFrame | None = None,
     campaign_ids: Sequence[str] = (),
     campaign_vectors: np.ndarray | None = None,
+    prior: ColdStartPrior | None = None,
 ) -> UserVectors:
     """User embeddings as sparse-matrix products (no loop over users).
 
@@ -441,8 +442,47 @@ def user_vectors(
     Rows are then L2-normalised. Cold start (rows with no signal): the normalised mean vector of
     warm users of the same segment (a new user looks like other new users); if the segment has no
     warm users, the popularity vector (purchase-weighted product mean); if nobody bought anything,
-    the mean product vector. Never NaN.
+    the mean product vector. Never NaN. The segment means and the popularity come from ``prior``
+    when given (the whole population's, summed over shards: ``combine_priors``), else from these
+    users; a shard with the population's prior gets exactly the vectors an unsharded run gives it.
     """
+    users, raw, warm, bought = _warm_vectors(user_ids, product_ids, product_vectors, purchases, run_date,
+                                             clickstream, campaign_ids, campaign_vectors)  # fmt: skip
+    if prior is None:
+        prior = _prior_of(raw, warm, user_segments, bought, len(product_vectors))
+    source = fill_cold_start(raw, warm, user_segments, prior, product_vectors)
+    log.info("user vectors: %d users, %d warm, %d cold start", len(users), int(warm.sum()), int((~warm).sum()))
+    return UserVectors(users.to_numpy(), raw, ~warm, source)
+
+
+def user_cold_start_prior(
+    user_ids: Sequence[str],
+    user_segments: Sequence[str],
+    product_ids: Sequence[str],
+    product_vectors: np.ndarray,
+    purchases: pd.DataFrame,
+    run_date: date,
+    clickstream: pd.DataFrame | None = None,
+    campaign_ids: Sequence[str] = (),
+    campaign_vectors: np.ndarray | None = None,
+) -> ColdStartPrior:
+    """These users' share of the population's ``ColdStartPrior`` (same arguments as ``user_vectors``)."""
+    _, raw, warm, bought = _warm_vectors(user_ids, product_ids, product_vectors, purchases, run_date,
+                                         clickstream, campaign_ids, campaign_vectors)  # fmt: skip
+    return _prior_of(raw, warm, user_segments, bought, len(product_vectors))
+
+
+def _warm_vectors(
+    user_ids: Sequence[str],
+    product_ids: Sequence[str],
+    product_vectors: np.ndarray,
+    purchases: pd.DataFrame,
+    run_date: date,
+    clickstream: pd.DataFrame | None,
+    campaign_ids: Sequence[str],
+    campaign_vectors: np.ndarray | None,
+) -> tuple[pd.Index, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(users, unit vectors with zero rows for cold users, warm mask, the purchase triplets)."""
     users = _as_index(user_ids)
     if not users.is_unique:
         raise ValueError("user ids are not unique")
@@ -471,44 +511,85 @@ def user_vectors(
     for rows, cols, weights in on_campaigns:
         sparse_product(_sparse(rows, cols, weights, (n_users, len(campaign_ids))), campaign_vectors, out=raw)
     warm = normalize_in_place(raw)
-    source = fill_cold_start(raw, warm, user_segments, lambda: popularity_vector(*bought[1:], product_vectors))
-    log.info("user vectors: %d users, %d warm, %d cold start", n_users, int(warm.sum()), int((~warm).sum()))
-    return UserVectors(users.to_numpy(), raw, ~warm, source)
+    return users, raw, warm, bought
+
+
+# ------------------------------------------------------------------------------------ cold start
+@dataclass
+class ColdStartPrior:
+    """What cold-start vectors are made of, as sums over warm users: per segment the sum of its
+    warm users' unit vectors, and the purchase weight per catalog product (float64, so partial
+    sums over shards add up to the population's up to rounding far below float32)."""
+
+    segments: np.ndarray  # segment names (object)
+    segment_sums: np.ndarray  # (n_segments, dim)
+    bought: np.ndarray  # (n_products,)
+
+
+# Rows summed per step: a float64 copy of a block, not of the whole users x dim matrix.
+PRIOR_BLOCK_ROWS = 65_536
+
+
+def _prior_of(
+    vectors: np.ndarray, warm: np.ndarray, segments: Sequence[str], bought: tuple[np.ndarray, ...], n_products: int
+) -> ColdStartPrior:
+    codes, names = pd.factorize(pd.Series(segments, dtype=object).fillna("unknown"))
+    sums = np.zeros((len(names), vectors.shape[1]), dtype=np.float64)
+    for start in range(0, len(vectors), PRIOR_BLOCK_ROWS):
+        block = slice(start, start + PRIOR_BLOCK_ROWS)
+        block_codes, rows = codes[block], vectors[block]
+        for code in range(len(names)):  # a handful of segments: one masked sum each
+            chosen = warm[block] & (block_codes == code)
+            if chosen.any():
+                sums[code] += rows[chosen].sum(axis=0, dtype=np.float64)
+    _, cols, weights = bought
+    return ColdStartPrior(
+        np.asarray(names, dtype=object), sums, np.bincount(cols, weights.astype(np.float64), minlength=n_products)
+    )
+
+
+def combine_priors(parts: Sequence[ColdStartPrior]) -> ColdStartPrior:
+    """The population's prior from its shards' (segments matched by name)."""
+    names = pd.Index(sorted({str(n) for p in parts for n in p.segments}), dtype=object)
+    dim = next((p.segment_sums.shape[1] for p in parts if p.segment_sums.ndim == 2), 0)
+    sums = np.zeros((len(names), dim), dtype=np.float64)
+    bought = np.zeros(max((len(p.bought) for p in parts), default=0), dtype=np.float64)
+    for part in parts:
+        if len(part.segments):
+            np.add.at(sums, names.get_indexer(part.segments.astype(str)), part.segment_sums)
+        bought[: len(part.bought)] += part.bought
+    return ColdStartPrior(names.to_numpy(), sums, bought)
 
 
 def fill_cold_start(
-    vectors: np.ndarray, warm: np.ndarray, segments: Sequence[str], popularity: Callable[[], np.ndarray]
+    vectors: np.ndarray, warm: np.ndarray, segments: Sequence[str], prior: ColdStartPrior, product_vectors: np.ndarray
 ) -> np.ndarray:
     """Fill rows of ``vectors`` where ``warm`` is False (all-zero rows), in place (the caller owns
-    the matrix and a copy would double peak memory); returns each row's source (``own``,
-    ``segment:<name>``, ``popularity``). ``popularity`` is called only if some segment has no warm
-    user."""
-    import torch
-
+    the matrix and a copy would double peak memory), from ``prior``; returns each row's source
+    (``own``, ``segment:<name>``, ``popularity``)."""
     source = np.full(len(warm), "own", dtype=object)
     if warm.all():
         return source
-    codes, names = pd.factorize(pd.Series(segments, dtype=object).fillna("unknown"))
-    # Cold rows are zero, so summing every row of a segment sums its warm users: one pass.
-    sums = torch.zeros((len(names), vectors.shape[1]), dtype=torch.float32)
-    sums.index_add_(0, torch.from_numpy(codes), torch.from_numpy(vectors))
-    centroids = normalize_rows(sums.numpy())
-    has_centroid = row_norms(centroids) > 0.5
+    names = pd.Series(segments, dtype=object).fillna("unknown").astype(str).to_numpy(object)
+    centroids = normalize_rows(prior.segment_sums.astype(np.float32)) if len(prior.segments) else None
     cold = np.flatnonzero(~warm)
-    use_segment = has_centroid[codes[cold]]
-    vectors[cold[use_segment]] = centroids[codes[cold[use_segment]]]
-    source[cold[use_segment]] = "segment:" + np.asarray(names, dtype=object)[codes[cold[use_segment]]]
+    found = pd.Index(prior.segments.astype(str)).get_indexer(names[cold]) if centroids is not None else None
+    use_segment = np.zeros(len(cold), dtype=bool)
+    if found is not None:
+        has_centroid = row_norms(centroids) > 0.5
+        use_segment = (found >= 0) & has_centroid[np.maximum(found, 0)]
+        vectors[cold[use_segment]] = centroids[found[use_segment]]
+        source[cold[use_segment]] = "segment:" + names[cold[use_segment]]
     if not use_segment.all():
-        vectors[cold[~use_segment]] = popularity()
+        vectors[cold[~use_segment]] = popularity_vector(prior.bought, product_vectors)
         source[cold[~use_segment]] = "popularity"
     return source
 
 
-def popularity_vector(products: np.ndarray, weights: np.ndarray, product_vectors: np.ndarray) -> np.ndarray:
-    """The purchase-weighted mean product direction (``products``: each purchase's product row);
-    the mean product when nobody bought anything."""
-    bought = np.bincount(products, weights, minlength=len(product_vectors)).astype(np.float32)
-    popularity = normalize_rows(bought[None, :] @ product_vectors)[0]
+def popularity_vector(bought: np.ndarray, product_vectors: np.ndarray) -> np.ndarray:
+    """The purchase-weighted mean product direction (``bought``: purchase weight per catalog
+    product); the mean product when nobody bought anything."""
+    popularity = normalize_rows(bought.astype(np.float32)[None, :] @ product_vectors)[0]
     if not popularity.any():
         popularity = normalize_rows(product_vectors.mean(axis=0, keepdims=True))[0]
     return popularity

@@ -15,18 +15,22 @@ import numpy as np
 import pandas as pd
 
 from include.notify.config import NotifyConfig
+from include.notify.io import shards
 from include.notify.io.lake import (
     latest_partition_day,
     read_current_frame,
     read_features,
     read_partition_frame,
+    write_file,
     write_partition_frame,
 )
 from include.notify.stages.embeddings import (
     ID_COLUMNS,
+    ColdStartPrior,
     _arrow_strings,
     _positions,
     campaign_texts,
+    combine_priors,
     content_hashes,
     embed_incremental,
     embedding_version,
@@ -34,6 +38,7 @@ from include.notify.stages.embeddings import (
     load_model,
     product_texts,
     purchase_weights,
+    user_cold_start_prior,
     user_vectors,
 )
 
@@ -145,6 +150,14 @@ def embed_purchases(config: NotifyConfig, run_date: date, purchases: pd.DataFram
     rejected and logged by id, never silently dropped.
     """
     purchases = read_current_frame(config, "purchase_history", run_date) if purchases is None else purchases
+    kept, vectors, counts = _purchase_rows(config, run_date, purchases)
+    write_partition_frame(kept, config, "embeddings", "purchases", run_date, vectors)
+    return counts
+
+
+def _purchase_rows(
+    config: NotifyConfig, run_date: date, purchases: pd.DataFrame
+) -> tuple[pd.DataFrame, np.ndarray, dict[str, int]]:
     products, product_vectors = read_partition_frame(config, "embeddings", "products", run_date)
     position = _positions(_arrow_strings(products["product_id"]), purchases["product_id"])
     known = position >= 0
@@ -159,9 +172,8 @@ def embed_purchases(config: NotifyConfig, run_date: date, purchases: pd.DataFram
     kept["model"] = products["model"].iloc[0] if len(products) else config.embedding_model
     kept["dim"] = product_vectors.shape[1]
     vectors = product_vectors[position[known]]
-    write_partition_frame(kept, config, "embeddings", "purchases", run_date, vectors)
     log.info("purchase embeddings: %d in, %d out, %d rejected", len(purchases), len(kept), int((~known).sum()))
-    return {"purchases_in": len(purchases), "purchases_out": len(kept), "rejected": int((~known).sum())}
+    return kept, vectors, {"purchases_in": len(purchases), "purchases_out": len(kept), "rejected": int((~known).sum())}
 
 
 def embed_users(
@@ -182,9 +194,21 @@ def embed_users(
     purchases, _ = read_partition_frame(
         config, "embeddings", "purchases", run_date, ["user_id", "product_id", "weight"]
     )
+    frame, vectors = _user_rows(config, run_date, features, purchases, clickstream)
+    write_partition_frame(frame, config, "embeddings", "users", run_date, vectors)
+    written = write_vectors(dynamo, "users", run_date, frame, vectors) if dynamo is not None else 0
+    counts = {"users": len(frame), "cold_start": int(frame["cold_start"].sum()), "written": written}
+    log.info("user embeddings: %s", counts)
+    return counts
+
+
+def _user_arguments(
+    config: NotifyConfig, run_date: date, features: pd.DataFrame, purchases: pd.DataFrame, clickstream: pd.DataFrame
+) -> tuple[tuple[Any, ...], str]:
+    """``user_vectors``' arguments for these users (catalog and campaign vectors of the day), and the model name."""
     products, product_vectors = read_partition_frame(config, "embeddings", "products", run_date)
     campaigns, campaign_vectors = read_partition_frame(config, "embeddings", "campaigns", run_date)
-    result = user_vectors(
+    arguments = (
         features["user_id"].astype(str).to_numpy(),
         features["segment"].astype(str).to_numpy() if "segment" in features else np.full(len(features), "unknown"),
         products["product_id"],
@@ -195,7 +219,19 @@ def embed_users(
         campaigns["campaign_id"].to_numpy(),
         campaign_vectors,
     )
-    model = str(products["model"].iloc[0]) if len(products) else config.embedding_model
+    return arguments, str(products["model"].iloc[0]) if len(products) else config.embedding_model
+
+
+def _user_rows(
+    config: NotifyConfig,
+    run_date: date,
+    features: pd.DataFrame,
+    purchases: pd.DataFrame,
+    clickstream: pd.DataFrame,
+    prior: ColdStartPrior | None = None,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    arguments, model = _user_arguments(config, run_date, features, purchases, clickstream)
+    result = user_vectors(*arguments, prior=prior)
     frame = pd.DataFrame(
         {
             "user_id": result.user_ids,
@@ -205,11 +241,97 @@ def embed_users(
             "cold_start_source": result.cold_start_source.astype(str),
         }
     )
-    write_partition_frame(frame, config, "embeddings", "users", run_date, result.vectors)
-    written = write_vectors(dynamo, "users", run_date, frame, result.vectors) if dynamo is not None else 0
-    counts = {"users": len(frame), "cold_start": int(result.cold_start.sum()), "written": written}
-    log.info("user embeddings: %s", counts)
+    return frame, result.vectors
+
+
+# ------------------------------------------------------------------------------------ per user shard
+# The same steps for one user shard (io/shards.py), as the DAG's mapped tasks run them: purchases,
+# then each shard's share of the cold-start prior, then the user vectors with the population's
+# prior (summed from every shard's share), then one commit per output that seals the day.
+def _shards_of_day(config: NotifyConfig, run_date: date, shard: int) -> int | None:
+    """The day's shard count, or None when ``shard`` is beyond it (the task has nothing to do)."""
+    count = shards.shard_count(config, run_date)
+    return count if shard < count else None
+
+
+def embed_purchase_shard(config: NotifyConfig, run_date: date, shard: int) -> dict[str, int]:
+    """``embed_purchases`` for the users of one shard (their current purchase history)."""
+    count = _shards_of_day(config, run_date, shard)
+    if count is None:
+        return {"shard": shard, "skipped": 1}
+    purchases = shards.read_user_shard(config, "purchase_history", run_date, shard, count)
+    kept, vectors, counts = _purchase_rows(config, run_date, purchases)
+    shards.write_shard_frame(kept, config, "embeddings", "purchases", run_date, shard, count, vectors)
+    return {"shard": shard, "shards": count, **counts}
+
+
+def _user_shard_inputs(
+    config: NotifyConfig, run_date: date, shard: int, count: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    features = shards.read_user_shard(config, "user_features", run_date, shard, count)
+    clickstream = shards.read_user_shard(config, "clickstream", run_date, shard, count)
+    purchases, _ = shards.read_shard_frame(
+        config, "embeddings", "purchases", run_date, shard, count, ["user_id", "product_id", "weight"]
+    )
+    return features, purchases, clickstream
+
+
+def _prior_name(shard: int, count: int) -> str:
+    return f"prior-{shard:05d}-of-{count:05d}.npz"
+
+
+def user_prior_shard(config: NotifyConfig, run_date: date, shard: int) -> dict[str, int]:
+    """One shard's share of the cold-start prior, to ``embeddings/user_priors/dt=D`` (a few KB)."""
+    import io
+
+    count = _shards_of_day(config, run_date, shard)
+    if count is None:
+        return {"shard": shard, "skipped": 1}
+    features, purchases, clickstream = _user_shard_inputs(config, run_date, shard, count)
+    arguments, _ = _user_arguments(config, run_date, features, purchases, clickstream)
+    prior = user_cold_start_prior(*arguments)
+    buffer = io.BytesIO()
+    np.savez(buffer, segments=prior.segments.astype(str), segment_sums=prior.segment_sums, bought=prior.bought)
+    write_file(config, "embeddings", "user_priors", run_date, _prior_name(shard, count), buffer.getvalue())
+    return {"shard": shard, "shards": count, "users": len(features), "segments": len(prior.segments)}
+
+
+def population_prior(config: NotifyConfig, run_date: date, count: int) -> ColdStartPrior:
+    """The population's cold-start prior: every shard's share of the day, added up (a missing
+    share is a ``FileNotFoundError`` naming it: its users' vectors would differ)."""
+    from pyarrow import fs
+
+    root = config.lake_path("embeddings", "user_priors", run_date)
+    filesystem, path = fs.FileSystem.from_uri(root)
+    parts = []
+    for shard in range(count):
+        name = f"{path}/{_prior_name(shard, count)}"
+        if filesystem.get_file_info(name).type != fs.FileType.File:
+            raise FileNotFoundError(f"cold-start prior of shard {shard} of {count} missing: {root}/{name}")
+        with filesystem.open_input_file(name) as handle, np.load(handle) as data:
+            parts.append(ColdStartPrior(data["segments"].astype(object), data["segment_sums"], data["bought"]))
+    return combine_priors(parts)
+
+
+def embed_user_shard(config: NotifyConfig, run_date: date, shard: int, dynamo: Dynamo | None = None) -> dict[str, int]:
+    """``embed_users`` for one shard, cold starts filled from the population's prior."""
+    count = _shards_of_day(config, run_date, shard)
+    if count is None:
+        return {"shard": shard, "skipped": 1}
+    features, purchases, clickstream = _user_shard_inputs(config, run_date, shard, count)
+    prior = population_prior(config, run_date, count)
+    frame, vectors = _user_rows(config, run_date, features, purchases, clickstream, prior)
+    shards.write_shard_frame(frame, config, "embeddings", "users", run_date, shard, count, vectors)
+    written = write_vectors(dynamo, "users", run_date, frame, vectors) if dynamo is not None else 0
+    counts = {"shard": shard, "shards": count, "users": len(frame), "cold_start": int(frame["cold_start"].sum()),
+              "written": written}  # fmt: skip
+    log.info("user embeddings shard %d/%d: %s", shard, count, counts)
     return counts
+
+
+def commit_user_shards(config: NotifyConfig, run_date: date, table: str) -> dict[str, Any]:
+    """Seal a sharded day of ``embeddings/<table>`` (purchases or users)."""
+    return shards.commit_shards(config, "embeddings", table, run_date, shards.shard_count(config, run_date))
 
 
 def run_embeddings(config: NotifyConfig, run_date: date, dynamo: Dynamo | None = None) -> dict[str, Any]:

@@ -476,6 +476,39 @@ def build_features(
     return frames, inputs, [users, products, purchases, clickstream, user_rows]
 
 
+def write_user_shards(
+    spark: SparkSession, config: NotifyConfig, run_date: date, user_rows: DataFrame, cached: list[DataFrame]
+) -> dict[str, Any]:
+    """Split the nightly stages' per-user inputs by user shard (``io/shards.py``): user_features
+    and the current purchase history and clickstream at ``run_date``, each to
+    ``features/<table>_by_shard/dt=D/shard=K/``, then the day's manifest (the shard count, from
+    the user count and ``user_shard_size``). One shuffle per table, done here because this job
+    already holds them; every later per-user task reads only its own shard's folder."""
+    from pyspark.sql import functions as sf
+
+    from include.notify.io import shards as user_shards
+
+    started = monotonic()
+    users = user_rows.count()
+    count = user_shards.shards_for(users, config.user_shard_size)
+    purchases, clickstream = cached[2], cached[3]  # build_features' current purchases and clickstream
+    for table, frame in (("user_features", user_rows), ("purchase_history", purchases), ("clickstream", clickstream)):
+        split = frame.withColumn("shard", user_shards.spark_shard_column(sf.col("user_id"), count))
+        (
+            split.repartition(count, "shard")
+            .write.mode("overwrite")
+            .option("partitionOverwriteMode", "static")  # a smaller count must not leave old shards
+            .partitionBy("shard")
+            .parquet(config.lake_path("features", f"{table}_by_shard", run_date))
+        )
+    user_shards.write_manifest(config, run_date, users, count)
+    counts = lake.RunCounts(stage="user_shards", rows_in=users, rows_out=users, seconds=round(monotonic() - started, 3),
+                            details={"shards": count, "shard_size": config.user_shard_size, "dynamodb": False})  # fmt: skip
+    lake.write_run_counts(config, DAG_ID, run_date, counts)
+    log.info("user shards %s: %d users in %d shards in %.1fs", run_date, users, count, counts.seconds)
+    return asdict(counts)
+
+
 def run_features(
     spark: SparkSession, config: NotifyConfig, run_date: date, to_dynamodb: bool = True
 ) -> dict[str, dict[str, Any]]:
@@ -488,6 +521,7 @@ def run_features(
     frames, inputs, cached = build_features(spark, config, run_date)
     results: dict[str, dict[str, Any]] = {}
     try:
+        results["user_shards"] = write_user_shards(spark, config, run_date, frames["user_features"], cached)
         for name in FEATURE_TABLES:
             started = monotonic()
             frame = frames[name]

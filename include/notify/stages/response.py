@@ -104,6 +104,7 @@ def user_signals(
     events: pd.DataFrame | None,
     products: pd.DataFrame,
     day: date,
+    population: np.ndarray | None = None,
 ) -> UserSignals:
     """Signals for every user of ``users`` (``user_id``, ``timezone``) from activity before ``day``.
 
@@ -111,9 +112,50 @@ def user_signals(
     (user_id, ts, event_type, product_id, campaign_id, notification_id) including
     ``notification_sent`` / ``notification_open`` / ``notification_click``; ``products``:
     product_id, articleType. Vectorised: group-bys and one ``np.add.at`` per matrix.
+    ``population``: the article-type weights the affinity prior is made of
+    (``population_type_weights`` of the whole population) when ``users`` is one shard of it;
+    by default these users' own.
     """
     ids = pd.Index(users["user_id"].astype(str).to_numpy(), dtype=object)
     zones = users["timezone"].fillna("UTC").astype(str).to_numpy(dtype=object)
+    types, ev, activity, u, decay, t, weight, ok = _typed_activity(ids, purchases, events, products, day)
+    counts = np.zeros((len(ids), max(len(types), 1)))
+    np.add.at(counts, (u[ok], t[ok]), weight[ok])
+    population = counts.sum(axis=0) if population is None else np.asarray(population, dtype=float)
+    population = (
+        population / population.sum() if population.sum() > 0 else np.full(counts.shape[1], 1 / counts.shape[1])
+    )
+    affinity = (counts + AFFINITY_PSEUDO * population) / (counts.sum(axis=1, keepdims=True) + AFFINITY_PSEUDO)
+    cutoff = pd.Timestamp(datetime(day.year, day.month, day.day, tzinfo=UTC))
+    # Engagement by local hour: any activity and notification opens/clicks count, decayed.
+    engaged = (u >= 0) & (activity["event_type"] != "notification_sent").to_numpy()
+    hours = _local_hours(np.maximum(u, 0), zones, activity["ts"])
+    hour_counts = np.zeros((len(ids), HOURS))
+    np.add.at(hour_counts, (u[engaged], hours[engaged]), decay[engaged])
+    hour_counts = smooth_hours(hour_counts)
+    hour_pop = hour_counts.sum(axis=0) + 1e-3
+    hour_pop /= hour_pop.sum()
+    engagement = (hour_counts + HOUR_PSEUDO * hour_pop) / (hour_counts.sum(axis=1, keepdims=True) + HOUR_PSEUDO)
+
+    recent_ctr, streak, last_sent, pairs = _notification_signals(ids, ev, cutoff)
+    return UserSignals(day, ids, types, affinity.astype(np.float32), engagement.astype(np.float32),
+                       recent_ctr, streak, last_sent, pairs)  # fmt: skip
+
+
+def population_type_weights(
+    users: pd.DataFrame, purchases: pd.DataFrame | None, events: pd.DataFrame | None, products: pd.DataFrame, day: date
+) -> np.ndarray:
+    """The decayed activity weight per article type over all of ``users`` (the affinity prior of
+    ``user_signals``), without the users x types matrix: a sharded stage computes it once."""
+    ids = pd.Index(users["user_id"].astype(str).to_numpy(), dtype=object)
+    types, _, _, _, _, t, weight, ok = _typed_activity(ids, purchases, events, products, day)
+    return np.bincount(t[ok], weight[ok], minlength=max(len(types), 1)).astype(float)
+
+
+def _typed_activity(
+    ids: pd.Index, purchases: pd.DataFrame | None, events: pd.DataFrame | None, products: pd.DataFrame, day: date
+) -> tuple[pd.Index, pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(types, events before ``day``, activity, user row, decay, type row, weight, counted)."""
     types = pd.Index(sorted(products["articleType"].dropna().astype(str).unique()), dtype=object)
     product_type = pd.Series(
         types.get_indexer(products["articleType"].astype(str)), index=products["product_id"].astype(str)
@@ -139,27 +181,7 @@ def user_signals(
     weight = activity["event_type"].map(EVENT_WEIGHTS).fillna(0.0).to_numpy(dtype=float) * decay
     t = product_type.reindex(activity["product_id"].astype(str)).fillna(-1).to_numpy(dtype=np.int64)
     ok = (u >= 0) & (t >= 0) & (weight > 0)
-    counts = np.zeros((len(ids), max(len(types), 1)))
-    np.add.at(counts, (u[ok], t[ok]), weight[ok])
-    population = counts.sum(axis=0)
-    population = (
-        population / population.sum() if population.sum() > 0 else np.full(counts.shape[1], 1 / counts.shape[1])
-    )
-    affinity = (counts + AFFINITY_PSEUDO * population) / (counts.sum(axis=1, keepdims=True) + AFFINITY_PSEUDO)
-
-    # Engagement by local hour: any activity and notification opens/clicks count, decayed.
-    engaged = (u >= 0) & (activity["event_type"] != "notification_sent").to_numpy()
-    hours = _local_hours(np.maximum(u, 0), zones, activity["ts"])
-    hour_counts = np.zeros((len(ids), HOURS))
-    np.add.at(hour_counts, (u[engaged], hours[engaged]), decay[engaged])
-    hour_counts = smooth_hours(hour_counts)
-    hour_pop = hour_counts.sum(axis=0) + 1e-3
-    hour_pop /= hour_pop.sum()
-    engagement = (hour_counts + HOUR_PSEUDO * hour_pop) / (hour_counts.sum(axis=1, keepdims=True) + HOUR_PSEUDO)
-
-    recent_ctr, streak, last_sent, pairs = _notification_signals(ids, ev, cutoff)
-    return UserSignals(day, ids, types, affinity.astype(np.float32), engagement.astype(np.float32),
-                       recent_ctr, streak, last_sent, pairs)  # fmt: skip
+    return types, ev, activity, u, decay, t, weight, ok
 
 
 def smooth_hours(counts: np.ndarray, kernel: tuple[float, ...] | None = None) -> np.ndarray:
@@ -458,6 +480,7 @@ __all__ = [
     "fit_for_day",
     "interruption_costs",
     "load_model",
+    "population_type_weights",
     "prior_model",
     "prior_probability",
     "run_response",

@@ -39,14 +39,12 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from include.notify import rules
-from include.notify.config import NotifyConfig
-from include.notify.io.lake import read_current_frame, read_features, read_partition_frame, write_partition_frame
 from include.notify.stages.embeddings import embedding_version, normalize_in_place, purchase_weights, user_vectors
 from include.notify.stages.products import (
     PARTS,
@@ -61,9 +59,6 @@ from include.notify.stages.products import (
 )
 from include.notify.stages.products_fit import TrainingData, fit_products_model
 from include.notify.stages.search import QUERY_CHUNK, TOP_K, TopK, finished_top_k, top_k
-
-if TYPE_CHECKING:
-    from include.notify.io.dynamo import Dynamo
 
 log = logging.getLogger(__name__)
 
@@ -187,83 +182,6 @@ class ScoringInputs:
     max_similar: int = 2
     run_date: date | None = None  # the day recommended for; the day after the last purchase when absent
     campaign_affinity: np.ndarray | None = None  # (users, sendable campaigns) from response.campaign_affinity
-
-
-def load_inputs(config: NotifyConfig, run_date: date) -> ScoringInputs:
-    """Read the day's embeddings, features and catalog from the lake."""
-    users, user_vecs = read_partition_frame(config, "embeddings", "users", run_date)
-    features = read_features(config, "user_features", run_date)
-    users = users.merge(
-        features[["user_id", "segment", "opt_out"]].assign(user_id=lambda f: f["user_id"].astype(str)),
-        on="user_id",
-        how="left",
-        validate="one_to_one",
-    )
-    campaign_rows, campaign_vecs = read_partition_frame(config, "embeddings", "campaigns", run_date)
-    catalog = read_current_frame(config, "campaigns", run_date)
-    aligned = campaign_rows[["campaign_id"]].merge(catalog, on="campaign_id", how="left", validate="one_to_one")
-    keep = sendable_campaigns(aligned.assign(_pos=np.arange(len(aligned))).dropna(subset=["status"]), run_date)
-    try:
-        stats = read_features(config, "campaign_stats", run_date)
-    except FileNotFoundError:
-        stats = None
-        log.info("no campaign_stats for %s: response rates use the prior", run_date)
-    product_rows, product_vecs = read_partition_frame(config, "embeddings", "products", run_date)
-    products = product_rows[["product_id"]].merge(
-        _product_catalog(config, run_date), on="product_id", how="left", validate="one_to_one"
-    )
-    purchases, _ = read_partition_frame(
-        config, "embeddings", "purchases", run_date, ["user_id", "product_id", "purchase_date", "quantity"]
-    )
-    clickstream = read_current_frame(config, "clickstream", run_date)
-    affinity = _affinity(config, run_date, users["user_id"].astype(str), keep)
-    return ScoringInputs(
-        user_ids=users["user_id"].to_numpy(object),
-        user_vectors=user_vecs,
-        segments=users["segment"].astype("string").fillna("unknown").to_numpy(object),
-        opt_out=users["opt_out"].astype("boolean").fillna(False).to_numpy(bool),
-        cold_start_source=users.get("cold_start_source", pd.Series("own", index=users.index)).to_numpy(object),
-        campaigns=keep.drop(columns="_pos"),
-        campaign_vectors=campaign_vecs[keep["_pos"].to_numpy(int)],
-        campaign_stats=stats,
-        products=products,
-        product_vectors=product_vecs,
-        purchases=purchases,
-        model=str(users["model"].iloc[0]) if len(users) else config.embedding_model,
-        clickstream=clickstream,
-        max_similar=config.product_max_similar,
-        run_date=run_date,
-        campaign_affinity=affinity,
-    )
-
-
-def _affinity(config: NotifyConfig, run_date: date, user_ids: pd.Series, campaigns: pd.DataFrame) -> np.ndarray:
-    """Each user's affinity to each sendable campaign's target types, from purchases and views."""
-    from include.notify.stages.response import campaign_affinity, signals_for_day
-
-    signals = signals_for_day(config, run_date, pd.DataFrame({"user_id": user_ids, "timezone": "UTC"}))
-    targets = campaigns.get("target_article_types", pd.Series("", index=campaigns.index)).fillna("").astype(str)
-    return campaign_affinity(signals, targets)[signals.rows(user_ids)]
-
-
-def _product_catalog(config: NotifyConfig, run_date: date) -> pd.DataFrame:
-    """product_id, name, article_type, base_colour, popularity (units sold, 0 when unknown)."""
-    try:
-        features = read_features(config, "product_features", run_date)
-    except FileNotFoundError:
-        features = read_current_frame(config, "products", run_date)
-    sales = features["total_sales"] if "total_sales" in features else pd.Series(0, index=features.index)
-    return pd.DataFrame(
-        {
-            "product_id": features["product_id"].astype(str),
-            "name": features["productDisplayName"].astype("string").fillna(""),
-            "article_type": features["articleType"].astype("string").fillna(""),
-            "base_colour": features["baseColour"].astype("string").fillna("")
-            if "baseColour" in features
-            else pd.Series("", index=features.index, dtype="string"),
-            "popularity": pd.to_numeric(sales, errors="coerce").fillna(0).to_numpy(np.float32),
-        }
-    )
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -522,36 +440,3 @@ def _group_records(frame: pd.DataFrame, fields: list[str]) -> dict[str, list[dic
     for user, record in zip(ordered["user_id"].to_numpy(), records, strict=True):
         grouped.setdefault(user, []).append(record)
     return grouped
-
-
-def run_scoring(
-    config: NotifyConfig, run_date: date, dynamo: Dynamo | None = None, method: str = "auto"
-) -> dict[str, Any]:
-    """The whole scoring stage for ``run_date``: read, score, write lake and DynamoDB; returns counts."""
-    started = time.monotonic()
-    inputs = load_inputs(config, run_date)
-    inputs.product_model = fit_product_model(inputs)
-    recs = score(inputs, method=method)
-    write_partition_frame(recs.campaigns, config, "recommendations", "campaigns", run_date)
-    write_partition_frame(recs.products, config, "recommendations", "products", run_date)
-    written = 0
-    if dynamo is not None:
-        items = recommendation_items(
-            recs, inputs.user_ids, inputs.opt_out, run_date, inputs.model, int(inputs.user_vectors.shape[1])
-        )
-        written = dynamo.put_items("recommendations", items)
-    counts = {
-        "users": len(inputs.user_ids),
-        "opted_out": int(inputs.opt_out.sum()),
-        "sendable_campaigns": len(inputs.campaigns),
-        "products": len(inputs.products),
-        "campaign_rows": len(recs.campaigns),
-        "product_rows": len(recs.products),
-        "users_without_campaigns": int(len(inputs.user_ids) - recs.campaigns["user_id"].nunique()),
-        "product_weights": inputs.product_model.weights,
-        "product_validation": inputs.product_model.validation,
-        "written": written,
-        "seconds": round(time.monotonic() - started, 2),
-    }
-    log.info("scoring %s: %s", run_date, counts)
-    return counts
