@@ -10,7 +10,7 @@ each task in a fresh process (as a mapped Airflow task gets one), lake outputs o
 2. purchase embeddings per shard, commit; cold-start prior per shard; user embeddings per shard,
    commit (``stages.embeddings_run``); product and campaign embeddings do not depend on the
    users and are made once for all sizes (``embed_catalog`` says how);
-3. response model (``stages.response.run_response``), the scoring model fit once
+3. response model (``stages.response_run.run_response``), the scoring model fit once
    (``scoring_run.fit_scoring_model``), scoring per shard, commit (``scoring_run``).
 
 Peak memory is the whole process tree's RSS (a Spark job's JVM and Python workers included),
@@ -245,7 +245,7 @@ def run_chain(
         for row in rows:
             row["shards"] = count
         return rows, catalog_lake
-    stage("response model", [run_task("include.notify.stages.response:run_response", config, RUN_DATE)], "task")
+    stage("response model", [run_task("include.notify.stages.response_run:run_response", config, RUN_DATE)], "task")
     stage("scoring model fit (population)", [run_task(f"{SCO}:fit_scoring_model", config, RUN_DATE)], "task")
     stage("scoring", [*mapped(f"{SCO}:score_shard"), run_task(f"{SCO}:commit_scoring", config, RUN_DATE)], "mapped")
     for row in rows:

@@ -56,7 +56,7 @@ def notify_scoring() -> None:
     @task(execution_timeout=timedelta(minutes=30))
     def train_response_model(**context: Any) -> Any:
         # p(click) per (user, campaign, local hour, k) from the logged deliveries before the day.
-        return run_step(context, "include.notify.stages.response:run_response", RUN_DATE)
+        return run_step(context, "include.notify.stages.response_run:run_response", RUN_DATE)
 
     @task(execution_timeout=timedelta(minutes=45))
     def fit_scoring_model(**context: Any) -> Any:

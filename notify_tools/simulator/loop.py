@@ -258,7 +258,7 @@ def _nightly(
         timed("notify: batch ingestion (Spark)", run_batch_ingest, spark, world.config, day)
         timed("notify: features (Spark)", run_features, spark, world.config, day)
         timed("notify: embeddings", run_embeddings, world.config, day, world.dynamo)
-        from include.notify.stages.response import run_response
+        from include.notify.stages.response_run import run_response
 
         timed("notify: response model", run_response, world.config, day)
         timed("notify: scoring", run_scoring, world.config, day, world.dynamo)

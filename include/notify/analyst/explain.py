@@ -135,13 +135,13 @@ def format_candidates(frame: Any, model_version: str, k: int = 1) -> list[str]:
 
 def response_candidates(config: NotifyConfig, user_id: str, features: dict | None, recs: dict) -> tuple[Any, str]:
     """The user's recommended campaigns through the response model of the recommendations' day
-    (``response.load_model``; the day-1 prior when none is stored): ``(breakdown, model version)``."""
+    (``response_run.load_model``; the day-1 prior when none is stored): ``(breakdown, model version)``."""
     from datetime import date
 
     import pandas as pd
 
     from include.notify.io.lake import read_current_frame
-    from include.notify.stages import response
+    from include.notify.stages import response_run
     from include.notify.stages.planning_value import build_context, candidate_breakdown
 
     day = date.fromisoformat(str(recs.get("run_date")))
@@ -157,8 +157,8 @@ def response_candidates(config: NotifyConfig, user_id: str, features: dict | Non
             "similarity": [float(c.get("similarity", 0.0)) for c in campaigns],
         }
     )
-    model = response.load_model(config, day)
-    signals = response.signals_for_day(config, day, users)
+    model = response_run.load_model(config, day)
+    signals = response_run.signals_for_day(config, day, users)
     context = build_context(config, frame, users, read_current_frame(config, "campaigns", day), model, signals)
     return candidate_breakdown(context, frame["campaign_id"].to_numpy()), model.version
 

@@ -103,7 +103,7 @@ def _response_context(
 ) -> Any:
     """The value-based core's inputs: the day's response model (the prior when none) and signals."""
     from include.notify.stages.planning_value import build_context
-    from include.notify.stages.response import load_model, signals_for_day
+    from include.notify.stages.response_run import load_model, signals_for_day
 
     model = load_model(config, day)
     signals = signals_for_day(config, day, users.loc[:, [c for c in ("user_id", "timezone") if c in users]])
