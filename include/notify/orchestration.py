@@ -160,15 +160,13 @@ def run_dates_of(context: Mapping[str, Any]) -> list[date]:
     return [logical.date()]
 
 
-def missed_days(config: Any, dag_id: str, days: Sequence[date], run_started: datetime | None = None) -> list[date]:
-    """Days before the run's last one (within ``config.catch_up_days``) that the upstream DAG had
-    written when this run began and this DAG has not: its output is absent, older than its input,
-    or being written by this very run. Both ends are fixed at the run's start, so every task of
-    the run sees the same days.
+def missed_days(config: Any, dag_id: str, days: Sequence[date]) -> list[date]:
+    """Days before the run's last one (within ``config.catch_up_days``) that the upstream DAG has
+    written and this DAG has not (its output is absent or older than its input).
 
     Asset events alone lose days: when events arrive while the scheduler is creating the run for
     an earlier one (a backfill's days finishing within seconds of each other), Airflow 3.3 attaches
-    only the first and drops the queue entry for the others, so a 3-day backfill reached
+    only the first and drops the queue entry for the others, so a real 3-day backfill reached
     features for one day of three. The lake is what each stage really left.
     """
     from include.notify.io.lake import partition_written_at
@@ -177,7 +175,6 @@ def missed_days(config: Any, dag_id: str, days: Sequence[date], run_started: dat
     upstream = CHAIN_INPUT.get(dag_id)
     if upstream is None or not days or config.catch_up_days <= 0:
         return []
-    started = run_started.timestamp() if run_started else None
     last = max(days)
     missed = []
     for back in range(config.catch_up_days, 0, -1):
@@ -185,12 +182,31 @@ def missed_days(config: Any, dag_id: str, days: Sequence[date], run_started: dat
         if day in days:
             continue
         given = partition_written_at(config, *DAY_PARTITIONS[upstream], day)
-        if given is None or (started is not None and given >= started):
-            continue  # absent, or arrived after this run began: the next run's (its event's) day
+        if given is None:
+            continue
         made = partition_written_at(config, *DAY_PARTITIONS[dag_id], day)
-        if made is None or made < given or (started is not None and made >= started):
+        if made is None or made < given:
             missed.append(day)
     return missed
+
+
+def days_of_run(config: Any, context: Mapping[str, Any]) -> list[date]:
+    """The days of this DAG run: its events' days plus ``missed_days``, decided by the run's first
+    dated step and kept in the lake (``runs/<dag>/run_days/<run id>.json``) so every later task of
+    the run (report_counts after the job) works on exactly the same days, whatever landed since."""
+    from include.notify.io.lake import read_json, write_json
+
+    dag_run = context["dag_run"]
+    safe_run_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(dag_run.run_id))
+    uri = f"{config.lake_path('runs', dag_run.dag_id)}/run_days/{safe_run_id}.json"
+    try:
+        return [date.fromisoformat(d) for d in read_json(uri)["days"]]
+    except (FileNotFoundError, OSError):
+        pass
+    found = run_dates_of(context)
+    days = sorted({*found, *missed_days(config, dag_run.dag_id, found)})
+    write_json(config, uri, {"days": [d.isoformat() for d in days], "from_events": [d.isoformat() for d in found]})
+    return days
 
 
 def run_date_of(context: Mapping[str, Any]) -> date:
@@ -296,12 +312,11 @@ def run_step(
 
         run_time = run_time_of(context)
     dated = bool(markers & {RUN_DATE, RUN_DATES}) or outlet is not None
-    days: list[date | None] = list(run_dates_of(context)) if dated else [None]
-    dag_run = context.get("dag_run")
-    if dated and dag_run is not None and not (context.get("params") or {}).get("run_date"):
-        # A manual run does the day it was asked for; any other run also catches up on lost days.
-        found = [d for d in days if d is not None]
-        days = sorted({*found, *missed_days(config, dag_run.dag_id, found, getattr(dag_run, "start_date", None))})
+    days: list[date | None] = [None]
+    if dated:
+        # A manual run does the day it was asked for; a chain run also catches up on lost days.
+        catch_up = context.get("dag_run") is not None and not (context.get("params") or {}).get("run_date")
+        days = list(days_of_run(config, context) if catch_up else run_dates_of(context))
 
     def fill(value: Any, day: date | None) -> Any:
         if isinstance(value, Ref):

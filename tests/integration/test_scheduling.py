@@ -97,7 +97,8 @@ def test_days_whose_asset_events_were_lost_are_caught_up_from_the_lake(lake_env:
     """As in a real 3-day backfill on Airflow 3.3: ingestion wrote 3 days, but the features run was
     created with the last day's event only (the other two events arrived while it was being
     created and were dropped). It must still process the two earlier days, every task of the run
-    the same days, and a later run must not redo them; a manual run does only its day."""
+    the same days (decided once per run), and a later run must not redo them; a manual run does
+    only its day."""
     import time
 
     from include.notify.orchestration import RUN_DATE, run_step
@@ -109,36 +110,29 @@ def test_days_whose_asset_events_were_lost_are_caught_up_from_the_lake(lake_env:
     time.sleep(0.05)
     target = f"{__name__}:write_partition"
 
-    def features_run(started: datetime, params: dict | None = None) -> tuple[list, SimpleNamespace]:
+    def features_run(run_id: str, params: dict | None = None) -> tuple[list, SimpleNamespace]:
         published = SimpleNamespace(extra={})
         context = {
-            "dag_run": SimpleNamespace(dag_id="notify_features", start_date=started),
+            "dag_run": SimpleNamespace(dag_id="notify_features", run_id=run_id),
             "params": params or {},
             "triggering_asset_events": {"curated": [SimpleNamespace(extra={"run_dates": ["2026-03-12"]})]},
             "outlet_events": {"features": published},
         }
         return run_step(context, target, "notify_features", RUN_DATE, outlet="features"), published
 
-    started = datetime.now(UTC)
-    first_task, _ = features_run(started)
+    first_task, _ = features_run("asset_triggered__1")
     assert first_task == [{"rows": 1}] * 3
-    # The run's next task sees the same three days although their output now exists.
-    _, published = features_run(started)
-    assert published.extra["run_dates"] == [d.isoformat() for d in days]
-    # A later run triggered for the last day again: nothing left to catch up.
-    time.sleep(0.05)
-    again, _ = features_run(datetime.now(UTC))
-    assert again == {"rows": 1}
-    _, published = features_run(datetime.now(UTC), {"run_date": "2026-03-11"})
-    assert published.extra["run_dates"] == ["2026-03-11"]
-    # Ingestion finishing a day while a features run is going: that run's tasks keep their days
-    # (the new day is the next run's), so report_counts never checks a day build_features skipped.
-    started = datetime.now(UTC)
-    time.sleep(0.05)
+    # The run's next task sees the same three days although their output now exists, and although
+    # ingestion has since finished another day (that one is the next run's).
     write_partition(lake_env, "notify_batch_ingestion", date(2026, 3, 9))
-    late, published = features_run(started)
-    assert late == {"rows": 1}
-    assert published.extra["run_dates"] == ["2026-03-12"]
+    _, published = features_run("asset_triggered__1")
+    assert published.extra["run_dates"] == [d.isoformat() for d in days]
+    # A later run triggered for the last day again: only the day that landed since is left.
+    time.sleep(0.05)
+    _, published = features_run("asset_triggered__2")
+    assert published.extra["run_dates"] == ["2026-03-09", "2026-03-12"]
+    _, published = features_run("manual__3", {"run_date": "2026-03-11"})
+    assert published.extra["run_dates"] == ["2026-03-11"]
 
 
 @pytest.fixture(scope="module")
