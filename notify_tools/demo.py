@@ -18,6 +18,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -106,6 +107,9 @@ class LocalAirflow:
 
     def __enter__(self) -> LocalAirflow:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        # A SIGTERM (kill, a CI timeout) still stops the processes this started: exit through __exit__.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
         for name, args in (("api-server", ["api-server", "--port", str(self.port)]),
                            ("scheduler", ["scheduler"]), ("dag-processor", ["dag-processor"])):  # fmt: skip
             out: IO[bytes] = (self.log_dir / f"{name}.log").open("wb")
