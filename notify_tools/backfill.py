@@ -69,10 +69,14 @@ def run_backfill(
         airflow.airflow("dags", "unpause", "--treat-dag-id-as-regex", "--yes", pattern)
         with airflow.db() as db:
             last_id = db.execute("SELECT coalesce(max(id), 0) FROM dag_run").fetchone()[0]
-        created = airflow.airflow(
-            "backfill", "create", "--dag-id", NIGHTLY_DAGS[0], "--from-date", f"{first}T00:00:00+00:00",
-            "--to-date", f"{last}T23:59:59+00:00", "--reprocess-behavior", "completed",
-        )  # fmt: skip
+        for _attempt in range(5):  # SQLite: the scheduler may hold the lock the moment we ask
+            created = airflow.airflow(
+                "backfill", "create", "--dag-id", NIGHTLY_DAGS[0], "--from-date", f"{first}T00:00:00+00:00",
+                "--to-date", f"{last}T23:59:59+00:00", "--reprocess-behavior", "completed",
+            )  # fmt: skip
+            if created.returncode == 0:
+                break
+            time.sleep(5)
         if created.returncode != 0:
             raise RuntimeError(f"airflow backfill create failed; see {log_dir / 'cli.log'}")
         table = _follow_backfill(airflow, config, days, last_id, echo)
