@@ -161,8 +161,8 @@ def run_dates_of(context: Mapping[str, Any]) -> list[date]:
 
 
 def missed_days(config: Any, dag_id: str, days: Sequence[date]) -> list[date]:
-    """Days before the run's last one (within ``config.catch_up_days``) that the upstream DAG has
-    written and this DAG has not (its output is absent or older than its input).
+    """Days within ``config.catch_up_days`` of the run's last one, before or after it, that the
+    upstream DAG has written and this DAG has not (its output is absent or older than its input).
 
     Asset events alone lose days: when events arrive while the scheduler is creating the run for
     an earlier one (a backfill's days finishing within seconds of each other), Airflow 3.3 attaches
@@ -177,8 +177,8 @@ def missed_days(config: Any, dag_id: str, days: Sequence[date]) -> list[date]:
         return []
     last = max(days)
     missed = []
-    for back in range(config.catch_up_days, 0, -1):
-        day = last - timedelta(days=back)
+    for offset in range(-config.catch_up_days, config.catch_up_days + 1):
+        day = last + timedelta(days=offset)
         if day in days:
             continue
         given = partition_written_at(config, *DAY_PARTITIONS[upstream], day)

@@ -127,10 +127,12 @@ def test_days_whose_asset_events_were_lost_are_caught_up_from_the_lake(lake_env:
     write_partition(lake_env, "notify_batch_ingestion", date(2026, 3, 9))
     _, published = features_run("asset_triggered__1")
     assert published.extra["run_dates"] == [d.isoformat() for d in days]
-    # A later run triggered for the last day again: only the day that landed since is left.
+    # A later run triggered for the last day again: only the days that landed since are left,
+    # also one after the event's day (its own event was the one dropped).
+    write_partition(lake_env, "notify_batch_ingestion", date(2026, 3, 13))
     time.sleep(0.05)
     _, published = features_run("asset_triggered__2")
-    assert published.extra["run_dates"] == ["2026-03-09", "2026-03-12"]
+    assert published.extra["run_dates"] == ["2026-03-09", "2026-03-12", "2026-03-13"]
     _, published = features_run("manual__3", {"run_date": "2026-03-11"})
     assert published.extra["run_dates"] == ["2026-03-11"]
 
