@@ -162,15 +162,16 @@ def run_dates_of(context: Mapping[str, Any]) -> list[date]:
 
 def missed_days(config: Any, dag_id: str, days: Sequence[date]) -> list[date]:
     """Days within ``config.catch_up_days`` of the run's last one, before or after it, that the
-    upstream DAG has written and this DAG has not (its output is absent or older than its input).
+    upstream DAG has finished (``lake.mark_done`` by its last task, so never a day still being
+    written) and this DAG has not, or finished before the upstream last did.
 
     Asset events alone lose days: when events arrive while the scheduler is creating the run for
     an earlier one (a backfill's days finishing within seconds of each other), Airflow 3.3 attaches
     only the first and drops the queue entry for the others, so a real 3-day backfill reached
     features for one day of three. The lake is what each stage really left.
     """
-    from include.notify.io.lake import partition_written_at
-    from include.notify.schemas import CHAIN_INPUT, DAY_PARTITIONS
+    from include.notify.io.lake import done_at
+    from include.notify.schemas import CHAIN_INPUT
 
     upstream = CHAIN_INPUT.get(dag_id)
     if upstream is None or not days or config.catch_up_days <= 0:
@@ -181,10 +182,10 @@ def missed_days(config: Any, dag_id: str, days: Sequence[date]) -> list[date]:
         day = last + timedelta(days=offset)
         if day in days:
             continue
-        given = partition_written_at(config, *DAY_PARTITIONS[upstream], day)
+        given = done_at(config, upstream, day)
         if given is None:
             continue
-        made = partition_written_at(config, *DAY_PARTITIONS[dag_id], day)
+        made = done_at(config, dag_id, day)
         if made is None or made < given:
             missed.append(day)
     return missed
@@ -341,7 +342,14 @@ def run_step(
         results.append(result)
     if outlet is not None:
         last = results[-1] if isinstance(results[-1], Mapping) else {}
-        publish_run_dates(context, outlet, [d for d in days if d is not None], last)
+        published = [d for d in days if d is not None]
+        publish_run_dates(context, outlet, published, last)
+        dag_run = context.get("dag_run")
+        if dag_run is not None:
+            from include.notify.io.lake import mark_done
+
+            for day in published:
+                mark_done(config, dag_run.dag_id, day, {"run_id": str(dag_run.run_id)})
     return results[0] if len(results) == 1 else results
 
 

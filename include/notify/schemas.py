@@ -168,8 +168,8 @@ RAW_TABLES_BY_NAME = {table.name: table for table in RAW_TABLES}
 PRIVATE_USER_FIELDS = ("password_hash", "email")
 
 
-# What each nightly DAG leaves per day: the lake folder whose ``dt=<day>`` partition proves it ran,
-# and which DAG's output it reads. ``orchestration.missed_days`` compares the two.
+# What each nightly DAG leaves per day (the lake folder whose ``dt=<day>`` partition holds its
+# output: ``notify backfill``'s verdict) and which DAG's output it reads (``orchestration.missed_days``).
 DAY_PARTITIONS: dict[str, tuple[str, str]] = {
     "notify_batch_ingestion": ("curated", "purchase_history"),
     "notify_features": ("features", "user_features"),

@@ -94,19 +94,20 @@ def write_partition(config: NotifyConfig, dag_id: str, day: date) -> dict[str, i
 
 
 def test_days_whose_asset_events_were_lost_are_caught_up_from_the_lake(lake_env: NotifyConfig) -> None:
-    """As in a real 3-day backfill on Airflow 3.3: ingestion wrote 3 days, but the features run was
+    """As in a real 3-day backfill on Airflow 3.3: ingestion finished 3 days, but the features run was
     created with the last day's event only (the other two events arrived while it was being
     created and were dropped). It must still process the two earlier days, every task of the run
     the same days (decided once per run), and a later run must not redo them; a manual run does
     only its day."""
     import time
 
+    from include.notify.io.lake import mark_done
     from include.notify.orchestration import RUN_DATE, run_step
 
     days = [date(2026, 3, 10), date(2026, 3, 11), date(2026, 3, 12)]
     for day in days:
-        write_partition(lake_env, "notify_batch_ingestion", day)
-    write_partition(lake_env, "notify_batch_ingestion", date(2026, 3, 1))  # beyond catch_up_days (7)
+        mark_done(lake_env, "notify_batch_ingestion", day, {})
+    mark_done(lake_env, "notify_batch_ingestion", date(2026, 3, 1), {})  # beyond catch_up_days (7)
     time.sleep(0.05)
     target = f"{__name__}:write_partition"
 
@@ -124,12 +125,12 @@ def test_days_whose_asset_events_were_lost_are_caught_up_from_the_lake(lake_env:
     assert first_task == [{"rows": 1}] * 3
     # The run's next task sees the same three days although their output now exists, and although
     # ingestion has since finished another day (that one is the next run's).
-    write_partition(lake_env, "notify_batch_ingestion", date(2026, 3, 9))
+    mark_done(lake_env, "notify_batch_ingestion", date(2026, 3, 9), {})
     _, published = features_run("asset_triggered__1")
     assert published.extra["run_dates"] == [d.isoformat() for d in days]
     # A later run triggered for the last day again: only the days that landed since are left,
     # also one after the event's day (its own event was the one dropped).
-    write_partition(lake_env, "notify_batch_ingestion", date(2026, 3, 13))
+    mark_done(lake_env, "notify_batch_ingestion", date(2026, 3, 13), {})
     time.sleep(0.05)
     _, published = features_run("asset_triggered__2")
     assert published.extra["run_dates"] == ["2026-03-09", "2026-03-12", "2026-03-13"]

@@ -334,6 +334,20 @@ def partition_written_at(config: NotifyConfig, zone: str, table: str, run_date: 
     return max(written) if written else None
 
 
+def mark_done(config: NotifyConfig, dag: str, run_date: date, payload: Mapping[str, Any]) -> None:
+    """``runs/<dag>/dt=D/_done.json``: the DAG's last task published day D (its Asset event went out)."""
+    write_json(config, f"{config.lake_path('runs', dag, run_date)}/_done.json", payload)
+
+
+def done_at(config: NotifyConfig, dag: str, run_date: date) -> float | None:
+    """When ``dag`` last finished day ``run_date`` (``mark_done``; epoch seconds), None if it never did."""
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(f"{config.lake_path('runs', dag, run_date)}/_done.json")
+    info = filesystem.get_file_info(path)
+    return info.mtime.timestamp() if info.type == fs.FileType.File and info.mtime is not None else None
+
+
 # ---------------------------------------------------------------------------- single files
 def write_file(config: NotifyConfig, zone: str, table: str, run_date: date | str | None, name: str, data: bytes) -> str:
     """Write (or replace) the file ``<zone>/<table>/dt=run_date/<name>`` (``<zone>/<table>/<name>``
