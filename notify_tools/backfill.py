@@ -17,7 +17,7 @@ from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import Dynamo
 from include.notify.io.lake import partition_written_at
 from include.notify.schemas import DAY_PARTITIONS
-from notify_tools.demo import NIGHTLY_DAGS, TERMINAL, LocalAirflow, _seconds, say
+from notify_tools.demo import NIGHTLY_DAGS, TERMINAL, LocalAirflow, say, span_seconds
 from notify_tools.localenv import migrate_airflow_db
 
 BACKFILL_TIMEOUT_SECONDS = 3 * 3600
@@ -113,7 +113,7 @@ def _follow_backfill(
             key = (dag_id, run_id, task_id, map_index)
             if state in TERMINAL and key not in reported:
                 reported.add(key)
-                echo(f"  {dag_id:24s} {run_id[-28:]:28s} {task_id:22s} {state:10s} {_seconds(start, end):6.1f}s")
+                echo(f"  {dag_id:24s} {run_id[-28:]:28s} {task_id:22s} {state:10s} {span_seconds(start, end):6.1f}s")
         failed = [f"{dag_id} {run_id}" for dag_id, run_id, state in runs if state == "failed"]
         if failed:
             echo(f"failed runs: {', '.join(failed)}; task logs in {airflow.home / 'logs'}")

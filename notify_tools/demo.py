@@ -163,7 +163,7 @@ def _airflow_bin() -> str:
     return str(Path(sys.executable).parent / "airflow")
 
 
-def _seconds(start: str | None, end: str | None) -> float:
+def span_seconds(start: str | None, end: str | None) -> float:
     if not start or not end:
         return 0.0
     return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
@@ -252,7 +252,7 @@ def _follow_run(
             if state in TERMINAL and key not in reported:
                 reported.add(key)
                 suffix = f"[{map_index}]" if map_index is not None and map_index >= 0 else ""
-                echo(f"     {task_id}{suffix:<6} {state:<15} {_seconds(start, end):6.1f}s")
+                echo(f"     {task_id}{suffix:<6} {state:<15} {span_seconds(start, end):6.1f}s")
                 bar.update(1)
         if run and run[1] == "success":
             return

@@ -202,7 +202,7 @@ def days_of_run(config: Any, context: Mapping[str, Any]) -> list[date]:
     uri = f"{config.lake_path('runs', dag_run.dag_id)}/run_days/{safe_run_id}.json"
     try:
         return [date.fromisoformat(d) for d in read_json(uri)["days"]]
-    except (FileNotFoundError, OSError):
+    except OSError:  # not decided yet (FileNotFoundError locally, OSError from S3)
         pass
     found = run_dates_of(context)
     days = sorted({*found, *missed_days(config, dag_run.dag_id, found)})
