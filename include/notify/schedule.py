@@ -114,6 +114,11 @@ def due_in_bucket(
     With ``claimable_at`` (wall-clock epoch seconds) only those a dispatcher has work for then:
     scheduled, sending with a lapsed lease, unknown (to reconcile) or sent with its event pending.
     """
+    return dynamo.query(SCHEDULE, **due_query(bucket, until, claimable_at))
+
+
+def due_query(bucket: str, until: str | None = None, claimable_at: int | None = None) -> dict[str, Any]:
+    """The ``Dynamo.query`` arguments of ``due_in_bucket`` (for ``Dynamo.query_many``)."""
     condition = "due_bucket = :b"
     values: dict[str, Any] = {":b": bucket}
     extra: dict[str, Any] = {}
@@ -126,9 +131,7 @@ def due_in_bucket(
             "ExpressionAttributeNames": {"#s": "status"},
         }
         values.update({":scheduled": SCHEDULED, ":unknown": UNKNOWN, ":epoch": claimable_at, ":true": True})
-    return dynamo.query(
-        SCHEDULE, index=DUE_INDEX.name, KeyConditionExpression=condition, ExpressionAttributeValues=values, **extra
-    )
+    return {"index": DUE_INDEX.name, "KeyConditionExpression": condition, "ExpressionAttributeValues": values, **extra}
 
 
 def scheduled_items(dynamo: Dynamo, user_id: str) -> list[dict[str, Any]]:
