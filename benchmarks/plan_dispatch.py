@@ -304,6 +304,27 @@ def _seed(config: NotifyConfig, count: int, due: datetime) -> Dynamo:
     return dynamo
 
 
+def _cpu(dynalite_pid: int, since: tuple[float, float] | None = None) -> tuple[float, float]:
+    """(this process's CPU seconds, dynalite's), or the difference since ``since``."""
+    fields = Path(f"/proc/{dynalite_pid}/stat").read_text().rsplit(")", 1)[1].split()
+    now = (time.process_time(), sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK"))
+    return now if since is None else (now[0] - since[0], now[1] - since[1])
+
+
+def _cpu_text(cpu: tuple[float, float]) -> str:
+    return f"{cpu[0]:.2f} + {cpu[1]:.2f}"
+
+
+def measured_cpu(rows: list[dict[str, object]]) -> str:
+    """Median CPU seconds (client + dynalite) of dispatch, the bare write and the bare write on N threads."""
+    parts = []
+    for k in range(3):
+        client = sorted(r["cpu"][k][0] for r in rows)[len(rows) // 2]  # type: ignore[index]
+        server = sorted(r["cpu"][k][1] for r in rows)[len(rows) // 2]  # type: ignore[index]
+        parts.append(f"{client:.2f} + {server:.2f}")
+    return " / ".join(parts)
+
+
 def bench_dispatch(count: int, workers: int, rounds: int = 3) -> dict[str, float]:
     """``rounds`` x (dispatch ``count`` due notifications, then bare-write the records it left),
     alternating on one dynalite so both see the same machine load; the median round is reported."""
@@ -318,9 +339,11 @@ def bench_dispatch(count: int, workers: int, rounds: int = 3) -> dict[str, float
             due = datetime.now(UTC).replace(second=0, microsecond=0)
             dynamo = _seed(config, count, due)
             dispatcher = Dispatcher(config, dynamo, [InboxChannel(dynamo)], ListEventSink(), workers=workers)
+            cpu = _cpu(service.pid)
             started = time.perf_counter()
             counts = dispatcher.run(due + timedelta(minutes=1))
             dispatch_seconds = time.perf_counter() - started
+            dispatch_cpu = _cpu(service.pid, cpu)
             if counts.get("sent") != count:
                 raise RuntimeError(f"dispatch sent {counts.get('sent')} of {count}: {counts}")
             left = _left_records(dynamo, count)
@@ -328,8 +351,11 @@ def bench_dispatch(count: int, workers: int, rounds: int = 3) -> dict[str, float
             if left_items != 3 * count:
                 raise RuntimeError(f"dispatch left {left_items} records for {count} notifications, not {3 * count}")
             # The baseline: the same records, bare batch writes, same endpoint, same run.
+            cpu = _cpu(service.pid)
             bare_seconds = _bare_write(config, f"bare{round_}_", left, threads=1)
+            bare_cpu, cpu = _cpu(service.pid, cpu), _cpu(service.pid)
             bare_parallel_seconds = _bare_write(config, f"barep{round_}_", left, threads=workers)
+            bare_parallel_cpu = _cpu(service.pid, cpu)
             row = {
                 "items": count,
                 "workers": workers,
@@ -343,6 +369,7 @@ def bench_dispatch(count: int, workers: int, rounds: int = 3) -> dict[str, float
                 "bare_parallel_seconds": bare_parallel_seconds,
                 "bare_parallel_per_min": left_items / bare_parallel_seconds * 60,
                 "load": os.getloadavg()[0],
+                "cpu": (dispatch_cpu, bare_cpu, bare_parallel_cpu),
             }
             row["ratio"] = row["dispatch_per_min"] * 3 / row["bare_per_min"]
             row["ratio_parallel"] = row["dispatch_per_min"] * 3 / row["bare_parallel_per_min"]
@@ -354,11 +381,16 @@ def bench_dispatch(count: int, workers: int, rounds: int = 3) -> dict[str, float
                 f"write of the {left_items:,} records {bare_seconds:.2f} s = {row['bare_per_min']:,.0f}/min "
                 f"(ratio {row['ratio']:.2f}), on {workers} threads {bare_parallel_seconds:.2f} s = "
                 f"{row['bare_parallel_per_min']:,.0f}/min (ratio {row['ratio_parallel']:.2f}); "
-                f"load {row['load']:.1f}; counts {counts}",
+                f"load {row['load']:.1f}; CPU s (client + dynalite) dispatch {_cpu_text(dispatch_cpu)}, bare "
+                f"{_cpu_text(bare_cpu)}, bare on {workers} threads {_cpu_text(bare_parallel_cpu)}; counts {counts}",
                 flush=True,
             )
-        result = sorted(measured, key=lambda r: r["ratio"])[len(measured) // 2]
+        # The median round by the ratio to the fastest honest reference (the bare write on N threads).
+        result = dict(sorted(measured, key=lambda r: r["ratio_parallel"])[len(measured) // 2])
         result["rounds"] = rounds
+        result["ratio_median"] = sorted(r["ratio"] for r in measured)[len(measured) // 2]
+        result["loads"] = ", ".join(f"{r['load']:.1f}" for r in measured)
+        result["cpus"] = measured_cpu(measured)
         result["ratios"] = ", ".join(f"{r['ratio']:.2f}" for r in measured)
         result["ratios_parallel"] = ", ".join(f"{r['ratio_parallel']:.2f}" for r in measured)
         return result
@@ -431,21 +463,26 @@ def write_report(
         "lease (a read and a conditional put) and three fenced updates of the lease record, none per item.",
         "The bare write is `Dynamo.put_items` (BatchWriteItem, 25 items a request)",
         "of the three records dispatch left, read back after the run, to fresh tables; once on one thread and",
-        "once on as many threads as dispatch had workers. Ratio = notifications/min x 3 / bare records/min;",
-        "dispatch and bare writes alternate round by round on one dynalite (fresh tables each round), the",
-        "median round is shown.",
+        "once on as many threads as dispatch had workers (the fastest honest reference: dynalite is one",
+        "process, and N threads keep N requests in flight as dispatch's N slice workers do). Ratio =",
+        "notifications/min x 3 / bare records/min; dispatch and the two bare writes alternate round by round",
+        "on one dynalite (fresh tables each round); the round shown is the median by the ratio to the bare",
+        "write on N threads. CPU seconds: this process (`process_time`) + dynalite (`/proc/<pid>/stat`),",
+        "medians over the rounds.",
         "",
         "| notifications | workers | shards / slices | dispatch s | notifications / min | records left / min | "
-        "bare write s | bare records / min | ratio (median round) | ratios of all rounds | "
-        "bare on N threads s | ratio to it (all rounds) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "bare write, 1 thread s | ratio to it: median (all rounds) | bare write, N threads s | "
+        "ratio to it: median (all rounds) | CPU s client + dynalite: dispatch / bare 1 / bare N | "
+        "load average per round |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for row in dispatch:
         lines.append(
             f"| {row['items']:,} | {row['workers']} | {row['shards']} / {row['slices']} | "
             f"{row['dispatch_seconds']:.2f} | {row['dispatch_per_min']:,.0f} | {row['dispatch_per_min'] * 3:,.0f} | "
-            f"{row['bare_seconds']:.2f} | {row['bare_per_min']:,.0f} | {row['ratio']:.2f} | {row['ratios']} | "
-            f"{row['bare_parallel_seconds']:.2f} | {row['ratio_parallel']:.2f} ({row['ratios_parallel']}) |"
+            f"{row['bare_seconds']:.2f} | {row['ratio_median']:.2f} ({row['ratios']}) | "
+            f"{row['bare_parallel_seconds']:.2f} | **{row['ratio_parallel']:.2f}** ({row['ratios_parallel']}) | "
+            f"{row['cpus']} | {row['loads']} |"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

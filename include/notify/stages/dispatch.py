@@ -25,6 +25,14 @@ racing dispatchers wins, a fencing token grows with each owner):
    ``notification_sent`` per sent item, then the items' final states, in batches.
 5. **Reconcile** the ``unknown`` items found and re-emit lost events; release the shard.
 
+Item writes per notification: the three it must leave (final state, delivery record, the channel's
+record) and two it needs for exactly-once, both before the send: the claim (``sending``, which the
+planner and the stream leave alone; without it a cancel or re-plan landing mid-send is overwritten
+and a re-planned copy under another key sent again) and the day-ledger entry (so the cap counts a
+send whose owner died before recording it). Neither folds into another write: they are other items
+(no conditional batch write exists), and a ledger per slice instead of per user-day would rewrite a
+whole slice's day on every batch. Reads: the due index, users and ledgers in batches.
+
 The run's time is the ``now`` parameter; a message goes out at the later of it and the wall clock
 (``simulate_day`` walks a simulated day with the run's time alone).
 """

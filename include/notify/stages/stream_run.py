@@ -17,10 +17,10 @@ and one worker); each worker, on its own consumer of the group:
      ``notify_clickstream``; opt-out / opt-in events go through ``rules``' one opt-out rule (a
      conditional write on ``opt_out_version`` per user, concurrent) and an opt-out cancels the
      user's scheduled notifications;
-   - orders: purchases batch-written to ``notify_purchase_history``, then the
+   - orders: purchases batch-written to ``notify_purchase_history``, then (the two at once) the
      ``notify_user_product_matrix`` rows of the batch's (user, product) pairs read by
      BatchGetItem and updated (``stream.matrix_rows``: idempotent by the purchase ids a row
-     lists; a user's history is queried only for a row the nightly features wrote); then the
+     lists; a user's history is queried only for a row the nightly features wrote) and the
      buyers' still-scheduled notifications of the orders' days (one key query per buyer narrowed
      to those days, concurrent), the products and the campaigns (BatchGetItem) decide what an
      order made moot, cancelled concurrently by ``schedule.cancel``;
@@ -305,13 +305,12 @@ def _events_branch(dynamo: Dynamo, events: dict[str, Valid], rejected: list[Reje
 
 def _orders_branch(dynamo: Dynamo, orders: dict[str, Valid], rejected: list[Rejected]) -> dict[str, Any]:
     purchases = write_rows(dynamo, "orders", orders, rejected)
-    matrix_rows, histories = refresh_user_product_matrix(dynamo, purchases)
-    return {
-        "written": len(purchases),
-        "matrix_rows": matrix_rows,
-        "histories": histories,
-        "cancelled": cancel_for_orders(dynamo, purchases),
-    }
+    # The matrix and the reactions read and write different tables and neither needs the other.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        reactions = pool.submit(cancel_for_orders, dynamo, purchases)
+        matrix_rows, histories = refresh_user_product_matrix(dynamo, purchases)
+        cancelled = reactions.result()
+    return {"written": len(purchases), "matrix_rows": matrix_rows, "histories": histories, "cancelled": cancelled}
 
 
 def process_messages(
