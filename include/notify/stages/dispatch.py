@@ -51,7 +51,7 @@ from typing import Any
 
 from include.notify import schedule
 from include.notify.config import NotifyConfig
-from include.notify.io.dynamo import Dynamo
+from include.notify.io.dynamo import TABLES_BY_NAME, Dynamo
 from include.notify.stages import dispatch_decide
 from include.notify.stages.channels import Channel, Message, build_channels
 from include.notify.stages.dispatch_channels import send_all
@@ -71,6 +71,8 @@ DISPATCH_LOOKBACK_HOURS = 24
 SWEEP_DAYS = 7
 # Due-index queries a run keeps in flight while finding what is due.
 DUE_QUERIES_IN_FLIGHT = 8
+# Items per batched-write request chain; a shard's writes go out as several chains at once.
+WRITE_CHUNK = 100
 __all__ = [
     "PRODUCT_FALLBACK", "Dispatcher", "EventSink", "KafkaEventSink", "ListEventSink", "_ceil", "build_message",
     "sent_event", "simulate_day",
@@ -196,6 +198,7 @@ class Dispatcher:
 
     def __post_init__(self) -> None:
         self._send_pool: ThreadPoolExecutor | None = None
+        self._write_pool: ThreadPoolExecutor | None = None
         self._keeper: LeaseKeeper | None = None
         self._shared: dict[str, dict[str, dict[str, Any]]] = {"campaigns": {}, "products": {}}
 
@@ -233,14 +236,15 @@ class Dispatcher:
         shards = sorted(by_shard, key=lambda s: (len(s), s))
         with (
             ThreadPoolExecutor(max_workers=self.workers) as send_pool,
+            ThreadPoolExecutor(max_workers=2 * self.workers) as write_pool,
             ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(shards)))) as shard_pool,
             LeaseKeeper(self.dynamo, self.owner, self.config.lease_seconds, self.clock) as keeper,
         ):
-            self._send_pool, self._keeper = send_pool, keeper
+            self._send_pool, self._write_pool, self._keeper = send_pool, write_pool, keeper
             for result in shard_pool.map(lambda shard: self._shard(shard, by_shard[shard], now), shards):
                 counts.update(result)
             counts["lease_renewals"] = keeper.renewals
-        self._send_pool = self._keeper = None
+        self._send_pool = self._write_pool = self._keeper = None
         counts["seconds_ms"] = int((time.monotonic() - started) * 1000)
         log.info("dispatch at %s by %s: %s", iso(now), self.owner, dict(counts))
         return {k: v for k, v in counts.items() if v or k in ("due", "claimed", "events_failed")}
@@ -426,7 +430,7 @@ class Dispatcher:
         # The claim, visible to everyone (the planner and the stream leave ``sending`` items alone)
         # and counted in the day ledger before anything is sent.
         # Both before anything is sent; written at once (neither needs the other first).
-        self._both(lambda: schedule.put_states(self.dynamo, states + claimed), lambda: self._put_ledgers(changed))
+        self._both(lambda: self._put(schedule.SCHEDULE, states + claimed), lambda: self._put_ledgers(changed))
         if claimed and self.after_claim is not None:
             self.after_claim(claimed)
         if not claimed:
@@ -449,7 +453,7 @@ class Dispatcher:
             raise LeaseLostError(lease.shard, len(claimed))
         records = [s.record for s in settled if s.record is not None]
         if records:
-            self.dynamo.put_items("deliveries", records)
+            self._put("deliveries", records)
         sent = [
             {
                 **state,
@@ -466,7 +470,7 @@ class Dispatcher:
         wall, event_out = int(self.clock()), self.events is not None and not out["events_failed"]
         final += [schedule.sent_state(i, i["sent_utc"], i["channel"], i.get("_errors"), event_out, wall) for i in sent]
         counts.update(s.outcome for s in settled)
-        schedule.put_states(self.dynamo, final)
+        self._put(schedule.SCHEDULE, final)
         gone = {}
         for state, s in zip(claimed, settled, strict=True):
             key = dispatch_decide.day_key(state)
@@ -490,10 +494,26 @@ class Dispatcher:
             raise
         return done, pending.result()
 
+    def _put(self, table: str, records: list[dict[str, Any]]) -> None:
+        """``Dynamo.put_items`` of ``records`` in chunks of ``WRITE_CHUNK``, the chunks in flight
+        together on the write pool (one shard's 250 items went out as 10 requests one after another);
+        returns once all are written, raising as ``put_items`` does. The last record of a key wins."""
+        assert self._write_pool is not None
+        spec = TABLES_BY_NAME[table]
+        unique = list({tuple(str(r.get(k)) for k in (spec.hash_key, spec.range_key) if k): r for r in records}.values())
+        chunks = [unique[i : i + WRITE_CHUNK] for i in range(0, len(unique), WRITE_CHUNK)]
+        if len(chunks) <= 1:
+            self.dynamo.put_items(table, unique)
+            return
+        futures = [self._write_pool.submit(self.dynamo.put_items, table, chunk) for chunk in chunks]
+        wait(futures)
+        for future in futures:
+            future.result()
+
     def _put_ledgers(self, changed: Mapping[tuple[str, str], set[str]]) -> None:
         if changed:
             records = [{"user_id": u, "local_day": d, "reached": sorted(ids)} for (u, d), ids in changed.items()]
-            self.dynamo.put_items("user_day_sends", records)
+            self._put("user_day_sends", records)
 
     def _announce(self, items: list[dict[str, Any]]) -> Counter[str]:
         """One ``notification_sent`` per sent item (its id derived from the notification); the

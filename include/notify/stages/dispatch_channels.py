@@ -31,6 +31,10 @@ def _send_one(channel: Channel, message: Message) -> ChannelError | None:
     return None
 
 
+# Messages per batched first-send call (a channel's ``send_many``).
+FIRST_SEND_CHUNK = 100
+
+
 def send_all(
     channels: Sequence[Channel],
     messages: Sequence[Message],
@@ -57,7 +61,10 @@ def send_all(
                 break
             many = getattr(channel, "send_many", None)
             batched = [i for i in pending if first_sends and first_sends[i]] if many and attempt == 0 else []
-            by_index = dict(zip(batched, many([messages[i] for i in batched]) if batched else [], strict=True))
+            # The batched first sends in chunks, the chunks in flight together.
+            chunks = [batched[k : k + FIRST_SEND_CHUNK] for k in range(0, len(batched), FIRST_SEND_CHUNK)]
+            sent = pool.map(lambda part, send=many: send([messages[i] for i in part]), chunks) if chunks else []
+            by_index = dict(zip(batched, [error for part in sent for error in part], strict=True))
             single = [i for i in pending if i not in by_index]
             by_index.update(
                 zip(single, pool.map(lambda i, ch=channel: _send_one(ch, messages[i]), single), strict=True)
