@@ -426,3 +426,32 @@ def test_notification_sent_events_reach_kafka(config: NotifyConfig, dynamo: Dyna
     assert {e["notification_id"] for e in events} == {f"{u}#{DAY}#A" for u in ids}
     assert {e["event_type"] for e in events} == {"notification_sent"}
     assert {e["ts"] for e in events} == {iso(NOW)}
+
+
+def test_a_slice_of_hundreds_goes_out_in_concurrent_chunks_each_once_within_the_cap(
+    config: NotifyConfig, dynamo: Dynamo
+) -> None:
+    """260 items under one lease: the claim, ledger, delivery, inbox and final writes each span
+    several 100-item chunks in flight together; everything is written once and the day ledger,
+    read back, still caps the users whose cap is 1."""
+    config = config.replace(dispatch_slices=1)
+    ids = seed_core(dynamo, 130)
+    capped = ids[:65]
+    dynamo.put_items("users", [{"user_id": u, "name": "Capped User", "opt_out": False, "daily_cap": 1} for u in capped])
+    schedule(dynamo, config, ids, NOW - timedelta(minutes=2), campaigns="AB")
+    recorder = Recorder()
+    counts = Dispatcher(config, dynamo, [InboxChannel(dynamo), recorder], ListEventSink(), workers=4).run(NOW)
+    assert counts["due"] == 260
+    assert counts["sent"] == 195
+    assert counts["cancelled"] == 65
+    assert set(recorder.sent.values()) == {1}
+    found = {i["notification_id"]: i for i in dynamo.scan("notification_schedule")}
+    sent = {n for n, i in found.items() if i["status"] == "sent"}
+    assert len(sent) == 195
+    assert {d["notification_id"] for d in dynamo.scan("deliveries")} == sent
+    assert {i["notification_id"] for i in dynamo.scan("inbox")} == sent
+    ledger = {r["user_id"]: set(r["reached"]) for r in dynamo.scan("user_day_sends")}
+    assert set(ledger) == set(ids)
+    assert all(len(ledger[u]) == 1 for u in capped)
+    assert all(len(ledger[u]) == 2 for u in ids[65:])
+    assert set().union(*ledger.values()) == sent

@@ -187,3 +187,43 @@ def test_mapped_dispatch_tasks_split_the_slices_so_no_two_contend_for_one() -> N
     assert sorted(b for buckets in parts for b in buckets) == sorted(due_buckets(config, NOW, 24))
     slices = [{int(b.rpartition("#")[2]) % 8 for b in buckets} for buckets in parts]
     assert slices == [{0, 3, 6}, {1, 4, 7}, {2, 5}]
+
+
+def test_batched_first_sends_go_out_in_chunks_and_each_outcome_stays_with_its_message() -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from include.notify.stages.channels import Message, PermanentChannelError
+    from include.notify.stages.dispatch_channels import FIRST_SEND_CHUNK, send_all
+
+    class Batched:
+        name = "batched"
+
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+            self._lock = threading.Lock()
+
+        def send_many(self, messages: list[Message]) -> list[PermanentChannelError | None]:
+            with self._lock:
+                self.calls.append(len(messages))
+            return [
+                PermanentChannelError(self.name, m.notification_id, "odd") if int(m.user_id[1:]) % 2 else None
+                for m in messages
+            ]
+
+        def send(self, message: Message) -> None:  # never reached: all are first sends
+            raise AssertionError("single send")
+
+        def close(self) -> None: ...
+
+    messages = [
+        build_message(ITEM | {"user_id": f"U{n}", "notification_id": f"U{n}#2026-11-25#C1"}, USER, CAMPAIGN, None, NOW)
+        for n in range(250)
+    ]
+    channel = Batched()
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = send_all([channel], messages, [{"batched"}] * 250, pool, 3, 0.0, [True] * 250)
+    assert sorted(channel.calls) == sorted([FIRST_SEND_CHUNK, FIRST_SEND_CHUNK, 250 - 2 * FIRST_SEND_CHUNK])
+    for n, outcome in enumerate(outcomes):
+        assert outcome.accepted == ([] if n % 2 else ["batched"])
+        assert len(outcome.errors) == n % 2
