@@ -26,31 +26,50 @@ ACCEPTANCE_SHARE = {"default": 0.80}
 OTHER_PROFILE_SHARE = 0.70
 
 
-def run_sweep(out: Path, profiles: list[str], seeds: list[int], users: int, days: int, echo: Any = print) -> None:
+def run_sweep(
+    out: Path, profiles: list[str], seeds: list[int], users: int, days: int, echo: Any = print, jobs: int = 1
+) -> None:
+    """Every (profile, seed) cell, ``jobs`` at a time in worker processes (each cell is independent
+    and deterministic for its seed, so the files are the same whatever ``jobs`` is)."""
+    out.mkdir(parents=True, exist_ok=True)
+    cells = [(out, profile, seed, users, days) for profile in profiles for seed in seeds]
+    if jobs <= 1 or len(cells) == 1:
+        for cell in cells:
+            echo(_run_cell(*cell))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a fresh interpreter per worker (torch and OpenMP state do not survive a fork well).
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for line in pool.map(_run_cell, *zip(*cells, strict=True)):
+            echo(line)
+
+
+def _run_cell(out: Path, profile: str, seed: int, users: int, days: int) -> str:
+    """One (profile, seed): ``raw_<profile>_<seed>.csv`` and ``ope_<profile>_<seed>.json``; returns a summary line."""
     from include.notify.analyst.evaluate import TargetPolicy, evaluate
     from notify_tools.simulator.fast import run_fast
 
-    out.mkdir(parents=True, exist_ok=True)
-    for profile in profiles:
-        for seed in seeds:
-            result, logs = run_fast(users=users, days=days, seed=seed, profile=profile, echo=echo)
-            frame = result.frame().assign(profile=profile, seed=seed)
-            frame.to_csv(out / f"raw_{profile}_{seed}.csv", index=False)
-            simulated = float(frame.loc[frame["policy"] == "notify_greedy", "clicked"].sum())
-            ope = evaluate(logs["notify"], TargetPolicy("greedy")) if "notify" in logs else None
-            payload = {
-                "profile": profile,
-                "seed": seed,
-                "seconds": result.seconds,
-                "simulated_greedy_clicks": simulated,
-            }
-            if ope is not None:
-                payload |= {
-                    "logged_clicks": ope["logged_clicks"], "decisions": ope["decisions"],
-                    "estimates": [e.__dict__ | {"contains_simulated": e.contains(simulated)} for e in ope["estimates"]],
-                }  # fmt: skip
-            (out / f"ope_{profile}_{seed}.json").write_text(json.dumps(payload, indent=2))
-            echo(f"{profile} seed {seed}: {result.seconds}")
+    result, logs = run_fast(users=users, days=days, seed=seed, profile=profile)
+    frame = result.frame().assign(profile=profile, seed=seed)
+    frame.to_csv(out / f"raw_{profile}_{seed}.csv", index=False)
+    simulated = float(frame.loc[frame["policy"] == "notify_greedy", "clicked"].sum())
+    ope = evaluate(logs["notify"], TargetPolicy("greedy")) if "notify" in logs else None
+    payload = {
+        "profile": profile,
+        "seed": seed,
+        "seconds": result.seconds,
+        "simulated_greedy_clicks": simulated,
+    }
+    if ope is not None:
+        payload |= {
+            "logged_clicks": ope["logged_clicks"], "decisions": ope["decisions"], "users": ope.get("users"),
+            "estimates": [e.__dict__ | {"contains_simulated": e.contains(simulated)} for e in ope["estimates"]],
+        }  # fmt: skip
+    (out / f"ope_{profile}_{seed}.json").write_text(json.dumps(payload, indent=2))
+    totals = frame.groupby("policy")["clicked"].sum().to_dict()
+    return f"{profile} seed {seed}: clicks {totals}; seconds {result.seconds}"
 
 
 def _totals(raw: pd.DataFrame, users: int) -> pd.DataFrame:
