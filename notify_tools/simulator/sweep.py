@@ -65,7 +65,8 @@ def _run_cell(out: Path, profile: str, seed: int, users: int, days: int) -> str:
     if ope is not None:
         payload |= {
             "logged_clicks": ope["logged_clicks"], "decisions": ope["decisions"], "users": ope.get("users"),
-            "estimates": [e.__dict__ | {"contains_simulated": e.contains(simulated)} for e in ope["estimates"]],
+            "estimates": [e.__dict__ | {"contains_simulated": e.contains(simulated), "predicts_simulated": e.predicts(simulated)}
+                          for e in ope["estimates"]],
         }  # fmt: skip
     (out / f"ope_{profile}_{seed}.json").write_text(json.dumps(payload, indent=2))
     totals = frame.groupby("policy")["clicked"].sum().to_dict()
@@ -157,11 +158,21 @@ def _verdicts(totals: pd.DataFrame, profile: str) -> list[str]:
 
 
 def _ope_lines(out: Path, profile: str) -> list[str]:
-    lines = ["Off-policy check: Notify-greedy's weekly clicks estimated from Notify's (exploring) logs vs simulated:", "",
-             "| seed | simulated | IPS [95 % CI] | SNIPS [95 % CI] | DR [95 % CI] |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = ["Off-policy check: Notify-greedy's weekly clicks estimated from Notify's (exploring) logs vs simulated "
+             "(estimate, 95 % bootstrap interval over users of the expected clicks, 95 % prediction interval of one "
+             "week's clicks; in/OUT: the simulated value in the prediction interval):", "",
+             "| seed | simulated | IPS | SNIPS | DR |", "|---|---|---|---|---|"]  # fmt: skip
+    inside = total = 0
     for path in sorted(out.glob(f"ope_{profile}_*.json")):
         data = json.loads(path.read_text())
-        cells = [f"{e['value']:,.0f} [{e['low']:,.0f}, {e['high']:,.0f}] {'in' if e['contains_simulated'] else 'OUT'}"
-                 for e in data.get("estimates", [])]  # fmt: skip
+        cells = []
+        for e in data.get("estimates", []):
+            ok = e.get("predicts_simulated", e["contains_simulated"])
+            inside, total = inside + ok, total + 1
+            cells.append(f"{e['value']:,.0f} [{e['low']:,.0f}, {e['high']:,.0f}] "
+                         f"pred [{e.get('pred_low', e['low']):,.0f}, {e.get('pred_high', e['high']):,.0f}] {'in' if ok else 'OUT'}")  # fmt: skip
         lines.append(f"| {data['seed']} | {data['simulated_greedy_clicks']:,.0f} | " + " | ".join(cells) + " |")
+    if total:
+        lines += ["", f"- OPE estimate within its prediction interval of the simulated value: {inside} of {total} "
+                      f"-> **{'yes' if inside == total else 'NO'}**"]  # fmt: skip
     return lines
