@@ -158,6 +158,23 @@ def test_ope_recovers_a_greedy_policys_clicks_from_exploring_logs() -> None:
         evaluate(log.assign(propensity=0.0), TargetPolicy("greedy"))
 
 
+def test_a_kth_send_never_logged_is_priced_cautiously_until_the_logs_price_it() -> None:
+    # Day 1: nothing logged, the k-th send of a day costs 1 + UNLOGGED_KTH_COST x (k - 1) base costs.
+    costs = response.interruption_costs(pd.DataFrame(), 0.03, users=100, days=1, max_k=3)
+    np.testing.assert_allclose(costs, 0.03 * (1 + response.UNLOGGED_KTH_COST * np.arange(3)))
+    assert costs[1] > costs[0]
+    # Once first and second sends are logged without opt-outs, their cost is the learned one
+    # (near the base); the third, never logged, stays cautious.
+    frame = pd.DataFrame({"k": [1] * 400 + [2] * 400, "opted_out": 0, "clicked": ([1] + [0] * 19) * 40})
+    learned = response.interruption_costs(frame, 0.03, users=100, days=1, max_k=3)
+    assert learned[1] < costs[1]
+    assert learned[1] < 0.03 * 1.2
+    assert learned[2] >= costs[2]
+    # Second sends that made users opt out are priced above the cautious default.
+    risky = frame.assign(opted_out=np.where((frame["k"] == 2) & (np.arange(800) % 10 == 0), 1, 0))
+    assert response.interruption_costs(risky, 0.03, users=100, days=1, max_k=3)[1] > costs[1]
+
+
 def test_ope_intervals_resample_whole_users_and_predict_a_realised_week() -> None:
     # Each user's ten decisions share one outcome (a user's week is one draw, not ten): a bootstrap
     # over decisions would be about sqrt(10) too narrow; the one over users is not.
