@@ -2,7 +2,8 @@
 
 ``run_sweep`` writes one raw CSV per (profile, seed) (``raw_<profile>_<seed>.csv``, per policy and
 day) and ``ope_<profile>_<seed>.json`` (the greedy policy's clicks estimated from the exploring
-policy's logs beside the greedy policy's simulated clicks); ``write_sweep_report`` turns them into
+policy's logs beside the greedy policy's simulated clicks, with the bootstrap interval over users
+and the prediction interval of one realised week, ``analyst.evaluate``); ``write_sweep_report`` turns them into
 ``closed_loop_<profile>.md`` + ``.svg``: per day and for the whole run clicks, sends, CTR, clicks
 per user and opt-outs, mean ± standard deviation over the seeds, and the acceptance verdicts.
 """
