@@ -107,7 +107,9 @@ def evaluate(
         alpha = (1 - level) / 2
         low, high = np.quantile(samples, [alpha, 1 - alpha]) if n else (0.0, 0.0)
         spread = z * np.sqrt((float(np.var(samples)) if n else 0.0) + outcome_var)
-        return Estimate(name, float(point), float(low), float(high), float(point - spread), float(point + spread))
+        return Estimate(
+            name, float(point), float(low), float(high), max(float(point - spread), 0.0), float(point + spread)
+        )
 
     n_send = float(sends.sum())
     ips = interval(ips_terms.sum(), ips_terms @ boot, "IPS")
