@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="default", help="simulator profile(s), comma-separated (fast mode)")
     parser.add_argument("--seeds", default="7,8,9", help="seeds of the fast-mode sweep")
     parser.add_argument("--report-only", action="store_true", help="fast mode: rebuild the report from raw files")
+    parser.add_argument("--jobs", type=int, default=2, help="fast mode: (profile, seed) cells run at once")
     args = parser.parse_args(argv)
     if args.mode == "fast":
         return _fast(args)
@@ -84,7 +85,9 @@ def _fast(args: argparse.Namespace) -> int:
     started = time.monotonic()
     if not args.report_only:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        run_sweep(out, profiles, seeds, args.users, args.days, echo=lambda line: print(line, flush=True))
+        run_sweep(
+            out, profiles, seeds, args.users, args.days, echo=lambda line: print(line, flush=True), jobs=args.jobs
+        )
     ok = True
     for profile in profiles:
         text = write_sweep_report(out, profile, args.users, args.days)

@@ -2,7 +2,8 @@
 
 ``run_sweep`` writes one raw CSV per (profile, seed) (``raw_<profile>_<seed>.csv``, per policy and
 day) and ``ope_<profile>_<seed>.json`` (the greedy policy's clicks estimated from the exploring
-policy's logs beside the greedy policy's simulated clicks); ``write_sweep_report`` turns them into
+policy's logs beside the greedy policy's simulated clicks, with the bootstrap interval over users
+and the prediction interval of one realised week, ``analyst.evaluate``); ``write_sweep_report`` turns them into
 ``closed_loop_<profile>.md`` + ``.svg``: per day and for the whole run clicks, sends, CTR, clicks
 per user and opt-outs, mean ± standard deviation over the seeds, and the acceptance verdicts.
 """
@@ -26,31 +27,51 @@ ACCEPTANCE_SHARE = {"default": 0.80}
 OTHER_PROFILE_SHARE = 0.70
 
 
-def run_sweep(out: Path, profiles: list[str], seeds: list[int], users: int, days: int, echo: Any = print) -> None:
+def run_sweep(
+    out: Path, profiles: list[str], seeds: list[int], users: int, days: int, echo: Any = print, jobs: int = 1
+) -> None:
+    """Every (profile, seed) cell, ``jobs`` at a time in worker processes (each cell is independent
+    and deterministic for its seed, so the files are the same whatever ``jobs`` is)."""
+    out.mkdir(parents=True, exist_ok=True)
+    cells = [(out, profile, seed, users, days) for profile in profiles for seed in seeds]
+    if jobs <= 1 or len(cells) == 1:
+        for cell in cells:
+            echo(_run_cell(*cell))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a fresh interpreter per worker (torch and OpenMP state do not survive a fork well).
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for line in pool.map(_run_cell, *zip(*cells, strict=True)):
+            echo(line)
+
+
+def _run_cell(out: Path, profile: str, seed: int, users: int, days: int) -> str:
+    """One (profile, seed): ``raw_<profile>_<seed>.csv`` and ``ope_<profile>_<seed>.json``; returns a summary line."""
     from include.notify.analyst.evaluate import TargetPolicy, evaluate
     from notify_tools.simulator.fast import run_fast
 
-    out.mkdir(parents=True, exist_ok=True)
-    for profile in profiles:
-        for seed in seeds:
-            result, logs = run_fast(users=users, days=days, seed=seed, profile=profile, echo=echo)
-            frame = result.frame().assign(profile=profile, seed=seed)
-            frame.to_csv(out / f"raw_{profile}_{seed}.csv", index=False)
-            simulated = float(frame.loc[frame["policy"] == "notify_greedy", "clicked"].sum())
-            ope = evaluate(logs["notify"], TargetPolicy("greedy")) if "notify" in logs else None
-            payload = {
-                "profile": profile,
-                "seed": seed,
-                "seconds": result.seconds,
-                "simulated_greedy_clicks": simulated,
-            }
-            if ope is not None:
-                payload |= {
-                    "logged_clicks": ope["logged_clicks"], "decisions": ope["decisions"],
-                    "estimates": [e.__dict__ | {"contains_simulated": e.contains(simulated)} for e in ope["estimates"]],
-                }  # fmt: skip
-            (out / f"ope_{profile}_{seed}.json").write_text(json.dumps(payload, indent=2))
-            echo(f"{profile} seed {seed}: {result.seconds}")
+    result, logs = run_fast(users=users, days=days, seed=seed, profile=profile)
+    frame = result.frame().assign(profile=profile, seed=seed)
+    frame.to_csv(out / f"raw_{profile}_{seed}.csv", index=False)
+    simulated = float(frame.loc[frame["policy"] == "notify_greedy", "clicked"].sum())
+    ope = evaluate(logs["notify"], TargetPolicy("greedy")) if "notify" in logs else None
+    payload = {
+        "profile": profile,
+        "seed": seed,
+        "seconds": result.seconds,
+        "simulated_greedy_clicks": simulated,
+    }
+    if ope is not None:
+        payload |= {
+            "logged_clicks": ope["logged_clicks"], "decisions": ope["decisions"], "users": ope.get("users"),
+            "estimates": [e.__dict__ | {"contains_simulated": e.contains(simulated), "predicts_simulated": e.predicts(simulated)}
+                          for e in ope["estimates"]],
+        }  # fmt: skip
+    (out / f"ope_{profile}_{seed}.json").write_text(json.dumps(payload, indent=2))
+    totals = frame.groupby("policy")["clicked"].sum().to_dict()
+    return f"{profile} seed {seed}: clicks {totals}; seconds {result.seconds}"
 
 
 def _totals(raw: pd.DataFrame, users: int) -> pd.DataFrame:
@@ -138,11 +159,21 @@ def _verdicts(totals: pd.DataFrame, profile: str) -> list[str]:
 
 
 def _ope_lines(out: Path, profile: str) -> list[str]:
-    lines = ["Off-policy check: Notify-greedy's weekly clicks estimated from Notify's (exploring) logs vs simulated:", "",
-             "| seed | simulated | IPS [95 % CI] | SNIPS [95 % CI] | DR [95 % CI] |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = ["Off-policy check: Notify-greedy's weekly clicks estimated from Notify's (exploring) logs vs simulated "
+             "(estimate, 95 % bootstrap interval over users of the expected clicks, 95 % prediction interval of one "
+             "week's clicks; in/OUT: the simulated value in the prediction interval):", "",
+             "| seed | simulated | IPS | SNIPS | DR |", "|---|---|---|---|---|"]  # fmt: skip
+    inside = total = 0
     for path in sorted(out.glob(f"ope_{profile}_*.json")):
         data = json.loads(path.read_text())
-        cells = [f"{e['value']:,.0f} [{e['low']:,.0f}, {e['high']:,.0f}] {'in' if e['contains_simulated'] else 'OUT'}"
-                 for e in data.get("estimates", [])]  # fmt: skip
+        cells = []
+        for e in data.get("estimates", []):
+            ok = e.get("predicts_simulated", e["contains_simulated"])
+            inside, total = inside + ok, total + 1
+            cells.append(f"{e['value']:,.0f} [{e['low']:,.0f}, {e['high']:,.0f}] "
+                         f"pred [{e.get('pred_low', e['low']):,.0f}, {e.get('pred_high', e['high']):,.0f}] {'in' if ok else 'OUT'}")  # fmt: skip
         lines.append(f"| {data['seed']} | {data['simulated_greedy_clicks']:,.0f} | " + " | ".join(cells) + " |")
+    if total:
+        lines += ["", f"- OPE estimate within its prediction interval of the simulated value: {inside} of {total} "
+                      f"-> **{'yes' if inside == total else 'NO'}**"]  # fmt: skip
     return lines

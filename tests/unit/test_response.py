@@ -158,6 +158,49 @@ def test_ope_recovers_a_greedy_policys_clicks_from_exploring_logs() -> None:
         evaluate(log.assign(propensity=0.0), TargetPolicy("greedy"))
 
 
+def test_a_kth_send_never_logged_is_priced_cautiously_until_the_logs_price_it() -> None:
+    # Day 1: nothing logged, the k-th send of a day costs 1 + UNLOGGED_KTH_COST x (k - 1) base costs.
+    costs = response.interruption_costs(pd.DataFrame(), 0.03, users=100, days=1, max_k=3)
+    np.testing.assert_allclose(costs, 0.03 * (1 + response.UNLOGGED_KTH_COST * np.arange(3)))
+    assert costs[1] > costs[0]
+    # Once first and second sends are logged without opt-outs, their cost is the learned one
+    # (near the base); the third, never logged, stays cautious.
+    frame = pd.DataFrame({"k": [1] * 400 + [2] * 400, "opted_out": 0, "clicked": ([1] + [0] * 19) * 40})
+    learned = response.interruption_costs(frame, 0.03, users=100, days=1, max_k=3)
+    assert learned[1] < costs[1]
+    assert learned[1] < 0.03 * 1.2
+    assert learned[2] >= costs[2]
+    # Second sends that made users opt out are priced above the cautious default.
+    risky = frame.assign(opted_out=np.where((frame["k"] == 2) & (np.arange(800) % 10 == 0), 1, 0))
+    assert response.interruption_costs(risky, 0.03, users=100, days=1, max_k=3)[1] > costs[1]
+
+
+def test_ope_intervals_resample_whole_users_and_predict_a_realised_week() -> None:
+    # Each user's ten decisions share one outcome (a user's week is one draw, not ten): a bootstrap
+    # over decisions would be about sqrt(10) too narrow; the one over users is not.
+    rng = np.random.default_rng(4)
+    users, per, eps = 600, 10, 0.2
+    p = np.repeat(rng.uniform(0.05, 0.4, users), per)
+    clicked = np.repeat(rng.random(users), per) < p
+    log = pd.DataFrame({
+        "user_id": np.repeat([f"u{i}" for i in range(users)], per), "propensity": 1 - eps + eps / 2,
+        "clicked": clicked.astype(int), "campaign_id": "C0", "greedy_campaign": "C0", "greedy_value": p,
+        "cost": 0.0, "candidate_scores": [f"C0:{x:.5f}|C1:0.01" for x in p],
+    })  # fmt: skip
+    by_user = evaluate(log, TargetPolicy("greedy"))
+    by_decision = evaluate(log.drop(columns="user_id"), TargetPolicy("greedy"))
+    assert by_user["users"] == users
+    assert by_decision["users"] == users * per
+    for clustered, flat in zip(by_user["estimates"], by_decision["estimates"], strict=True):
+        ratio = (clustered.high - clustered.low) / (flat.high - flat.low)
+        assert 2.0 < ratio < 4.5, (clustered, flat)
+        # The prediction interval adds one realised week's own outcome variance: it is wider.
+        assert clustered.pred_low < clustered.low
+        assert clustered.pred_high > clustered.high
+        assert clustered.contains(p.sum())
+        assert clustered.predicts(p.sum())
+
+
 def test_a_learner_is_trusted_only_where_it_has_evidence_and_sends_on_a_lower_quantile() -> None:
     frame = _synthetic_log(3000, 2).assign(campaign_id=lambda f: np.where(f.index % 2 == 0, "C1", "C2"))
     model = response.train(frame, DAY, seed=3)

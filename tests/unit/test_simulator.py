@@ -185,3 +185,31 @@ def test_closed_loop_checks_compare_clicks_and_sends_not_ctr() -> None:
     assert timid.checks() == {"notify_more_clicks_than_seed": False, "notify_at_most_half_the_seed_sends": True}
     good = ClosedLoopResult(100, 1, 7, [day("seed", 1000, 20), day("notify", 400, 40)], {}, ".")
     assert all(good.checks().values())
+
+
+def test_sweep_report_checks_the_simulated_value_against_each_ope_prediction_interval(tmp_path) -> None:
+    """A simulated weekly value outside an estimator's prediction interval is reported OUT and fails the check."""
+    import json
+
+    from notify_tools.simulator.sweep import write_sweep_report
+
+    rows = [
+        {"policy": p, "day": 1, "clicked": c, "sent": s, "opt_out_rate": 0.01, "seed": 7}
+        for p, c, s in (("seed", 10, 1000), ("notify", 90, 300), ("notify_greedy", 88, 290), ("oracle_constrained", 100, 300))
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_csv(tmp_path / "raw_p_7.csv", index=False)
+
+    def estimate(name: str, low: float, high: float) -> dict[str, object]:
+        return {"estimator": name, "value": (low + high) / 2, "low": low + 5, "high": high - 5, "pred_low": low,
+                "pred_high": high, "contains_simulated": False, "predicts_simulated": low <= 88 <= high}  # fmt: skip
+
+    ope = {"profile": "p", "seed": 7, "simulated_greedy_clicks": 88.0, "estimates": [estimate("IPS", 80, 100)]}
+    (tmp_path / "ope_p_7.json").write_text(json.dumps(ope))
+    assert "within its prediction interval of the simulated value: 1 of 1 -> **yes**" in write_sweep_report(
+        tmp_path, "p", 100, 1
+    )
+    ope["estimates"].append(estimate("DR", 90, 110))
+    (tmp_path / "ope_p_7.json").write_text(json.dumps(ope))
+    text = write_sweep_report(tmp_path, "p", 100, 1)
+    assert "OUT" in text
+    assert "1 of 2 -> **NO**" in text

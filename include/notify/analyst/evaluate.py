@@ -11,7 +11,16 @@ of the target's total clicks, vectorised over decisions:
 - **SNIPS**: ``n_send x sum w r / sum w`` (self-normalised over the decisions the target sends);
 - **DR**: ``sum q(x, target) + w (r - q(x, a))`` with ``q`` the logged p(click) of each candidate.
 
-Intervals are percentile bootstrap (Poisson weights, one matrix product, ``resamples`` columns).
+Intervals are percentile bootstrap (Poisson weights, one matrix product, ``resamples`` columns)
+**over users**, not over decisions: a user's decisions of one week are not independent (the same
+tastes, hours and tolerance decide all of them, and a send on day 1 changes day 4's repeats and
+cooldowns), so each resample draws whole users with all their decisions (``user_id``; a log
+without it falls back to decisions). ``low`` / ``high`` bound the target's *expected* clicks on
+these users. A policy's simulated (or deployed) week is one draw around that expectation, so each
+estimate also carries a **prediction interval** (``pred_low`` / ``pred_high``): the bootstrap
+variance plus the outcome variance of the target's own sends, ``sum q (1 - q)`` over the
+decisions it sends (``q`` its logged p(click)), normal approximation. The benchmark checks that
+the simulated weekly clicks lie in the prediction interval.
 A target with a *lower* cost than the logging policy would send where nothing was logged; those
 decisions are not in the logs, so such a target is reported as unsupported rather than guessed.
 """
@@ -19,6 +28,7 @@ decisions are not in the logs, so such a target is reported as unsupported rathe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -40,11 +50,18 @@ class Estimate:
 
     estimator: str
     value: float
-    low: float
+    low: float  # bootstrap interval (over users) of the expected clicks
     high: float
+    pred_low: float = float("nan")  # prediction interval of one realised week's clicks
+    pred_high: float = float("nan")
 
     def contains(self, x: float) -> bool:
+        """Whether ``x`` lies in the bootstrap interval."""
         return self.low <= x <= self.high
+
+    def predicts(self, x: float) -> bool:
+        """Whether a realised value ``x`` lies in the prediction interval."""
+        return self.pred_low <= x <= self.pred_high
 
 
 def evaluate(
@@ -77,14 +94,22 @@ def evaluate(
     q_target = np.array([s.get(str(g), 0.0) for s, g in zip(scores, log["greedy_campaign"].astype(str), strict=True)])
     q_target = np.where(sends, q_target, 0.0)
     rng = np.random.default_rng(seed)
-    boot = rng.poisson(1.0, size=(n, resamples)).astype(float)
+    cluster = log["user_id"].astype(str) if "user_id" in log else pd.Series(np.arange(n)).astype(str)
+    codes, uniques = pd.factorize(cluster, sort=True)
+    boot = rng.poisson(1.0, size=(len(uniques), resamples)).astype(float)[codes]
+    # The outcome variance of one realised run of the target (its sends' clicks are Bernoulli(q)).
+    outcome_var = float((q_target * (1 - q_target)).sum())
+    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
     ips_terms = w * reward
     dr_terms = q_target + w * (reward - q_logged)
 
     def interval(point: float, samples: np.ndarray, name: str) -> Estimate:
         alpha = (1 - level) / 2
         low, high = np.quantile(samples, [alpha, 1 - alpha]) if n else (0.0, 0.0)
-        return Estimate(name, float(point), float(low), float(high))
+        spread = z * np.sqrt((float(np.var(samples)) if n else 0.0) + outcome_var)
+        return Estimate(
+            name, float(point), float(low), float(high), max(float(point - spread), 0.0), float(point + spread)
+        )
 
     n_send = float(sends.sum())
     ips = interval(ips_terms.sum(), ips_terms @ boot, "IPS")
@@ -97,6 +122,7 @@ def evaluate(
     return {
         "target": target,
         "decisions": n,
+        "users": len(uniques),
         "target_sends": int(n_send),
         "unsupported_decisions": unsupported,
         "logged_clicks": float(reward.sum()),
@@ -116,5 +142,6 @@ def format_report(result: dict[str, object]) -> str:
         lines.append(f"WARNING: {result['unsupported_decisions']:,} decisions have a cost below the logged one: "
                      "the target would also send where nothing was logged (not estimable)")  # fmt: skip
     for e in result["estimates"]:
-        lines.append(f"  {e.estimator:5s} {e.value:10,.1f} clicks  [{e.low:,.1f}, {e.high:,.1f}]")
+        lines.append(f"  {e.estimator:5s} {e.value:10,.1f} clicks  95 % CI [{e.low:,.1f}, {e.high:,.1f}]"
+                     f"  prediction [{e.pred_low:,.1f}, {e.pred_high:,.1f}]")  # fmt: skip
     return "\n".join(lines)

@@ -75,17 +75,28 @@ class ResponseContext:
             return 0.0
         return float(self.costs[min(k, len(self.costs)) - 1])
 
-    def predict(self, rows: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict(
+        self, rows: np.ndarray, k: np.ndarray, cells: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """p(click) (n, 24), its conservative lower quantile (n, 24) and the features (n, 24, F) of
-        candidate ``rows`` at every hour as send ``k``."""
+        candidate ``rows`` at every hour as send ``k``. ``cells`` ((n, 24) bool): only these
+        (candidate, hour) cells are priced (the model's cost is per cell; the others are 0)."""
         hours = np.tile(np.arange(HOURS), (len(rows), 1))
         table: CandidateTable = self.table.take(rows)
         features = table.at(hours, k, self.engagement[rows])
         if self.scorer is not None:
             p = self.scorer(rows, features)
             return p, p, features
-        p, n = self.model.estimate(features, table.campaign_ids)
-        return p, self.model.lower(p, n, self.send_quantile), features
+        if cells is None:
+            p, n = self.model.estimate(features, table.campaign_ids)
+            return p, self.model.lower(p, n, self.send_quantile), features
+        row, hour = np.nonzero(cells)
+        campaigns = None if table.campaign_ids is None else table.campaign_ids[row]
+        at, n_at = self.model.estimate(features[row, hour][:, None, :], campaigns)
+        p, low = np.zeros(cells.shape), np.zeros(cells.shape)
+        p[row, hour] = at[:, 0]
+        low[row, hour] = self.model.lower(at, n_at, self.send_quantile)[:, 0]
+        return p, low, features
 
 
 def _draws(keys: pd.Series, salt: str) -> np.ndarray:
@@ -154,8 +165,9 @@ def place_by_value(
             break
         g = group[sel]
         k = used[g] + 1
-        p, p_low, features = context.predict(rows[sel], k)
-        value = np.where(free[g] & allowed[g], p * weight[sel, None], -np.inf)
+        open_cells = free[g] & allowed[g]
+        p, p_low, features = context.predict(rows[sel], k, open_cells)
+        value = np.where(open_cells, p * weight[sel, None], -np.inf)
         best_hour = np.argmax(value, axis=1)
         best_value = value[np.arange(len(sel)), best_hour]
         best_low = p_low[np.arange(len(sel)), best_hour] * weight[sel]

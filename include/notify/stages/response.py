@@ -23,7 +23,9 @@ What this stage guarantees:
 - **Cost of one more interruption** (``interruption_costs``): the configured base cost plus the
   k-th send's observed opt-out rate (smoothed) times the clicks a user is worth over
   ``USER_VALUE_DAYS`` days (estimated from the logs): the planner sends the k-th notification only
-  when its expected value exceeds this.
+  when its expected value exceeds this. A k-th send of a day never logged yet (day 1, a new
+  deployment) costs ``1 + UNLOGGED_KTH_COST x (k - 1)`` base costs: its opt-out risk and how much
+  less welcome it is are unknown, and a campaign sent today is in cooldown on the next days.
 - **Versioned and stored** (``response_run``, the stage's lake I/O): ``models/response/dt=D/model.pkl``
   and ``metrics.json``; the version (``response-<kind>-<day>-<hash>``) goes on every planned item.
 """
@@ -59,6 +61,7 @@ GENERIC_AFFINITY = 0.1
 USER_VALUE_DAYS = 14
 OPT_OUT_PRIOR, OPT_OUT_STRENGTH = 0.002, 200.0
 HOURS_SINCE_CAP = 240.0
+UNLOGGED_KTH_COST = 2.0
 
 
 # ------------------------------------------------------------------------------------ signals
@@ -372,8 +375,11 @@ def interruption_costs(frame: pd.DataFrame, base_cost: float, users: int, days: 
     worth over ``USER_VALUE_DAYS`` days (clicks per user per day observed in ``frame``).
     """
     k_values = np.arange(1, max(max_k, 1) + 1)
+    # Until a k-th send of a day has been logged, its risk is unknown (a world tolerating one a
+    # day looks the same before the first send): it is priced at UNLOGGED_KTH_COST[k] base costs.
+    cautious = base_cost * (1 + UNLOGGED_KTH_COST * (k_values - 1))
     if frame is None or frame.empty:
-        return np.full(len(k_values), base_cost)
+        return cautious
     k = frame["k"].to_numpy(dtype=float).astype(int)
     outs = np.array([frame["opted_out"].to_numpy()[k == v].sum() for v in k_values], dtype=float)
     sends = np.array([(k == v).sum() for v in k_values], dtype=float)
@@ -381,7 +387,7 @@ def interruption_costs(frame: pd.DataFrame, base_cost: float, users: int, days: 
     rate = (outs + OPT_OUT_STRENGTH * OPT_OUT_PRIOR) / (sends + OPT_OUT_STRENGTH)
     rate = np.maximum.accumulate(rate)
     value = frame["clicked"].sum() / max(users, 1) / max(days, 1) * USER_VALUE_DAYS
-    return base_cost + rate * value
+    return np.where(sends > 0, base_cost + rate * value, np.maximum(cautious, base_cost + rate * value))
 
 
 def fit_for_day(
