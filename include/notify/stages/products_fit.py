@@ -30,6 +30,7 @@ from include.notify.stages.products import (
     RERANK_CANDIDATES,
     TAIL_GRID,
     TOP_K,
+    VARIETY_FLOOR,
     Collaborative,
     History,
     ProductModel,
@@ -197,8 +198,9 @@ def fit_diversity(
 ) -> Rerank:
     """The re-rank's MMR strength, long-tail bonus and exposure penalty (``products.diverse_top_k``,
     ``products.rerank_bonus``), from ``DIVERSITY_GRID`` x ``TAIL_GRID`` x ``EXPOSURE_GRID`` x the
-    typical spread of a top-k's scores. Exposure = each product's count in the un-re-ranked
-    top-k lists of these users over the largest count. Only settings whose lists reach
+    typical spread of a top-k's scores. Exposure = log(1 + each product's count in the
+    un-re-ranked top-k lists of these users) over the largest such value: every product already
+    shown loses a little, the most shown most, none shown nothing. Only settings whose lists reach
     ``floor`` = (intra-list diversity, catalog coverage) compete on held-out recall@k (the
     closest to the floor when none does); on a tie the later, stronger one (same hits, more
     varied lists)."""
@@ -214,7 +216,7 @@ def fit_diversity(
     popularity[np.maximum(c, 0)] = np.take_along_axis(feats[..., PARTS.index("popularity")], order, axis=1)
     plain = c[:, :k][np.isfinite(s[:, :k]) & (c[:, :k] >= 0)]
     counts = np.bincount(plain, minlength=len(product_vectors)).astype(np.float32)
-    exposure = counts / max(float(counts.max(initial=0.0)), 1.0)
+    exposure = np.log1p(counts) / max(float(np.log1p(counts.max(initial=0.0))), 1e-9)
     best, best_key = Rerank(floor=floor), (-np.inf, -1.0)
     for factor, tail_factor, penalty_factor in itertools.product(DIVERSITY_GRID, TAIL_GRID, EXPOSURE_GRID):
         strength, tail, penalty = factor * scale, tail_factor * scale, penalty_factor * scale
@@ -316,10 +318,14 @@ class TrainingData:
     content_vectors: object
 
 
-def fit_products_model(data: TrainingData, run_date: date, seed: int = 0) -> ProductModel:
+def fit_products_model(
+    data: TrainingData, run_date: date, seed: int = 0, variety_floor: bool = VARIETY_FLOOR
+) -> ProductModel:
     """Nightly fit: hold out each user's last purchase day, train ALS (best of ``ALS_GRID`` by
     held-out recall@10 on its own) and fit the blend weights there, then retrain the chosen ALS
-    and the repurchase rule on the whole history."""
+    and the repurchase rule on the whole history. The re-rank is fit by held-out recall, under
+    the co-purchase variety floor when ``variety_floor`` (the floor and what the lists reach are
+    measured and kept in ``validation`` either way)."""
     started = time.monotonic()
     product_ids = data.products["product_id"].astype(str).to_numpy(object)
     types = data.products["article_type"].astype(str).to_numpy()
@@ -367,7 +373,9 @@ def fit_products_model(data: TrainingData, run_date: date, seed: int = 0) -> Pro
     groups = item_groups(data.products)
     floor = co_purchase_variety(co_purchase, baskets(terms, len(held_users), len(product_ids)), popularity,
                                 data.product_vectors)  # fmt: skip
-    rerank = fit_diversity(cand, feats, weights, targets, data.product_vectors, groups, floor=floor)
+    rerank = fit_diversity(
+        cand, feats, weights, targets, data.product_vectors, groups, floor=floor if variety_floor else (0.0, 0.0)
+    )
     full = build_history(data.user_ids, product_ids, data.purchases, data.clickstream)
     final = fit_als(interaction_matrix(full), int(chosen.settings["factors"]), float(chosen.settings["alpha"]), seed)
     final.item_item = fit_co_purchase(full)
