@@ -217,7 +217,54 @@ def test_fit_diversity_keeps_a_strength_that_costs_no_held_out_hits() -> None:
     feats[..., 0] = rng.random((n, c))
     held = [{int(np.argmax(feats[u, :, 0]))} for u in range(n)]
     weights = {"content": 1.0, "collaborative": 0.0, "popularity": 0.0, "repurchase": 0.0, "co_purchase": 0.0}
-    (strength, tail), recall = PF.fit_diversity(cand, feats, weights, held, items, np.arange(c), k=3)
-    assert recall == 1.0
-    assert strength > 0, "on a tie the strongest re-rank is kept"
-    assert tail > 0
+    rerank = PF.fit_diversity(cand, feats, weights, held, items, np.arange(c), k=3)
+    assert rerank.recall == 1.0
+    assert rerank.strength > 0, "on a tie the strongest re-rank is kept"
+    assert rerank.tail > 0
+
+
+def test_variety_floor_makes_the_fit_give_up_hits_for_lists_as_varied_as_co_purchase() -> None:
+    # Everyone's three best candidates are the same three products (the held-out one third):
+    # by recall alone nothing is re-ranked; a coverage floor forces the exposure penalty on.
+    rng = np.random.default_rng(3)
+    n, c = 60, 30
+    items = _unit(rng.normal(size=(c, 8)))
+    cand = np.tile(np.arange(c), (n, 1))
+    feats = np.zeros((n, c, 5), np.float32)
+    feats[..., 0] = 0.5 * rng.random((n, c))
+    feats[:, :3, 0] = [1.0, 0.9, 0.8]
+    held = [{2} for _ in range(n)]
+    weights = {"content": 1.0, "collaborative": 0.0, "popularity": 0.0, "repurchase": 0.0, "co_purchase": 0.0}
+    free = PF.fit_diversity(cand, feats, weights, held, items, np.arange(c), k=3)
+    assert free.recall == 1.0
+    assert free.coverage < 0.2
+    floored = PF.fit_diversity(cand, feats, weights, held, items, np.arange(c), k=3, floor=(0.0, 0.5))
+    assert floored.coverage >= 0.5, "the floor is met when a setting reaches it"
+    assert floored.penalty > 0
+    assert floored.exposure is not None
+    assert floored.exposure[:3].tolist() == [1.0, 1.0, 1.0]
+    assert floored.exposure[3:].max() == 0.0
+    assert floored.recall < free.recall, "variety bought with hits: the floor, not recall, decided"
+    # Scoring applies the fitted penalty: the most exposed products lose to unexposed ones.
+    bonus = P.rerank_bonus(cand[:1], np.zeros(c, np.float32), 0.0, floored.penalty, floored.exposure)
+    assert bonus is not None
+    assert (bonus[0, :3] < 0).all()
+    assert (bonus[0, 3:] == 0).all()
+    assert P.rerank_bonus(cand[:1], np.zeros(c, np.float32), 0.0) is None
+
+
+def test_co_purchase_variety_measures_the_plain_neighbour_list() -> None:
+    # Products 0-1 are bought together, 2-3 together; vectors: 0/1 identical, 2/3 orthogonal.
+    items = np.vstack([np.eye(4)[0], np.eye(4)[0], np.eye(4)[2], np.eye(4)[3]]).astype(np.float32)
+    history = P.History(
+        pd.Index(["a", "b", "c"]),
+        pd.Index(["p0", "p1", "p2", "p3"]),
+        pd.DataFrame({"user_pos": [0, 0, 1, 1], "item_pos": [0, 1, 2, 3], "when": pd.Timestamp("2026-11-01", tz=UTC)}),
+        pd.DataFrame(),
+    )
+    sim = PF.fit_co_purchase(history)
+    basket = P.baskets(P.RepurchaseTerms(np.array([0, 1]), np.array([0, 2]), *([np.zeros(2)] * 2), np.zeros(2)), 2, 4)
+    diversity, coverage = PF.co_purchase_variety(sim, basket, np.zeros(4, np.float32), items, k=2)
+    # User 0 (bought p0) is shown p0 and its neighbour p1 (distance 0); user 1 p2 and p3 (distance 1).
+    assert coverage == 1.0
+    assert abs(diversity - 0.5) < 1e-6

@@ -31,11 +31,19 @@ What this module guarantees:
   always >= 1, so nothing fills it yet).
 - **Diversity** (``diverse_top_k``): from each user's best ``RERANK_CANDIDATES`` by blended score,
   greedily keep the best of ``score - strength x (max cosine to the kept) + tail x (1 -
-  popularity)`` (MMR with a long-tail bonus; both fit on the held-out day by recall@10,
-  ``products_fit.fit_diversity``) among items that fewer than ``max_similar`` kept items are
-  similar to — same article type and colour family, or text cosine >= ``NEAR_DUPLICATE_COSINE``.
-  The cap is strict: a user whose candidates run out of dissimilar items gets fewer than k.
-  The user's own due re-buys are reorders: exempt from the cap, the penalty and the bonus.
+  popularity) - penalty x exposure`` (MMR with a long-tail bonus and an exposure penalty:
+  ``exposure`` = log(1 + how many of the held-out day's un-re-ranked top-k lists showed the
+  product), over the most shown one's, so products already in many lists lose a little) among items
+  that fewer than ``max_similar`` kept items are similar to — same article type and colour
+  family, or text cosine >= ``NEAR_DUPLICATE_COSINE``. The three strengths are fit on the
+  held-out day (``products_fit.fit_diversity``) by recall@10, optionally (``VARIETY_FLOOR``,
+  off by default) **subject to a variety floor**: the lists must be at least as varied
+  (intra-list diversity) and cover at least as much of the catalog as the plain item-to-item
+  co-purchase neighbour list of the same users on the same day
+  (``products_fit.co_purchase_variety``) — "never less varied than customers who bought this
+  also bought". The cap is strict: a user whose candidates run out of dissimilar
+  items gets fewer than k. The user's own due re-buys are reorders: exempt from the cap, the
+  penalty and the bonuses.
 """
 
 from __future__ import annotations
@@ -77,8 +85,13 @@ NEAR_DUPLICATE_COSINE = 0.97
 RERANK_CANDIDATES = 100
 RERANK_BLOCK = 256
 # MMR strengths tried on held-out data, in units of a typical top-10's score spread.
-DIVERSITY_GRID = (0.0, 0.5, 1.0, 1.5)
-TAIL_GRID = (0.0, 0.5, 1.0)
+DIVERSITY_GRID = (0.0, 0.5, 1.0, 1.5, 2.5)
+TAIL_GRID = (0.0, 0.5, 1.0, 2.0)
+EXPOSURE_GRID = (0.0, 1.0, 2.0, 4.0)
+# Fit the re-rank under the co-purchase variety floor (products_fit.fit_diversity)? Off: on the
+# generated data no re-rank within the top-100 reaches the floor, and trying cost recall below ALS
+# alone's on two of three seeds (README "Product recommendations").
+VARIETY_FLOOR = False
 CO_PURCHASE_NEIGHBOURS = 50
 QUERY_CHUNK = 2048
 COLOUR_FAMILIES = {
@@ -298,6 +311,20 @@ class ProductModel:
     validation: dict[str, float] = field(default_factory=dict)
     diversity: float = 0.0  # MMR strength of the re-rank (fit on held-out data)
     tail_bonus: float = 0.0  # re-rank bonus x (1 - popularity) (fit on held-out data)
+    exposure_penalty: float = 0.0  # re-rank penalty x exposure (fit on held-out data)
+    exposure: np.ndarray | None = None  # per catalog product, in [0, 1] (see the module docstring)
+
+
+def rerank_bonus(
+    cand: np.ndarray, popularity: np.ndarray, tail: float, penalty: float = 0.0, exposure: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Per candidate: ``tail x (1 - popularity) - penalty x exposure`` (None when both are off)."""
+    if not tail and not (penalty and exposure is not None):
+        return None
+    bonus = tail * (1.0 - popularity[cand])
+    if penalty and exposure is not None:
+        bonus = bonus - penalty * exposure[cand]
+    return bonus.astype(np.float32)
 
 
 def popularity_norm(history: History) -> np.ndarray:
@@ -400,7 +427,7 @@ def score_products(
         reorder = reorders.get(chunk[:, None], cand) > 0
         keep = diverse_top_k(
             cand, cand_scores, product_vectors, groups, k, max_similar, types, max_per_type, reorder, model.diversity,
-            model.tail_bonus * (1.0 - model.popularity[cand]) if model.tail_bonus else None,
+            rerank_bonus(cand, model.popularity, model.tail_bonus, model.exposure_penalty, model.exposure),
         )  # fmt: skip
         chosen = np.where(keep >= 0, np.take_along_axis(cand, np.maximum(keep, 0), axis=1), -1)
         sc = np.where(keep >= 0, np.take_along_axis(cand_scores, np.maximum(keep, 0), axis=1), -np.inf)

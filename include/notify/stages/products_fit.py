@@ -22,6 +22,7 @@ from include.notify.stages.products import (
     BLEND_SAMPLES,
     CO_PURCHASE_NEIGHBOURS,
     DIVERSITY_GRID,
+    EXPOSURE_GRID,
     FEATURES,
     MAX_SIMILAR,
     PARTS,
@@ -29,6 +30,7 @@ from include.notify.stages.products import (
     RERANK_CANDIDATES,
     TAIL_GRID,
     TOP_K,
+    VARIETY_FLOOR,
     Collaborative,
     History,
     ProductModel,
@@ -43,6 +45,7 @@ from include.notify.stages.products import (
     lookup_pairs,
     popularity_norm,
     repurchase_terms,
+    rerank_bonus,
     rowwise_dot,
     split_last_day,
 )
@@ -167,6 +170,21 @@ def _truth(cand: np.ndarray, held: list[set[int]] | np.ndarray) -> tuple[np.ndar
     return truth, sizes
 
 
+@dataclass
+class Rerank:
+    """The fitted re-rank: strengths (in score units), the exposure it penalises, and what its
+    lists reach on the held-out day next to the variety floor."""
+
+    strength: float = 0.0
+    tail: float = 0.0
+    penalty: float = 0.0
+    exposure: np.ndarray | None = None
+    recall: float = 0.0
+    diversity: float = 0.0
+    coverage: float = 0.0
+    floor: tuple[float, float] = (0.0, 0.0)
+
+
 def fit_diversity(
     cand: np.ndarray,
     feats: np.ndarray,
@@ -177,14 +195,15 @@ def fit_diversity(
     max_similar: int = MAX_SIMILAR,
     k: int = TOP_K,
     floor: tuple[float, float] = (0.0, 0.0),
-) -> tuple[tuple[float, float], float]:
-    """The re-rank's (MMR strength, long-tail bonus) (``products.diverse_top_k``), from
-    ``DIVERSITY_GRID`` x ``TAIL_GRID`` x the typical spread of a top-k's scores, and its held-out
-    recall@k. The bonus adds ``tail x (1 - popularity)`` to a candidate, favouring rarely
-    bought products among the ``RERANK_CANDIDATES``. The most accurate pair is kept; on a tie
-    the later, stronger one (same hits, more varied lists). With ``floor`` = (intra-list
-    diversity, catalog coverage), default none, only pairs whose lists reach both compete on
-    recall (the closest when none does)."""
+) -> Rerank:
+    """The re-rank's MMR strength, long-tail bonus and exposure penalty (``products.diverse_top_k``,
+    ``products.rerank_bonus``), from ``DIVERSITY_GRID`` x ``TAIL_GRID`` x ``EXPOSURE_GRID`` x the
+    typical spread of a top-k's scores. Exposure = log(1 + each product's count in the
+    un-re-ranked top-k lists of these users) over the largest such value: every product already
+    shown loses a little, the most shown most, none shown nothing. Only settings whose lists reach
+    ``floor`` = (intra-list diversity, catalog coverage) compete on held-out recall@k (the
+    closest to the floor when none does); on a tie the later, stronger one (same hits, more
+    varied lists)."""
     w = np.array([weights[name] for name in FEATURES[: feats.shape[2]]], dtype=np.float32)
     score = np.where(cand >= 0, feats @ w, -np.inf)
     order = np.argsort(-score, axis=1, kind="stable")[:, :RERANK_CANDIDATES]
@@ -193,12 +212,17 @@ def fit_diversity(
     truth, sizes = _truth(c, held)
     spread = s[:, 0] - s[:, min(k, s.shape[1]) - 1]
     scale = float(np.median(spread[np.isfinite(spread)])) if np.isfinite(spread).any() else 0.0
-    tail = 1.0 - np.take_along_axis(feats[..., PARTS.index("popularity")], order, axis=1)
-    best, best_key, best_recall = (0.0, 0.0), (-np.inf, -1.0), -1.0
-    for factor, tail_factor in itertools.product(DIVERSITY_GRID, TAIL_GRID):
-        strength = (factor * scale, tail_factor * scale)
-        keep = diverse_top_k(c, s, product_vectors, groups, k, max_similar, exempt=exempt, strength=strength[0],
-                             bonus=strength[1] * tail)  # fmt: skip
+    popularity = np.zeros(len(product_vectors), np.float32)
+    popularity[np.maximum(c, 0)] = np.take_along_axis(feats[..., PARTS.index("popularity")], order, axis=1)
+    plain = c[:, :k][np.isfinite(s[:, :k]) & (c[:, :k] >= 0)]
+    counts = np.bincount(plain, minlength=len(product_vectors)).astype(np.float32)
+    exposure = np.log1p(counts) / max(float(np.log1p(counts.max(initial=0.0))), 1e-9)
+    best, best_key = Rerank(floor=floor), (-np.inf, -1.0)
+    for factor, tail_factor, penalty_factor in itertools.product(DIVERSITY_GRID, TAIL_GRID, EXPOSURE_GRID):
+        strength, tail, penalty = factor * scale, tail_factor * scale, penalty_factor * scale
+        bonus = rerank_bonus(np.maximum(c, 0), popularity, tail, penalty, exposure)
+        keep = diverse_top_k(c, s, product_vectors, groups, k, max_similar, exempt=exempt, strength=strength,
+                             bonus=bonus)  # fmt: skip
         found = np.where(keep >= 0, np.take_along_axis(truth, np.maximum(keep, 0), axis=1), False).sum(axis=1)
         recall = float(np.mean(found / np.maximum(sizes, 1)))
         chosen = np.where(keep >= 0, np.take_along_axis(c, np.maximum(keep, 0), axis=1), -1)
@@ -207,12 +231,31 @@ def fit_diversity(
             floor[1], 1e-9
         )
         log.info(
-            "MMR strength x%.2f, long-tail bonus x%.2f: held-out recall@%d %.4f, diversity %.3f, coverage %.3f",
-            factor, tail_factor, k, recall, diversity, coverage,
+            "MMR x%.2f, long-tail bonus x%.2f, exposure penalty x%.2f: held-out recall@%d %.4f, diversity %.3f, "
+            "coverage %.3f",
+            factor, tail_factor, penalty_factor, k, recall, diversity, coverage,
         )  # fmt: skip
         if (shortfall, recall) >= (best_key[0], best_key[1] - 1e-12):
-            best, best_key, best_recall = strength, (shortfall, recall), recall
-    return best, best_recall
+            best_key = (shortfall, recall)
+            best = Rerank(strength, tail, penalty, exposure if penalty else None, recall, diversity, coverage, floor)
+    return best
+
+
+def co_purchase_variety(
+    item_item: sp.csr_matrix, basket: sp.csr_matrix, popularity: np.ndarray, product_vectors: np.ndarray, k: int = TOP_K
+) -> tuple[float, float]:
+    """(intra-list diversity, catalog coverage) of the plain item-to-item co-purchase list of
+    the ``basket`` rows: basket x (similarity + each bought product as its own neighbour), ties
+    and empty baskets filled by popularity. The re-rank's variety floor."""
+    import torch
+
+    sim = (item_item + sp.diags(np.ones(item_item.shape[0], np.float32))).tocsr()
+    out = np.empty((basket.shape[0], k), np.int64)
+    for start in range(0, basket.shape[0], QUERY_CHUNK):
+        rows = basket[start : start + QUERY_CHUNK]
+        dense = (rows @ sim).toarray() + 1e-4 * popularity[None, :]
+        out[start : start + rows.shape[0]] = torch.topk(torch.from_numpy(dense.astype(np.float32)), k, dim=1)[1].numpy()
+    return list_diversity(out, product_vectors), list_coverage(out, len(product_vectors))
 
 
 def list_diversity(indices: np.ndarray, product_vectors: np.ndarray) -> float:
@@ -275,10 +318,14 @@ class TrainingData:
     content_vectors: object
 
 
-def fit_products_model(data: TrainingData, run_date: date, seed: int = 0) -> ProductModel:
+def fit_products_model(
+    data: TrainingData, run_date: date, seed: int = 0, variety_floor: bool = VARIETY_FLOOR
+) -> ProductModel:
     """Nightly fit: hold out each user's last purchase day, train ALS (best of ``ALS_GRID`` by
     held-out recall@10 on its own) and fit the blend weights there, then retrain the chosen ALS
-    and the repurchase rule on the whole history."""
+    and the repurchase rule on the whole history. The re-rank is fit by held-out recall, under
+    the co-purchase variety floor when ``variety_floor`` (the floor and what the lists reach are
+    measured and kept in ``validation`` either way)."""
     started = time.monotonic()
     product_ids = data.products["product_id"].astype(str).to_numpy(object)
     types = data.products["article_type"].astype(str).to_numpy()
@@ -324,14 +371,19 @@ def fit_products_model(data: TrainingData, run_date: date, seed: int = 0) -> Pro
     assert best is not None
     recall, chosen, weights, cand, feats = best
     groups = item_groups(data.products)
-    (strength, tail), diverse_recall = fit_diversity(cand, feats, weights, targets, data.product_vectors, groups)
+    floor = co_purchase_variety(co_purchase, baskets(terms, len(held_users), len(product_ids)), popularity,
+                                data.product_vectors)  # fmt: skip
+    rerank = fit_diversity(
+        cand, feats, weights, targets, data.product_vectors, groups, floor=floor if variety_floor else (0.0, 0.0)
+    )
     full = build_history(data.user_ids, product_ids, data.purchases, data.clickstream)
     final = fit_als(interaction_matrix(full), int(chosen.settings["factors"]), float(chosen.settings["alpha"]), seed)
     final.item_item = fit_co_purchase(full)
     log.info(
-        "product model fit in %.1fs: %d held-out users, recall@10 %.4f (%.4f re-ranked, MMR strength %.3g, tail bonus %.3g), "
-        "weights %s, ALS %s",
-        time.monotonic() - started, len(held_users), recall, diverse_recall, strength, tail, weights, chosen.settings,
+        "product model fit in %.1fs: %d held-out users, recall@10 %.4f (%.4f re-ranked: MMR %.3g, tail bonus %.3g, "
+        "exposure penalty %.3g; diversity %.3f, coverage %.3f vs the co-purchase floor %.3f, %.3f), weights %s, ALS %s",
+        time.monotonic() - started, len(held_users), recall, rerank.recall, rerank.strength, rerank.tail,
+        rerank.penalty, rerank.diversity, rerank.coverage, *floor, weights, chosen.settings,
     )  # fmt: skip
     return ProductModel(
         weights=weights,
@@ -339,9 +391,13 @@ def fit_products_model(data: TrainingData, run_date: date, seed: int = 0) -> Pro
         repurchase=learn_repurchase(full, types),
         popularity=popularity_norm(full),
         validation={"held_out_users": float(len(held_users)), "recall@10": recall,
-                    "recall@10_reranked": diverse_recall, **chosen.settings},
-        diversity=strength,
-        tail_bonus=tail,
+                    "recall@10_reranked": rerank.recall, "diversity_reranked": rerank.diversity,
+                    "coverage_reranked": rerank.coverage, "diversity_floor": floor[0], "coverage_floor": floor[1],
+                    **chosen.settings},
+        diversity=rerank.strength,
+        tail_bonus=rerank.tail,
+        exposure_penalty=rerank.penalty,
+        exposure=rerank.exposure,
     )  # fmt: skip
 
 
