@@ -32,14 +32,15 @@ from include.notify.stages.planning import PlanInputs, PlanResult, build_plan
 
 log = logging.getLogger(__name__)
 
-# Salted so the planning shard is independent of the due-index shard (``schedule.shard_of``).
-SHARD_SALT = "#plan-shard"
-
 
 def user_shard(user_ids: pd.Series | np.ndarray, shards: int) -> np.ndarray:
-    """The planning shard (0..shards-1) of each user id: stable across nights, spread evenly."""
-    keys = pd.Series(np.asarray(user_ids, dtype=object)).astype(str) + SHARD_SALT
-    return (pd.util.hash_pandas_object(keys, index=False).to_numpy() % np.uint64(shards)).astype(np.int64)
+    """The planning shard (0..shards-1) of each user id: the nightly stages' user shard
+    (``io.shards.shard_of``, crc32), so a planning task of the DAG (one per user shard of the day,
+    ``planning_mapped``) is a whole set of the day index's shards; independent of the due-index
+    shard (``schedule.shard_of``, another hash), so a shard's writes spread over the due index."""
+    from include.notify.io.shards import shard_of
+
+    return shard_of(np.asarray(user_ids, dtype=object), shards)
 
 
 def shard_count(config: NotifyConfig, users: int) -> int:
