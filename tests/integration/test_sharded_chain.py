@@ -1,7 +1,7 @@
 """The nightly per-user stages run per user shard give what the whole-population run gives.
 
 Same small generated lake as tests/integration/test_embeddings_pipeline.py (real model), split in
-three shards by a small ``user_shard_size``: user embeddings (cold starts filled from the
+four shards by a small ``user_shard_size``: user embeddings (cold starts filled from the
 population's prior summed over shards) and scoring (product model and affinity prior fit once)
 per shard, against the unsharded functions on the same lake.
 """
@@ -53,9 +53,9 @@ def test_sharded_embeddings_and_scoring_equal_the_unsharded_run(base_config: Not
     config = base_config.replace(user_shard_size=50)
     lake = _write_small_lake(config)
     count = shards.shard_count(config, RUN_DATE)
-    assert count == 3  # 122 users, at most about 50 a shard
+    assert count == 4  # 122 users, at most about 50 a shard: 3, as a power of two
     owners = shards.shard_of(lake["users"]["user_id"], count)
-    assert sorted(set(owners)) == [0, 1, 2]
+    assert sorted(set(owners)) == [0, 1, 2, 3]
 
     embeddings_run.run_embeddings(config, RUN_DATE)
     whole, whole_vectors = read_partition_frame(config, "embeddings", "users", RUN_DATE)
