@@ -101,7 +101,7 @@ class NotifyConfig:
     # Planning in shards (stages/plan_shards.py): users per shard (a shard's peak memory scales with
     # it, not with the population), schedule batch writers in flight, and the shards of the
     # schedule's day index (the planner's bulk read of a day's items: one query per shard).
-    planning_shard_users: int = 100_000
+    planning_shard_users: int = 25_000  # 100 k with the value-based core went over 5.8 GB (100 k chain)
     planning_write_workers: int = 8
     planning_day_shards: int = 256
     cooldown_days: int = 3

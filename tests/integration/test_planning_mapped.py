@@ -69,7 +69,8 @@ def test_the_mapped_shards_plan_and_write_what_plan_day_does(config: NotifyConfi
     expected = schedule_frame(dynamo).drop(columns="day_shard").sort_values(["user_id", "send_at_campaign"])
     expected_skipped, expected_decisions = _outputs(config)
 
-    mapped = config.replace(user_shard_size=40)  # 120 users: 3 -> 4 shards
+    # 120 users: 3 -> 4 shards of ~30, each planned in batches of ~10 (4 per shard: 16 by crc32)
+    mapped = config.replace(user_shard_size=40, planning_shard_users=10)
     count = shards.shard_count(mapped, DAY)
     assert count == 4
     owners = shards.shard_of(expected["user_id"], count)

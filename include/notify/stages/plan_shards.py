@@ -84,13 +84,14 @@ def _rows_of(frame: pd.DataFrame | None, shard: np.ndarray | None) -> pd.DataFra
 
 
 def split_inputs(inputs: PlanInputs, shards: int) -> Iterator[PlanInputs]:
-    """``inputs`` as ``shards`` user shards (each with the population's prior), one at a time.
+    """``inputs`` as ``shards`` user shards (each with the population's prior: ``inputs.prior_sums``
+    when set, else the sums of ``inputs.users``), one at a time.
 
     For inputs already in memory (tests, the benchmark's sample, a small night); large nights
     load each shard from the lake instead. The value-based core's candidate rows are sliced with
     the recommendation rows they are aligned with.
     """
-    prior = population_sums([inputs.users])
+    prior = inputs.prior_sums if inputs.prior_sums is not None else population_sums([inputs.users])
     recs = inputs.recommendations.reset_index(drop=True)
     by_frame = {
         name: user_shard(frame["user_id"], shards) if frame is not None and len(frame) else None

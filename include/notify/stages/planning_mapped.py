@@ -45,7 +45,7 @@ import pandas as pd
 from include.notify.config import NotifyConfig
 from include.notify.io import lake, shards
 from include.notify.io.dynamo import Dynamo
-from include.notify.stages.plan_shards import ShardedRun, plan_in_shards, population_sums
+from include.notify.stages.plan_shards import ShardedRun, plan_in_shards, population_sums, split_inputs
 from include.notify.stages.planning import PlanInputs, PlanResult
 from include.notify.stages.planning_run import (
     Clock,
@@ -229,15 +229,22 @@ def plan_shard(
     outputs = _ShardOutputs(config, day, clear=False)
     written: dict[str, int] = {}
 
-    def sink(_: int, planned: PlanInputs, result: PlanResult) -> None:
+    def sink(batch: int, planned: PlanInputs, result: PlanResult) -> None:
         counts = write_plan(dynamo, result.plan, planned.existing, clock, config.planning_write_workers, margin)
-        written.update(counts)
-        outputs.write(shard, result, count)
+        for name, value in counts.items():
+            written[name] = written.get(name, 0) + value
+        outputs.write(shard, result, count, batch)
 
-    run = plan_in_shards(config, [inputs], not_before=clock() + margin, sink=sink)
+    # Planned in batches of about config.planning_shard_users users: the shard's users split by the
+    # same crc32 over count * batches (powers of two, so every batch is a part of this shard).
+    users = int(inputs.users["user_id"].nunique()) if len(inputs.users) else 0
+    batches = shards.shards_for(users, config.planning_shard_users)
+    parts = (part for part in split_inputs(inputs, count * batches) if len(part.recommendations))
+    run = plan_in_shards(config, parts, not_before=clock() + margin, sink=sink)
     seconds = math.ceil((time.monotonic() - started) * 1000) / 1000
-    record = {"shard": shard, "shards": count, "counts": run.counts, "written": written,
-              "users": run.shards[0]["users"], "planned": run.shards[0]["planned"], "seconds": seconds}  # fmt: skip
+    record = {"shard": shard, "shards": count, "counts": run.counts, "written": written, "batches": batches,
+              "users": sum(int(b["users"]) for b in run.shards), "planned": sum(int(b["planned"]) for b in run.shards),
+              "seconds": seconds}  # fmt: skip
     lake.write_json(config, _uri(config, SHARD_TABLE, day, shard, count), record)
     log.info("planned %s shard %d/%d: %s", day, shard, count, record)
     return {"shard": shard, "shards": count, **run.counts, **written, "seconds": seconds}

@@ -1,6 +1,8 @@
 """One planning run: the planner's inputs from the lake, the plan written to DynamoDB, the run record.
 
-``plan_day`` is what ``notify_planning`` runs for local day ``D``: ``load_plan_inputs`` (lake),
+The DAG ``notify_planning`` runs the same planning per user shard, one mapped task each
+(``planning_mapped``: the same plan). ``plan_day`` plans a whole local day ``D`` in one process
+(the CLI, the simulator, small lakes): ``load_plan_inputs`` (lake),
 then user shard after shard (``plan_shards``, ``config.planning_shard_users`` users each):
 ``read_existing_day`` (the shard's items of the day, in bulk), ``planning.build_plan`` (pure),
 ``write_plan`` (batches in parallel; ``schedule``'s conditional writes where a dispatcher could
@@ -370,10 +372,10 @@ class _ShardOutputs:
         return (f"{config.lake_path('runs', 'notify_planning', day)}/skipped.parquet",
                 config.lake_path("runs", "notify_planning_decisions", day))  # fmt: skip
 
-    def write(self, shard: int, result: PlanResult, of: int | None = None) -> None:
+    def write(self, shard: int, result: PlanResult, of: int | None = None, batch: int | None = None) -> None:
         from include.notify.io.lake import write_parquet_file
 
-        tag = f"{shard:05d}" if of is None else f"{shard:05d}-of-{of:05d}"
+        tag = f"{shard:05d}" + ("" if batch is None else f".{batch:03d}") + ("" if of is None else f"-of-{of:05d}")
         write_parquet_file(result.skipped.astype(str), self.config, "runs",
                            f"notify_planning/dt={self.day}/skipped.parquet", None, f"part-{tag}.parquet")  # fmt: skip
         if result.decisions is not None and len(result.decisions):
