@@ -221,8 +221,8 @@ def fit_scoring_model(config: NotifyConfig, run_date: date) -> dict[str, Any]:
     started = time.monotonic()
     count = shards.shard_count(config, run_date)
     manifest = shards.read_manifest(config, run_date)
-    population = int(manifest["users"]) if manifest else None
-    if population is not None and population > config.scoring_fit_users:
+    population = int(manifest["users"]) if manifest else len(read_features(config, "user_features", run_date))
+    if population > config.scoring_fit_users:
         return _fit_on_sample(config, run_date, count, shards.shards_for(population, config.scoring_fit_users), started)
     users, _ = read_partition_frame(config, "embeddings", "users", run_date, ["user_id", "model", "cold_start_source"])
     features = read_features(config, "user_features", run_date)
