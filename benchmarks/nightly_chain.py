@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -248,9 +248,33 @@ def run_chain(
     stage("response model", [run_task("include.notify.stages.response_run:run_response", config, RUN_DATE)], "task")
     stage("scoring model fit (population)", [run_task(f"{SCO}:fit_scoring_model", config, RUN_DATE)], "task")
     stage("scoring", [*mapped(f"{SCO}:score_shard"), run_task(f"{SCO}:commit_scoring", config, RUN_DATE)], "mapped")
+    rows += run_planning(config, count)
     for row in rows:
         row["shards"] = count
     return rows, catalog_lake
+
+
+PLAN = "include.notify.stages.planning_mapped"
+# Planned as of the evening before the day, so no slot is too late to be written.
+PLAN_NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
+
+
+def run_planning(config: NotifyConfig, count: int) -> list[dict[str, Any]]:
+    """The planning DAG's mapped tasks: priors per shard, then plan + write per shard, commit. The
+    schedule goes to the benchmark's local dynalite (``config``'s endpoint), so the planning
+    stage's time includes its DynamoDB writes (the compute alone is in each task's counts)."""
+    rows = []
+    for name, runs in (
+        ("planning priors", [run_task(f"{PLAN}:plan_prior_shard", config, RUN_DATE, s) for s in range(count)]),
+        ("planning (+ schedule writes to local DynamoDB)",
+         [*[run_task(f"{PLAN}:plan_shard", config, RUN_DATE, s, None, PLAN_NOW) for s in range(count)],
+          run_task(f"{PLAN}:commit_plan", config, RUN_DATE)]),
+    ):  # fmt: skip
+        rows.append({"stage": name, "where": "mapped", "tasks": len(runs), "seconds": sum(r["seconds"] for r in runs),
+                     "peak_mb": max(r["peak_mb"] for r in runs), "results": [r["result"] for r in runs]})  # fmt: skip
+        print(f"  {name}: {rows[-1]['seconds']:.1f} s in {len(runs)} task(s), peak {rows[-1]['peak_mb']:.0f} MB",
+              flush=True)  # fmt: skip
+    return rows
 
 
 # ------------------------------------------------------------------------------------ DynamoDB
@@ -419,7 +443,7 @@ def _at(points: list[tuple[float, float, float]], users: float) -> tuple[float, 
 
 def projection(sizes: dict[int, dict[str, Any]], dynamo: list[dict[str, Any]]) -> list[str]:
     """10 M users on the production engines: per task, linear through the two largest sizes."""
-    shards = math.ceil(PRODUCTION_USERS / PRODUCTION_SHARD_SIZE)
+    shards = 1 << max(0, math.ceil(PRODUCTION_USERS / PRODUCTION_SHARD_SIZE) - 1).bit_length()  # io.shards.shards_for
     names = [r["stage"] for r in max(sizes.values(), key=lambda d: len(d["rows"]))["rows"] if "once" not in r["stage"]]
     lines = [f"## Projection to {PRODUCTION_USERS:,} users", "",
              f"{shards} shards of {PRODUCTION_SHARD_SIZE:,} users (the default `user_shard_size`). A task's time and "
@@ -478,6 +502,10 @@ def main(argv: list[str] | None = None) -> int:
         help="sizes run only up to the user embeddings (no response model or scoring)",
     )
     parser.add_argument("--previous", type=Path, help="an earlier run's .json whose sizes join the table")
+    parser.add_argument("--resume-on", type=Path, help="a kept lake of one size: run the stages from --resume-from on")
+    parser.add_argument("--resume-users", type=int, help="the size (users) of --resume-on's lake")
+    parser.add_argument("--resume-from", choices=("fit", "planning"), default="planning")
+    parser.add_argument("--fit-users", type=int, default=100_000, help="NOTIFY_SCORING_FIT_USERS for the chain")
     args = parser.parse_args(argv)
     command = "python benchmarks/nightly_chain.py " + " ".join(argv if argv is not None else sys.argv[1:])
     shutil.rmtree(args.work, ignore_errors=True)
@@ -505,6 +533,8 @@ def _sizes(args: argparse.Namespace, command: str, endpoint: str, dynamo_client:
     cache = args.work.parent / "bench-chain-catalog"
     catalog_lake: Path | None = cache if (cache / "embeddings" / "products").exists() else None
     not_run: list[str] = []
+    if args.resume_on:  # the last stages on a kept lake; their rows replace that size's
+        return _resume(args, command, endpoint, dynamo_client, sizes, dynamo)
     if not args.users and args.previous:  # only re-render the report of an earlier run
         print(write_report(args.out, earlier.get("command", ""), sizes, dynamo, args.dynamo_at, args.shard_size,
                            earlier.get("not_run", [])))  # fmt: skip
@@ -512,6 +542,7 @@ def _sizes(args: argparse.Namespace, command: str, endpoint: str, dynamo_client:
         lake = args.work / f"lake-{users}"
         config = NotifyConfig(state_dir=args.work / f"state-{users}", lake_uri=lake.as_uri(),
                               user_shard_size=args.shard_size, spark_master="local[2]", spark_driver_memory="3g",
+                              scoring_fit_users=args.fit_users,
                               dynamodb_endpoint_url=endpoint, table_prefix=f"bench{users}_")  # fmt: skip
         dynamo_client.from_config(config).create_tables()
         print(f"{users:,} users", flush=True)
@@ -539,6 +570,42 @@ def _sizes(args: argparse.Namespace, command: str, endpoint: str, dynamo_client:
                 shutil.copytree(lake / "embeddings" / table, cache / "embeddings" / table, dirs_exist_ok=True)
             catalog_lake = cache
         shutil.rmtree(lake, ignore_errors=True)
+    return 0
+
+
+def _resume(args: argparse.Namespace, command: str, endpoint: str, dynamo_client: Any,
+            sizes: dict[int, dict[str, Any]], dynamo: list[dict[str, Any]]) -> int:  # fmt: skip
+    """The stages from the scoring-model fit (or from planning) on, on a lake an earlier run kept."""
+    users = int(args.resume_users)
+    config = NotifyConfig(state_dir=args.work / f"state-{users}", lake_uri=args.resume_on.resolve().as_uri(),
+                          user_shard_size=args.shard_size, dynamodb_endpoint_url=endpoint,
+                          scoring_fit_users=args.fit_users, table_prefix=f"bench{users}_")  # fmt: skip
+    dynamo_client.from_config(config).create_tables()
+    print(f"{users:,} users: stages from {args.resume_from} on {args.resume_on}", flush=True)
+    count = run_task(f"{__name__}:shard_count", config)["result"]
+    rows = []
+    if args.resume_from == "fit":
+        for name, runs in (
+            ("scoring model fit (population)", [run_task(f"{SCO}:fit_scoring_model", config, RUN_DATE)]),
+            ("scoring", [*[run_task(f"{SCO}:score_shard", config, RUN_DATE, s) for s in range(count)],
+                         run_task(f"{SCO}:commit_scoring", config, RUN_DATE)]),
+        ):  # fmt: skip
+            where = "task" if name.startswith("scoring model") else "mapped"
+            rows.append({"stage": name, "where": where, "tasks": len(runs), "seconds": sum(r["seconds"] for r in runs),
+                         "peak_mb": max(r["peak_mb"] for r in runs), "results": [r["result"] for r in runs]})  # fmt: skip
+            print(f"  {name}: {rows[-1]['seconds']:.1f} s, peak {rows[-1]['peak_mb']:.0f} MB", flush=True)
+    rows += run_planning(config, count)
+    for row in rows:
+        row["shards"] = count
+    data = sizes.setdefault(users, {"rows": [], "generate_seconds": 0.0, "generated": {}})
+    names = {r["stage"] for r in rows}
+    data["rows"] = [r for r in data["rows"] if r["stage"] not in names] + rows
+    data["resume_command"] = command
+    if args.resume_from == "fit" and users == args.dynamo_at:
+        dynamo = run_task(f"{__name__}:dynamo_loads", config, args.dynamo_sample)["result"]
+    record = {"command": command, "sizes": sizes, "dynamo": dynamo, "not_run": []}
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))
+    print(write_report(args.out, command, sizes, dynamo, args.dynamo_at, args.shard_size, []), flush=True)
     return 0
 
 

@@ -75,6 +75,10 @@ class NotifyConfig:
     # Nightly per-user stages run one task per user shard of at most about this many users
     # (io/shards.py): a task's memory is bounded by this, not by the population.
     user_shard_size: int = 250_000
+    # The scoring model's population-wide fit (product ALS, blend, repurchase rule) runs on a hash
+    # sample of about this many users; every user's collaborative factors are then folded in per
+    # shard against the fitted item factors (scoring_run.fit_scoring_model; README "At scale").
+    scoring_fit_users: int = 100_000
     # Planning and dispatch
     daily_cap: int = 5
     quiet_start_hour: int = 22
@@ -97,7 +101,7 @@ class NotifyConfig:
     # Planning in shards (stages/plan_shards.py): users per shard (a shard's peak memory scales with
     # it, not with the population), schedule batch writers in flight, and the shards of the
     # schedule's day index (the planner's bulk read of a day's items: one query per shard).
-    planning_shard_users: int = 100_000
+    planning_shard_users: int = 25_000  # 100 k with the value-based core went over 5.8 GB (100 k chain)
     planning_write_workers: int = 8
     planning_day_shards: int = 256
     cooldown_days: int = 3
@@ -200,7 +204,7 @@ def _validate(config: NotifyConfig) -> None:
         raise ValueError(f"user_shard_size must be >= 1, got {config.user_shard_size}")
     if config.schedule_shards < 1:
         raise ValueError(f"schedule_shards must be >= 1, got {config.schedule_shards}")
-    for name in ("planning_shard_users", "planning_write_workers", "planning_day_shards"):
+    for name in ("planning_shard_users", "planning_write_workers", "planning_day_shards", "scoring_fit_users"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.dispatch_slices < 1 or not 1 <= config.dispatch_tasks <= config.dispatch_slices:

@@ -1,7 +1,7 @@
 """The nightly per-user stages run per user shard give what the whole-population run gives.
 
 Same small generated lake as tests/integration/test_embeddings_pipeline.py (real model), split in
-three shards by a small ``user_shard_size``: user embeddings (cold starts filled from the
+four shards by a small ``user_shard_size``: user embeddings (cold starts filled from the
 population's prior summed over shards) and scoring (product model and affinity prior fit once)
 per shard, against the unsharded functions on the same lake.
 """
@@ -53,9 +53,9 @@ def test_sharded_embeddings_and_scoring_equal_the_unsharded_run(base_config: Not
     config = base_config.replace(user_shard_size=50)
     lake = _write_small_lake(config)
     count = shards.shard_count(config, RUN_DATE)
-    assert count == 3  # 122 users, at most about 50 a shard
+    assert count == 4  # 122 users, at most about 50 a shard: 3, as a power of two
     owners = shards.shard_of(lake["users"]["user_id"], count)
-    assert sorted(set(owners)) == [0, 1, 2]
+    assert sorted(set(owners)) == [0, 1, 2, 3]
 
     embeddings_run.run_embeddings(config, RUN_DATE)
     whole, whole_vectors = read_partition_frame(config, "embeddings", "users", RUN_DATE)
@@ -96,3 +96,25 @@ def test_sharded_embeddings_and_scoring_equal_the_unsharded_run(base_config: Not
     scoring_run.score_shard(config, RUN_DATE, 1)
     assert not shards.is_committed(config, "recommendations", "campaigns", RUN_DATE)
     assert scoring_run.commit_scoring(config, RUN_DATE)["campaigns"]["rows"] == expected_counts["campaign_rows"]
+
+    # Above NOTIFY_SCORING_FIT_USERS the product model is fit on a hash sample (here shard 0 of 4)
+    # and every user's collaborative factors are folded in: everyone still gets factors and lists.
+    sampled = config.replace(scoring_fit_users=40)
+    fit = scoring_run.fit_scoring_model(sampled, RUN_DATE)
+    assert 0 < fit["fit_users"] < fit["users"] == len(lake["users"])
+    factors_of, factors = read_partition_frame(sampled, "models", "product_user_factors", RUN_DATE)
+    assert sorted(factors_of["user_id"]) == sorted(lake["users"]["user_id"])
+    # Users outside the sample who bought a product the sample's ALS saw get factors folded in.
+    model = scoring_run._read_model(sampled, RUN_DATE)["product_model"]
+    catalog, _ = read_partition_frame(sampled, "embeddings", "products", RUN_DATE)
+    seen = catalog["product_id"].astype(str)[np.abs(model.collaborative.item_factors).sum(axis=1) > 0]
+    embedded, _ = read_partition_frame(sampled, "embeddings", "purchases", RUN_DATE)
+    reached = set(embedded.loc[embedded["product_id"].astype(str).isin(set(seen)), "user_id"].astype(str))
+    outside = (shards.shard_of(factors_of["user_id"], 4) != 0) & factors_of["user_id"].astype(str).isin(reached)
+    assert outside.sum() > 0  # a tiny lake: the sample (~30 users) saw 74 of its 300 products
+    assert (np.abs(factors[outside.to_numpy()]).sum(axis=1) > 0).all()
+    for shard in range(count):
+        scoring_run.score_shard(sampled, RUN_DATE, shard)
+    scoring_run.commit_scoring(sampled, RUN_DATE)
+    _, sampled_products = _recommendations(sampled)
+    assert set(sampled_products["user_id"]) == set(expected_products["user_id"])

@@ -33,6 +33,9 @@ def test_a_users_shard_is_crc32_of_its_id_and_shards_are_balanced() -> None:
     assert (shards.shard_of(ids, 1) == 0).all()
     assert shards.shards_for(1_000_000, 250_000) == 4
     assert shards.shards_for(1, 250_000) == 1
+    # A power of two (a whole set of the schedule's day-index shards): 40 -> 64 at 10 M users.
+    assert shards.shards_for(10_000_000, 250_000) == 64
+    assert shards.shards_for(750_000, 250_000) == 4
 
 
 def test_sharded_day_is_read_whole_or_by_shard_and_sealed_only_when_complete(config: NotifyConfig) -> None:
@@ -70,8 +73,38 @@ def test_sharded_day_is_read_whole_or_by_shard_and_sealed_only_when_complete(con
 def test_split_inputs_fall_back_to_the_whole_table_filtered(config: NotifyConfig) -> None:
     ids = [f"U{i:03d}" for i in range(30)]
     write_partition_frame(pd.DataFrame({"user_id": ids, "segment": "new"}), config, "features", "user_features", DAY)
-    assert shards.shard_count(config.replace(user_shard_size=10), DAY) == 3
+    assert shards.shard_count(config.replace(user_shard_size=10), DAY) == 4  # 3, as a power of two
     part = shards.read_user_shard(config, "user_features", DAY, 2, 3)
     assert part["user_id"].tolist() == [u for u, s in zip(ids, shards.shard_of(ids, 3), strict=True) if s == 2]
     with pytest.raises(ValueError, match="not split"):
         shards.read_user_shard(config, "products", DAY, 0, 3)
+
+
+def test_a_shard_of_a_curated_table_is_the_whole_tables_rows_of_its_users(config: NotifyConfig) -> None:
+    from datetime import timedelta
+
+    from include.notify.io.lake import read_current_frame
+
+    ids = [f"U{i:03d}" for i in range(40)]
+    older = pd.DataFrame({"user_id": ids, "timezone": "UTC", "opt_out": True})
+    write_partition_frame(older, config, "curated", "users", DAY - timedelta(days=2))
+    newer = older.iloc[::2].assign(opt_out=False)  # half the users changed: the newest delivery wins
+    write_partition_frame(newer.reset_index(drop=True), config, "curated", "users", DAY)
+    later = older.assign(timezone="Asia/Tokyo")  # after the day: not current at DAY
+    write_partition_frame(later, config, "curated", "users", DAY + timedelta(days=1))
+    whole = read_current_frame(config, "users", DAY)
+    owners = shards.shard_of(whole["user_id"], 4)
+    parts = [shards.read_current_shard(config, "users", DAY, s, 4) for s in range(4)]
+    for s, part in enumerate(parts):
+        expected = whole[owners == s].reset_index(drop=True)
+        pd.testing.assert_frame_equal(part, expected)
+    assert sum(len(p) for p in parts) == 40
+    assert whole["timezone"].eq("UTC").all()
+    rows = shards.read_rows_of_shard(config, "curated", "users", DAY, 1, 4, ["user_id", "opt_out"])
+    assert rows.columns.tolist() == ["user_id", "opt_out"]
+    assert not rows["opt_out"].any()
+    assert set(rows["user_id"]) == {
+        u for u, s in zip(newer["user_id"], shards.shard_of(newer["user_id"], 4), strict=True) if s == 1
+    }
+    with pytest.raises(FileNotFoundError):
+        shards.read_rows_of_shard(config, "curated", "clickstream", DAY, 0, 4)

@@ -200,6 +200,15 @@ def read_current_frame(config: NotifyConfig, table: str, run_date: date) -> pd.D
         frame = read_parquet(config, "curated", spec.name)
     except FileNotFoundError:
         return pd.DataFrame(columns=list(spec.column_names))
+    return current_rows(frame, table, run_date)
+
+
+def current_rows(frame: pd.DataFrame, table: str, run_date: date) -> pd.DataFrame:
+    """``read_current_frame``'s rule over rows already read (every day, with ``dt``): the newest
+    delivery ``dt <= run_date`` of each key wins."""
+    import pandas as pd
+
+    spec = _spec(table)
     frame["dt"] = pd.to_datetime(frame["dt"].astype(str)).dt.date
     frame = frame[frame["dt"] <= run_date].sort_values("dt", kind="stable")
     current = frame.drop_duplicates(list(spec.key), keep="last").drop(columns="dt")

@@ -5,10 +5,12 @@ What this module guarantees:
 - ``shard_of(user_ids, shards)`` is ``crc32(utf-8 user_id) mod shards``: the same number Spark's
   ``pmod(crc32(cast(user_id as binary)), shards)`` gives (``spark_shard_column``), so the features
   Spark job and the pandas stages after it agree on every user's shard without a lookup table.
-- The shard count of a day is ``ceil(users / config.user_shard_size)`` (at least 1), fixed once by
-  the features job in ``features/user_shards/dt=D/manifest.json``; every later stage of the day
-  reads it there (``shard_count``), so a task's memory is bounded by the shard size, which is
-  configuration, not by the population.
+- The shard count of a day is ``ceil(users / config.user_shard_size)`` rounded up to a power of
+  two (at least 1), fixed once by the features job in ``features/user_shards/dt=D/manifest.json``;
+  every later stage of the day reads it there (``shard_count``), so a task's memory is bounded by
+  the shard size, which is configuration, not by the population. A power of two so that a user
+  shard is a whole set of the schedule's day-index shards (``plan_shards.day_index_shards``, also
+  ``crc32``): a planning task reads only its own users' items of the day.
 - The features job also writes the per-user inputs of the nightly stages split by shard
   (``features/<table>_by_shard/dt=D/shard=K/``: user_features and the current purchase history
   and clickstream): a shard task reads its own folder only (``read_user_shard``).
@@ -56,8 +58,9 @@ def shard_of(user_ids: Sequence[str] | np.ndarray | pd.Series, shards: int) -> n
     ids = pd.Series(user_ids, copy=False).astype(str).to_numpy(object)
     if shards == 1:
         return np.zeros(len(ids), dtype=np.int64)
-    crc = np.fromiter((zlib.crc32(u.encode()) for u in ids), dtype=np.int64, count=len(ids))
-    return crc % shards
+    codes, unique = pd.factorize(ids)  # one crc per distinct id (rows repeat users: 10 recs each)
+    crc = np.fromiter((zlib.crc32(u.encode()) for u in unique), dtype=np.int64, count=len(unique))
+    return (crc % shards)[codes]
 
 
 def spark_shard_column(user_id: Column, shards: int) -> Column:
@@ -68,10 +71,11 @@ def spark_shard_column(user_id: Column, shards: int) -> Column:
 
 
 def shards_for(users: int, shard_size: int) -> int:
-    """How many shards ``users`` users need so none holds more than ``shard_size`` on average."""
+    """How many shards ``users`` users need so none holds more than ``shard_size`` on average: the
+    next power of two of ``ceil(users / shard_size)`` (see the module's docstring)."""
     if shard_size < 1:
         raise ValueError(f"user_shard_size must be >= 1, got {shard_size}")
-    return max(1, math.ceil(users / shard_size))
+    return 1 << max(0, math.ceil(users / shard_size) - 1).bit_length()
 
 
 # ---------------------------------------------------------------------------- the day's count
@@ -156,6 +160,48 @@ def read_user_shard(
     if columns:
         whole = whole[list(columns)]
     return whole[shard_of(whole["user_id"], shards) == shard].reset_index(drop=True)
+
+
+def read_rows_of_shard(
+    config: NotifyConfig,
+    zone: str,
+    table: str,
+    day: date | None,
+    shard: int,
+    shards: int,
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """The rows of a lake table (one day, or every day with ``dt`` when ``day`` is None, as
+    ``lake.read_parquet`` reads it) whose ``user_id`` is in ``shard`` of ``shards``, read batch by
+    batch: memory is the shard's rows plus one batch, the table is scanned once (for tables the
+    features job does not split). Same rows, order and types as ``read_parquet`` filtered."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    uri = config.lake_path(zone, table, day)
+    filesystem, path, exists = _directory(uri)
+    if not exists:
+        raise FileNotFoundError(f"no lake data at {uri}")
+    dataset = ds.dataset(path, filesystem=filesystem, format="parquet",
+                         partitioning="hive" if day is None else None, exclude_invalid_files=True)  # fmt: skip
+    names = list(columns) if columns else None
+    parts = []
+    for batch in dataset.to_batches(columns=names):
+        keep = shard_of(batch.column("user_id").to_pandas(), shards) == shard
+        if keep.any():
+            parts.append(batch.filter(pa.array(keep)))
+    schema = dataset.schema if names is None else pa.schema([dataset.schema.field(n) for n in names])
+    return pa.Table.from_batches(parts, schema=schema).to_pandas()
+
+
+def read_current_shard(config: NotifyConfig, table: str, day: date, shard: int, shards: int) -> pd.DataFrame:
+    """``lake.read_current_frame`` of a curated table for the users of one shard (same rule, same
+    rows): a user's deliveries are all in the user's shard."""
+    try:
+        frame = read_rows_of_shard(config, "curated", table, None, shard, shards)
+    except FileNotFoundError:
+        return lake.read_current_frame(config, table, day)  # never written: the empty frame
+    return lake.current_rows(frame, table, day)
 
 
 # ---------------------------------------------------------------------------- sharded outputs

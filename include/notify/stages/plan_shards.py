@@ -32,14 +32,15 @@ from include.notify.stages.planning import PlanInputs, PlanResult, build_plan
 
 log = logging.getLogger(__name__)
 
-# Salted so the planning shard is independent of the due-index shard (``schedule.shard_of``).
-SHARD_SALT = "#plan-shard"
-
 
 def user_shard(user_ids: pd.Series | np.ndarray, shards: int) -> np.ndarray:
-    """The planning shard (0..shards-1) of each user id: stable across nights, spread evenly."""
-    keys = pd.Series(np.asarray(user_ids, dtype=object)).astype(str) + SHARD_SALT
-    return (pd.util.hash_pandas_object(keys, index=False).to_numpy() % np.uint64(shards)).astype(np.int64)
+    """The planning shard (0..shards-1) of each user id: the nightly stages' user shard
+    (``io.shards.shard_of``, crc32), so a planning task of the DAG (one per user shard of the day,
+    ``planning_mapped``) is a whole set of the day index's shards; independent of the due-index
+    shard (``schedule.shard_of``, another hash), so a shard's writes spread over the due index."""
+    from include.notify.io.shards import shard_of
+
+    return shard_of(np.asarray(user_ids, dtype=object), shards)
 
 
 def shard_count(config: NotifyConfig, users: int) -> int:
@@ -83,13 +84,14 @@ def _rows_of(frame: pd.DataFrame | None, shard: np.ndarray | None) -> pd.DataFra
 
 
 def split_inputs(inputs: PlanInputs, shards: int) -> Iterator[PlanInputs]:
-    """``inputs`` as ``shards`` user shards (each with the population's prior), one at a time.
+    """``inputs`` as ``shards`` user shards (each with the population's prior: ``inputs.prior_sums``
+    when set, else the sums of ``inputs.users``), one at a time.
 
     For inputs already in memory (tests, the benchmark's sample, a small night); large nights
     load each shard from the lake instead. The value-based core's candidate rows are sliced with
     the recommendation rows they are aligned with.
     """
-    prior = population_sums([inputs.users])
+    prior = inputs.prior_sums if inputs.prior_sums is not None else population_sums([inputs.users])
     recs = inputs.recommendations.reset_index(drop=True)
     by_frame = {
         name: user_shard(frame["user_id"], shards) if frame is not None and len(frame) else None

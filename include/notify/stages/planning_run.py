@@ -1,6 +1,8 @@
 """One planning run: the planner's inputs from the lake, the plan written to DynamoDB, the run record.
 
-``plan_day`` is what ``notify_planning`` runs for local day ``D``: ``load_plan_inputs`` (lake),
+The DAG ``notify_planning`` runs the same planning per user shard, one mapped task each
+(``planning_mapped``: the same plan). ``plan_day`` plans a whole local day ``D`` in one process
+(the CLI, the simulator, small lakes): ``load_plan_inputs`` (lake),
 then user shard after shard (``plan_shards``, ``config.planning_shard_users`` users each):
 ``read_existing_day`` (the shard's items of the day, in bulk), ``planning.build_plan`` (pure),
 ``write_plan`` (batches in parallel; ``schedule``'s conditional writes where a dispatcher could
@@ -349,14 +351,15 @@ class _ShardOutputs:
     ``runs/notify_planning/dt=D/skipped.parquet/part-<shard>.parquet`` (why was X not planned?)
     and the decision log as ``runs/notify_planning_decisions/dt=D/decisions-<shard>.parquet``
     (what the response model trains on, ``notify evaluate`` reads). A re-run first removes the
-    day's earlier files, so a run with fewer shards leaves none of an earlier run's behind."""
+    day's earlier files, so a run with fewer shards leaves none of an earlier run's behind. The
+    DAG's mapped tasks (``planning_mapped``, ``clear=False``) each write their own shard's files
+    (``-KKKKK-of-NNNNN``) and ``keep_only`` removes the other layouts' when the day is sealed."""
 
-    def __init__(self, config: NotifyConfig, day: date) -> None:
+    def __init__(self, config: NotifyConfig, day: date, clear: bool = True) -> None:
         from pyarrow import fs
 
         self.config, self.day = config, day
-        for uri in (f"{config.lake_path('runs', 'notify_planning', day)}/skipped.parquet",
-                    config.lake_path("runs", "notify_planning_decisions", day)):  # fmt: skip
+        for uri in self.folders(config, day) if clear else ():
             filesystem, path = fs.FileSystem.from_uri(uri)
             info = filesystem.get_file_info(path)
             if info.type == fs.FileType.Directory:
@@ -364,14 +367,33 @@ class _ShardOutputs:
             elif info.type == fs.FileType.File:
                 filesystem.delete_file(path)
 
-    def write(self, shard: int, result: PlanResult) -> None:
+    @staticmethod
+    def folders(config: NotifyConfig, day: date) -> tuple[str, str]:
+        return (f"{config.lake_path('runs', 'notify_planning', day)}/skipped.parquet",
+                config.lake_path("runs", "notify_planning_decisions", day))  # fmt: skip
+
+    def write(self, shard: int, result: PlanResult, of: int | None = None, batch: int | None = None) -> None:
         from include.notify.io.lake import write_parquet_file
 
+        tag = f"{shard:05d}" + ("" if batch is None else f".{batch:03d}") + ("" if of is None else f"-of-{of:05d}")
         write_parquet_file(result.skipped.astype(str), self.config, "runs",
-                           f"notify_planning/dt={self.day}/skipped.parquet", None, f"part-{shard:05d}.parquet")  # fmt: skip
+                           f"notify_planning/dt={self.day}/skipped.parquet", None, f"part-{tag}.parquet")  # fmt: skip
         if result.decisions is not None and len(result.decisions):
             write_parquet_file(result.decisions.drop(columns="row"), self.config, "runs", "notify_planning_decisions",
-                               self.day, f"decisions-{shard:05d}.parquet")  # fmt: skip
+                               self.day, f"decisions-{tag}.parquet")  # fmt: skip
+
+    @classmethod
+    def keep_only(cls, config: NotifyConfig, day: date, of: int) -> None:
+        """Delete the day's output files not written by the mapped tasks of ``of`` shards."""
+        from pyarrow import fs
+
+        for uri in cls.folders(config, day):
+            filesystem, path = fs.FileSystem.from_uri(uri)
+            if filesystem.get_file_info(path).type != fs.FileType.Directory:
+                continue
+            for info in filesystem.get_file_info(fs.FileSelector(path)):
+                if not info.base_name.endswith(f"-of-{of:05d}.parquet"):
+                    filesystem.delete_file(info.path)
 
 
 def _record_run(

@@ -105,6 +105,7 @@ def user_signals(
     products: pd.DataFrame,
     day: date,
     population: np.ndarray | None = None,
+    hour_population: np.ndarray | None = None,
 ) -> UserSignals:
     """Signals for every user of ``users`` (``user_id``, ``timezone``) from activity before ``day``.
 
@@ -114,7 +115,8 @@ def user_signals(
     product_id, articleType. Vectorised: group-bys and one ``np.add.at`` per matrix.
     ``population``: the article-type weights the affinity prior is made of
     (``population_type_weights`` of the whole population) when ``users`` is one shard of it;
-    by default these users' own.
+    by default these users' own; ``hour_population`` likewise for the engagement-by-hour prior
+    (``population_hour_weights``).
     """
     ids = pd.Index(users["user_id"].astype(str).to_numpy(), dtype=object)
     zones = users["timezone"].fillna("UTC").astype(str).to_numpy(dtype=object)
@@ -128,12 +130,8 @@ def user_signals(
     affinity = (counts + AFFINITY_PSEUDO * population) / (counts.sum(axis=1, keepdims=True) + AFFINITY_PSEUDO)
     cutoff = pd.Timestamp(datetime(day.year, day.month, day.day, tzinfo=UTC))
     # Engagement by local hour: any activity and notification opens/clicks count, decayed.
-    engaged = (u >= 0) & (activity["event_type"] != "notification_sent").to_numpy()
-    hours = _local_hours(np.maximum(u, 0), zones, activity["ts"])
-    hour_counts = np.zeros((len(ids), HOURS))
-    np.add.at(hour_counts, (u[engaged], hours[engaged]), decay[engaged])
-    hour_counts = smooth_hours(hour_counts)
-    hour_pop = hour_counts.sum(axis=0) + 1e-3
+    hour_counts = _hour_counts(len(ids), zones, activity, u, decay)
+    hour_pop = (hour_counts.sum(axis=0) if hour_population is None else np.asarray(hour_population, float)) + 1e-3
     hour_pop /= hour_pop.sum()
     engagement = (hour_counts + HOUR_PSEUDO * hour_pop) / (hour_counts.sum(axis=1, keepdims=True) + HOUR_PSEUDO)
 
@@ -150,6 +148,27 @@ def population_type_weights(
     ids = pd.Index(users["user_id"].astype(str).to_numpy(), dtype=object)
     types, _, _, _, _, t, weight, ok = _typed_activity(ids, purchases, events, products, day)
     return np.bincount(t[ok], weight[ok], minlength=max(len(types), 1)).astype(float)
+
+
+def population_hour_weights(
+    users: pd.DataFrame, purchases: pd.DataFrame | None, events: pd.DataFrame | None, products: pd.DataFrame, day: date
+) -> np.ndarray:
+    """The smoothed, decayed activity by local hour summed over ``users`` (the engagement prior of
+    ``user_signals``): a sharded stage sums it over shards and passes it as ``hour_population``."""
+    ids = pd.Index(users["user_id"].astype(str).to_numpy(), dtype=object)
+    zones = users["timezone"].fillna("UTC").astype(str).to_numpy(dtype=object)
+    _, _, activity, u, decay, _, _, _ = _typed_activity(ids, purchases, events, products, day)
+    return _hour_counts(len(ids), zones, activity, u, decay).sum(axis=0)
+
+
+def _hour_counts(n: int, zones: np.ndarray, activity: pd.DataFrame, u: np.ndarray, decay: np.ndarray) -> np.ndarray:
+    """(users, 24) smoothed, decayed engagement by local hour: any activity and notification
+    opens/clicks count (not the sends)."""
+    engaged = (u >= 0) & (activity["event_type"] != "notification_sent").to_numpy()
+    hours = _local_hours(np.maximum(u, 0), zones, activity["ts"])
+    hour_counts = np.zeros((n, HOURS))
+    np.add.at(hour_counts, (u[engaged], hours[engaged]), decay[engaged])
+    return smooth_hours(hour_counts)
 
 
 def _typed_activity(

@@ -220,6 +220,10 @@ def fit_scoring_model(config: NotifyConfig, run_date: date) -> dict[str, Any]:
 
     started = time.monotonic()
     count = shards.shard_count(config, run_date)
+    manifest = shards.read_manifest(config, run_date)
+    population = int(manifest["users"]) if manifest else len(read_features(config, "user_features", run_date))
+    if population > config.scoring_fit_users:
+        return _fit_on_sample(config, run_date, count, shards.shards_for(population, config.scoring_fit_users), started)
     users, _ = read_partition_frame(config, "embeddings", "users", run_date, ["user_id", "model", "cold_start_source"])
     features = read_features(config, "user_features", run_date)
     purchases, _ = read_partition_frame(
@@ -248,6 +252,87 @@ def fit_scoring_model(config: NotifyConfig, run_date: date) -> dict[str, Any]:
               "product_validation": model.validation, "seconds": round(time.monotonic() - started, 2)}  # fmt: skip
     log.info("scoring model %s: %s", run_date, counts)
     return counts
+
+
+def _shard_inputs(config: NotifyConfig, run_date: date, shard: int, count: int) -> tuple[pd.DataFrame, ...]:
+    """One shard's users (embeddings rows), features, embedded purchases and current clickstream."""
+    users, _ = shards.read_shard_frame(config, "embeddings", "users", run_date, shard, count,
+                                       ["user_id", "model", "cold_start_source"])  # fmt: skip
+    features = shards.read_user_shard(config, "user_features", run_date, shard, count)
+    purchases, _ = shards.read_shard_frame(config, "embeddings", "purchases", run_date, shard, count,
+                                           ["user_id", "product_id", "purchase_date", "quantity"])  # fmt: skip
+    clickstream = shards.read_user_shard(config, "clickstream", run_date, shard, count)
+    return users, features, purchases, clickstream
+
+
+def _fit_on_sample(config: NotifyConfig, run_date: date, count: int, sample: int, started: float) -> dict[str, Any]:
+    """``fit_scoring_model`` for a population over ``config.scoring_fit_users``: the product model
+    is fit on the users with ``shard_of(user, sample) == 0`` (a hash sample of 1/``sample`` of
+    them; with power-of-two counts they sit in the shards ``k % sample == 0``, read whole or
+    filtered), then, shard by shard, every user's collaborative factors are folded in against the
+    fitted item factors (``fold_in``: the least-squares user step of the ALS itself) and the
+    affinity prior is summed. Memory: the sample's plus one shard's."""
+    from include.notify.stages.products import build_history, interaction_matrix
+    from include.notify.stages.response import population_type_weights
+
+    chosen = range(0, count, sample) if sample <= count else [0]
+    parts = [_shard_inputs(config, run_date, k, count) for k in chosen]
+    frames = [pd.concat(column, ignore_index=True) for column in zip(*parts, strict=True)]
+    keep = [shards.shard_of(frame["user_id"], sample) == 0 for frame in frames]
+    users, features, purchases, clickstream = (f[k].reset_index(drop=True) for f, k in zip(frames, keep, strict=True))
+    del parts, frames
+    inputs = _inputs(config, run_date, users, None, features, purchases, clickstream)
+    model = fit_product_model(inputs)
+    product_ids = inputs.products["product_id"].astype(str).to_numpy(object)
+    fit_users = len(inputs.user_ids)
+    del inputs, users, features, purchases, clickstream
+    catalog = read_current_frame(config, "products", run_date)
+    population = None
+    total = 0
+    for shard in range(count):
+        users, _, purchases, clickstream = _shard_inputs(config, run_date, shard, count)
+        ids = users["user_id"].astype(str).to_numpy(object)
+        history = shards.read_user_shard(config, "purchase_history", run_date, shard, count)
+        part = population_type_weights(pd.DataFrame({"user_id": ids}), history, clickstream, catalog, run_date)
+        population = part if population is None else population + part
+        matrix = interaction_matrix(build_history(ids, product_ids, purchases, clickstream))
+        factors = fold_in(model.collaborative, matrix)
+        frame = pd.DataFrame({"user_id": ids})
+        shards.write_shard_frame(frame, config, "models", USER_FACTORS_TABLE, run_date, shard, count, factors)
+        total += len(ids)
+        del users, purchases, clickstream, history, matrix, factors
+    shards.commit_shards(config, "models", USER_FACTORS_TABLE, run_date, count)
+    dim = model.collaborative.item_factors.shape[1]
+    shared = replace(model, collaborative=replace(model.collaborative, user_factors=np.zeros((0, dim), np.float32)))
+    payload = pickle.dumps({"product_model": shared, "affinity_population": population, "shards": count,
+                            "fit_users": fit_users, "sample": sample})  # fmt: skip
+    write_file(config, "models", MODEL_TABLE, run_date, "model.pkl", payload)
+    counts = {"users": total, "fit_users": fit_users, "shards": count, "product_weights": model.weights,
+              "product_validation": model.validation, "seconds": round(time.monotonic() - started, 2)}  # fmt: skip
+    log.info("scoring model %s (fit on a 1/%d sample, factors folded in): %s", run_date, sample, counts)
+    return counts
+
+
+def fold_in(collaborative: Any, matrix: Any) -> np.ndarray:
+    """Users' collaborative factors from their interaction rows (``interaction_matrix``) against
+    the fitted item factors: the ALS's own user step (``implicit``'s ``recalculate_user``: the
+    least-squares solve with the model's regularisation and confidence ``alpha``); users without
+    interactions get zeros, as ``products.fit_als`` gives them."""
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    from include.notify.stages.products import ALS_REGULARIZATION
+
+    items = np.ascontiguousarray(collaborative.item_factors, dtype=np.float32)
+    alpha = float(collaborative.settings.get("alpha", 1.0))
+    if matrix.shape[0] == 0:
+        return np.zeros((0, items.shape[1]), dtype=np.float32)
+    with threadpool_limits(1, "blas"):
+        als = AlternatingLeastSquares(factors=items.shape[1], regularization=ALS_REGULARIZATION, alpha=alpha)
+        als.item_factors = items
+        factors = np.asarray(als.recalculate_user(np.arange(matrix.shape[0]), matrix.tocsr()), dtype=np.float32)
+    factors[np.diff(matrix.indptr) == 0] = 0.0
+    return factors
 
 
 def _read_model(config: NotifyConfig, run_date: date) -> dict[str, Any]:
