@@ -49,7 +49,7 @@ def notify_dispatch() -> None:
             RUN_TIME,
             DYNAMO,
             part=part,
-            skip_unless="include.notify.stages.dispatch:has_due",
+            skip_unless="include.notify.stages.dispatch_due:has_due",
         )
 
     dispatch.expand(part=PARTS)

@@ -309,7 +309,7 @@ def run_step(
         dynamo = Dynamo.from_config(config)
     run_time = None
     if RUN_TIME in markers:
-        from include.notify.stages.dispatch import run_time_of
+        from include.notify.stages.dispatch_due import run_time_of
 
         run_time = run_time_of(context)
     dated = bool(markers & {RUN_DATE, RUN_DATES}) or outlet is not None

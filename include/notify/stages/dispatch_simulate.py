@@ -34,7 +34,8 @@ def simulate_day(
     """
     if not 0 < step_minutes < config.max_lateness_minutes:
         raise ValueError(f"step_minutes must be in 1..{config.max_lateness_minutes - 1}, got {step_minutes}")
-    from include.notify.stages.dispatch import Dispatcher, KafkaEventSink, due_items
+    from include.notify.stages.dispatch import Dispatcher, KafkaEventSink
+    from include.notify.stages.dispatch_due import due_items
 
     dynamo = dynamo or Dynamo.from_config(config)
     own_channels = channels is None
