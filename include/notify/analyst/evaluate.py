@@ -14,6 +14,7 @@ of the target's total clicks, vectorised over decisions:
 Intervals are percentile bootstrap (Poisson weights, one matrix product, ``resamples`` columns).
 A target with a *lower* cost than the logging policy would send where nothing was logged; those
 decisions are not in the logs, so such a target is reported as unsupported rather than guessed.
+The estimates as text (``notify evaluate``) are ``evaluate_text.format_report``.
 """
 
 from __future__ import annotations
@@ -102,19 +103,3 @@ def evaluate(
         "logged_clicks": float(reward.sum()),
         "estimates": [ips, snips, dr],
     }
-
-
-def format_report(result: dict[str, object]) -> str:
-    """The estimates as a small text table."""
-    target = result["target"]
-    lines = [
-        f"target policy: {target.name} (cost {'as logged' if target.cost is None else target.cost}); "
-        f"{result['decisions']:,} logged decisions, the target sends {result['target_sends']:,}; "
-        f"logged clicks {result['logged_clicks']:,.0f}",
-    ]
-    if result["unsupported_decisions"]:
-        lines.append(f"WARNING: {result['unsupported_decisions']:,} decisions have a cost below the logged one: "
-                     "the target would also send where nothing was logged (not estimable)")  # fmt: skip
-    for e in result["estimates"]:
-        lines.append(f"  {e.estimator:5s} {e.value:10,.1f} clicks  [{e.low:,.1f}, {e.high:,.1f}]")
-    return "\n".join(lines)
