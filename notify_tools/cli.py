@@ -192,7 +192,8 @@ def _since(text: str) -> datetime:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Estimate the greedy policy (exploration off, optionally another cost) from the logged decisions."""
-    from include.notify.analyst.evaluate import TargetPolicy, evaluate, format_report
+    from include.notify.analyst.evaluate import TargetPolicy, evaluate
+    from include.notify.analyst.evaluate_text import format_report
     from include.notify.config import load_config
     from include.notify.io.lake import read_parquet
     from include.notify.stages.response import training_frame

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from datetime import date
 from html import escape
 from typing import Annotated, Any
@@ -210,6 +211,34 @@ def _fmt(value: float | None, pattern: str = "{:.3f}") -> str:
     return "" if value is None else pattern.format(value)
 
 
+# Each table's columns: (header, class of the header cell).
+PLAN_COLUMNS = (("local", ""), ("UTC", ""), ("campaign", ""), ("status", ""), ("prio", "num"), ("score", "num"),
+                ("why", "why"))  # fmt: skip
+DELIVERY_COLUMNS = (("planned (UTC)", ""), ("status", ""), ("sent (UTC)", ""), ("channel", ""), ("tries", "num"),
+                    ("message", "msg"))  # fmt: skip
+CAMPAIGN_COLUMNS = (("#", "num"), ("campaign", ""), ("score", "num"), ("similarity", "num"), ("priority", "num"),
+                    ("response rate", "num"), ("p(click)", "num"), ("why", "why"))  # fmt: skip
+
+
+def _cell(tag: str, html: str, css: str) -> str:
+    return f"<{tag} class='{css}'>{html}</{tag}>" if css else f"<{tag}>{html}</{tag}>"
+
+
+def _table(
+    table_id: str,
+    columns: Sequence[tuple[str, str]],
+    rows: Sequence[Sequence[tuple[str, str]]],
+    empty: str | None = "none",
+) -> str:
+    """An HTML table of already-escaped cells ``(html, class)``; with no rows, one ``empty`` row
+    spanning every column (none at all when ``empty`` is None)."""
+    head = "".join(_cell("th", title, css) for title, css in columns)
+    body = "".join("<tr>" + "".join(_cell("td", html, css) for html, css in row) + "</tr>" for row in rows)
+    if not body and empty is not None:
+        body = f"<tr><td colspan={len(columns)}>{empty}</td></tr>"
+    return f"<table id='{table_id}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def _user_html(page: Any, base: str) -> str:
     from include.notify.analyst.charts import plan_timeline
 
@@ -230,41 +259,30 @@ def _user_html(page: Any, base: str) -> str:
             f"<p class='muted'>quiet hours {plan.quiet_start_hour:02d}:00-{plan.quiet_end_hour:02d}:00 local (shaded) ·"
             f" planned days: {others}</p><div id='timeline'>{plan_timeline(plan)}</div>"
         )
-        rows = "".join(
-            f"<tr><td>{escape(s.local_time)}</td><td>{escape(s.send_at_utc)}</td><td>{escape(s.campaign_id)} "
-            f"{escape(s.campaign_name)}</td><td class='status status-{escape(s.status)}'>{escape(s.status)}</td>"
-            f"<td class='num'>{'' if s.priority is None else s.priority}</td><td class='num'>{_fmt(s.score)}</td>"
-            f"<td>{escape(s.reason)}{(' (' + escape(s.failure_reason) + ')') if s.failure_reason else ''}</td></tr>"
+        slots = [
+            [(escape(s.local_time), ""), (escape(s.send_at_utc), ""),
+             (f"{escape(s.campaign_id)} {escape(s.campaign_name)}", ""), (escape(s.status), f"status status-{escape(s.status)}"),
+             ("" if s.priority is None else str(s.priority), "num"), (_fmt(s.score), "num"),
+             (escape(s.reason) + (f" ({escape(s.failure_reason)})" if s.failure_reason else ""), "")]
             for s in plan.slots
-        )
-        parts.append(
-            "<table id='plan'><thead><tr><th>local</th><th>UTC</th><th>campaign</th><th>status</th>"
-            f"<th class='num'>prio</th><th class='num'>score</th><th class='why'>why</th></tr></thead><tbody>{rows}</tbody></table>"
-        )
+        ]  # fmt: skip
+        parts.append(_table("plan", PLAN_COLUMNS, slots, empty=None))
     parts.append("<h3>Deliveries</h3>")
-    rows = "".join(
-        f"<tr><td>{escape(d.planned_utc)}</td><td class='status status-{escape(d.status)}'>{escape(d.status)}</td>"
-        f"<td>{escape(d.sent_utc)}</td><td>{escape(d.channel)}</td><td class='num'>{d.attempts}</td>"
-        f"<td>[{escape(d.campaign_id)}] {escape(d.title + ': ' + d.text if d.title else d.reason)}</td></tr>"
+    deliveries = [
+        [(escape(d.planned_utc), ""), (escape(d.status), f"status status-{escape(d.status)}"), (escape(d.sent_utc), ""),
+         (escape(d.channel), ""), (str(d.attempts), "num"),
+         (f"[{escape(d.campaign_id)}] {escape(d.title + ': ' + d.text if d.title else d.reason)}", "")]
         for d in page.deliveries
-    )
-    parts.append(
-        "<table id='deliveries'><thead><tr><th>planned (UTC)</th><th>status</th><th>sent (UTC)</th><th>channel</th>"
-        f"<th class='num'>tries</th><th class='msg'>message</th></tr></thead><tbody>{rows or '<tr><td colspan=6>none</td></tr>'}</tbody></table>"
-    )
+    ]  # fmt: skip
+    parts.append(_table("deliveries", DELIVERY_COLUMNS, deliveries))
     parts.append("<h3>Top campaigns and score components</h3>")
-    rows = "".join(
-        f"<tr><td class='num'>{c.rank}</td><td>{escape(c.campaign_id)} {escape(c.name)}</td>"
-        f"<td class='num'>{c.score:.3f}</td><td class='num'>{c.similarity:.3f}</td><td class='num'>{c.priority}</td>"
-        f"<td class='num'>{c.response_rate:.1%}</td><td class='num'>{_fmt(c.predicted_click, '{:.1%}') or '-'}</td>"
-        f"<td>{escape('; '.join(c.reasons))}</td></tr>"
+    campaigns = [
+        [(str(c.rank), "num"), (f"{escape(c.campaign_id)} {escape(c.name)}", ""), (f"{c.score:.3f}", "num"),
+         (f"{c.similarity:.3f}", "num"), (str(c.priority), "num"), (f"{c.response_rate:.1%}", "num"),
+         (_fmt(c.predicted_click, "{:.1%}") or "-", "num"), (escape("; ".join(c.reasons)), "")]
         for c in page.campaigns
-    )
-    parts.append(
-        "<table id='campaigns'><thead><tr><th class='num'>#</th><th>campaign</th><th class='num'>score</th>"
-        "<th class='num'>similarity</th><th class='num'>priority</th><th class='num'>response rate</th>"
-        f"<th class='num'>p(click)</th><th class='why'>why</th></tr></thead><tbody>{rows or '<tr><td colspan=8>none</td></tr>'}</tbody></table>"
-    )
+    ]  # fmt: skip
+    parts.append(_table("campaigns", CAMPAIGN_COLUMNS, campaigns))
     return _page(f"Notify: {page.user_id}", "".join(parts))
 
 

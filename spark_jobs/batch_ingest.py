@@ -1,8 +1,9 @@
 """Batch ingestion: raw CSV deliveries of day D -> quarantine, curated Parquet, core DynamoDB tables.
 
-The stage is ``include.notify.stages.ingest.run_batch_ingest`` (what it reads, checks, writes and
-counts is described there); this file is its spark-submit / EMR Serverless entry point,
-``main(argv)``. ``run`` is kept for callers that run the job in-process (tests, benchmarks).
+The stage is ``include.notify.stages.ingest_run.run_batch_ingest`` (what it reads, checks, writes
+and counts is described there; its pure parts are ``include.notify.stages.ingest``); this file is
+its spark-submit / EMR Serverless entry point, ``main(argv)``. In-process callers (tests, the
+simulator) call ``run_batch_ingest`` directly.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from include.notify.stages.ingest import DAG_ID, run_batch_ingest
+from include.notify.stages.ingest import DAG_ID
+from include.notify.stages.ingest_run import run_batch_ingest
 
 if TYPE_CHECKING:
     pass

@@ -1,9 +1,10 @@
 """Feature tables for day D from the curated lake: user_features, product_features,
 user_product_matrix and campaign_stats, written to ``features/<name>/dt=D`` and DynamoDB.
 
-The stage is ``include.notify.stages.features.run_features`` (the pure transforms and the one
-read/write step that runs them); this file is its spark-submit / EMR Serverless entry point,
-``main(argv)``. ``run`` is kept for callers that run the job in-process (tests, benchmarks).
+The stage is ``include.notify.stages.features_run.run_features`` (its reads and writes; the pure
+transforms it runs are ``include.notify.stages.features``); this file is its spark-submit / EMR
+Serverless entry point, ``main(argv)``. In-process callers (tests, the simulator) call
+``run_features`` directly.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from include.notify.stages.features import DAG_ID, FEATURE_TABLES, run_features
+from include.notify.stages.features import DAG_ID, FEATURE_TABLES
+from include.notify.stages.features_run import run_features
 
 if TYPE_CHECKING:
     pass

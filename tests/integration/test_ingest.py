@@ -101,7 +101,7 @@ def dynamo_snapshot(dynamo: Dynamo) -> dict[str, list[dict]]:
 
 
 def test_broken_rows_are_quarantined_and_good_rows_loaded(spark, config: NotifyConfig, dynamo: Dynamo) -> None:
-    from include.notify.stages.ingest import run_batch_ingest as run
+    from include.notify.stages.ingest_run import run_batch_ingest as run
 
     write_raw(config, DAY, RAW)
     counts = run(spark, config, DAY)
@@ -167,7 +167,7 @@ def test_broken_rows_are_quarantined_and_good_rows_loaded(spark, config: NotifyC
 
 def test_next_day_references_earlier_state_and_current_view(spark, config: NotifyConfig, dynamo: Dynamo) -> None:
     """A purchase on day 2 may name a user delivered on day 1; read_current keeps the newest row."""
-    from include.notify.stages.ingest import run_batch_ingest as run
+    from include.notify.stages.ingest_run import run_batch_ingest as run
 
     header = RAW["users"].splitlines()[0]
     write_raw(config, DAY, {
@@ -189,7 +189,7 @@ def test_next_day_references_earlier_state_and_current_view(spark, config: Notif
     assert [r["name"] for r in as_of_day1] == ["Ann"]
 
     # Features of day 2 land in the lake and DynamoDB, without the private user fields.
-    from include.notify.stages.features import run_features
+    from include.notify.stages.features_run import run_features
 
     feature_counts = run_features(spark, config, day2)
     assert feature_counts["user_features"]["rows_out"] == 1

@@ -30,7 +30,7 @@ def _write(folder: Path, name: str, data: bytes) -> None:
 def test_one_day_of_bad_product_files_lands_every_line_with_its_file_and_line(
     config: NotifyConfig, spark, tmp_path: Path
 ) -> None:
-    from include.notify.stages.ingest import run_batch_ingest
+    from include.notify.stages.ingest_run import run_batch_ingest
 
     raw = Path(config.lake_path("raw", "products", DAY).removeprefix("file://"))
     _write(raw, "a-bom-crlf.csv", ("\ufeff" + HEADER + "\r\n" + _row(1) + "\r\n" + _row(2) + "\r\n").encode())

@@ -50,8 +50,8 @@ def _found(root: Path, secrets: set[str]) -> dict[str, set[str]]:
 def test_emails_and_password_hashes_stay_in_notify_users_and_the_restricted_users_zone(
     config: NotifyConfig, spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog, capsys
 ) -> None:
-    from include.notify.stages.features import run_features
-    from include.notify.stages.ingest import run_batch_ingest
+    from include.notify.stages.features_run import run_features
+    from include.notify.stages.ingest_run import run_batch_ingest
     from notify_tools import cli
     from notify_tools.datagen import build_dataset, write_raw_csv
 

@@ -210,3 +210,20 @@ def test_spark_and_pandas_put_every_user_in_the_same_shard(spark) -> None:
     got = frame.select("user_id", shards.spark_shard_column(sf.col("user_id"), 7).alias("shard")).collect()
     by_id = {row["user_id"]: row["shard"] for row in got}
     assert [by_id[u] for u in ids] == shards.shard_of(ids, 7).tolist()
+
+
+def test_feature_frames_gives_the_four_tables_and_takes_opt_outs_from_every_users_delivery(frames) -> None:
+    # U3's row of 03-01 said opt-out and its opt_in of 03-05 re-enabled it; a later delivery of
+    # 03-08 (not the current row) saying opt-out again wins, because every delivery is a signal.
+    from pyspark.sql import functions as sf
+
+    later = frames["users"].where("user_id = 'U3'").withColumn("dt", sf.lit(date(2026, 3, 8)))
+    deliveries = frames["users"].unionByName(later)
+    out = features.feature_frames(frames["users"], frames["products"], frames["campaigns"], frames["purchases"],
+                                  frames["clickstream"], deliveries, D)  # fmt: skip
+    try:
+        assert tuple(out) == features.FEATURE_TABLES
+        rows = {r["user_id"]: r["opt_out"] for r in out["user_features"].select("user_id", "opt_out").collect()}
+        assert rows == {"U1": True, "U2": True, "U3": True}
+    finally:
+        out["user_features"].unpersist()

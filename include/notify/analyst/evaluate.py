@@ -23,6 +23,7 @@ decisions it sends (``q`` its logged p(click)), normal approximation. The benchm
 the simulated weekly clicks lie in the prediction interval.
 A target with a *lower* cost than the logging policy would send where nothing was logged; those
 decisions are not in the logs, so such a target is reported as unsupported rather than guessed.
+The estimates as text (``notify evaluate``) are ``evaluate_text.format_report``.
 """
 
 from __future__ import annotations
@@ -128,20 +129,3 @@ def evaluate(
         "logged_clicks": float(reward.sum()),
         "estimates": [ips, snips, dr],
     }
-
-
-def format_report(result: dict[str, object]) -> str:
-    """The estimates as a small text table."""
-    target = result["target"]
-    lines = [
-        f"target policy: {target.name} (cost {'as logged' if target.cost is None else target.cost}); "
-        f"{result['decisions']:,} logged decisions, the target sends {result['target_sends']:,}; "
-        f"logged clicks {result['logged_clicks']:,.0f}",
-    ]
-    if result["unsupported_decisions"]:
-        lines.append(f"WARNING: {result['unsupported_decisions']:,} decisions have a cost below the logged one: "
-                     "the target would also send where nothing was logged (not estimable)")  # fmt: skip
-    for e in result["estimates"]:
-        lines.append(f"  {e.estimator:5s} {e.value:10,.1f} clicks  95 % CI [{e.low:,.1f}, {e.high:,.1f}]"
-                     f"  prediction [{e.pred_low:,.1f}, {e.pred_high:,.1f}]")  # fmt: skip
-    return "\n".join(lines)

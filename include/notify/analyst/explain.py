@@ -1,18 +1,22 @@
 """The analysts' view: why does a user get what they get?
 
-``explain_user`` reads only DynamoDB (the user's features, their recommendation item and the
-campaign definitions it names), with key lookups — never a scan — so it is instant on any table
-size and shows exactly what the planner will read. With ``with_model`` (``notify explain``) it
-also shows each candidate's predicted p(click) and its main terms from the response model.
+``explain_user`` reads only DynamoDB (``reads``: the user's features, their recommendation item
+and the campaign definitions it names), with key lookups — never a scan — so it is instant on any
+table size and shows exactly what the planner will read; ``explanation`` turns what was read into
+the text without I/O. With ``with_model`` (``notify explain``) it also shows each candidate's
+predicted p(click) and its main terms from the response model (``reads.response_candidates``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from include.notify.analyst import reads
 from include.notify.config import NotifyConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from include.notify.io.dynamo import Dynamo
 
 # The weighted parts of a product's score, as scoring writes them (stages/products.py).
@@ -29,8 +33,32 @@ def explain_user(config: NotifyConfig, dynamo: Dynamo, user_id: str, top: int = 
     collaborative, popularity, repurchase) when the recommendation carries them. Says clearly when
     the user or their recommendations are unknown instead of raising. ``with_model``: also each
     candidate's predicted p(click) and main terms from the response model (reads the lake)."""
-    features = dynamo.get("user_features", {"user_id": user_id})
-    recs = dynamo.get("recommendations", {"user_id": user_id})
+    features = reads.user_features(dynamo, user_id)
+    recs = reads.recommendations(dynamo, user_id)
+    if recs is None:
+        return explanation(user_id, features, recs, {}, top)
+    campaigns = recs.get("campaigns") or []
+    names = reads.campaign_names(dynamo, [c["campaign_id"] for c in campaigns[:top]])
+    model_lines = None
+    if with_model and campaigns and not recs.get("opt_out"):
+        try:
+            breakdown, version = reads.response_candidates(config, user_id, features, recs)
+            model_lines = format_candidates(breakdown.head(top), version)
+        except FileNotFoundError as error:
+            model_lines = ["", f"Response model: not available ({error})"]
+    return explanation(user_id, features, recs, names, top, model_lines)
+
+
+def explanation(
+    user_id: str,
+    features: Mapping[str, Any] | None,
+    recs: Mapping[str, Any] | None,
+    names: Mapping[str, str],
+    top: int = 10,
+    model_lines: list[str] | None = None,
+) -> str:
+    """``explain_user``'s text from what it read: features and recommendation items (None when
+    absent), campaign names, and the response model's lines (``format_candidates``) if asked for."""
     lines = [f"User {user_id}"]
     if features is None and recs is None:
         return (
@@ -56,7 +84,6 @@ def explain_user(config: NotifyConfig, dynamo: Dynamo, user_id: str, top: int = 
         lines.append("  none: the user opted out of notifications")
     elif not campaigns:
         lines.append("  none: no sendable campaign is eligible for this user today")
-    names = _campaign_names(dynamo, [c["campaign_id"] for c in campaigns[:top]])
     lines.append(f"  {'#':>2}  {'campaign':<10} {'name':<32} {'score':>6} {'sim':>6} {'prio':>4} {'resp':>6}")
     for c in campaigns[:top]:
         lines.append(
@@ -66,12 +93,8 @@ def explain_user(config: NotifyConfig, dynamo: Dynamo, user_id: str, top: int = 
         )
         if c.get("reasons"):
             lines.append(f"      why: {'; '.join(c['reasons'])}")
-    if with_model and campaigns and not recs.get("opt_out"):
-        try:
-            breakdown, version = response_candidates(config, user_id, features, recs)
-            lines += format_candidates(breakdown.head(top), version)
-        except FileNotFoundError as error:
-            lines += ["", f"Response model: not available ({error})"]
+    if model_lines:
+        lines += model_lines
     products = recs.get("products") or []
     lines += ["", "Top products:"]
     if not products:
@@ -100,13 +123,6 @@ def explain_user(config: NotifyConfig, dynamo: Dynamo, user_id: str, top: int = 
     return "\n".join(lines)
 
 
-def _campaign_names(dynamo: Dynamo, campaign_ids: list[str]) -> dict[str, str]:
-    if not campaign_ids:
-        return {}
-    rows = dynamo.batch_get("campaigns", [{"campaign_id": cid} for cid in campaign_ids])
-    return {row["campaign_id"]: str(row.get("name", "")) for row in rows}
-
-
 def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.2f}"
@@ -131,36 +147,6 @@ def format_candidates(frame: Any, model_version: str, k: int = 1) -> list[str]:
             f"repeats {int(r.times_sent)}, prior {r.prior_p:.2%}, learner {r.learner_weight:.0%} / {r.evidence_rows:,.0f} rows"
         )
     return lines
-
-
-def response_candidates(config: NotifyConfig, user_id: str, features: dict | None, recs: dict) -> tuple[Any, str]:
-    """The user's recommended campaigns through the response model of the recommendations' day
-    (``response_run.load_model``; the day-1 prior when none is stored): ``(breakdown, model version)``."""
-    from datetime import date
-
-    import pandas as pd
-
-    from include.notify.io.lake import read_current_frame
-    from include.notify.stages import response_run
-    from include.notify.stages.planning_value import build_context, candidate_breakdown
-
-    day = date.fromisoformat(str(recs.get("run_date")))
-    campaigns = recs.get("campaigns") or []
-    features = features or {}
-    users = pd.DataFrame(
-        {"user_id": [user_id], "timezone": [features.get("timezone", "UTC")], "segment": [features.get("segment", "")]}
-    )
-    frame = pd.DataFrame(
-        {
-            "user_id": user_id,
-            "campaign_id": [str(c["campaign_id"]) for c in campaigns],
-            "similarity": [float(c.get("similarity", 0.0)) for c in campaigns],
-        }
-    )
-    model = response_run.load_model(config, day)
-    signals = response_run.signals_for_day(config, day, users)
-    context = build_context(config, frame, users, read_current_frame(config, "campaigns", day), model, signals)
-    return candidate_breakdown(context, frame["campaign_id"].to_numpy()), model.version
 
 
 def _ordinal(k: int) -> str:

@@ -1,13 +1,14 @@
 """What the analyst view shows, as data: one user's day, deliveries and top campaigns; the fleet.
 
-``user_page`` reads DynamoDB by key only (the user's schedule by partition key, their features,
-recommendations and deliveries by primary key), so it is instant on any table size. It returns
-plain dataclasses: the Airflow plugin renders them as HTML and SVG, and tests assert on them
-without parsing a page. E-mail addresses and password hashes are never read into them.
+``user_page`` reads DynamoDB by key only (``reads``: the user's schedule by partition key, their
+features, recommendations and deliveries by primary key), so it is instant on any table size, and
+``page_of`` shapes what was read into plain dataclasses without I/O: the Airflow plugin renders
+them as HTML and SVG, and tests assert on them without parsing a page. E-mail addresses and
+password hashes are never copied into them.
 
 ``fleet_overview`` is the one aggregate: a projected scan of the schedule (status and send times
-only) and of the clickstream's notification clicks. It is meant for a dashboard refreshed at most
-every minute, never for dispatch.
+only) and of the clickstream's notification clicks (``reads``), counted by ``fleet_of``. It is
+meant for a dashboard refreshed at most every minute, never for dispatch.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from include.notify.analyst import reads
 from include.notify.config import NotifyConfig
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterable, Mapping
 
     from include.notify.io.dynamo import Dynamo
 
-SCHEDULE = "notification_schedule"
 HOURS = 24
 
 
@@ -132,14 +133,35 @@ def user_page(
 ) -> UserPage:
     """The user's page: the plan of ``day`` (their latest planned local day by default), their most
     recent deliveries and their ranked campaigns. Key reads only; an unknown user gives ``known=False``."""
-    user = dynamo.get("users", {"user_id": user_id}) or {}
-    features = dynamo.get("user_features", {"user_id": user_id}) or {}
-    recs = dynamo.get("recommendations", {"user_id": user_id}) or {}
-    items = list(
-        dynamo.query(SCHEDULE, KeyConditionExpression="user_id = :u", ExpressionAttributeValues={":u": user_id})
-    )
-    campaign_ids = {str(i["campaign_id"]) for i in items} | {str(c["campaign_id"]) for c in recs.get("campaigns", [])}
-    names = campaign_names(dynamo, sorted(campaign_ids))
+    user = reads.user_record(dynamo, user_id) or {}
+    features = reads.user_features(dynamo, user_id) or {}
+    recs = reads.recommendations(dynamo, user_id) or {}
+    items = reads.user_schedule(dynamo, user_id)
+    recent = recent_items(items, deliveries_limit)
+    names = reads.campaign_names(dynamo, page_campaign_ids(items, recs))
+    return page_of(config, user_id, user, features, recs, items, names, reads.sent_deliveries(dynamo, recent), day,
+                   deliveries_limit)  # fmt: skip
+
+
+def page_campaign_ids(items: list[Mapping[str, Any]], recs: Mapping[str, Any]) -> list[str]:
+    """The campaigns a page names: every scheduled one and every recommended one, sorted."""
+    return sorted({str(i["campaign_id"]) for i in items} | {str(c["campaign_id"]) for c in recs.get("campaigns", [])})
+
+
+def page_of(
+    config: NotifyConfig,
+    user_id: str,
+    user: Mapping[str, Any],
+    features: Mapping[str, Any],
+    recs: Mapping[str, Any],
+    items: list[Mapping[str, Any]],
+    names: Mapping[str, str],
+    sent: Mapping[str, Mapping[str, Any]],
+    day: date | str | None = None,
+    deliveries_limit: int = 50,
+) -> UserPage:
+    """The page from what ``reads`` returned: the user's items, features, recommendation and users
+    item, campaign names and the sent deliveries by notification id (no I/O)."""
     timezone = str(features.get("timezone") or user.get("timezone") or "UTC")
     return UserPage(
         user_id=user_id,
@@ -147,7 +169,7 @@ def user_page(
         segment=str(features.get("segment") or ""),
         timezone=timezone,
         plan=day_plan(config, items, user, features, names, day),
-        deliveries=deliveries_of(dynamo, items, deliveries_limit),
+        deliveries=deliveries_of(recent_items(items, deliveries_limit), sent),
         campaigns=campaign_scores(recs, names),
         recommendations_run_date=str(recs.get("run_date") or ""),
         model_version=str(recs.get("model_version") or ""),
@@ -210,12 +232,14 @@ def day_plan(
     )
 
 
-def deliveries_of(dynamo: Dynamo, items: list[Mapping[str, Any]], limit: int = 50) -> list[Delivery]:
-    """The most recent ``limit`` schedule items, newest first, joined to their delivery records by
-    notification id (sent ones carry the rendered title and text; the others their reason)."""
-    recent = sorted(items, key=lambda i: str(i["send_at"]), reverse=True)[:limit]
-    keys = [{"notification_id": i["notification_id"]} for i in recent if i.get("status") == "sent"]
-    found = {d["notification_id"]: d for d in dynamo.batch_get("deliveries", keys)} if keys else {}
+def recent_items(items: list[Mapping[str, Any]], limit: int = 50) -> list[Mapping[str, Any]]:
+    """The most recent ``limit`` schedule items, newest first."""
+    return sorted(items, key=lambda i: str(i["send_at"]), reverse=True)[:limit]
+
+
+def deliveries_of(recent: list[Mapping[str, Any]], found: Mapping[str, Mapping[str, Any]]) -> list[Delivery]:
+    """``recent`` schedule items joined to their delivery records by notification id (``found``:
+    sent ones carry the rendered title and text; the others their reason)."""
     result = []
     for item in recent:
         delivery = found.get(item.get("notification_id"), {})
@@ -258,14 +282,6 @@ def campaign_scores(recs: Mapping[str, Any], names: Mapping[str, str], top: int 
     return scores
 
 
-def campaign_names(dynamo: Dynamo, campaign_ids: list[str]) -> dict[str, str]:
-    """Campaign id -> name, by batch key lookup."""
-    if not campaign_ids:
-        return {}
-    rows = dynamo.batch_get("campaigns", [{"campaign_id": cid} for cid in campaign_ids])
-    return {str(row["campaign_id"]): str(row.get("name", "")) for row in rows}
-
-
 def _quiet_window(config: NotifyConfig, user: Mapping[str, Any]) -> tuple[int, int]:
     start, end = user.get("quiet_start_hour"), user.get("quiet_end_hour")
     # As the planner reads it: an override needs both ends, half of one falls back to the default.
@@ -286,25 +302,23 @@ def _clock_hours(clock: str) -> float:
 def fleet_overview(config: NotifyConfig, dynamo: Dynamo, days: int = 7) -> FleetOverview:
     """Statuses of every schedule item, sends per UTC hour on the latest day with sends, and sends,
     clicks and CTR for the last ``days`` days with sends or clicks."""
+    return fleet_of(reads.schedule_statuses(dynamo), reads.notification_click_days(dynamo), days)
+
+
+def fleet_of(items: Iterable[Mapping[str, Any]], click_keys: Iterable[str], days: int = 7) -> FleetOverview:
+    """The overview from each schedule item's ``status`` / ``sent_utc`` and each notification
+    click's ``ts_event_id`` (no I/O)."""
     statuses: Counter[str] = Counter()
     sent_by_day: Counter[str] = Counter()
     sent_hours: dict[str, Counter[int]] = {}
-    for item in _projected_scan(dynamo, SCHEDULE, "#s, sent_utc", {"#s": "status"}):
+    for item in items:
         status = str(item.get("status"))
         statuses[status] += 1
         sent = str(item.get("sent_utc") or "")
         if status == "sent" and len(sent) >= 13:
             sent_by_day[sent[:10]] += 1
             sent_hours.setdefault(sent[:10], Counter())[int(sent[11:13])] += 1
-    clicks_by_day: Counter[str] = Counter()
-    for event in _projected_scan(
-        dynamo,
-        "clickstream",
-        "ts_event_id",
-        filter_expression="event_type = :click",
-        values={":click": "notification_click"},
-    ):
-        clicks_by_day[str(event["ts_event_id"])[:10]] += 1
+    clicks_by_day: Counter[str] = Counter(key[:10] for key in click_keys)
     sends_day = max(sent_hours) if sent_hours else ""
     per_hour = sent_hours.get(sends_day, Counter())
     recent = sorted(set(sent_by_day) | set(clicks_by_day))[-days:]
@@ -314,23 +328,3 @@ def fleet_overview(config: NotifyConfig, dynamo: Dynamo, days: int = 7) -> Fleet
         statuses=dict(sorted(statuses.items())),
         by_day=[DayStat(day, sent_by_day.get(day, 0), clicks_by_day.get(day, 0)) for day in recent],
     )
-
-
-def _projected_scan(
-    dynamo: Dynamo,
-    logical_name: str,
-    projection: str,
-    names: dict[str, str] | None = None,
-    filter_expression: str | None = None,
-    values: dict[str, Any] | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Only the projected attributes of every (matching) item, all pages."""
-    request: dict[str, Any] = {"TableName": dynamo.table(logical_name), "ProjectionExpression": projection}
-    if names:
-        request["ExpressionAttributeNames"] = names
-    if filter_expression:
-        request["FilterExpression"] = filter_expression
-        request["ExpressionAttributeValues"] = dynamo.serialize(values or {})
-    for page in dynamo.client.get_paginator("scan").paginate(**request):
-        for item in page.get("Items", []):
-            yield dynamo.deserialize(item)

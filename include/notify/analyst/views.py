@@ -1,7 +1,9 @@
 """What analysts read about the schedule: a user's planned day, a user's notifications, counts.
 
-Presentation only: each reads DynamoDB by key (``status_counts`` scans, for reports) and formats
-text; the reasons shown are the ones ``schedule``'s transitions wrote.
+Presentation only: each public function reads through ``reads`` (DynamoDB by key;
+``status_counts`` scans, for reports) and hands the items to a formatter here that does no I/O
+(``plan_text``, ``deliveries_text``, ``schedule_counts``); the reasons shown are the ones
+``schedule``'s transitions wrote.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import date
 from typing import Any
 
+from include.notify.analyst import reads
 from include.notify.config import NotifyConfig
 from include.notify.io.dynamo import Dynamo
-from include.notify.schedule import SCHEDULE
 
 
 def describe_plan(
@@ -30,13 +32,16 @@ def describe_plan(
     day to that planning run's skipped candidates (``runs/notify_planning/dt=D/skipped.parquet``):
     the candidates withheld for this user are listed with the planner's reason and detail.
     """
-    items = list(
-        dynamo.query(
-            SCHEDULE,
-            KeyConditionExpression="user_id = :u",
-            ExpressionAttributeValues={":u": user_id},
-        )
-    )
+    return plan_text(user_id, reads.user_schedule(dynamo, user_id), day, skipped)
+
+
+def plan_text(
+    user_id: str,
+    items: list[Mapping[str, Any]],
+    day: date | str | None = None,
+    skipped: Callable[[str], Any] | None = None,
+) -> str:
+    """``describe_plan``'s text from the user's schedule items (no I/O but ``skipped``'s)."""
     if not items:
         return f"{user_id}: nothing planned"
     days = sorted({str(item.get("local_day")) for item in items})
@@ -91,17 +96,20 @@ def describe_deliveries(config: NotifyConfig, dynamo: Dynamo, user_id: str, limi
     """A user's notifications for analysts: what was sent when, through which channels, and what was
     not sent (expired, failed, cancelled) or may have been (unknown) with the reason. Reads the user's schedule by key (no scan)
     and the deliveries by notification id."""
-    items = list(
-        dynamo.query(SCHEDULE, KeyConditionExpression="user_id = :u", ExpressionAttributeValues={":u": user_id})
-    )
+    items = sorted(reads.user_schedule(dynamo, user_id), key=lambda i: i["send_at"], reverse=True)[:limit]
+    return deliveries_text(user_id, items, reads.sent_deliveries(dynamo, items), config.table_name("deliveries"))
+
+
+def deliveries_text(
+    user_id: str, items: list[Mapping[str, Any]], deliveries: Mapping[str, Mapping[str, Any]], table: str
+) -> str:
+    """``describe_deliveries``' text from the user's most recent schedule items (newest first), their
+    delivery records by notification id and the deliveries table's name (no I/O)."""
     if not items:
         return f"{user_id}: no notifications planned or sent"
-    items = sorted(items, key=lambda i: i["send_at"], reverse=True)[:limit]
-    ids = [{"notification_id": i["notification_id"]} for i in items if i.get("status") == "sent"]
-    deliveries = {d["notification_id"]: d for d in dynamo.batch_get("deliveries", ids)} if ids else {}
     by_status = Counter(str(i.get("status")) for i in items)
     summary = ", ".join(f"{status} {count}" for status, count in sorted(by_status.items()))
-    lines = [f"{user_id} · {len(items)} most recent notification(s) ({summary}) · {config.table_name('deliveries')}"]
+    lines = [f"{user_id} · {len(items)} most recent notification(s) ({summary}) · {table}"]
     if by_status.get("unknown"):
         lines.append(
             f"{by_status['unknown']} with an unknown outcome: a send began and was not confirmed; not resent "
@@ -124,5 +132,4 @@ def describe_deliveries(config: NotifyConfig, dynamo: Dynamo, user_id: str, limi
 
 def status_counts(config: NotifyConfig, dynamo: Dynamo) -> dict[str, int]:
     """Schedule items by status (a full scan: for reports and the demo, never for dispatch)."""
-    counts: Counter[str] = Counter(str(item.get("status")) for item in dynamo.scan(SCHEDULE))
-    return dict(sorted(counts.items()))
+    return schedule_counts(reads.schedule_items(dynamo))

@@ -369,8 +369,13 @@ class Dynamo:
             request["IndexName"] = index
         if "ExpressionAttributeValues" in request:
             request["ExpressionAttributeValues"] = self.serialize(request["ExpressionAttributeValues"])
+        yield from self.paged_items("query", request)
+
+    def paged_items(self, operation: str, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every item of every page of a ``query`` or ``scan`` request (already serialised), deserialised."""
+        call = getattr(self.client, operation)
         while True:
-            page = self.client.query(**request)
+            page = call(**request)
             for item in page.get("Items", []):
                 yield self.deserialize(item)
             if "LastEvaluatedKey" not in page:
@@ -383,13 +388,7 @@ class Dynamo:
             request: dict[str, Any] = {"TableName": self.table(logical_name)}
             if segments > 1:
                 request.update(Segment=segment, TotalSegments=segments)
-            while True:
-                page = self.client.scan(**request)
-                for item in page.get("Items", []):
-                    yield self.deserialize(item)
-                if "LastEvaluatedKey" not in page:
-                    break
-                request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+            yield from self.paged_items("scan", request)
 
     def count(self, logical_name: str) -> int:
         """Exact item count by a SELECT COUNT scan (DescribeTable's count is only refreshed every 6 h on AWS)."""
