@@ -1,7 +1,7 @@
 """Benchmark: batch ingestion + features at several scales, with DuckDB as a reference.
 
 For each size: generate the raw delivery (``datagen.generate_dataset``), run
-``stages.ingest.run_batch_ingest`` and ``stages.features.run_features`` (what the Spark jobs run) in one local SparkSession
+``stages.ingest_run.run_batch_ingest`` and ``stages.features_run.run_features`` (what the Spark jobs run) in one local SparkSession
 against a dynalite started here on a free port, and measure rows/s per stage and the peak
 memory of the whole process tree (driver, JVM, Python workers, sampled with psutil). Then the
 core user aggregates (orders, spend, average order value, last purchase, top article type by
@@ -114,8 +114,8 @@ def spark_user_aggregates(spark: Any, config: Any) -> tuple[float, dict[str, Any
 def bench_size(spark: Any, endpoint: str, users: int, workdir: Path, skip_dynamodb_above: int) -> dict[str, Any]:
     from include.notify.config import load_config
     from include.notify.io.dynamo import Dynamo
-    from include.notify.stages.features import run_features
-    from include.notify.stages.ingest import run_batch_ingest
+    from include.notify.stages.features_run import run_features
+    from include.notify.stages.ingest_run import run_batch_ingest
     from notify_tools.datagen import generate_dataset
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}

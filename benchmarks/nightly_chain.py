@@ -5,7 +5,7 @@ Generated data (``datagen.build_dataset`` in chunks of ``--chunk`` users with di
 full catalog) is written as the curated lake at D; then the chain runs the stages the DAGs run,
 each task in a fresh process (as a mapped Airflow task gets one), lake outputs only:
 
-1. features: the Spark job (``stages.features.run_features``, ``local[2]``), which also splits the
+1. features: the Spark job (``stages.features_run.run_features``, ``local[2]``), which also splits the
    per-user inputs by user shard and fixes the day's shard count (``io/shards.py``);
 2. purchase embeddings per shard, commit; cold-start prior per shard; user embeddings per shard,
    commit (``stages.embeddings_run``); product and campaign embeddings do not depend on the
@@ -190,7 +190,7 @@ def embed_catalog(config: NotifyConfig) -> dict[str, Any]:
 
 def run_features(config: NotifyConfig) -> dict[str, Any]:
     from include.notify.spark import get_spark
-    from include.notify.stages.features import run_features as features
+    from include.notify.stages.features_run import run_features as features
 
     os.environ["PYSPARK_SUBMIT_ARGS"] = "--conf spark.ui.showConsoleProgress=false pyspark-shell"
     spark = get_spark("bench-features", config.spark_master, config.spark_driver_memory)

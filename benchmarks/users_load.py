@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from include.notify.config import load_config
     from include.notify.io.dynamo import Dynamo
-    from include.notify.stages.ingest import _load_partition, _load_users_partition
+    from include.notify.stages.ingest_run import _load_partition, _load_users_partition
     from notify_tools.services import free_port, start_service
 
     rows = _rows(args.users)
