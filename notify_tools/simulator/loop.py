@@ -162,7 +162,7 @@ def run_closed_loop(
                     _observe(world, deliveries, activity)
                 rows.append(_metrics(p, number, day, users, outcomes, world, before, ingested))
                 say(
-                    f"day {number} {p:6s}: planned {plan}, sent {rows[-1].sent}, CTR {rows[-1].ctr:.1%}, "
+                    f"day {number} {p:6s}: planned {plan}, sent {rows[-1].sent}, clicked {rows[-1].clicked}, CTR {rows[-1].ctr:.1%}, "
                     f"opted out {rows[-1].opt_out_rate:.1%}, dispatch sent {dispatched.get('sent', 0)} expired {dispatched.get('expired', 0)}; streamed {ingested['rows_in']}, rejected {ingested['rows_rejected']}"
                 )
         seconds["total"] = round(time.monotonic() - began, 1)
