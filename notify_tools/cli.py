@@ -19,6 +19,7 @@ import os
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 from include.notify.config import NotifyConfig, load_config
 from notify_tools.localenv import airflow_environment, apply_local_env, migrate_airflow_db
@@ -205,8 +206,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     extra = decisions.drop_duplicates("notification_id").set_index("notification_id")
     columns = ["propensity", "greedy_campaign", "greedy_value", "greedy_low", "cost", "candidate_scores"]
     log = labelled.join(extra.reindex(columns=columns), on="notification_id")
+    from include.notify.io.dynamo import Dynamo
+
+    keys = [{"notification_id": n} for n in log["notification_id"].astype(str)]
+    log = with_delivered_decisions(log, Dynamo.from_config(config).batch_get("deliveries", keys) if keys else [])
     print(format_report(evaluate(log, TargetPolicy("greedy", args.cost))))
     return 0
+
+
+def with_delivered_decisions(log: Any, deliveries: list[dict[str, Any]]) -> Any:
+    """The logged decisions with the propensity and candidate scores of what was actually sent:
+    a delivery record's (copied from the schedule item it sent) wins over the planning log's, which
+    keeps the last plan made for a notification id (a re-plan after the send would differ)."""
+    import pandas as pd
+
+    fields = ["propensity", "candidate_scores"]
+    frame = pd.DataFrame(deliveries).reindex(columns=["notification_id", *fields])
+    frame = frame.dropna(subset=["propensity"]).drop_duplicates("notification_id").set_index("notification_id")
+    if frame.empty:
+        return log
+    found = log["notification_id"].astype(str).map(frame["propensity"])
+    scores = log["notification_id"].astype(str).map(frame["candidate_scores"])
+    return log.assign(
+        propensity=found.astype(float).where(found.notna(), log["propensity"]),
+        candidate_scores=scores.where(scores.notna(), log["candidate_scores"]),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

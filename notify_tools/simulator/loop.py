@@ -1,9 +1,13 @@
 """The closed-loop harness: the whole daily cycle for each policy on one simulated population.
 
 Every policy gets its own tables, topics and lake; each day runs its nightly step (Notify: the
-real stages, batch ingestion and features in one in-process SparkSession; seed and oracle: their
-own plans from ``notify_tools.policies``), dispatch with a simulated clock, the simulator's
-reactions and stream ingestion of everything produced.
+real stages, batch ingestion and features in one in-process SparkSession; seed and the
+unconstrained oracle: their own plans from ``notify_tools.policies``; the constrained oracle:
+``planning.build_plan``'s value-based core with the simulator's true p(click), the same function
+as the fast mode's, on what its platform observed), dispatch with a simulated clock, the
+simulator's reactions and stream ingestion of everything produced. The population and the
+simulated users follow a named ``profile`` (``notify_tools.simulator.profiles``), the same
+objects as in the fast mode.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import pandas as pd
 from include.notify.config import NotifyConfig
 from notify_tools.simulator.behaviour import Population, Simulator
 from notify_tools.simulator.kafka_io import publish, read_notifications
+from notify_tools.simulator.profiles import Profile, get_profile
 from notify_tools.simulator.report import write_report
 from notify_tools.simulator.results import POLICIES, ClosedLoopResult, DayMetrics
 
@@ -41,6 +46,9 @@ class _World:
     dynamo: Any
     simulator: Simulator
     orders: list[dict[str, Any]] = field(default_factory=list)
+    # The constrained oracle plans in process on what its platform observed (the fast mode's
+    # ``FastWorld``: events, purchases, opt-outs known to the platform), mirrored here each day.
+    observed: Any = None
 
 
 def run_closed_loop(
@@ -54,6 +62,7 @@ def run_closed_loop(
     start: date = DEFAULT_START,
     policies: Sequence[str] = POLICIES,
     echo: Any = None,
+    profile: str | Profile = "default",
 ) -> ClosedLoopResult:
     """Run ``days`` simulated days of the whole cycle for each policy on the same population.
 
@@ -63,11 +72,13 @@ def run_closed_loop(
     ``notify.notifications``, and stream ingestion of everything produced. Each policy has its own
     table prefix, topic prefix and lake. Without ``config`` the DynamoDB and Kafka endpoints are
     private ones started on free loopback ports and stopped at the end. Writes
-    ``closed_loop.md`` and ``closed_loop.svg`` to ``out_dir``; returns the metrics.
+    ``closed_loop.md`` and ``closed_loop.svg`` to ``out_dir``; returns the metrics. ``profile``
+    (a name or a ``Profile``) sets the population's data generation and the users' behaviour.
     """
     from pathlib import Path
 
     say = echo or log.info
+    world_profile = get_profile(profile) if isinstance(profile, str) else profile
     unknown = sorted(set(policies) - set(POLICIES))
     if unknown or days < 1 or users < 1:
         raise ValueError(f"need users >= 1, days >= 1 and policies from {POLICIES}; got {users}, {days}, {unknown}")
@@ -89,7 +100,10 @@ def run_closed_loop(
     try:
         from notify_tools.datagen import build_dataset
 
-        dataset = timed("generate population", build_dataset, users, start, seed, products_limit=products_limit)
+        dataset = timed(
+            "generate population", build_dataset, users, start, seed, products_limit=products_limit,
+            purchase_noise=world_profile.purchase_noise,
+        )  # fmt: skip
         population = Population.from_dataset(dataset)
         initially_out = set(dataset.users.loc[dataset.users["opt_out"].astype(bool), "user_id"].astype(str))
         run_id = uuid.uuid4().hex[:6]  # fresh tables and topics per run, even on shared services
@@ -106,6 +120,7 @@ def run_closed_loop(
                 seed,
                 initially_out,
                 start,
+                world_profile,
             )
             for policy in POLICIES
             if policy in policies
@@ -117,7 +132,7 @@ def run_closed_loop(
             spark = timed(
                 "notify: start Spark", get_spark, "notify-closed-loop", base.spark_master, base.spark_driver_memory
             )
-        organic_simulator = Simulator(population, seed)
+        organic_simulator = Simulator(population, seed, world_profile.behaviour)
         rows: list[DayMetrics] = []
         for number in range(1, days + 1):
             day = start + timedelta(days=number - 1)
@@ -125,10 +140,13 @@ def run_closed_loop(
             for world in worlds:
                 p = world.policy
                 # Notify times its own stages; the other policies' nightly is one planning step.
-                nightly = (world, day, spark, dataset, population, seed_vectors, timed)
+                nightly = (world, day, spark, dataset, population, seed_vectors, timed, seed, world_profile)
                 plan = _nightly(*nightly) if p == "notify" else timed(f"{p}: plan", _nightly, *nightly)
                 timed(f"{p}: produce organic", publish, world.config, organic)
                 world.orders += organic.orders
+                if world.observed is not None:
+                    world.observed.events.append(pd.DataFrame(organic.events))
+                    world.observed.purchases.append(pd.DataFrame(organic.orders))
                 from include.notify.stages.dispatch import simulate_day
 
                 dispatched = timed(
@@ -140,9 +158,11 @@ def run_closed_loop(
                 timed(f"{p}: produce reactions", publish, world.config, activity)
                 world.orders += activity.orders
                 ingested = timed(f"{p}: stream ingest", _drain, world, day)
+                if world.observed is not None:
+                    _observe(world, deliveries, activity)
                 rows.append(_metrics(p, number, day, users, outcomes, world, before, ingested))
                 say(
-                    f"day {number} {p:6s}: planned {plan}, sent {rows[-1].sent}, CTR {rows[-1].ctr:.1%}, "
+                    f"day {number} {p:6s}: planned {plan}, sent {rows[-1].sent}, clicked {rows[-1].clicked}, CTR {rows[-1].ctr:.1%}, "
                     f"opted out {rows[-1].opt_out_rate:.1%}, dispatch sent {dispatched.get('sent', 0)} expired {dispatched.get('expired', 0)}; streamed {ingested['rows_in']}, rejected {ingested['rows_rejected']}"
                 )
         seconds["total"] = round(time.monotonic() - began, 1)
@@ -170,11 +190,12 @@ def _private_services(state: Any, started: list[Any]) -> NotifyConfig:
 
 def _make_world(
     base: NotifyConfig, policy: str, state: Any, run_id: str, dataset: Any, population: Population, seed: int,
-    initially_out: set[str], start: date,
+    initially_out: set[str], start: date, profile: Profile,
 ) -> _World:  # fmt: skip
     """Tables, topics and lake of one policy; the day-0 raw delivery (Notify) or entity tables (others)."""
     from include.notify.io.dynamo import Dynamo
     from include.notify.io.kafka import ensure_topics
+    from include.notify.schedule import shards_for
     from notify_tools.datagen import write_raw_csv
 
     folder = state / policy
@@ -183,10 +204,16 @@ def _make_world(
     config = base.replace(
         state_dir=folder,
         lake_uri=(folder / "lake").as_uri(),
-        table_prefix=f"cl{run_id}_{policy}_",
-        topic_prefix=f"cl{run_id}.{policy}.",
+        # No policy's prefix may start another's ("oracle_" would take "oracle_constrained_" tables
+        # with it when a world deletes its own).
+        table_prefix=f"cl{run_id}_{policy.replace('_', '')}_",
+        topic_prefix=f"cl{run_id}.{policy.replace('_', '')}.",
         stream_group_id=f"cl{run_id}-{policy}-stream",
         channels=("kafka",),  # the app feed the simulator reads; the inbox would only add writes
+        # The due index sized for this population, as a deployment would size it (32 shards are for
+        # 10 M users): every dispatch tick queries and leases each shard, so 32 of them for 2,000
+        # users made the simulated clock's ~150 ticks a day most of a policy's dispatch time.
+        schedule_shards=shards_for(len(population.truth) * max(base.daily_cap, 1), 0.01),
     )
     dynamo = Dynamo.from_config(config)
     dynamo.delete_tables()  # a re-run with the same parameters starts from a clean world
@@ -197,9 +224,15 @@ def _make_world(
             write_raw_csv(config, table, start, frame)
     else:
         _load_entities(dynamo, dataset)
-    simulator = Simulator(population, seed)
+    simulator = Simulator(population, seed, profile.behaviour)
     simulator.opted_out |= initially_out
-    return _World(policy, config, dynamo, simulator)
+    observed = None
+    if policy == "oracle_constrained":
+        from notify_tools.simulator.fast import FastWorld
+
+        observed = FastWorld(policy, simulator, [dataset.clickstream.copy()], [dataset.purchases.copy()])
+        observed.known_opted_out |= initially_out
+    return _World(policy, config, dynamo, simulator, observed=observed)
 
 
 def _load_entities(dynamo: Any, dataset: Any) -> None:
@@ -241,6 +274,8 @@ def _nightly(
     population: Population,
     seed_vectors: dict[str, Any] | None,
     timed: Any,
+    seed: int = 7,
+    profile: Profile | None = None,
 ) -> int:
     """Run the policy's nightly step for ``day`` and write its schedule; returns items planned."""
     from include.notify.stages.planning_run import write_plan
@@ -264,9 +299,14 @@ def _nightly(
         timed("notify: scoring", run_scoring, world.config, day, world.dynamo)
         counts = timed("notify: planning", plan_day, world.config, day, world.dynamo, now=night)
         return int(counts.get("planned", 0))
+    profile = profile or get_profile("default")
     sendable = sendable_campaigns(dataset.campaigns, day)
     truth = population.truth
-    if world.policy == "seed":
+    if world.policy == "oracle_constrained":
+        from notify_tools.simulator.fast import _value_plan
+
+        plan = _value_plan(world.observed, day, world.config, dataset, population, {}, seed, profile, sendable)
+    elif world.policy == "seed":
         from include.notify.stages import embeddings
 
         if seed_vectors is None:
@@ -294,11 +334,30 @@ def _nightly(
         relevance = pd.DataFrame(
             {c: population.relevance_by_campaign[c] for c in sendable["campaign_id"].astype(str)}, index=truth.index
         )
-        plan = oracle_plan(world.config, day, truth, relevance, world.simulator.opted_out)
+        plan = oracle_plan(
+            world.config, day, truth, relevance, world.simulator.opted_out, per_day=profile.behaviour.tolerated_per_day
+        )
     write_plan(
         world.dynamo, plan, plan.iloc[0:0].reindex(columns=["user_id", "send_at_campaign", "status", "due_at"]), night
     )
     return len(plan)
+
+
+def _observe(world: _World, deliveries: pd.DataFrame, activity: Any) -> None:
+    """What the constrained oracle's platform learned today: the sends, the reactions, the
+    opt-outs (known from the day's stream ingestion on, as in Notify's platform)."""
+    observed = world.observed
+    if len(deliveries):
+        sent = deliveries.loc[:, ["notification_id", "user_id", "campaign_id"]].assign(
+            event_id=deliveries["notification_id"].astype(str) + "#sent",
+            ts=deliveries["sent_utc"],
+            event_type="notification_sent",
+        )
+        observed.events.append(sent)
+    observed.events.append(pd.DataFrame(activity.events))
+    observed.purchases.append(pd.DataFrame(activity.orders))
+    observed.known_opted_out |= {e["user_id"] for e in activity.events if e["event_type"] == "opt_out"}
+    observed.days_logged += 1
 
 
 def _drain(world: _World, day: date) -> dict[str, int]:

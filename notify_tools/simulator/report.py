@@ -8,7 +8,8 @@ from notify_tools.simulator.results import POLICIES, POLICY_LABELS, ClosedLoopRe
 
 
 def write_report(result: ClosedLoopResult, out_dir: Any) -> tuple[str, str]:
-    """``closed_loop.md`` (table, verdicts, timings) and ``closed_loop.svg`` (four panels) in ``out_dir``."""
+    """``closed_loop.md`` (table, verdicts, timings), ``closed_loop.svg`` (four panels) and
+    ``closed_loop_raw.csv`` (the per-day rows) in ``out_dir``."""
     from pathlib import Path
 
     import matplotlib
@@ -18,6 +19,7 @@ def write_report(result: ClosedLoopResult, out_dir: Any) -> tuple[str, str]:
 
     out = Path(out_dir)
     frame = result.frame()
+    frame.to_csv(out / "closed_loop_raw.csv", index=False)  # the per-day rows, for comparisons with the fast mode
     figure, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     panels = [("ctr", "CTR (clicks / sent)"), ("clicks_per_user", "clicks per user"),
               ("opt_out_rate", "opted out (share of users)"), ("sent", "notifications sent")]  # fmt: skip
@@ -56,7 +58,7 @@ def write_report(result: ClosedLoopResult, out_dir: Any) -> tuple[str, str]:
 
 `benchmarks/closed_loop.py --users {result.users} --days {result.days} --seed {result.seed}`: the whole daily
 cycle (nightly pipeline, planning, dispatch with a simulated clock, the frontend simulator's
-reactions, stream ingestion) for three policies on the same simulated population, each in its own
+reactions, stream ingestion) for {len(frame["policy"].unique())} policies on the same simulated population, each in its own
 tables, topics and lake. Rates are over the notifications delivered that day; "opted out" is the
 share of all users opted out by the end of the day (including those opted out before day 1).
 

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-POLICIES = ("seed", "notify", "oracle")
+POLICIES = ("seed", "notify", "oracle_constrained", "oracle")
 POLICY_LABELS = {
     "seed": "seed policy (cosine top-5, every 4.8 h)",
     "notify": "Notify",
-    "oracle": "oracle (upper bound)",
+    "oracle_constrained": "oracle, constrained (same rules as Notify)",
+    "oracle": "oracle, unconstrained (upper bound)",
 }
 
 

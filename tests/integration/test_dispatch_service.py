@@ -137,8 +137,12 @@ def statuses(dynamo: Dynamo) -> dict[str, str]:
 
 def test_due_items_are_sent_once_recorded_and_announced(config: NotifyConfig, dynamo: Dynamo) -> None:
     ids = seed_core(dynamo, 6)
-    schedule(dynamo, config, ids, NOW - timedelta(minutes=5), campaigns="AB")
+    items = schedule(dynamo, config, ids, NOW - timedelta(minutes=5), campaigns="AB")
     schedule(dynamo, config, ids[:2], NOW + timedelta(minutes=30), campaigns="C")  # not due yet
+    # U001's A was planned by the value-based planner: its decision fields go onto its delivery.
+    decided = {"policy_version": "value-e0.1-c0.02", "model_version": "resp-2026-11-25-ab12", "p_click": 0.0831,
+               "propensity": 0.9, "candidate_scores": "A:0.0831|B:0.0212"}  # fmt: skip
+    dynamo.put("notification_schedule", {**items[2], **decided})
     recorder, events = Recorder(), ListEventSink()
     assert has_due(config, NOW, dynamo)
     counts = dispatch_due(config, NOW, dynamo, channels=[InboxChannel(dynamo), recorder], events=events)
@@ -158,6 +162,9 @@ def test_due_items_are_sent_once_recorded_and_announced(config: NotifyConfig, dy
     assert delivery["sent_epoch"] == int(NOW.timestamp())
     assert {"priority", "notification_type", "user_id", "campaign_id"} <= delivery.keys()
     assert "email" not in delivery
+    assert {k: delivery[k] for k in decided} == decided
+    # A plan made without a response model has no decision fields, and its deliveries none either.
+    assert not decided.keys() & dynamo.get("deliveries", {"notification_id": f"U002#{DAY}#A"}).keys()
     assert dynamo.get("inbox", {"user_id": "U001", "notification_id": f"U001#{DAY}#A"})["read"] is False
 
     item = next(i for i in dynamo.scan("notification_schedule") if i["notification_id"] == f"U001#{DAY}#A")

@@ -125,3 +125,35 @@ def test_settle_turns_the_channels_outcome_into_the_items_state() -> None:
         claimed, message, SendOutcome(errors=[PermanentChannelError("push", "x", "400")]), names, "me"
     )
     assert (failed.outcome, failed.state["status"], failed.reached) == ("failed", "failed", False)
+
+
+def test_a_delivery_record_carries_the_decision_its_item_was_planned_with() -> None:
+    decided = {"policy_version": "value-e0.1-c0.02", "model_version": "resp-2026-11-25-ab12", "p_click": 0.0831,
+               "propensity": 0.05, "candidate_scores": "C1:0.0831|C7:0.0412"}  # fmt: skip
+    item = schedule.claimed_state({**ITEM, **decided}, schedule.ShardLease("3", "me", 1, WALL + 60), ["inbox"], WALL)
+    message = decide.prepare(item, USER, CAMPAIGN, None, MOMENT)
+    record = decide.settle(item, message, SendOutcome(accepted=["inbox"]), ["inbox"], "me").record
+    assert {k: record[k] for k in decide.DECISION_FIELDS} == decided
+    assert record["notification_id"] == ITEM["notification_id"]
+    # A partly sent item's record (another channel retried) carries them too.
+    transient = TransientChannelError("push", "x", "503")
+    partial = decide.settle(item, message, SendOutcome(accepted=["inbox"], errors=[transient]), ["inbox", "push"], "me")
+    assert partial.record["propensity"] == 0.05
+    # The planner's decision columns and the delivery's are the same list.
+    from include.notify.stages.planning import DECISION_COLUMNS
+
+    assert decide.DECISION_FIELDS == DECISION_COLUMNS
+    # Planned without a response model (decision fields None): the record has none of them.
+    bare = {**ITEM, **dict.fromkeys(decided)}
+    plain = decide.record_of(bare, message, "inbox", "")
+    assert not set(decide.DECISION_FIELDS) & plain.keys()
+
+
+def test_a_recovered_delivery_record_keeps_the_decision_fields() -> None:
+    from include.notify.stages.dispatch_recover import missing_records
+
+    item = {**ITEM, "status": "sent", "sent_utc": "2026-11-25T09:08:00Z", "channel": "inbox", "propensity": 0.9,
+            "policy_version": "value-e0.1-c0.02", "candidate_scores": "C1:0.08"}  # fmt: skip
+    [record] = missing_records([item], set())
+    assert (record["recovered"], record["propensity"], record["candidate_scores"]) == (True, 0.9, "C1:0.08")
+    assert "model_version" not in record

@@ -77,7 +77,7 @@ TABLES: tuple[TableSpec, ...] = (
         indexes=(DUE_INDEX, DAY_INDEX),
         description="planned sends: scheduled -> sending -> sent / expired / cancelled / failed",
     ),
-    TableSpec("deliveries", "notification_id", description="rendered payload, channel, attempts"),
+    TableSpec("deliveries", "notification_id", description="payload, channel, attempts, decision + propensity"),
     TableSpec("inbox", "user_id", "notification_id", description="the in-app inbox channel"),
     TableSpec(
         "dispatch_leases",

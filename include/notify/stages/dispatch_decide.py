@@ -209,14 +209,26 @@ class Settled:
     reached: bool
 
 
+# What decided the notification, copied from its schedule item onto its delivery record (the
+# planner's ``planning.DECISION_COLUMNS``): a delivered notification keeps the policy and model
+# versions, its propensity and the candidates' scores it was chosen from, for evaluation.
+DECISION_FIELDS = ("policy_version", "model_version", "p_click", "propensity", "candidate_scores")
+
+
+def decision_of(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The item's decision fields that were planned (none on plans made without a response model)."""
+    return {name: item[name] for name in DECISION_FIELDS if item.get(name) is not None}
+
+
 def record_of(item: Mapping[str, Any], message: Message, channel: str, notes: str) -> dict[str, Any]:
-    """The delivery record (``notify_deliveries``, keyed by notification id)."""
+    """The delivery record (``notify_deliveries``, keyed by notification id), with the item's decision fields."""
     return {
         **message.payload(),
         "channel": channel,
         "attempts": int(item.get("attempts", 1)),
         "product_id": item.get("product_id"),
         "channel_errors": notes or None,
+        **decision_of(item),
     }
 
 

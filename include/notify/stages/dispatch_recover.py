@@ -22,6 +22,7 @@ from typing import Any
 
 from include.notify import schedule
 from include.notify.io.dynamo import Dynamo
+from include.notify.stages.dispatch_decide import decision_of
 from include.notify.timeutil import parse_iso
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ def missing_records(items: Iterable[Mapping[str, Any]], recorded: set[str]) -> l
             "attempts": int(i.get("attempts", 1)),
             "product_id": i.get("product_id"),
             "recovered": True,
+            **decision_of(i),
         }
         for i in items
         if i["notification_id"] not in recorded
