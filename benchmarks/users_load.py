@@ -1,4 +1,4 @@
-"""The nightly users load: one conditional update per row (``ingest.upsert_user``, so a delivery
+"""The nightly users load: one conditional update per row (``ingest_run.upsert_user``, so a delivery
 never undoes an opt-out) against the batch writes it replaced, on a private dynalite.
 
     .venv/bin/python benchmarks/users_load.py --users 20000 --partitions 2

@@ -285,8 +285,8 @@ def _nightly(
     night = datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(days=1)
     if world.policy == "notify":
         from include.notify.stages.embeddings_run import run_embeddings
-        from include.notify.stages.features import run_features
-        from include.notify.stages.ingest import run_batch_ingest
+        from include.notify.stages.features_run import run_features
+        from include.notify.stages.ingest_run import run_batch_ingest
         from include.notify.stages.planning_run import plan_day
         from include.notify.stages.scoring_run import run_scoring
 

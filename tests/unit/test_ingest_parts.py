@@ -75,13 +75,3 @@ def test_dynamo_items_carry_utc_iso_text_and_the_clickstream_sort_key(spark) -> 
     assert rows["E1"]["ts"] == "2026-03-10T09:36:00Z"
     assert rows["E2"]["ts"] == "2026-03-10T09:36:00.000123Z"
     assert rows["E1"]["ts_event_id"] == "2026-03-10T09:36:00Z#E1"
-
-
-def test_the_stage_functions_moved_to_the_run_modules_still_import_from_their_old_home() -> None:
-    from include.notify.stages import features, features_run, ingest_run
-
-    assert ingest.run_batch_ingest is ingest_run.run_batch_ingest
-    assert ingest._load_users_partition is ingest_run._load_users_partition
-    assert features.run_features is features_run.run_features
-    with pytest.raises(AttributeError, match="no_such_step"):
-        _ = ingest.no_such_step

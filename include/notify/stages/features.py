@@ -15,7 +15,7 @@ so re-running an old day gives its features and rewrites exactly the same partit
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -459,16 +459,3 @@ def feature_frames(
         "user_product_matrix": user_product_matrix(purchases, run_date),
         "campaign_stats": campaign_stats(clickstream, purchases, products, campaigns, segments, run_date),
     }
-
-
-# Moved to ``features_run`` with the stage's I/O; still importable from here, lazily (so this module
-# imports no I/O), for callers outside the stage that import them by their old home.
-_MOVED_TO_RUN = ("run_features", "build_features", "write_user_shards")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_RUN:
-        from include.notify.stages import features_run
-
-        return getattr(features_run, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -131,17 +131,3 @@ def user_update(record: dict[str, Any]) -> dict[str, Any]:
         expression += " REMOVE " + ", ".join(by_name[k] for k in absent)
     values = {f":v{i}": v for i, v in enumerate(present.values())}
     return {"UpdateExpression": expression, "ExpressionAttributeNames": names, "values": values}
-
-
-# Moved to ``ingest_run`` with the stage's I/O; still importable from here, lazily (so this module
-# imports no I/O), for callers outside the stage that import them by their old home.
-_MOVED_TO_RUN = ("run_batch_ingest", "ingest_table", "read_delivery", "read_raw", "list_delivery", "load_dynamodb",
-                 "upsert_user", "_load_partition", "_load_users_partition")  # fmt: skip
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_RUN:
-        from include.notify.stages import ingest_run
-
-        return getattr(ingest_run, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
