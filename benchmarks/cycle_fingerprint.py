@@ -40,6 +40,9 @@ on the same commit and diffing ``--dump`` output):
 - ``seconds`` at any depth (stage counts, stream batches, ``details.gx.seconds``) and
   ``load_seconds`` (``details``): measured durations.
 - ``generated_at`` (``recommendations``): ``datetime.now()`` when scoring ran.
+- ``sent_wall``, ``inflight_at``, ``owner``, ``inflight_owner``, ``token`` (schedule items and
+  ``dispatch_leases``): the dispatcher's wall clock, its random owner id and the fencing token
+  (how many owners took a slice depends on timing).
 Kept, though wall-clock by nature, because this scenario never writes them (they are absent in
 both runs, so a run that starts writing them is a change): ``cancelled_at`` (cancellations by the
 stream's orders/opt-outs; here only dispatch cancels, without it), ``lease_owner`` /
@@ -49,7 +52,7 @@ Normalised: the run id (``cl<6 hex>`` as in ``cl1a2b3c_notify_`` / ``cl1a2b3c.no
 becomes ``cl<run>`` in strings, dict keys (``by_topic`` / ``committed`` / ``lag`` of stream
 batches are keyed by topic) and lake paths; the random suffix of a stream batch's stage
 (``batch#2026-11-03T23:59:00Z#<uuid4 8 hex>``, the range key of its ``pipeline_runs`` item)
-becomes ``#<batch>``. The Kafka offsets in a stream batch's ``committed`` counts are kept:
+becomes ``#<batch>``, and that of a stream run's record (``run#<time>#<8 hex>``) ``#<run>``. The Kafka offsets in a stream batch's ``committed`` counts are kept:
 the producers are flushed before each drain, and they were equal in both runs.
 
 Notify imports (all in ``_notify_api``; edit there when modules move):
@@ -92,11 +95,17 @@ EXCLUDED_FIELDS: dict[str, str] = {
     "seconds": "measured duration of a stage or stream batch",
     "load_seconds": "measured duration of a DynamoDB load",
     "generated_at": "wall clock when scoring wrote the recommendations",
+    "sent_wall": "wall clock when dispatch marked an item sent",
+    "inflight_at": "wall clock of a dispatch lease's batch in flight",
+    "owner": "a dispatch lease's owner (host, process id, random part)",
+    "inflight_owner": "the owner of a dispatch lease's batch in flight",
+    "token": "a dispatch lease's fencing token: how many owners took the slice, which depends on timing",
 }
 # Random parts of values: pattern -> replacement.
 NORMALISED_STRINGS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"cl[0-9a-f]{6}(?=[._-])"), "cl<run>"),
     (re.compile(r"^(batch#[^#]+)#[0-9a-f]{8}$"), r"\1#<batch>"),
+    (re.compile(r"^(run#[^#]+)#[0-9a-f]{8}$"), r"\1#<run>"),
 )
 
 
