@@ -55,6 +55,7 @@ from include.notify.io.dynamo import TABLES_BY_NAME, Dynamo
 from include.notify.stages import dispatch_decide
 from include.notify.stages.channels import Channel, Message, build_channels
 from include.notify.stages.dispatch_channels import send_all
+from include.notify.stages.dispatch_decide import sent_event
 from include.notify.stages.dispatch_due import (
     DISPATCH_LOOKBACK_HOURS,
     dispatch_parts,
@@ -63,8 +64,9 @@ from include.notify.stages.dispatch_due import (
     has_due,
     run_time_of,
 )
-from include.notify.stages.dispatch_events import EventSink, KafkaEventSink, ListEventSink, sent_event
-from include.notify.stages.dispatch_recover import LeaseKeeper, missing_records, reconcile_plan
+from include.notify.stages.dispatch_events import EventSink, KafkaEventSink, ListEventSink
+from include.notify.stages.dispatch_lease import LeaseKeeper
+from include.notify.stages.dispatch_recover import missing_records, reconcile_plan
 from include.notify.stages.dispatch_send import PRODUCT_FALLBACK, build_message
 from include.notify.stages.dispatch_simulate import _ceil, simulate_day
 from include.notify.timeutil import iso

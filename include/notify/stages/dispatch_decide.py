@@ -12,10 +12,13 @@ promise checks these use. What is decided here, for an item of a shard whose lea
   from the day ledger (what reached the user that day) and the batch itself.
 - ``settle``: what the channels' outcome makes of the item (sent, partly sent, retried later,
   failed, unknown) and the delivery record to keep.
+- ``sent_event``: the ``notification_sent`` event, its id derived from the notification id so a
+  copy re-emitted by a recovery path is dropped by stream ingestion.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -254,3 +257,17 @@ def settle(
         return Settled("retry_later", state, None, False)
     state = schedule.closed_state(item, schedule.FAILED, notes or "no channel to send on")
     return Settled("failed", state, None, False)
+
+
+def sent_event(item: Mapping[str, Any], sent_utc: str) -> dict[str, Any]:
+    """The ``notification_sent`` event of the contract; its id is derived from the notification, so a
+    re-emitted event (after a crash) is deduplicated by stream ingestion."""
+    digest = hashlib.sha1(f"notification_sent#{item['notification_id']}".encode(), usedforsecurity=False)
+    return {
+        "event_id": f"ns-{digest.hexdigest()[:32]}",
+        "user_id": item["user_id"],
+        "ts": sent_utc,
+        "event_type": "notification_sent",
+        "campaign_id": item["campaign_id"],
+        "notification_id": item["notification_id"],
+    }

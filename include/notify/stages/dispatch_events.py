@@ -1,12 +1,8 @@
-"""Where dispatch's ``notification_sent`` events go, and what they say.
-
-The event id is derived from the notification id, so a copy re-emitted by a recovery path is
-dropped by stream ingestion (and by anyone counting distinct event ids).
-"""
+"""Where dispatch's ``notification_sent`` events go (the broker, or a list in tests); what they say
+is ``dispatch_decide.sent_event``."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections.abc import Mapping
@@ -71,17 +67,3 @@ class ListEventSink:
 
     def flush(self) -> int:
         return 0
-
-
-def sent_event(item: Mapping[str, Any], sent_utc: str) -> dict[str, Any]:
-    """The ``notification_sent`` event of the contract; its id is derived from the notification, so a
-    re-emitted event (after a crash) is deduplicated by stream ingestion."""
-    digest = hashlib.sha1(f"notification_sent#{item['notification_id']}".encode(), usedforsecurity=False)
-    return {
-        "event_id": f"ns-{digest.hexdigest()[:32]}",
-        "user_id": item["user_id"],
-        "ts": sent_utc,
-        "event_type": "notification_sent",
-        "campaign_id": item["campaign_id"],
-        "notification_id": item["notification_id"],
-    }
