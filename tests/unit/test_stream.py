@@ -205,7 +205,7 @@ def test_the_opt_out_rule_lets_the_latest_signal_win_and_an_opt_out_win_a_tie() 
 def test_a_dead_letter_envelope_keeps_the_original_bytes_text_or_base64() -> None:
     from datetime import UTC, datetime
 
-    from include.notify.stages.dead_letters import Rejected, _original, envelope
+    from include.notify.stages.dead_letter_envelope import Rejected, _original, envelope
 
     for value in (b"\xff\xfe not text", b'{"event_id": "\\ud800"}', "plain é".encode()):
         letter = json.loads(envelope(Rejected("t", 0, 5, "bad: x", b"\x80k", value), datetime.now(UTC)))

@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 
 from include.notify import rules, schemas
 from include.notify.config import NotifyConfig
-from include.notify.stages.dead_letters import Rejected
+from include.notify.stages.dead_letter_envelope import Rejected
 from include.notify.stages.stream_messages import (
     InvalidMessageError,
     _raw_text,

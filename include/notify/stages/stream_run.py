@@ -60,7 +60,8 @@ from include.notify.io.kafka import (
     produce_all,
 )
 from include.notify.stages import stream
-from include.notify.stages.dead_letters import Rejected, dead_letter
+from include.notify.stages.dead_letter_envelope import Rejected
+from include.notify.stages.dead_letters import dead_letter
 from include.notify.stages.stream import DAG_ID, STREAM_TABLES, BatchResult, SourceMessage, Valid
 from include.notify.stages.stream_messages import safe_text, to_raw_json
 from include.notify.timeutil import iso_exact
