@@ -22,6 +22,8 @@ from typing import Any
 
 from airflow.sdk import Asset, Param
 
+from include.notify.catch_up import days_to_catch_up, window_days
+
 log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------ alerts
@@ -161,9 +163,8 @@ def run_dates_of(context: Mapping[str, Any]) -> list[date]:
 
 
 def missed_days(config: Any, dag_id: str, days: Sequence[date]) -> list[date]:
-    """Days within ``config.catch_up_days`` of the run's last one, before or after it, that the
-    upstream DAG has finished (``lake.mark_done`` by its last task, so never a day still being
-    written) and this DAG has not, or finished before the upstream last did.
+    """Days near the run's that the upstream DAG has finished and this DAG has not
+    (``catch_up.days_to_catch_up`` over the ``lake.mark_done`` markers each DAG's last task writes).
 
     Asset events alone lose days: when events arrive while the scheduler is creating the run for
     an earlier one (a backfill's days finishing within seconds of each other), Airflow 3.3 attaches
@@ -174,21 +175,12 @@ def missed_days(config: Any, dag_id: str, days: Sequence[date]) -> list[date]:
     from include.notify.schemas import CHAIN_INPUT
 
     upstream = CHAIN_INPUT.get(dag_id)
-    if upstream is None or not days or config.catch_up_days <= 0:
+    nearby = window_days(days, config.catch_up_days)
+    if upstream is None or not nearby:
         return []
-    last = max(days)
-    missed = []
-    for offset in range(-config.catch_up_days, config.catch_up_days + 1):
-        day = last + timedelta(days=offset)
-        if day in days:
-            continue
-        given = done_at(config, upstream, day)
-        if given is None:
-            continue
-        made = done_at(config, dag_id, day)
-        if made is None or made < given:
-            missed.append(day)
-    return missed
+    return days_to_catch_up(
+        nearby, {d: done_at(config, upstream, d) for d in nearby}, {d: done_at(config, dag_id, d) for d in nearby}
+    )
 
 
 def days_of_run(config: Any, context: Mapping[str, Any]) -> list[date]:
