@@ -351,12 +351,13 @@ def run_demo(
         from notify_tools.simulator import run_closed_loop
 
         with (
-            timer.stage(f"closed loop: {loop_users} users x {loop_days} days, three policies"),
+            timer.stage(f"closed loop: {loop_users} users x {loop_days} days: seed, Notify, constrained oracle"),
             output_to(log_dir / "closed_loop.log") as terminal,
         ):
             loop_table = run_closed_loop(
                 users=loop_users, days=loop_days, seed=7, out_dir=config.state_dir / "closed_loop",
                 products_limit=2000, echo=lambda line: terminal(f"     {line}"),
+                policies=("seed", "notify", "oracle_constrained"),  # the benchmark adds the unconstrained oracle
             )  # fmt: skip
     report(config, dynamo, run_date, timer, dispatched, loop_table, echo)
     return 0
