@@ -1,6 +1,9 @@
 """Planning and dispatch throughput.
 
-Planning: the sharded planner (``plan_shards``: ``planning.build_plan`` per user shard of
+Planning: for each of ``--planners`` (``value-prior``: the value-based core with the day-1 prior
+model, what production runs before a model is fitted; ``value-fitted``: with a model fitted on a
+synthetic decision log; ``fallback``: no response context, score order, a path production never
+takes) the sharded planner (``plan_shards``: ``planning.build_plan`` per user shard of
 ``--shard-users``, with the population's engagement prior summed over the shards first) on
 synthetic inputs of 10 k, 100 k and 1 M users (10 recommendations each). The shards are written to
 disk beforehand as Parquet, a file per input frame (untimed, standing in for the lake) and planned by ``--planning-workers`` worker
@@ -53,13 +56,41 @@ from notify_tools.synthetic import synthetic_blocks, synthetic_inputs  # noqa: E
 DAY = date(2026, 11, 25)
 
 
-def _plan_shard(path: str, prior: list[int], check_sample: bool = False) -> dict[str, float]:
-    """In a worker process: load one shard from disk, plan it with the population's prior."""
+PLANNERS = ("value-prior", "value-fitted", "fallback")
+PLANNER_LABELS = {
+    "value-prior": "value-based, day-1 prior model (what production runs with no fitted model)",
+    "value-fitted": "value-based, fitted model (learner path)",
+    "fallback": "rule-based fallback (no response context, score order; production never plans this way)",
+}
+
+
+def _model(planner: str, fitted: bytes | None) -> object:
+    """The response model a worker plans with: what ``response_run.load_model`` returns when no
+    model is stored (``prior_model``), or the fitted one."""
+    from include.notify.stages.response_model import ResponseModel, prior_model
+
+    return ResponseModel.from_bytes(fitted) if planner == "value-fitted" else prior_model(DAY)
+
+
+def _plan_shard(
+    path: str, prior: list[int], check_sample: bool = False, planner: str = "fallback", fitted: bytes | None = None
+) -> dict[str, float]:
+    """In a worker process: load one shard from disk and plan it with the population's prior; for a
+    value-based planner also the shard's activity history, from which the response context is built
+    on the clock (``user_signals`` + ``build_context``, as ``planning_run.load_plan_inputs`` does)."""
     import numpy as np
+
+    from notify_tools.synthetic import synthetic_response
 
     started = time.perf_counter()
     cpu = time.process_time()
     inputs = _read_shard(path, np.asarray(prior, dtype=np.int64))
+    context_seconds = 0.0
+    if planner != "fallback":
+        model = _model(planner, fitted)  # on the clock, not in the context's seconds (one import of the learners)
+        context_started = time.perf_counter()
+        inputs = synthetic_response(NotifyConfig(), inputs, model, history=_read_history(path))
+        context_seconds = time.perf_counter() - context_started
     result = build_plan(NotifyConfig(), inputs)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     violations = -1
@@ -70,6 +101,7 @@ def _plan_shard(path: str, prior: list[int], check_sample: bool = False) -> dict
         )
     return {
         "seconds": seconds,
+        "context_seconds": context_seconds,
         "cpu_seconds": cpu,
         "candidates": result.candidates,
         "planned": len(result.plan),
@@ -79,13 +111,19 @@ def _plan_shard(path: str, prior: list[int], check_sample: bool = False) -> dict
 
 
 SHARD_FRAMES = ("users", "recommendations", "campaigns", "products", "recent_sends")
+HISTORY_FRAMES = ("purchases", "events", "products")
 
 
-def _write_shard(inputs: PlanInputs, folder: Path) -> str:
-    """One shard as Parquet files, one per input frame (the lake's stand-in)."""
+def _write_shard(inputs: PlanInputs, folder: Path, number: int = 0) -> str:
+    """One shard as Parquet files, one per input frame (the lake's stand-in), and its users'
+    synthetic activity history (what ``response_run.signals_for_day`` reads)."""
+    from notify_tools.synthetic import synthetic_history
+
     folder.mkdir()
     for name in SHARD_FRAMES:
         getattr(inputs, name).to_parquet(folder / f"{name}.parquet", index=False)
+    for name, frame in synthetic_history(inputs, seed=(7, number)).items():
+        frame.to_parquet(folder / f"history_{name}.parquet", index=False)
     return str(folder)
 
 
@@ -94,6 +132,12 @@ def _read_shard(path: str, prior: object) -> PlanInputs:
 
     frames = {name: pd.read_parquet(f"{path}/{name}.parquet") for name in SHARD_FRAMES}
     return PlanInputs(DAY, **frames, prior_sums=prior)
+
+
+def _read_history(path: str) -> dict[str, object]:
+    import pandas as pd
+
+    return {name: pd.read_parquet(f"{path}/history_{name}.parquet") for name in HISTORY_FRAMES}
 
 
 def _user_sums(path: str) -> tuple[object, float]:
@@ -111,30 +155,42 @@ def _warm(_: int) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def bench_planning(sizes: list[int], shard_users: int, workers: int) -> list[dict[str, float]]:
+def bench_planning(
+    sizes: list[int], shard_users: int, workers: int, planners: tuple[str, ...] = PLANNERS
+) -> list[dict[str, float]]:
     rows = []
     context = multiprocessing.get_context("spawn")  # fresh interpreters: a worker's RSS is its shards'
+    fitted = None
+    if "value-fitted" in planners:  # untimed: the nightly response stage's output
+        from notify_tools.synthetic import synthetic_fitted_model
+
+        model = synthetic_fitted_model(NotifyConfig(), DAY)
+        fitted = model.to_bytes()
+        print(f"fitted response model {model.version} ({model.metrics.get('rows', 0):,} logged rows)", flush=True)
     for users in sizes:
         folder = Path(tempfile.mkdtemp(prefix="notify-plan-shards-"))
         paths = []
         for number, block in enumerate(synthetic_blocks(users, shard_users, DAY, seed=7)):  # untimed: the "lake"
-            paths.append(_write_shard(block, folder / f"shard={number:05d}"))
+            paths.append(_write_shard(block, folder / f"shard={number:05d}", number))
             del block
         gc.collect()
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            list(pool.map(_warm, range(workers)))  # interpreters and imports up before the clock starts
-            started = time.perf_counter()
-            # Pass 1, on the workers: the population's engagement prior from the users' columns only.
-            partial = list(pool.map(_user_sums, paths))
-            prior = sum((sums for sums, _ in partial), start=0)
-            prior_seconds = time.perf_counter() - started
-            shards = list(pool.map(_plan_shard, paths, [prior.tolist()] * len(paths)))
-            seconds = time.perf_counter() - started
-            # The row-by-row checker on a sample of the first shard's plan, off the clock.
-            violations = pool.submit(_plan_shard, paths[0], prior.tolist(), True).result()["violations"]
-        shutil.rmtree(folder)
-        rows.append(
-            {
+        for planner in planners:
+            # A fresh pool per planner: each row's peak RSS is its own.
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                list(pool.map(_warm, range(workers)))  # interpreters and imports up before the clock starts
+                started = time.perf_counter()
+                # Pass 1, on the workers: the population's engagement prior from the users' columns only.
+                partial = list(pool.map(_user_sums, paths))
+                prior = sum((sums for sums, _ in partial), start=0)
+                prior_seconds = time.perf_counter() - started
+                count = len(paths)
+                shards = list(pool.map(_plan_shard, paths, [prior.tolist()] * count, [False] * count,
+                                       [planner] * count, [fitted] * count))  # fmt: skip
+                seconds = time.perf_counter() - started
+                # The row-by-row checker on a sample of the first shard's plan, off the clock.
+                violations = pool.submit(_plan_shard, paths[0], prior.tolist(), True, planner, fitted).result()
+            row = {
+                "planner": planner,
                 "users": users,
                 "shards": len(paths),
                 "shard_users": min(shard_users, users),
@@ -143,20 +199,25 @@ def bench_planning(sizes: list[int], shard_users: int, workers: int) -> list[dic
                 "planned": sum(shard["planned"] for shard in shards),
                 "prior_seconds": prior_seconds,
                 "seconds": seconds,
+                "context_seconds": sum(shard["context_seconds"] for shard in shards),
                 "cpu_seconds": sum(shard["cpu_seconds"] for shard in shards),
                 "prior_cpu_seconds": sum(cpu for _, cpu in partial),
                 "users_per_s": users / seconds,
-                "violations_in_sample": violations,
+                "violations_in_sample": violations["violations"],
                 "peak_rss_gb": max(shard["peak_rss_gb"] for shard in shards),
+                "load_average": os.getloadavg()[0],
             }
-        )
-        print(
-            f"planning {users:>9,} users in {len(paths)} shard(s) of {min(shard_users, users):,} on {workers} worker(s): "
-            f"{seconds:7.2f} s (prior pass {prior_seconds:.2f} s) = {users / seconds:>9,.0f} users/s; "
-            f"CPU in shards {rows[-1]['cpu_seconds']:.1f} s + prior {rows[-1]['prior_cpu_seconds']:.1f} s = "
-            f"{users / (rows[-1]['cpu_seconds'] + rows[-1]['prior_cpu_seconds']):,.0f} users per CPU-second; worker peak RSS {rows[-1]['peak_rss_gb']:.2f} GB",
-            flush=True,
-        )
+            rows.append(row)
+            print(
+                f"planning [{planner}] {users:>9,} users in {len(paths)} shard(s) of {min(shard_users, users):,} on "
+                f"{workers} worker(s): {seconds:7.2f} s (prior pass {prior_seconds:.2f} s, response context "
+                f"{row['context_seconds']:.1f} s summed over shards) = {users / seconds:>9,.0f} users/s; "
+                f"CPU in shards {row['cpu_seconds']:.1f} s + prior {row['prior_cpu_seconds']:.1f} s = "
+                f"{users / (row['cpu_seconds'] + row['prior_cpu_seconds']):,.0f} users per CPU-second; "
+                f"worker peak RSS {row['peak_rss_gb']:.2f} GB; load average {row['load_average']:.1f}",
+                flush=True,
+            )
+        shutil.rmtree(folder)
     return rows
 
 
@@ -168,12 +229,19 @@ def _by_key(result: PlanResult) -> tuple[object, object]:
     return pd.DataFrame(plan), pd.DataFrame(skipped)
 
 
-def compare_sharded(users: int, shards: int) -> dict[str, object]:
-    """The sharded plan of ``users`` users in ``shards`` shards against the unsharded ``build_plan``."""
+def compare_sharded(users: int, shards: int, planner: str = "value-prior") -> dict[str, object]:
+    """The sharded plan of ``users`` users in ``shards`` shards against the unsharded ``build_plan``;
+    for a value-based planner with the response context built once over all users and split with
+    the shards (``plan_shards.split_inputs``), as production plans."""
     import pandas as pd
+
+    from notify_tools.synthetic import synthetic_fitted_model, synthetic_response
 
     config = NotifyConfig()
     inputs: PlanInputs = synthetic_inputs(users, DAY, seed=7)
+    if planner != "fallback":
+        fitted = synthetic_fitted_model(config, DAY).to_bytes() if planner == "value-fitted" else None
+        inputs = synthetic_response(config, inputs, _model(planner, fitted))
     whole_plan, whole_skipped = _by_key(build_plan(config, inputs))
     plans, skipped = [], []
     plan_in_shards(
@@ -185,9 +253,9 @@ def compare_sharded(users: int, shards: int) -> dict[str, object]:
     if identical:
         pd.testing.assert_frame_equal(sharded_plan, whole_plan)  # also dtypes and column order
     sample = sharded_plan[sharded_plan["user_id"].isin(set(sharded_plan["user_id"].drop_duplicates().head(300)))]
-    result = {"users": users, "shards": shards, "rows": len(whole_plan), "skipped": len(whole_skipped),
+    result = {"planner": planner, "users": users, "shards": shards, "rows": len(whole_plan), "skipped": len(whole_skipped),
               "identical": identical, "violations_in_sample": len(plan_violations(config, sample, inputs))}  # fmt: skip
-    print(f"sharded vs unsharded, {users:,} users in {shards} shards: identical={identical} "
+    print(f"sharded vs unsharded [{planner}], {users:,} users in {shards} shards: identical={identical} "
           f"({len(whole_plan):,} plan rows, {len(whole_skipped):,} skipped)", flush=True)  # fmt: skip
     return result
 
@@ -403,7 +471,7 @@ def write_report(
     command: str,
     planning: list[dict[str, float]],
     dispatch: list[dict[str, float]],
-    identity: dict[str, object] | None = None,
+    identity: list[dict[str, object]] | None = None,
     planner_io: dict[str, float] | None = None,
 ) -> None:
     lines = [
@@ -417,29 +485,35 @@ def write_report(
         "",
         "## Planning (`plan_shards`: `planning.build_plan` per user shard, synthetic inputs, 10 recommendations per user)",
         "",
+        "Planners: " + "; ".join(f"`{name}` = {label}" for name, label in PLANNER_LABELS.items()) + ".",
+        "The value-based rows build the response context in the worker, on the clock, the way",
+        "`planning_run.load_plan_inputs` does (`response.user_signals` over the shard's synthetic purchases and",
+        "clickstream, then `planning_value.build_context`); the fitted model is `response.fit_for_day` on a",
+        "synthetic decision log of 4,000 prior-planned users (untimed, the nightly stage's output).",
         "Wall time of the prior pass (users' engagement columns, shard by shard, on the workers) plus the shard",
-        "pass (worker processes each loading a shard from disk and planning it); CPU seconds are the workers'",
+        "pass (worker processes each loading a shard from disk, building its response context and planning it); CPU seconds are the workers'",
         "(`process_time`), so users per CPU-second is the rate one free core gives; peak RSS is the largest of the worker",
-        "processes' (`getrusage` high-water mark: interpreter, imports, one shard's inputs and plan at a time).",
+        "processes' (`getrusage` high-water mark: interpreter, imports, one shard's inputs and plan at a time); load",
+        "average is the 1-minute one when the row finished.",
         "",
-        "| users | shards x users | workers | candidates | planned | prior pass s | seconds | users/s | CPU s (prior + shards) | users per CPU-second | checker violations (300-user sample) | peak RSS per shard process GB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| planner | users | shards x users | workers | candidates | planned | prior pass s | seconds | of which response context s (summed over shards) | users/s | CPU s (prior + shards) | users per CPU-second | checker violations (300-user sample) | peak RSS per shard process GB | load average |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in planning:
         lines.append(
-            f"| {row['users']:,} | {row['shards']} x {row['shard_users']:,} | {row['workers']} | {row['candidates']:,} | "
-            f"{row['planned']:,} | {row['prior_seconds']:.2f} | {row['seconds']:.2f} | {row['users_per_s']:,.0f} | "
+            f"| {row['planner']} | {row['users']:,} | {row['shards']} x {row['shard_users']:,} | {row['workers']} | {row['candidates']:,} | "
+            f"{row['planned']:,} | {row['prior_seconds']:.2f} | {row['seconds']:.2f} | {row['context_seconds']:.1f} | {row['users_per_s']:,.0f} | "
             f"{row['prior_cpu_seconds']:.1f} + {row['cpu_seconds']:.1f} | "
             f"{row['users'] / (row['prior_cpu_seconds'] + row['cpu_seconds']):,.0f} | "
-            f"{row['violations_in_sample']} | {row['peak_rss_gb']:.2f} |"
+            f"{row['violations_in_sample']} | {row['peak_rss_gb']:.2f} | {row['load_average']:.1f} |"
         )
-    if identity is not None:
+    for check in identity or []:
         lines += [
             "",
-            f"Sharded vs unsharded on {identity['users']:,} users ({identity['shards']} hash shards against one "
-            f"`build_plan`, both sorted by key): identical = {identity['identical']} ({identity['rows']:,} plan rows, "
-            f"{identity['skipped']:,} skipped rows); checker violations in a 300-user sample: "
-            f"{identity['violations_in_sample']}.",
+            f"Sharded vs unsharded [{check['planner']}] on {check['users']:,} users ({check['shards']} hash shards against one "
+            f"`build_plan`, both sorted by key): identical = {check['identical']} ({check['rows']:,} plan rows, "
+            f"{check['skipped']:,} skipped rows); checker violations in a 300-user sample: "
+            f"{check['violations_in_sample']}.",
         ]
     if planner_io is not None:
         io, workers = planner_io, int(planner_io["write_workers"])
@@ -495,6 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-users", type=int, default=NotifyConfig().planning_shard_users)
     parser.add_argument("--planning-workers", type=int, default=2)
     parser.add_argument("--sample-users", type=int, default=100_000, help="sharded vs unsharded check (0: skip)")
+    parser.add_argument("--planners", nargs="+", choices=PLANNERS, default=list(PLANNERS), help="planning rows")
+    parser.add_argument("--identity-planners", nargs="+", choices=PLANNERS, default=["value-prior", "fallback"],
+                        help="planners of the sharded vs unsharded check")  # fmt: skip
     parser.add_argument("--io-users", type=int, default=5000, help="planner I/O on dynalite (0: skip)")
     parser.add_argument("--dispatch-items", type=int, default=3000)
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 8], help="dispatch workers (slices in parallel)")
@@ -502,8 +579,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "plan_dispatch.md")
     args = parser.parse_args(argv)
     command = "python benchmarks/plan_dispatch.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    planning = bench_planning(args.users, args.shard_users, args.planning_workers)
-    identity = compare_sharded(args.sample_users, 4) if args.sample_users else None
+    planning = bench_planning(args.users, args.shard_users, args.planning_workers, tuple(args.planners))
+    identity = (
+        [compare_sharded(args.sample_users, 4, planner) for planner in args.identity_planners]
+        if args.sample_users
+        else None
+    )
     planner_io = bench_existing(args.io_users) if args.io_users else None
     dispatch = [bench_dispatch(args.dispatch_items, workers, args.dispatch_rounds) for workers in args.workers]
     write_report(args.output, command.strip(), planning, dispatch, identity, planner_io)

@@ -132,3 +132,111 @@ def concat_inputs(blocks: Iterable[PlanInputs]) -> PlanInputs:
         existing=joined("existing"),
         prior_sums=None,
     )
+
+
+# ------------------------------------------------------------- the value-based core's inputs
+EVENT_KINDS = ("view", "click", "add_to_cart")
+
+
+def synthetic_history(
+    inputs: PlanInputs, seed: int | Sequence[int] = 7, events_per_user: int = 8
+) -> dict[str, pd.DataFrame]:
+    """A 14-day activity history of ``inputs``' users shaped like the curated lake's tables (what
+    ``response_run.signals_for_day`` reads): ``purchases`` (user_id, product_id, purchase_date),
+    ``events`` (the clickstream: product events in the users' peak hours, plus notification sends
+    with opens and clicks) and ``products`` (product_id, articleType) for the users' products."""
+    rng = np.random.default_rng(seed)
+    users = inputs.users
+    n = len(users)
+    ids = users["user_id"].to_numpy(dtype=object)
+    cutoff = pd.Timestamp(inputs.day, tz="UTC")
+    catalog = inputs.products.drop_duplicates("product_id")
+    products = pd.DataFrame({"product_id": catalog["product_id"].astype(str).to_numpy(),
+                             "articleType": catalog["article_type"].to_numpy()})  # fmt: skip
+    per_user = rng.poisson(events_per_user, n)
+    who = np.repeat(np.arange(n), per_user)
+    # Activity clustered round each user's own peak hour (UTC here; the signals convert to local).
+    peak = rng.integers(0, HOURS, n)
+    hours = (peak[who] + np.rint(rng.normal(0, 2, len(who))).astype(int)) % HOURS
+    ts = (
+        cutoff
+        - pd.to_timedelta(rng.integers(1, 15, len(who)), unit="D")
+        + pd.to_timedelta(hours * 60 + rng.integers(0, 60, len(who)), unit="m")
+    )
+    product_events = pd.DataFrame({
+        "user_id": ids[who], "ts": ts, "event_type": rng.choice(EVENT_KINDS, len(who), p=[0.7, 0.2, 0.1]),
+        "product_id": products["product_id"].to_numpy()[rng.integers(0, len(products), len(who))],
+        "campaign_id": None, "notification_id": None,
+    })  # fmt: skip
+    sends = rng.poisson(1.5, n)
+    sent_by = np.repeat(np.arange(n), sends)
+    nid = ("N" + pd.Series(ids[sent_by], dtype=str) + "-" + pd.Series(np.arange(len(sent_by))).astype(str)).to_numpy(
+        dtype=object
+    )  # unique across blocks
+    campaign_ids = inputs.campaigns["campaign_id"].to_numpy(dtype=object)
+    sent_ts = (
+        cutoff
+        - pd.to_timedelta(rng.integers(1, 15, len(sent_by)), unit="D")
+        + pd.to_timedelta(rng.integers(0, 24 * 60, len(sent_by)), unit="m")
+    )
+    sent = pd.DataFrame({"user_id": ids[sent_by], "ts": sent_ts, "event_type": "notification_sent", "product_id": None,
+                         "campaign_id": campaign_ids[rng.integers(0, len(campaign_ids), len(sent_by))],
+                         "notification_id": nid})  # fmt: skip
+    opened = rng.random(len(sent)) < 0.15
+    clicked = opened & (rng.random(len(sent)) < 0.4)
+    reactions = [
+        sent[mask].assign(event_type=kind, ts=lambda f: f["ts"] + pd.Timedelta(minutes=5))
+        for mask, kind in ((opened, "notification_open"), (clicked, "notification_click"))
+    ]
+    events = pd.concat([product_events, sent, *reactions], ignore_index=True)
+    buyers = rng.random(n) < 0.3
+    purchases = pd.DataFrame({
+        "user_id": ids[buyers], "product_id": products["product_id"].to_numpy()[rng.integers(0, len(products), buyers.sum())],
+        "purchase_date": cutoff - pd.to_timedelta(rng.integers(1, 30, buyers.sum()), unit="D"),
+    })  # fmt: skip
+    return {"purchases": purchases, "events": events, "products": products}
+
+
+def synthetic_response(
+    config: object,
+    inputs: PlanInputs,
+    model: object,
+    seed: int | Sequence[int] = 7,
+    history: dict[str, pd.DataFrame] | None = None,
+) -> PlanInputs:
+    """``inputs`` with the response context production attaches (``planning_run.load_plan_inputs``):
+    ``planning_value.build_context`` over ``response.user_signals`` of a synthetic history
+    (``synthetic_history`` of ``seed`` unless ``history`` is given)."""
+    from include.notify.stages.planning_value import build_context
+    from include.notify.stages.response import user_signals
+
+    history = synthetic_history(inputs, seed) if history is None else history
+    signals = user_signals(inputs.users.loc[:, ["user_id", "timezone"]], history["purchases"], history["events"],
+                           history["products"], inputs.day)  # fmt: skip
+    context = build_context(config, inputs.recommendations, inputs.users, inputs.campaigns, model, signals)
+    return replace(inputs, response=context)
+
+
+def synthetic_fitted_model(config: object, day: date, users: int = 4000, seed: int = 7) -> object:
+    """A ``ResponseModel`` fitted the nightly way (``response.fit_for_day``) on a synthetic log: the
+    prior-planned decisions of ``users`` users on the days before ``day``, each delivered, clicked
+    with a probability the prior does not know (so a learner has signal to fit)."""
+    from include.notify.stages.planning import build_plan
+    from include.notify.stages.response import fit_for_day
+    from include.notify.stages.response_model import prior_model
+
+    logged_day = day - timedelta(days=1)
+    inputs = synthetic_response(config, synthetic_inputs(users, logged_day, seed=seed), prior_model(logged_day), seed)
+    decisions = build_plan(config, inputs).decisions
+    rng = np.random.default_rng(seed)
+    # Truth the prior misses (clicks rise with affinity squared and fall with the ignored streak),
+    # so the learners have something to win on.
+    affinity = decisions["affinity"].to_numpy(dtype=float)
+    truth = 2 * decisions["p_click"].to_numpy(dtype=float) * (affinity / affinity.mean()) ** 2
+    truth /= 1 + decisions["ignored_streak"].to_numpy(dtype=float)
+    clicks = rng.random(len(decisions)) < np.clip(truth, 0, 1)
+    moment = pd.Timestamp(logged_day, tz="UTC") + pd.Timedelta(hours=12)
+    sent = pd.DataFrame({"notification_id": decisions["notification_id"].astype(str), "ts": moment,
+                         "event_type": "notification_sent", "user_id": decisions["user_id"]})  # fmt: skip
+    events = pd.concat([sent, sent[clicks].assign(event_type="notification_click")], ignore_index=True)
+    return fit_for_day(decisions, events, day, config.interruption_cost, max(config.daily_cap, 1), users, 1, seed)
