@@ -107,35 +107,13 @@ def run_task(target: str, *args: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ data
-def _typed(frame: Any, table: str) -> Any:
-    """Raw string columns typed as the curated zone stores them (timestamps in microseconds: Spark
-    reads no nanosecond Parquet timestamps)."""
-    import pandas as pd
-
-    from include.notify.schemas import RAW_TABLES_BY_NAME
-
-    out = frame.copy()
-    for column in RAW_TABLES_BY_NAME[table].columns:
-        values = out[column.name]
-        if column.type == "timestamp":
-            out[column.name] = pd.to_datetime(values, utc=True, format="ISO8601").astype("datetime64[us, UTC]")
-        elif column.type == "date":
-            out[column.name] = pd.to_datetime(values).dt.date
-        elif column.type == "int":
-            out[column.name] = pd.to_numeric(values, errors="coerce").astype("Int32")
-        elif column.type == "double":
-            out[column.name] = pd.to_numeric(values, errors="coerce").astype("float64")
-        elif column.type == "boolean":
-            out[column.name] = values.astype(str).str.lower().eq("true")
-        else:
-            out[column.name] = values.astype("string").replace("", pd.NA)
-    return out
 
 
 def generate_lake(config: NotifyConfig, users: int, chunk: int) -> dict[str, int]:
     """Write ``users`` generated users (in chunks with distinct ids) as the curated lake at D."""
     from include.notify.io.lake import write_parquet_file
     from notify_tools.datagen import build_dataset
+    from notify_tools.synthetic import typed_curated
 
     counts: dict[str, int] = {}
     for part, start in enumerate(range(0, users, chunk)):
@@ -150,7 +128,9 @@ def generate_lake(config: NotifyConfig, users: int, chunk: int) -> dict[str, int
         if part == 0:
             tables |= {"products": data.products, "campaigns": data.campaigns}
         for table, frame in tables.items():
-            write_parquet_file(_typed(frame, table), config, "curated", table, RUN_DATE, f"part-{part:05d}.parquet")
+            write_parquet_file(
+                typed_curated(frame, table), config, "curated", table, RUN_DATE, f"part-{part:05d}.parquet"
+            )
             counts[table] = counts.get(table, 0) + len(frame)
         del data, tables
     return counts

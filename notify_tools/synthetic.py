@@ -240,3 +240,26 @@ def synthetic_fitted_model(config: object, day: date, users: int = 4000, seed: i
                          "event_type": "notification_sent", "user_id": decisions["user_id"]})  # fmt: skip
     events = pd.concat([sent, sent[clicks].assign(event_type="notification_click")], ignore_index=True)
     return fit_for_day(decisions, events, day, config.interruption_cost, max(config.daily_cap, 1), users, 1, seed)
+
+
+def typed_curated(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """Raw string columns typed as the curated zone stores them (timestamps in microseconds: Spark
+    reads no nanosecond Parquet timestamps)."""
+    from include.notify.schemas import RAW_TABLES_BY_NAME
+
+    out = frame.copy()
+    for column in RAW_TABLES_BY_NAME[table].columns:
+        values = out[column.name]
+        if column.type == "timestamp":
+            out[column.name] = pd.to_datetime(values, utc=True, format="ISO8601").astype("datetime64[us, UTC]")
+        elif column.type == "date":
+            out[column.name] = pd.to_datetime(values).dt.date
+        elif column.type == "int":
+            out[column.name] = pd.to_numeric(values, errors="coerce").astype("Int32")
+        elif column.type == "double":
+            out[column.name] = pd.to_numeric(values, errors="coerce").astype("float64")
+        elif column.type == "boolean":
+            out[column.name] = values.astype(str).str.lower().eq("true")
+        else:
+            out[column.name] = values.astype("string").replace("", pd.NA)
+    return out

@@ -19,6 +19,7 @@ from include.notify.io.lake import read_partition_frame, write_partition_frame
 from include.notify.stages import embeddings_run, scoring_run
 from include.notify.stages import products as product_recs
 from notify_tools.datagen import build_dataset
+from notify_tools.synthetic import typed_curated
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,28 +29,6 @@ N_PRODUCTS = 300
 
 def _write(config: NotifyConfig, zone: str, table: str, day: date, frame: pd.DataFrame) -> None:
     write_partition_frame(frame, config, zone, table, day)
-
-
-def typed_curated(frame: pd.DataFrame, table: str) -> pd.DataFrame:
-    """Raw string columns typed the way the curated zone stores them."""
-    from include.notify.schemas import RAW_TABLES_BY_NAME
-
-    out = frame.copy()
-    for column in RAW_TABLES_BY_NAME[table].columns:
-        values = out[column.name]
-        if column.type == "timestamp":
-            out[column.name] = pd.to_datetime(values, utc=True)
-        elif column.type == "date":
-            out[column.name] = pd.to_datetime(values).dt.date
-        elif column.type == "int":
-            out[column.name] = pd.to_numeric(values, errors="coerce").astype("Int32")
-        elif column.type == "double":
-            out[column.name] = pd.to_numeric(values, errors="coerce").astype("float64")
-        elif column.type == "boolean":
-            out[column.name] = values.astype(str).str.lower().eq("true")
-        else:
-            out[column.name] = values.astype("string").replace("", pd.NA)
-    return out
 
 
 def write_small_lake(config: NotifyConfig, day: date = RUN_DATE) -> dict[str, pd.DataFrame]:
