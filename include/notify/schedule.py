@@ -300,6 +300,10 @@ class ShardLease:
     left_state: str = ""
     left_owner: str = ""
     seen_through: str = ""
+    # The channels the batch in flight was sent on and when it began (``claim_batch``/``begin_batch``):
+    # its items carry no per-item claim, so this is what makes a lapsed one ``unknown``.
+    left_channels: tuple[str, ...] = ()
+    left_at: int = 0
 
 
 def _lease_key(shard: str) -> dict[str, Any]:
@@ -346,10 +350,12 @@ def acquire_lease(
         }
     if not dynamo.write_if("put", LEASES, Item=dynamo.serialize(record), **request):
         return None
-    left_keys = _unflat(record.get("inflight") or []) if record.get("inflight_owner") != owner else ()
+    # Also our own batch from an earlier run (lost mid-send): the items carry no claim of their own.
+    left_keys = _unflat(record.get("inflight") or [])
     return ShardLease(
         str(shard), owner, token, record["lease_until"], left_keys,
         str(record.get("inflight_state") or ""), str(record.get("inflight_owner") or ""), seen_through,
+        tuple(str(c) for c in record.get("inflight_channels") or ()), int(record.get("inflight_at") or 0),
     )  # fmt: skip
 
 
@@ -389,11 +395,18 @@ def renew_lease(dynamo: Dynamo, lease: ShardLease, now_epoch: int, lease_seconds
 
 
 def claim_batch(
-    dynamo: Dynamo, lease: ShardLease, keys: Iterable[Mapping[str, Any]], now_epoch: int, lease_seconds: int
+    dynamo: Dynamo,
+    lease: ShardLease,
+    keys: Iterable[Mapping[str, Any]],
+    now_epoch: int,
+    lease_seconds: int,
+    channels: Iterable[str] = (),
 ) -> bool:
-    """Record the batch about to be claimed (its keys, ``claimed``: nothing sent yet) under a live lease."""
+    """Record the batch about to be claimed (its keys, ``claimed``: nothing sent yet; the channels it
+    goes out on) under a live lease: the batch's write-ahead intent, its items get no claim of their own."""
     fields = {"lease_until": now_epoch + lease_seconds, "inflight": _flat(keys), "inflight_state": BATCH_CLAIMED,
-              "inflight_owner": lease.owner, "inflight_at": now_epoch}  # fmt: skip
+              "inflight_owner": lease.owner, "inflight_at": now_epoch,
+              "inflight_channels": list(channels)}  # fmt: skip
     return _lease_update(dynamo, lease, now_epoch, fields)
 
 
@@ -407,7 +420,14 @@ def begin_batch(dynamo: Dynamo, lease: ShardLease, now_epoch: int, lease_seconds
 def end_batch(dynamo: Dynamo, lease: ShardLease, now_epoch: int, release: bool = False) -> bool:
     """The batch is settled: forget it (and with ``release`` give the shard up for the next run)."""
     fields: dict[str, Any] = {"lease_until": 0} if release else {"inflight_at": now_epoch}
-    return _lease_update(dynamo, lease, now_epoch, fields, ("inflight", "inflight_state", "inflight_owner"))
+    drop = ("inflight", "inflight_state", "inflight_owner", "inflight_channels")
+    return _lease_update(dynamo, lease, now_epoch, fields, drop)
+
+
+def give_up_lease(dynamo: Dynamo, lease: ShardLease, now_epoch: int) -> bool:
+    """Release the shard but keep the batch in flight named (a batch that failed midway: the next
+    owner settles it as one a dead owner left)."""
+    return _lease_update(dynamo, lease, now_epoch, {"lease_until": 0})
 
 
 # ------------------------------------------------------------------------ states, written in batches

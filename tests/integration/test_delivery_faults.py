@@ -233,7 +233,11 @@ def test_a_dispatcher_sigkilled_right_after_a_channel_accept_then_a_normal_run_r
     _, err = killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL, err
     before = schedule_now(dynamo)
-    in_flight = {n for n, i in before.items() if i["status"] == "sending" and i.get("send_began")}
+    lease = _lease(dynamo, "0")
+    assert lease["inflight_state"] == "sending"  # the batch's write-ahead mark; items carry no claim
+    named = {tuple(k.split("\t")) for k in lease["inflight"]}
+    in_flight = {n for n, i in before.items() if (i["user_id"], i["send_at_campaign"]) in named}
+    assert {before[n]["status"] for n in in_flight} == {"scheduled"}
     assert in_flight == {i["notification_id"] for i in items if i["due_bucket"].endswith("#0")}
     assert len(in_flight) == 10  # the first shard's batch had begun; the other shards were never claimed
     assert sum(accepted_ids(log).values()) == 5
@@ -321,6 +325,10 @@ def test_a_flaky_channel_with_transient_errors_and_timeouts_after_accept(
 def test_a_planner_rerun_while_items_are_sending_never_turns_them_back_into_scheduled(
     fconfig: NotifyConfig, dynamo: Dynamo, tmp_path: Path
 ) -> None:
+    """Items carry no claim of their own while their batch is in flight (the lease record names
+    it): a re-plan from a stale read lands on them, and the batch's commit makes them ``sent``; a
+    re-plan that moved them to other keys (same notification ids) leaves copies the day ledger
+    names, which a later run cancels instead of sending again."""
     now = now_utc()
     items = seed(dynamo, fconfig, 60, now - timedelta(minutes=1))
     user_ids = [i["user_id"] for i in items]
@@ -346,23 +354,42 @@ def test_a_planner_rerun_while_items_are_sending_never_turns_them_back_into_sche
         # at the wall (so they are due "now" and go through the conditional path).
         plan = pd.DataFrame(items)
         written = write_plan(dynamo, plan, stale, lambda: datetime.now(UTC) - timedelta(minutes=2))
-        assert written["lost_to_dispatch"] == 60
-        assert written["written"] == 0
-        assert Counter(i["status"] for i in schedule_now(dynamo).values()) == {"sending": 60}
+        assert written["written"] == 60  # the items are ``scheduled`` in the store mid-send
+        assert "sending" in {lease.get("inflight_state") for lease in dynamo.scan("dispatch_leases")}
+        # Then a re-plan that moves each to 30 s later: the same notification under another key.
+        moved_at = (now - timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        moved = plan.assign(send_at=moved_at, due_at=moved_at, send_at_campaign=f"{moved_at}#A")
+        shifted = write_plan(dynamo, moved, stale, lambda: datetime.now(UTC) - timedelta(minutes=2))
+        assert (shifted["written"], shifted["deleted"]) == (60, 60)
         server.hold.set()
         thread.join(60)
+        # The commit wrote the sent states over the re-plan (the first keys again), the copies wait.
+        by_key = {(i["user_id"], i["send_at_campaign"]): i["status"] for i in dynamo.scan("notification_schedule")}
+        assert Counter(by_key.values()) == {"sent": 60, "scheduled": 60}
         # A re-plan after they were sent, with a stale read again: sent items are never overwritten.
         again = write_plan(dynamo, plan, stale, lambda: datetime.now(UTC) - timedelta(minutes=2))
         assert again["lost_to_dispatch"] == 60
         later = Dispatcher(config, dynamo, [WebhookChannel(config), AcceptLogChannel(log)], KafkaEventSink(config))
-        assert later.run(now + timedelta(minutes=1)).get("claimed", 0) == 0
-        found = assert_contract(config, dynamo, server, log, 60)
+        later_counts = later.run(now + timedelta(minutes=1))
     finally:
         server.stop()
+    assert later_counts.get("claimed", 0) == 0
+    assert later_counts["cancelled"] == 60
+    everything = list(dynamo.scan("notification_schedule"))
+    copies = [i for i in everything if i["send_at_campaign"].startswith(moved_at)]
+    assert {i["status"] for i in copies} == {"cancelled"}
+    assert all("under another schedule key; not resent" in i["failure_reason"] for i in copies)
+    sent = {i["notification_id"]: i for i in everything if i["status"] == "sent"}
+    assert set(sent) == {i["notification_id"] for i in items}
+    assert all(i.get("channel") and "due_bucket" not in i for i in sent.values())
     assert counts["sent"] == 60
-    assert Counter(i["status"] for i in found.values()) == {"sent": 60}
     assert set(server.received.values()) == {1}
     assert sum(accepted_ids(log).values()) == 60
+    assert set(accepted_ids(log).values()) == {1}
+    events = consume_all(config.kafka_bootstrap, config.topic("events"))
+    per_id = Counter(e["notification_id"] for e in events if e["event_type"] == "notification_sent")
+    assert set(per_id) == set(sent)
+    assert set(per_id.values()) == {1}
 
 
 # ------------------------------------------------------------------- the slice lease itself
@@ -399,13 +426,14 @@ def test_a_slice_owner_sigkilled_mid_batch_leaves_its_committed_batch_sent_and_i
     _, err = killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL, err
     before = schedule_now(dynamo)
-    assert Counter(i["status"] for i in before.values()) == {"sent": 4, "sending": 4, "scheduled": 32}
+    assert Counter(i["status"] for i in before.values()) == {"sent": 4, "scheduled": 36}
     lease = _lease(dynamo, "0")
     in_flight = {tuple(k.split("\t")) for k in lease["inflight"]}
     assert lease["owner"] == "doomed"
     assert lease["token"] == 1
     assert lease["inflight_state"] == "sending"
-    assert in_flight == {(i["user_id"], i["send_at_campaign"]) for i in before.values() if i["status"] == "sending"}
+    assert len(in_flight) == 4
+    assert {i["status"] for i in before.values() if (i["user_id"], i["send_at_campaign"]) in in_flight} == {"scheduled"}
     assert sum(accepted_ids(log).values()) == 6
 
     time.sleep(LEASE + 1)  # the dead owner's lease lapses; nobody renews it
@@ -428,7 +456,7 @@ def test_a_slice_owner_sigkilled_mid_batch_leaves_its_committed_batch_sent_and_i
 def test_a_slice_owner_frozen_between_claim_and_begin_is_fenced_off_and_the_next_owner_sends_its_batch_once(
     fconfig: NotifyConfig, dynamo: Dynamo, receiver: ReceivingServer, proxy: BufferingProxy, tmp_path: Path
 ) -> None:
-    """The first owner stops itself right after claiming its first batch (items ``sending``, batch
+    """The first owner stops itself right after claiming its first batch (the batch
     ``claimed`` in the lease record) and stays frozen past its lease. A second owner takes the slice
     over (a new fencing token), claims the never-begun batch again and sends it with everything else.
     Woken up, the first owner's begin is refused by the token: it sends and records nothing."""
@@ -443,8 +471,11 @@ def test_a_slice_owner_frozen_between_claim_and_begin_is_fenced_off_and_the_next
     try:
         _wait_stopped(frozen)
         claimed = schedule_now(dynamo)
-        assert {n for n, i in claimed.items() if i["status"] == "sending"} == first_batch
-        assert _lease(dynamo, "0")["inflight_state"] == "claimed"
+        assert {i["status"] for i in claimed.values()} == {"scheduled"}
+        lease = _lease(dynamo, "0")
+        assert lease["inflight_state"] == "claimed"
+        named = {tuple(k.split("\t")) for k in lease["inflight"]}
+        assert {n for n, i in claimed.items() if (i["user_id"], i["send_at_campaign"]) in named} == first_batch
         time.sleep(LEASE + 1.5)  # its lease runs out while it is frozen
         channels = [WebhookChannel(config), AcceptLogChannel(log)]
         second = Dispatcher(config, dynamo, channels, KafkaEventSink(config), owner="second").run(now)
@@ -463,4 +494,4 @@ def test_a_slice_owner_frozen_between_claim_and_begin_is_fenced_off_and_the_next
     assert set(accepted_ids(log).values()) == {1}
     assert len(accepted_ids(log)) == 20
     assert set(receiver.received.values()) == {1}
-    assert {n for n, i in found.items() if i["attempts"] == 2} == first_batch  # claimed twice, sent once
+    assert {i["attempts"] for i in found.values()} == {1}  # the fenced-off claim sent (and counted) nothing

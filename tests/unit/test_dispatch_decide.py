@@ -77,9 +77,47 @@ def test_the_cap_counts_the_day_ledger_and_the_batch_itself() -> None:
     ((outcome, state),) = fresh.held
     assert outcome == "cancelled"
     assert state["failure_reason"] == "daily cap 2 reached at send time (2 already sent that day)"
-    ledger = {("U1", "2026-11-25"): {"U1#2026-11-25#X", "U1#2026-11-25#C0"}}  # C0 itself: a resend
-    after = decide.promises(config, ready, {"U1": USER}, ledger)
+    ledger = {("U1", "2026-11-25"): {"U1#2026-11-25#X", "U1#2026-11-25#C0"}}
+    resend = [({**ready[0][0], "attempts": 1}, ready[0][1]), *ready[1:]]  # C0 itself, retried
+    after = decide.promises(config, resend, {"U1": USER}, ledger)
     assert [i["notification_id"] for i, _ in after.keep] == ["U1#2026-11-25#C0"]
+    reclaimed = [({**ready[0][0], "_reclaimed": True}, ready[0][1])]  # its batch was claimed, never begun
+    assert len(decide.promises(config, reclaimed, {"U1": USER}, ledger).keep) == 1
+
+
+def test_a_copy_re_planned_under_another_key_is_never_sent_again() -> None:
+    """The ledger names the notification, the item was never attempted: the planner re-planned it
+    (same notification id, another send time) while the first copy was in flight."""
+    copy = {**ITEM, "send_at_campaign": "2026-11-25T09:09:00Z#C1"}
+    ready = [(copy, decide.prepare(copy, USER, CAMPAIGN, None, MOMENT))]
+    ledger = {("U1", "2026-11-25"): {"U1#2026-11-25#C1"}}
+    ((outcome, state),) = decide.promises(NotifyConfig(daily_cap=5), ready, {"U1": USER}, ledger).held
+    assert (outcome, state["status"]) == ("cancelled", "cancelled")
+    assert "U1#2026-11-25#C1 already went out (or may have) under another schedule key" in state["failure_reason"]
+    assert "due_bucket" not in state
+    assert len(decide.promises(NotifyConfig(daily_cap=5), ready, {"U1": USER}, {}).keep) == 1
+
+
+def test_a_batch_left_begun_makes_its_scheduled_items_sends_of_unknown_outcome() -> None:
+    """Items carry no claim: a ``scheduled`` item named in a begun batch of the lease record is
+    settled as a send that began (unknown, or sent from its record), never claimed again."""
+    key = (ITEM["user_id"], ITEM["send_at_campaign"])
+    lease = schedule.ShardLease(
+        "3", "me", 5, WALL + 60, (key,), schedule.BATCH_SENDING, "dead", "", ("inbox", "webhook"), WALL - 5
+    )
+    began = decide.as_left({**ITEM, "delivered_channels": ["inbox"]}, lease, ["inbox"])
+    assert (began["status"], began["send_began"], began["send_channels"], began["attempts"]) == (
+        "sending", WALL - 5, ["webhook"], 1,
+    )  # fmt: skip
+    lapsed = verdict(began)
+    assert lapsed.action == "lapsed"
+    assert "send by dead on webhook began" in lapsed.reason
+    assert verdict(began, delivered=True).action == "sent_from_record"
+    claimed = schedule.ShardLease("3", "me", 5, WALL + 60, (key,), schedule.BATCH_CLAIMED, "dead")
+    assert decide.as_left(ITEM, claimed, ["inbox"]) == ITEM
+    other = schedule.ShardLease("3", "me", 5, WALL + 60, (("U2", "x"),), schedule.BATCH_SENDING, "dead")
+    assert decide.as_left(ITEM, other, ["inbox"]) == ITEM
+    assert decide.as_left({**ITEM, "status": "sent"}, lease, ["inbox"])["status"] == "sent"
 
 
 def test_quiet_hours_at_send_time_expire_or_defer() -> None:

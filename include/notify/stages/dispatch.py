@@ -220,21 +220,32 @@ class Dispatcher:
             counts["leased_elsewhere"] += len(found)
             return counts
         self._keeper.hold(lease)
+        failed = False
         try:
             self._shard_work(lease, found, now, counts)
         except LeaseLostError as error:
             counts["lost_lease"] += error.lost
             log.warning("%s: lease on shard %s lost mid-run; its items are left to the next owner", self.owner, shard)
+        except BaseException:
+            failed = True
+            raise
         finally:
             self._keeper.done(lease)
-            if shard not in self._keeper.lost:
+            if shard in self._keeper.lost:
+                pass
+            elif failed:
+                # The batch in flight stays named: its items carry no claim of their own, so the
+                # next owner settles them from the lease record (unknown if it had begun).
+                schedule.give_up_lease(self.dynamo, lease, int(self.clock()))
+            else:
                 schedule.end_batch(self.dynamo, lease, int(self.clock()), release=True)
         return counts
 
     def _shard_work(
         self, lease: schedule.ShardLease, found: list[dict[str, Any]], now: datetime, counts: Counter[str]
     ) -> None:
-        items = self._current(found, lease)
+        names = [c.name for c in self.channels]
+        items = [dispatch_decide.as_left(i, lease, names) for i in self._current(found, lease)]
         left = {tuple(k) for k in lease.left_keys} if lease.left_state == schedule.BATCH_CLAIMED else set()
         records = self._records([i for i in items if dispatch_decide.needs_record_lookup(i)])
         moment, wall = self.send_moment(now), int(self.clock())
@@ -245,7 +256,7 @@ class Dispatcher:
                 item, moment, self.config.max_lateness_minutes, wall, item["notification_id"] in records, key in left
             )
             if verdict.action == "claim":
-                claimable.append(item)
+                claimable.append({**item, "_reclaimed": True} if key in left else item)
             elif verdict.action == "expire":
                 states.append(schedule.closed_state(item, schedule.EXPIRED, verdict.reason))
                 counts["expired"] += 1
@@ -267,6 +278,9 @@ class Dispatcher:
                     }
                 )
                 counts["recovered_sent"] += 1
+                if item.get("_left_began"):
+                    # Named by the lease record only: written as begun before a new batch replaces it there.
+                    states.append({k: v for k, v in item.items() if not str(k).startswith("_")})
             elif verdict.action == "event_pending":
                 announce_later.append({**item, "_recovered": True})
             else:
@@ -301,7 +315,8 @@ class Dispatcher:
         assert self._keeper is not None
         counts: Counter[str] = Counter()
         wall = int(self.clock())
-        if not schedule.claim_batch(self.dynamo, lease, claimable, wall, self.config.lease_seconds):
+        names = [c.name for c in self.channels]
+        if not schedule.claim_batch(self.dynamo, lease, claimable, wall, self.config.lease_seconds, names):
             self._keeper.lost.add(lease.shard)
             raise LeaseLostError(lease.shard, len(claimable))
         lease = replace(lease, until=wall + self.config.lease_seconds)
@@ -335,7 +350,6 @@ class Dispatcher:
         for outcome, state in promised.held:
             states.append(state)
             counts[outcome] += 1
-        names = [c.name for c in self.channels]
         todo = [dispatch_decide.channels_to_do(item, names) for item, _ in promised.keep]
         first = [int(item.get("attempts", 0)) == 0 and "_only_channels" not in item for item, _ in promised.keep]
         claimed = [
@@ -351,10 +365,10 @@ class Dispatcher:
             if key[1]:
                 ledgers.setdefault(key, set()).add(state["notification_id"])
                 changed[key] = ledgers[key]
-        # The claim, visible to everyone (the planner and the stream leave ``sending`` items alone)
-        # and counted in the day ledger before anything is sent.
-        # Both before anything is sent; written at once (neither needs the other first).
-        self._both(lambda: self._put(schedule.SCHEDULE, states + claimed), lambda: self._put_ledgers(changed))
+        # The claimed states stay in memory: the lease record names the batch (``claim_batch``), and
+        # the day ledger counts it before anything is sent (by notification id, so a copy re-planned
+        # under another key is never sent again). The items closed here and the ledger at once.
+        self._both(lambda: states and self._put(schedule.SCHEDULE, states), lambda: self._put_ledgers(changed))
         if claimed and self.after_claim is not None:
             self.after_claim(claimed)
         if not claimed:

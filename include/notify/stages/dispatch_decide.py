@@ -58,6 +58,40 @@ def touched(item: Mapping[str, Any], seen_through: str) -> bool:
     return bool(seen_through) and str(item.get("due_at") or "") <= seen_through
 
 
+def as_left(item: Mapping[str, Any], lease: schedule.ShardLease, channel_names: Sequence[str]) -> dict[str, Any]:
+    """The item as the batch a previous owner left in flight makes it: a ``scheduled`` item named
+    in a begun batch (``BATCH_SENDING`` on the lease record) had its send begun there, on the
+    batch's channels, at the batch's moment (items carry no claim of their own); any other as it is."""
+    keyed = (str(item["user_id"]), str(item["send_at_campaign"]))
+    if (
+        lease.left_state != schedule.BATCH_SENDING
+        or item.get("status") != schedule.SCHEDULED
+        or keyed not in set(lease.left_keys)
+    ):
+        return dict(item)
+    return {
+        **item,
+        "status": schedule.SENDING,
+        "lease_owner": lease.left_owner,
+        "lease_token": lease.token - 1,
+        "send_began": lease.left_at,
+        "send_channels": channels_to_do(item, lease.left_channels or channel_names),
+        "attempts": int(item.get("attempts", 0) or 0) + 1,
+        "_left_began": True,
+    }
+
+
+def fresh(item: Mapping[str, Any]) -> bool:
+    """Never sent before by any owner: no attempt recorded, no channel accepted, neither resent by
+    the reconciler nor claimed again from a batch a previous owner never began."""
+    return (
+        int(item.get("attempts", 0) or 0) == 0
+        and not item.get("delivered_channels")
+        and "_only_channels" not in item
+        and not item.get("_reclaimed")
+    )
+
+
 def needs_record_lookup(item: Mapping[str, Any]) -> bool:
     """Whether ``triage`` needs to know if a delivery of the item was recorded (a send that began,
     or channels that already accepted)."""
@@ -167,6 +201,13 @@ def promises(
     approved: Counter[tuple[str, str]] = Counter()
     for item, message in ready:
         user = users[item["user_id"]]
+        key = day_key(item)
+        if key[1] and fresh(item) and item["notification_id"] in ledgers.get(key, set()):
+            # The ledger names the notification (it went out, or may have) though this item was never
+            # sent: a copy the planner re-planned under another key while the first was in flight.
+            reason = f"{item['notification_id']} already went out (or may have) under another schedule key; not resent"
+            held.append(("cancelled", schedule.closed_state(item, schedule.CANCELLED, reason)))
+            continue
         moment = datetime.fromtimestamp(message.sent_epoch, UTC)
         verdict = quiet_verdict(config, item, user, moment)
         if verdict.quiet:
@@ -181,7 +222,6 @@ def promises(
             else:
                 held.append(("expired", schedule.closed_state(item, schedule.EXPIRED, f"{where}; not sent")))
             continue
-        key = day_key(item)
         others = len(ledgers.get(key, set()) - {item["notification_id"]}) if key[1] else 0
         cap = daily_cap_of(config, user)
         if key[1] and others + approved[key] >= cap:
