@@ -14,7 +14,7 @@ the sharded plan compared with the unsharded ``build_plan`` (sorted by key, ever
 
 Dispatch: a local dynalite started here on a free port; N schedule items due at the same minute
 are dispatched by ``dispatch.Dispatcher`` through the in-app inbox (one lease per due-index shard,
-items claimed, sent and recorded in batches), compared with a bare ``Dynamo.put_items`` batch write,
+items claimed on the slice's lease record, sent and recorded in batches), compared with a bare ``Dynamo.put_items`` batch write,
 to the same endpoint in the same run, of the three records per notification dispatch left (final
 schedule state, delivery record, inbox item). Events go to memory, so the broker is not part of
 the number.
@@ -532,9 +532,10 @@ def write_report(
         "",
         "Dispatch leaves three records per notification: the schedule item's final state (`sent`, out of the",
         "due index), the delivery record and the inbox item. To leave them it also writes, per notification,",
-        "the claim (the item as `sending`) and the day ledger entry (send-time cap), and reads the due index,",
-        "the user and the ledger (and, by key, items dispatch may have written before); per slice and run one",
-        "lease (a read and a conditional put) and three fenced updates of the lease record, none per item.",
+        "the day ledger entry (send-time cap; the claim is the batch's keys on the slice's lease record, no",
+        "write per item), and reads the due index, the user and the ledger (and, by key, items dispatch may",
+        "have written before); per slice one lease (a read and a conditional put) and per batch three fenced",
+        "updates of the lease record (claim, begin, commit check), none per item.",
         "The bare write is `Dynamo.put_items` (BatchWriteItem, 25 items a request)",
         "of the three records dispatch left, read back after the run, to fresh tables; once on one thread and",
         "once on as many threads as dispatch had workers (the fastest honest reference: dynalite is one",

@@ -92,8 +92,15 @@ TABLES: tuple[TableSpec, ...] = (
 TABLES_BY_NAME: dict[str, TableSpec] = {spec.name: spec for spec in TABLES}
 
 
+# Integers below 10**38 fit DynamoDB's 38 significant digits exactly (larger ones go through boto3's check).
+_SMALL_INT = 10**38
+
+
 def to_dynamo_value(value: Any) -> Any:
     """Convert Python/NumPy values to what boto3 accepts; ``None`` and NaN mean "absent"."""
+    kind = type(value)
+    if kind is str or kind is int:  # most attributes: as they are (exact types, so not bool or NumPy)
+        return value
     if value is None:
         return None
     if isinstance(value, bool | np.bool_):
@@ -219,7 +226,24 @@ class Dynamo:
 
     # ----------------------------------------------------------------- writes
     def serialize(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: self._serializer.serialize(v) for k, v in to_item(record).items()}
+        return {k: self._attribute(v) for k, v in to_item(record).items()}
+
+    def _attribute(self, value: Any) -> dict[str, Any]:
+        """One attribute value in DynamoDB's wire form: strings, booleans, small integers, lists and
+        maps directly (a third of dispatch's request building was boto3's generic serializer),
+        anything else (numbers with a context, binary, sets) through boto3's ``TypeSerializer``."""
+        kind = type(value)
+        if kind is str:
+            return {"S": value}
+        if kind is bool:
+            return {"BOOL": value}
+        if kind is int and -_SMALL_INT < value < _SMALL_INT:
+            return {"N": str(value)}
+        if kind is list:
+            return {"L": [self._attribute(v) for v in value]}
+        if kind is dict:
+            return {"M": {str(k): self._attribute(v) for k, v in value.items()}}
+        return self._serializer.serialize(value)
 
     def deserialize(self, item: Mapping[str, Any]) -> dict[str, Any]:
         return {k: from_dynamo_value(self._deserializer.deserialize(v)) for k, v in item.items()}

@@ -29,7 +29,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol, runtime_checkable
 
 from include.notify.config import NotifyConfig
@@ -90,9 +90,11 @@ class Message:
 
     def payload(self) -> dict[str, Any]:
         """The public payload (no e-mail address), as stored in deliveries and sent to the app."""
-        record = asdict(self)
-        record.pop("email")
-        return record
+        # Flat scalar fields: read directly (``asdict`` deep-copies, a tenth of dispatch's CPU).
+        return {name: getattr(self, name) for name in _PAYLOAD_FIELDS}
+
+
+_PAYLOAD_FIELDS = tuple(f.name for f in fields(Message) if f.name != "email")
 
 
 @runtime_checkable
