@@ -246,7 +246,22 @@ class Dynamo:
         return self._serializer.serialize(value)
 
     def deserialize(self, item: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: from_dynamo_value(self._deserializer.deserialize(v)) for k, v in item.items()}
+        return {k: self._plain(v) for k, v in item.items()}
+
+    def _plain(self, value: Mapping[str, Any]) -> Any:
+        """One attribute value read back: strings, booleans, integers, lists and maps directly (as
+        ``from_dynamo_value`` of boto3's ``TypeDeserializer`` makes them), anything else through them."""
+        for kind, inner in value.items():
+            if kind == "S" or kind == "BOOL":
+                return inner
+            if kind == "N" and (inner.isdigit() or (inner[:1] == "-" and inner[1:].isdigit())):
+                return int(inner)
+            if kind == "L":
+                return [self._plain(v) for v in inner]
+            if kind == "M":
+                return {k: self._plain(v) for k, v in inner.items()}
+            break
+        return from_dynamo_value(self._deserializer.deserialize(value))
 
     def put_items(self, logical_name: str, records: Iterable[Mapping[str, Any]]) -> int:
         """Batch-write records (last write per key wins); returns how many were written.

@@ -79,6 +79,8 @@ log = logging.getLogger(__name__)
 SWEEP_DAYS = 7
 # Items per batched-write request chain; a shard's writes go out as several chains at once.
 WRITE_CHUNK = 100
+# Keys per batched read (BatchGetItem's limit); a batch's reads go out as several at once.
+READ_CHUNK = 100
 __all__ = [
     "PRODUCT_FALLBACK", "Dispatcher", "EventSink", "KafkaEventSink", "ListEventSink", "_ceil", "build_message",
     "dispatch_parts", "due_buckets", "due_items", "has_due", "run_time_of", "sent_event", "simulate_day",
@@ -323,10 +325,8 @@ class Dispatcher:
         day_keys = {dispatch_decide.day_key(i) for i in claimable if i.get("local_day")}
         # The users and the day ledger, read at once (two batched reads in flight).
         found_users, found_ledgers = self._both(
-            lambda: self.dynamo.batch_get("users", [{"user_id": i["user_id"]} for i in claimable]),
-            lambda: self.dynamo.batch_get(
-                "user_day_sends", [{"user_id": u, "local_day": d} for u, d in day_keys], consistent=True
-            ),
+            lambda: self._get("users", [{"user_id": i["user_id"]} for i in claimable]),
+            lambda: self._get("user_day_sends", [{"user_id": u, "local_day": d} for u, d in day_keys], True),
         )
         users = {u["user_id"]: u for u in found_users}
         ledgers = {(r["user_id"], r["local_day"]): dispatch_decide.reached(r) for r in found_ledgers}
@@ -447,6 +447,17 @@ class Dispatcher:
         wait(futures)
         for future in futures:
             future.result()
+
+    def _get(self, table: str, keys: list[dict[str, Any]], consistent: bool = False) -> list[dict[str, Any]]:
+        """``Dynamo.batch_get`` of ``keys``, its 100-key requests in flight together on the write pool
+        (a 250-item batch's users were three requests one after another)."""
+        assert self._write_pool is not None
+        chunks = [keys[i : i + READ_CHUNK] for i in range(0, len(keys), READ_CHUNK)]
+        if len(chunks) <= 1:
+            return self.dynamo.batch_get(table, keys, consistent=consistent)
+        futures = [self._write_pool.submit(self.dynamo.batch_get, table, chunk, consistent) for chunk in chunks]
+        wait(futures)
+        return [found for future in futures for found in future.result()]
 
     def _put_ledgers(self, changed: Mapping[tuple[str, str], set[str]]) -> None:
         if changed:
