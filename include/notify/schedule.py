@@ -7,10 +7,11 @@ dispatch reads; a final status removes them.
 
 Statuses and who moves an item between them::
 
-    scheduled --claimed_state (batch claimed, then begun on the lease record)--> sending (send_began)
+    scheduled --claimed_state (in memory: the batch is claimed, then begun, on the lease record)--> sending
         |  ^          sending --sent_state--> sent (out of the due index; event_pending while its event is not out)
         |  |          sending --closed_state--> failed / cancelled / expired (failure_reason)
         |  '--released_state (transient errors, channels still to go, deferred past quiet hours)
+        |             (written as sending only when a next owner finds a dead owner's begun batch recorded)
         |             sending whose batch had begun when its owner's lease lapsed --unknown_state--> unknown
         |             unknown --claimed again (reconciler, deduplicating channels only)--> sending
         |             unknown --unknown_state(final) (failure_reason; nothing resent)--> unknown, final
@@ -30,10 +31,12 @@ each with one conditional write through ``Dynamo.write_if``: False means another
 the item first. The reasons ("why was this cancelled / failed / expired / unknown?") are written
 here and nowhere else.
 
-Between a slice owner's read of an item and its batched claim, no condition protects the item:
-a stream cancel or planner write landing in those milliseconds is overwritten by the claim (the
-item is then sent as if the claim had come first). DynamoDB has no conditional batch write; a
-transaction per batch (``TransactWriteItems``, not in the local endpoint) would close it.
+Between a slice owner's read of an item and its batch's commit, no condition protects the item
+(the claim is on the lease record, not the item): a stream cancel or planner write landing while
+the batch is in flight succeeds and is overwritten by the commit (the item ends as what happened to
+it, ``sent``; a copy re-planned under another key is stopped by dispatch's day ledger). DynamoDB has
+no conditional batch write; a transaction per batch (``TransactWriteItems``, not in the local
+endpoint) would close it.
 """
 
 from __future__ import annotations

@@ -10,14 +10,16 @@ racing dispatchers wins, a fencing token grows with each owner):
 
 1. **Read and triage**: the shard's due items re-read by key (consistent; the index may lag) with
    the batch a previous owner left in flight. Items past ``max_lateness_minutes`` expire; a send
-   that had begun is ``sent`` if its delivery was recorded, else ``unknown`` (never resent
-   blindly); a batch that was claimed but never begun is claimed again.
-2. **Claim a batch**: its keys go to the lease record (fenced), then the items become ``sending``
-   and the day ledger (``user_day_sends``) counts them, in batched puts.
+   that had begun (a ``scheduled`` item of a batch the lease record says began) is ``sent`` if its
+   delivery was recorded, else ``unknown`` (never resent blindly); a batch that was claimed but
+   never begun is claimed again.
+2. **Claim a batch**: its keys and channels go to the lease record (fenced): the write-ahead intent,
+   no claim write per item. Then the day ledger (``user_day_sends``) counts the batch, in batched puts.
 3. **Prepare and keep the promises** per item, isolated: render in the sandbox (a render error
    fails that item with its reason), cancel for an opt-out or a stopped campaign, never inside
    the user's local quiet hours (expire, or defer to the next allowed slot that day), never over
-   the day's cap (the ledger plus the batch).
+   the day's cap (the ledger plus the batch), never a notification the ledger names that this item
+   never sent (a copy re-planned under another key).
 4. **Begin** (the fenced write-ahead mark on the lease record: from here on a lapsed lease means
    "outcome unknown"), **send** on each channel still to do (the inbox in batched writes;
    transient errors retried with back-off; unknown outcomes retried only on channels that
@@ -26,12 +28,14 @@ racing dispatchers wins, a fencing token grows with each owner):
 5. **Reconcile** the ``unknown`` items found and re-emit lost events; release the shard.
 
 Item writes per notification: the three it must leave (final state, delivery record, the channel's
-record) and two it needs for exactly-once, both before the send: the claim (``sending``, which the
-planner and the stream leave alone; without it a cancel or re-plan landing mid-send is overwritten
-and a re-planned copy under another key sent again) and the day-ledger entry (so the cap counts a
-send whose owner died before recording it). Neither folds into another write: they are other items
-(no conditional batch write exists), and a ledger per slice instead of per user-day would rewrite a
-whole slice's day on every batch. Reads: the due index, users and ledgers in batches.
+record) and one it needs before the send: the day-ledger entry (so the cap counts a send whose owner
+died before recording it, and a copy re-planned under another key, same notification id, is never
+sent again). The claim is the batch's keys on the lease record (one fenced write per batch): a next
+owner settles the batch from it, and a cancel or re-plan landing on an item mid-send is overwritten
+by the commit (the item ends ``sent``), never sent twice. The ledger does not fold into another
+write: it is another item (no conditional batch write exists), and a ledger per slice instead of per
+user-day would rewrite a whole slice's day on every batch. Reads: the due index, users and ledgers
+in batches.
 
 The run's time is the ``now`` parameter; a message goes out at the later of it and the wall clock
 (``simulate_day`` walks a simulated day with the run's time alone).
