@@ -327,6 +327,7 @@ def _main(argv: list[str]) -> int:
     run.add_argument("--chunk", type=int, default=500)
     run.add_argument("--workers", type=int, default=8)
     run.add_argument("--stop-after-claim", action="store_true", help="SIGSTOP itself once its first batch is claimed")
+    run.add_argument("--quiet-hours-at-send", choices=("expire", "defer"), default="expire")
     args = parser.parse_args(argv)
 
     from include.notify.config import NotifyConfig
@@ -342,6 +343,7 @@ def _main(argv: list[str]) -> int:
         kafka_bootstrap=args.kafka or "127.0.0.1:9",
         topic_prefix=args.topic_prefix,
         webhook_url=args.webhook,
+        quiet_hours_at_send=args.quiet_hours_at_send,
     )
     dynamo = Dynamo.from_config(config)
     channels: list[Any] = []

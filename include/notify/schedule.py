@@ -413,10 +413,20 @@ def claim_batch(
     return _lease_update(dynamo, lease, now_epoch, fields)
 
 
-def begin_batch(dynamo: Dynamo, lease: ShardLease, now_epoch: int, lease_seconds: int) -> bool:
+def begin_batch(
+    dynamo: Dynamo,
+    lease: ShardLease,
+    now_epoch: int,
+    lease_seconds: int,
+    keys: Iterable[Mapping[str, Any]] | None = None,
+) -> bool:
     """The write-ahead mark of a batch: from here on a lapsed lease means "outcome unknown", never
-    "send again". Only while the lease is live."""
-    fields = {"lease_until": now_epoch + lease_seconds, "inflight_state": BATCH_SENDING, "inflight_at": now_epoch}
+    "send again". ``keys``: those of the claimed batch actually sent (the rest were closed or moved
+    before the send). Only while the lease is live."""
+    fields: dict[str, Any] = {"lease_until": now_epoch + lease_seconds, "inflight_state": BATCH_SENDING,
+                              "inflight_at": now_epoch}  # fmt: skip
+    if keys is not None:
+        fields["inflight"] = _flat(keys)
     return _lease_update(dynamo, lease, now_epoch, fields)
 
 

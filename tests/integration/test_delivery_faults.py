@@ -495,3 +495,46 @@ def test_a_slice_owner_frozen_between_claim_and_begin_is_fenced_off_and_the_next
     assert len(accepted_ids(log)) == 20
     assert set(receiver.received.values()) == {1}
     assert {i["attempts"] for i in found.values()} == {1}  # the fenced-off claim sent (and counted) nothing
+
+
+def test_an_item_deferred_in_a_batch_sigkilled_mid_send_stays_deferred_not_unknown(
+    fconfig: NotifyConfig, dynamo: Dynamo, receiver: ReceivingServer, proxy: BufferingProxy, tmp_path: Path
+) -> None:
+    """One item of the first batch (slice 0's 10) is inside its user's quiet hours at send time and
+    deferred (back to ``scheduled``, a later slot) before the send; the process SIGKILLs itself at
+    the accept log's 5th accept. The lease record names only the 9 items sent, so the next owner
+    reports those unknown and leaves the deferred one scheduled for its slot (not a lost send)."""
+    now = now_utc()
+    items = seed(dynamo, fconfig, 40, now - timedelta(minutes=1))
+    shift = 12 - now.hour  # a zone where it is about noon, so the next allowed hour is the same day
+    zone = "Etc/GMT" if shift == 0 else f"Etc/GMT{-shift:+d}"
+    local_hour = (now.hour + shift) % 24
+    quiet = next(i for i in items if i["due_bucket"].endswith("#0"))
+    dynamo.put("users", {"user_id": quiet["user_id"], "name": "Quiet Rao", "timezone": zone,
+                         "quiet_start_hour": local_hour, "quiet_end_hour": local_hour + 1})  # fmt: skip
+    dynamo.put("notification_schedule", {**quiet, "timezone": zone})
+    config = fconfig.replace(webhook_url=receiver.url, quiet_hours_at_send="defer")
+    log = tmp_path / "accepts.log"
+    killed = dispatcher_process(
+        config, proxy, now, webhook=receiver.url, accept_log=log, kill_after=5, chunk=20, workers=1,
+        quiet_hours_at_send="defer",
+    )  # fmt: skip
+    _, err = killed.communicate(timeout=120)
+    assert killed.returncode == -signal.SIGKILL, err
+    lease = _lease(dynamo, "0")
+    named = {tuple(k.split("\t")) for k in lease["inflight"]}
+    assert lease["inflight_state"] == "sending"
+    assert len(named) == 9
+    assert (quiet["user_id"], quiet["send_at_campaign"]) not in named
+    moved = schedule_now(dynamo)[quiet["notification_id"]]
+    assert (moved["status"], moved["due_at"][11:16]) == ("scheduled", f"{(now.hour + 1) % 24:02d}:00")
+
+    time.sleep(LEASE + 1)  # the dead dispatcher's lease lapses
+    channels = [WebhookChannel(config), AcceptLogChannel(log)]
+    counts = Dispatcher(config, dynamo, channels, KafkaEventSink(config), backoff_seconds=0.01).run(now)
+    assert counts["unknown"] == 9
+    found = schedule_now(dynamo)
+    assert found[quiet["notification_id"]]["status"] == "scheduled"  # its slot is still to come
+    assert quiet["notification_id"] not in accepted_ids(log)
+    assert Counter(i["status"] for i in found.values()) == {"unknown": 9, "sent": 30, "scheduled": 1}
+    assert max(accepted_ids(log).values()) == 1

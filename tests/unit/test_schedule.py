@@ -62,7 +62,29 @@ LEASE_STEPS = {
     "claim_batch": lambda d: schedule.claim_batch(d, LEASE, [ITEM], 150, 120),
     "begin_batch": lambda d: schedule.begin_batch(d, LEASE, 150, 120),
     "end_batch": lambda d: schedule.end_batch(d, LEASE, 150, release=True),
+    "give_up_lease": lambda d: schedule.give_up_lease(d, LEASE, 150),
 }
+
+
+def test_the_lease_record_carries_the_batch_claimed_and_then_the_part_of_it_sent() -> None:
+    """The claim names every claimed key with the channels; the begin only those actually sent;
+    giving the lease up after an error keeps them named, the end of a batch forgets them."""
+    d = dynamo()
+    other = {**ITEM, "send_at_campaign": "2026-11-25T09:08:00Z#C2"}
+    schedule.claim_batch(d, LEASE, [ITEM, other], 150, 120, ["inbox", "webhook"])
+    schedule.begin_batch(d, LEASE, 151, 120, [other])
+    schedule.give_up_lease(d, LEASE, 152)
+    schedule.end_batch(d, LEASE, 153)
+    (_, claim), (_, begin), (_, give_up), (_, end) = d.client.requests
+    names = claim["ExpressionAttributeNames"]
+    values = {names[k]: claim["ExpressionAttributeValues"][f":{k[1:]}"] for k in names if k.startswith("#a")}
+    assert values["inflight_state"] == {"S": "claimed"}
+    assert values["inflight_channels"] == {"L": [{"S": "inbox"}, {"S": "webhook"}]}
+    assert len(values["inflight"]["L"]) == 2
+    assert {"L": [{"S": "U1\t2026-11-25T09:08:00Z#C2"}]} in begin["ExpressionAttributeValues"].values()
+    assert {"S": "sending"} in begin["ExpressionAttributeValues"].values()
+    assert "REMOVE" not in give_up["UpdateExpression"]
+    assert "inflight_channels" in end["UpdateExpression"]
 
 
 @pytest.mark.parametrize("name", sorted(TRANSITIONS))

@@ -237,13 +237,11 @@ class Dispatcher:
             raise
         finally:
             self._keeper.done(lease)
-            if shard in self._keeper.lost:
-                pass
-            elif failed:
-                # The batch in flight stays named: its items carry no claim of their own, so the
-                # next owner settles them from the lease record (unknown if it had begun).
+            # After an error the batch in flight stays named (its items carry no claim of their
+            # own): the next owner settles it from the lease record, unknown if it had begun.
+            if shard not in self._keeper.lost and failed:
                 schedule.give_up_lease(self.dynamo, lease, int(self.clock()))
-            else:
+            elif shard not in self._keeper.lost:
                 schedule.end_batch(self.dynamo, lease, int(self.clock()), release=True)
         return counts
 
@@ -377,7 +375,7 @@ class Dispatcher:
             self.after_claim(claimed)
         if not claimed:
             return counts, []
-        if not schedule.begin_batch(self.dynamo, lease, int(self.clock()), self.config.lease_seconds):
+        if not schedule.begin_batch(self.dynamo, lease, int(self.clock()), self.config.lease_seconds, claimed):
             self._keeper.lost.add(lease.shard)
             raise LeaseLostError(lease.shard, len(claimed))
         messages = [message for _, message in promised.keep]
@@ -420,8 +418,11 @@ class Dispatcher:
                 ledgers[key].discard(state["notification_id"])
                 gone[key] = ledgers[key]
         self._put_ledgers(gone)
-        # The batch stays named in the lease record until the next one is claimed or the shard is
-        # released: a next owner re-reading it finds it settled.
+        # Settled: the lease record forgets the batch, so a next owner never takes an item this
+        # commit put back to ``scheduled`` (retry later) for one whose send began and was lost.
+        if not schedule.end_batch(self.dynamo, lease, int(self.clock())):
+            self._keeper.lost.add(lease.shard)
+            raise LeaseLostError(lease.shard)
         unknown = [s.state for s in settled if s.outcome == "unknown_outcome" and s.state is not None]
         return counts, ([] if reconciling else unknown)
 
