@@ -124,11 +124,12 @@ class StreamConsumer(TopicConsumer):
 
 
 # ------------------------------------------------------------------------------------ writes
-def drop_seen_event_ids(dynamo: Dynamo, events: dict[str, Valid]) -> int:
+def drop_seen_event_ids(dynamo: Dynamo, events: dict[str, Valid]) -> tuple[int, list[dict[str, Any]]]:
     """Keep an event id's first ``ts``: remove from ``events`` the ids already stored with another
-    ``ts`` (returns how many), and register the new ids (``stream.split_seen_event_ids``)."""
+    ``ts``; returns how many and the new ids' registry items to write
+    (``stream.split_seen_event_ids``)."""
     if not events:
-        return 0
+        return 0, []
     seen = {
         str(item["event_id"]): str(item["ts"])
         for item in get_all(dynamo, "stream_event_ids", [{"event_id": eid} for eid in events], consistent=True)
@@ -136,8 +137,7 @@ def drop_seen_event_ids(dynamo: Dynamo, events: dict[str, Valid]) -> int:
     duplicates, new = stream.split_seen_event_ids(events, seen)
     for event_id in duplicates:
         del events[event_id]
-    put_all(dynamo, "stream_event_ids", new)
-    return len(duplicates)
+    return len(duplicates), new
 
 
 def write_rows(dynamo: Dynamo, logical: str, rows: dict[str, Valid], rejected: list[Rejected]) -> list[dict[str, Any]]:
@@ -305,8 +305,13 @@ def apply_opt_events(dynamo: Dynamo, events: Sequence[Mapping[str, Any]]) -> dic
 
 # ------------------------------------------------------------------------------------ one batch
 def _events_branch(dynamo: Dynamo, events: dict[str, Valid], rejected: list[Rejected]) -> dict[str, Any]:
-    duplicates = drop_seen_event_ids(dynamo, events)
-    written = sorted(write_rows(dynamo, "events", events, rejected), key=lambda r: r["ts"])
+    duplicates, new_ids = drop_seen_event_ids(dynamo, events)
+    # The registry and the rows at once: both are written before the batch commits, and a row
+    # whose write fails is dead-lettered with the same ts its registered id keeps (a replay).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        registered = pool.submit(put_all, dynamo, "stream_event_ids", new_ids)
+        written = sorted(write_rows(dynamo, "events", events, rejected), key=lambda r: r["ts"])
+        registered.result()
     return {"duplicates": duplicates, "written": len(written), "opt": apply_opt_events(dynamo, written)}
 
 
