@@ -13,8 +13,8 @@ and one worker); each worker, on its own consumer of the group:
    ``stream_unknown_fields``);
 3. in two concurrent branches, each of batched reads and writes only:
    - events: the ids already stored (one BatchGetItem per 100 ids of ``notify_stream_event_ids``)
-     decide the duplicates, the new ids are registered, the rows batch-written to
-     ``notify_clickstream``; opt-out / opt-in events go through ``rules``' one opt-out rule (a
+     decide the duplicates, the new ids are registered and the rows batch-written to
+     ``notify_clickstream`` at once; opt-out / opt-in events go through ``rules``' one opt-out rule (a
      conditional write on ``opt_out_version`` per user, concurrent) and an opt-out cancels the
      user's scheduled notifications;
    - orders: purchases batch-written to ``notify_purchase_history``, then (the two at once) the
