@@ -216,3 +216,24 @@ def test_an_opt_out_event_stops_every_further_send(stream_config: NotifyConfig, 
     # Nothing of u1 is left in the due index.
     due = [item for item in _statuses(dynamo, "u1").values() if "due_bucket" in item]
     assert due == []
+
+
+def test_recent_orders_are_written_only_over_the_version_read_and_never_create_a_user(
+    dynamo: Dynamo, world: None
+) -> None:
+    from include.notify.stages.stream_run import record_orders_on_users
+
+    first = [{"purchase_id": "o-1", "product_id": "P-shirt", "purchase_date": f"{DAY}T12:00:00Z"}]
+    assert dynamo.record_recent_orders("u1", first, None)
+    assert not dynamo.record_recent_orders("u1", [], None)  # another writer got there first: refused
+    assert not dynamo.record_recent_orders("u1", [], 7)  # a stale version: refused
+    assert not dynamo.record_recent_orders("ghost", first, None)  # unknown users are not created
+    assert dynamo.get("users", {"user_id": "ghost"}) is None
+    # The stream merges with what is stored (read at the current version), losing no order.
+    later = {"purchase_id": "o-2", "user_id": "u1", "product_id": "P-shoe", "quantity": 1,
+             "purchase_date": datetime.fromisoformat(f"{DAY}T13:00:00+00:00")}  # fmt: skip
+    assert record_orders_on_users(dynamo, [later]) == {"recorded": 1, "unknown_user": 0}
+    user = dynamo.get("users", {"user_id": "u1"})
+    assert [o["purchase_id"] for o in user["recent_orders"]] == ["o-2", "o-1"]
+    assert user["recent_orders"][0]["article_type"] == "Casual Shoes"
+    assert user["recent_orders_version"] == 2
