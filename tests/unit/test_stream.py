@@ -287,6 +287,9 @@ def test_recent_orders_keep_each_purchase_once_newest_first_and_only_the_last_da
     assert RECENT_ORDER_DAYS == 3
     assert [e["purchase_id"] for e in later] == ["o3", "o2"]
     assert recent_orders(later, [_purchase("o0", day="2026-11-01")], {}) is None  # too old to matter: unchanged
+    half_past = _purchase("o4", day="2026-11-27") | {"purchase_date": datetime.fromisoformat(
+        "2026-11-27T12:00:00.500000+00:00")}  # fmt: skip
+    assert [e["purchase_id"] for e in recent_orders(later, [half_past], {})][:2] == ["o4", "o3"]  # by time, not text
 
 
 def test_opt_signals_the_latest_wins_and_stale_or_unknown_users_are_still_cancelled_when_out() -> None:

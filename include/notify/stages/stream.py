@@ -362,9 +362,13 @@ def recent_orders(
         kept.setdefault(str(purchase["purchase_id"]), order_entry(purchase, products))
     if kept == before:
         return None
-    ordered = sorted(kept.values(), key=lambda e: (str(e["purchase_date"]), str(e["purchase_id"])), reverse=True)
-    oldest = iso_exact(parse_iso(str(ordered[0]["purchase_date"])) - timedelta(days=RECENT_ORDER_DAYS))
-    trimmed = [e for e in ordered if str(e["purchase_date"]) >= oldest][:RECENT_ORDER_LIMIT]
+
+    def moment(entry: Mapping[str, Any]) -> datetime:
+        return parse_iso(str(entry["purchase_date"]))
+
+    ordered = sorted(kept.values(), key=lambda e: (moment(e), str(e["purchase_id"])), reverse=True)
+    oldest = moment(ordered[0]) - timedelta(days=RECENT_ORDER_DAYS)
+    trimmed = [e for e in ordered if moment(e) >= oldest][:RECENT_ORDER_LIMIT]
     return trimmed if trimmed != [dict(e) for e in stored or ()] else None
 
 
@@ -376,7 +380,8 @@ def moot_reason(
     promotes, or of an article type its campaign targets."""
     targets = _article_types((campaign or {}).get("target_article_types"))
     for order in orders:
-        promotes = item.get("product_id") == order.get("product_id") or (order.get("article_type") in targets)
+        product = item.get("product_id")
+        promotes = (product is not None and product == order.get("product_id")) or order.get("article_type") in targets
         if not promotes:
             continue
         if item.get("local_day") == local_day(parse_iso(str(order["purchase_date"])), item.get("timezone")):
