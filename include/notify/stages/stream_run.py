@@ -11,7 +11,7 @@ and one worker); each worker, on its own consumer of the group:
 2. decodes and validates every message (``stream.validate_messages``: invalid UTF-8, bad JSON, a
    lone surrogate, oversized, wrong types, missing fields are rejected; unknown fields follow
    ``stream_unknown_fields``);
-3. in two concurrent branches, each of batched reads and writes only:
+3. in two concurrent branches, batched reads and writes wherever DynamoDB has them:
    - events: the ids already stored (one BatchGetItem per 100 ids of ``notify_stream_event_ids``)
      decide the duplicates, the new ids are registered and the rows batch-written to
      ``notify_clickstream`` at once; opt-out / opt-in events go through ``rules``' one opt-out rule (a
