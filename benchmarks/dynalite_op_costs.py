@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -114,6 +115,20 @@ def main(argv: list[str] | None = None) -> int:
         measure(
             "update: conditional cancel, one request per item",
             lambda: [schedule.cancel(dynamo, i, "bench", cancelled_at) for i in items],
+        )
+        # Order reactions (stream_run.record_orders_on_users): a buyer's recent orders on the user
+        # item cost one conditional update each; the same state as a separate per-user item would
+        # be one batched put each (and one more item read per user in dispatch).
+        orders = [{"purchase_id": "O1", "product_id": "P1", "purchase_date": "2026-12-01T10:00:00Z"}]
+        with ThreadPoolExecutor(8) as pool:
+            measure(
+                "update: a user's recent_orders (conditional on their version), one request per user (8 in flight)",
+                lambda: list(pool.map(lambda u: dynamo.record_recent_orders(u["user_id"], orders, None), users)),
+            )
+        states = [{"user_id": u["user_id"], "recent_orders": orders, "recent_orders_version": 1} for u in users]
+        measure(
+            "put: the same state as separate per-user items (BatchWriteItem)",
+            lambda: dynamo.put_items("user_features", states),
         )
     finally:
         service.stop()

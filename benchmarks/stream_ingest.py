@@ -14,7 +14,9 @@ with some opt-outs, orders, and a share of bad messages that must be dead-letter
   each): the second is the fastest honest reference, the one the ratio is judged by.
 - **ours**: the DAG's task function (``stream_run.ingest_batch`` with the DAG's bounds) called
   until the group's lag is 0: validation, event-id dedupe, purchase / matrix / clickstream
-  writes, raw CSV landing, order and opt-out reactions, dead letters, commit, run record.
+  writes, raw CSV landing, order reactions (the buyers' ``recent_orders`` kept on their user
+  items, which dispatch applies at send time: counted after the clock, by the same rule) and
+  opt-out reactions, dead letters, commit, run record.
 
 All read the same topics with their own consumer group, against the same broker and endpoint
 in the same run: each bare reference once before and once after ours (the shared machine's load
@@ -53,7 +55,7 @@ from include.notify.io.kafka import (  # noqa: E402
     partition_numbers,
     produce_all,
 )
-from include.notify.stages import stream_run  # noqa: E402
+from include.notify.stages import stream, stream_run  # noqa: E402
 from include.notify.timeutil import iso_exact  # noqa: E402
 from notify_tools.services import free_port, start_service  # noqa: E402
 
@@ -145,8 +147,22 @@ def run_ours(
     seconds = time.perf_counter() - started
     totals = {k: sum(r[k] for r in runs) for k in ("rows_in", "rows_out", "rows_rejected", "duplicates",
                                                     "notifications_cancelled", "users_opted_out",
-                                                    "matrix_rows_written")}  # fmt: skip
+                                                    "matrix_rows_written", "buyers_recorded",
+                                                    "orders_of_unknown_users")}  # fmt: skip
     return {"seconds": seconds, "runs": len(runs), **totals}
+
+
+def moot_at_send_time(dynamo: Dynamo) -> int:
+    """How many still-scheduled items dispatch will cancel as made moot by an order the ingest kept
+    on the user (``stream.moot_reason``, the check ``dispatch_decide.prepare`` makes at send time)."""
+    users = {str(u["user_id"]): u.get("recent_orders") or () for u in dynamo.scan("users")}
+    campaigns = {str(c["campaign_id"]): c for c in dynamo.scan("campaigns")}
+    return sum(
+        1
+        for item in dynamo.scan("notification_schedule")
+        if item.get("status") == "scheduled"
+        and stream.moot_reason(item, users.get(str(item["user_id"]), ()), campaigns.get(str(item["campaign_id"])))
+    )
 
 
 def _bare_part(config: NotifyConfig, bare: Dynamo, group: str, partitions: list[int] | None, expected: int,
@@ -250,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             refs[label] = measured(run_bare, dynalite.pid, config, args.messages, label, workers)
             print(f"bare ({label}, {workers} consumers): {refs[label]}", flush=True)
         ours = measured(run_ours, dynalite.pid, config, dynamo, args.max_messages, args.max_seconds, args.workers)
+        ours["moot_at_send_time"] = moot_at_send_time(dynamo)  # after the clock: what dispatch will cancel
         print(f"ours: {ours}", flush=True)
         for label, workers in (("parallel_after", args.workers), ("after", 1)):
             refs[label] = measured(run_bare, dynalite.pid, config, args.messages, label, workers)
@@ -347,8 +364,11 @@ def write_report(
         "",
         f"Counts: in {ours['rows_in']:,} = out {ours['rows_out']:,} + rejected {ours['rows_rejected']:,} + "
         f"duplicates {ours['duplicates']:,}; tables {tables}; {dead_letters:,} dead letters on the topic; "
-        f"{ours['matrix_rows_written']:,} matrix rows, {ours['notifications_cancelled']:,} notifications "
-        f"cancelled, {ours['users_opted_out']:,} users opted out; bare wrote {bare['written']:,} items. "
+        f"{ours['matrix_rows_written']:,} matrix rows; {ours['buyers_recorded']:,} buyers' recent orders "
+        f"recorded ({ours['orders_of_unknown_users']:,} orders of unknown users), which leave "
+        f"{ours['moot_at_send_time']:,} scheduled notifications that dispatch cancels at send time as made moot; "
+        f"{ours['notifications_cancelled']:,} notifications cancelled by {ours['users_opted_out']:,} opt-outs; "
+        f"bare wrote {bare['written']:,} items. "
         f"Peak RSS of the benchmark process {peak_gb:.2f} GB.",
         "",
     ]

@@ -55,6 +55,24 @@ def test_only_items_dispatch_may_have_written_are_re_read_by_key() -> None:
     assert decide.touched({**ITEM, "delivered_channels": ["inbox"]}, "")
 
 
+def test_prepare_cancels_an_item_an_order_the_stream_kept_on_the_user_made_moot() -> None:
+    bought = {
+        "purchase_id": "O7",
+        "product_id": "P1",
+        "article_type": "Shirts",
+        "purchase_date": "2026-11-25T08:00:00Z",
+    }
+    shirts = {**CAMPAIGN, "target_article_types": "Shirts|Tshirts"}
+    buyer = {**USER, "recent_orders": [bought]}
+    assert decide.prepare(ITEM, buyer, shirts, None, MOMENT) == (
+        "cancelled", "made moot by order O7 (bought since planning)"
+    )  # fmt: skip
+    assert decide.prepare({**ITEM, "product_id": "P1"}, buyer, CAMPAIGN, None, MOMENT)[0] == "cancelled"
+    assert isinstance(decide.prepare(ITEM, buyer, CAMPAIGN, None, MOMENT), Message)  # promotes something else
+    yesterday = {**USER, "recent_orders": [{**bought, "purchase_date": "2026-11-24T08:00:00Z"}]}
+    assert isinstance(decide.prepare(ITEM, yesterday, shirts, None, MOMENT), Message)  # another day's order
+
+
 def test_prepare_renders_or_says_why_not() -> None:
     assert isinstance(decide.prepare(ITEM, USER, CAMPAIGN, None, MOMENT), Message)
     assert decide.prepare(ITEM, None, CAMPAIGN, None, MOMENT) == ("failed", "user U1 not in notify_users")

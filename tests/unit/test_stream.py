@@ -252,26 +252,44 @@ def test_a_nightly_matrix_row_without_its_purchase_ids_is_recomputed_from_the_us
 
 
 def test_an_order_makes_moot_only_same_local_day_items_promoting_its_product_or_article_type() -> None:
-    from include.notify.stages.stream import moot_notifications, order_day_span
+    from include.notify.stages.stream import moot_reason, recent_orders
 
     def item(campaign: str, day: str, product: str | None = None, tz: str = "UTC") -> dict:
         return {"user_id": "u1", "send_at_campaign": f"{day}T18:00:00Z#{campaign}", "campaign_id": campaign,
                 "product_id": product, "local_day": day, "timezone": tz, "status": "scheduled"}  # fmt: skip
 
-    pending = {"u1": [item("c-shirts", "2026-11-25"), item("c-other", "2026-11-25", product="P1"),
-                      item("c-watch", "2026-11-25"), item("c-shirts", "2026-11-26"),
-                      item("c-shirts", "2026-11-26", tz="Pacific/Kiritimati")]}  # fmt: skip
-    campaigns = {"c-shirts": {"target_article_types": "Shirts|Tshirts"}, "c-watch": {"target_article_types": "Watches"}}
-    moot = moot_notifications([_purchase("o1")], pending, {"P1": {"articleType": "Shirts"}}, campaigns)
-    # 12:00 UTC on the 25th is already the 26th at UTC+14.
-    assert [(i["send_at_campaign"], i["timezone"]) for i, _ in moot] == [
-        ("2026-11-25T18:00:00Z#c-shirts", "UTC"), ("2026-11-25T18:00:00Z#c-other", "UTC"),
-        ("2026-11-26T18:00:00Z#c-shirts", "Pacific/Kiritimati"),
-    ]  # fmt: skip
-    assert {reason for _, reason in moot} == {"order o1"}
-    low, high = order_day_span([_purchase("o1")])
-    assert low <= "2026-11-24T10"
-    assert high > "2026-11-26T23"
+    orders = recent_orders(None, [_purchase("o1")], {"P1": {"articleType": "Shirts"}})
+    assert orders == [
+        {"purchase_id": "o1", "product_id": "P1", "purchase_date": "2026-11-25T12:00:00Z", "article_type": "Shirts"}
+    ]
+    shirts, watches = {"target_article_types": "Shirts|Tshirts"}, {"target_article_types": "Watches"}
+    verdicts = {
+        "article type": moot_reason(item("c-shirts", "2026-11-25"), orders, shirts),
+        "product": moot_reason(item("c-other", "2026-11-25", product="P1"), orders, {}),
+        "unrelated": moot_reason(item("c-watch", "2026-11-25"), orders, watches),
+        "another day": moot_reason(item("c-shirts", "2026-11-26"), orders, shirts),
+        # 12:00 UTC on the 25th is already the 26th at UTC+14.
+        "its day there": moot_reason(item("c-shirts", "2026-11-26", tz="Pacific/Kiritimati"), orders, shirts),
+        "no orders": moot_reason(item("c-shirts", "2026-11-25"), [], shirts),
+    }
+    assert verdicts == {"article type": "order o1", "product": "order o1", "unrelated": None, "another day": None,
+                        "its day there": "order o1", "no orders": None}  # fmt: skip
+
+
+def test_recent_orders_keep_each_purchase_once_newest_first_and_only_the_last_days() -> None:
+    from include.notify.stages.stream import RECENT_ORDER_DAYS, recent_orders
+
+    first = recent_orders(None, [_purchase("o1", day="2026-11-23"), _purchase("o2", day="2026-11-24")], {})
+    assert [e["purchase_id"] for e in first] == ["o2", "o1"]
+    assert recent_orders(first, [_purchase("o2", day="2026-11-24")], {}) is None  # a replay: nothing to write
+    later = recent_orders(first, [_purchase("o3", day="2026-11-27")], {})
+    # Only orders within RECENT_ORDER_DAYS of the newest: o1 (4 days before o3) is dropped, o2 (3) kept.
+    assert RECENT_ORDER_DAYS == 3
+    assert [e["purchase_id"] for e in later] == ["o3", "o2"]
+    assert recent_orders(later, [_purchase("o0", day="2026-11-01")], {}) is None  # too old to matter: unchanged
+    half_past = _purchase("o4", day="2026-11-27") | {"purchase_date": datetime.fromisoformat(
+        "2026-11-27T12:00:00.500000+00:00")}  # fmt: skip
+    assert [e["purchase_id"] for e in recent_orders(later, [half_past], {})][:2] == ["o4", "o3"]  # by time, not text
 
 
 def test_opt_signals_the_latest_wins_and_stale_or_unknown_users_are_still_cancelled_when_out() -> None:

@@ -354,6 +354,26 @@ class Dynamo:
             ExpressionAttributeValues=self.serialize({":v": opt_out, ":ts": changed_at, ":version": version}),
         )
 
+    def record_recent_orders(self, user_id: str, orders: list[dict[str, Any]], seen_version: int | None) -> bool:
+        """Set a user's ``recent_orders`` (the stream's order reactions, read by dispatch with the
+        user) unless another writer changed them since ``seen_version`` was read; returns whether
+        it was written. Only ``recent_orders`` and its version are touched (the nightly users load
+        and the opt-out rule write other attributes); an unknown user is not created."""
+        values: dict[str, Any] = {":orders": orders, ":next": int(seen_version or 0) + 1}
+        if seen_version is None:
+            condition = "attribute_exists(user_id) AND attribute_not_exists(recent_orders_version)"
+        else:
+            condition = "attribute_exists(user_id) AND recent_orders_version = :seen"
+            values[":seen"] = int(seen_version)
+        return self.write_if(
+            "update",
+            "users",
+            Key=self.serialize({"user_id": user_id}),
+            UpdateExpression="SET recent_orders = :orders, recent_orders_version = :next",
+            ConditionExpression=condition,
+            ExpressionAttributeValues=self.serialize(values),
+        )
+
     # ----------------------------------------------------------------- reads
     def get(self, logical_name: str, key: Mapping[str, Any], consistent: bool = False) -> dict[str, Any] | None:
         response = self.client.get_item(

@@ -7,7 +7,7 @@ promise checks these use. What is decided here, for an item of a shard whose lea
 - ``triage``: claim it, expire it (too late), finish a dead owner's work (sent from its delivery
   record, or ``unknown`` when its send had begun), reconcile it, re-emit its event, or leave it.
 - ``prepare``: the rendered message, or why it must not be sent (user or campaign missing, opted
-  out, campaign stopped, template error).
+  out, campaign stopped, made moot by an order the stream kept on the user, template error).
 - ``promises``: quiet hours at the moment of sending (expire or defer) and the day's cap, counted
   from the day ledger (what reached the user that day) and the batch itself.
 - ``settle``: what the channels' outcome makes of the item (sent, partly sent, retried later,
@@ -35,6 +35,7 @@ from include.notify.stages.dispatch_send import (
     describe,
     quiet_verdict,
 )
+from include.notify.stages.stream import moot_reason
 from include.notify.stages.templates import UnsafeTemplateError
 from include.notify.timeutil import iso, parse_iso
 
@@ -160,6 +161,9 @@ def prepare(
         return schedule.CANCELLED, "user opted out after planning"
     if campaign.get("status") != "active":
         return schedule.CANCELLED, f"campaign is {campaign.get('status')} since planning"
+    moot = moot_reason(item, user.get("recent_orders") or (), campaign)
+    if moot is not None:
+        return schedule.CANCELLED, f"made moot by {moot} (bought since planning)"
     try:
         return build_message(item, user, campaign, product, moment)
     except UnsafeTemplateError as error:

@@ -12,8 +12,9 @@ functions of what it read:
   already stored (each row lists the ``purchase_ids`` it counts, so a replayed purchase is never
   counted twice) or, for a row written without that list (the nightly features'), from the
   user's purchase history;
-- ``moot_notifications``: the still-scheduled notifications an order made moot (same local day,
-  promoting the bought product or its article type);
+- ``recent_orders`` / ``moot_reason``: what a user's item keeps of their recent orders, and the rule
+  dispatch applies with it at send time (an order makes moot the items of its local day promoting
+  the bought product or its article type);
 - ``winning_opt_signals`` / ``opt_outcomes``: the one opt-out rule (``rules``) per user, and which
   users' schedules to cancel;
 - ``raw_files``: the raw CSV files a batch lands for the nightly batch, ``delivery_day`` their day.
@@ -43,7 +44,7 @@ from include.notify.stages.stream_messages import (
     safe_text,
     to_raw_json,
 )
-from include.notify.timeutil import iso_exact
+from include.notify.timeutil import iso_exact, parse_iso
 
 DAG_ID = "notify_stream_ingest"
 # Which raw table each consumed topic (logical name) carries.
@@ -51,8 +52,8 @@ STREAM_TABLES: dict[str, schemas.RawTable] = {"orders": schemas.PURCHASES, "even
 
 __all__ = [
     "DAG_ID", "STREAM_TABLES", "BatchResult", "InvalidMessageError", "SourceMessage", "Valid", "delivery_day",
-    "matrix_rows", "moot_notifications", "opt_outcomes", "parse_message", "raw_files", "split_seen_event_ids",
-    "to_raw_json", "validate_messages", "winning_opt_signals",
+    "matrix_rows", "moot_reason", "opt_outcomes", "parse_message", "raw_files", "recent_orders",
+    "split_seen_event_ids", "to_raw_json", "validate_messages", "winning_opt_signals",
 ]  # fmt: skip
 
 
@@ -70,7 +71,7 @@ class SourceMessage(Protocol):
 _SUMMED = (
     "rows_in", "rows_out", "rows_rejected", "duplicates", "bytes_in", "purchases_written", "events_written",
     "matrix_rows_written", "matrix_histories_read", "notifications_cancelled", "users_opted_out", "users_opted_in",
-    "opt_events_stale", "total_lag",
+    "opt_events_stale", "total_lag", "buyers_recorded", "orders_of_unknown_users",
 )  # fmt: skip
 
 
@@ -97,6 +98,10 @@ class BatchResult:
     users_opted_out: int = 0
     users_opted_in: int = 0
     opt_events_stale: int = 0
+    # Users whose ``recent_orders`` the batch changed (dispatch makes their orders' moot items
+    # cancelled at send time), and orders of users not in ``notify_users`` (nothing to record).
+    buyers_recorded: int = 0
+    orders_of_unknown_users: int = 0
     committed: dict[str, int] = field(default_factory=dict)
     lag: dict[str, int] = field(default_factory=dict)
     total_lag: int = 0
@@ -322,37 +327,66 @@ def local_day(moment: datetime, timezone: str | None) -> str:
     return moment.astimezone(zone).date().isoformat()
 
 
-def order_day_span(purchases: Iterable[Mapping[str, Any]]) -> tuple[str, str]:
-    """The ``send_at`` range (``low``, ``high`` prefixes of ``send_at_campaign``) that holds every
-    schedule item of any local day an order of ``purchases`` can fall on, in any time zone."""
-    days = [p["purchase_date"].astimezone(UTC).date() for p in purchases]
-    return f"{(min(days) - timedelta(days=2)).isoformat()}T00", f"{(max(days) + timedelta(days=3)).isoformat()}T00"
+# How far back a user's ``recent_orders`` reach from their newest order: an order makes moot only
+# the items of its own local day, which in any time zone is within a day of its UTC date.
+RECENT_ORDER_DAYS = 3
+# At most this many orders kept per user (newest first): an item's size stays bounded.
+RECENT_ORDER_LIMIT = 200
 
 
-def moot_notifications(
-    purchases: Sequence[Mapping[str, Any]],
-    pending: Mapping[str, Sequence[Mapping[str, Any]]],
+def order_entry(purchase: Mapping[str, Any], products: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """What a user's ``recent_orders`` keep of a purchase: its id, product, the product's article
+    type (when the catalog knows it) and its time (ISO UTC)."""
+    entry = {
+        "purchase_id": str(purchase["purchase_id"]),
+        "product_id": str(purchase["product_id"]),
+        "purchase_date": iso_exact(purchase["purchase_date"]),
+    }
+    article_type = products.get(entry["product_id"], {}).get("articleType")
+    if article_type:
+        entry["article_type"] = str(article_type)
+    return entry
+
+
+def recent_orders(
+    stored: Sequence[Mapping[str, Any]] | None,
+    purchases: Iterable[Mapping[str, Any]],
     products: Mapping[str, Mapping[str, Any]],
-    campaigns: Mapping[str, Mapping[str, Any]],
-) -> list[tuple[Mapping[str, Any], str]]:
-    """The still-scheduled items (``pending`` per user) an order made moot, with the reason: the
-    buyer's items of the order's local day (in the item's time zone) promoting the bought product
-    or a campaign targeting its article type. Each item once."""
-    by_user: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+) -> list[dict[str, Any]] | None:
+    """A user's ``recent_orders`` after ``purchases`` (newest first, by purchase id: a replayed
+    purchase adds nothing), trimmed to ``RECENT_ORDER_DAYS`` before the newest and
+    ``RECENT_ORDER_LIMIT`` entries; None when the stored list would not change (nothing to write)."""
+    kept = {str(entry["purchase_id"]): dict(entry) for entry in stored or ()}
+    before = dict(kept)
     for purchase in purchases:
-        by_user[str(purchase["user_id"])].append(purchase)
-    moot = []
-    for user_id, orders in by_user.items():
-        for item in pending.get(user_id, ()):
-            targets = _article_types(campaigns.get(str(item.get("campaign_id")), {}).get("target_article_types"))
-            for order in orders:
-                product_type = products.get(str(order["product_id"]), {}).get("articleType")
-                same_day = item.get("local_day") == local_day(order["purchase_date"], item.get("timezone"))
-                promotes = item.get("product_id") == order["product_id"] or (product_type and product_type in targets)
-                if same_day and promotes:
-                    moot.append((item, f"order {order['purchase_id']}"))
-                    break
-    return moot
+        kept.setdefault(str(purchase["purchase_id"]), order_entry(purchase, products))
+    if kept == before:
+        return None
+
+    def moment(entry: Mapping[str, Any]) -> datetime:
+        return parse_iso(str(entry["purchase_date"]))
+
+    ordered = sorted(kept.values(), key=lambda e: (moment(e), str(e["purchase_id"])), reverse=True)
+    oldest = moment(ordered[0]) - timedelta(days=RECENT_ORDER_DAYS)
+    trimmed = [e for e in ordered if moment(e) >= oldest][:RECENT_ORDER_LIMIT]
+    return trimmed if trimmed != [dict(e) for e in stored or ()] else None
+
+
+def moot_reason(
+    item: Mapping[str, Any], orders: Iterable[Mapping[str, Any]], campaign: Mapping[str, Any] | None
+) -> str | None:
+    """Why a scheduled ``item`` is moot by one of its user's ``orders`` (``recent_orders``
+    entries), or None: an order of the item's local day (in the item's time zone) of the product it
+    promotes, or of an article type its campaign targets."""
+    targets = _article_types((campaign or {}).get("target_article_types"))
+    for order in orders:
+        product = item.get("product_id")
+        promotes = (product is not None and product == order.get("product_id")) or order.get("article_type") in targets
+        if not promotes:
+            continue
+        if item.get("local_day") == local_day(parse_iso(str(order["purchase_date"])), item.get("timezone")):
+            return f"order {order['purchase_id']}"
+    return None
 
 
 def winning_opt_signals(events: Iterable[Mapping[str, Any]]) -> dict[str, tuple[Mapping[str, Any], bool, int]]:

@@ -11,19 +11,20 @@ and one worker); each worker, on its own consumer of the group:
 2. decodes and validates every message (``stream.validate_messages``: invalid UTF-8, bad JSON, a
    lone surrogate, oversized, wrong types, missing fields are rejected; unknown fields follow
    ``stream_unknown_fields``);
-3. in two concurrent branches, each of batched reads and writes only:
+3. in two concurrent branches, batched reads and writes wherever DynamoDB has them:
    - events: the ids already stored (one BatchGetItem per 100 ids of ``notify_stream_event_ids``)
-     decide the duplicates, the new ids are registered, the rows batch-written to
-     ``notify_clickstream``; opt-out / opt-in events go through ``rules``' one opt-out rule (a
+     decide the duplicates, the new ids are registered and the rows batch-written to
+     ``notify_clickstream`` at once; opt-out / opt-in events go through ``rules``' one opt-out rule (a
      conditional write on ``opt_out_version`` per user, concurrent) and an opt-out cancels the
      user's scheduled notifications;
    - orders: purchases batch-written to ``notify_purchase_history``, then (the two at once) the
      ``notify_user_product_matrix`` rows of the batch's (user, product) pairs read by
      BatchGetItem and updated (``stream.matrix_rows``: idempotent by the purchase ids a row
      lists; a user's history is queried only for a row the nightly features wrote) and the
-     buyers' still-scheduled notifications of the orders' days (one key query per buyer narrowed
-     to those days, concurrent), the products and the campaigns (BatchGetItem) decide what an
-     order made moot, cancelled concurrently by ``schedule.cancel``;
+     buyers' orders kept on their ``notify_users`` items (``record_orders_on_users``:
+     ``recent_orders``, one conditional update per buyer whose list changes), which dispatch
+     reads with the user and applies at send time (``stream.moot_reason``): an item an order
+     made moot is cancelled when it comes due, never sent;
    a message whose item cannot be encoded, or whose row still fails to write alone after its
    batch failed, is rejected, not the batch;
 4. lands the written rows as raw CSV in the lake (``stream-<topic>-<partition>-<first offset>.csv``);
@@ -123,11 +124,12 @@ class StreamConsumer(TopicConsumer):
 
 
 # ------------------------------------------------------------------------------------ writes
-def drop_seen_event_ids(dynamo: Dynamo, events: dict[str, Valid]) -> int:
+def drop_seen_event_ids(dynamo: Dynamo, events: dict[str, Valid]) -> tuple[int, list[dict[str, Any]]]:
     """Keep an event id's first ``ts``: remove from ``events`` the ids already stored with another
-    ``ts`` (returns how many), and register the new ids (``stream.split_seen_event_ids``)."""
+    ``ts``; returns how many and the new ids' registry items to write
+    (``stream.split_seen_event_ids``)."""
     if not events:
-        return 0
+        return 0, []
     seen = {
         str(item["event_id"]): str(item["ts"])
         for item in get_all(dynamo, "stream_event_ids", [{"event_id": eid} for eid in events], consistent=True)
@@ -135,8 +137,7 @@ def drop_seen_event_ids(dynamo: Dynamo, events: dict[str, Valid]) -> int:
     duplicates, new = stream.split_seen_event_ids(events, seen)
     for event_id in duplicates:
         del events[event_id]
-    put_all(dynamo, "stream_event_ids", new)
-    return len(duplicates)
+    return len(duplicates), new
 
 
 def write_rows(dynamo: Dynamo, logical: str, rows: dict[str, Valid], rejected: list[Rejected]) -> list[dict[str, Any]]:
@@ -233,43 +234,48 @@ def cancel_all(dynamo: Dynamo, moot: Sequence[tuple[Mapping[str, Any], str]]) ->
     return sum(done)
 
 
-def _pending_of_days(dynamo: Dynamo, purchases: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """The buyers' still-scheduled items whose ``send_at`` can fall on an order's local day."""
-    low, high = stream.order_day_span(purchases)
-    requests = {
-        user_id: {
-            "KeyConditionExpression": "user_id = :u AND send_at_campaign BETWEEN :low AND :high",
-            "FilterExpression": "#s = :scheduled",
-            # Only what the decision and the cancel need: smaller answers to read and decode.
-            "ProjectionExpression": "user_id, send_at_campaign, campaign_id, product_id, local_day, #tz, #s",
-            "ExpressionAttributeNames": {"#s": "status", "#tz": "timezone"},
-            "ExpressionAttributeValues": {":u": user_id, ":low": low, ":high": high, ":scheduled": schedule.SCHEDULED},
-            "ConsistentRead": True,
+# Attempts at a user's ``recent_orders`` when another writer changed them between read and write.
+RECORD_ATTEMPTS = 5
+
+
+def record_orders_on_users(dynamo: Dynamo, purchases: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Keep the buyers' orders on their ``notify_users`` items (``recent_orders``: one consistent
+    BatchGetItem of the buyers and of the products, then one conditional update per buyer whose
+    list changes, several in flight); returns the counts (``recorded`` users, ``unknown_user``
+    orders).
+
+    Dispatch reads the user with every item it sends and cancels an item an order made moot
+    (``stream.moot_reason``) at send time, so the stream neither queries nor cancels schedule
+    items for orders. A replayed purchase changes nothing (kept by purchase id) and costs no
+    write. The update is conditional on the list's version as read: a concurrent writer (a replay
+    of the same user's dead letters) makes it read and merge again, never lose an order.
+    """
+    by_user: dict[str, list[Mapping[str, Any]]] = {}
+    for purchase in purchases:
+        by_user.setdefault(str(purchase["user_id"]), []).append(purchase)
+    if not by_user:
+        return {"recorded": 0, "unknown_user": 0}
+    product_ids = sorted({str(p["product_id"]) for p in purchases})
+    products = {str(p["product_id"]): p for p in get_all(dynamo, "products", [{"product_id": i} for i in product_ids])}
+    pending, recorded, unknown = list(by_user), 0, 0
+    for _ in range(RECORD_ATTEMPTS):
+        stored = {
+            str(u["user_id"]): u for u in get_all(dynamo, "users", [{"user_id": u} for u in pending], consistent=True)
         }
-        for user_id in {str(p["user_id"]) for p in purchases}
-    }
-    return dynamo.query_many(schedule.SCHEDULE, requests, workers=REQUESTS_IN_FLIGHT)
-
-
-def cancel_for_orders(dynamo: Dynamo, purchases: Sequence[Mapping[str, Any]]) -> int:
-    """Cancel each buyer's scheduled notifications of the order's (local) day that promote the
-    bought product or its article type (``stream.moot_notifications``); returns how many."""
-    if not purchases:
-        return 0
-    pending = _pending_of_days(dynamo, purchases)
-    # Only the orders of buyers with something still scheduled can make anything moot.
-    product_ids = sorted({str(p["product_id"]) for p in purchases if pending.get(str(p["user_id"]))})
-    products = {
-        str(p["product_id"]): p for p in get_all(dynamo, "products", [{"product_id": pid} for pid in product_ids])
-    }
-    campaign_ids = {str(i["campaign_id"]) for items in pending.values() for i in items if i.get("campaign_id")}
-    campaigns = {
-        str(c["campaign_id"]): c for c in dynamo.batch_get("campaigns", [{"campaign_id": cid} for cid in campaign_ids])
-    }
-    cancelled = cancel_all(dynamo, stream.moot_notifications(purchases, pending, products, campaigns))
-    if cancelled:
-        log.info("cancelled %d scheduled notifications made moot by orders", cancelled)
-    return cancelled
+        unknown += sum(len(by_user[u]) for u in pending if u not in stored)
+        changes = {
+            user_id: state
+            for user_id in pending
+            if user_id in stored
+            and (state := stream.recent_orders(stored[user_id].get("recent_orders"), by_user[user_id], products))
+        }
+        order = [(u, state, stored[u].get("recent_orders_version")) for u, state in changes.items()]
+        done = _concurrently(lambda change: dynamo.record_recent_orders(*change), order)
+        recorded += sum(done)
+        pending = [change[0] for change, ok in zip(order, done, strict=True) if not ok]
+        if not pending:
+            return {"recorded": recorded, "unknown_user": unknown}
+    raise RuntimeError(f"recent_orders of {len(pending)} users kept changing under {RECORD_ATTEMPTS} attempts")
 
 
 def apply_opt_events(dynamo: Dynamo, events: Sequence[Mapping[str, Any]]) -> dict[str, int]:
@@ -299,8 +305,13 @@ def apply_opt_events(dynamo: Dynamo, events: Sequence[Mapping[str, Any]]) -> dic
 
 # ------------------------------------------------------------------------------------ one batch
 def _events_branch(dynamo: Dynamo, events: dict[str, Valid], rejected: list[Rejected]) -> dict[str, Any]:
-    duplicates = drop_seen_event_ids(dynamo, events)
-    written = sorted(write_rows(dynamo, "events", events, rejected), key=lambda r: r["ts"])
+    duplicates, new_ids = drop_seen_event_ids(dynamo, events)
+    # The registry and the rows at once: both are written before the batch commits, and a row
+    # whose write fails is dead-lettered with the same ts its registered id keeps (a replay).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        registered = pool.submit(put_all, dynamo, "stream_event_ids", new_ids)
+        written = sorted(write_rows(dynamo, "events", events, rejected), key=lambda r: r["ts"])
+        registered.result()
     return {"duplicates": duplicates, "written": len(written), "opt": apply_opt_events(dynamo, written)}
 
 
@@ -308,10 +319,10 @@ def _orders_branch(dynamo: Dynamo, orders: dict[str, Valid], rejected: list[Reje
     purchases = write_rows(dynamo, "orders", orders, rejected)
     # The matrix and the reactions read and write different tables and neither needs the other.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        reactions = pool.submit(cancel_for_orders, dynamo, purchases)
+        reactions = pool.submit(record_orders_on_users, dynamo, purchases)
         matrix_rows, histories = refresh_user_product_matrix(dynamo, purchases)
-        cancelled = reactions.result()
-    return {"written": len(purchases), "matrix_rows": matrix_rows, "histories": histories, "cancelled": cancelled}
+        recorded = reactions.result()
+    return {"written": len(purchases), "matrix_rows": matrix_rows, "histories": histories, "recorded": recorded}
 
 
 def process_messages(
@@ -353,7 +364,9 @@ def process_messages(
     opted = events["opt"]
     result.users_opted_out, result.users_opted_in = opted["opt_out"], opted["opt_in"]
     result.opt_events_stale = opted["stale"]
-    result.notifications_cancelled = orders["cancelled"] + opted["cancelled"]
+    result.notifications_cancelled = opted["cancelled"]
+    result.buyers_recorded = orders["recorded"]["recorded"]
+    result.orders_of_unknown_users = orders["recorded"]["unknown_user"]
     if dead_letters:
         dead_letter(config, rejected, producer, now)
 
