@@ -442,7 +442,8 @@ def _clickstream(
     events["campaign_id"] = ""
     events["notification_id"] = ""
     assert user_index.index.is_unique
-    return events[list(RAW_TABLES_BY_NAME["clickstream"].column_names)]
+    # The generated history has no notification decisions: its decision columns are empty.
+    return events.reindex(columns=list(RAW_TABLES_BY_NAME["clickstream"].column_names))
 
 
 # ------------------------------------------------------------------------------------ campaigns

@@ -155,6 +155,13 @@ CLICKSTREAM = RawTable(
         Column("product_id", required=False, max_length=64),
         Column("campaign_id", required=False, max_length=64),
         Column("notification_id", required=False, max_length=128),
+        # A notification_sent row carries what decided the notification (its delivery record's
+        # ``dispatch_decide.DECISION_FIELDS``), so the lake can evaluate policies on its own.
+        Column("policy_version", required=False, max_length=128),
+        Column("model_version", required=False, max_length=128),
+        Column("p_click", "double", required=False, min_value=0.0, max_value=1.0),
+        Column("propensity", "double", required=False, min_value=0.0, max_value=1.0),
+        Column("candidate_scores", required=False, max_length=8192),
     ),
     references=(Reference("user_id", "users", "user_id"),),
     kind="event",

@@ -99,6 +99,7 @@ def run_closed_loop(
     spark = None
     try:
         from notify_tools.datagen import build_dataset
+        from notify_tools.simulator.fast import _catalog_vectors
 
         dataset = timed(
             "generate population", build_dataset, users, start, seed, products_limit=products_limit,
@@ -125,7 +126,9 @@ def run_closed_loop(
             for policy in POLICIES
             if policy in policies
         ]
-        seed_vectors = timed("seed: embed catalog", _seed_vectors, base, dataset) if "seed" in policies else None
+        # The seed's catalog vectors through the fast mode's on-disk cache (keyed by model, catalog and
+        # campaigns): the same vectors ``_seed_vectors`` computes, embedded once per catalog, not per run.
+        seed_vectors = timed("seed: embed catalog", _catalog_vectors, base, dataset) if "seed" in policies else None
         if "notify" in policies:
             from include.notify.spark import get_spark
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
 from include.notify.config import NotifyConfig
+from include.notify.schemas import CLICKSTREAM
 from include.notify.stages.dispatch import PRODUCT_FALLBACK, _ceil, build_message, due_buckets, run_time_of, sent_event
+from include.notify.stages.dispatch_decide import DECISION_FIELDS
+from include.notify.stages.stream_messages import to_raw_json
 from include.notify.stages.templates import UnsafeTemplateError
 
 NOW = datetime(2026, 11, 25, 0, 20, tzinfo=UTC)
@@ -67,6 +72,17 @@ def test_sent_event_follows_the_contract_and_its_id_is_stable() -> None:
     assert event["event_id"] == sent_event(ITEM, "2026-11-25T00:21:00Z")["event_id"]
     assert event["event_id"] != sent_event({**ITEM, "notification_id": "U1#2026-11-26#C1"}, "x")["event_id"]
     assert len(event["event_id"]) <= 64
+    # A planned decision travels with the event (DynamoDB's Decimals as floats), within the
+    # clickstream contract, so the lake's notification_sent row carries what the delivery record does.
+    decided = {**ITEM, "policy_version": "value-1", "model_version": "m-2026-11-24", "p_click": Decimal("0.0831"),
+               "propensity": Decimal("0.9"), "candidate_scores": "C1:0.0831|C2:0.02"}  # fmt: skip
+    event = sent_event(decided, "2026-11-25T00:20:00Z")
+    assert {k: event[k] for k in DECISION_FIELDS} == {
+        "policy_version": "value-1", "model_version": "m-2026-11-24", "p_click": 0.0831, "propensity": 0.9,
+        "candidate_scores": "C1:0.0831|C2:0.02",
+    }  # fmt: skip
+    assert set(DECISION_FIELDS) <= set(CLICKSTREAM.column_names)
+    assert json.loads(to_raw_json(CLICKSTREAM, event))["p_click"] == 0.0831
 
 
 def test_simulated_ticks_and_run_time() -> None:

@@ -52,8 +52,9 @@ def frames(spark):
         ],
         curated_schema("purchase_history"),
     )
+    # The five optional decision columns (policy_version .. candidate_scores) are null here.
     clickstream = spark.createDataFrame(
-        [
+        [(*row, None, None, None, None, None) for row in [
             ("E1", "U1", ts("2026-03-09T04:00:00"), "view", "P1", None, None),  # Kolkata 09:30
             ("E2", "U1", ts("2026-03-01T03:30:00"), "notification_sent", None, "C1", "N1"),
             ("E3", "U1", ts("2026-03-01T04:30:00"), "notification_open", None, "C1", "N1"),  # Kolkata 10:00
@@ -67,7 +68,7 @@ def frames(spark):
             ("E11", "U2", ts("2026-03-09T00:00:00"), "opt_out", None, None, None),  # UTC 0, after row dt
             ("E12", "U2", ts("2026-03-09T12:00:00"), "notification_sent", None, "C2", "N5"),
             ("E13", "U3", ts("2026-03-12T01:00:00"), "click", None, None, None),  # after D: ignored
-        ],
+        ]],
         curated_schema("clickstream"),
     )  # fmt: skip
     campaigns = spark.createDataFrame(

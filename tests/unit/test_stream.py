@@ -127,6 +127,13 @@ def test_producer_refuses_fields_outside_the_contract() -> None:
         to_raw_json(schemas.CLICKSTREAM, EVENT | {"secret": 1})
 
 
+SENT = {
+    "event_id": "e2", "user_id": "u1", "ts": "2026-11-25T10:05:00Z", "event_type": "notification_sent",
+    "campaign_id": "C1", "notification_id": "u1#2026-11-25#C1", "policy_version": "value-1", "model_version": "m-1",
+    "p_click": 0.0831, "propensity": 0.9, "candidate_scores": "C1:0.0831|C2:0.02",
+}  # fmt: skip
+
+
 def test_landing_writes_raw_csv_per_day_and_partition_and_a_replay_overwrites(tmp_path: Path) -> None:
     config = NotifyConfig(state_dir=tmp_path, lake_uri=(tmp_path / "lake").as_uri())
     late = ORDER | {"purchase_id": "p2", "purchase_date": "2026-11-26T00:10:00Z"}
@@ -135,7 +142,10 @@ def test_landing_writes_raw_csv_per_day_and_partition_and_a_replay_overwrites(tm
             "p1": Valid(_parse(schemas.PURCHASES, ORDER), "notify.orders", 1, 7),
             "p2": Valid(_parse(schemas.PURCHASES, late), "notify.orders", 1, 8),
         },
-        "events": {"e1": Valid(_parse(schemas.CLICKSTREAM, EVENT), "notify.events", 0, 3)},
+        "events": {
+            "e1": Valid(_parse(schemas.CLICKSTREAM, EVENT), "notify.events", 0, 3),
+            "e2": Valid(_parse(schemas.CLICKSTREAM, SENT), "notify.events", 0, 4),
+        },
     }
     consumed = datetime(2026, 11, 25, 23, 59, tzinfo=UTC)
     first = land_raw(config, valid, consumed)
@@ -151,7 +161,13 @@ def test_landing_writes_raw_csv_per_day_and_partition_and_a_replay_overwrites(tm
     event_lines = (
         (tmp_path / "lake/raw/clickstream/dt=2026-11-26/stream-notify.events-0-3.csv").read_text().splitlines()
     )
-    assert event_lines[1] == "e1,u1,2026-11-25T10:00:00.250000Z,view,1163,,"
+    assert event_lines[0] == ",".join(schemas.CLICKSTREAM.column_names)
+    assert event_lines[1] == "e1,u1,2026-11-25T10:00:00.250000Z,view,1163,,,,,,,"
+    # A notification_sent row keeps its decision fields (dispatch_decide.DECISION_FIELDS) for the lake.
+    assert (
+        event_lines[2]
+        == "e2,u1,2026-11-25T10:05:00Z,notification_sent,,C1,u1#2026-11-25#C1,value-1,m-1,0.0831,0.9,C1:0.0831|C2:0.02"
+    )
 
 
 def test_streamed_events_land_in_the_first_nightly_delivery_still_to_come() -> None:

@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from include.notify import schedule
@@ -307,6 +308,8 @@ def sent_event(item: Mapping[str, Any], sent_utc: str) -> dict[str, Any]:
     """The ``notification_sent`` event of the contract; its id is derived from the notification, so a
     re-emitted event (after a crash) is deduplicated by stream ingestion."""
     digest = hashlib.sha1(f"notification_sent#{item['notification_id']}".encode(), usedforsecurity=False)
+    # The decision fields as the delivery record has them (numbers from DynamoDB as plain floats: JSON).
+    decision = {k: float(v) if isinstance(v, Decimal) else v for k, v in decision_of(item).items()}
     return {
         "event_id": f"ns-{digest.hexdigest()[:32]}",
         "user_id": item["user_id"],
@@ -314,4 +317,5 @@ def sent_event(item: Mapping[str, Any], sent_utc: str) -> dict[str, Any]:
         "event_type": "notification_sent",
         "campaign_id": item["campaign_id"],
         "notification_id": item["notification_id"],
+        **decision,
     }

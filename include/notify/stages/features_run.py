@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from include.notify.config import NotifyConfig
 from include.notify.io import lake
 from include.notify.stages.features import DAG_ID, FEATURE_TABLES, feature_frames
-from include.notify.stages.ingest_run import load_dynamodb
+from include.notify.stages.ingest_run import load_dynamodb, process_dynamo
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -74,7 +74,7 @@ def write_user_shards(
     user_shards.write_manifest(config, run_date, users, count)
     counts = lake.RunCounts(stage="user_shards", rows_in=users, rows_out=users, seconds=round(monotonic() - started, 3),
                             details={"shards": count, "shard_size": config.user_shard_size, "dynamodb": False})  # fmt: skip
-    lake.write_run_counts(config, DAG_ID, run_date, counts)
+    lake.write_run_counts(config, DAG_ID, run_date, counts, process_dynamo(config))
     log.info("user shards %s: %d users in %d shards in %.1fs", run_date, users, count, counts.seconds)
     return asdict(counts)
 
@@ -111,7 +111,7 @@ def run_features(
                 seconds=round(monotonic() - started, 3),
                 details={"inputs": inputs, "loaded": loaded, "load_seconds": load_seconds, "dynamodb": to_dynamodb},
             )
-            lake.write_run_counts(config, DAG_ID, run_date, counts)
+            lake.write_run_counts(config, DAG_ID, run_date, counts, process_dynamo(config))
             log.info("%s %s: %d rows written and loaded in %.1fs", name, run_date, rows, counts.seconds)
             results[name] = asdict(counts)
     finally:
