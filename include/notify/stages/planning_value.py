@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,7 @@ from include.notify.stages.response import FEATURES, CandidateTable, ResponseMod
 
 PRIORITY_WEIGHT = 0.1
 POLICY_NAME = "ev-greedy"
+PRICE_BLOCK = 1 << 16  # cells priced at once by an element-wise (prior) model
 
 
 def business_weight(priority: np.ndarray) -> np.ndarray:
@@ -97,6 +99,42 @@ class ResponseContext:
         p[row, hour] = at[:, 0]
         low[row, hour] = self.model.lower(at, n_at, self.send_quantile)[:, 0]
         return p, low, features
+
+    @cached_property
+    def engagement_peak(self) -> np.ndarray:
+        """Per candidate row its engagement's peak hour share, floored at 1e-9 (``hour_rel``'s divisor)."""
+        return np.maximum(self.engagement.max(axis=1), 1e-9) if len(self.engagement) else np.zeros(0)
+
+    def price(self, rows: np.ndarray, k: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``predict``'s p and its lower quantile (n, 24) with only the open ``cells`` priced, their
+        features built per cell (``CandidateTable.at_cells``), not at every hour."""
+        if self.scorer is not None:
+            p, low, _ = self.predict(rows, k)
+            return p, low
+        row, hour = np.nonzero(cells)
+        p, low = np.zeros(cells.shape), np.zeros(cells.shape)
+        # The prior is element-wise, so it is priced in cache-sized blocks of cells; a learner sees
+        # every cell in one batch (its BLAS products round differently with the batch's shape).
+        block = PRICE_BLOCK if self.model.estimator is None else max(len(row), 1)
+        for start in range(0, len(row), block):
+            r, h = row[start : start + block], hour[start : start + block]
+            cand = rows[r]
+            features = self.table.at_cells(cand, h, k[r], self.engagement, self.engagement_peak)
+            campaigns = None if self.table.campaign_ids is None else self.table.campaign_ids[cand]
+            at, n_at = self.model.estimate(features[:, None, :], campaigns)
+            p[r, h] = at[:, 0]
+            low[r, h] = self.model.lower(at, n_at, self.send_quantile)[:, 0]
+        return p, low
+
+    def features_at(self, rows: np.ndarray, hours: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """The features (m, F) candidate ``rows`` were decided on: each at its hour as send ``k``."""
+        return self.table.at_cells(rows, hours, k, self.engagement, self.engagement_peak)
+
+    def costs_of(self, k: np.ndarray) -> np.ndarray:
+        """``cost`` of many k at once."""
+        if len(self.costs) == 0:
+            return np.zeros(len(k))
+        return self.costs[np.minimum(k, len(self.costs)) - 1].astype(float)
 
 
 def _draws(keys: pd.Series, salt: str) -> np.ndarray:
@@ -156,67 +194,65 @@ def place_by_value(
     why_not = np.full(n, "", dtype=object)
     detail = np.full(n, "", dtype=object)
     stopped = np.zeros(len(user_ids), dtype=bool)
-    logs: list[pd.DataFrame] = []
+    logs: list[dict[str, np.ndarray]] = []
     max_steps = int(cap.max()) if len(cap) else 0
     for _ in range(max_steps):
         live_user = ~stopped & (used < cap)
         sel = np.flatnonzero(remaining & live_user[group])
         if len(sel) == 0:
             break
-        g = group[sel]
+        g = group[sel]  # non-decreasing: the rows come grouped by user
         k = used[g] + 1
         open_cells = free[g] & allowed[g]
-        p, p_low, features = context.predict(rows[sel], k, open_cells)
+        p, p_low = context.price(rows[sel], k, open_cells)
         value = np.where(open_cells, p * weight[sel, None], -np.inf)
         best_hour = np.argmax(value, axis=1)
-        best_value = value[np.arange(len(sel)), best_hour]
-        best_low = p_low[np.arange(len(sel)), best_hour] * weight[sel]
+        every = np.arange(len(sel))
+        best_value = value[every, best_hour]
+        best_p = p[every, best_hour]
+        best_low = p_low[every, best_hour] * weight[sel]
+        del p, p_low, value
         valid = np.isfinite(best_value)
         # No free slot left for a candidate: it can never be placed today.
         why_not[sel[~valid]] = "no_free_slot"
         remaining[sel[~valid]] = False
-        sel, g, k, p, features = sel[valid], g[valid], k[valid], p[valid], features[valid]
-        best_hour, best_value, best_low = best_hour[valid], best_value[valid], best_low[valid]
+        sel, g, best_hour, best_value, best_p, best_low = (
+            a[valid] for a in (sel, g, best_hour, best_value, best_p, best_low)
+        )
         if len(sel) == 0:
             break
-        frame = pd.DataFrame({"g": g, "v": best_value, "pos": np.arange(len(sel))})
-        greedy_pos = frame.sort_values(["g", "v", "pos"], ascending=[True, False, True], kind="stable").drop_duplicates(
-            "g"
-        )
-        users_here = greedy_pos["g"].to_numpy()
-        greedy = greedy_pos["pos"].to_numpy()
-        n_valid = frame.groupby("g").size().reindex(users_here).to_numpy()
+        # Per user (a run of g) the greedy candidate: the largest value, the first of equals.
+        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        segment = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(g)]))
+        top = np.maximum.reduceat(best_value, starts)
+        greedy = np.minimum.reduceat(np.where(best_value == top[segment], np.arange(len(g)), len(g)), starts)
+        users_here = g[starts]
         step_k = used[users_here] + 1
-        cost = np.array([context.cost(int(x)) for x in step_k])
+        cost = context.costs_of(step_k)
         # Rank by the expected value, send on the conservative one (a lower quantile of p).
         send = best_low[greedy] > cost
         # Users whose best candidate is not worth another interruption stop for the day.
-        quit_users = users_here[~send]
-        stopped[quit_users] = True
-        quitting = np.isin(g, quit_users)
-        names = campaign_ids[sel[greedy]]
-        ordinal = np.array([_ordinal(int(x)) for x in step_k], dtype=object)
-        note = pd.Series(
-            "withheld: best remaining " + names.astype(str) + " value " + pd.Series(best_value[greedy]).round(4).astype(str).to_numpy()
-            + " (conservative " + pd.Series(best_low[greedy]).round(4).astype(str).to_numpy() + ") <= cost " + pd.Series(cost).round(4).astype(str).to_numpy() + " of a " + ordinal + " notification",
-            index=users_here,
-        )  # fmt: skip
-        why_not[sel[quitting]] = "below_interruption_cost"
-        detail[sel[quitting]] = note.reindex(g[quitting]).to_numpy()
-        remaining[sel[quitting]] = False
-        users_here, greedy, n_valid, step_k, cost = (a[send] for a in (users_here, greedy, n_valid, step_k, cost))
+        stopped[users_here[~send]] = True
+        quitting = ~send[segment]
+        if quitting.any():
+            q = ~send
+            note = np.array(_texts(
+                "withheld: best remaining ", campaign_ids[sel[greedy[q]]], " value ", _rounded(best_value[greedy[q]], 4),
+                " (conservative ", _rounded(best_low[greedy[q]], 4), ") <= cost ", _rounded(cost[q], 4), " of a ",
+                _ordinals(step_k[q]), " notification",
+            ), dtype=object)  # fmt: skip
+            why_not[sel[quitting]] = "below_interruption_cost"
+            detail[sel[quitting]] = note[(np.cumsum(q) - 1)[segment[quitting]]]
+            remaining[sel[quitting]] = False
+        users_here, greedy, step_k, cost = (a[send] for a in (users_here, greedy, step_k, cost))
         greedy_low = best_low[greedy]
         if len(users_here) == 0:
             continue
-        keys = (
-            pd.Series(user_ids[users_here]).astype(str)
-            + f"#{day.isoformat()}#{int(context.seed)}#"
-            + step_k.astype(str)
-        )
+        keys = pd.Series(_texts(user_ids[users_here], f"#{day.isoformat()}#{int(context.seed)}#", step_k))
         # Arms worth exploring: the user's candidates whose expected value beats this step's cost
         # (the greedy one always does: its conservative value does); a candidate the model prices
         # below one interruption is not sent to learn about it.
-        at = pd.Index(users_here).get_indexer(g)  # -1: the user stopped at this step
+        at = np.where(send[segment], (np.cumsum(send) - 1)[segment], -1)  # -1: the user stopped at this step
         worth = (at >= 0) & (best_value > cost[np.maximum(at, 0)])
         arms = np.bincount(at[worth], minlength=len(users_here))
         explore = (_draws(keys, "#explore") < context.explore_share) & (arms > 1)
@@ -224,9 +260,9 @@ def place_by_value(
         if explore.any():
             # The explored campaign: uniform over the user's arms worth exploring this step.
             order = np.lexsort((~worth, g))  # per user (g sorted), the arms first
-            starts = np.searchsorted(g, users_here[explore], side="left")
+            first = np.searchsorted(g, users_here[explore], side="left")
             offset = np.minimum((_draws(keys[explore], "#arm") * arms[explore]).astype(np.int64), arms[explore] - 1)
-            pick[explore] = order[starts + offset]
+            pick[explore] = order[first + offset]
         propensity = np.where(pick == greedy, 1 - context.explore_share, 0.0) + np.where(
             arms > 1, context.explore_share / np.maximum(arms, 1), context.explore_share
         )
@@ -236,41 +272,66 @@ def place_by_value(
         remaining[position] = False
         used[users_here] += 1
         free[users_here] &= np.abs(slot_epoch[users_here] - slot_epoch[users_here, hour][:, None]) >= gap_seconds
-        chosen_p = p[pick, hour]
+        chosen_p = best_p[pick]
         chosen_value = best_value[pick]
-        scores = _candidate_scores(g, best_value / weight[sel], campaign_ids[sel], users_here)
-        detail[position] = (
-            "p(click) " + pd.Series(chosen_p * 100).round(2).astype(str).to_numpy() + "% x weight "
-            + pd.Series(weight[position]).round(2).astype(str).to_numpy() + " = value "
-            + pd.Series(chosen_value).round(4).astype(str).to_numpy() + " (conservative "
-            + pd.Series(greedy_low).round(4).astype(str).to_numpy() + ") > cost "
-            + pd.Series(cost).round(4).astype(str).to_numpy() + " of a " + np.array([_ordinal(int(x)) for x in step_k], dtype=object)
-            + " notification" + np.where(explore, " (explored, propensity " + pd.Series(propensity).round(3).astype(str).to_numpy() + ")", "")
+        scored = at >= 0
+        scores = _candidate_scores(
+            at[scored], best_value[scored] / weight[sel[scored]], campaign_ids[sel[scored]], len(users_here)
+        )
+        explored_text = np.full(len(pick), "", dtype=object)
+        if explore.any():
+            explored_text[explore] = _texts(" (explored, propensity ", _rounded(propensity[explore], 3), ")")
+        detail[position] = _texts(
+            "p(click) ", _rounded(chosen_p * 100, 2), "% x weight ", _rounded(weight[position], 2), " = value ",
+            _rounded(chosen_value, 4), " (conservative ", _rounded(greedy_low, 4), ") > cost ", _rounded(cost, 4),
+            " of a ", _ordinals(step_k), " notification", explored_text,
         )  # fmt: skip
-        log = pd.DataFrame(features[pick, hour], columns=list(FEATURES))
-        log.insert(0, "row", rows[position])
-        log["local_hour"] = hour
-        log["p_click"] = chosen_p
-        log["value"] = chosen_value
-        log["cost"] = cost
-        log["propensity"] = propensity
-        log["explored"] = explore
-        log["greedy_campaign"] = campaign_ids[sel[greedy]]
-        log["greedy_value"] = best_value[greedy]
-        log["greedy_low"] = greedy_low
-        log["candidate_scores"] = scores
-        logs.append(log)
+        logs.append({
+            "row": rows[position], "features": context.features_at(rows[position], hour, step_k), "local_hour": hour,
+            "p_click": chosen_p, "value": chosen_value, "cost": cost, "propensity": propensity, "explored": explore,
+            "greedy_campaign": campaign_ids[sel[greedy]], "greedy_value": best_value[greedy], "greedy_low": greedy_low,
+            "candidate_scores": scores,
+        })  # fmt: skip
     over = remaining & (why_not == "")
     why_not[over] = "over_cap"
-    placed_log = pd.concat(logs, ignore_index=True) if logs else pd.DataFrame(columns=["row", *FEATURES, *LOG_FIELDS])
-    return ValueDecisions(chosen_hour, why_not, placed_log, detail)
+    return ValueDecisions(chosen_hour, why_not, _decision_log(logs), detail)
 
 
-def _candidate_scores(g: np.ndarray, values: np.ndarray, campaigns: np.ndarray, users: np.ndarray) -> np.ndarray:
-    """Per user of ``users``: ``"campaign:value|..."`` over that user's valid candidates this step."""
-    text = pd.Series(campaigns.astype(str)) + ":" + pd.Series(np.round(values, 5)).astype(str)
-    joined = text.groupby(g).agg("|".join)
-    return joined.reindex(users).to_numpy(dtype=object)
+def _decision_log(steps: list[dict[str, np.ndarray]]) -> pd.DataFrame:
+    """The steps' placed sends as one frame: row, FEATURES, LOG_FIELDS."""
+    if not steps:
+        return pd.DataFrame(columns=["row", *FEATURES, *LOG_FIELDS])
+    joined = {name: np.concatenate([step[name] for step in steps]) for name in steps[0]}
+    log = pd.DataFrame(joined.pop("features"), columns=list(FEATURES))
+    log.insert(0, "row", joined.pop("row"))
+    for name in LOG_FIELDS:
+        log[name] = joined[name]
+    return log
+
+
+def _rounded(values: np.ndarray, digits: int) -> list[str]:
+    """``values`` rounded to ``digits`` as Python prints them (``pandas.Series.round(d).astype(str)``)."""
+    return [repr(x) for x in np.round(np.asarray(values, dtype=float), digits).tolist()]
+
+
+def _texts(*parts: object) -> list[str]:
+    """Element-wise concatenation of plain strings and equally long sequences of strings / numbers."""
+    columns = [part if isinstance(part, str) else np.asarray(part, dtype=object).tolist() for part in parts]
+    size = next(len(c) for c in columns if not isinstance(c, str))
+    columns = [[c] * size if isinstance(c, str) else c for c in columns]
+    return ["".join(map(str, items)) for items in zip(*columns, strict=True)]
+
+
+def _ordinals(k: np.ndarray) -> list[str]:
+    return [_ordinal(int(x)) for x in k]
+
+
+def _candidate_scores(at: np.ndarray, values: np.ndarray, campaigns: np.ndarray, users: int) -> np.ndarray:
+    """Per sending user (``at``: its index, non-decreasing): ``"campaign:value|..."`` over that
+    user's valid candidates this step, in candidate order."""
+    text = _texts(campaigns, ":", _rounded(values, 5))
+    ends = np.cumsum(np.bincount(at, minlength=users)).tolist()
+    return np.array(["|".join(text[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)], dtype=object)
 
 
 def _ordinal(k: int) -> str:

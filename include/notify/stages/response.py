@@ -298,6 +298,18 @@ class CandidateTable:
         out[:, :, F["k"]] = np.broadcast_to(np.asarray(k, dtype=float).reshape(-1, 1) if np.ndim(k) else k, (n, h))
         return out
 
+    def at_cells(self, rows: np.ndarray, hours: np.ndarray, k: np.ndarray, engagement: np.ndarray,
+                 peak: np.ndarray) -> np.ndarray:  # fmt: skip
+        """Features (m, F) of candidates ``rows`` each at one local hour ``hours`` as send ``k``: the
+        cells of ``at`` (the same values) without materialising every hour. ``engagement`` (n, 24) and
+        ``peak`` (its row maxima floored at 1e-9) are indexed by ``rows`` like ``static``."""
+        out = self.static[rows]
+        share = engagement[rows, hours]
+        out[:, F["hour_share"]] = share
+        out[:, F["hour_rel"]] = share / peak[rows]
+        out[:, F["k"]] = k
+        return out
+
 
 def candidate_table(
     signals: UserSignals,
