@@ -31,10 +31,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from include.notify.rules import HOURS
 from include.notify.stages.response import FEATURES, CandidateTable, ResponseModel
@@ -236,11 +238,11 @@ def place_by_value(
         quitting = ~send[segment]
         if quitting.any():
             q = ~send
-            note = np.array(_texts(
-                "withheld: best remaining ", campaign_ids[sel[greedy[q]]], " value ", _rounded(best_value[greedy[q]], 4),
-                " (conservative ", _rounded(best_low[greedy[q]], 4), ") <= cost ", _rounded(cost[q], 4), " of a ",
+            note = _text(
+                "withheld: best remaining ", campaign_ids[sel[greedy[q]]], " value ", _decimals(best_value[greedy[q]], 4),
+                " (conservative ", _decimals(best_low[greedy[q]], 4), ") <= cost ", _decimals(cost[q], 4), " of a ",
                 _ordinals(step_k[q]), " notification",
-            ), dtype=object)  # fmt: skip
+            )  # fmt: skip
             why_not[sel[quitting]] = "below_interruption_cost"
             detail[sel[quitting]] = note[(np.cumsum(q) - 1)[segment[quitting]]]
             remaining[sel[quitting]] = False
@@ -248,7 +250,7 @@ def place_by_value(
         greedy_low = best_low[greedy]
         if len(users_here) == 0:
             continue
-        keys = pd.Series(_texts(user_ids[users_here], f"#{day.isoformat()}#{int(context.seed)}#", step_k))
+        keys = pd.Series(_text(user_ids[users_here], f"#{day.isoformat()}#{int(context.seed)}#", _integers(step_k)))
         # Arms worth exploring: the user's candidates whose expected value beats this step's cost
         # (the greedy one always does: its conservative value does); a candidate the model prices
         # below one interruption is not sent to learn about it.
@@ -280,10 +282,10 @@ def place_by_value(
         )
         explored_text = np.full(len(pick), "", dtype=object)
         if explore.any():
-            explored_text[explore] = _texts(" (explored, propensity ", _rounded(propensity[explore], 3), ")")
-        detail[position] = _texts(
-            "p(click) ", _rounded(chosen_p * 100, 2), "% x weight ", _rounded(weight[position], 2), " = value ",
-            _rounded(chosen_value, 4), " (conservative ", _rounded(greedy_low, 4), ") > cost ", _rounded(cost, 4),
+            explored_text[explore] = _text(" (explored, propensity ", _decimals(propensity[explore], 3), ")")
+        detail[position] = _text(
+            "p(click) ", _decimals(chosen_p * 100, 2), "% x weight ", _decimals(weight[position], 2), " = value ",
+            _decimals(chosen_value, 4), " (conservative ", _decimals(greedy_low, 4), ") > cost ", _decimals(cost, 4),
             " of a ", _ordinals(step_k), " notification", explored_text,
         )  # fmt: skip
         logs.append({
@@ -314,24 +316,63 @@ def _rounded(values: np.ndarray, digits: int) -> list[str]:
     return [repr(x) for x in np.round(np.asarray(values, dtype=float), digits).tolist()]
 
 
-def _texts(*parts: object) -> list[str]:
-    """Element-wise concatenation of plain strings and equally long sequences of strings / numbers."""
-    columns = [part if isinstance(part, str) else np.asarray(part, dtype=object).tolist() for part in parts]
-    size = next(len(c) for c in columns if not isinstance(c, str))
-    columns = [[c] * size if isinstance(c, str) else c for c in columns]
-    return ["".join(map(str, items)) for items in zip(*columns, strict=True)]
+@cache
+def _decimal_tables(digits: int) -> tuple[pa.Array, pa.Array]:
+    """Texts of the whole part (``"12."``; ``""`` at 1000) and of the fraction's digits without
+    trailing zeros (``"083"``, ``"0"``; at ``10**digits + i``: ``"ie-05"``, how Python prints i x 1e-5)."""
+    whole = [f"{i}." for i in range(1000)] + [""]
+    fraction = [f"{i:0{digits}d}".rstrip("0") or "0" for i in range(10**digits)] + [f"{i}e-05" for i in range(10)]
+    return pa.array(whole, type=pa.string()), pa.array(fraction, type=pa.string())
 
 
-def _ordinals(k: np.ndarray) -> list[str]:
-    return [_ordinal(int(x)) for x in k]
+def _decimals(values: np.ndarray, digits: int) -> pa.Array:
+    """``_rounded`` by table lookups: ``np.round`` is ``rint(v x 10**d) / 10**d`` and the shortest text
+    of that float is its decimal digits without trailing zeros (below 1e-4 Python writes ``ie-05``).
+    Values outside [0, 1000) or not finite take ``_rounded``."""
+    v = np.asarray(values, dtype=np.float64)
+    scaled = np.rint(v * 10.0**digits)
+    if digits > 5 or (~np.isfinite(scaled) | np.signbit(scaled) | (scaled >= 1000 * 10**digits)).any():
+        return pa.array(_rounded(v, digits), type=pa.string())
+    whole, fraction = np.divmod(scaled.astype(np.int64), 10**digits)
+    tiny = (whole == 0) & (fraction > 0) & (fraction < 10 ** max(digits - 4, 0))  # e.g. 3e-05
+    whole_text, fraction_text = _decimal_tables(digits)
+    return pc.binary_join_element_wise(
+        whole_text.take(pa.array(np.where(tiny, 1000, whole))),
+        fraction_text.take(pa.array(np.where(tiny, 10**digits + fraction, fraction))),
+        "",
+    )
+
+
+def _integers(values: np.ndarray) -> pa.Array:
+    return pa.array(np.asarray(values, dtype=np.int64)).cast(pa.string())
+
+
+def _text(*parts: object) -> np.ndarray:
+    """Element-wise concatenation (object array of str) of plain strings, Arrow string arrays and
+    equally long arrays of strings, in one Arrow pass."""
+    arrays = [part if isinstance(part, str | pa.Array) else pa.array(part, type=pa.string()) for part in parts]
+    return pc.binary_join_element_wise(*arrays, "").to_numpy(zero_copy_only=False).astype(object, copy=False)
+
+
+@cache
+def _ordinal_table() -> pa.Array:
+    return pa.array([_ordinal(k) for k in range(1000)], type=pa.string())
+
+
+def _ordinals(k: np.ndarray) -> pa.Array:
+    k = np.asarray(k, dtype=np.int64)
+    if len(k) and (k.min() < 0 or k.max() >= 1000):
+        return pa.array([_ordinal(int(x)) for x in k], type=pa.string())
+    return _ordinal_table().take(pa.array(k))
 
 
 def _candidate_scores(at: np.ndarray, values: np.ndarray, campaigns: np.ndarray, users: int) -> np.ndarray:
     """Per sending user (``at``: its index, non-decreasing): ``"campaign:value|..."`` over that
     user's valid candidates this step, in candidate order."""
-    text = _texts(campaigns, ":", _rounded(values, 5))
-    ends = np.cumsum(np.bincount(at, minlength=users)).tolist()
-    return np.array(["|".join(text[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)], dtype=object)
+    text = pc.binary_join_element_wise(pa.array(campaigns, type=pa.string()), ":", _decimals(values, 5), "")
+    offsets = np.r_[0, np.cumsum(np.bincount(at, minlength=users))].astype(np.int32)
+    lists = pa.ListArray.from_arrays(pa.array(offsets), text)
+    return pc.binary_join(lists, "|").to_numpy(zero_copy_only=False).astype(object, copy=False)
 
 
 def _ordinal(k: int) -> str:
