@@ -408,16 +408,16 @@ def build_context(
 
     recs = recommendations.reset_index(drop=True)
     segment = users.drop_duplicates("user_id", keep="last").set_index("user_id")
-    seg = (
-        segment["segment"].reindex(recs["user_id"]).fillna("").to_numpy()
-        if "segment" in segment
-        else np.full(len(recs), "")
-    )
+    if "segment" in segment:  # looked up once per user, not per recommendation
+        user_code, user_names = pd.factorize(recs["user_id"].to_numpy(dtype=object), use_na_sentinel=False)
+        seg = segment["segment"].reindex(user_names).fillna("").to_numpy()[user_code]
+    else:
+        seg = np.full(len(recs), "")
     table = campaigns.assign(
         targets=campaigns.get("target_article_types", pd.Series("", index=campaigns.index)).fillna("").astype(str)
     ).assign(campaign_id=lambda c: c["campaign_id"].astype(str))
     similarity = pd.to_numeric(recs.get("similarity", pd.Series(0.0, index=recs.index)), errors="coerce").fillna(0.0)
-    candidates = candidate_table(signals, recs["user_id"].to_numpy(), recs["campaign_id"].astype(str).to_numpy(),
+    candidates = candidate_table(signals, recs["user_id"].to_numpy(), recs["campaign_id"].to_numpy(),
                                  table, similarity.to_numpy(), seg)  # fmt: skip
     engagement = user_engagement(signals, candidates.user_row)
     costs = model.costs if len(model.costs) else np.full(max(int(config.daily_cap), 1), float(config.interruption_cost))

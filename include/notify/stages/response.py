@@ -324,27 +324,29 @@ def candidate_table(
     ``campaigns``: campaign_id, priority, targets (pipe-separated target article types).
     """
     n = len(user_ids)
-    rows = signals.rows(user_ids)
+    # Candidates repeat each user ~10 times and the few campaigns ~10 k times: every string lookup
+    # is done once per distinct value, then spread by the codes.
+    user_code, user_names = _factorized_text(user_ids)
+    rows = signals.rows(user_names)[user_code]
     seen = rows >= 0
     safe = np.maximum(rows, 0)
     table = campaigns.drop_duplicates("campaign_id", keep="last").set_index("campaign_id")
-    cids = pd.Index(np.asarray(campaign_ids, dtype=object).astype(str))
-    cpos = table.index.get_indexer(cids)
-    distinct = pd.unique(cids)
-    dpos = pd.Index(distinct).get_indexer(cids)
+    dpos, distinct = _factorized_text(campaign_ids)
+    cids = distinct[dpos]
+    cpos = table.index.get_indexer(pd.Index(distinct))[dpos]
     targets = table["targets"].reindex(distinct).fillna("").to_numpy()
     by_campaign = campaign_affinity(signals, targets)  # (users, distinct campaigns)
     static = np.zeros((n, len(FEATURES)), dtype=np.float64)
-    generic = np.array([not str(t) or str(t) == "nan" for t in targets])[dpos]
+    generic = np.array([not str(t) or str(t) == "nan" for t in targets], dtype=bool)[dpos]
     prior_affinity = np.where(generic, GENERIC_AFFINITY, 0.0)
     static[:, F["affinity"]] = np.where(seen, by_campaign[safe, dpos], prior_affinity)
     static[:, F["similarity"]] = np.nan_to_num(np.asarray(similarity, dtype=float))
     priority = pd.to_numeric(table["priority"], errors="coerce").fillna(1).to_numpy()
     static[:, F["priority"]] = np.where(cpos >= 0, priority[np.maximum(cpos, 0)], 1)
     static[:, F["generic"]] = generic
-    seg = np.asarray(segments, dtype=object).astype(str)
-    static[:, F["segment_new"]] = seg == "new"
-    static[:, F["segment_lapsed"]] = seg == "lapsed"
+    segment_code, segment_names = _factorized_text(segments)
+    static[:, F["segment_new"]] = (segment_names == "new")[segment_code]
+    static[:, F["segment_lapsed"]] = (segment_names == "lapsed")[segment_code]
     static[:, F["recent_ctr"]] = np.where(seen, signals.recent_ctr[safe], CTR_PRIOR)
     static[:, F["ignored_streak"]] = np.where(seen, signals.ignored_streak[safe], 0)
     day_start = datetime(signals.day.year, signals.day.month, signals.day.day, tzinfo=UTC).timestamp()
@@ -356,14 +358,27 @@ def candidate_table(
     times = np.zeros(n)
     days_since = np.full(n, float(RECENT_DAYS))
     if len(pairs):
-        key = pd.MultiIndex.from_arrays([pairs["user_id"].astype(str), pairs["campaign_id"].astype(str)])
-        found = key.get_indexer(pd.MultiIndex.from_arrays([np.asarray(user_ids, dtype=object).astype(str), cids]))
+        # (user, campaign) as one integer: user row in the signals x distinct campaigns + campaign.
+        pair_user = signals.rows(pairs["user_id"].astype(str).to_numpy(dtype=object))
+        pair_campaign = pd.Index(distinct).get_indexer(pairs["campaign_id"].astype(str).to_numpy(dtype=object))
+        known = (pair_user >= 0) & (pair_campaign >= 0)
+        width = max(len(distinct), 1)
+        key = pd.Index(pair_user[known].astype(np.int64) * width + pair_campaign[known])
+        found = np.where(seen, key.get_indexer(safe.astype(np.int64) * width + dpos), -1)
         hit = found >= 0
-        times[hit] = pairs["times_sent"].to_numpy(dtype=float)[found[hit]]
-        days_since[hit] = pairs["days_since"].to_numpy(dtype=float)[found[hit]]
+        times[hit] = pairs["times_sent"].to_numpy(dtype=float)[known][found[hit]]
+        days_since[hit] = pairs["days_since"].to_numpy(dtype=float)[known][found[hit]]
     static[:, F["times_sent"]] = times
     static[:, F["days_since_same"]] = days_since
     return CandidateTable(rows, static, np.asarray(cids, dtype=object))
+
+
+def _factorized_text(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, names)`` with ``names[codes]`` == ``values`` as str (object array), the names distinct."""
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
+    text = np.asarray(uniques, dtype=object).astype(str).astype(object)
+    merge, names = pd.factorize(text)  # two raw values may print alike
+    return merge[codes], np.asarray(names, dtype=object)
 
 
 def user_engagement(signals: UserSignals, rows: np.ndarray) -> np.ndarray:
