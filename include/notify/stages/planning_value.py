@@ -39,11 +39,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from include.notify.rules import HOURS
-from include.notify.stages.response import FEATURES, CandidateTable, ResponseModel
+from include.notify.stages.response import FEATURES, CandidateTable, F, ResponseModel
 
 PRIORITY_WEIGHT = 0.1
 POLICY_NAME = "ev-greedy"
-PRICE_BLOCK = 1 << 16  # cells priced at once by an element-wise (prior) model
 
 
 def business_weight(priority: np.ndarray) -> np.ndarray:
@@ -113,11 +112,20 @@ class ResponseContext:
         if self.scorer is not None:
             p, low, _ = self.predict(rows, k)
             return p, low
+        campaign_ids = self.table.campaign_ids
+        if self.model.estimator is None:
+            # The prior is element-wise in the hour: each candidate's features once, its hours
+            # broadcast (the closed cells are priced too; the planner only reads the open ones).
+            features = self.table.static[rows]
+            features[:, F["k"]] = k
+            hour_rel = self.engagement[rows] / self.engagement_peak[rows][:, None]
+            p, n = self.model.estimate_hours(features, hour_rel, None if campaign_ids is None else campaign_ids[rows])
+            return p, self.model.lower(p, n, self.send_quantile)
         row, hour = np.nonzero(cells)
         p, low = np.zeros(cells.shape), np.zeros(cells.shape)
-        # The prior is element-wise, so it is priced in cache-sized blocks of cells; a learner sees
-        # every cell in one batch (its BLAS products round differently with the batch's shape).
-        block = PRICE_BLOCK if self.model.estimator is None else max(len(row), 1)
+        # A learner sees every open cell in one batch (its BLAS products round differently with
+        # the batch's shape, so blocks would change the last bits).
+        block = max(len(row), 1)
         for start in range(0, len(row), block):
             r, h = row[start : start + block], hour[start : start + block]
             cand = rows[r]

@@ -68,13 +68,21 @@ SUPPORT_CLIP = 4
 EPS = 1e-6
 
 
-def prior_probability(features: np.ndarray) -> np.ndarray:
-    """The day-1 prior: ``PRIOR_SCALE x affinity x hour_rel x PRIOR_FATIGUE ** (k - 1) x PRIOR_REPEAT ** times_sent``."""
+def prior_probability(features: np.ndarray, hour_rel: np.ndarray | None = None) -> np.ndarray:
+    """The day-1 prior: ``PRIOR_SCALE x affinity x hour_rel x PRIOR_FATIGUE ** (k - 1) x PRIOR_REPEAT ** times_sent``.
+
+    With ``hour_rel`` ((..., h)): the prior of each row of ``features`` at each of those hours
+    (..., h), the same values as rows with that ``hour_rel`` each, without building them."""
     f = np.asarray(features, dtype=float)
     k = np.maximum(f[..., F["k"]], 1)
     interest = PRIOR_FLOOR + (1 - PRIOR_FLOOR) * f[..., F["affinity"]]
-    p = PRIOR_SCALE * interest * f[..., F["hour_rel"]] * PRIOR_FATIGUE ** (k - 1)
-    return np.clip(p * PRIOR_REPEAT ** np.maximum(f[..., F["times_sent"]], 0), EPS, 1 - EPS)
+    times = f[..., F["times_sent"]]
+    if hour_rel is None:
+        rel = f[..., F["hour_rel"]]
+    else:
+        rel, k, interest, times = hour_rel, k[..., None], interest[..., None], times[..., None]
+    p = PRIOR_SCALE * interest * rel * PRIOR_FATIGUE ** (k - 1)
+    return np.clip(p * PRIOR_REPEAT ** np.maximum(times, 0), EPS, 1 - EPS)
 
 
 def fit_prior_scales(prior: np.ndarray, k: np.ndarray, y: np.ndarray) -> dict[int, float]:
@@ -89,16 +97,18 @@ def fit_prior_scales(prior: np.ndarray, k: np.ndarray, y: np.ndarray) -> dict[in
     return scales
 
 
-def scaled_prior(features: np.ndarray, scales: dict[int, float]) -> np.ndarray:
-    """The prior times its learned scale of each row's k (the smallest scale for a k never logged)."""
-    prior = prior_probability(features)
+def scaled_prior(features: np.ndarray, scales: dict[int, float], hour_rel: np.ndarray | None = None) -> np.ndarray:
+    """The prior times its learned scale of each row's k (the smallest scale for a k never logged);
+    ``hour_rel`` as in ``prior_probability``."""
+    prior = prior_probability(features, hour_rel)
     if not scales:
         return prior
     k = np.asarray(features, dtype=float)[..., F["k"]].astype(int)
     table = np.full(max(max(scales), int(k.max(initial=1))) + 2, min(scales.values()))
     for value, scale in scales.items():
         table[value] = scale
-    return np.clip(prior * table[np.clip(k, 0, len(table) - 1)], EPS, 1 - EPS)
+    factor = table[np.clip(k, 0, len(table) - 1)]
+    return np.clip(prior * (factor if hour_rel is None else factor[..., None]), EPS, 1 - EPS)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -185,6 +195,21 @@ class ResponseModel:
         learned = _platt(*self.calibration, raw.reshape(f.shape[:-1]))
         weight = n / (n + SHRINK_ROWS)
         return weight * learned + (1 - weight) * calibrated_prior, n
+
+    def estimate_hours(
+        self, features: np.ndarray, hour_rel: np.ndarray, campaigns: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``estimate`` of each candidate row of ``features`` (n, F) at each hour of ``hour_rel``
+        (n, h), for a model without a learner (the prior is element-wise and its evidence does not
+        depend on the hour): ``(p, n)`` of shape (n, h), the same values as ``estimate`` of the
+        (n x h) feature rows, without building them."""
+        if self.estimator is not None:
+            raise ValueError(f"{self.version} has a learner: price its feature rows with estimate")
+        f = np.asarray(features, dtype=float)
+        p = scaled_prior(f, self.prior_scales, hour_rel) if self.prior_scales else prior_probability(f, hour_rel)
+        if f.size == 0:
+            return p, np.zeros(p.shape)
+        return p, np.broadcast_to(self.evidence(f, campaigns)[:, None], p.shape)
 
     def lower(self, p: np.ndarray, n: np.ndarray, quantile: float) -> np.ndarray:
         """The ``quantile`` (e.g. 0.2) of p as a Beta with ``n + SHRINK_ROWS`` rows (normal approximation)."""
