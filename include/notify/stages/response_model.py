@@ -76,13 +76,15 @@ def prior_probability(features: np.ndarray, hour_rel: np.ndarray | None = None) 
     f = np.asarray(features, dtype=float)
     k = np.maximum(f[..., F["k"]], 1)
     interest = PRIOR_FLOOR + (1 - PRIOR_FLOOR) * f[..., F["affinity"]]
-    times = f[..., F["times_sent"]]
+    repeat = PRIOR_REPEAT ** np.maximum(f[..., F["times_sent"]], 0)
     if hour_rel is None:
-        rel = f[..., F["hour_rel"]]
-    else:
-        rel, k, interest, times = hour_rel, k[..., None], interest[..., None], times[..., None]
-    p = PRIOR_SCALE * interest * rel * PRIOR_FATIGUE ** (k - 1)
-    return np.clip(p * PRIOR_REPEAT ** np.maximum(times, 0), EPS, 1 - EPS)
+        p = PRIOR_SCALE * interest * f[..., F["hour_rel"]] * PRIOR_FATIGUE ** (k - 1)
+        return np.clip(p * repeat, EPS, 1 - EPS)
+    # The same products in the same order, in place on one (..., h) array.
+    p = (PRIOR_SCALE * interest)[..., None] * hour_rel
+    p *= (PRIOR_FATIGUE ** (k - 1))[..., None]
+    p *= repeat[..., None]
+    return np.clip(p, EPS, 1 - EPS, out=p)
 
 
 def fit_prior_scales(prior: np.ndarray, k: np.ndarray, y: np.ndarray) -> dict[int, float]:
@@ -108,7 +110,10 @@ def scaled_prior(features: np.ndarray, scales: dict[int, float], hour_rel: np.nd
     for value, scale in scales.items():
         table[value] = scale
     factor = table[np.clip(k, 0, len(table) - 1)]
-    return np.clip(prior * (factor if hour_rel is None else factor[..., None]), EPS, 1 - EPS)
+    if hour_rel is None:
+        return np.clip(prior * factor, EPS, 1 - EPS)
+    prior *= factor[..., None]
+    return np.clip(prior, EPS, 1 - EPS, out=prior)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -201,22 +206,31 @@ class ResponseModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``estimate`` of each candidate row of ``features`` (n, F) at each hour of ``hour_rel``
         (n, h), for a model without a learner (the prior is element-wise and its evidence does not
-        depend on the hour): ``(p, n)`` of shape (n, h), the same values as ``estimate`` of the
+        depend on the hour): ``p`` (n, h) and ``n`` (n, 1), the same values as ``estimate`` of the
         (n x h) feature rows, without building them."""
         if self.estimator is not None:
             raise ValueError(f"{self.version} has a learner: price its feature rows with estimate")
         f = np.asarray(features, dtype=float)
         p = scaled_prior(f, self.prior_scales, hour_rel) if self.prior_scales else prior_probability(f, hour_rel)
         if f.size == 0:
-            return p, np.zeros(p.shape)
-        return p, np.broadcast_to(self.evidence(f, campaigns)[:, None], p.shape)
+            return p, np.zeros((len(p), 1))
+        return p, self.evidence(f, campaigns)[:, None]
 
     def lower(self, p: np.ndarray, n: np.ndarray, quantile: float) -> np.ndarray:
         """The ``quantile`` (e.g. 0.2) of p as a Beta with ``n + SHRINK_ROWS`` rows (normal approximation)."""
         if quantile >= 0.5:
             return p
         z = -NormalDist().inv_cdf(quantile)
-        return np.maximum(p - z * np.sqrt(p * (1 - p) / (n + SHRINK_ROWS + 1)), 0.0)
+        if not (isinstance(p, np.ndarray) and p.dtype == np.float64 and p.ndim):
+            return np.maximum(p - z * np.sqrt(p * (1 - p) / (n + SHRINK_ROWS + 1)), 0.0)
+        # The same: p - z x sqrt(p (1 - p) / (n + SHRINK_ROWS + 1)), floored at 0, on one temporary.
+        spread = 1 - p
+        spread *= p
+        spread /= n + SHRINK_ROWS + 1
+        np.sqrt(spread, out=spread)
+        spread *= z
+        np.subtract(p, spread, out=spread)
+        return np.maximum(spread, 0.0, out=spread)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
