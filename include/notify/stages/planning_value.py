@@ -484,10 +484,9 @@ def decision_fields(
     (policy / model version, p_click, propensity, candidate scores) and the decision log keyed by
     ``identity`` (notification_id, user_id, campaign_id, local_day, send_at)."""
     by_row = log.set_index("row").reindex(picked)
-    reason = (
-        "expected value: " + details + " (model " + context.model.version + "); " + hour_text
-        + " allowed hour by engagement, the best free hour by predicted clicks; minute :" + minutes
-        + " spreads the fleet"
+    reason = _text(
+        "expected value: ", details, f" (model {context.model.version}); ", hour_text,
+        " allowed hour by engagement, the best free hour by predicted clicks; minute :", minutes, " spreads the fleet",
     )  # fmt: skip
     versions = {"policy_version": context.policy_version, "model_version": context.model.version}
     columns = {
