@@ -118,7 +118,8 @@ class ResponseContext:
             # broadcast (the closed cells are priced too; the planner only reads the open ones).
             features = self.table.static[rows]
             features[:, F["k"]] = k
-            hour_rel = self.engagement[rows] / self.engagement_peak[rows][:, None]
+            hour_rel = self.engagement[rows]
+            hour_rel /= self.engagement_peak[rows][:, None]
             p, n = self.model.estimate_hours(features, hour_rel, None if campaign_ids is None else campaign_ids[rows])
             return p, self.model.lower(p, n, self.send_quantile)
         row, hour = np.nonzero(cells)
@@ -215,7 +216,8 @@ def place_by_value(
         k = used[g] + 1
         open_cells = free[g] & allowed[g]
         p, p_low = context.price(rows[sel], k, open_cells)
-        value = np.where(open_cells, p * weight[sel, None], -np.inf)
+        value = p * weight[sel, None]
+        np.copyto(value, -np.inf, where=~open_cells)
         best_hour = np.argmax(value, axis=1)
         every = np.arange(len(sel))
         best_value = value[every, best_hour]
