@@ -99,10 +99,14 @@ def fit_prior_scales(prior: np.ndarray, k: np.ndarray, y: np.ndarray) -> dict[in
     return scales
 
 
-def scaled_prior(features: np.ndarray, scales: dict[int, float], hour_rel: np.ndarray | None = None) -> np.ndarray:
+def scaled_prior(
+    features: np.ndarray, scales: dict[int, float], hour_rel: np.ndarray | None = None, prior: np.ndarray | None = None
+) -> np.ndarray:
     """The prior times its learned scale of each row's k (the smallest scale for a k never logged);
-    ``hour_rel`` as in ``prior_probability``."""
-    prior = prior_probability(features, hour_rel)
+    ``hour_rel`` as in ``prior_probability``; ``prior``: ``prior_probability(features)`` when the
+    caller has it already."""
+    fresh = prior is None
+    prior = prior_probability(features, hour_rel) if prior is None else prior
     if not scales:
         return prior
     k = np.asarray(features, dtype=float)[..., F["k"]].astype(int)
@@ -110,9 +114,9 @@ def scaled_prior(features: np.ndarray, scales: dict[int, float], hour_rel: np.nd
     for value, scale in scales.items():
         table[value] = scale
     factor = table[np.clip(k, 0, len(table) - 1)]
-    if hour_rel is None:
-        return np.clip(prior * factor, EPS, 1 - EPS)
-    prior *= factor[..., None]
+    if hour_rel is None or not fresh:
+        return np.clip(prior * (factor if hour_rel is None else factor[..., None]), EPS, 1 - EPS)
+    prior *= factor[..., None]  # our own temporary
     return np.clip(prior, EPS, 1 - EPS, out=prior)
 
 
@@ -189,7 +193,7 @@ class ResponseModel:
         prior = prior_probability(f)
         if f.size == 0:
             return prior, np.zeros(prior.shape)
-        calibrated_prior = scaled_prior(f, self.prior_scales) if self.prior_scales else prior
+        calibrated_prior = scaled_prior(f, self.prior_scales, prior=prior) if self.prior_scales else prior
         n = self.evidence(f, campaigns)
         if self.estimator is None:
             return calibrated_prior, n
