@@ -85,17 +85,42 @@ class UserSignals:
 
 
 def _local_hours(user_codes: np.ndarray, timezones: np.ndarray, moments: pd.Series) -> np.ndarray:
-    """Local hour of each moment in its user's time zone (one conversion per time zone, not per row)."""
+    """Local hour of each moment in its user's time zone (one pass per time zone, not per row)."""
     hours = np.zeros(len(moments), dtype=np.int64)
+    if len(moments) == 0:
+        return hours
     zones = timezones[user_codes]
+    seconds = moments.to_numpy(dtype="datetime64[ns]").view(np.int64) // 10**9
     for zone in pd.unique(zones):
         rows = np.flatnonzero(zones == zone)
         try:
-            converted = moments.iloc[rows].dt.tz_convert(ZoneInfo(str(zone)))
+            offsets = utc_offsets(ZoneInfo(str(zone)), seconds[rows])
         except Exception:  # noqa: BLE001 - an unknown zone counts as UTC here; planning refuses it
-            converted = moments.iloc[rows]
-        hours[rows] = converted.dt.hour.to_numpy()
+            offsets = 0
+        hours[rows] = (seconds[rows] + offsets) // 3600 % HOURS
     return hours
+
+
+def utc_offsets(zone: ZoneInfo, seconds: np.ndarray) -> np.ndarray:
+    """The zone's UTC offset (seconds) at each UTC epoch second, from the zone asked twice per
+    distinct hour (its first and last second; a change inside an hour is found by bisection), not
+    once per moment: the offsets change at most once an hour in every zone there is."""
+
+    def offset(second: int) -> int:
+        return int(datetime.fromtimestamp(second, zone).utcoffset().total_seconds())
+
+    starts, index = np.unique(seconds // 3600 * 3600, return_inverse=True)
+    first = np.array([offset(int(s)) for s in starts], dtype=np.int64)
+    last = np.array([offset(int(s) + 3599) for s in starts], dtype=np.int64)
+    change = starts + 3600  # the first second on the hour's last offset (none: past the hour)
+    for i in np.flatnonzero(first != last):
+        low, high = int(starts[i]), int(starts[i]) + 3599  # offset(low) = first, offset(high) = last
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if offset(middle) == first[i] else (low, middle)
+        change[i] = high
+    index = index.reshape(-1)
+    return np.where(seconds >= change[index], last[index], first[index])
 
 
 def user_signals(
