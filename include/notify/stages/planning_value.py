@@ -106,12 +106,12 @@ class ResponseContext:
         """Per candidate row its engagement's peak hour share, floored at 1e-9 (``hour_rel``'s divisor)."""
         return np.maximum(self.engagement.max(axis=1), 1e-9) if len(self.engagement) else np.zeros(0)
 
-    def price(self, rows: np.ndarray, k: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``predict``'s p and its lower quantile (n, 24) with only the open ``cells`` priced, their
-        features built per cell (``CandidateTable.at_cells``), not at every hour."""
+    def price(self, rows: np.ndarray, k: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``predict``'s p (n, 24) with only the open ``cells`` priced (a learner's features built per
+        cell, ``CandidateTable.at_cells``; the prior's per candidate, broadcast over its hours) and
+        the evidence behind each (n, 1) or (n, 24), for ``conservative`` (None: a scorer, p is final)."""
         if self.scorer is not None:
-            p, low, _ = self.predict(rows, k)
-            return p, low
+            return self.predict(rows, k)[0], None
         campaign_ids = self.table.campaign_ids
         if self.model.estimator is None:
             # The prior is element-wise in the hour: each candidate's features once, its hours
@@ -120,22 +120,24 @@ class ResponseContext:
             features[:, F["k"]] = k
             hour_rel = self.engagement[rows]
             hour_rel /= self.engagement_peak[rows][:, None]
-            p, n = self.model.estimate_hours(features, hour_rel, None if campaign_ids is None else campaign_ids[rows])
-            return p, self.model.lower(p, n, self.send_quantile)
-        row, hour = np.nonzero(cells)
-        p, low = np.zeros(cells.shape), np.zeros(cells.shape)
+            return self.model.estimate_hours(features, hour_rel, None if campaign_ids is None else campaign_ids[rows])
         # A learner sees every open cell in one batch (its BLAS products round differently with
         # the batch's shape, so blocks would change the last bits).
-        block = max(len(row), 1)
-        for start in range(0, len(row), block):
-            r, h = row[start : start + block], hour[start : start + block]
-            cand = rows[r]
-            features = self.table.at_cells(cand, h, k[r], self.engagement, self.engagement_peak)
-            campaigns = None if self.table.campaign_ids is None else self.table.campaign_ids[cand]
-            at, n_at = self.model.estimate(features[:, None, :], campaigns)
-            p[r, h] = at[:, 0]
-            low[r, h] = self.model.lower(at, n_at, self.send_quantile)[:, 0]
-        return p, low
+        row, hour = np.nonzero(cells)
+        cand = rows[row]
+        features = self.table.at_cells(cand, hour, k[row], self.engagement, self.engagement_peak)
+        at, n_at = self.model.estimate(features[:, None, :], None if campaign_ids is None else campaign_ids[cand])
+        p, n = np.zeros(cells.shape), np.zeros(cells.shape)
+        p[row, hour] = at[:, 0]
+        n[row, hour] = n_at[:, 0]
+        return p, n
+
+    def conservative(self, p: np.ndarray, n: np.ndarray | None, at: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """The lower quantile the send decision uses of ``p`` (the prices at cells ``at`` = (rows,
+        hours) of ``price``'s grid) with ``n`` that grid's evidence; only for the cells it is asked for."""
+        if n is None:
+            return p
+        return self.model.lower(p, n[at[0], 0] if n.shape[1] == 1 else n[at], self.send_quantile)
 
     def features_at(self, rows: np.ndarray, hours: np.ndarray, k: np.ndarray) -> np.ndarray:
         """The features (m, F) candidate ``rows`` were decided on: each at its hour as send ``k``."""
@@ -215,15 +217,15 @@ def place_by_value(
         g = group[sel]  # non-decreasing: the rows come grouped by user
         k = used[g] + 1
         open_cells = free[g] & allowed[g]
-        p, p_low = context.price(rows[sel], k, open_cells)
+        p, evidence = context.price(rows[sel], k, open_cells)
         value = p * weight[sel, None]
         np.copyto(value, -np.inf, where=~open_cells)
         best_hour = np.argmax(value, axis=1)
         every = np.arange(len(sel))
         best_value = value[every, best_hour]
         best_p = p[every, best_hour]
-        best_low = p_low[every, best_hour] * weight[sel]
-        del p, p_low, value
+        best_low = context.conservative(best_p, evidence, (every, best_hour)) * weight[sel]
+        del p, evidence, value
         valid = np.isfinite(best_value)
         # No free slot left for a candidate: it can never be placed today.
         why_not[sel[~valid]] = "no_free_slot"
