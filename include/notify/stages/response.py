@@ -369,9 +369,9 @@ def candidate_table(
     priority = pd.to_numeric(table["priority"], errors="coerce").fillna(1).to_numpy()
     static[:, F["priority"]] = np.where(cpos >= 0, priority[np.maximum(cpos, 0)], 1)
     static[:, F["generic"]] = generic
-    segment_code, segment_names = _factorized_text(segments)
-    static[:, F["segment_new"]] = (segment_names == "new")[segment_code]
-    static[:, F["segment_lapsed"]] = (segment_names == "lapsed")[segment_code]
+    seg = np.asarray(segments, dtype=object)  # compared as objects: a str equals only its own text
+    static[:, F["segment_new"]] = seg == "new"
+    static[:, F["segment_lapsed"]] = seg == "lapsed"
     static[:, F["recent_ctr"]] = np.where(seen, signals.recent_ctr[safe], CTR_PRIOR)
     static[:, F["ignored_streak"]] = np.where(seen, signals.ignored_streak[safe], 0)
     day_start = datetime(signals.day.year, signals.day.month, signals.day.day, tzinfo=UTC).timestamp()
