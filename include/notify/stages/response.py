@@ -219,11 +219,13 @@ def _typed_activity(
     )
     activity["ts"] = pd.to_datetime(activity["ts"], utc=True, format="ISO8601")
     activity = activity[activity["ts"] < cutoff]
-    u = ids.get_indexer(activity["user_id"].astype(str))
+    user_code, user_names = _factorized_text(activity["user_id"])  # each id looked up once
+    u = ids.get_indexer(pd.Index(user_names))[user_code]
     age_days = ((cutoff - activity["ts"]).dt.total_seconds().to_numpy() / 86400.0).astype(float)
     decay = 0.5 ** (age_days / HALF_LIFE_DAYS)
     weight = activity["event_type"].map(EVENT_WEIGHTS).fillna(0.0).to_numpy(dtype=float) * decay
-    t = product_type.reindex(activity["product_id"].astype(str)).fillna(-1).to_numpy(dtype=np.int64)
+    product_code, product_names = _factorized_text(activity["product_id"])
+    t = product_type.reindex(product_names).fillna(-1).to_numpy(dtype=np.int64)[product_code]
     ok = (u >= 0) & (t >= 0) & (weight > 0)
     return types, ev, activity, u, decay, t, weight, ok
 
@@ -409,9 +411,11 @@ def _factorized_text(values: Any) -> tuple[np.ndarray, np.ndarray]:
 def user_engagement(signals: UserSignals, rows: np.ndarray) -> np.ndarray:
     """(n, 24) engagement of ``rows`` of the signals; the population's mean for unknown users (-1)."""
     population = signals.hour_engagement.mean(axis=0) if len(signals.user_ids) else np.full(HOURS, 1 / HOURS)
-    out = np.tile(population, (len(rows), 1)).astype(np.float64)
     seen = rows >= 0
-    out[seen] = signals.hour_engagement[rows[seen]]
+    if not len(signals.user_ids) or not seen.any():
+        return np.tile(population, (len(rows), 1)).astype(np.float64)
+    out = signals.hour_engagement.astype(np.float64)[np.maximum(rows, 0)]  # float32 -> float64 is exact
+    out[~seen] = population.astype(np.float64)
     return out
 
 
