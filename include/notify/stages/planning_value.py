@@ -362,8 +362,19 @@ def _integers(values: np.ndarray) -> pa.Array:
 def _text(*parts: object) -> np.ndarray:
     """Element-wise concatenation (object array of str) of plain strings, Arrow string arrays and
     equally long arrays of strings, in one Arrow pass."""
-    arrays = [part if isinstance(part, str | pa.Array) else pa.array(part, type=pa.string()) for part in parts]
+    arrays = [part if isinstance(part, str | pa.Array) else _as_text(part) for part in parts]
     return pc.binary_join_element_wise(*arrays, "").to_numpy(zero_copy_only=False).astype(object, copy=False)
+
+
+def _as_text(values: object) -> pa.Array:
+    """An array of strings as Arrow; anything else (ids that are numbers, None) as ``str`` prints it."""
+    try:
+        text = pa.array(values, type=pa.string())
+        if text.null_count == 0:
+            return text
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        pass
+    return pa.array(np.asarray(values, dtype=object).astype(str), type=pa.string())
 
 
 @cache
@@ -381,7 +392,7 @@ def _ordinals(k: np.ndarray) -> pa.Array:
 def _candidate_scores(at: np.ndarray, values: np.ndarray, campaigns: np.ndarray, users: int) -> np.ndarray:
     """Per sending user (``at``: its index, non-decreasing): ``"campaign:value|..."`` over that
     user's valid candidates this step, in candidate order."""
-    text = pc.binary_join_element_wise(pa.array(campaigns, type=pa.string()), ":", _decimals(values, 5), "")
+    text = pc.binary_join_element_wise(_as_text(campaigns), ":", _decimals(values, 5), "")
     offsets = np.r_[0, np.cumsum(np.bincount(at, minlength=users))].astype(np.int32)
     lists = pa.ListArray.from_arrays(pa.array(offsets), text)
     return pc.binary_join(lists, "|").to_numpy(zero_copy_only=False).astype(object, copy=False)
