@@ -497,7 +497,9 @@ def _place(
     notification = notification_ids(user_col, day, campaign_col)
     decision_columns: dict[str, object] = dict.fromkeys(DECISION_COLUMNS)
     if response is not None and decisions is not None:
-        hour_text = HOUR_TEXT[hours] + " local is this user's #" + NUMBER[np.minimum(hour_rank, HOURS)]
+        hour_text = join_text(
+            Lookup(HOUR_TEXT, hours), " local is this user's #", Lookup(NUMBER, np.minimum(hour_rank, HOURS))
+        )
         reason, decision_columns, decisions = decision_fields(
             response, decisions, details[sel], picked, hour_text, TWO_DIGITS[minutes],
             {"notification_id": notification, "user_id": user_col, "campaign_id": campaign_col,

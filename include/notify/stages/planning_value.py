@@ -31,12 +31,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cache, cached_property
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from include.notify.rules import HOURS
-from include.notify.stages.response import FEATURES, CandidateTable, ResponseModel
+from include.notify.stages.response import FEATURES, CandidateTable, F, ResponseModel
 
 PRIORITY_WEIGHT = 0.1
 POLICY_NAME = "ev-greedy"
@@ -98,6 +101,54 @@ class ResponseContext:
         low[row, hour] = self.model.lower(at, n_at, self.send_quantile)[:, 0]
         return p, low, features
 
+    @cached_property
+    def engagement_peak(self) -> np.ndarray:
+        """Per candidate row its engagement's peak hour share, floored at 1e-9 (``hour_rel``'s divisor)."""
+        return np.maximum(self.engagement.max(axis=1), 1e-9) if len(self.engagement) else np.zeros(0)
+
+    def price(self, rows: np.ndarray, k: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``predict``'s p (n, 24) with only the open ``cells`` priced (a learner's features built per
+        cell, ``CandidateTable.at_cells``; the prior's per candidate, broadcast over its hours) and
+        the evidence behind each (n, 1) or (n, 24), for ``conservative`` (None: a scorer, p is final)."""
+        if self.scorer is not None:
+            return self.predict(rows, k)[0], None
+        campaign_ids = self.table.campaign_ids
+        if self.model.estimator is None:
+            # The prior is element-wise in the hour: each candidate's features once, its hours
+            # broadcast (the closed cells are priced too; the planner only reads the open ones).
+            features = self.table.static[rows]
+            features[:, F["k"]] = k
+            hour_rel = self.engagement[rows]
+            hour_rel /= self.engagement_peak[rows][:, None]
+            return self.model.estimate_hours(features, hour_rel, None if campaign_ids is None else campaign_ids[rows])
+        # A learner sees every open cell in one batch (its BLAS products round differently with
+        # the batch's shape, so blocks would change the last bits).
+        row, hour = np.nonzero(cells)
+        cand = rows[row]
+        features = self.table.at_cells(cand, hour, k[row], self.engagement, self.engagement_peak)
+        at, n_at = self.model.estimate(features[:, None, :], None if campaign_ids is None else campaign_ids[cand])
+        p, n = np.zeros(cells.shape), np.zeros(cells.shape)
+        p[row, hour] = at[:, 0]
+        n[row, hour] = n_at[:, 0]
+        return p, n
+
+    def conservative(self, p: np.ndarray, n: np.ndarray | None, at: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """The lower quantile the send decision uses of ``p`` (the prices at cells ``at`` = (rows,
+        hours) of ``price``'s grid) with ``n`` that grid's evidence; only for the cells it is asked for."""
+        if n is None:
+            return p
+        return self.model.lower(p, n[at[0], 0] if n.shape[1] == 1 else n[at], self.send_quantile)
+
+    def features_at(self, rows: np.ndarray, hours: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """The features (m, F) candidate ``rows`` were decided on: each at its hour as send ``k``."""
+        return self.table.at_cells(rows, hours, k, self.engagement, self.engagement_peak)
+
+    def costs_of(self, k: np.ndarray) -> np.ndarray:
+        """``cost`` of many k at once."""
+        if len(self.costs) == 0:
+            return np.zeros(len(k))
+        return self.costs[np.minimum(k, len(self.costs)) - 1].astype(float)
+
 
 def _draws(keys: pd.Series, salt: str) -> np.ndarray:
     hashed = pd.util.hash_pandas_object(keys.astype(str) + salt, index=False).to_numpy()
@@ -156,67 +207,66 @@ def place_by_value(
     why_not = np.full(n, "", dtype=object)
     detail = np.full(n, "", dtype=object)
     stopped = np.zeros(len(user_ids), dtype=bool)
-    logs: list[pd.DataFrame] = []
+    logs: list[dict[str, np.ndarray]] = []
     max_steps = int(cap.max()) if len(cap) else 0
     for _ in range(max_steps):
         live_user = ~stopped & (used < cap)
         sel = np.flatnonzero(remaining & live_user[group])
         if len(sel) == 0:
             break
-        g = group[sel]
+        g = group[sel]  # non-decreasing: the rows come grouped by user
         k = used[g] + 1
         open_cells = free[g] & allowed[g]
-        p, p_low, features = context.predict(rows[sel], k, open_cells)
-        value = np.where(open_cells, p * weight[sel, None], -np.inf)
+        p, evidence = context.price(rows[sel], k, open_cells)
+        value = p * weight[sel, None]
+        np.copyto(value, -np.inf, where=~open_cells)
         best_hour = np.argmax(value, axis=1)
-        best_value = value[np.arange(len(sel)), best_hour]
-        best_low = p_low[np.arange(len(sel)), best_hour] * weight[sel]
+        every = np.arange(len(sel))
+        best_value = value[every, best_hour]
+        best_p = p[every, best_hour]
+        best_low = context.conservative(best_p, evidence, (every, best_hour)) * weight[sel]
+        del p, evidence, value
         valid = np.isfinite(best_value)
         # No free slot left for a candidate: it can never be placed today.
         why_not[sel[~valid]] = "no_free_slot"
         remaining[sel[~valid]] = False
-        sel, g, k, p, features = sel[valid], g[valid], k[valid], p[valid], features[valid]
-        best_hour, best_value, best_low = best_hour[valid], best_value[valid], best_low[valid]
+        sel, g, best_hour, best_value, best_p, best_low = (
+            a[valid] for a in (sel, g, best_hour, best_value, best_p, best_low)
+        )
         if len(sel) == 0:
             break
-        frame = pd.DataFrame({"g": g, "v": best_value, "pos": np.arange(len(sel))})
-        greedy_pos = frame.sort_values(["g", "v", "pos"], ascending=[True, False, True], kind="stable").drop_duplicates(
-            "g"
-        )
-        users_here = greedy_pos["g"].to_numpy()
-        greedy = greedy_pos["pos"].to_numpy()
-        n_valid = frame.groupby("g").size().reindex(users_here).to_numpy()
+        # Per user (a run of g) the greedy candidate: the largest value, the first of equals.
+        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        segment = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(g)]))
+        top = np.maximum.reduceat(best_value, starts)
+        greedy = np.minimum.reduceat(np.where(best_value == top[segment], np.arange(len(g)), len(g)), starts)
+        users_here = g[starts]
         step_k = used[users_here] + 1
-        cost = np.array([context.cost(int(x)) for x in step_k])
+        cost = context.costs_of(step_k)
         # Rank by the expected value, send on the conservative one (a lower quantile of p).
         send = best_low[greedy] > cost
         # Users whose best candidate is not worth another interruption stop for the day.
-        quit_users = users_here[~send]
-        stopped[quit_users] = True
-        quitting = np.isin(g, quit_users)
-        names = campaign_ids[sel[greedy]]
-        ordinal = np.array([_ordinal(int(x)) for x in step_k], dtype=object)
-        note = pd.Series(
-            "withheld: best remaining " + names.astype(str) + " value " + pd.Series(best_value[greedy]).round(4).astype(str).to_numpy()
-            + " (conservative " + pd.Series(best_low[greedy]).round(4).astype(str).to_numpy() + ") <= cost " + pd.Series(cost).round(4).astype(str).to_numpy() + " of a " + ordinal + " notification",
-            index=users_here,
-        )  # fmt: skip
-        why_not[sel[quitting]] = "below_interruption_cost"
-        detail[sel[quitting]] = note.reindex(g[quitting]).to_numpy()
-        remaining[sel[quitting]] = False
-        users_here, greedy, n_valid, step_k, cost = (a[send] for a in (users_here, greedy, n_valid, step_k, cost))
+        stopped[users_here[~send]] = True
+        quitting = ~send[segment]
+        if quitting.any():
+            q = ~send
+            note = _text(
+                "withheld: best remaining ", campaign_ids[sel[greedy[q]]], " value ", _decimals(best_value[greedy[q]], 4),
+                " (conservative ", _decimals(best_low[greedy[q]], 4), ") <= cost ", _decimals(cost[q], 4), " of a ",
+                _ordinals(step_k[q]), " notification",
+            )  # fmt: skip
+            why_not[sel[quitting]] = "below_interruption_cost"
+            detail[sel[quitting]] = note[(np.cumsum(q) - 1)[segment[quitting]]]
+            remaining[sel[quitting]] = False
+        users_here, greedy, step_k, cost = (a[send] for a in (users_here, greedy, step_k, cost))
         greedy_low = best_low[greedy]
         if len(users_here) == 0:
             continue
-        keys = (
-            pd.Series(user_ids[users_here]).astype(str)
-            + f"#{day.isoformat()}#{int(context.seed)}#"
-            + step_k.astype(str)
-        )
+        keys = pd.Series(_text(user_ids[users_here], f"#{day.isoformat()}#{int(context.seed)}#", _integers(step_k)))
         # Arms worth exploring: the user's candidates whose expected value beats this step's cost
         # (the greedy one always does: its conservative value does); a candidate the model prices
         # below one interruption is not sent to learn about it.
-        at = pd.Index(users_here).get_indexer(g)  # -1: the user stopped at this step
+        at = np.where(send[segment], (np.cumsum(send) - 1)[segment], -1)  # -1: the user stopped at this step
         worth = (at >= 0) & (best_value > cost[np.maximum(at, 0)])
         arms = np.bincount(at[worth], minlength=len(users_here))
         explore = (_draws(keys, "#explore") < context.explore_share) & (arms > 1)
@@ -224,9 +274,9 @@ def place_by_value(
         if explore.any():
             # The explored campaign: uniform over the user's arms worth exploring this step.
             order = np.lexsort((~worth, g))  # per user (g sorted), the arms first
-            starts = np.searchsorted(g, users_here[explore], side="left")
+            first = np.searchsorted(g, users_here[explore], side="left")
             offset = np.minimum((_draws(keys[explore], "#arm") * arms[explore]).astype(np.int64), arms[explore] - 1)
-            pick[explore] = order[starts + offset]
+            pick[explore] = order[first + offset]
         propensity = np.where(pick == greedy, 1 - context.explore_share, 0.0) + np.where(
             arms > 1, context.explore_share / np.maximum(arms, 1), context.explore_share
         )
@@ -236,41 +286,116 @@ def place_by_value(
         remaining[position] = False
         used[users_here] += 1
         free[users_here] &= np.abs(slot_epoch[users_here] - slot_epoch[users_here, hour][:, None]) >= gap_seconds
-        chosen_p = p[pick, hour]
+        chosen_p = best_p[pick]
         chosen_value = best_value[pick]
-        scores = _candidate_scores(g, best_value / weight[sel], campaign_ids[sel], users_here)
-        detail[position] = (
-            "p(click) " + pd.Series(chosen_p * 100).round(2).astype(str).to_numpy() + "% x weight "
-            + pd.Series(weight[position]).round(2).astype(str).to_numpy() + " = value "
-            + pd.Series(chosen_value).round(4).astype(str).to_numpy() + " (conservative "
-            + pd.Series(greedy_low).round(4).astype(str).to_numpy() + ") > cost "
-            + pd.Series(cost).round(4).astype(str).to_numpy() + " of a " + np.array([_ordinal(int(x)) for x in step_k], dtype=object)
-            + " notification" + np.where(explore, " (explored, propensity " + pd.Series(propensity).round(3).astype(str).to_numpy() + ")", "")
+        scored = at >= 0
+        scores = _candidate_scores(
+            at[scored], best_value[scored] / weight[sel[scored]], campaign_ids[sel[scored]], len(users_here)
+        )
+        explored_text = np.full(len(pick), "", dtype=object)
+        if explore.any():
+            explored_text[explore] = _text(" (explored, propensity ", _decimals(propensity[explore], 3), ")")
+        detail[position] = _text(
+            "p(click) ", _decimals(chosen_p * 100, 2), "% x weight ", _decimals(weight[position], 2), " = value ",
+            _decimals(chosen_value, 4), " (conservative ", _decimals(greedy_low, 4), ") > cost ", _decimals(cost, 4),
+            " of a ", _ordinals(step_k), " notification", explored_text,
         )  # fmt: skip
-        log = pd.DataFrame(features[pick, hour], columns=list(FEATURES))
-        log.insert(0, "row", rows[position])
-        log["local_hour"] = hour
-        log["p_click"] = chosen_p
-        log["value"] = chosen_value
-        log["cost"] = cost
-        log["propensity"] = propensity
-        log["explored"] = explore
-        log["greedy_campaign"] = campaign_ids[sel[greedy]]
-        log["greedy_value"] = best_value[greedy]
-        log["greedy_low"] = greedy_low
-        log["candidate_scores"] = scores
-        logs.append(log)
+        logs.append({
+            "row": rows[position], "features": context.features_at(rows[position], hour, step_k), "local_hour": hour,
+            "p_click": chosen_p, "value": chosen_value, "cost": cost, "propensity": propensity, "explored": explore,
+            "greedy_campaign": campaign_ids[sel[greedy]], "greedy_value": best_value[greedy], "greedy_low": greedy_low,
+            "candidate_scores": scores,
+        })  # fmt: skip
     over = remaining & (why_not == "")
     why_not[over] = "over_cap"
-    placed_log = pd.concat(logs, ignore_index=True) if logs else pd.DataFrame(columns=["row", *FEATURES, *LOG_FIELDS])
-    return ValueDecisions(chosen_hour, why_not, placed_log, detail)
+    return ValueDecisions(chosen_hour, why_not, _decision_log(logs), detail)
 
 
-def _candidate_scores(g: np.ndarray, values: np.ndarray, campaigns: np.ndarray, users: np.ndarray) -> np.ndarray:
-    """Per user of ``users``: ``"campaign:value|..."`` over that user's valid candidates this step."""
-    text = pd.Series(campaigns.astype(str)) + ":" + pd.Series(np.round(values, 5)).astype(str)
-    joined = text.groupby(g).agg("|".join)
-    return joined.reindex(users).to_numpy(dtype=object)
+def _decision_log(steps: list[dict[str, np.ndarray]]) -> pd.DataFrame:
+    """The steps' placed sends as one frame: row, FEATURES, LOG_FIELDS."""
+    if not steps:
+        return pd.DataFrame(columns=["row", *FEATURES, *LOG_FIELDS])
+    joined = {name: np.concatenate([step[name] for step in steps]) for name in steps[0]}
+    log = pd.DataFrame(joined.pop("features"), columns=list(FEATURES))
+    log.insert(0, "row", joined.pop("row"))
+    for name in LOG_FIELDS:
+        log[name] = joined[name]
+    return log
+
+
+def _rounded(values: np.ndarray, digits: int) -> list[str]:
+    """``values`` rounded to ``digits`` as Python prints them (``pandas.Series.round(d).astype(str)``)."""
+    return [repr(x) for x in np.round(np.asarray(values, dtype=float), digits).tolist()]
+
+
+@cache
+def _decimal_tables(digits: int) -> tuple[pa.Array, pa.Array]:
+    """Texts of the whole part (``"12."``; ``""`` at 1000) and of the fraction's digits without
+    trailing zeros (``"083"``, ``"0"``; at ``10**digits + i``: ``"ie-05"``, how Python prints i x 1e-5)."""
+    whole = [f"{i}." for i in range(1000)] + [""]
+    fraction = [f"{i:0{digits}d}".rstrip("0") or "0" for i in range(10**digits)] + [f"{i}e-05" for i in range(10)]
+    return pa.array(whole, type=pa.string()), pa.array(fraction, type=pa.string())
+
+
+def _decimals(values: np.ndarray, digits: int) -> pa.Array:
+    """``_rounded`` by table lookups: ``np.round`` is ``rint(v x 10**d) / 10**d`` and the shortest text
+    of that float is its decimal digits without trailing zeros (below 1e-4 Python writes ``ie-05``).
+    Values outside [0, 1000) or not finite take ``_rounded``."""
+    v = np.asarray(values, dtype=np.float64)
+    scaled = np.rint(v * 10.0**digits)
+    if digits > 5 or (~np.isfinite(scaled) | np.signbit(scaled) | (scaled >= 1000 * 10**digits)).any():
+        return pa.array(_rounded(v, digits), type=pa.string())
+    whole, fraction = np.divmod(scaled.astype(np.int64), 10**digits)
+    tiny = (whole == 0) & (fraction > 0) & (fraction < 10 ** max(digits - 4, 0))  # e.g. 3e-05
+    whole_text, fraction_text = _decimal_tables(digits)
+    return pc.binary_join_element_wise(
+        whole_text.take(pa.array(np.where(tiny, 1000, whole))),
+        fraction_text.take(pa.array(np.where(tiny, 10**digits + fraction, fraction))),
+        "",
+    )
+
+
+def _integers(values: np.ndarray) -> pa.Array:
+    return pa.array(np.asarray(values, dtype=np.int64)).cast(pa.string())
+
+
+def _text(*parts: object) -> np.ndarray:
+    """Element-wise concatenation (object array of str) of plain strings, Arrow string arrays and
+    equally long arrays of strings, in one Arrow pass."""
+    arrays = [part if isinstance(part, str | pa.Array) else _as_text(part) for part in parts]
+    return pc.binary_join_element_wise(*arrays, "").to_numpy(zero_copy_only=False).astype(object, copy=False)
+
+
+def _as_text(values: object) -> pa.Array:
+    """An array of strings as Arrow; anything else (ids that are numbers, None) as ``str`` prints it."""
+    try:
+        text = pa.array(values, type=pa.string())
+        if text.null_count == 0:
+            return text
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        pass
+    return pa.array(np.asarray(values, dtype=object).astype(str), type=pa.string())
+
+
+@cache
+def _ordinal_table() -> pa.Array:
+    return pa.array([_ordinal(k) for k in range(1000)], type=pa.string())
+
+
+def _ordinals(k: np.ndarray) -> pa.Array:
+    k = np.asarray(k, dtype=np.int64)
+    if len(k) and (k.min() < 0 or k.max() >= 1000):
+        return pa.array([_ordinal(int(x)) for x in k], type=pa.string())
+    return _ordinal_table().take(pa.array(k))
+
+
+def _candidate_scores(at: np.ndarray, values: np.ndarray, campaigns: np.ndarray, users: int) -> np.ndarray:
+    """Per sending user (``at``: its index, non-decreasing): ``"campaign:value|..."`` over that
+    user's valid candidates this step, in candidate order."""
+    text = pc.binary_join_element_wise(_as_text(campaigns), ":", _decimals(values, 5), "")
+    offsets = np.r_[0, np.cumsum(np.bincount(at, minlength=users))].astype(np.int32)
+    lists = pa.ListArray.from_arrays(pa.array(offsets), text)
+    return pc.binary_join(lists, "|").to_numpy(zero_copy_only=False).astype(object, copy=False)
 
 
 def _ordinal(k: int) -> str:
@@ -306,16 +431,16 @@ def build_context(
 
     recs = recommendations.reset_index(drop=True)
     segment = users.drop_duplicates("user_id", keep="last").set_index("user_id")
-    seg = (
-        segment["segment"].reindex(recs["user_id"]).fillna("").to_numpy()
-        if "segment" in segment
-        else np.full(len(recs), "")
-    )
+    if "segment" in segment:  # looked up once per user, not per recommendation
+        user_code, user_names = pd.factorize(recs["user_id"].to_numpy(dtype=object), use_na_sentinel=False)
+        seg = segment["segment"].reindex(user_names).fillna("").to_numpy()[user_code]
+    else:
+        seg = np.full(len(recs), "")
     table = campaigns.assign(
         targets=campaigns.get("target_article_types", pd.Series("", index=campaigns.index)).fillna("").astype(str)
     ).assign(campaign_id=lambda c: c["campaign_id"].astype(str))
     similarity = pd.to_numeric(recs.get("similarity", pd.Series(0.0, index=recs.index)), errors="coerce").fillna(0.0)
-    candidates = candidate_table(signals, recs["user_id"].to_numpy(), recs["campaign_id"].astype(str).to_numpy(),
+    candidates = candidate_table(signals, recs["user_id"].to_numpy(), recs["campaign_id"].to_numpy(),
                                  table, similarity.to_numpy(), seg)  # fmt: skip
     engagement = user_engagement(signals, candidates.user_row)
     costs = model.costs if len(model.costs) else np.full(max(int(config.daily_cap), 1), float(config.interruption_cost))
@@ -374,10 +499,9 @@ def decision_fields(
     (policy / model version, p_click, propensity, candidate scores) and the decision log keyed by
     ``identity`` (notification_id, user_id, campaign_id, local_day, send_at)."""
     by_row = log.set_index("row").reindex(picked)
-    reason = (
-        "expected value: " + details + " (model " + context.model.version + "); " + hour_text
-        + " allowed hour by engagement, the best free hour by predicted clicks; minute :" + minutes
-        + " spreads the fleet"
+    reason = _text(
+        "expected value: ", details, f" (model {context.model.version}); ", hour_text,
+        " allowed hour by engagement, the best free hour by predicted clicks; minute :", minutes, " spreads the fleet",
     )  # fmt: skip
     versions = {"policy_version": context.policy_version, "model_version": context.model.version}
     columns = {

@@ -85,17 +85,42 @@ class UserSignals:
 
 
 def _local_hours(user_codes: np.ndarray, timezones: np.ndarray, moments: pd.Series) -> np.ndarray:
-    """Local hour of each moment in its user's time zone (one conversion per time zone, not per row)."""
+    """Local hour of each moment in its user's time zone (one pass per time zone, not per row)."""
     hours = np.zeros(len(moments), dtype=np.int64)
+    if len(moments) == 0:
+        return hours
     zones = timezones[user_codes]
+    seconds = moments.to_numpy(dtype="datetime64[ns]").view(np.int64) // 10**9
     for zone in pd.unique(zones):
         rows = np.flatnonzero(zones == zone)
         try:
-            converted = moments.iloc[rows].dt.tz_convert(ZoneInfo(str(zone)))
+            offsets = utc_offsets(ZoneInfo(str(zone)), seconds[rows])
         except Exception:  # noqa: BLE001 - an unknown zone counts as UTC here; planning refuses it
-            converted = moments.iloc[rows]
-        hours[rows] = converted.dt.hour.to_numpy()
+            offsets = 0
+        hours[rows] = (seconds[rows] + offsets) // 3600 % HOURS
     return hours
+
+
+def utc_offsets(zone: ZoneInfo, seconds: np.ndarray) -> np.ndarray:
+    """The zone's UTC offset (seconds) at each UTC epoch second, from the zone asked twice per
+    distinct hour (its first and last second; a change inside an hour is found by bisection), not
+    once per moment: the offsets change at most once an hour in every zone there is."""
+
+    def offset(second: int) -> int:
+        return int(datetime.fromtimestamp(second, zone).utcoffset().total_seconds())
+
+    starts, index = np.unique(seconds // 3600 * 3600, return_inverse=True)
+    first = np.array([offset(int(s)) for s in starts], dtype=np.int64)
+    last = np.array([offset(int(s) + 3599) for s in starts], dtype=np.int64)
+    change = starts + 3600  # the first second on the hour's last offset (none: past the hour)
+    for i in np.flatnonzero(first != last):
+        low, high = int(starts[i]), int(starts[i]) + 3599  # offset(low) = first, offset(high) = last
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if offset(middle) == first[i] else (low, middle)
+        change[i] = high
+    index = index.reshape(-1)
+    return np.where(seconds >= change[index], last[index], first[index])
 
 
 def user_signals(
@@ -194,11 +219,13 @@ def _typed_activity(
     )
     activity["ts"] = pd.to_datetime(activity["ts"], utc=True, format="ISO8601")
     activity = activity[activity["ts"] < cutoff]
-    u = ids.get_indexer(activity["user_id"].astype(str))
+    user_code, user_names = _factorized_text(activity["user_id"])  # each id looked up once
+    u = ids.get_indexer(pd.Index(user_names))[user_code]
     age_days = ((cutoff - activity["ts"]).dt.total_seconds().to_numpy() / 86400.0).astype(float)
     decay = 0.5 ** (age_days / HALF_LIFE_DAYS)
     weight = activity["event_type"].map(EVENT_WEIGHTS).fillna(0.0).to_numpy(dtype=float) * decay
-    t = product_type.reindex(activity["product_id"].astype(str)).fillna(-1).to_numpy(dtype=np.int64)
+    product_code, product_names = _factorized_text(activity["product_id"])
+    t = product_type.reindex(product_names).fillna(-1).to_numpy(dtype=np.int64)[product_code]
     ok = (u >= 0) & (t >= 0) & (weight > 0)
     return types, ev, activity, u, decay, t, weight, ok
 
@@ -298,6 +325,18 @@ class CandidateTable:
         out[:, :, F["k"]] = np.broadcast_to(np.asarray(k, dtype=float).reshape(-1, 1) if np.ndim(k) else k, (n, h))
         return out
 
+    def at_cells(self, rows: np.ndarray, hours: np.ndarray, k: np.ndarray, engagement: np.ndarray,
+                 peak: np.ndarray) -> np.ndarray:  # fmt: skip
+        """Features (m, F) of candidates ``rows`` each at one local hour ``hours`` as send ``k``: the
+        cells of ``at`` (the same values) without materialising every hour. ``engagement`` (n, 24) and
+        ``peak`` (its row maxima floored at 1e-9) are indexed by ``rows`` like ``static``."""
+        out = self.static[rows]
+        share = engagement[rows, hours]
+        out[:, F["hour_share"]] = share
+        out[:, F["hour_rel"]] = share / peak[rows]
+        out[:, F["k"]] = k
+        return out
+
 
 def candidate_table(
     signals: UserSignals,
@@ -312,25 +351,27 @@ def candidate_table(
     ``campaigns``: campaign_id, priority, targets (pipe-separated target article types).
     """
     n = len(user_ids)
-    rows = signals.rows(user_ids)
+    # Candidates repeat each user ~10 times and the few campaigns ~10 k times: every string lookup
+    # is done once per distinct value, then spread by the codes.
+    user_code, user_names = _factorized_text(user_ids)
+    rows = signals.rows(user_names)[user_code]
     seen = rows >= 0
     safe = np.maximum(rows, 0)
     table = campaigns.drop_duplicates("campaign_id", keep="last").set_index("campaign_id")
-    cids = pd.Index(np.asarray(campaign_ids, dtype=object).astype(str))
-    cpos = table.index.get_indexer(cids)
-    distinct = pd.unique(cids)
-    dpos = pd.Index(distinct).get_indexer(cids)
+    dpos, distinct = _factorized_text(campaign_ids)
+    cids = distinct[dpos]
+    cpos = table.index.get_indexer(pd.Index(distinct))[dpos]
     targets = table["targets"].reindex(distinct).fillna("").to_numpy()
     by_campaign = campaign_affinity(signals, targets)  # (users, distinct campaigns)
     static = np.zeros((n, len(FEATURES)), dtype=np.float64)
-    generic = np.array([not str(t) or str(t) == "nan" for t in targets])[dpos]
+    generic = np.array([not str(t) or str(t) == "nan" for t in targets], dtype=bool)[dpos]
     prior_affinity = np.where(generic, GENERIC_AFFINITY, 0.0)
     static[:, F["affinity"]] = np.where(seen, by_campaign[safe, dpos], prior_affinity)
     static[:, F["similarity"]] = np.nan_to_num(np.asarray(similarity, dtype=float))
     priority = pd.to_numeric(table["priority"], errors="coerce").fillna(1).to_numpy()
     static[:, F["priority"]] = np.where(cpos >= 0, priority[np.maximum(cpos, 0)], 1)
     static[:, F["generic"]] = generic
-    seg = np.asarray(segments, dtype=object).astype(str)
+    seg = np.asarray(segments, dtype=object)  # compared as objects: a str equals only its own text
     static[:, F["segment_new"]] = seg == "new"
     static[:, F["segment_lapsed"]] = seg == "lapsed"
     static[:, F["recent_ctr"]] = np.where(seen, signals.recent_ctr[safe], CTR_PRIOR)
@@ -344,22 +385,37 @@ def candidate_table(
     times = np.zeros(n)
     days_since = np.full(n, float(RECENT_DAYS))
     if len(pairs):
-        key = pd.MultiIndex.from_arrays([pairs["user_id"].astype(str), pairs["campaign_id"].astype(str)])
-        found = key.get_indexer(pd.MultiIndex.from_arrays([np.asarray(user_ids, dtype=object).astype(str), cids]))
+        # (user, campaign) as one integer: user row in the signals x distinct campaigns + campaign.
+        pair_user = signals.rows(pairs["user_id"].astype(str).to_numpy(dtype=object))
+        pair_campaign = pd.Index(distinct).get_indexer(pairs["campaign_id"].astype(str).to_numpy(dtype=object))
+        known = (pair_user >= 0) & (pair_campaign >= 0)
+        width = max(len(distinct), 1)
+        key = pd.Index(pair_user[known].astype(np.int64) * width + pair_campaign[known])
+        found = np.where(seen, key.get_indexer(safe.astype(np.int64) * width + dpos), -1)
         hit = found >= 0
-        times[hit] = pairs["times_sent"].to_numpy(dtype=float)[found[hit]]
-        days_since[hit] = pairs["days_since"].to_numpy(dtype=float)[found[hit]]
+        times[hit] = pairs["times_sent"].to_numpy(dtype=float)[known][found[hit]]
+        days_since[hit] = pairs["days_since"].to_numpy(dtype=float)[known][found[hit]]
     static[:, F["times_sent"]] = times
     static[:, F["days_since_same"]] = days_since
     return CandidateTable(rows, static, np.asarray(cids, dtype=object))
 
 
+def _factorized_text(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, names)`` with ``names[codes]`` == ``values`` as str (object array), the names distinct."""
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
+    text = np.asarray(uniques, dtype=object).astype(str).astype(object)
+    merge, names = pd.factorize(text)  # two raw values may print alike
+    return merge[codes], np.asarray(names, dtype=object)
+
+
 def user_engagement(signals: UserSignals, rows: np.ndarray) -> np.ndarray:
     """(n, 24) engagement of ``rows`` of the signals; the population's mean for unknown users (-1)."""
     population = signals.hour_engagement.mean(axis=0) if len(signals.user_ids) else np.full(HOURS, 1 / HOURS)
-    out = np.tile(population, (len(rows), 1)).astype(np.float64)
     seen = rows >= 0
-    out[seen] = signals.hour_engagement[rows[seen]]
+    if not len(signals.user_ids) or not seen.any():
+        return np.tile(population, (len(rows), 1)).astype(np.float64)
+    out = signals.hour_engagement.astype(np.float64)[np.maximum(rows, 0)]  # float32 -> float64 is exact
+    out[~seen] = population.astype(np.float64)
     return out
 
 

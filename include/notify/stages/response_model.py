@@ -68,13 +68,23 @@ SUPPORT_CLIP = 4
 EPS = 1e-6
 
 
-def prior_probability(features: np.ndarray) -> np.ndarray:
-    """The day-1 prior: ``PRIOR_SCALE x affinity x hour_rel x PRIOR_FATIGUE ** (k - 1) x PRIOR_REPEAT ** times_sent``."""
+def prior_probability(features: np.ndarray, hour_rel: np.ndarray | None = None) -> np.ndarray:
+    """The day-1 prior: ``PRIOR_SCALE x affinity x hour_rel x PRIOR_FATIGUE ** (k - 1) x PRIOR_REPEAT ** times_sent``.
+
+    With ``hour_rel`` ((..., h)): the prior of each row of ``features`` at each of those hours
+    (..., h), the same values as rows with that ``hour_rel`` each, without building them."""
     f = np.asarray(features, dtype=float)
     k = np.maximum(f[..., F["k"]], 1)
     interest = PRIOR_FLOOR + (1 - PRIOR_FLOOR) * f[..., F["affinity"]]
-    p = PRIOR_SCALE * interest * f[..., F["hour_rel"]] * PRIOR_FATIGUE ** (k - 1)
-    return np.clip(p * PRIOR_REPEAT ** np.maximum(f[..., F["times_sent"]], 0), EPS, 1 - EPS)
+    repeat = PRIOR_REPEAT ** np.maximum(f[..., F["times_sent"]], 0)
+    if hour_rel is None:
+        p = PRIOR_SCALE * interest * f[..., F["hour_rel"]] * PRIOR_FATIGUE ** (k - 1)
+        return np.clip(p * repeat, EPS, 1 - EPS)
+    # The same products in the same order, in place on one (..., h) array.
+    p = (PRIOR_SCALE * interest)[..., None] * hour_rel
+    p *= (PRIOR_FATIGUE ** (k - 1))[..., None]
+    p *= repeat[..., None]
+    return np.clip(p, EPS, 1 - EPS, out=p)
 
 
 def fit_prior_scales(prior: np.ndarray, k: np.ndarray, y: np.ndarray) -> dict[int, float]:
@@ -89,16 +99,25 @@ def fit_prior_scales(prior: np.ndarray, k: np.ndarray, y: np.ndarray) -> dict[in
     return scales
 
 
-def scaled_prior(features: np.ndarray, scales: dict[int, float]) -> np.ndarray:
-    """The prior times its learned scale of each row's k (the smallest scale for a k never logged)."""
-    prior = prior_probability(features)
+def scaled_prior(
+    features: np.ndarray, scales: dict[int, float], hour_rel: np.ndarray | None = None, prior: np.ndarray | None = None
+) -> np.ndarray:
+    """The prior times its learned scale of each row's k (the smallest scale for a k never logged);
+    ``hour_rel`` as in ``prior_probability``; ``prior``: ``prior_probability(features)`` when the
+    caller has it already."""
+    fresh = prior is None
+    prior = prior_probability(features, hour_rel) if prior is None else prior
     if not scales:
         return prior
     k = np.asarray(features, dtype=float)[..., F["k"]].astype(int)
     table = np.full(max(max(scales), int(k.max(initial=1))) + 2, min(scales.values()))
     for value, scale in scales.items():
         table[value] = scale
-    return np.clip(prior * table[np.clip(k, 0, len(table) - 1)], EPS, 1 - EPS)
+    factor = table[np.clip(k, 0, len(table) - 1)]
+    if hour_rel is None or not fresh:
+        return np.clip(prior * (factor if hour_rel is None else factor[..., None]), EPS, 1 - EPS)
+    prior *= factor[..., None]  # our own temporary
+    return np.clip(prior, EPS, 1 - EPS, out=prior)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -174,7 +193,7 @@ class ResponseModel:
         prior = prior_probability(f)
         if f.size == 0:
             return prior, np.zeros(prior.shape)
-        calibrated_prior = scaled_prior(f, self.prior_scales) if self.prior_scales else prior
+        calibrated_prior = scaled_prior(f, self.prior_scales, prior=prior) if self.prior_scales else prior
         n = self.evidence(f, campaigns)
         if self.estimator is None:
             return calibrated_prior, n
@@ -186,12 +205,36 @@ class ResponseModel:
         weight = n / (n + SHRINK_ROWS)
         return weight * learned + (1 - weight) * calibrated_prior, n
 
+    def estimate_hours(
+        self, features: np.ndarray, hour_rel: np.ndarray, campaigns: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``estimate`` of each candidate row of ``features`` (n, F) at each hour of ``hour_rel``
+        (n, h), for a model without a learner (the prior is element-wise and its evidence does not
+        depend on the hour): ``p`` (n, h) and ``n`` (n, 1), the same values as ``estimate`` of the
+        (n x h) feature rows, without building them."""
+        if self.estimator is not None:
+            raise ValueError(f"{self.version} has a learner: price its feature rows with estimate")
+        f = np.asarray(features, dtype=float)
+        p = scaled_prior(f, self.prior_scales, hour_rel) if self.prior_scales else prior_probability(f, hour_rel)
+        if f.size == 0:
+            return p, np.zeros((len(p), 1))
+        return p, self.evidence(f, campaigns)[:, None]
+
     def lower(self, p: np.ndarray, n: np.ndarray, quantile: float) -> np.ndarray:
         """The ``quantile`` (e.g. 0.2) of p as a Beta with ``n + SHRINK_ROWS`` rows (normal approximation)."""
         if quantile >= 0.5:
             return p
         z = -NormalDist().inv_cdf(quantile)
-        return np.maximum(p - z * np.sqrt(p * (1 - p) / (n + SHRINK_ROWS + 1)), 0.0)
+        if not (isinstance(p, np.ndarray) and p.dtype == np.float64 and p.ndim):
+            return np.maximum(p - z * np.sqrt(p * (1 - p) / (n + SHRINK_ROWS + 1)), 0.0)
+        # The same: p - z x sqrt(p (1 - p) / (n + SHRINK_ROWS + 1)), floored at 0, on one temporary.
+        spread = 1 - p
+        spread *= p
+        spread /= n + SHRINK_ROWS + 1
+        np.sqrt(spread, out=spread)
+        spread *= z
+        np.subtract(p, spread, out=spread)
+        return np.maximum(spread, 0.0, out=spread)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
