@@ -387,8 +387,7 @@ def evaluate_products(users: int, run_date: date, seed: int, variety_floor: bool
         **metrics(scored.indices, test.targets, vectors),
         "setting": "weights " + ", ".join(f"{k} {v:.3g}" for k, v in model.weights.items())
         + f"; ALS {model.validation['factors']:g} factors, alpha {model.validation['alpha']:g}"
-        + f"; re-rank MMR {model.diversity:.3g}, tail bonus {model.tail_bonus:.3g}, exposure penalty "
-        f"{model.exposure_penalty:.3g}",
+        + f"; re-rank MMR {model.diversity:.3g}, tail bonus {model.tail_bonus:.3g}, spread {model.spread:.3g}",
     }  # fmt: skip
     results["variety_floor"] = variety_floor
     results["variety_fit"] = {name: model.validation.get(name, float("nan")) for name in (

@@ -22,12 +22,13 @@ from include.notify.stages.products import (
     BLEND_SAMPLES,
     CO_PURCHASE_NEIGHBOURS,
     DIVERSITY_GRID,
-    EXPOSURE_GRID,
     FEATURES,
     MAX_SIMILAR,
     PARTS,
     QUERY_CHUNK,
     RERANK_CANDIDATES,
+    RERANK_NEIGHBOURS,
+    SPREAD_GRID,
     TAIL_GRID,
     TOP_K,
     VARIETY_FLOOR,
@@ -35,10 +36,12 @@ from include.notify.stages.products import (
     History,
     ProductModel,
     RepurchaseTerms,
+    Shown,
     baskets,
     build_history,
     diverse_top_k,
     fit_als,
+    in_rows,
     interaction_matrix,
     item_groups,
     learn_repurchase,
@@ -47,6 +50,7 @@ from include.notify.stages.products import (
     repurchase_terms,
     rerank_bonus,
     rowwise_dot,
+    sparse_row_top,
     split_last_day,
 )
 
@@ -76,7 +80,7 @@ def candidate_features(
     n_items = len(product_vectors)
     co = _co_purchase_scores(collab, terms, n, n_items)
     if co is not None:
-        pools.append(_sparse_row_top(co, per_part))
+        pools.append(sparse_row_top(co, per_part))
     allowed = ~terms.suppressed & (terms.value > 0)
     rep = pd.DataFrame({"u": terms.user_pos[allowed], "i": terms.item_pos[allowed]})
     width = int(rep.groupby("u").size().max()) if len(rep) else 0
@@ -141,18 +145,6 @@ def _co_purchase_scores(collab: Collaborative, terms: RepurchaseTerms, n: int, n
     return (baskets(terms, n, n_items) @ collab.item_item).tocsr()
 
 
-def _sparse_row_top(matrix: sp.csr_matrix, k: int) -> np.ndarray:
-    """Per row, the columns of its ``k`` largest stored entries (-1 = padding)."""
-    out = np.full((matrix.shape[0], k), -1, dtype=np.int64)
-    counts = np.diff(matrix.indptr)
-    row_of = np.repeat(np.arange(matrix.shape[0]), counts)
-    order = np.lexsort((-matrix.data, row_of))
-    rank = np.arange(len(order)) - np.repeat(matrix.indptr[:-1], counts)
-    keep = rank < k
-    out[row_of[keep], rank[keep]] = matrix.indices[order[keep]]
-    return out
-
-
 def _sparse_at(matrix: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
     """``matrix[r, columns[r, j]]`` for every row r (0 where not stored)."""
     coo = matrix.tocoo()
@@ -172,13 +164,11 @@ def _truth(cand: np.ndarray, held: list[set[int]] | np.ndarray) -> tuple[np.ndar
 
 @dataclass
 class Rerank:
-    """The fitted re-rank: strengths (in score units), the exposure it penalises, and what its
-    lists reach on the held-out day next to the variety floor."""
+    """The fitted re-rank: strengths (in score units) and what its lists reach on the held-out day next to the variety floor."""
 
     strength: float = 0.0
     tail: float = 0.0
-    penalty: float = 0.0
-    exposure: np.ndarray | None = None
+    spread: float = 0.0
     recall: float = 0.0
     diversity: float = 0.0
     coverage: float = 0.0
@@ -196,33 +186,34 @@ def fit_diversity(
     k: int = TOP_K,
     floor: tuple[float, float] = (0.0, 0.0),
 ) -> Rerank:
-    """The re-rank's MMR strength, long-tail bonus and exposure penalty (``products.diverse_top_k``,
-    ``products.rerank_bonus``), from ``DIVERSITY_GRID`` x ``TAIL_GRID`` x ``EXPOSURE_GRID`` x the
-    typical spread of a top-k's scores. Exposure = log(1 + each product's count in the
-    un-re-ranked top-k lists of these users) over the largest such value: every product already
-    shown loses a little, the most shown most, none shown nothing. Only settings whose lists reach
+    """The re-rank's MMR strength, long-tail bonus and spread-exposure penalty
+    (``products.diverse_top_k``, ``products.rerank_bonus``, ``products.Shown``), from
+    ``DIVERSITY_GRID`` x ``TAIL_GRID`` x ``SPREAD_GRID`` x the typical gap between a top-k's first
+    and last score, over the pool scoring re-ranks (``rerank_pool``). The users' lists are made in
+    order, each product's exposure counted as they are, exactly as nightly scoring makes them.
+    Only settings whose lists reach
     ``floor`` = (intra-list diversity, catalog coverage) compete on held-out recall@k (the
     closest to the floor when none does); on a tie the later, stronger one (same hits, more
     varied lists)."""
     w = np.array([weights[name] for name in FEATURES[: feats.shape[2]]], dtype=np.float32)
     score = np.where(cand >= 0, feats @ w, -np.inf)
-    order = np.argsort(-score, axis=1, kind="stable")[:, :RERANK_CANDIDATES]
-    c, s = np.take_along_axis(cand, order, axis=1), np.take_along_axis(score, order, axis=1)
-    exempt = np.take_along_axis(feats[..., PARTS.index("repurchase")] > 0, order, axis=1)
+    order = rerank_pool(cand, feats, score)
+    c = np.where(order >= 0, np.take_along_axis(cand, np.maximum(order, 0), axis=1), -1)
+    s = np.where(order >= 0, np.take_along_axis(score, np.maximum(order, 0), axis=1), -np.inf)
+    exempt = np.take_along_axis(feats[..., PARTS.index("repurchase")] > 0, np.maximum(order, 0), axis=1) & (order >= 0)
     truth, sizes = _truth(c, held)
-    spread = s[:, 0] - s[:, min(k, s.shape[1]) - 1]
-    scale = float(np.median(spread[np.isfinite(spread)])) if np.isfinite(spread).any() else 0.0
+    gap = s[:, 0] - s[:, min(k, s.shape[1]) - 1]
+    scale = float(np.median(gap[np.isfinite(gap)])) if np.isfinite(gap).any() else 0.0
     popularity = np.zeros(len(product_vectors), np.float32)
-    popularity[np.maximum(c, 0)] = np.take_along_axis(feats[..., PARTS.index("popularity")], order, axis=1)
-    plain = c[:, :k][np.isfinite(s[:, :k]) & (c[:, :k] >= 0)]
-    counts = np.bincount(plain, minlength=len(product_vectors)).astype(np.float32)
-    exposure = np.log1p(counts) / max(float(np.log1p(counts.max(initial=0.0))), 1e-9)
+    pop = np.take_along_axis(feats[..., PARTS.index("popularity")], np.maximum(order, 0), axis=1)
+    popularity[c[c >= 0]] = pop[c >= 0]
     best, best_key = Rerank(floor=floor), (-np.inf, -1.0)
-    for factor, tail_factor, penalty_factor in itertools.product(DIVERSITY_GRID, TAIL_GRID, EXPOSURE_GRID):
-        strength, tail, penalty = factor * scale, tail_factor * scale, penalty_factor * scale
-        bonus = rerank_bonus(np.maximum(c, 0), popularity, tail, penalty, exposure)
+    for factor, tail_factor, spread_factor in itertools.product(DIVERSITY_GRID, TAIL_GRID, SPREAD_GRID):
+        strength, tail, spread_by = factor * scale, tail_factor * scale, spread_factor * scale
+        bonus = rerank_bonus(np.maximum(c, 0), popularity, tail)
+        shown = Shown(np.zeros(len(product_vectors), np.float32))
         keep = diverse_top_k(c, s, product_vectors, groups, k, max_similar, exempt=exempt, strength=strength,
-                             bonus=bonus)  # fmt: skip
+                             bonus=bonus, spread=spread_by, shown=shown)  # fmt: skip
         found = np.where(keep >= 0, np.take_along_axis(truth, np.maximum(keep, 0), axis=1), False).sum(axis=1)
         recall = float(np.mean(found / np.maximum(sizes, 1)))
         chosen = np.where(keep >= 0, np.take_along_axis(c, np.maximum(keep, 0), axis=1), -1)
@@ -231,14 +222,30 @@ def fit_diversity(
             floor[1], 1e-9
         )
         log.info(
-            "MMR x%.2f, long-tail bonus x%.2f, exposure penalty x%.2f: held-out recall@%d %.4f, diversity %.3f, "
-            "coverage %.3f",
-            factor, tail_factor, penalty_factor, k, recall, diversity, coverage,
+            "MMR x%.2f, long-tail bonus x%.2f, spread x%.2f: held-out recall@%d %.4f, diversity %.3f, coverage %.3f",
+            factor, tail_factor, spread_factor, k, recall, diversity, coverage,
         )  # fmt: skip
         if (shortfall, recall) >= (best_key[0], best_key[1] - 1e-12):
             best_key = (shortfall, recall)
-            best = Rerank(strength, tail, penalty, exposure if penalty else None, recall, diversity, coverage, floor)
+            best = Rerank(strength, tail, spread_by, recall, diversity, coverage, floor)
     return best
+
+
+def rerank_pool(cand: np.ndarray, feats: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Per row, the positions into ``cand`` that scoring's re-rank chooses from, best first: the
+    top ``RERANK_CANDIDATES`` by ``score`` joined by the ``RERANK_NEIGHBOURS`` best co-purchase
+    neighbours of the user's basket (as ``products.score_products`` pools them; -1 = padding)."""
+    order = np.argsort(-score, axis=1, kind="stable")
+    top = order[:, :RERANK_CANDIDATES]
+    if not RERANK_NEIGHBOURS or feats.shape[2] <= FEATURES.index("co_purchase"):
+        return top
+    co = np.where(cand >= 0, feats[..., FEATURES.index("co_purchase")], 0.0)
+    near = np.argsort(-co, axis=1, kind="stable")[:, :RERANK_NEIGHBOURS]
+    near = np.where(np.take_along_axis(co, near, axis=1) > 0, near, -1)
+    near = np.where(in_rows(near, top), -1, near)
+    pool = np.hstack([top, near])
+    pool_score = np.where(pool >= 0, np.take_along_axis(score, np.maximum(pool, 0), axis=1), -np.inf)
+    return np.take_along_axis(pool, np.argsort(-pool_score, axis=1, kind="stable"), axis=1)
 
 
 def co_purchase_variety(
@@ -381,9 +388,9 @@ def fit_products_model(
     final.item_item = fit_co_purchase(full)
     log.info(
         "product model fit in %.1fs: %d held-out users, recall@10 %.4f (%.4f re-ranked: MMR %.3g, tail bonus %.3g, "
-        "exposure penalty %.3g; diversity %.3f, coverage %.3f vs the co-purchase floor %.3f, %.3f), weights %s, ALS %s",
+        "spread %.3g; diversity %.3f, coverage %.3f vs the co-purchase floor %.3f, %.3f), weights %s, ALS %s",
         time.monotonic() - started, len(held_users), recall, rerank.recall, rerank.strength, rerank.tail,
-        rerank.penalty, rerank.diversity, rerank.coverage, *floor, weights, chosen.settings,
+        rerank.spread, rerank.diversity, rerank.coverage, *floor, weights, chosen.settings,
     )  # fmt: skip
     return ProductModel(
         weights=weights,
@@ -396,8 +403,7 @@ def fit_products_model(
                     **chosen.settings},
         diversity=rerank.strength,
         tail_bonus=rerank.tail,
-        exposure_penalty=rerank.penalty,
-        exposure=rerank.exposure,
+        spread=rerank.spread,
     )  # fmt: skip
 
 
