@@ -288,25 +288,3 @@ def test_spread_exposure_moves_later_lists_off_products_already_shown_many_times
     kept = P.diverse_top_k(cand[:1], scores[:1], items, np.arange(c), 3, 2, exempt=exempt, spread=1.0, shown=shown)
     assert kept[0, 0] == 0
     assert shown.counts[0] == before[0]
-
-
-def test_the_rerank_pool_joins_the_users_own_co_purchase_neighbours_scored_by_the_blend(monkeypatch) -> None:
-    import torch
-
-    scores = torch.tensor([[0.0, 0.1, 0.2, 0.8, 0.3, 0.9, 0.4, 0.85]])
-    cand, cand_scores = np.array([[5, 3]]), np.array([[0.9, 0.8]], np.float32)
-    pool, pool_scores = P.widen_pool(cand, cand_scores, np.array([[3, 7, 1, -1]]), scores)
-    assert pool[0].tolist() == [5, 7, 3, 1, -1, -1], "a neighbour already pooled is not repeated"
-    assert np.allclose(pool_scores[0, :4], [0.9, 0.85, 0.8, 0.1])
-    assert np.isneginf(pool_scores[0, 4:]).all()
-    # The fit re-ranks the same pool: the blend's top RERANK_CANDIDATES plus the best co-purchase
-    # neighbours among the rest (a neighbour with no co-purchase score is not one).
-    n_c = P.RERANK_CANDIDATES + 3
-    feats = np.zeros((1, n_c, 5), np.float32)
-    feats[0, :, 0] = np.linspace(1.0, 0.0, n_c)
-    feats[0, -1, 4] = 0.5
-    monkeypatch.setattr(PF, "RERANK_NEIGHBOURS", 5)
-    order = PF.rerank_pool(np.arange(n_c)[None, :], feats, feats[..., 0])
-    assert order[0, : P.RERANK_CANDIDATES].tolist() == list(range(P.RERANK_CANDIDATES))
-    assert order[0, P.RERANK_CANDIDATES] == n_c - 1
-    assert (order[0, P.RERANK_CANDIDATES + 1 :] == -1).all()

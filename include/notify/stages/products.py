@@ -29,24 +29,22 @@ What this module guarantees:
   interactions with unknown products are dropped and counted) and any (user, product) pair
   passed as ``never`` (e.g. returns: the purchase data model has no returns today, quantity is
   always >= 1, so nothing fills it yet).
-- **Diversity** (``diverse_top_k``): the pool is each user's best ``RERANK_CANDIDATES`` by
-  blended score joined by the ``RERANK_NEIGHBOURS`` best co-purchase neighbours of their own
-  basket ("customers who bought this also bought", scored by the same blend), so the re-rank
-  chooses among relevant and varied items, not only among near-duplicates of the blend's
-  favourites. From it, greedily keep the best of ``score - strength x (max cosine to the kept) +
-  tail x (1 - popularity) - spread x exposure so far`` (MMR with a long-tail bonus and a
-  spread-exposure penalty, ``Shown``: lists are made block by block and step by step, and a
-  product loses ``log(1 + times already shown / max(1, fair share))``, fair share = picks so far
-  / catalog size, so one shown on many lists already yields to an equally good one nobody was
-  shown) among items that fewer than ``max_similar`` kept items are similar to — same article
-  type and colour family, or text cosine >= ``NEAR_DUPLICATE_COSINE``. The three strengths are
-  fit on the held-out day (``products_fit.fit_diversity``) by recall@10 **subject to a variety
-  floor** (``VARIETY_FLOOR``): the lists must be at least as varied (intra-list diversity) and
-  cover at least as much of the catalog as the plain item-to-item co-purchase neighbour list of
-  the same users on the same day (``products_fit.co_purchase_variety``) — "never less varied
-  than customers who bought this also bought". The cap is strict: a user whose candidates run
-  out of dissimilar items gets fewer than k. The user's own due re-buys are reorders: exempt
-  from the cap, the penalties and the bonus, and not counted as exposure.
+- **Diversity** (``diverse_top_k``): from each user's best ``RERANK_CANDIDATES`` by blended
+  score, greedily keep the best of ``score - strength x (mean cosine to the kept) + tail x (1 -
+  popularity) - spread x exposure so far`` (MMR on the mean similarity to the list so far, the
+  greedy step of intra-list diversity itself, with a long-tail bonus and a spread-exposure
+  penalty, ``Shown``: lists are made block by block and step by step, and a product loses
+  ``log(1 + times already shown / max(1, fair share))``, fair share = picks so far / catalog
+  size, so one already on many lists yields to an equally good one nobody was shown) among items
+  that fewer than ``max_similar`` kept items are similar to — same article type and colour
+  family, or text cosine >= ``NEAR_DUPLICATE_COSINE``. The three strengths are fit on the
+  held-out day (``products_fit.fit_diversity``) by recall@10 **subject to a variety floor**: the
+  lists must be at least as varied (intra-list diversity) and cover at least as much of the
+  catalog as the plain item-to-item co-purchase neighbour list of the same users on the same day
+  (``products_fit.co_purchase_variety``) — "never less varied than customers who bought this also
+  bought". The cap is strict: a user whose candidates run out of dissimilar items gets fewer
+  than k. The user's own due re-buys are reorders: exempt from the cap, the penalties and the
+  bonus, and not counted as exposure.
 """
 
 from __future__ import annotations
@@ -87,16 +85,10 @@ MAX_PER_TYPE = 10
 NEAR_DUPLICATE_COSINE = 0.97
 RERANK_CANDIDATES = 100
 RERANK_BLOCK = 256
-# The user's own best co-purchase neighbours joined to the re-rank's pool (see score_products).
-RERANK_NEIGHBOURS = 0
 # MMR strengths tried on held-out data, in units of a typical top-10's score spread.
-DIVERSITY_GRID = (0.0, 0.5, 1.0, 1.5, 2.5)
+DIVERSITY_GRID = (0.0, 0.5, 1.0, 1.5, 2.5, 4.0)
 TAIL_GRID = (0.0, 0.5, 1.0, 2.0)
 SPREAD_GRID = (0.0, 0.5, 1.0, 2.0)
-# Fit the re-rank under the co-purchase variety floor (products_fit.fit_diversity)? Off: on the
-# generated data no re-rank within the top-100 reaches the floor, and trying cost recall below ALS
-# alone's on two of three seeds (README "Product recommendations").
-VARIETY_FLOOR = False
 CO_PURCHASE_NEIGHBOURS = 50
 QUERY_CHUNK = 2048
 COLOUR_FAMILIES = {
@@ -423,8 +415,6 @@ def score_products(
             )
         cand_scores, cand = torch.topk(scores, n_cand, dim=1)
         cand, cand_scores = cand.numpy(), cand_scores.numpy()
-        if co is not None and RERANK_NEIGHBOURS:
-            cand, cand_scores = widen_pool(cand, cand_scores, sparse_row_top(co.tocsr(), RERANK_NEIGHBOURS), scores)
         # The user's own due re-buys are reorders, not near-duplicate suggestions: never capped.
         reorder = reorders.get(chunk[:, None], cand) > 0
         keep = diverse_top_k(
@@ -444,45 +434,6 @@ def score_products(
     return Scored(out_idx, out_score, parts)
 
 
-def widen_pool(
-    cand: np.ndarray, cand_scores: np.ndarray, extra: np.ndarray, scores: object
-) -> tuple[np.ndarray, np.ndarray]:
-    """``cand`` (best first) joined by the ``extra`` positions not already in it (-1 = padding),
-    each scored from ``scores`` (the rows' dense blended scores, a torch tensor), best first."""
-    import torch
-
-    extra = np.where(in_rows(extra, cand), -1, extra)
-    extra_scores = torch.gather(scores, 1, torch.from_numpy(np.maximum(extra, 0))).numpy()  # type: ignore[arg-type]
-    pool = np.hstack([cand, extra])
-    pool_scores = np.hstack([cand_scores, np.where(extra >= 0, extra_scores, -np.inf).astype(np.float32)])
-    order = np.argsort(-pool_scores, axis=1, kind="stable")
-    return np.take_along_axis(pool, order, axis=1), np.take_along_axis(pool_scores, order, axis=1)
-
-
-def in_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Per entry of ``x``: is it in the same row of ``rows`` (or a duplicate earlier in its own row)?"""
-    both = np.hstack([rows, x])
-    order = np.argsort(both, axis=1, kind="stable")
-    ranked = np.take_along_axis(both, order, axis=1)
-    dup = np.zeros(both.shape, bool)
-    dup[:, 1:] = ranked[:, 1:] == ranked[:, :-1]
-    seen = np.zeros(both.shape, bool)
-    np.put_along_axis(seen, order, dup, axis=1)
-    return seen[:, rows.shape[1] :]
-
-
-def sparse_row_top(matrix: sp.csr_matrix, k: int) -> np.ndarray:
-    """Per row, the columns of its ``k`` largest stored entries, best first (-1 = padding)."""
-    out = np.full((matrix.shape[0], k), -1, dtype=np.int64)
-    counts = np.diff(matrix.indptr)
-    row_of = np.repeat(np.arange(matrix.shape[0]), counts)
-    order = np.lexsort((-matrix.data, row_of))
-    rank = np.arange(len(order)) - np.repeat(matrix.indptr[:-1], counts)
-    keep = rank < k
-    out[row_of[keep], rank[keep]] = matrix.indices[order[keep]]
-    return out
-
-
 def diverse_top_k(
     cand: np.ndarray,
     cand_scores: np.ndarray,
@@ -500,7 +451,7 @@ def diverse_top_k(
 ) -> np.ndarray:
     """Positions into each row of ``cand`` (best first, -1 = empty) of the greedy diverse top-k.
 
-    Greedy, one pick per step: the allowed candidate with the best ``score - strength x (max
+    Greedy, one pick per step: the allowed candidate with the best ``score - strength x (mean
     cosine to the items kept so far) + bonus`` (MMR; ``strength`` and the long-tail ``bonus`` are
     fit on held-out data, ``products_fit.fit_diversity``). A candidate
     is not allowed once ``max_similar`` kept items are similar to it: same group (article type
@@ -572,13 +523,14 @@ def _diverse_block(
     free = np.zeros((n, c), bool) if exempt is None else exempt
     clash = np.zeros((n, c), np.int64)
     type_clash = np.zeros((n, c), np.int64)
-    max_sim = np.zeros((n, c), np.float32)
+    sum_sim = np.zeros((n, c), np.float32)
+    kept = np.zeros(n, np.float32)
     available = np.isfinite(cand_scores) & (cand >= 0)
     out = np.full((n, k), -1, dtype=np.int64)
     all_rows = np.arange(n)
     for step in range(k):
         allowed = available & (free | ((clash < max_similar) & (type_clash < max_per_type)))
-        penalty = strength * max_sim
+        penalty = strength * sum_sim / np.maximum(kept, 1)[:, None]
         if spread and shown is not None:
             penalty = penalty + spread * shown.exposure(safe)
         adjusted = np.where(free, cand_scores, cand_scores - penalty) if strength or spread else cand_scores
@@ -599,7 +551,8 @@ def _diverse_block(
         clash += similar & counted[:, None]
         if t is not None:
             type_clash += (t == t[all_rows, pick][:, None]) & counted[:, None]
-        max_sim = np.where(counted[:, None], np.maximum(max_sim, sim), max_sim)
+        sum_sim += np.where(counted[:, None], sim, 0.0)
+        kept += counted
     return out
 
 

@@ -27,11 +27,9 @@ from include.notify.stages.products import (
     PARTS,
     QUERY_CHUNK,
     RERANK_CANDIDATES,
-    RERANK_NEIGHBOURS,
     SPREAD_GRID,
     TAIL_GRID,
     TOP_K,
-    VARIETY_FLOOR,
     Collaborative,
     History,
     ProductModel,
@@ -41,7 +39,6 @@ from include.notify.stages.products import (
     build_history,
     diverse_top_k,
     fit_als,
-    in_rows,
     interaction_matrix,
     item_groups,
     learn_repurchase,
@@ -50,7 +47,6 @@ from include.notify.stages.products import (
     repurchase_terms,
     rerank_bonus,
     rowwise_dot,
-    sparse_row_top,
     split_last_day,
 )
 
@@ -80,7 +76,7 @@ def candidate_features(
     n_items = len(product_vectors)
     co = _co_purchase_scores(collab, terms, n, n_items)
     if co is not None:
-        pools.append(sparse_row_top(co, per_part))
+        pools.append(_sparse_row_top(co, per_part))
     allowed = ~terms.suppressed & (terms.value > 0)
     rep = pd.DataFrame({"u": terms.user_pos[allowed], "i": terms.item_pos[allowed]})
     width = int(rep.groupby("u").size().max()) if len(rep) else 0
@@ -145,6 +141,18 @@ def _co_purchase_scores(collab: Collaborative, terms: RepurchaseTerms, n: int, n
     return (baskets(terms, n, n_items) @ collab.item_item).tocsr()
 
 
+def _sparse_row_top(matrix: sp.csr_matrix, k: int) -> np.ndarray:
+    """Per row, the columns of its ``k`` largest stored entries (-1 = padding)."""
+    out = np.full((matrix.shape[0], k), -1, dtype=np.int64)
+    counts = np.diff(matrix.indptr)
+    row_of = np.repeat(np.arange(matrix.shape[0]), counts)
+    order = np.lexsort((-matrix.data, row_of))
+    rank = np.arange(len(order)) - np.repeat(matrix.indptr[:-1], counts)
+    keep = rank < k
+    out[row_of[keep], rank[keep]] = matrix.indices[order[keep]]
+    return out
+
+
 def _sparse_at(matrix: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
     """``matrix[r, columns[r, j]]`` for every row r (0 where not stored)."""
     coo = matrix.tocoo()
@@ -189,7 +197,7 @@ def fit_diversity(
     """The re-rank's MMR strength, long-tail bonus and spread-exposure penalty
     (``products.diverse_top_k``, ``products.rerank_bonus``, ``products.Shown``), from
     ``DIVERSITY_GRID`` x ``TAIL_GRID`` x ``SPREAD_GRID`` x the typical gap between a top-k's first
-    and last score, over the pool scoring re-ranks (``rerank_pool``). The users' lists are made in
+    and last score. The users' lists are made in
     order, each product's exposure counted as they are, exactly as nightly scoring makes them.
     Only settings whose lists reach
     ``floor`` = (intra-list diversity, catalog coverage) compete on held-out recall@k (the
@@ -197,16 +205,14 @@ def fit_diversity(
     varied lists)."""
     w = np.array([weights[name] for name in FEATURES[: feats.shape[2]]], dtype=np.float32)
     score = np.where(cand >= 0, feats @ w, -np.inf)
-    order = rerank_pool(cand, feats, score)
-    c = np.where(order >= 0, np.take_along_axis(cand, np.maximum(order, 0), axis=1), -1)
-    s = np.where(order >= 0, np.take_along_axis(score, np.maximum(order, 0), axis=1), -np.inf)
-    exempt = np.take_along_axis(feats[..., PARTS.index("repurchase")] > 0, np.maximum(order, 0), axis=1) & (order >= 0)
+    order = np.argsort(-score, axis=1, kind="stable")[:, :RERANK_CANDIDATES]
+    c, s = np.take_along_axis(cand, order, axis=1), np.take_along_axis(score, order, axis=1)
+    exempt = np.take_along_axis(feats[..., PARTS.index("repurchase")] > 0, order, axis=1)
     truth, sizes = _truth(c, held)
     gap = s[:, 0] - s[:, min(k, s.shape[1]) - 1]
     scale = float(np.median(gap[np.isfinite(gap)])) if np.isfinite(gap).any() else 0.0
     popularity = np.zeros(len(product_vectors), np.float32)
-    pop = np.take_along_axis(feats[..., PARTS.index("popularity")], np.maximum(order, 0), axis=1)
-    popularity[c[c >= 0]] = pop[c >= 0]
+    popularity[np.maximum(c, 0)] = np.take_along_axis(feats[..., PARTS.index("popularity")], order, axis=1)
     best, best_key = Rerank(floor=floor), (-np.inf, -1.0)
     for factor, tail_factor, spread_factor in itertools.product(DIVERSITY_GRID, TAIL_GRID, SPREAD_GRID):
         strength, tail, spread_by = factor * scale, tail_factor * scale, spread_factor * scale
@@ -229,23 +235,6 @@ def fit_diversity(
             best_key = (shortfall, recall)
             best = Rerank(strength, tail, spread_by, recall, diversity, coverage, floor)
     return best
-
-
-def rerank_pool(cand: np.ndarray, feats: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """Per row, the positions into ``cand`` that scoring's re-rank chooses from, best first: the
-    top ``RERANK_CANDIDATES`` by ``score`` joined by the ``RERANK_NEIGHBOURS`` best co-purchase
-    neighbours of the user's basket (as ``products.score_products`` pools them; -1 = padding)."""
-    order = np.argsort(-score, axis=1, kind="stable")
-    top = order[:, :RERANK_CANDIDATES]
-    if not RERANK_NEIGHBOURS or feats.shape[2] <= FEATURES.index("co_purchase"):
-        return top
-    co = np.where(cand >= 0, feats[..., FEATURES.index("co_purchase")], 0.0)
-    near = np.argsort(-co, axis=1, kind="stable")[:, :RERANK_NEIGHBOURS]
-    near = np.where(np.take_along_axis(co, near, axis=1) > 0, near, -1)
-    near = np.where(in_rows(near, top), -1, near)
-    pool = np.hstack([top, near])
-    pool_score = np.where(pool >= 0, np.take_along_axis(score, np.maximum(pool, 0), axis=1), -np.inf)
-    return np.take_along_axis(pool, np.argsort(-pool_score, axis=1, kind="stable"), axis=1)
 
 
 def co_purchase_variety(
@@ -325,14 +314,11 @@ class TrainingData:
     content_vectors: object
 
 
-def fit_products_model(
-    data: TrainingData, run_date: date, seed: int = 0, variety_floor: bool = VARIETY_FLOOR
-) -> ProductModel:
+def fit_products_model(data: TrainingData, run_date: date, seed: int = 0) -> ProductModel:
     """Nightly fit: hold out each user's last purchase day, train ALS (best of ``ALS_GRID`` by
     held-out recall@10 on its own) and fit the blend weights there, then retrain the chosen ALS
-    and the repurchase rule on the whole history. The re-rank is fit by held-out recall, under
-    the co-purchase variety floor when ``variety_floor`` (the floor and what the lists reach are
-    measured and kept in ``validation`` either way)."""
+    and the repurchase rule on the whole history. The re-rank is fit by held-out recall under
+    the co-purchase variety floor (the floor and what the lists reach are kept in ``validation``)."""
     started = time.monotonic()
     product_ids = data.products["product_id"].astype(str).to_numpy(object)
     types = data.products["article_type"].astype(str).to_numpy()
@@ -380,9 +366,7 @@ def fit_products_model(
     groups = item_groups(data.products)
     floor = co_purchase_variety(co_purchase, baskets(terms, len(held_users), len(product_ids)), popularity,
                                 data.product_vectors)  # fmt: skip
-    rerank = fit_diversity(
-        cand, feats, weights, targets, data.product_vectors, groups, floor=floor if variety_floor else (0.0, 0.0)
-    )
+    rerank = fit_diversity(cand, feats, weights, targets, data.product_vectors, groups, floor=floor)
     full = build_history(data.user_ids, product_ids, data.purchases, data.clickstream)
     final = fit_als(interaction_matrix(full), int(chosen.settings["factors"]), float(chosen.settings["alpha"]), seed)
     final.item_item = fit_co_purchase(full)
