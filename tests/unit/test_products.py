@@ -223,9 +223,12 @@ def test_fit_diversity_keeps_a_strength_that_costs_no_held_out_hits() -> None:
     assert rerank.tail > 0
 
 
-def test_variety_floor_makes_the_fit_give_up_hits_for_lists_as_varied_as_co_purchase() -> None:
+def test_variety_floor_makes_the_fit_give_up_hits_for_lists_as_varied_as_co_purchase(monkeypatch) -> None:
     # Everyone's three best candidates are the same three products (the held-out one third):
     # by recall alone nothing is re-ranked; a coverage floor forces the spread penalty on.
+    monkeypatch.setattr(P, "RERANK_BLOCK", 20)  # three blocks of lists, small enough to stay fast
+    monkeypatch.setattr(PF, "DIVERSITY_GRID", (0.0, 1.0))
+    monkeypatch.setattr(PF, "TAIL_GRID", (0.0,))
     rng = np.random.default_rng(3)
     n, c = 3 * P.RERANK_BLOCK, 30
     items = _unit(rng.normal(size=(c, 8)))
@@ -262,9 +265,10 @@ def test_co_purchase_variety_measures_the_plain_neighbour_list() -> None:
     assert abs(diversity - 0.5) < 1e-6
 
 
-def test_spread_exposure_moves_later_lists_off_products_already_shown_many_times() -> None:
-    # 3 blocks of users with the same 20 candidates (0 best): without spread all 768 lists are the
+def test_spread_exposure_moves_later_lists_off_products_already_shown_many_times(monkeypatch) -> None:
+    # 3 blocks of users with the same 20 candidates (0 best): without spread all the lists are the
     # same 3 products; with it, later blocks' users get products earlier lists did not show.
+    monkeypatch.setattr(P, "RERANK_BLOCK", 32)
     n, c = 3 * P.RERANK_BLOCK, 20
     items = _unit(np.random.default_rng(5).normal(size=(c, 8)))
     cand = np.tile(np.arange(c), (n, 1))
@@ -288,3 +292,16 @@ def test_spread_exposure_moves_later_lists_off_products_already_shown_many_times
     kept = P.diverse_top_k(cand[:1], scores[:1], items, np.arange(c), 3, 2, exempt=exempt, spread=1.0, shown=shown)
     assert kept[0, 0] == 0
     assert shown.counts[0] == before[0]
+
+
+def test_mmr_penalises_the_mean_similarity_to_the_list_so_far_not_the_closest_item() -> None:
+    # Kept: a (e0) and b (e1). p is a near-copy of a and far from b (0.9 / 0.0); q is halfway
+    # (0.6 / 0.6). Adding p makes the list more varied on average (mean 0.45 < 0.6): p is kept,
+    # where the closest-item rule would have kept q.
+    e = np.eye(4)
+    p = 0.9 * e[0] + np.sqrt(1 - 0.81) * e[2]
+    q = 0.6 * e[0] + 0.6 * e[1] + np.sqrt(1 - 0.72) * e[3]
+    items = np.vstack([e[0], e[1], p, q]).astype(np.float32)
+    scores = np.array([[1.0, 0.99, 0.5, 0.5]], np.float32)
+    kept = P.diverse_top_k(np.array([[0, 1, 2, 3]]), scores, items, np.arange(4), 3, max_similar=2, strength=1.0)
+    assert kept[0].tolist() == [0, 1, 2]
