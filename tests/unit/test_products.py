@@ -223,14 +223,11 @@ def test_fit_diversity_keeps_a_strength_that_costs_no_held_out_hits() -> None:
     assert rerank.tail > 0
 
 
-def test_variety_floor_makes_the_fit_give_up_hits_for_lists_as_varied_as_co_purchase(monkeypatch) -> None:
+def test_variety_floor_makes_the_fit_give_up_hits_for_lists_as_varied_as_co_purchase() -> None:
     # Everyone's three best candidates are the same three products (the held-out one third):
-    # by recall alone nothing is re-ranked; a coverage floor forces the spread penalty on.
-    monkeypatch.setattr(P, "RERANK_BLOCK", 20)  # three blocks of lists, small enough to stay fast
-    monkeypatch.setattr(PF, "DIVERSITY_GRID", (0.0, 1.0))
-    monkeypatch.setattr(PF, "TAIL_GRID", (0.0,))
+    # by recall alone nothing is re-ranked; a coverage floor forces the exposure penalty on.
     rng = np.random.default_rng(3)
-    n, c = 3 * P.RERANK_BLOCK, 30
+    n, c = 60, 30
     items = _unit(rng.normal(size=(c, 8)))
     cand = np.tile(np.arange(c), (n, 1))
     feats = np.zeros((n, c, 5), np.float32)
@@ -243,8 +240,16 @@ def test_variety_floor_makes_the_fit_give_up_hits_for_lists_as_varied_as_co_purc
     assert free.coverage < 0.2
     floored = PF.fit_diversity(cand, feats, weights, held, items, np.arange(c), k=3, floor=(0.0, 0.5))
     assert floored.coverage >= 0.5, "the floor is met when a setting reaches it"
-    assert floored.spread > 0
+    assert floored.penalty > 0
+    assert floored.exposure is not None
+    assert floored.exposure[:3].tolist() == [1.0, 1.0, 1.0]
+    assert floored.exposure[3:].max() == 0.0
     assert floored.recall < free.recall, "variety bought with hits: the floor, not recall, decided"
+    # Scoring applies the fitted penalty: the most exposed products lose to unexposed ones.
+    bonus = P.rerank_bonus(cand[:1], np.zeros(c, np.float32), 0.0, floored.penalty, floored.exposure)
+    assert bonus is not None
+    assert (bonus[0, :3] < 0).all()
+    assert (bonus[0, 3:] == 0).all()
     assert P.rerank_bonus(cand[:1], np.zeros(c, np.float32), 0.0) is None
 
 
@@ -263,45 +268,3 @@ def test_co_purchase_variety_measures_the_plain_neighbour_list() -> None:
     # User 0 (bought p0) is shown p0 and its neighbour p1 (distance 0); user 1 p2 and p3 (distance 1).
     assert coverage == 1.0
     assert abs(diversity - 0.5) < 1e-6
-
-
-def test_spread_exposure_moves_later_lists_off_products_already_shown_many_times(monkeypatch) -> None:
-    # 3 blocks of users with the same 20 candidates (0 best): without spread all the lists are the
-    # same 3 products; with it, later blocks' users get products earlier lists did not show.
-    monkeypatch.setattr(P, "RERANK_BLOCK", 32)
-    n, c = 3 * P.RERANK_BLOCK, 20
-    items = _unit(np.random.default_rng(5).normal(size=(c, 8)))
-    cand = np.tile(np.arange(c), (n, 1))
-    scores = np.tile(np.linspace(1.0, 0.9, c, dtype=np.float32), (n, 1))
-    plain = P.diverse_top_k(cand, scores, items, np.arange(c), 3, max_similar=2)
-    assert len(np.unique(plain)) == 3
-    shown = P.Shown(np.zeros(c, np.float32))
-    spread = P.diverse_top_k(cand, scores, items, np.arange(c), 3, max_similar=2, spread=1.0, shown=shown)
-    assert spread[: P.RERANK_BLOCK].tolist() == plain[: P.RERANK_BLOCK].tolist(), "the first lists are unchanged"
-    assert not np.isin(spread[P.RERANK_BLOCK :], plain[0]).all(), "later lists move off what was shown"
-    assert len(np.unique(spread)) > 3
-    assert shown.picks == 3 * n, "every pick is counted once"
-    assert shown.counts.sum() == 3 * n
-    # The state carries to the next call (the next chunk of users): a product shown to everyone loses.
-    again = P.diverse_top_k(cand[:1], scores[:1], items, np.arange(c), 3, max_similar=2, spread=1.0, shown=shown)
-    assert 0 not in again[0]
-    # Exempt candidates (due re-buys) are neither penalised nor counted.
-    exempt = np.zeros((1, c), bool)
-    exempt[0, 0] = True
-    before = shown.counts.copy()
-    kept = P.diverse_top_k(cand[:1], scores[:1], items, np.arange(c), 3, 2, exempt=exempt, spread=1.0, shown=shown)
-    assert kept[0, 0] == 0
-    assert shown.counts[0] == before[0]
-
-
-def test_mmr_penalises_the_mean_similarity_to_the_list_so_far_not_the_closest_item() -> None:
-    # Kept: a (e0) and b (e1). p is a near-copy of a and far from b (0.9 / 0.0); q is halfway
-    # (0.6 / 0.6). Adding p makes the list more varied on average (mean 0.45 < 0.6): p is kept,
-    # where the closest-item rule would have kept q.
-    e = np.eye(4)
-    p = 0.9 * e[0] + np.sqrt(1 - 0.81) * e[2]
-    q = 0.6 * e[0] + 0.6 * e[1] + np.sqrt(1 - 0.72) * e[3]
-    items = np.vstack([e[0], e[1], p, q]).astype(np.float32)
-    scores = np.array([[1.0, 0.99, 0.5, 0.5]], np.float32)
-    kept = P.diverse_top_k(np.array([[0, 1, 2, 3]]), scores, items, np.arange(4), 3, max_similar=2, strength=1.0)
-    assert kept[0].tolist() == [0, 1, 2]

@@ -29,22 +29,21 @@ What this module guarantees:
   interactions with unknown products are dropped and counted) and any (user, product) pair
   passed as ``never`` (e.g. returns: the purchase data model has no returns today, quantity is
   always >= 1, so nothing fills it yet).
-- **Diversity** (``diverse_top_k``): from each user's best ``RERANK_CANDIDATES`` by blended
-  score, greedily keep the best of ``score - strength x (mean cosine to the kept) + tail x (1 -
-  popularity) - spread x exposure so far`` (MMR on the mean similarity to the list so far, the
-  greedy step of intra-list diversity itself, with a long-tail bonus and a spread-exposure
-  penalty, ``Shown``: lists are made block by block and step by step, and a product loses
-  ``log(1 + times already shown / max(1, fair share))``, fair share = picks so far / catalog
-  size, so one already on many lists yields to an equally good one nobody was shown) among items
+- **Diversity** (``diverse_top_k``): from each user's best ``RERANK_CANDIDATES`` by blended score,
+  greedily keep the best of ``score - strength x (max cosine to the kept) + tail x (1 -
+  popularity) - penalty x exposure`` (MMR with a long-tail bonus and an exposure penalty:
+  ``exposure`` = log(1 + how many of the held-out day's un-re-ranked top-k lists showed the
+  product), over the most shown one's, so products already in many lists lose a little) among items
   that fewer than ``max_similar`` kept items are similar to — same article type and colour
   family, or text cosine >= ``NEAR_DUPLICATE_COSINE``. The three strengths are fit on the
-  held-out day (``products_fit.fit_diversity``) by recall@10 **subject to a variety floor**: the
-  lists must be at least as varied (intra-list diversity) and cover at least as much of the
-  catalog as the plain item-to-item co-purchase neighbour list of the same users on the same day
-  (``products_fit.co_purchase_variety``) — "never less varied than customers who bought this also
-  bought". The cap is strict: a user whose candidates run out of dissimilar items gets fewer
-  than k. The user's own due re-buys are reorders: exempt from the cap, the penalties and the
-  bonus, and not counted as exposure.
+  held-out day (``products_fit.fit_diversity``) by recall@10, optionally (``VARIETY_FLOOR``,
+  off by default) **subject to a variety floor**: the lists must be at least as varied
+  (intra-list diversity) and cover at least as much of the catalog as the plain item-to-item
+  co-purchase neighbour list of the same users on the same day
+  (``products_fit.co_purchase_variety``) — "never less varied than customers who bought this
+  also bought". The cap is strict: a user whose candidates run out of dissimilar
+  items gets fewer than k. The user's own due re-buys are reorders: exempt from the cap, the
+  penalty and the bonuses.
 """
 
 from __future__ import annotations
@@ -86,9 +85,13 @@ NEAR_DUPLICATE_COSINE = 0.97
 RERANK_CANDIDATES = 100
 RERANK_BLOCK = 256
 # MMR strengths tried on held-out data, in units of a typical top-10's score spread.
-DIVERSITY_GRID = (0.0, 0.5, 1.0, 1.5, 2.5, 4.0)
+DIVERSITY_GRID = (0.0, 0.5, 1.0, 1.5, 2.5)
 TAIL_GRID = (0.0, 0.5, 1.0, 2.0)
-SPREAD_GRID = (0.0, 0.5, 1.0, 2.0)
+EXPOSURE_GRID = (0.0, 1.0, 2.0, 4.0)
+# Fit the re-rank under the co-purchase variety floor (products_fit.fit_diversity)? Off: on the
+# generated data no re-rank within the top-100 reaches the floor, and trying cost recall below ALS
+# alone's on two of three seeds (README "Product recommendations").
+VARIETY_FLOOR = False
 CO_PURCHASE_NEIGHBOURS = 50
 QUERY_CHUNK = 2048
 COLOUR_FAMILIES = {
@@ -308,14 +311,20 @@ class ProductModel:
     validation: dict[str, float] = field(default_factory=dict)
     diversity: float = 0.0  # MMR strength of the re-rank (fit on held-out data)
     tail_bonus: float = 0.0  # re-rank bonus x (1 - popularity) (fit on held-out data)
-    spread: float = 0.0  # re-rank penalty x exposure so far (``Shown``, fit on held-out data)
+    exposure_penalty: float = 0.0  # re-rank penalty x exposure (fit on held-out data)
+    exposure: np.ndarray | None = None  # per catalog product, in [0, 1] (see the module docstring)
 
 
-def rerank_bonus(cand: np.ndarray, popularity: np.ndarray, tail: float) -> np.ndarray | None:
-    """Per candidate: ``tail x (1 - popularity)`` (None when off)."""
-    if not tail:
+def rerank_bonus(
+    cand: np.ndarray, popularity: np.ndarray, tail: float, penalty: float = 0.0, exposure: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Per candidate: ``tail x (1 - popularity) - penalty x exposure`` (None when both are off)."""
+    if not tail and not (penalty and exposure is not None):
         return None
-    return (tail * (1.0 - popularity[cand])).astype(np.float32)
+    bonus = tail * (1.0 - popularity[cand])
+    if penalty and exposure is not None:
+        bonus = bonus - penalty * exposure[cand]
+    return bonus.astype(np.float32)
 
 
 def popularity_norm(history: History) -> np.ndarray:
@@ -386,7 +395,6 @@ def score_products(
     n_rows = int(max(rows.max(initial=-1), terms.user_pos.max(initial=-1))) + 1
     basket = baskets(terms, n_rows, n_items) if co_sim is not None else None
     reorders = PairLookup(terms.user_pos, terms.item_pos, terms.value, n_items)
-    shown = Shown(np.zeros(n_items, np.float32)) if model.spread else None
     n_cand = min(RERANK_CANDIDATES, n_items)
     k = min(k, n_items)
     out_idx = np.full((len(rows), k), -1, dtype=np.int64)
@@ -419,7 +427,7 @@ def score_products(
         reorder = reorders.get(chunk[:, None], cand) > 0
         keep = diverse_top_k(
             cand, cand_scores, product_vectors, groups, k, max_similar, types, max_per_type, reorder, model.diversity,
-            rerank_bonus(cand, model.popularity, model.tail_bonus), model.spread, shown,
+            rerank_bonus(cand, model.popularity, model.tail_bonus, model.exposure_penalty, model.exposure),
         )  # fmt: skip
         chosen = np.where(keep >= 0, np.take_along_axis(cand, np.maximum(keep, 0), axis=1), -1)
         sc = np.where(keep >= 0, np.take_along_axis(cand_scores, np.maximum(keep, 0), axis=1), -np.inf)
@@ -446,26 +454,19 @@ def diverse_top_k(
     exempt: np.ndarray | None = None,
     strength: float = 0.0,
     bonus: np.ndarray | None = None,
-    spread: float = 0.0,
-    shown: Shown | None = None,
 ) -> np.ndarray:
     """Positions into each row of ``cand`` (best first, -1 = empty) of the greedy diverse top-k.
 
-    Greedy, one pick per step: the allowed candidate with the best ``score - strength x (mean
+    Greedy, one pick per step: the allowed candidate with the best ``score - strength x (max
     cosine to the items kept so far) + bonus`` (MMR; ``strength`` and the long-tail ``bonus`` are
     fit on held-out data, ``products_fit.fit_diversity``). A candidate
     is not allowed once ``max_similar`` kept items are similar to it: same group (article type
     and colour family) or text-vector cosine >= ``NEAR_DUPLICATE_COSINE``. ``exempt`` candidates
     (the user's own due re-buys) bypass the cap and the penalty and count against no one.
-    ``spread`` > 0 also spreads exposure as the lists are made: every candidate loses ``spread x
-    Shown.exposure`` for how often it is already on lists made so far (this call's rows in order
-    and whatever ``shown`` carries from earlier calls; it is updated in place).
     One C x C gram per block of ``RERANK_BLOCK`` rows, then k cheap steps.
     """
     n = len(cand)
     out = np.full((n, k), -1, dtype=np.int64)
-    if spread and shown is None:
-        shown = Shown(np.zeros(int(cand.max(initial=0)) + 1, np.float32))
     for start in range(0, n, RERANK_BLOCK):
         stop = min(start + RERANK_BLOCK, n)
         rows = slice(start, stop)
@@ -474,28 +475,9 @@ def diverse_top_k(
         if bonus is not None:
             scores = scores + (bonus[rows] if free is None else np.where(free, 0.0, bonus[rows]))
         out[rows] = _diverse_block(
-            cand[rows], scores, product_vectors, groups, k, max_similar, types, max_per_type, free, strength,
-            spread, shown,
-        )  # fmt: skip
+            cand[rows], scores, product_vectors, groups, k, max_similar, types, max_per_type, free, strength
+        )
     return out
-
-
-@dataclass
-class Shown:
-    """How many of the lists made so far show each product (the spread-exposure re-rank's state)."""
-
-    counts: np.ndarray  # per catalog product
-    picks: int = 0
-
-    def exposure(self, cand: np.ndarray) -> np.ndarray:
-        """log(1 + times shown / max(1, fair share)); fair share = picks so far / catalog size."""
-        fair = max(self.picks / max(len(self.counts), 1), 1.0)
-        return np.log1p(self.counts[cand] / fair)
-
-    def add(self, picked: np.ndarray) -> None:
-        if len(picked):
-            self.counts += np.bincount(picked, minlength=len(self.counts))[: len(self.counts)].astype(np.float32)
-            self.picks += len(picked)
 
 
 def _diverse_block(
@@ -509,31 +491,24 @@ def _diverse_block(
     max_per_type: int,
     exempt: np.ndarray | None,
     strength: float,
-    spread: float = 0.0,
-    shown: Shown | None = None,
 ) -> np.ndarray:
     import torch
 
     n, c = cand.shape
-    safe = np.maximum(cand, 0)
-    vecs = torch.from_numpy(np.ascontiguousarray(product_vectors[safe], dtype=np.float32))
+    vecs = torch.from_numpy(np.ascontiguousarray(product_vectors[np.maximum(cand, 0)], dtype=np.float32))
     gram = torch.bmm(vecs, vecs.transpose(1, 2)).numpy()
     g = groups[np.maximum(cand, 0)]
     t = None if types is None else types[np.maximum(cand, 0)]
     free = np.zeros((n, c), bool) if exempt is None else exempt
     clash = np.zeros((n, c), np.int64)
     type_clash = np.zeros((n, c), np.int64)
-    sum_sim = np.zeros((n, c), np.float32)
-    kept = np.zeros(n, np.float32)
+    max_sim = np.zeros((n, c), np.float32)
     available = np.isfinite(cand_scores) & (cand >= 0)
     out = np.full((n, k), -1, dtype=np.int64)
     all_rows = np.arange(n)
     for step in range(k):
         allowed = available & (free | ((clash < max_similar) & (type_clash < max_per_type)))
-        penalty = strength * sum_sim / np.maximum(kept, 1)[:, None]
-        if spread and shown is not None:
-            penalty = penalty + spread * shown.exposure(safe)
-        adjusted = np.where(free, cand_scores, cand_scores - penalty) if strength or spread else cand_scores
+        adjusted = np.where(free, cand_scores, cand_scores - strength * max_sim) if strength else cand_scores
         adjusted = np.where(allowed, adjusted, -np.inf)
         pick = np.argmax(adjusted, axis=1)
         ok = np.isfinite(adjusted[all_rows, pick])
@@ -544,15 +519,12 @@ def _diverse_block(
         counted = ok & ~free[all_rows, pick]
         if not counted.any():
             continue
-        if shown is not None:
-            shown.add(safe[all_rows[counted], pick[counted]])
         sim = gram[all_rows, pick]
         similar = (sim >= NEAR_DUPLICATE_COSINE) | (g == g[all_rows, pick][:, None])
         clash += similar & counted[:, None]
         if t is not None:
             type_clash += (t == t[all_rows, pick][:, None]) & counted[:, None]
-        sum_sim += np.where(counted[:, None], sim, 0.0)
-        kept += counted
+        max_sim = np.where(counted[:, None], np.maximum(max_sim, sim), max_sim)
     return out
 
 

@@ -22,19 +22,19 @@ from include.notify.stages.products import (
     BLEND_SAMPLES,
     CO_PURCHASE_NEIGHBOURS,
     DIVERSITY_GRID,
+    EXPOSURE_GRID,
     FEATURES,
     MAX_SIMILAR,
     PARTS,
     QUERY_CHUNK,
     RERANK_CANDIDATES,
-    SPREAD_GRID,
     TAIL_GRID,
     TOP_K,
+    VARIETY_FLOOR,
     Collaborative,
     History,
     ProductModel,
     RepurchaseTerms,
-    Shown,
     baskets,
     build_history,
     diverse_top_k,
@@ -172,11 +172,13 @@ def _truth(cand: np.ndarray, held: list[set[int]] | np.ndarray) -> tuple[np.ndar
 
 @dataclass
 class Rerank:
-    """The fitted re-rank: strengths (in score units) and what its lists reach on the held-out day next to the variety floor."""
+    """The fitted re-rank: strengths (in score units), the exposure it penalises, and what its
+    lists reach on the held-out day next to the variety floor."""
 
     strength: float = 0.0
     tail: float = 0.0
-    spread: float = 0.0
+    penalty: float = 0.0
+    exposure: np.ndarray | None = None
     recall: float = 0.0
     diversity: float = 0.0
     coverage: float = 0.0
@@ -194,12 +196,11 @@ def fit_diversity(
     k: int = TOP_K,
     floor: tuple[float, float] = (0.0, 0.0),
 ) -> Rerank:
-    """The re-rank's MMR strength, long-tail bonus and spread-exposure penalty
-    (``products.diverse_top_k``, ``products.rerank_bonus``, ``products.Shown``), from
-    ``DIVERSITY_GRID`` x ``TAIL_GRID`` x ``SPREAD_GRID`` x the typical gap between a top-k's first
-    and last score. The users' lists are made in
-    order, each product's exposure counted as they are, exactly as nightly scoring makes them.
-    Only settings whose lists reach
+    """The re-rank's MMR strength, long-tail bonus and exposure penalty (``products.diverse_top_k``,
+    ``products.rerank_bonus``), from ``DIVERSITY_GRID`` x ``TAIL_GRID`` x ``EXPOSURE_GRID`` x the
+    typical spread of a top-k's scores. Exposure = log(1 + each product's count in the
+    un-re-ranked top-k lists of these users) over the largest such value: every product already
+    shown loses a little, the most shown most, none shown nothing. Only settings whose lists reach
     ``floor`` = (intra-list diversity, catalog coverage) compete on held-out recall@k (the
     closest to the floor when none does); on a tie the later, stronger one (same hits, more
     varied lists)."""
@@ -209,17 +210,19 @@ def fit_diversity(
     c, s = np.take_along_axis(cand, order, axis=1), np.take_along_axis(score, order, axis=1)
     exempt = np.take_along_axis(feats[..., PARTS.index("repurchase")] > 0, order, axis=1)
     truth, sizes = _truth(c, held)
-    gap = s[:, 0] - s[:, min(k, s.shape[1]) - 1]
-    scale = float(np.median(gap[np.isfinite(gap)])) if np.isfinite(gap).any() else 0.0
+    spread = s[:, 0] - s[:, min(k, s.shape[1]) - 1]
+    scale = float(np.median(spread[np.isfinite(spread)])) if np.isfinite(spread).any() else 0.0
     popularity = np.zeros(len(product_vectors), np.float32)
     popularity[np.maximum(c, 0)] = np.take_along_axis(feats[..., PARTS.index("popularity")], order, axis=1)
+    plain = c[:, :k][np.isfinite(s[:, :k]) & (c[:, :k] >= 0)]
+    counts = np.bincount(plain, minlength=len(product_vectors)).astype(np.float32)
+    exposure = np.log1p(counts) / max(float(np.log1p(counts.max(initial=0.0))), 1e-9)
     best, best_key = Rerank(floor=floor), (-np.inf, -1.0)
-    for factor, tail_factor, spread_factor in itertools.product(DIVERSITY_GRID, TAIL_GRID, SPREAD_GRID):
-        strength, tail, spread_by = factor * scale, tail_factor * scale, spread_factor * scale
-        bonus = rerank_bonus(np.maximum(c, 0), popularity, tail)
-        shown = Shown(np.zeros(len(product_vectors), np.float32))
+    for factor, tail_factor, penalty_factor in itertools.product(DIVERSITY_GRID, TAIL_GRID, EXPOSURE_GRID):
+        strength, tail, penalty = factor * scale, tail_factor * scale, penalty_factor * scale
+        bonus = rerank_bonus(np.maximum(c, 0), popularity, tail, penalty, exposure)
         keep = diverse_top_k(c, s, product_vectors, groups, k, max_similar, exempt=exempt, strength=strength,
-                             bonus=bonus, spread=spread_by, shown=shown)  # fmt: skip
+                             bonus=bonus)  # fmt: skip
         found = np.where(keep >= 0, np.take_along_axis(truth, np.maximum(keep, 0), axis=1), False).sum(axis=1)
         recall = float(np.mean(found / np.maximum(sizes, 1)))
         chosen = np.where(keep >= 0, np.take_along_axis(c, np.maximum(keep, 0), axis=1), -1)
@@ -228,12 +231,13 @@ def fit_diversity(
             floor[1], 1e-9
         )
         log.info(
-            "MMR x%.2f, long-tail bonus x%.2f, spread x%.2f: held-out recall@%d %.4f, diversity %.3f, coverage %.3f",
-            factor, tail_factor, spread_factor, k, recall, diversity, coverage,
+            "MMR x%.2f, long-tail bonus x%.2f, exposure penalty x%.2f: held-out recall@%d %.4f, diversity %.3f, "
+            "coverage %.3f",
+            factor, tail_factor, penalty_factor, k, recall, diversity, coverage,
         )  # fmt: skip
         if (shortfall, recall) >= (best_key[0], best_key[1] - 1e-12):
             best_key = (shortfall, recall)
-            best = Rerank(strength, tail, spread_by, recall, diversity, coverage, floor)
+            best = Rerank(strength, tail, penalty, exposure if penalty else None, recall, diversity, coverage, floor)
     return best
 
 
@@ -314,11 +318,14 @@ class TrainingData:
     content_vectors: object
 
 
-def fit_products_model(data: TrainingData, run_date: date, seed: int = 0) -> ProductModel:
+def fit_products_model(
+    data: TrainingData, run_date: date, seed: int = 0, variety_floor: bool = VARIETY_FLOOR
+) -> ProductModel:
     """Nightly fit: hold out each user's last purchase day, train ALS (best of ``ALS_GRID`` by
     held-out recall@10 on its own) and fit the blend weights there, then retrain the chosen ALS
-    and the repurchase rule on the whole history. The re-rank is fit by held-out recall under
-    the co-purchase variety floor (the floor and what the lists reach are kept in ``validation``)."""
+    and the repurchase rule on the whole history. The re-rank is fit by held-out recall, under
+    the co-purchase variety floor when ``variety_floor`` (the floor and what the lists reach are
+    measured and kept in ``validation`` either way)."""
     started = time.monotonic()
     product_ids = data.products["product_id"].astype(str).to_numpy(object)
     types = data.products["article_type"].astype(str).to_numpy()
@@ -366,15 +373,17 @@ def fit_products_model(data: TrainingData, run_date: date, seed: int = 0) -> Pro
     groups = item_groups(data.products)
     floor = co_purchase_variety(co_purchase, baskets(terms, len(held_users), len(product_ids)), popularity,
                                 data.product_vectors)  # fmt: skip
-    rerank = fit_diversity(cand, feats, weights, targets, data.product_vectors, groups, floor=floor)
+    rerank = fit_diversity(
+        cand, feats, weights, targets, data.product_vectors, groups, floor=floor if variety_floor else (0.0, 0.0)
+    )
     full = build_history(data.user_ids, product_ids, data.purchases, data.clickstream)
     final = fit_als(interaction_matrix(full), int(chosen.settings["factors"]), float(chosen.settings["alpha"]), seed)
     final.item_item = fit_co_purchase(full)
     log.info(
         "product model fit in %.1fs: %d held-out users, recall@10 %.4f (%.4f re-ranked: MMR %.3g, tail bonus %.3g, "
-        "spread %.3g; diversity %.3f, coverage %.3f vs the co-purchase floor %.3f, %.3f), weights %s, ALS %s",
+        "exposure penalty %.3g; diversity %.3f, coverage %.3f vs the co-purchase floor %.3f, %.3f), weights %s, ALS %s",
         time.monotonic() - started, len(held_users), recall, rerank.recall, rerank.strength, rerank.tail,
-        rerank.spread, rerank.diversity, rerank.coverage, *floor, weights, chosen.settings,
+        rerank.penalty, rerank.diversity, rerank.coverage, *floor, weights, chosen.settings,
     )  # fmt: skip
     return ProductModel(
         weights=weights,
@@ -387,7 +396,8 @@ def fit_products_model(data: TrainingData, run_date: date, seed: int = 0) -> Pro
                     **chosen.settings},
         diversity=rerank.strength,
         tail_bonus=rerank.tail,
-        spread=rerank.spread,
+        exposure_penalty=rerank.penalty,
+        exposure=rerank.exposure,
     )  # fmt: skip
 
 
