@@ -68,7 +68,7 @@ def as_left(item: Mapping[str, Any], lease: schedule.ShardLease, channel_names: 
     if (
         lease.left_state != schedule.BATCH_SENDING
         or item.get("status") != schedule.SCHEDULED
-        or keyed not in set(lease.left_keys)
+        or keyed not in lease.left_keys
     ):
         return dict(item)
     return {
