@@ -181,9 +181,12 @@ class Dynamo:
         from include.notify.io.aws import aws_client
 
         # No client-side parameter validation: the service validates every request anyway, and
-        # botocore's walk over each item was a third of a batch write's client CPU.
+        # botocore's walk over each item was a third of a batch write's client CPU. One client
+        # serves all of dispatch's threads (per worker: its slice, two writers, a sender; plus the
+        # due queries and the lease keeper: ~40 in flight at 8 workers); a smaller pool discards
+        # and reopens connections ("Connection pool is full").
         botocore_config = Config(
-            retries={"max_attempts": 10, "mode": "adaptive"}, max_pool_connections=32, parameter_validation=False
+            retries={"max_attempts": 10, "mode": "adaptive"}, max_pool_connections=64, parameter_validation=False
         )
         return cls(aws_client(config, "dynamodb", config.dynamodb_endpoint_url, botocore_config), config)
 
