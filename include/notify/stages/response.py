@@ -89,10 +89,12 @@ def _local_hours(user_codes: np.ndarray, timezones: np.ndarray, moments: pd.Seri
     hours = np.zeros(len(moments), dtype=np.int64)
     if len(moments) == 0:
         return hours
-    zones = timezones[user_codes]
+    # Zones compared as integer codes (a per-user factorize), not as strings per activity row.
+    zone_code, zone_names = pd.factorize(np.asarray(timezones, dtype=object))
+    codes = zone_code[user_codes]
     seconds = moments.to_numpy(dtype="datetime64[ns]").view(np.int64) // 10**9
-    for zone in pd.unique(zones):
-        rows = np.flatnonzero(zones == zone)
+    for number, zone in enumerate(zone_names):
+        rows = np.flatnonzero(codes == number)
         try:
             offsets = utc_offsets(ZoneInfo(str(zone)), seconds[rows])
         except Exception:  # noqa: BLE001 - an unknown zone counts as UTC here; planning refuses it
@@ -146,8 +148,8 @@ def user_signals(
     ids = pd.Index(users["user_id"].astype(str).to_numpy(), dtype=object)
     zones = users["timezone"].fillna("UTC").astype(str).to_numpy(dtype=object)
     types, ev, activity, u, decay, t, weight, ok = _typed_activity(ids, purchases, events, products, day)
-    counts = np.zeros((len(ids), max(len(types), 1)))
-    np.add.at(counts, (u[ok], t[ok]), weight[ok])
+    width = max(len(types), 1)  # one bincount over (user, type) cells: the same sums in the same order as np.add.at
+    counts = np.bincount(u[ok] * width + t[ok], weight[ok], minlength=len(ids) * width).reshape(len(ids), width)
     population = counts.sum(axis=0) if population is None else np.asarray(population, dtype=float)
     population = (
         population / population.sum() if population.sum() > 0 else np.full(counts.shape[1], 1 / counts.shape[1])
@@ -189,11 +191,28 @@ def population_hour_weights(
 def _hour_counts(n: int, zones: np.ndarray, activity: pd.DataFrame, u: np.ndarray, decay: np.ndarray) -> np.ndarray:
     """(users, 24) smoothed, decayed engagement by local hour: any activity and notification
     opens/clicks count (not the sends)."""
-    engaged = (u >= 0) & (activity["event_type"] != "notification_sent").to_numpy()
+    engaged = (u >= 0) & ~_is_kind(activity["event_type"], "notification_sent")
     hours = _local_hours(np.maximum(u, 0), zones, activity["ts"])
-    hour_counts = np.zeros((n, HOURS))
-    np.add.at(hour_counts, (u[engaged], hours[engaged]), decay[engaged])
+    cells = u[engaged] * HOURS + hours[engaged]  # bincount: np.add.at's sums in its order, faster
+    hour_counts = np.bincount(cells, decay[engaged], minlength=n * HOURS).reshape(n, HOURS)
     return smooth_hours(hour_counts)
+
+
+def _kinds(values: pd.Series) -> tuple[np.ndarray, list[Any]]:
+    """(per-row code, distinct values) of an event-type column: its few kinds compared once each."""
+    codes, kinds = pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=False)
+    return codes, list(kinds)
+
+
+def _is_kind(values: pd.Series, *names: str) -> np.ndarray:
+    """``values.isin(names)`` (str equality) by the distinct values' codes."""
+    return _kind_mask(*_kinds(values), *names)
+
+
+def _kind_mask(codes: np.ndarray, kinds: list[Any], *names: str) -> np.ndarray:
+    """Rows whose kind (``kinds[codes]``) is one of ``names``."""
+    wanted = np.array([any(kind == name for name in names) for kind in kinds], dtype=bool)
+    return wanted[codes] if len(kinds) else np.zeros(len(codes), dtype=bool)
 
 
 def _typed_activity(
@@ -217,13 +236,15 @@ def _typed_activity(
         if frames
         else pd.DataFrame(columns=["user_id", "product_id", "ts", "event_type", "weight"])
     )
-    activity["ts"] = pd.to_datetime(activity["ts"], utc=True, format="ISO8601")
-    activity = activity[activity["ts"] < cutoff]
+    activity["ts"] = _utc(activity["ts"])
+    activity = _before(activity, cutoff)
     user_code, user_names = _factorized_text(activity["user_id"])  # each id looked up once
     u = ids.get_indexer(pd.Index(user_names))[user_code]
     age_days = ((cutoff - activity["ts"]).dt.total_seconds().to_numpy() / 86400.0).astype(float)
     decay = 0.5 ** (age_days / HALF_LIFE_DAYS)
-    weight = activity["event_type"].map(EVENT_WEIGHTS).fillna(0.0).to_numpy(dtype=float) * decay
+    kind_code, kinds = _kinds(activity["event_type"])
+    kind_weight = pd.Series(kinds, dtype=object).map(EVENT_WEIGHTS).fillna(0.0).to_numpy(dtype=float)
+    weight = (kind_weight[kind_code] if len(kinds) else np.zeros(len(activity))) * decay
     product_code, product_names = _factorized_text(activity["product_id"])
     t = product_type.reindex(product_names).fillna(-1).to_numpy(dtype=np.int64)[product_code]
     ok = (u >= 0) & (t >= 0) & (weight > 0)
@@ -246,10 +267,25 @@ def _events_before(events: pd.DataFrame | None, cutoff: pd.Timestamp) -> pd.Data
     columns = ["user_id", "product_id", "ts", "event_type", "campaign_id", "notification_id"]
     if events is None or events.empty:
         return pd.DataFrame(columns=columns)
-    ev = events.reindex(columns=columns).copy()
-    ev["ts"] = pd.to_datetime(ev["ts"], utc=True, format="ISO8601")
-    ev["user_id"] = ev["user_id"].astype(str)
-    return ev[ev["ts"] < cutoff]
+    ev = events.reindex(columns=columns)  # a new frame: the columns below are replaced, not written into
+    ev["ts"] = _utc(ev["ts"])
+    if pd.api.types.infer_dtype(ev["user_id"], skipna=False) != "string":  # already str: no pass to copy them
+        ev["user_id"] = ev["user_id"].astype(str)
+    return _before(ev, cutoff)
+
+
+def _utc(moments: pd.Series) -> pd.Series:
+    """``pd.to_datetime(moments, utc=True, format="ISO8601")``; a column that already is UTC
+    nanoseconds is that already (no sampling pass for a parse cache)."""
+    if str(moments.dtype) == "datetime64[ns, UTC]":
+        return moments
+    return pd.to_datetime(moments, utc=True, format="ISO8601")
+
+
+def _before(frame: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """Rows of ``frame`` with ``ts`` before ``cutoff`` (the frame itself when that is every row)."""
+    keep = (frame["ts"] < cutoff).to_numpy()
+    return frame if keep.all() else frame[keep]
 
 
 def _notification_signals(
@@ -257,9 +293,10 @@ def _notification_signals(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
     """recent CTR, ignored streak, last send (epoch) per user; per (user, campaign) sends in 14 days."""
     n = len(ids)
-    sent = ev[ev["event_type"] == "notification_sent"].drop_duplicates("notification_id")
-    reacted = ev[ev["event_type"].isin(["notification_open", "notification_click"])]
-    clicked_ids = set(ev.loc[ev["event_type"] == "notification_click", "notification_id"].astype(str))
+    kinds = _kinds(ev["event_type"])  # three masks from one pass over the strings
+    sent = ev[_kind_mask(*kinds, "notification_sent")].drop_duplicates("notification_id")
+    reacted = ev[_kind_mask(*kinds, "notification_open", "notification_click")]
+    clicked_ids = set(ev.loc[_kind_mask(*kinds, "notification_click"), "notification_id"].astype(str))
     reacted_ids = set(reacted["notification_id"].astype(str))
     u = ids.get_indexer(sent["user_id"])
     recent = (sent["ts"] >= cutoff - pd.Timedelta(days=RECENT_DAYS)).to_numpy()
