@@ -28,6 +28,11 @@ def test_the_learner_path_equals_predict_proba_bit_for_bit(name: str) -> None:
     got = _learner_p(estimator, cells, prior_probability(cells[:, None, :]).reshape(-1))
     assert got.dtype == expected.dtype
     np.testing.assert_array_equal(got, expected)
+    # As the planner calls it: the cells in the first columns of a scratch array one column wider.
+    scratch = np.empty((len(cells), len(FEATURES) + 1))
+    scratch[:, :-1] = cells
+    view = scratch[:, :-1]
+    np.testing.assert_array_equal(_learner_p(estimator, view, prior_probability(view), scratch), expected)
 
 
 def test_a_changed_pipeline_is_not_taken_for_the_prior_anchored_one() -> None:

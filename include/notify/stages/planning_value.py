@@ -125,8 +125,10 @@ class ResponseContext:
         # the batch's shape, so blocks would change the last bits).
         row, hour = np.nonzero(cells)
         cand = rows[row]
-        features = self.table.at_cells(cand, hour, k[row], self.engagement, self.engagement_peak)
-        at, n_at = self.model.estimate(features[:, None, :], None if campaign_ids is None else campaign_ids[cand])
+        # One column to spare: the prior-anchored learner's logit column goes there (no copy of the cells).
+        cells_f = self.table.at_cells(cand, hour, k[row], self.engagement, self.engagement_peak, spare=1)
+        at, n_at = self.model.estimate(cells_f[:, None, :-1], None if campaign_ids is None else campaign_ids[cand],
+                                       scratch=cells_f)  # fmt: skip
         p, n = np.zeros(cells.shape), np.zeros(cells.shape)
         p[row, hour] = at[:, 0]
         n[row, hour] = n_at[:, 0]

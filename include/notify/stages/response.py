@@ -363,11 +363,21 @@ class CandidateTable:
         return out
 
     def at_cells(self, rows: np.ndarray, hours: np.ndarray, k: np.ndarray, engagement: np.ndarray,
-                 peak: np.ndarray) -> np.ndarray:  # fmt: skip
+                 peak: np.ndarray, spare: int = 0) -> np.ndarray:  # fmt: skip
         """Features (m, F) of candidates ``rows`` each at one local hour ``hours`` as send ``k``: the
         cells of ``at`` (the same values) without materialising every hour. ``engagement`` (n, 24) and
-        ``peak`` (its row maxima floored at 1e-9) are indexed by ``rows`` like ``static``."""
-        out = self.static[rows]
+        ``peak`` (its row maxima floored at 1e-9) are indexed by ``rows`` like ``static``. With
+        ``spare`` > 0 an (m, F + spare) array whose first F columns are those features (the rest unset)."""
+        if spare:
+            whole = np.empty((len(rows), len(FEATURES) + spare))
+            np.take(self.static, rows, axis=0, out=whole[:, : len(FEATURES)], mode="clip")  # rows are in range
+            self._fill_cells(whole[:, : len(FEATURES)], rows, hours, k, engagement, peak)
+            return whole
+        return self._fill_cells(self.static[rows], rows, hours, k, engagement, peak)
+
+    @staticmethod
+    def _fill_cells(out: np.ndarray, rows: np.ndarray, hours: np.ndarray, k: np.ndarray, engagement: np.ndarray,
+                    peak: np.ndarray) -> np.ndarray:  # fmt: skip
         share = engagement[rows, hours]
         out[:, F["hour_share"]] = share
         out[:, F["hour_rel"]] = share / peak[rows]
