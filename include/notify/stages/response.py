@@ -314,14 +314,33 @@ def _notification_signals(
         np.fmax.at(last_sent, u[known], epoch[known])
         np.maximum.at(last_react, u[known & react], epoch[known & react])
     streak = np.bincount(u[known & (epoch > last_react[np.maximum(u, 0)])], minlength=n).astype(float)
-    window = sent[recent & known]
-    pairs = (
-        window.assign(day=window["ts"].dt.floor("D"))
-        .groupby(["user_id", "campaign_id"], as_index=False)
-        .agg(times_sent=("notification_id", "size"), last_day=("day", "max"))
+    window = recent & known
+    return (
+        ctr.astype(np.float32),
+        streak.astype(np.float32),
+        last_sent,
+        _pair_sends(ids, u[window], sent[window], cutoff),
     )
-    pairs["days_since"] = (cutoff.floor("D") - pairs["last_day"]).dt.days.astype(float)
-    return ctr.astype(np.float32), streak.astype(np.float32), last_sent, pairs.drop(columns="last_day")
+
+
+def _pair_sends(ids: pd.Index, u: np.ndarray, sent: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """Per (user, campaign) of ``sent`` (users' rows ``u`` in ``ids``): times sent and days since the
+    last one (a group-by of user and campaign, done on one integer key; a send without a campaign
+    is in no pair)."""
+    campaign_code, campaign_names = pd.factorize(sent["campaign_id"].to_numpy(dtype=object))
+    has = campaign_code >= 0
+    width = max(len(campaign_names), 1)
+    keys, at = np.unique(u[has].astype(np.int64) * width + campaign_code[has], return_inverse=True)
+    days = sent["ts"].to_numpy(dtype="datetime64[ns]")[has].astype("datetime64[D]").astype(np.int64)
+    last_day = np.full(len(keys), np.iinfo(np.int64).min)
+    np.maximum.at(last_day, at.reshape(-1), days)
+    today = np.datetime64(cutoff.floor("D").tz_localize(None), "D").astype(np.int64)
+    return pd.DataFrame({
+        "user_id": np.asarray(ids, dtype=object)[keys // width],
+        "campaign_id": np.asarray(campaign_names, dtype=object)[keys % width],
+        "times_sent": np.bincount(at.reshape(-1), minlength=len(keys)).astype(np.int64),
+        "days_since": (today - last_day).astype(float),
+    })  # fmt: skip
 
 
 def campaign_affinity(signals: UserSignals, targets: Any) -> np.ndarray:
@@ -392,15 +411,17 @@ def candidate_table(
     campaigns: pd.DataFrame,
     similarity: np.ndarray,
     segments: np.ndarray,
+    user_factorized: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> CandidateTable:
     """The hour-independent features of candidates (``user_ids[i]``, ``campaign_ids[i]``).
 
-    ``campaigns``: campaign_id, priority, targets (pipe-separated target article types).
+    ``campaigns``: campaign_id, priority, targets (pipe-separated target article types);
+    ``user_factorized``: ``pd.factorize(user_ids as objects, use_na_sentinel=False)`` when the caller has it.
     """
     n = len(user_ids)
     # Candidates repeat each user ~10 times and the few campaigns ~10 k times: every string lookup
     # is done once per distinct value, then spread by the codes.
-    user_code, user_names = _factorized_text(user_ids)
+    user_code, user_names = _factorized_text(user_ids, user_factorized)
     rows = signals.rows(user_names)[user_code]
     seen = rows >= 0
     safe = np.maximum(rows, 0)
@@ -447,9 +468,12 @@ def candidate_table(
     return CandidateTable(rows, static, np.asarray(cids, dtype=object))
 
 
-def _factorized_text(values: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(codes, names)`` with ``names[codes]`` == ``values`` as str (object array), the names distinct."""
-    codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
+def _factorized_text(
+    values: Any, factorized: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, names)`` with ``names[codes]`` == ``values`` as str (object array), the names distinct;
+    ``factorized``: ``pd.factorize`` of ``values`` as objects (``use_na_sentinel=False``) if already made."""
+    codes, uniques = factorized or pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
     text = np.asarray(uniques, dtype=object).astype(str).astype(object)
     merge, names = pd.factorize(text)  # two raw values may print alike
     return merge[codes], np.asarray(names, dtype=object)
