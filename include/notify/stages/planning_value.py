@@ -125,8 +125,10 @@ class ResponseContext:
         # the batch's shape, so blocks would change the last bits).
         row, hour = np.nonzero(cells)
         cand = rows[row]
-        features = self.table.at_cells(cand, hour, k[row], self.engagement, self.engagement_peak)
-        at, n_at = self.model.estimate(features[:, None, :], None if campaign_ids is None else campaign_ids[cand])
+        # One column to spare: the prior-anchored learner's logit column goes there (no copy of the cells).
+        cells_f = self.table.at_cells(cand, hour, k[row], self.engagement, self.engagement_peak, spare=1)
+        at, n_at = self.model.estimate(cells_f[:, None, :-1], None if campaign_ids is None else campaign_ids[cand],
+                                       scratch=cells_f)  # fmt: skip
         p, n = np.zeros(cells.shape), np.zeros(cells.shape)
         p[row, hour] = at[:, 0]
         n[row, hour] = n_at[:, 0]
@@ -209,6 +211,7 @@ def place_by_value(
     stopped = np.zeros(len(user_ids), dtype=bool)
     logs: list[dict[str, np.ndarray]] = []
     max_steps = int(cap.max()) if len(cap) else 0
+    campaign_text = _CodedText(campaign_ids)  # the few campaigns' texts made once, taken per step
     for _ in range(max_steps):
         live_user = ~stopped & (used < cap)
         sel = np.flatnonzero(remaining & live_user[group])
@@ -251,7 +254,7 @@ def place_by_value(
         if quitting.any():
             q = ~send
             note = _text(
-                "withheld: best remaining ", campaign_ids[sel[greedy[q]]], " value ", _decimals(best_value[greedy[q]], 4),
+                "withheld: best remaining ", campaign_text.at(sel[greedy[q]]), " value ", _decimals(best_value[greedy[q]], 4),
                 " (conservative ", _decimals(best_low[greedy[q]], 4), ") <= cost ", _decimals(cost[q], 4), " of a ",
                 _ordinals(step_k[q]), " notification",
             )  # fmt: skip
@@ -290,7 +293,7 @@ def place_by_value(
         chosen_value = best_value[pick]
         scored = at >= 0
         scores = _candidate_scores(
-            at[scored], best_value[scored] / weight[sel[scored]], campaign_ids[sel[scored]], len(users_here)
+            at[scored], best_value[scored] / weight[sel[scored]], campaign_text.at(sel[scored]), len(users_here)
         )
         explored_text = np.full(len(pick), "", dtype=object)
         if explore.any():
@@ -389,10 +392,24 @@ def _ordinals(k: np.ndarray) -> pa.Array:
     return _ordinal_table().take(pa.array(k))
 
 
-def _candidate_scores(at: np.ndarray, values: np.ndarray, campaigns: np.ndarray, users: int) -> np.ndarray:
+class _CodedText:
+    """``_as_text`` of an array with few distinct values (campaign ids per candidate): each distinct
+    value's text made once, any positions' texts taken from them (the same strings)."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        codes, distinct = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
+        self.codes = codes
+        self.text = _as_text(np.asarray(distinct, dtype=object))
+
+    def at(self, positions: np.ndarray) -> pa.Array:
+        return self.text.take(pa.array(self.codes[positions]))
+
+
+def _candidate_scores(at: np.ndarray, values: np.ndarray, campaigns: np.ndarray | pa.Array, users: int) -> np.ndarray:
     """Per sending user (``at``: its index, non-decreasing): ``"campaign:value|..."`` over that
     user's valid candidates this step, in candidate order."""
-    text = pc.binary_join_element_wise(_as_text(campaigns), ":", _decimals(values, 5), "")
+    names = campaigns if isinstance(campaigns, pa.Array) else _as_text(campaigns)
+    text = pc.binary_join_element_wise(names, ":", _decimals(values, 5), "")
     offsets = np.r_[0, np.cumsum(np.bincount(at, minlength=users))].astype(np.int32)
     lists = pa.ListArray.from_arrays(pa.array(offsets), text)
     return pc.binary_join(lists, "|").to_numpy(zero_copy_only=False).astype(object, copy=False)
@@ -431,8 +448,9 @@ def build_context(
 
     recs = recommendations.reset_index(drop=True)
     segment = users.drop_duplicates("user_id", keep="last").set_index("user_id")
+    # The candidates' users factorized once, for the segments and the candidate table.
+    user_code, user_names = pd.factorize(recs["user_id"].to_numpy(dtype=object), use_na_sentinel=False)
     if "segment" in segment:  # looked up once per user, not per recommendation
-        user_code, user_names = pd.factorize(recs["user_id"].to_numpy(dtype=object), use_na_sentinel=False)
         seg = segment["segment"].reindex(user_names).fillna("").to_numpy()[user_code]
     else:
         seg = np.full(len(recs), "")
@@ -441,7 +459,7 @@ def build_context(
     ).assign(campaign_id=lambda c: c["campaign_id"].astype(str))
     similarity = pd.to_numeric(recs.get("similarity", pd.Series(0.0, index=recs.index)), errors="coerce").fillna(0.0)
     candidates = candidate_table(signals, recs["user_id"].to_numpy(), recs["campaign_id"].to_numpy(),
-                                 table, similarity.to_numpy(), seg)  # fmt: skip
+                                 table, similarity.to_numpy(), seg, (user_code, user_names))  # fmt: skip
     engagement = user_engagement(signals, candidates.user_row)
     costs = model.costs if len(model.costs) else np.full(max(int(config.daily_cap), 1), float(config.interruption_cost))
     return ResponseContext(model, candidates, engagement, np.asarray(costs, dtype=float),

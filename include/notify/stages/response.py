@@ -89,10 +89,12 @@ def _local_hours(user_codes: np.ndarray, timezones: np.ndarray, moments: pd.Seri
     hours = np.zeros(len(moments), dtype=np.int64)
     if len(moments) == 0:
         return hours
-    zones = timezones[user_codes]
+    # Zones compared as integer codes (a per-user factorize), not as strings per activity row.
+    zone_code, zone_names = pd.factorize(np.asarray(timezones, dtype=object))
+    codes = zone_code[user_codes]
     seconds = moments.to_numpy(dtype="datetime64[ns]").view(np.int64) // 10**9
-    for zone in pd.unique(zones):
-        rows = np.flatnonzero(zones == zone)
+    for number, zone in enumerate(zone_names):
+        rows = np.flatnonzero(codes == number)
         try:
             offsets = utc_offsets(ZoneInfo(str(zone)), seconds[rows])
         except Exception:  # noqa: BLE001 - an unknown zone counts as UTC here; planning refuses it
@@ -146,8 +148,8 @@ def user_signals(
     ids = pd.Index(users["user_id"].astype(str).to_numpy(), dtype=object)
     zones = users["timezone"].fillna("UTC").astype(str).to_numpy(dtype=object)
     types, ev, activity, u, decay, t, weight, ok = _typed_activity(ids, purchases, events, products, day)
-    counts = np.zeros((len(ids), max(len(types), 1)))
-    np.add.at(counts, (u[ok], t[ok]), weight[ok])
+    width = max(len(types), 1)  # one bincount over (user, type) cells: the same sums in the same order as np.add.at
+    counts = np.bincount(u[ok] * width + t[ok], weight[ok], minlength=len(ids) * width).reshape(len(ids), width)
     population = counts.sum(axis=0) if population is None else np.asarray(population, dtype=float)
     population = (
         population / population.sum() if population.sum() > 0 else np.full(counts.shape[1], 1 / counts.shape[1])
@@ -189,11 +191,28 @@ def population_hour_weights(
 def _hour_counts(n: int, zones: np.ndarray, activity: pd.DataFrame, u: np.ndarray, decay: np.ndarray) -> np.ndarray:
     """(users, 24) smoothed, decayed engagement by local hour: any activity and notification
     opens/clicks count (not the sends)."""
-    engaged = (u >= 0) & (activity["event_type"] != "notification_sent").to_numpy()
+    engaged = (u >= 0) & ~_is_kind(activity["event_type"], "notification_sent")
     hours = _local_hours(np.maximum(u, 0), zones, activity["ts"])
-    hour_counts = np.zeros((n, HOURS))
-    np.add.at(hour_counts, (u[engaged], hours[engaged]), decay[engaged])
+    cells = u[engaged] * HOURS + hours[engaged]  # bincount: np.add.at's sums in its order, faster
+    hour_counts = np.bincount(cells, decay[engaged], minlength=n * HOURS).reshape(n, HOURS)
     return smooth_hours(hour_counts)
+
+
+def _kinds(values: pd.Series) -> tuple[np.ndarray, list[Any]]:
+    """(per-row code, distinct values) of an event-type column: its few kinds compared once each."""
+    codes, kinds = pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=False)
+    return codes, list(kinds)
+
+
+def _is_kind(values: pd.Series, *names: str) -> np.ndarray:
+    """``values.isin(names)`` (str equality) by the distinct values' codes."""
+    return _kind_mask(*_kinds(values), *names)
+
+
+def _kind_mask(codes: np.ndarray, kinds: list[Any], *names: str) -> np.ndarray:
+    """Rows whose kind (``kinds[codes]``) is one of ``names``."""
+    wanted = np.array([any(kind == name for name in names) for kind in kinds], dtype=bool)
+    return wanted[codes] if len(kinds) else np.zeros(len(codes), dtype=bool)
 
 
 def _typed_activity(
@@ -217,13 +236,15 @@ def _typed_activity(
         if frames
         else pd.DataFrame(columns=["user_id", "product_id", "ts", "event_type", "weight"])
     )
-    activity["ts"] = pd.to_datetime(activity["ts"], utc=True, format="ISO8601")
-    activity = activity[activity["ts"] < cutoff]
+    activity["ts"] = _utc(activity["ts"])
+    activity = _before(activity, cutoff)
     user_code, user_names = _factorized_text(activity["user_id"])  # each id looked up once
     u = ids.get_indexer(pd.Index(user_names))[user_code]
     age_days = ((cutoff - activity["ts"]).dt.total_seconds().to_numpy() / 86400.0).astype(float)
     decay = 0.5 ** (age_days / HALF_LIFE_DAYS)
-    weight = activity["event_type"].map(EVENT_WEIGHTS).fillna(0.0).to_numpy(dtype=float) * decay
+    kind_code, kinds = _kinds(activity["event_type"])
+    kind_weight = pd.Series(kinds, dtype=object).map(EVENT_WEIGHTS).fillna(0.0).to_numpy(dtype=float)
+    weight = (kind_weight[kind_code] if len(kinds) else np.zeros(len(activity))) * decay
     product_code, product_names = _factorized_text(activity["product_id"])
     t = product_type.reindex(product_names).fillna(-1).to_numpy(dtype=np.int64)[product_code]
     ok = (u >= 0) & (t >= 0) & (weight > 0)
@@ -246,10 +267,25 @@ def _events_before(events: pd.DataFrame | None, cutoff: pd.Timestamp) -> pd.Data
     columns = ["user_id", "product_id", "ts", "event_type", "campaign_id", "notification_id"]
     if events is None or events.empty:
         return pd.DataFrame(columns=columns)
-    ev = events.reindex(columns=columns).copy()
-    ev["ts"] = pd.to_datetime(ev["ts"], utc=True, format="ISO8601")
-    ev["user_id"] = ev["user_id"].astype(str)
-    return ev[ev["ts"] < cutoff]
+    ev = events.reindex(columns=columns)  # a new frame: the columns below are replaced, not written into
+    ev["ts"] = _utc(ev["ts"])
+    if pd.api.types.infer_dtype(ev["user_id"], skipna=False) != "string":  # already str: no pass to copy them
+        ev["user_id"] = ev["user_id"].astype(str)
+    return _before(ev, cutoff)
+
+
+def _utc(moments: pd.Series) -> pd.Series:
+    """``pd.to_datetime(moments, utc=True, format="ISO8601")``; a column that already is UTC
+    nanoseconds is that already (no sampling pass for a parse cache)."""
+    if str(moments.dtype) == "datetime64[ns, UTC]":
+        return moments
+    return pd.to_datetime(moments, utc=True, format="ISO8601")
+
+
+def _before(frame: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """Rows of ``frame`` with ``ts`` before ``cutoff`` (the frame itself when that is every row)."""
+    keep = (frame["ts"] < cutoff).to_numpy()
+    return frame if keep.all() else frame[keep]
 
 
 def _notification_signals(
@@ -257,9 +293,10 @@ def _notification_signals(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
     """recent CTR, ignored streak, last send (epoch) per user; per (user, campaign) sends in 14 days."""
     n = len(ids)
-    sent = ev[ev["event_type"] == "notification_sent"].drop_duplicates("notification_id")
-    reacted = ev[ev["event_type"].isin(["notification_open", "notification_click"])]
-    clicked_ids = set(ev.loc[ev["event_type"] == "notification_click", "notification_id"].astype(str))
+    kinds = _kinds(ev["event_type"])  # three masks from one pass over the strings
+    sent = ev[_kind_mask(*kinds, "notification_sent")].drop_duplicates("notification_id")
+    reacted = ev[_kind_mask(*kinds, "notification_open", "notification_click")]
+    clicked_ids = set(ev.loc[_kind_mask(*kinds, "notification_click"), "notification_id"].astype(str))
     reacted_ids = set(reacted["notification_id"].astype(str))
     u = ids.get_indexer(sent["user_id"])
     recent = (sent["ts"] >= cutoff - pd.Timedelta(days=RECENT_DAYS)).to_numpy()
@@ -277,14 +314,33 @@ def _notification_signals(
         np.fmax.at(last_sent, u[known], epoch[known])
         np.maximum.at(last_react, u[known & react], epoch[known & react])
     streak = np.bincount(u[known & (epoch > last_react[np.maximum(u, 0)])], minlength=n).astype(float)
-    window = sent[recent & known]
-    pairs = (
-        window.assign(day=window["ts"].dt.floor("D"))
-        .groupby(["user_id", "campaign_id"], as_index=False)
-        .agg(times_sent=("notification_id", "size"), last_day=("day", "max"))
+    window = recent & known
+    return (
+        ctr.astype(np.float32),
+        streak.astype(np.float32),
+        last_sent,
+        _pair_sends(ids, u[window], sent[window], cutoff),
     )
-    pairs["days_since"] = (cutoff.floor("D") - pairs["last_day"]).dt.days.astype(float)
-    return ctr.astype(np.float32), streak.astype(np.float32), last_sent, pairs.drop(columns="last_day")
+
+
+def _pair_sends(ids: pd.Index, u: np.ndarray, sent: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """Per (user, campaign) of ``sent`` (users' rows ``u`` in ``ids``): times sent and days since the
+    last one (a group-by of user and campaign, done on one integer key; a send without a campaign
+    is in no pair)."""
+    campaign_code, campaign_names = pd.factorize(sent["campaign_id"].to_numpy(dtype=object))
+    has = campaign_code >= 0
+    width = max(len(campaign_names), 1)
+    keys, at = np.unique(u[has].astype(np.int64) * width + campaign_code[has], return_inverse=True)
+    days = sent["ts"].to_numpy(dtype="datetime64[ns]")[has].astype("datetime64[D]").astype(np.int64)
+    last_day = np.full(len(keys), np.iinfo(np.int64).min)
+    np.maximum.at(last_day, at.reshape(-1), days)
+    today = np.datetime64(cutoff.floor("D").tz_localize(None), "D").astype(np.int64)
+    return pd.DataFrame({
+        "user_id": np.asarray(ids, dtype=object)[keys // width],
+        "campaign_id": np.asarray(campaign_names, dtype=object)[keys % width],
+        "times_sent": np.bincount(at.reshape(-1), minlength=len(keys)).astype(np.int64),
+        "days_since": (today - last_day).astype(float),
+    })  # fmt: skip
 
 
 def campaign_affinity(signals: UserSignals, targets: Any) -> np.ndarray:
@@ -326,11 +382,21 @@ class CandidateTable:
         return out
 
     def at_cells(self, rows: np.ndarray, hours: np.ndarray, k: np.ndarray, engagement: np.ndarray,
-                 peak: np.ndarray) -> np.ndarray:  # fmt: skip
+                 peak: np.ndarray, spare: int = 0) -> np.ndarray:  # fmt: skip
         """Features (m, F) of candidates ``rows`` each at one local hour ``hours`` as send ``k``: the
         cells of ``at`` (the same values) without materialising every hour. ``engagement`` (n, 24) and
-        ``peak`` (its row maxima floored at 1e-9) are indexed by ``rows`` like ``static``."""
-        out = self.static[rows]
+        ``peak`` (its row maxima floored at 1e-9) are indexed by ``rows`` like ``static``. With
+        ``spare`` > 0 an (m, F + spare) array whose first F columns are those features (the rest unset)."""
+        if spare:
+            whole = np.empty((len(rows), len(FEATURES) + spare))
+            np.take(self.static, rows, axis=0, out=whole[:, : len(FEATURES)], mode="clip")  # rows are in range
+            self._fill_cells(whole[:, : len(FEATURES)], rows, hours, k, engagement, peak)
+            return whole
+        return self._fill_cells(self.static[rows], rows, hours, k, engagement, peak)
+
+    @staticmethod
+    def _fill_cells(out: np.ndarray, rows: np.ndarray, hours: np.ndarray, k: np.ndarray, engagement: np.ndarray,
+                    peak: np.ndarray) -> np.ndarray:  # fmt: skip
         share = engagement[rows, hours]
         out[:, F["hour_share"]] = share
         out[:, F["hour_rel"]] = share / peak[rows]
@@ -345,15 +411,17 @@ def candidate_table(
     campaigns: pd.DataFrame,
     similarity: np.ndarray,
     segments: np.ndarray,
+    user_factorized: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> CandidateTable:
     """The hour-independent features of candidates (``user_ids[i]``, ``campaign_ids[i]``).
 
-    ``campaigns``: campaign_id, priority, targets (pipe-separated target article types).
+    ``campaigns``: campaign_id, priority, targets (pipe-separated target article types);
+    ``user_factorized``: ``pd.factorize(user_ids as objects, use_na_sentinel=False)`` when the caller has it.
     """
     n = len(user_ids)
     # Candidates repeat each user ~10 times and the few campaigns ~10 k times: every string lookup
     # is done once per distinct value, then spread by the codes.
-    user_code, user_names = _factorized_text(user_ids)
+    user_code, user_names = _factorized_text(user_ids, user_factorized)
     rows = signals.rows(user_names)[user_code]
     seen = rows >= 0
     safe = np.maximum(rows, 0)
@@ -400,9 +468,12 @@ def candidate_table(
     return CandidateTable(rows, static, np.asarray(cids, dtype=object))
 
 
-def _factorized_text(values: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(codes, names)`` with ``names[codes]`` == ``values`` as str (object array), the names distinct."""
-    codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
+def _factorized_text(
+    values: Any, factorized: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, names)`` with ``names[codes]`` == ``values`` as str (object array), the names distinct;
+    ``factorized``: ``pd.factorize`` of ``values`` as objects (``use_na_sentinel=False``) if already made."""
+    codes, uniques = factorized or pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
     text = np.asarray(uniques, dtype=object).astype(str).astype(object)
     merge, names = pd.factorize(text)  # two raw values may print alike
     return merge[codes], np.asarray(names, dtype=object)

@@ -187,8 +187,13 @@ class ResponseModel:
         leading axis' campaign ids) lets the evidence of each campaign decide how far the learner is trusted."""
         return self.estimate(features, campaigns)[0]
 
-    def estimate(self, features: np.ndarray, campaigns: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(p, n)``: the shrunk, calibrated p(click) and the logged rows behind it."""
+    def estimate(
+        self, features: np.ndarray, campaigns: np.ndarray | None = None, scratch: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(p, n)``: the shrunk, calibrated p(click) and the logged rows behind it.
+
+        ``scratch``: an (m, F + 1) array whose first F columns are ``features`` (as m rows), which
+        the learner may overwrite (its inputs built there rather than in a copy)."""
         f = np.asarray(features, dtype=float)
         prior = prior_probability(f)
         if f.size == 0:
@@ -200,7 +205,7 @@ class ResponseModel:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1):  # see the module docstring: OpenMP waits dominate on a shared machine
-            raw = self.estimator.predict_proba(f.reshape(-1, len(FEATURES)))[:, 1]
+            raw = _learner_p(self.estimator, f.reshape(-1, len(FEATURES)), prior.reshape(-1), scratch)
         learned = _platt(*self.calibration, raw.reshape(f.shape[:-1]))
         weight = n / (n + SHRINK_ROWS)
         return weight * learned + (1 - weight) * calibrated_prior, n
@@ -255,10 +260,51 @@ def prior_model(day: date | None = None, costs: np.ndarray | None = None) -> Res
                          np.zeros(0) if costs is None else costs)  # fmt: skip
 
 
-def with_prior_logit(x: np.ndarray) -> np.ndarray:
-    """The features plus the day-1 prior's logit (the ``prior_logistic`` learner's inputs)."""
+def with_prior_logit(x: np.ndarray, prior: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """The features plus the day-1 prior's logit (the ``prior_logistic`` learner's inputs);
+    ``prior``: ``prior_probability(x)`` when the caller has it already; ``out``: an (m, F + 1)
+    array whose first F columns already are ``x`` (only the logit column is written)."""
     x = np.asarray(x, dtype=float)
-    return np.column_stack([x, _logit(prior_probability(x))])
+    if out is None:
+        out = np.empty((len(x), x.shape[1] + 1))  # what np.column_stack builds, without its temporaries
+        out[:, :-1] = x
+    out[:, -1] = _logit(prior_probability(x) if prior is None else prior)
+    return out
+
+
+def _learner_p(estimator: Any, x: np.ndarray, prior: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+    """``estimator.predict_proba(x)[:, 1]``; the prior-anchored pipeline (its first step
+    ``with_prior_logit``) gets its inputs from ``prior`` (``prior_probability(x)``, which the model
+    has computed already), built in ``scratch`` when given (``estimate``), and runs its remaining
+    steps: the same arrays through the same steps."""
+    steps = getattr(estimator, "steps", None)
+    first = steps[0][1] if steps else None
+    if getattr(first, "func", None) is with_prior_logit and not getattr(first, "kw_args", None) and len(steps) > 1:
+        rest = [step for _, step in steps[1:]]
+        if [type(step).__name__ for step in rest] == ["StandardScaler", "LogisticRegression"] and _binary(rest[1]):
+            return _scaled_logistic(rest[0], rest[1], with_prior_logit(x, prior, scratch))
+        return estimator[1:].predict_proba(with_prior_logit(x, prior, scratch))[:, 1]
+    return estimator.predict_proba(np.ascontiguousarray(x))[:, 1]  # x may be a view of scratch: its own rows
+
+
+def _binary(learner: Any) -> bool:
+    return len(getattr(learner, "classes_", ())) == 2 and np.ndim(learner.coef_) == 2 and learner.coef_.shape[0] == 1
+
+
+def _scaled_logistic(scaler: Any, learner: Any, z: np.ndarray) -> np.ndarray:
+    """``make_pipeline(scaler, learner).predict_proba(z)[:, 1]`` (scikit-learn 1.9's
+    ``StandardScaler.transform`` and binary ``LogisticRegression`` ``decision_function`` + expit,
+    the same operations in the same order) on ``z``, our own array, scaled in place: without the
+    scaler's copy and the validation passes over millions of cells.
+    ``test_planning_value_pinned``'s fitted case holds it to the pipeline's bytes."""
+    from scipy.special import expit
+
+    if scaler.with_mean:
+        z -= scaler.mean_.astype(z.dtype)
+    if scaler.with_std:
+        z /= scaler.scale_.astype(z.dtype)
+    scores = z @ learner.coef_.T + learner.intercept_
+    return expit(scores.reshape(-1))
 
 
 def _learners(seed: int) -> dict[str, Any]:
