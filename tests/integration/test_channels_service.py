@@ -25,6 +25,7 @@ from include.notify.stages.channels import (
     build_channels,
 )
 from notify_tools.services import RunningService, free_port
+from tests.awake import awake_zone
 
 pytestmark = pytest.mark.integration
 
@@ -217,12 +218,13 @@ def test_webhook_refuses_a_redirect_sends_no_second_request_and_the_item_is_not_
         # Through dispatch: the item fails with the reason and nothing reached the other host.
         now = datetime.now(UTC).replace(microsecond=0)
         send_at = (now - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        dynamo.put("users", {"user_id": "U1", "name": "Asha Rao"})
+        zone, local_day = awake_zone(now)  # not in quiet hours, whatever the hour the test runs
+        dynamo.put("users", {"user_id": "U1", "name": "Asha Rao", "timezone": zone})
         dynamo.put("campaigns", {"campaign_id": "C1", "name": "Sale", "status": "active",
                                  "template_short": "Hi {{ first_name }}", "template_long": "Sale"})  # fmt: skip
         dynamo.put("notification_schedule", {
             "user_id": "U1", "send_at_campaign": f"{send_at}#C1", "notification_id": "U1#d#C1", "campaign_id": "C1",
-            "send_at": send_at, "local_day": send_at[:10], "status": "scheduled",
+            "send_at": send_at, "local_day": local_day, "timezone": zone, "status": "scheduled",
             "due_bucket": f"{send_at[:10]}#0", "due_at": send_at,
         })  # fmt: skip
         counts = Dispatcher(cfg.replace(schedule_shards=1), dynamo, [WebhookChannel(cfg)], ListEventSink()).run(now)

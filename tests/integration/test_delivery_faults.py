@@ -35,6 +35,7 @@ from include.notify.stages.dispatch import Dispatcher, KafkaEventSink
 from include.notify.stages.planning_run import read_existing, write_plan
 from notify_tools.faults import AcceptLogChannel, BufferingProxy, ReceivingServer, accepted_ids, consume_all
 from notify_tools.services import RunningService
+from tests.awake import awake_zone
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +63,8 @@ def now_utc() -> datetime:
 def seed(dynamo: Dynamo, config: NotifyConfig, users: int, due: datetime, campaign: str = "A") -> list[dict]:
     """Users, one active campaign and one item per user due at ``due`` (as the planner writes them)."""
     ids = [f"U{n:04d}" for n in range(users)]
-    dynamo.put_items("users", [{"user_id": u, "name": f"Asha{n} Rao", "timezone": "UTC"} for n, u in enumerate(ids)])
+    zone, local_day = awake_zone(due)  # awake at ``due``, whatever the hour the test runs
+    dynamo.put_items("users", [{"user_id": u, "name": f"Asha{n} Rao", "timezone": zone} for n, u in enumerate(ids)])
     dynamo.put_items(
         "campaigns",
         [{"campaign_id": campaign, "name": "Weekly picks", "status": "active", "priority": 3,
@@ -76,8 +78,8 @@ def seed(dynamo: Dynamo, config: NotifyConfig, users: int, due: datetime, campai
             "notification_id": f"{u}#{due.date()}#{campaign}",
             "campaign_id": campaign,
             "send_at": send_at,
-            "local_day": due.date().isoformat(),
-            "timezone": "UTC",
+            "local_day": local_day,
+            "timezone": zone,
             "status": "scheduled",
             "attempts": 0,
             "due_bucket": f"{due.date()}#{n % config.schedule_shards}",
@@ -506,9 +508,8 @@ def test_an_item_deferred_in_a_batch_sigkilled_mid_send_stays_deferred_not_unkno
     reports those unknown and leaves the deferred one scheduled for its slot (not a lost send)."""
     now = now_utc()
     items = seed(dynamo, fconfig, 40, now - timedelta(minutes=1))
-    shift = 12 - now.hour  # a zone where it is about noon, so the next allowed hour is the same day
-    zone = "Etc/GMT" if shift == 0 else f"Etc/GMT{-shift:+d}"
-    local_hour = (now.hour + shift) % 24
+    zone, _ = awake_zone(now)  # about noon there, so the next allowed hour is the same day
+    local_hour = 12
     quiet = next(i for i in items if i["due_bucket"].endswith("#0"))
     dynamo.put("users", {"user_id": quiet["user_id"], "name": "Quiet Rao", "timezone": zone,
                          "quiet_start_hour": local_hour, "quiet_end_hour": local_hour + 1})  # fmt: skip
