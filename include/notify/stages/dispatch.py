@@ -239,10 +239,11 @@ class Dispatcher:
             self._keeper.done(lease)
             # After an error the batch in flight stays named (its items carry no claim of their
             # own): the next owner settles it from the lease record, unknown if it had begun.
-            if shard not in self._keeper.lost and failed:
-                schedule.give_up_lease(self.dynamo, lease, int(self.clock()))
-            elif shard not in self._keeper.lost:
-                schedule.end_batch(self.dynamo, lease, int(self.clock()), release=True)
+            if shard not in self._keeper.lost:
+                if failed:
+                    schedule.give_up_lease(self.dynamo, lease, int(self.clock()))
+                else:
+                    schedule.end_batch(self.dynamo, lease, int(self.clock()), release=True)
         return counts
 
     def _shard_work(

@@ -379,8 +379,8 @@ def moot_reason(
     entries), or None: an order of the item's local day (in the item's time zone) of the product it
     promotes, or of an article type its campaign targets."""
     targets = _article_types((campaign or {}).get("target_article_types"))
+    product = item.get("product_id")
     for order in orders:
-        product = item.get("product_id")
         promotes = (product is not None and product == order.get("product_id")) or order.get("article_type") in targets
         if not promotes:
             continue
