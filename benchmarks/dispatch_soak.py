@@ -45,6 +45,7 @@ from include.notify.stages.dispatch import Dispatcher, KafkaEventSink, has_due  
 from include.notify.timeutil import iso  # noqa: E402
 from notify_tools.faults import AcceptLogChannel, BufferingProxy, ReceivingServer, accepted_ids, consume_all  # noqa: E402
 from notify_tools.services import free_port, start_service  # noqa: E402
+from tests.awake import awake_zone  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "dispatch_soak.md"
 LEASE = 10
@@ -53,7 +54,10 @@ WEBHOOK_TIMEOUT = 1.0
 
 def seed(dynamo: Dynamo, config: NotifyConfig, count: int, due: datetime) -> None:
     users = max(1, count // 2)
-    dynamo.put_items("users", [{"user_id": f"U{n:06d}", "name": f"User{n} Test"} for n in range(users)])
+    zone, local_day = awake_zone(due)  # about noon there: dispatch re-checks quiet hours at the wall clock
+    dynamo.put_items(
+        "users", [{"user_id": f"U{n:06d}", "name": f"User{n} Test", "timezone": zone} for n in range(users)]
+    )
     dynamo.put_items(
         "campaigns",
         [{"campaign_id": c, "name": f"Campaign {c}", "status": "active", "priority": 2,
@@ -66,7 +70,7 @@ def seed(dynamo: Dynamo, config: NotifyConfig, count: int, due: datetime) -> Non
         items.append({
             "user_id": user, "send_at_campaign": f"{send_at}#{campaign}",
             "notification_id": f"{user}#{due.date()}#{campaign}", "campaign_id": campaign, "send_at": send_at,
-            "local_day": due.date().isoformat(), "timezone": "UTC", "status": "scheduled", "attempts": 0,
+            "local_day": local_day, "timezone": zone, "status": "scheduled", "attempts": 0,
             "due_bucket": f"{due.date()}#{n % config.schedule_shards}", "due_at": send_at,
         })  # fmt: skip
     dynamo.put_items("notification_schedule", items)

@@ -52,6 +52,7 @@ from include.notify.stages.plan_shards import plan_in_shards, split_inputs  # no
 from include.notify.stages.planning import PlanInputs, PlanResult, build_plan  # noqa: E402
 from notify_tools.services import free_port, start_service  # noqa: E402
 from notify_tools.synthetic import synthetic_blocks, synthetic_inputs  # noqa: E402
+from tests.awake import awake_zone  # noqa: E402
 
 DAY = date(2026, 11, 25)
 
@@ -335,6 +336,7 @@ def bench_existing(users: int) -> dict[str, float]:
 
 def _items(config: NotifyConfig, count: int, due: datetime) -> list[dict[str, object]]:
     send_at = iso(due)
+    _, local_day = awake_zone(due)
     return [
         {
             "user_id": f"U{n:07d}",
@@ -342,7 +344,7 @@ def _items(config: NotifyConfig, count: int, due: datetime) -> list[dict[str, ob
             "notification_id": f"U{n:07d}#{DAY}#C1",
             "campaign_id": "C1",
             "send_at": send_at,
-            "local_day": DAY.isoformat(),
+            "local_day": local_day,
             "status": "scheduled",
             "attempts": 0,
             "product_id": "1163",
@@ -378,8 +380,10 @@ def _bare_write(config: NotifyConfig, prefix: str, records: dict[str, list[dict[
 def _seed(config: NotifyConfig, count: int, due: datetime) -> Dynamo:
     dynamo = Dynamo.from_config(config)
     dynamo.create_tables()
+    zone, _ = awake_zone(due)  # about noon there: dispatch re-checks quiet hours at the wall clock
     dynamo.put_items(
-        "users", [{"user_id": f"U{n:07d}", "name": f"User{n} Test", "opt_out": False} for n in range(count)]
+        "users",
+        [{"user_id": f"U{n:07d}", "name": f"User{n} Test", "opt_out": False, "timezone": zone} for n in range(count)],
     )
     dynamo.put_items(
         "campaigns",
