@@ -326,7 +326,9 @@ def baseline_scorers(
     return out
 
 
-def evaluate_products(users: int, run_date: date, seed: int, variety_floor: bool = False) -> dict[str, Any]:
+def evaluate_products(
+    users: int, run_date: date, seed: int, variety_floor: bool = products_mod.VARIETY_FLOOR
+) -> dict[str, Any]:
     """Notify vs baselines on one seed; every baseline setting (and its exclusion policy) chosen
     on the validation split (each user's last day of the training history), scored on the test
     split (each user's last day)."""
@@ -387,8 +389,7 @@ def evaluate_products(users: int, run_date: date, seed: int, variety_floor: bool
         **metrics(scored.indices, test.targets, vectors),
         "setting": "weights " + ", ".join(f"{k} {v:.3g}" for k, v in model.weights.items())
         + f"; ALS {model.validation['factors']:g} factors, alpha {model.validation['alpha']:g}"
-        + f"; re-rank MMR {model.diversity:.3g}, tail bonus {model.tail_bonus:.3g}, exposure penalty "
-        f"{model.exposure_penalty:.3g}",
+        + f"; re-rank head {model.head}, MMR {model.diversity:.3g}, content-neighbour bonus {model.neighbour_bonus:.3g}",
     }  # fmt: skip
     results["variety_floor"] = variety_floor
     results["variety_fit"] = {name: model.validation.get(name, float("nan")) for name in (
@@ -464,12 +465,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-date", type=date.fromisoformat, default=date(2026, 11, 24))
     parser.add_argument("--out", type=Path)
     parser.add_argument(
-        "--variety-floor", action="store_true", help="fit Notify's re-rank under the co-purchase variety floor"
+        "--variety-floor",
+        choices=("on", "off"),
+        default="on" if products_mod.VARIETY_FLOOR else "off",
+        help="fit Notify's re-rank under the co-purchase variety floor (default: as the nightly code does)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    runs = [evaluate_products(args.users, args.run_date, seed, args.variety_floor) for seed in seeds]
+    floor = args.variety_floor == "on"
+    runs = [evaluate_products(args.users, args.run_date, seed, floor) for seed in seeds]
     product_lines, products_ok = product_report(runs, args.users, seeds)
     first = runs[0]
     lines = [
@@ -477,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `.venv/bin/python benchmarks/recs_quality.py --users {args.users} --seeds {args.seeds}"
         + (" --products-only" if args.products_only else "")
-        + (" --variety-floor" if args.variety_floor else "")
+        + f" --variety-floor {args.variety_floor}"
         + "`",
         "",
         "## Products: Notify vs baselines",

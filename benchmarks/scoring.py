@@ -246,9 +246,9 @@ def product_blend_case(n_users: int, factors: int, repeats: int) -> dict[str, An
         rule,
         rng.random(n_items).astype(np.float32),
         diversity=0.05,
-        tail_bonus=0.02,
-        exposure_penalty=0.05,
-        exposure=rng.random(n_items).astype(np.float32),
+        head=2,
+        neighbour_bonus=0.05,
+        neighbours=prod.content_neighbours(items),
     )
     groups = prod.item_groups(catalog_frame.rename(columns={"articleType": "article_type"}))
     als = AlternatingLeastSquares(factors=factors)
@@ -393,8 +393,11 @@ def main(argv: list[str] | None = None) -> int:
             "Ours: `products.score_products` over the real 39,596 product vectors with "
             f"{args.product_factors} ALS factors: one fused addmm of [content, collaborative] with popularity as "
             "bias, co-purchase scores (basket x 50-neighbour item-to-item similarity) and repurchase parts added, "
-            "suppressed pairs set to -inf (6 bought products per user), top-100, greedy MMR diversity re-rank with "
-            "the long-tail bonus, the exposure penalty and the cap (type x colour family, near-identical text), parts of the chosen 10. "
+            "suppressed pairs set to -inf (6 bought products per user), top-60 plus the content neighbours of the "
+            "bought products (3 each, at most 40) and the 30 best sellers, their blended scores gathered, greedy "
+            "diversity re-rank (2 picks by score, then MMR with the neighbour bonus, and the cap: type x colour "
+            "family, near-identical text), "
+            "parts of the chosen 10. "
             "Reference: bare chunked `torch.mm` + `topk` of the text vectors plus the collaborative models' own bare "
             "scoring: `implicit`'s batched `recommend` over the ALS factors (nothing filtered) and the sparse "
             "basket x item-to-item product, same run, interleaved, best of "

@@ -213,44 +213,81 @@ def test_fit_diversity_keeps_a_strength_that_costs_no_held_out_hits() -> None:
     n, c = 50, 30
     items = _unit(rng.normal(size=(c, 8)))
     cand = np.tile(np.arange(c), (n, 1))
-    feats = np.zeros((n, c, 5), np.float32)
-    feats[..., 0] = rng.random((n, c))
-    held = [{int(np.argmax(feats[u, :, 0]))} for u in range(n)]
-    weights = {"content": 1.0, "collaborative": 0.0, "popularity": 0.0, "repurchase": 0.0, "co_purchase": 0.0}
-    rerank = PF.fit_diversity(cand, feats, weights, held, items, np.arange(c), k=3)
+    scores = rng.random((n, c)).astype(np.float32)
+    held = [{int(np.argmax(scores[u]))} for u in range(n)]
+    none = np.zeros((n, c), bool)
+    rerank = PF.fit_diversity(cand, scores, none, none, held, items, np.arange(c), k=3)
     assert rerank.recall == 1.0
     assert rerank.strength > 0, "on a tie the strongest re-rank is kept"
-    assert rerank.tail > 0
+    assert rerank.neighbour_bonus == 0.0, "no candidate is a content neighbour"
+
+
+def test_head_picks_by_score_before_the_mmr_and_the_bonus_start() -> None:
+    # 0 and 1 are close variants, 2 is far and flagged: with a head of 2 both variants come first.
+    base = np.eye(8)[0]
+    items = np.vstack([_unit(np.vstack([base + 0.3 * np.eye(8)[j] for j in (1, 2)])), np.eye(8)[4:6]])
+    cand = np.array([[0, 1, 2, 3]])
+    scores = np.array([[1.0, 0.95, 0.5, 0.6]], np.float32)
+    bonus = np.array([[0.0, 0.0, 1.0, 0.0]], np.float32)
+    assert P.diverse_top_k(cand, scores, items, np.arange(4), 3, 2, strength=0.5, bonus=bonus)[0].tolist() == [2, 0, 3]
+    assert P.diverse_top_k(cand, scores, items, np.arange(4), 3, 2, strength=0.5, bonus=bonus, head=2)[0].tolist() == [
+        0, 1, 2,
+    ]  # fmt: skip
+
+
+def test_content_neighbours_of_what_a_user_bought_are_candidates_and_the_bought_ones_are_not() -> None:
+    # Two clusters of three products; user 0 bought product 0, user 1 products 3 and 4, user 2 nothing.
+    items = _unit(np.vstack([np.eye(8)[0] + 0.1 * np.eye(8)[j] for j in (1, 2, 3)]
+                            + [np.eye(8)[4] + 0.1 * np.eye(8)[j] for j in (5, 6, 7)]))  # fmt: skip
+    neighbours = P.content_neighbours(items, width=2)
+    assert set(neighbours[0]) == {1, 2}
+    assert set(neighbours[3]) == {4, 5}
+    terms = P.RepurchaseTerms(np.array([0, 1, 1]), np.array([0, 3, 4]), *([np.zeros(3)] * 2), np.zeros(3))
+    near = P.neighbour_candidates(P.baskets(terms, 3, 6), neighbours, limit=4)
+    assert set(near[0][near[0] >= 0]) == {1, 2}
+    assert near[1][near[1] >= 0].tolist() == [5], "3 and 4 are each other's neighbours, but bought"
+    assert (near[2] == -1).all()
+    merged, scores, flag = P.with_neighbours(
+        np.array([[1, 3]]), np.array([[0.9, 0.5]], np.float32), near[:1, :2], np.array([[0.9, 0.2]], np.float32)
+    )
+    kept = merged[0][np.isfinite(scores[0])].tolist()
+    assert sorted(kept) == [1, 2, 3], "a neighbour already among the candidates is flagged, not repeated"
+    assert flag[0][merged[0] == 1].all()
+    assert flag[0][merged[0] == 2].all()
+    assert not flag[0][merged[0] == 3].any()
+    # Best sellers join unflagged (no neighbour bonus), and a best seller that is also a neighbour once.
+    merged, scores, flag = P.with_neighbours(
+        np.array([[1]]),
+        np.array([[0.9]], np.float32),
+        np.array([[2, 4, 2]]),
+        np.array([[0.5, 0.4, 0.5]], np.float32),
+        np.array([True, False, False]),
+    )
+    assert merged[0][np.isfinite(scores[0])].tolist() == [1, 2, 4]
+    assert flag[0][merged[0] == 2].all()
+    assert not flag[0][merged[0] == 4].any()
 
 
 def test_variety_floor_makes_the_fit_give_up_hits_for_lists_as_varied_as_co_purchase() -> None:
-    # Everyone's three best candidates are the same three products (the held-out one third):
-    # by recall alone nothing is re-ranked; a coverage floor forces the exposure penalty on.
+    # Everyone's three best candidates are the same three products (the held-out one third); each
+    # user also has two content neighbours of their own, scored low: by recall alone the shared
+    # products stay on top; a coverage floor turns the neighbour bonus on.
     rng = np.random.default_rng(3)
-    n, c = 60, 30
+    n, c = 60, 3 + 2 * 60
     items = _unit(rng.normal(size=(c, 8)))
-    cand = np.tile(np.arange(c), (n, 1))
-    feats = np.zeros((n, c, 5), np.float32)
-    feats[..., 0] = 0.5 * rng.random((n, c))
-    feats[:, :3, 0] = [1.0, 0.9, 0.8]
+    cand = np.hstack([np.tile(np.arange(3), (n, 1)), 3 + np.arange(2 * n).reshape(n, 2)])
+    scores = np.hstack([np.tile([1.0, 0.9, 0.8], (n, 1)), 0.1 * rng.random((n, 2))]).astype(np.float32)
+    neighbour = np.zeros(cand.shape, bool)
+    neighbour[:, 3:] = True
+    exempt = np.zeros(cand.shape, bool)
     held = [{2} for _ in range(n)]
-    weights = {"content": 1.0, "collaborative": 0.0, "popularity": 0.0, "repurchase": 0.0, "co_purchase": 0.0}
-    free = PF.fit_diversity(cand, feats, weights, held, items, np.arange(c), k=3)
+    free = PF.fit_diversity(cand, scores, neighbour, exempt, held, items, np.arange(c), k=3)
     assert free.recall == 1.0
-    assert free.coverage < 0.2
-    floored = PF.fit_diversity(cand, feats, weights, held, items, np.arange(c), k=3, floor=(0.0, 0.5))
+    assert free.coverage < 0.1
+    floored = PF.fit_diversity(cand, scores, neighbour, exempt, held, items, np.arange(c), k=3, floor=(0.0, 0.5))
     assert floored.coverage >= 0.5, "the floor is met when a setting reaches it"
-    assert floored.penalty > 0
-    assert floored.exposure is not None
-    assert floored.exposure[:3].tolist() == [1.0, 1.0, 1.0]
-    assert floored.exposure[3:].max() == 0.0
+    assert floored.neighbour_bonus > 0
     assert floored.recall < free.recall, "variety bought with hits: the floor, not recall, decided"
-    # Scoring applies the fitted penalty: the most exposed products lose to unexposed ones.
-    bonus = P.rerank_bonus(cand[:1], np.zeros(c, np.float32), 0.0, floored.penalty, floored.exposure)
-    assert bonus is not None
-    assert (bonus[0, :3] < 0).all()
-    assert (bonus[0, 3:] == 0).all()
-    assert P.rerank_bonus(cand[:1], np.zeros(c, np.float32), 0.0) is None
 
 
 def test_co_purchase_variety_measures_the_plain_neighbour_list() -> None:

@@ -29,26 +29,33 @@ What this module guarantees:
   interactions with unknown products are dropped and counted) and any (user, product) pair
   passed as ``never`` (e.g. returns: the purchase data model has no returns today, quantity is
   always >= 1, so nothing fills it yet).
-- **Diversity** (``diverse_top_k``): from each user's best ``RERANK_CANDIDATES`` by blended score,
-  greedily keep the best of ``score - strength x (max cosine to the kept) + tail x (1 -
-  popularity) - penalty x exposure`` (MMR with a long-tail bonus and an exposure penalty:
-  ``exposure`` = log(1 + how many of the held-out day's un-re-ranked top-k lists showed the
-  product), over the most shown one's, so products already in many lists lose a little) among items
-  that fewer than ``max_similar`` kept items are similar to — same article type and colour
-  family, or text cosine >= ``NEAR_DUPLICATE_COSINE``. The three strengths are fit on the
-  held-out day (``products_fit.fit_diversity``) by recall@10, optionally (``VARIETY_FLOOR``,
-  off by default) **subject to a variety floor**: the lists must be at least as varied
-  (intra-list diversity) and cover at least as much of the catalog as the plain item-to-item
-  co-purchase neighbour list of the same users on the same day
-  (``products_fit.co_purchase_variety``) — "never less varied than customers who bought this
-  also bought". The cap is strict: a user whose candidates run out of dissimilar
-  items gets fewer than k. The user's own due re-buys are reorders: exempt from the cap, the
-  penalty and the bonuses.
+- **Candidates** per user: the best ``RERANK_CANDIDATES`` by blended score, plus the
+  ``CONTENT_NEIGHBOURS`` nearest products by text vector of each product the user bought
+  (``content_neighbours``, computed once a night for the catalog and kept with the model; at most
+  ``NEIGHBOUR_CANDIDATES`` a user, the bought products themselves left out), and the
+  ``POPULAR_CANDIDATES`` best sellers, each with its blended score. The user vector is the mean of what they bought, so a user who buys three kinds of thing
+  gets products near the middle of the three; "more like each thing you bought" keeps every kind,
+  and, being personal, spreads recommendations over far more of the catalog.
+- **Diversity** (``diverse_top_k``): greedily keep, one pick per step, the best allowed candidate:
+  for the first ``head`` picks by blended score alone, after that by ``score - strength x (max
+  cosine to the kept) + neighbour_bonus x (is a content neighbour of a purchase)`` (MMR with a
+  bonus for the personal candidates), among items that fewer than ``max_similar`` kept items are
+  similar to — same article type and colour family, or text cosine >= ``NEAR_DUPLICATE_COSINE``.
+  ``head``, ``strength`` and ``neighbour_bonus`` are fit on the held-out day, over the held-out
+  users' candidates made exactly as scoring makes them (``candidate_chunks``;
+  ``products_fit.fit_diversity``), by recall@10, with ``VARIETY_FLOOR`` (on) **subject to a
+  variety floor**: the lists must be at least as varied (intra-list diversity) and
+  cover at least as much of the catalog as the plain item-to-item co-purchase neighbour list of the
+  same users on the same day (``products_fit.co_purchase_variety``) — "never less varied than
+  customers who bought this also bought". The cap is strict: a user whose candidates run out of
+  dissimilar items gets fewer than k. The user's own due re-buys are reorders: exempt from the
+  cap, the penalty and the bonus.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
@@ -82,16 +89,20 @@ BLEND_FIT_USERS = 20_000
 MAX_SIMILAR = 2
 MAX_PER_TYPE = 10
 NEAR_DUPLICATE_COSINE = 0.97
-RERANK_CANDIDATES = 100
+RERANK_CANDIDATES = 60
 RERANK_BLOCK = 256
-# MMR strengths tried on held-out data, in units of a typical top-10's score spread.
-DIVERSITY_GRID = (0.0, 0.5, 1.0, 1.5, 2.5)
-TAIL_GRID = (0.0, 0.5, 1.0, 2.0)
-EXPOSURE_GRID = (0.0, 1.0, 2.0, 4.0)
-# Fit the re-rank under the co-purchase variety floor (products_fit.fit_diversity)? Off: on the
-# generated data no re-rank within the top-100 reaches the floor, and trying cost recall below ALS
-# alone's on two of three seeds (README "Product recommendations").
-VARIETY_FLOOR = False
+# Re-rank settings tried on held-out data: MMR strength and neighbour bonus in units of a typical
+# top-10's score spread; picks by score alone before the MMR starts.
+DIVERSITY_GRID = (0.0, 1.0, 2.5, 4.0, 5.0, 7.0, 10.0, 14.0, 20.0)
+NEIGHBOUR_GRID = (0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
+HEAD_GRID = (0, 1, 2)
+# Content neighbours per bought product, and at most this many such candidates a user.
+CONTENT_NEIGHBOURS = 3
+NEIGHBOUR_CANDIDATES = 40
+# The best sellers, candidates for everyone beside the personal ones (varied by construction).
+POPULAR_CANDIDATES = 30
+# Fit the re-rank under the co-purchase variety floor (products_fit.fit_diversity)?
+VARIETY_FLOOR = True
 CO_PURCHASE_NEIGHBOURS = 50
 QUERY_CHUNK = 2048
 COLOUR_FAMILIES = {
@@ -309,22 +320,75 @@ class ProductModel:
     repurchase: RepurchaseRule
     popularity: np.ndarray  # normalised, aligned with the catalog
     validation: dict[str, float] = field(default_factory=dict)
-    diversity: float = 0.0  # MMR strength of the re-rank (fit on held-out data)
-    tail_bonus: float = 0.0  # re-rank bonus x (1 - popularity) (fit on held-out data)
-    exposure_penalty: float = 0.0  # re-rank penalty x exposure (fit on held-out data)
-    exposure: np.ndarray | None = None  # per catalog product, in [0, 1] (see the module docstring)
+    # The re-rank (fit on held-out data, see the module docstring).
+    diversity: float = 0.0  # MMR strength
+    head: int = 0  # picks by blended score alone before the MMR starts
+    neighbour_bonus: float = 0.0  # for a content neighbour of a purchase
+    neighbours: np.ndarray | None = None  # (products, CONTENT_NEIGHBOURS) positions (``content_neighbours``)
 
 
-def rerank_bonus(
-    cand: np.ndarray, popularity: np.ndarray, tail: float, penalty: float = 0.0, exposure: np.ndarray | None = None
-) -> np.ndarray | None:
-    """Per candidate: ``tail x (1 - popularity) - penalty x exposure`` (None when both are off)."""
-    if not tail and not (penalty and exposure is not None):
-        return None
-    bonus = tail * (1.0 - popularity[cand])
-    if penalty and exposure is not None:
-        bonus = bonus - penalty * exposure[cand]
-    return bonus.astype(np.float32)
+def content_neighbours(product_vectors: np.ndarray, width: int = CONTENT_NEIGHBOURS) -> np.ndarray:
+    """Per catalog product, the positions of its ``width`` nearest products by text cosine (itself
+    left out), nearest first: one (chunk x catalog) product and top-k at a time."""
+    import torch
+
+    vectors = torch.from_numpy(np.ascontiguousarray(product_vectors, dtype=np.float32))
+    n = len(vectors)
+    width = min(width, n - 1)
+    out = np.empty((n, max(width, 0)), dtype=np.int64)
+    if width <= 0:
+        return out
+    for start in range(0, n, QUERY_CHUNK):
+        sims = vectors[start : start + QUERY_CHUNK] @ vectors.T
+        rows = torch.arange(sims.shape[0])
+        sims[rows, rows + start] = -np.inf
+        out[start : start + len(sims)] = torch.topk(sims, width, dim=1)[1].numpy()
+    return out
+
+
+def neighbour_candidates(
+    basket: sp.csr_matrix, neighbours: np.ndarray, limit: int = NEIGHBOUR_CANDIDATES
+) -> np.ndarray:
+    """(rows, ``limit``) product positions (-1 = padding): the content neighbours of each row's
+    bought products (``basket``), every product's nearest first, then every product's second...;
+    products the row bought, and repeats, left out."""
+    out = np.full((basket.shape[0], limit), -1, dtype=np.int64)
+    if neighbours is None or not neighbours.shape[1] or not basket.nnz:
+        return out
+    coo = basket.tocoo()
+    width = neighbours.shape[1]
+    rows = np.repeat(coo.row.astype(np.int64), width)
+    items = neighbours[coo.col].ravel()
+    order = np.tile(np.arange(width), len(coo.row))
+    bought = PairLookup(coo.row, coo.col, np.ones(len(coo.row), np.float32), basket.shape[1]).get(rows, items) > 0
+    frame = pd.DataFrame({"row": rows[~bought], "item": items[~bought], "order": order[~bought]})
+    frame = frame.sort_values(["row", "order"], kind="stable").drop_duplicates(["row", "item"])
+    rank = frame.groupby("row").cumcount().to_numpy()
+    keep = rank < limit
+    out[frame["row"].to_numpy()[keep], rank[keep]] = frame["item"].to_numpy()[keep]
+    return out
+
+
+def with_neighbours(
+    cand: np.ndarray,
+    cand_scores: np.ndarray,
+    extra: np.ndarray,
+    extra_scores: np.ndarray,
+    extra_flag: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidates with ``extra`` ones appended: (positions, scores, is-a-neighbour). An extra
+    candidate already among the candidates (or earlier among the extras) is not repeated; those of
+    the extra columns marked in ``extra_flag`` (default: all, the content neighbours) are flagged,
+    where they were appended or where they already were."""
+    flag_col = np.ones(extra.shape[1], bool) if extra_flag is None else np.asarray(extra_flag, bool)
+    valid = extra >= 0
+    present = (extra[:, :, None] == cand[:, None, :]) & valid[:, :, None]
+    earlier = (extra[:, :, None] == extra[:, None, :]) & np.tril(np.ones((extra.shape[1],) * 2, bool), -1)[None]
+    repeat = present.any(axis=2) | earlier.any(axis=2) | ~valid
+    flag = (present & flag_col[None, :, None]).any(axis=1)
+    merged = np.hstack([cand, np.where(repeat, -1, extra)])
+    scores = np.hstack([cand_scores, np.where(repeat, -np.inf, extra_scores).astype(np.float32)])
+    return merged, scores, np.hstack([flag, ~repeat & flag_col[None, :]])
 
 
 def popularity_norm(history: History) -> np.ndarray:
@@ -352,32 +416,39 @@ class Scored:
     parts: dict[str, np.ndarray]
 
 
-def score_products(
+@dataclass
+class Candidates:
+    """One chunk of query rows' re-rank candidates: positions (-1 = none), blended scores, which
+    are content neighbours of a purchase, which are the user's own due re-buys, and the chunk's
+    co-purchase scores (for the parts)."""
+
+    start: int
+    cand: np.ndarray
+    scores: np.ndarray
+    neighbour: np.ndarray
+    reorder: np.ndarray
+    co_purchase: sp.coo_matrix | None
+
+
+def candidate_chunks(
     user_vectors: np.ndarray,
     product_vectors: np.ndarray,
     model: ProductModel,
     terms: RepurchaseTerms,
-    groups: np.ndarray,
-    *,
-    user_rows: np.ndarray | None = None,
-    k: int = TOP_K,
-    max_similar: int = MAX_SIMILAR,
+    rows: np.ndarray,
     never: tuple[np.ndarray, np.ndarray] | None = None,
-    types: np.ndarray | None = None,
-    max_per_type: int = MAX_PER_TYPE,
-) -> Scored:
-    """Top-``k`` products per user by the blended score, diversity re-ranked.
-
-    ``user_rows`` maps each query row to its row in the collaborative model and in ``terms``
-    (default: the same position). One fused ``addmm`` per chunk scores content and collaborative
-    together ([w_c u, w_a f_u] . [p, f_p]) with popularity as its bias row; repurchase parts are
-    added and suppressed or ``never`` pairs set to -inf before the top-``RERANK_CANDIDATES``.
-    """
+) -> Iterator[Candidates]:
+    """What the re-rank chooses from, ``QUERY_CHUNK`` query rows at a time: the best
+    ``RERANK_CANDIDATES`` of the whole catalog by blended score, then the content neighbours of
+    the user's purchases and the best sellers, with their blended scores. ``rows`` maps each query row to its row in the
+    collaborative model and in ``terms``. One fused ``addmm`` per chunk scores content and
+    collaborative together ([w_c u, w_a f_u] . [p, f_p]) with popularity as its bias row;
+    co-purchase and repurchase parts are added and suppressed or ``never`` pairs set to -inf.
+    The nightly fit tunes the re-rank on exactly these (``products_fit.fit_products_model``)."""
     import torch
 
     w = model.weights
     w_co = float(w.get("co_purchase", 0.0))
-    rows = np.arange(len(user_vectors)) if user_rows is None else np.asarray(user_rows, dtype=np.int64)
     collab = model.collaborative
     items = np.hstack([product_vectors, collab.item_factors]).astype(np.float32)
     item_t = torch.from_numpy(items).T.contiguous()
@@ -393,13 +464,10 @@ def score_products(
     by_row = pd.Series(np.arange(len(adj_u))).groupby(adj_u).indices if len(adj_u) else {}
     co_sim = collab.item_item if w_co and collab.item_item is not None else None
     n_rows = int(max(rows.max(initial=-1), terms.user_pos.max(initial=-1))) + 1
-    basket = baskets(terms, n_rows, n_items) if co_sim is not None else None
+    basket = baskets(terms, n_rows, n_items) if co_sim is not None or model.neighbours is not None else None
     reorders = PairLookup(terms.user_pos, terms.item_pos, terms.value, n_items)
     n_cand = min(RERANK_CANDIDATES, n_items)
-    k = min(k, n_items)
-    out_idx = np.full((len(rows), k), -1, dtype=np.int64)
-    out_score = np.full((len(rows), k), -np.inf, dtype=np.float32)
-    out_co = np.zeros((len(rows), k), dtype=np.float32)
+    popular = np.argsort(-model.popularity, kind="stable")[:POPULAR_CANDIDATES]
     for start in range(0, len(rows), QUERY_CHUNK):
         chunk = rows[start : start + QUERY_CHUNK]
         query = np.hstack(
@@ -407,7 +475,7 @@ def score_products(
         )
         scores = torch.addmm(bias, torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)), item_t)
         co = None
-        if basket is not None and co_sim is not None:
+        if co_sim is not None and basket is not None:
             co = (basket[chunk] @ co_sim).tocoo()
             scores.index_put_(
                 (torch.from_numpy(co.row.astype(np.int64)), torch.from_numpy(co.col.astype(np.int64))),
@@ -421,22 +489,58 @@ def score_products(
             scores.index_put_(
                 (torch.from_numpy(local), torch.from_numpy(adj_i[sel])), torch.from_numpy(adj_v[sel]), accumulate=True
             )
-        cand_scores, cand = torch.topk(scores, n_cand, dim=1)
-        cand, cand_scores = cand.numpy(), cand_scores.numpy()
+        top_scores, top = torch.topk(scores, n_cand, dim=1)
+        cand, cand_scores = top.numpy(), top_scores.numpy()
+        neighbour = np.zeros(cand.shape, bool)
+        if model.neighbours is not None and basket is not None:
+            near = neighbour_candidates(basket[chunk], model.neighbours)
+            extra = np.hstack([near, np.broadcast_to(popular, (len(chunk), len(popular)))])
+            extra_scores = torch.gather(scores, 1, torch.from_numpy(np.maximum(extra, 0))).numpy()
+            flag = np.arange(extra.shape[1]) < near.shape[1]
+            cand, cand_scores, neighbour = with_neighbours(cand, cand_scores, extra, extra_scores, flag)
         # The user's own due re-buys are reorders, not near-duplicate suggestions: never capped.
-        reorder = reorders.get(chunk[:, None], cand) > 0
+        reorder = (reorders.get(chunk[:, None], np.maximum(cand, 0)) > 0) & (cand >= 0)
+        yield Candidates(start, cand, cand_scores, neighbour, reorder, co)
+
+
+def score_products(
+    user_vectors: np.ndarray,
+    product_vectors: np.ndarray,
+    model: ProductModel,
+    terms: RepurchaseTerms,
+    groups: np.ndarray,
+    *,
+    user_rows: np.ndarray | None = None,
+    k: int = TOP_K,
+    max_similar: int = MAX_SIMILAR,
+    never: tuple[np.ndarray, np.ndarray] | None = None,
+    types: np.ndarray | None = None,
+    max_per_type: int = MAX_PER_TYPE,
+) -> Scored:
+    """Top-``k`` products per user: the candidates of ``candidate_chunks``, diversity re-ranked.
+    ``user_rows`` maps each query row to its row in the collaborative model and in ``terms``
+    (default: the same position)."""
+    rows = np.arange(len(user_vectors)) if user_rows is None else np.asarray(user_rows, dtype=np.int64)
+    n_items = len(product_vectors)
+    k = min(k, n_items)
+    out_idx = np.full((len(rows), k), -1, dtype=np.int64)
+    out_score = np.full((len(rows), k), -np.inf, dtype=np.float32)
+    out_co = np.zeros((len(rows), k), dtype=np.float32)
+    for part in candidate_chunks(user_vectors, product_vectors, model, terms, rows, never):
+        bonus = (model.neighbour_bonus * part.neighbour).astype(np.float32) if model.neighbour_bonus else None
         keep = diverse_top_k(
-            cand, cand_scores, product_vectors, groups, k, max_similar, types, max_per_type, reorder, model.diversity,
-            rerank_bonus(cand, model.popularity, model.tail_bonus, model.exposure_penalty, model.exposure),
+            part.cand, part.scores, product_vectors, groups, k, max_similar, types, max_per_type, part.reorder,
+            model.diversity, bonus, model.head,
         )  # fmt: skip
-        chosen = np.where(keep >= 0, np.take_along_axis(cand, np.maximum(keep, 0), axis=1), -1)
-        sc = np.where(keep >= 0, np.take_along_axis(cand_scores, np.maximum(keep, 0), axis=1), -np.inf)
-        block = slice(start, start + len(chunk))
+        chosen = np.where(keep >= 0, np.take_along_axis(part.cand, np.maximum(keep, 0), axis=1), -1)
+        sc = np.where(keep >= 0, np.take_along_axis(part.scores, np.maximum(keep, 0), axis=1), -np.inf)
+        block = slice(part.start, part.start + len(part.cand))
         out_idx[block] = np.where(np.isfinite(sc), chosen, -1)
         out_score[block] = sc
-        if co is not None:
+        if part.co_purchase is not None:
+            co = part.co_purchase
             out_co[block] = PairLookup(co.row, co.col, co.data, n_items).get(
-                np.arange(len(chunk))[:, None], np.maximum(out_idx[block], 0)
+                np.arange(len(part.cand))[:, None], np.maximum(out_idx[block], 0)
             )
     parts = score_parts(user_vectors, product_vectors, model, terms, out_idx, rows, out_co)
     return Scored(out_idx, out_score, parts)
@@ -454,12 +558,14 @@ def diverse_top_k(
     exempt: np.ndarray | None = None,
     strength: float = 0.0,
     bonus: np.ndarray | None = None,
+    head: int = 0,
 ) -> np.ndarray:
     """Positions into each row of ``cand`` (best first, -1 = empty) of the greedy diverse top-k.
 
-    Greedy, one pick per step: the allowed candidate with the best ``score - strength x (max
-    cosine to the items kept so far) + bonus`` (MMR; ``strength`` and the long-tail ``bonus`` are
-    fit on held-out data, ``products_fit.fit_diversity``). A candidate
+    Greedy, one pick per step: the allowed candidate with the best score for the first ``head``
+    picks, then the best ``score - strength x (max cosine to the items kept so far) + bonus``
+    (MMR; ``head``, ``strength`` and the per-candidate ``bonus`` are fit on held-out data,
+    ``products_fit.fit_diversity``). A candidate
     is not allowed once ``max_similar`` kept items are similar to it: same group (article type
     and colour family) or text-vector cosine >= ``NEAR_DUPLICATE_COSINE``. ``exempt`` candidates
     (the user's own due re-buys) bypass the cap and the penalty and count against no one.
@@ -471,12 +577,11 @@ def diverse_top_k(
         stop = min(start + RERANK_BLOCK, n)
         rows = slice(start, stop)
         free = None if exempt is None else exempt[rows]
-        scores = cand_scores[rows]
-        if bonus is not None:
-            scores = scores + (bonus[rows] if free is None else np.where(free, 0.0, bonus[rows]))
+        extra = None if bonus is None else (bonus[rows] if free is None else np.where(free, 0.0, bonus[rows]))
         out[rows] = _diverse_block(
-            cand[rows], scores, product_vectors, groups, k, max_similar, types, max_per_type, free, strength
-        )
+            cand[rows], cand_scores[rows], product_vectors, groups, k, max_similar, types, max_per_type, free,
+            strength, extra, head,
+        )  # fmt: skip
     return out
 
 
@@ -491,6 +596,8 @@ def _diverse_block(
     max_per_type: int,
     exempt: np.ndarray | None,
     strength: float,
+    bonus: np.ndarray | None,
+    head: int,
 ) -> np.ndarray:
     import torch
 
@@ -508,7 +615,10 @@ def _diverse_block(
     all_rows = np.arange(n)
     for step in range(k):
         allowed = available & (free | ((clash < max_similar) & (type_clash < max_per_type)))
-        adjusted = np.where(free, cand_scores, cand_scores - strength * max_sim) if strength else cand_scores
+        adjusted = cand_scores
+        if step >= head:
+            adjusted = np.where(free, cand_scores, cand_scores - strength * max_sim) if strength else cand_scores
+            adjusted = adjusted if bonus is None else adjusted + bonus
         adjusted = np.where(allowed, adjusted, -np.inf)
         pick = np.argmax(adjusted, axis=1)
         ok = np.isfinite(adjusted[all_rows, pick])

@@ -22,13 +22,11 @@ from include.notify.stages.products import (
     BLEND_SAMPLES,
     CO_PURCHASE_NEIGHBOURS,
     DIVERSITY_GRID,
-    EXPOSURE_GRID,
     FEATURES,
+    HEAD_GRID,
     MAX_SIMILAR,
-    PARTS,
+    NEIGHBOUR_GRID,
     QUERY_CHUNK,
-    RERANK_CANDIDATES,
-    TAIL_GRID,
     TOP_K,
     VARIETY_FLOOR,
     Collaborative,
@@ -37,6 +35,8 @@ from include.notify.stages.products import (
     RepurchaseTerms,
     baskets,
     build_history,
+    candidate_chunks,
+    content_neighbours,
     diverse_top_k,
     fit_als,
     interaction_matrix,
@@ -45,7 +45,6 @@ from include.notify.stages.products import (
     lookup_pairs,
     popularity_norm,
     repurchase_terms,
-    rerank_bonus,
     rowwise_dot,
     split_last_day,
 )
@@ -172,13 +171,12 @@ def _truth(cand: np.ndarray, held: list[set[int]] | np.ndarray) -> tuple[np.ndar
 
 @dataclass
 class Rerank:
-    """The fitted re-rank: strengths (in score units), the exposure it penalises, and what its
-    lists reach on the held-out day next to the variety floor."""
+    """The fitted re-rank: head, strengths (in score units), and what its lists reach on the
+    held-out day next to the variety floor."""
 
     strength: float = 0.0
-    tail: float = 0.0
-    penalty: float = 0.0
-    exposure: np.ndarray | None = None
+    head: int = 0
+    neighbour_bonus: float = 0.0
     recall: float = 0.0
     diversity: float = 0.0
     coverage: float = 0.0
@@ -187,8 +185,9 @@ class Rerank:
 
 def fit_diversity(
     cand: np.ndarray,
-    feats: np.ndarray,
-    weights: dict[str, float],
+    scores: np.ndarray,
+    neighbour: np.ndarray,
+    exempt: np.ndarray,
     held: list[set[int]] | np.ndarray,
     product_vectors: np.ndarray,
     groups: np.ndarray,
@@ -196,48 +195,38 @@ def fit_diversity(
     k: int = TOP_K,
     floor: tuple[float, float] = (0.0, 0.0),
 ) -> Rerank:
-    """The re-rank's MMR strength, long-tail bonus and exposure penalty (``products.diverse_top_k``,
-    ``products.rerank_bonus``), from ``DIVERSITY_GRID`` x ``TAIL_GRID`` x ``EXPOSURE_GRID`` x the
-    typical spread of a top-k's scores. Exposure = log(1 + each product's count in the
-    un-re-ranked top-k lists of these users) over the largest such value: every product already
-    shown loses a little, the most shown most, none shown nothing. Only settings whose lists reach
+    """The re-rank's head, MMR strength and content-neighbour bonus (``products.diverse_top_k``)
+    over the candidates scoring re-ranks (``products.candidate_chunks``: positions, blended
+    scores, is-a-neighbour, is-a-due-re-buy), from ``HEAD_GRID`` x ``DIVERSITY_GRID`` x
+    ``NEIGHBOUR_GRID`` x the typical spread of a top-k's scores. Only settings whose lists reach
     ``floor`` = (intra-list diversity, catalog coverage) compete on held-out recall@k (the
     closest to the floor when none does); on a tie the later, stronger one (same hits, more
     varied lists)."""
-    w = np.array([weights[name] for name in FEATURES[: feats.shape[2]]], dtype=np.float32)
-    score = np.where(cand >= 0, feats @ w, -np.inf)
-    order = np.argsort(-score, axis=1, kind="stable")[:, :RERANK_CANDIDATES]
-    c, s = np.take_along_axis(cand, order, axis=1), np.take_along_axis(score, order, axis=1)
-    exempt = np.take_along_axis(feats[..., PARTS.index("repurchase")] > 0, order, axis=1)
-    truth, sizes = _truth(c, held)
-    spread = s[:, 0] - s[:, min(k, s.shape[1]) - 1]
+    truth, sizes = _truth(cand, held)
+    top = -np.sort(-np.where(np.isfinite(scores), scores, -np.inf), axis=1)
+    spread = top[:, 0] - top[:, min(k, top.shape[1]) - 1]
     scale = float(np.median(spread[np.isfinite(spread)])) if np.isfinite(spread).any() else 0.0
-    popularity = np.zeros(len(product_vectors), np.float32)
-    popularity[np.maximum(c, 0)] = np.take_along_axis(feats[..., PARTS.index("popularity")], order, axis=1)
-    plain = c[:, :k][np.isfinite(s[:, :k]) & (c[:, :k] >= 0)]
-    counts = np.bincount(plain, minlength=len(product_vectors)).astype(np.float32)
-    exposure = np.log1p(counts) / max(float(np.log1p(counts.max(initial=0.0))), 1e-9)
     best, best_key = Rerank(floor=floor), (-np.inf, -1.0)
-    for factor, tail_factor, penalty_factor in itertools.product(DIVERSITY_GRID, TAIL_GRID, EXPOSURE_GRID):
-        strength, tail, penalty = factor * scale, tail_factor * scale, penalty_factor * scale
-        bonus = rerank_bonus(np.maximum(c, 0), popularity, tail, penalty, exposure)
-        keep = diverse_top_k(c, s, product_vectors, groups, k, max_similar, exempt=exempt, strength=strength,
-                             bonus=bonus)  # fmt: skip
+    for head, factor, bonus_factor in itertools.product(HEAD_GRID, DIVERSITY_GRID, NEIGHBOUR_GRID):
+        if bonus_factor and not neighbour.any():
+            continue
+        strength, bonus = factor * scale, bonus_factor * scale
+        keep = diverse_top_k(cand, scores, product_vectors, groups, k, max_similar, exempt=exempt, strength=strength,
+                             bonus=(bonus * neighbour).astype(np.float32) if bonus else None, head=head)  # fmt: skip
         found = np.where(keep >= 0, np.take_along_axis(truth, np.maximum(keep, 0), axis=1), False).sum(axis=1)
         recall = float(np.mean(found / np.maximum(sizes, 1)))
-        chosen = np.where(keep >= 0, np.take_along_axis(c, np.maximum(keep, 0), axis=1), -1)
+        chosen = np.where(keep >= 0, np.take_along_axis(cand, np.maximum(keep, 0), axis=1), -1)
         diversity, coverage = list_diversity(chosen, product_vectors), list_coverage(chosen, len(product_vectors))
         shortfall = min(diversity - floor[0], 0.0) / max(floor[0], 1e-9) + min(coverage - floor[1], 0.0) / max(
             floor[1], 1e-9
         )
         log.info(
-            "MMR x%.2f, long-tail bonus x%.2f, exposure penalty x%.2f: held-out recall@%d %.4f, diversity %.3f, "
-            "coverage %.3f",
-            factor, tail_factor, penalty_factor, k, recall, diversity, coverage,
+            "head %d, MMR x%.2f, neighbour bonus x%.2f: held-out recall@%d %.4f, diversity %.3f, coverage %.3f",
+            head, factor, bonus_factor, k, recall, diversity, coverage,
         )  # fmt: skip
         if (shortfall, recall) >= (best_key[0], best_key[1] - 1e-12):
             best_key = (shortfall, recall)
-            best = Rerank(strength, tail, penalty, exposure if penalty else None, recall, diversity, coverage, floor)
+            best = Rerank(strength, head, bonus, recall, diversity, coverage, floor)
     return best
 
 
@@ -373,17 +362,25 @@ def fit_products_model(
     groups = item_groups(data.products)
     floor = co_purchase_variety(co_purchase, baskets(terms, len(held_users), len(product_ids)), popularity,
                                 data.product_vectors)  # fmt: skip
+    # The re-rank is tuned on what scoring will re-rank: these users' candidates as scoring makes them.
+    neighbours = content_neighbours(data.product_vectors)
+    probe = ProductModel(
+        weights, Collaborative(chosen.user_factors[held_users], chosen.item_factors, chosen.settings, co_purchase),
+        rule, popularity, neighbours=neighbours,
+    )  # fmt: skip
+    parts = list(candidate_chunks(content, data.product_vectors, probe, terms, np.arange(len(held_users))))
     rerank = fit_diversity(
-        cand, feats, weights, targets, data.product_vectors, groups, floor=floor if variety_floor else (0.0, 0.0)
-    )
+        *(np.vstack([getattr(p, name) for p in parts]) for name in ("cand", "scores", "neighbour", "reorder")),
+        targets, data.product_vectors, groups, floor=floor if variety_floor else (0.0, 0.0),
+    )  # fmt: skip
     full = build_history(data.user_ids, product_ids, data.purchases, data.clickstream)
     final = fit_als(interaction_matrix(full), int(chosen.settings["factors"]), float(chosen.settings["alpha"]), seed)
     final.item_item = fit_co_purchase(full)
     log.info(
-        "product model fit in %.1fs: %d held-out users, recall@10 %.4f (%.4f re-ranked: MMR %.3g, tail bonus %.3g, "
-        "exposure penalty %.3g; diversity %.3f, coverage %.3f vs the co-purchase floor %.3f, %.3f), weights %s, ALS %s",
-        time.monotonic() - started, len(held_users), recall, rerank.recall, rerank.strength, rerank.tail,
-        rerank.penalty, rerank.diversity, rerank.coverage, *floor, weights, chosen.settings,
+        "product model fit in %.1fs: %d held-out users, recall@10 %.4f (%.4f re-ranked: head %d, MMR %.3g, neighbour "
+        "bonus %.3g; diversity %.3f, coverage %.3f vs the co-purchase floor %.3f, %.3f), weights %s, ALS %s",
+        time.monotonic() - started, len(held_users), recall, rerank.recall, rerank.head, rerank.strength,
+        rerank.neighbour_bonus, rerank.diversity, rerank.coverage, *floor, weights, chosen.settings,
     )  # fmt: skip
     return ProductModel(
         weights=weights,
@@ -395,9 +392,9 @@ def fit_products_model(
                     "coverage_reranked": rerank.coverage, "diversity_floor": floor[0], "coverage_floor": floor[1],
                     **chosen.settings},
         diversity=rerank.strength,
-        tail_bonus=rerank.tail,
-        exposure_penalty=rerank.penalty,
-        exposure=rerank.exposure,
+        head=rerank.head,
+        neighbour_bonus=rerank.neighbour_bonus,
+        neighbours=neighbours,
     )  # fmt: skip
 
 
