@@ -247,7 +247,7 @@ def test_content_neighbours_of_what_a_user_bought_are_candidates_and_the_bought_
     assert set(near[0][near[0] >= 0]) == {1, 2}
     assert near[1][near[1] >= 0].tolist() == [5], "3 and 4 are each other's neighbours, but bought"
     assert (near[2] == -1).all()
-    merged, scores, flag = P.with_neighbours(
+    merged, scores, flag = P.append_candidates(
         np.array([[1, 3]]), np.array([[0.9, 0.5]], np.float32), near[:1, :2], np.array([[0.9, 0.2]], np.float32)
     )
     kept = merged[0][np.isfinite(scores[0])].tolist()
@@ -256,7 +256,7 @@ def test_content_neighbours_of_what_a_user_bought_are_candidates_and_the_bought_
     assert flag[0][merged[0] == 2].all()
     assert not flag[0][merged[0] == 3].any()
     # Best sellers join unflagged (no neighbour bonus), and a best seller that is also a neighbour once.
-    merged, scores, flag = P.with_neighbours(
+    merged, scores, flag = P.append_candidates(
         np.array([[1]]),
         np.array([[0.9]], np.float32),
         np.array([[2, 4, 2]]),

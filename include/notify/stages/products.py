@@ -33,9 +33,10 @@ What this module guarantees:
   ``CONTENT_NEIGHBOURS`` nearest products by text vector of each product the user bought
   (``content_neighbours``, computed once a night for the catalog and kept with the model; at most
   ``NEIGHBOUR_CANDIDATES`` a user, the bought products themselves left out), and the
-  ``POPULAR_CANDIDATES`` best sellers, each with its blended score. The user vector is the mean of what they bought, so a user who buys three kinds of thing
-  gets products near the middle of the three; "more like each thing you bought" keeps every kind,
-  and, being personal, spreads recommendations over far more of the catalog.
+  ``POPULAR_CANDIDATES`` best sellers, each with its blended score. The user vector is the mean
+  of what they bought, so a user who buys three kinds of thing gets products near the middle of
+  the three; "more like each thing you bought" keeps every kind, and, being personal, spreads
+  recommendations over far more of the catalog; the best sellers are varied by construction.
 - **Diversity** (``diverse_top_k``): greedily keep, one pick per step, the best allowed candidate:
   for the first ``head`` picks by blended score alone, after that by ``score - strength x (max
   cosine to the kept) + neighbour_bonus x (is a content neighbour of a purchase)`` (MMR with a
@@ -369,7 +370,7 @@ def neighbour_candidates(
     return out
 
 
-def with_neighbours(
+def append_candidates(
     cand: np.ndarray,
     cand_scores: np.ndarray,
     extra: np.ndarray,
@@ -440,8 +441,8 @@ def candidate_chunks(
 ) -> Iterator[Candidates]:
     """What the re-rank chooses from, ``QUERY_CHUNK`` query rows at a time: the best
     ``RERANK_CANDIDATES`` of the whole catalog by blended score, then the content neighbours of
-    the user's purchases and the best sellers, with their blended scores. ``rows`` maps each query row to its row in the
-    collaborative model and in ``terms``. One fused ``addmm`` per chunk scores content and
+    the user's purchases and the best sellers, with their blended scores. ``rows`` maps each query
+    row to its row in the collaborative model and in ``terms``. One fused ``addmm`` per chunk scores content and
     collaborative together ([w_c u, w_a f_u] . [p, f_p]) with popularity as its bias row;
     co-purchase and repurchase parts are added and suppressed or ``never`` pairs set to -inf.
     The nightly fit tunes the re-rank on exactly these (``products_fit.fit_products_model``)."""
@@ -497,7 +498,7 @@ def candidate_chunks(
             extra = np.hstack([near, np.broadcast_to(popular, (len(chunk), len(popular)))])
             extra_scores = torch.gather(scores, 1, torch.from_numpy(np.maximum(extra, 0))).numpy()
             flag = np.arange(extra.shape[1]) < near.shape[1]
-            cand, cand_scores, neighbour = with_neighbours(cand, cand_scores, extra, extra_scores, flag)
+            cand, cand_scores, neighbour = append_candidates(cand, cand_scores, extra, extra_scores, flag)
         # The user's own due re-buys are reorders, not near-duplicate suggestions: never capped.
         reorder = (reorders.get(chunk[:, None], np.maximum(cand, 0)) > 0) & (cand >= 0)
         yield Candidates(start, cand, cand_scores, neighbour, reorder, co)

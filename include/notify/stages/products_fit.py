@@ -203,7 +203,7 @@ def fit_diversity(
     closest to the floor when none does); on a tie the later, stronger one (same hits, more
     varied lists)."""
     truth, sizes = _truth(cand, held)
-    top = -np.sort(-np.where(np.isfinite(scores), scores, -np.inf), axis=1)
+    top = -np.sort(-scores, axis=1)
     spread = top[:, 0] - top[:, min(k, top.shape[1]) - 1]
     scale = float(np.median(spread[np.isfinite(spread)])) if np.isfinite(spread).any() else 0.0
     best, best_key = Rerank(floor=floor), (-np.inf, -1.0)
