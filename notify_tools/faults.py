@@ -362,7 +362,9 @@ def _main(argv: list[str]) -> int:
         def stop_once(_items: list[dict[str, Any]]) -> None:
             if not stopped:
                 stopped.append(1)
-                os.kill(os.getpid(), signal.SIGSTOP)  # frozen between the claim and the begin
+                # Aimed at this thread, not the process: a process-directed SIGSTOP is taken by
+                # the main thread, and under load this worker thread ran on into the begin first.
+                signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)  # frozen between claim and begin
 
         options["after_claim"] = stop_once
     dispatcher = Dispatcher(
