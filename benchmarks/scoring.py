@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             "bias, co-purchase scores (basket x 50-neighbour item-to-item similarity) and repurchase parts added, "
             "suppressed pairs set to -inf (6 bought products per user), top-60 plus the content neighbours of the "
             "bought products (3 each, at most 40) and the 30 best sellers, their blended scores gathered, greedy "
-            "diversity re-rank (2 picks by score, then MMR with the neighbour bonus, and the cap: type x colour "
+            "diversity re-rank (2 picks by score, then the summed-cosine penalty with the neighbour bonus, and the cap: type x colour "
             "family, near-identical text), "
             "parts of the chosen 10. "
             "Reference: bare chunked `torch.mm` + `topk` of the text vectors plus the collaborative models' own bare "

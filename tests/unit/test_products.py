@@ -167,6 +167,28 @@ def test_blend_weights_are_fit_to_the_part_that_predicts_the_held_out_items() ->
     assert max(weights, key=weights.get) == "collaborative"
 
 
+def test_varied_blends_are_the_best_then_nearly_as_good_ones_whose_lists_are_more_varied() -> None:
+    # The held-out item is the best candidate by part 1; part 2 is nearly as good a predictor and
+    # ranks products from many directions, part 1 from one direction (its lists are narrow).
+    rng = np.random.default_rng(5)
+    n, c, d = 200, 40, 8
+    items = _unit(np.vstack([np.eye(d)[0] + 0.2 * rng.normal(size=(c // 2, d)), rng.normal(size=(c // 2, d))]))
+    cand = np.tile(np.arange(c), (n, 1))
+    feats = rng.normal(size=(n, c, 4)).astype(np.float32)
+    feats[:, : c // 2, 1] += 3  # part 1 prefers the narrow half
+    held = [{int(np.argmax(feats[u, :, 1] + 0.3 * feats[u, :, 2]))} for u in range(n)]
+    blends = PF.varied_blends(cand, feats, held, items, n=3, k=5)
+    assert blends[0] == PF.fit_blend(cand, feats, held, k=5)
+    assert len(blends) == 3
+    assert all(recall >= P.BLEND_NEAR_BEST * blends[0][1] for _, recall in blends[1:])
+    variety = [
+        PF.list_diversity(np.argsort(-(feats @ np.array([w[f] for f in P.FEATURES[:4]])), axis=1)[:, :5], items)
+        for w, _ in blends
+    ]
+    assert variety[1] >= variety[2], "the most varied alternative first"
+    assert PF.varied_blends(cand, feats, held, None, n=3, k=5) == blends[:1], "without vectors, only the best"
+
+
 def test_co_purchase_similarity_links_products_bought_together_and_scores_the_basket() -> None:
     # Users buy x with y; z is bought alone. A new buyer of x is offered y through co-purchase.
     rows = [(f"U{u}", p, NOW) for u in range(5) for p in ("x", "y")] + [("U9", "z", NOW)]
@@ -205,6 +227,19 @@ def test_mmr_strength_trades_score_for_distance_to_what_is_already_kept() -> Non
     assert mmr[0].tolist() == [0, 3], "the distant product beats a close variant once the penalty applies"
     exempt = np.array([[False, True, False, False]])
     assert P.diverse_top_k(cand, scores, items, np.arange(4), 2, 2, exempt=exempt, strength=0.5)[0].tolist() == [0, 1]
+
+
+def test_the_penalty_sums_the_cosines_to_every_kept_item_as_the_list_diversity_counts_pairs() -> None:
+    # Kept: 0 and 1 (orthogonal). Candidate 2 is moderately close to both (0.6 + 0.6), candidate 3
+    # close to 0 only (0.8 + 0): the sum keeps 3, which costs the list's pairs less.
+    items = np.array([[1, 0, 0], [0, 1, 0], [0.6, 0.6, np.sqrt(0.28)], [0.8, 0, 0.6]])
+    cand = np.array([[0, 1, 2, 3]])
+    scores = np.array([[1.0, 0.99, 0.5, 0.5]], np.float32)
+    keep = P.diverse_top_k(cand, scores, items, np.arange(4), 3, max_similar=2, strength=0.1, head=2)
+    assert keep[0].tolist() == [0, 1, 3]
+    chosen = PF.list_diversity(cand[:, keep[0]], items)
+    other = PF.list_diversity(np.array([[0, 1, 2]]), items)
+    assert chosen > other
 
 
 def test_fit_diversity_keeps_a_strength_that_costs_no_held_out_hits() -> None:
@@ -288,6 +323,25 @@ def test_variety_floor_makes_the_fit_give_up_hits_for_lists_as_varied_as_co_purc
     assert floored.coverage >= 0.5, "the floor is met when a setting reaches it"
     assert floored.neighbour_bonus > 0
     assert floored.recall < free.recall, "variety bought with hits: the floor, not recall, decided"
+
+
+def test_variety_is_judged_on_the_lists_served_not_on_the_held_out_day() -> None:
+    # The held-out day's candidates could reach the coverage floor with the neighbour bonus (as
+    # above), but what tonight's model serves has no neighbours to spread to: no setting's served
+    # lists reach the floor, so giving up hits for it would buy nothing and the fit keeps them.
+    rng = np.random.default_rng(3)
+    n, c = 60, 3 + 2 * 60
+    items = _unit(rng.normal(size=(c, 8)))
+    cand = np.hstack([np.tile(np.arange(3), (n, 1)), 3 + np.arange(2 * n).reshape(n, 2)])
+    scores = np.hstack([np.tile([1.0, 0.9, 0.8], (n, 1)), 0.1 * rng.random((n, 2))]).astype(np.float32)
+    neighbour = np.zeros(cand.shape, bool)
+    neighbour[:, 3:] = True
+    exempt = np.zeros(cand.shape, bool)
+    narrow = P.Candidates(0, np.tile(np.arange(5), (n, 1)), scores, np.zeros(cand.shape, bool), exempt, None)
+    fit = PF.fit_diversity(cand, scores, neighbour, exempt, [{2}] * n, items, np.arange(c), k=3, floor=(0.0, 0.5),
+                           served=narrow)  # fmt: skip
+    assert fit.recall == 1.0
+    assert fit.coverage == 3 / c, "the coverage reported is the served lists'"
 
 
 def test_co_purchase_variety_measures_the_plain_neighbour_list() -> None:

@@ -38,19 +38,23 @@ What this module guarantees:
   the three; "more like each thing you bought" keeps every kind, and, being personal, spreads
   recommendations over far more of the catalog; the best sellers are varied by construction.
 - **Diversity** (``diverse_top_k``): greedily keep, one pick per step, the best allowed candidate:
-  for the first ``head`` picks by blended score alone, after that by ``score - strength x (max
-  cosine to the kept) + neighbour_bonus x (is a content neighbour of a purchase)`` (MMR with a
-  bonus for the personal candidates), among items that fewer than ``max_similar`` kept items are
-  similar to — same article type and colour family, or text cosine >= ``NEAR_DUPLICATE_COSINE``.
-  ``head``, ``strength`` and ``neighbour_bonus`` are fit on the held-out day, over the held-out
-  users' candidates made exactly as scoring makes them (``candidate_chunks``;
-  ``products_fit.fit_diversity``), by recall@10, with ``VARIETY_FLOOR`` (on) **subject to a
-  variety floor**: the lists must be at least as varied (intra-list diversity) and
-  cover at least as much of the catalog as the plain item-to-item co-purchase neighbour list of the
-  same users on the same day (``products_fit.co_purchase_variety``) — "never less varied than
-  customers who bought this also bought". The cap is strict: a user whose candidates run out of
-  dissimilar items gets fewer than k. The user's own due re-buys are reorders: exempt from the
-  cap, the penalty and the bonus.
+  for the first ``head`` picks by blended score alone, after that by ``score - strength x (summed
+  cosine to the kept) + neighbour_bonus x (is a content neighbour of a purchase)``, among items
+  that fewer than ``max_similar`` kept items are similar to — same article type and colour
+  family, or text cosine >= ``NEAR_DUPLICATE_COSINE``. The penalty is the sum, not MMR's maximum:
+  intra-list diversity is the mean over all pairs, and each pick adds its pairs with every item
+  kept, so the greedy step trades score against exactly what the list's diversity will lose.
+  Measured on the generated data, the sum reached the variety floor below at no held-out recall
+  cost where the maximum cost some (README, products). ``head``, ``strength`` and
+  ``neighbour_bonus`` are fit by held-out recall@10 over the held-out users' candidates made
+  exactly as scoring makes them (``candidate_chunks``; ``products_fit.fit_diversity``), with
+  ``VARIETY_FLOOR`` (on) **subject to a variety floor**: the lists tonight's model serves those
+  users must be at least as varied (intra-list diversity) and cover at least as much of the
+  catalog as tonight's plain item-to-item co-purchase neighbour list of the same users
+  (``products_fit.co_purchase_variety``) — "never less varied than customers who bought this
+  also bought". The cap is strict: a user whose candidates run out of dissimilar items gets
+  fewer than k. The user's own due re-buys are reorders: exempt from the cap, the penalty and the
+  bonus (they do count in the penalty of what comes after them: they are on the list).
 """
 
 from __future__ import annotations
@@ -86,15 +90,21 @@ DUE_QUANTILE = 0.02
 BLEND_SAMPLES = 400
 BLEND_CANDIDATES_PER_PART = 50
 BLEND_FIT_USERS = 20_000
+# Blends the re-rank is fit on (``products_fit.varied_blends``): the best, and the most varied of
+# the best ``BLEND_NEAR_TRIALS`` trials whose held-out recall is within ``BLEND_NEAR_BEST`` of it.
+BLEND_ALTERNATIVES = 3
+BLEND_NEAR_BEST = 0.95
+BLEND_NEAR_TRIALS = 40
 # Diversity.
 MAX_SIMILAR = 2
 MAX_PER_TYPE = 10
 NEAR_DUPLICATE_COSINE = 0.97
 RERANK_CANDIDATES = 60
 RERANK_BLOCK = 256
-# Re-rank settings tried on held-out data: MMR strength and neighbour bonus in units of a typical
-# top-10's score spread; picks by score alone before the MMR starts.
-DIVERSITY_GRID = (0.0, 1.0, 2.5, 4.0, 5.0, 7.0, 10.0, 14.0, 20.0)
+# Re-rank settings tried on held-out data: diversity strength (per unit of summed cosine) and
+# neighbour bonus in units of a typical top-10's score spread; picks by score alone before the
+# penalty starts.
+DIVERSITY_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 NEIGHBOUR_GRID = (0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
 HEAD_GRID = (0, 1, 2)
 # Content neighbours per bought product, and at most this many such candidates a user.
@@ -322,8 +332,8 @@ class ProductModel:
     popularity: np.ndarray  # normalised, aligned with the catalog
     validation: dict[str, float] = field(default_factory=dict)
     # The re-rank (fit on held-out data, see the module docstring).
-    diversity: float = 0.0  # MMR strength
-    head: int = 0  # picks by blended score alone before the MMR starts
+    diversity: float = 0.0  # strength of the summed-cosine penalty
+    head: int = 0  # picks by blended score alone before the penalty starts
     neighbour_bonus: float = 0.0  # for a content neighbour of a purchase
     neighbours: np.ndarray | None = None  # (products, CONTENT_NEIGHBOURS) positions (``content_neighbours``)
 
@@ -560,17 +570,19 @@ def diverse_top_k(
     strength: float = 0.0,
     bonus: np.ndarray | None = None,
     head: int = 0,
+    gram: np.ndarray | None = None,
 ) -> np.ndarray:
     """Positions into each row of ``cand`` (best first, -1 = empty) of the greedy diverse top-k.
 
     Greedy, one pick per step: the allowed candidate with the best score for the first ``head``
-    picks, then the best ``score - strength x (max cosine to the items kept so far) + bonus``
-    (MMR; ``head``, ``strength`` and the per-candidate ``bonus`` are fit on held-out data,
-    ``products_fit.fit_diversity``). A candidate
-    is not allowed once ``max_similar`` kept items are similar to it: same group (article type
-    and colour family) or text-vector cosine >= ``NEAR_DUPLICATE_COSINE``. ``exempt`` candidates
-    (the user's own due re-buys) bypass the cap and the penalty and count against no one.
-    One C x C gram per block of ``RERANK_BLOCK`` rows, then k cheap steps.
+    picks, then the best ``score - strength x (summed cosine to the items kept so far) + bonus``
+    (``head``, ``strength`` and the per-candidate ``bonus`` are fit on held-out data,
+    ``products_fit.fit_diversity``). A candidate is not allowed once ``max_similar`` kept items
+    are similar to it: same group (article type and colour family) or text-vector cosine >=
+    ``NEAR_DUPLICATE_COSINE``. ``exempt`` candidates (the user's own due re-buys) bypass the cap
+    and the penalty, and count against no one's cap (they do count in the others' penalty).
+    One C x C gram per block of ``RERANK_BLOCK`` rows (``candidate_gram``; pass ``gram`` to reuse
+    one across settings, as the nightly fit does), then k cheap steps.
     """
     n = len(cand)
     out = np.full((n, k), -1, dtype=np.int64)
@@ -579,17 +591,26 @@ def diverse_top_k(
         rows = slice(start, stop)
         free = None if exempt is None else exempt[rows]
         extra = None if bonus is None else (bonus[rows] if free is None else np.where(free, 0.0, bonus[rows]))
+        block_gram = candidate_gram(cand[rows], product_vectors) if gram is None else gram[rows]
         out[rows] = _diverse_block(
-            cand[rows], cand_scores[rows], product_vectors, groups, k, max_similar, types, max_per_type, free,
+            cand[rows], cand_scores[rows], block_gram, groups, k, max_similar, types, max_per_type, free,
             strength, extra, head,
         )  # fmt: skip
     return out
 
 
+def candidate_gram(cand: np.ndarray, product_vectors: np.ndarray) -> np.ndarray:
+    """Per row, the text-vector cosines between its candidates (rows x C x C, float32)."""
+    import torch
+
+    vecs = torch.from_numpy(np.ascontiguousarray(product_vectors[np.maximum(cand, 0)], dtype=np.float32))
+    return torch.bmm(vecs, vecs.transpose(1, 2)).numpy()
+
+
 def _diverse_block(
     cand: np.ndarray,
     cand_scores: np.ndarray,
-    product_vectors: np.ndarray,
+    gram: np.ndarray,
     groups: np.ndarray,
     k: int,
     max_similar: int,
@@ -600,17 +621,13 @@ def _diverse_block(
     bonus: np.ndarray | None,
     head: int,
 ) -> np.ndarray:
-    import torch
-
     n, c = cand.shape
-    vecs = torch.from_numpy(np.ascontiguousarray(product_vectors[np.maximum(cand, 0)], dtype=np.float32))
-    gram = torch.bmm(vecs, vecs.transpose(1, 2)).numpy()
     g = groups[np.maximum(cand, 0)]
     t = None if types is None else types[np.maximum(cand, 0)]
     free = np.zeros((n, c), bool) if exempt is None else exempt
     clash = np.zeros((n, c), np.int64)
     type_clash = np.zeros((n, c), np.int64)
-    max_sim = np.zeros((n, c), np.float32)
+    similarity = np.zeros((n, c), np.float32)  # summed cosine to every item kept so far
     available = np.isfinite(cand_scores) & (cand >= 0)
     out = np.full((n, k), -1, dtype=np.int64)
     all_rows = np.arange(n)
@@ -618,7 +635,7 @@ def _diverse_block(
         allowed = available & (free | ((clash < max_similar) & (type_clash < max_per_type)))
         adjusted = cand_scores
         if step >= head:
-            adjusted = np.where(free, cand_scores, cand_scores - strength * max_sim) if strength else cand_scores
+            adjusted = np.where(free, cand_scores, cand_scores - strength * similarity) if strength else cand_scores
             adjusted = adjusted if bonus is None else adjusted + bonus
         adjusted = np.where(allowed, adjusted, -np.inf)
         pick = np.argmax(adjusted, axis=1)
@@ -627,15 +644,15 @@ def _diverse_block(
             break
         out[ok, step] = pick[ok]
         available[all_rows[ok], pick[ok]] = False
+        sim = gram[all_rows, pick]
+        similarity += np.where(ok[:, None], sim, 0.0)
         counted = ok & ~free[all_rows, pick]
         if not counted.any():
             continue
-        sim = gram[all_rows, pick]
         similar = (sim >= NEAR_DUPLICATE_COSINE) | (g == g[all_rows, pick][:, None])
         clash += similar & counted[:, None]
         if t is not None:
             type_clash += (t == t[all_rows, pick][:, None]) & counted[:, None]
-        max_sim = np.where(counted[:, None], np.maximum(max_sim, sim), max_sim)
     return out
 
 

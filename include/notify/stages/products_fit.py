@@ -17,8 +17,11 @@ import scipy.sparse as sp
 
 from include.notify.stages.products import (
     ALS_GRID,
+    BLEND_ALTERNATIVES,
     BLEND_CANDIDATES_PER_PART,
     BLEND_FIT_USERS,
+    BLEND_NEAR_BEST,
+    BLEND_NEAR_TRIALS,
     BLEND_SAMPLES,
     CO_PURCHASE_NEIGHBOURS,
     DIVERSITY_GRID,
@@ -27,8 +30,10 @@ from include.notify.stages.products import (
     MAX_SIMILAR,
     NEIGHBOUR_GRID,
     QUERY_CHUNK,
+    RERANK_BLOCK,
     TOP_K,
     VARIETY_FLOOR,
+    Candidates,
     Collaborative,
     History,
     ProductModel,
@@ -36,6 +41,7 @@ from include.notify.stages.products import (
     baskets,
     build_history,
     candidate_chunks,
+    candidate_gram,
     content_neighbours,
     diverse_top_k,
     fit_als,
@@ -182,6 +188,15 @@ class Rerank:
     coverage: float = 0.0
     floor: tuple[float, float] = (0.0, 0.0)
 
+    @property
+    def shortfall(self) -> float:
+        """How far its lists fall short of the floor, relative (0 when they reach it)."""
+        return _shortfall(self.diversity, self.coverage, self.floor)
+
+
+def _shortfall(diversity: float, coverage: float, floor: tuple[float, float]) -> float:
+    return min(diversity - floor[0], 0.0) / max(floor[0], 1e-9) + min(coverage - floor[1], 0.0) / max(floor[1], 1e-9)
+
 
 def fit_diversity(
     cand: np.ndarray,
@@ -194,40 +209,82 @@ def fit_diversity(
     max_similar: int = MAX_SIMILAR,
     k: int = TOP_K,
     floor: tuple[float, float] = (0.0, 0.0),
+    served: Candidates | None = None,
 ) -> Rerank:
-    """The re-rank's head, MMR strength and content-neighbour bonus (``products.diverse_top_k``)
-    over the candidates scoring re-ranks (``products.candidate_chunks``: positions, blended
-    scores, is-a-neighbour, is-a-due-re-buy), from ``HEAD_GRID`` x ``DIVERSITY_GRID`` x
-    ``NEIGHBOUR_GRID`` x the typical spread of a top-k's scores. Only settings whose lists reach
-    ``floor`` = (intra-list diversity, catalog coverage) compete on held-out recall@k (the
-    closest to the floor when none does); on a tie the later, stronger one (same hits, more
-    varied lists)."""
+    """The re-rank's head, diversity strength and content-neighbour bonus
+    (``products.diverse_top_k``) over the candidates scoring re-ranks (``products.candidate_chunks``:
+    positions, blended scores, is-a-neighbour, is-a-due-re-buy), from ``HEAD_GRID`` x
+    ``DIVERSITY_GRID`` x ``NEIGHBOUR_GRID`` x the typical spread of a top-k's scores. Only settings
+    whose lists reach ``floor`` = (intra-list diversity, catalog coverage) compete on held-out
+    recall@k (the closest to the floor when none does); on a tie the later, stronger one (same
+    hits, more varied lists).
+
+    Recall needs the held-out day; variety does not, so it is measured on ``served`` when given:
+    the lists tonight's model would serve (the whole history). Variety measured on the held-out
+    day's lists did not carry over: with a shorter history the lists are narrower, and a setting
+    that just reached the floor there fell below it on the lists served."""
+    held_out = Candidates(0, cand, scores, neighbour, exempt, None)
     truth, sizes = _truth(cand, held)
     top = -np.sort(-scores, axis=1)
     spread = top[:, 0] - top[:, min(k, top.shape[1]) - 1]
     scale = float(np.median(spread[np.isfinite(spread)])) if np.isfinite(spread).any() else 0.0
+    settings = [
+        (head, factor, bonus_factor)
+        for head, factor, bonus_factor in itertools.product(HEAD_GRID, DIVERSITY_GRID, NEIGHBOUR_GRID)
+        if not bonus_factor or neighbour.any()
+    ]
+    found = np.zeros((len(settings), len(cand)))
+    varied = held_out if served is None else served
+    diversity = np.zeros((len(settings), len(varied.cand)))
+    seen = np.zeros((len(settings), len(product_vectors)), bool)
+    # Recall on the held-out lists, variety on ``varied``'s (the same lists when nothing is served).
+    # Block by block, every setting on one gram of the block's candidates: the gram is most of the cost.
+    passes = [(held_out, True, served is None)] + ([(served, False, True)] if served is not None else [])
+    for part, count_hits, measure_variety in passes:
+        for start in range(0, len(part.cand), RERANK_BLOCK):
+            rows = slice(start, start + RERANK_BLOCK)
+            gram = candidate_gram(part.cand[rows], product_vectors)
+            for i, (head, factor, bonus_factor) in enumerate(settings):
+                extra = (bonus_factor * scale * part.neighbour[rows]).astype(np.float32) if bonus_factor else None
+                keep = diverse_top_k(part.cand[rows], part.scores[rows], product_vectors, groups, k, max_similar,
+                                     exempt=part.reorder[rows], strength=factor * scale, bonus=extra, head=head,
+                                     gram=gram)  # fmt: skip
+                safe = np.maximum(keep, 0)
+                if count_hits:
+                    found[i, rows] = (np.take_along_axis(truth[rows], safe, axis=1) & (keep >= 0)).sum(axis=1)
+                if measure_variety:
+                    diversity[i, rows] = _row_diversity(gram, keep)
+                    chosen = np.take_along_axis(part.cand[rows], safe, axis=1)[keep >= 0]
+                    seen[i, chosen[chosen >= 0]] = True
     best, best_key = Rerank(floor=floor), (-np.inf, -1.0)
-    for head, factor, bonus_factor in itertools.product(HEAD_GRID, DIVERSITY_GRID, NEIGHBOUR_GRID):
-        if bonus_factor and not neighbour.any():
-            continue
-        strength, bonus = factor * scale, bonus_factor * scale
-        keep = diverse_top_k(cand, scores, product_vectors, groups, k, max_similar, exempt=exempt, strength=strength,
-                             bonus=(bonus * neighbour).astype(np.float32) if bonus else None, head=head)  # fmt: skip
-        found = np.where(keep >= 0, np.take_along_axis(truth, np.maximum(keep, 0), axis=1), False).sum(axis=1)
-        recall = float(np.mean(found / np.maximum(sizes, 1)))
-        chosen = np.where(keep >= 0, np.take_along_axis(cand, np.maximum(keep, 0), axis=1), -1)
-        diversity, coverage = list_diversity(chosen, product_vectors), list_coverage(chosen, len(product_vectors))
-        shortfall = min(diversity - floor[0], 0.0) / max(floor[0], 1e-9) + min(coverage - floor[1], 0.0) / max(
-            floor[1], 1e-9
-        )
+    for i, (head, factor, bonus_factor) in enumerate(settings):
+        recall = float(np.mean(found[i] / np.maximum(sizes, 1)))
+        div, coverage = float(diversity[i].mean()), float(seen[i].sum()) / max(len(product_vectors), 1)
+        shortfall = _shortfall(div, coverage, floor)
         log.info(
-            "head %d, MMR x%.2f, neighbour bonus x%.2f: held-out recall@%d %.4f, diversity %.3f, coverage %.3f",
-            head, factor, bonus_factor, k, recall, diversity, coverage,
+            "head %d, diversity x%.2f, neighbour bonus x%.2f: held-out recall@%d %.4f, diversity %.3f, coverage %.3f",
+            head, factor, bonus_factor, k, recall, div, coverage,
         )  # fmt: skip
         if (shortfall, recall) >= (best_key[0], best_key[1] - 1e-12):
             best_key = (shortfall, recall)
-            best = Rerank(strength, head, bonus, recall, diversity, coverage, floor)
+            best = Rerank(factor * scale, head, bonus_factor * scale, recall, div, coverage, floor)
     return best
+
+
+def _row_diversity(gram: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Per row, the mean pairwise (1 - cosine) of the kept candidates (``list_diversity``'s terms)."""
+    safe = np.maximum(keep, 0)
+    rows = np.arange(len(keep))[:, None, None]
+    ok = keep >= 0
+    mask = ok[:, :, None] & ok[:, None, :] & ~np.eye(keep.shape[1], dtype=bool)[None]
+    total = ((1 - gram[rows, safe[:, :, None], safe[:, None, :]]) * mask).sum(axis=(1, 2))
+    return total / np.maximum(mask.sum(axis=(1, 2)), 1)
+
+
+def stacked(parts: list[Candidates]) -> Candidates:
+    """``candidate_chunks``' chunks as one block (the fit re-ranks them all at once)."""
+    return Candidates(0, *(np.vstack([getattr(p, name) for p in parts]) for name in ("cand", "scores", "neighbour",
+                                                                                     "reorder")), None)  # fmt: skip
 
 
 def co_purchase_variety(
@@ -275,6 +332,24 @@ def fit_blend(
 ) -> tuple[dict[str, float], float]:
     """Weights (on the raw parts) that maximise mean recall@k of the held-out items over the
     candidates, by random search on the simplex of standardised parts; and that recall."""
+    return varied_blends(cand, feats, held, None, 1, k, seed)[0]
+
+
+def varied_blends(
+    cand: np.ndarray,
+    feats: np.ndarray,
+    held: list[set[int]] | np.ndarray,
+    product_vectors: np.ndarray | None,
+    n: int = BLEND_ALTERNATIVES,
+    k: int = TOP_K,
+    seed: int = 0,
+) -> list[tuple[dict[str, float], float]]:
+    """The best blend by held-out recall@k (``fit_blend``), then up to ``n - 1`` others whose
+    recall is within ``BLEND_NEAR_BEST`` of it, the most varied first (intra-list diversity of their
+    top-k over the same candidates), each with its recall. Why: the re-rank buys variety with
+    hits, and how many depends on how concentrated the blend's lists are; a blend nearly as good
+    whose lists are already varied can reach the variety floor for fewer. The nightly fit runs the
+    re-rank on each and keeps the pair with the best recall at the floor."""
     valid = cand >= 0
     scale = np.array([max(float(feats[..., j][valid].std()), 1e-6) for j in range(feats.shape[2])])
     z = feats / scale
@@ -282,16 +357,31 @@ def fit_blend(
     rng = np.random.default_rng(seed)
     d = feats.shape[2]
     trials = np.vstack([np.eye(d), np.full((1, d), 1 / d), rng.dirichlet(np.full(d, 0.7), BLEND_SAMPLES)])
-    best, best_recall = trials[0], -1.0
-    for weights in trials:
+
+    def top_of(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         s = np.where(valid, z @ weights, -np.inf)
-        top = np.argpartition(-s, min(k, s.shape[1] - 1), axis=1)[:, :k]
-        found = np.take_along_axis(truth & np.isfinite(s), top, axis=1).sum(axis=1)
-        recall = float(np.mean(found / np.maximum(sizes, 1)))
-        if recall > best_recall + 1e-12:
-            best, best_recall = weights, recall
-    raw = best / scale
-    return {name: float(v) for name, v in zip(FEATURES[:d], raw, strict=True)}, best_recall
+        return np.argpartition(-s, min(k, s.shape[1] - 1), axis=1)[:, :k], np.isfinite(s)
+
+    recalls = np.empty(len(trials))
+    for i, weights in enumerate(trials):
+        top, finite = top_of(weights)
+        found = np.take_along_axis(truth & finite, top, axis=1).sum(axis=1)
+        recalls[i] = float(np.mean(found / np.maximum(sizes, 1)))
+    best = int(np.argmax(recalls))
+    chosen = [best]
+    if n > 1 and product_vectors is not None:
+        near = [i for i in np.argsort(-recalls, kind="stable")[:BLEND_NEAR_TRIALS]
+                if i != best and recalls[i] >= BLEND_NEAR_BEST * recalls[best]]  # fmt: skip
+        variety = {}
+        for i in near:
+            top, finite = top_of(trials[i])
+            lists = np.where(np.take_along_axis(finite, top, axis=1), np.take_along_axis(cand, top, axis=1), -1)
+            variety[i] = list_diversity(lists, product_vectors)
+        chosen += sorted(near, key=lambda i: -variety[i])[: n - 1]
+    return [
+        ({name: float(v) for name, v in zip(FEATURES[:d], trials[i] / scale, strict=True)}, float(recalls[i]))
+        for i in chosen
+    ]
 
 
 @dataclass
@@ -341,43 +431,62 @@ def fit_products_model(
     )[held_users]
     popularity = popularity_norm(train_hist)
     rule = learn_repurchase(train_hist, types)
-    as_of = np.full(len(data.user_ids), np.datetime64(datetime.combine(run_date, datetime.min.time())), "datetime64[s]")
+    midnight = np.datetime64(datetime.combine(run_date, datetime.min.time()), "s")
+    as_of = np.full(len(data.user_ids), midnight, "datetime64[s]")
     as_of[cutoff.index.map(pd.Index(data.user_ids).get_loc).to_numpy(int)] = (
         cutoff.dt.tz_localize(None).to_numpy().astype("datetime64[s]")
     )
     terms_all = repurchase_terms(rule, train_hist, types, as_of)
     terms = _subset_terms(terms_all, held_users)
     co_purchase = fit_co_purchase(train_hist)
-    best: tuple[float, Collaborative, dict[str, float], np.ndarray, np.ndarray] | None = None
+    best: tuple[float, Collaborative, list[tuple[dict[str, float], float]]] | None = None
     for settings in ALS_GRID:
         collab = fit_als(matrix, int(settings["factors"]), float(settings["alpha"]), seed)
         sub = Collaborative(collab.user_factors[held_users], collab.item_factors, collab.settings, co_purchase)
         cand, feats = candidate_features(content, data.product_vectors, sub, popularity, terms)
-        weights, recall = fit_blend(cand, feats, targets, seed=seed)
-        log.info("ALS %s: held-out recall@10 of the blend %.4f, weights %s", settings, recall, weights)
-        if best is None or recall > best[0]:
-            best = (recall, collab, weights, cand, feats)
+        blends = varied_blends(cand, feats, targets, data.product_vectors, seed=seed)
+        log.info("ALS %s: held-out recall@10 of the blend %.4f, weights %s", settings, *blends[0][::-1])
+        if best is None or blends[0][1] > best[0]:
+            best = (blends[0][1], collab, blends)
     assert best is not None
-    recall, chosen, weights, cand, feats = best
+    _, chosen, blends = best
     groups = item_groups(data.products)
-    floor = co_purchase_variety(co_purchase, baskets(terms, len(held_users), len(product_ids)), popularity,
-                                data.product_vectors)  # fmt: skip
-    # The re-rank is tuned on what scoring will re-rank: these users' candidates as scoring makes them.
     neighbours = content_neighbours(data.product_vectors)
-    probe = ProductModel(
-        weights, Collaborative(chosen.user_factors[held_users], chosen.item_factors, chosen.settings, co_purchase),
-        rule, popularity, neighbours=neighbours,
-    )  # fmt: skip
-    parts = list(candidate_chunks(content, data.product_vectors, probe, terms, np.arange(len(held_users))))
-    rerank = fit_diversity(
-        *(np.vstack([getattr(p, name) for p in parts]) for name in ("cand", "scores", "neighbour", "reorder")),
-        targets, data.product_vectors, groups, floor=floor if variety_floor else (0.0, 0.0),
-    )  # fmt: skip
     full = build_history(data.user_ids, product_ids, data.purchases, data.clickstream)
     final = fit_als(interaction_matrix(full), int(chosen.settings["factors"]), float(chosen.settings["alpha"]), seed)
     final.item_item = fit_co_purchase(full)
+    final_rule, final_popularity = learn_repurchase(full, types), popularity_norm(full)
+    tonight = np.full(len(data.user_ids), midnight, "datetime64[s]")
+    served_terms = _subset_terms(repurchase_terms(final_rule, full, types, tonight), held_users)
+    everything = data.content_vectors(data.purchases, data.clickstream, run_date)  # type: ignore[operator]
+    served_content = np.asarray(everything, dtype=np.float32)[held_users]
+    floor = co_purchase_variety(final.item_item, baskets(served_terms, len(held_users), len(product_ids)),
+                                final_popularity, data.product_vectors)  # fmt: skip
+    rows = np.arange(len(held_users))
+    fits: list[tuple[tuple[float, float], dict[str, float], float, Rerank]] = []
+    for weights, recall in blends:
+        # Recall on what scoring will re-rank: these users' candidates as scoring makes them, from
+        # the held-out split's model; variety on what tonight's model serves them.
+        probe = ProductModel(
+            weights, Collaborative(chosen.user_factors[held_users], chosen.item_factors, chosen.settings, co_purchase),
+            rule, popularity, neighbours=neighbours,
+        )  # fmt: skip
+        served_model = ProductModel(
+            weights, Collaborative(final.user_factors[held_users], final.item_factors, chosen.settings, final.item_item),
+            final_rule, final_popularity, neighbours=neighbours,
+        )  # fmt: skip
+        held_out = stacked(list(candidate_chunks(content, data.product_vectors, probe, terms, rows)))
+        served = stacked(list(candidate_chunks(served_content, data.product_vectors, served_model, served_terms, rows)))
+        rerank = fit_diversity(
+            held_out.cand, held_out.scores, held_out.neighbour, held_out.reorder, targets, data.product_vectors,
+            groups, floor=floor if variety_floor else (0.0, 0.0), served=served,
+        )  # fmt: skip
+        log.info("blend %s (held-out recall@10 %.4f): re-ranked recall@10 %.4f, diversity %.3f, coverage %.3f",
+                 weights, recall, rerank.recall, rerank.diversity, rerank.coverage)  # fmt: skip
+        fits.append(((rerank.shortfall, rerank.recall), weights, recall, rerank))
+    _, weights, recall, rerank = max(fits, key=lambda fit: fit[0])
     log.info(
-        "product model fit in %.1fs: %d held-out users, recall@10 %.4f (%.4f re-ranked: head %d, MMR %.3g, neighbour "
+        "product model fit in %.1fs: %d held-out users, recall@10 %.4f (%.4f re-ranked: head %d, diversity %.3g, neighbour "
         "bonus %.3g; diversity %.3f, coverage %.3f vs the co-purchase floor %.3f, %.3f), weights %s, ALS %s",
         time.monotonic() - started, len(held_users), recall, rerank.recall, rerank.head, rerank.strength,
         rerank.neighbour_bonus, rerank.diversity, rerank.coverage, *floor, weights, chosen.settings,
@@ -385,8 +494,8 @@ def fit_products_model(
     return ProductModel(
         weights=weights,
         collaborative=final,
-        repurchase=learn_repurchase(full, types),
-        popularity=popularity_norm(full),
+        repurchase=final_rule,
+        popularity=final_popularity,
         validation={"held_out_users": float(len(held_users)), "recall@10": recall,
                     "recall@10_reranked": rerank.recall, "diversity_reranked": rerank.diversity,
                     "coverage_reranked": rerank.coverage, "diversity_floor": floor[0], "coverage_floor": floor[1],
