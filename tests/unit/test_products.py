@@ -303,10 +303,9 @@ def test_content_neighbours_of_what_a_user_bought_are_candidates_and_the_bought_
     assert not flag[0][merged[0] == 4].any()
 
 
-def test_variety_floor_makes_the_fit_give_up_hits_for_lists_as_varied_as_co_purchase() -> None:
-    # Everyone's three best candidates are the same three products (the held-out one third); each
-    # user also has two content neighbours of their own, scored low: by recall alone the shared
-    # products stay on top; a coverage floor turns the neighbour bonus on.
+def _three_shared_and_two_of_their_own() -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """60 users whose three best candidates are the same three products, each with two low-scored
+    content neighbours of their own (n, c, vectors, candidates, scores, is-neighbour, exempt)."""
     rng = np.random.default_rng(3)
     n, c = 60, 3 + 2 * 60
     items = _unit(rng.normal(size=(c, 8)))
@@ -314,7 +313,14 @@ def test_variety_floor_makes_the_fit_give_up_hits_for_lists_as_varied_as_co_purc
     scores = np.hstack([np.tile([1.0, 0.9, 0.8], (n, 1)), 0.1 * rng.random((n, 2))]).astype(np.float32)
     neighbour = np.zeros(cand.shape, bool)
     neighbour[:, 3:] = True
-    exempt = np.zeros(cand.shape, bool)
+    return n, c, items, cand, scores, neighbour, np.zeros(cand.shape, bool)
+
+
+def test_variety_floor_makes_the_fit_give_up_hits_for_lists_as_varied_as_co_purchase() -> None:
+    # Everyone's three best candidates are the same three products (the held-out one third); each
+    # user also has two content neighbours of their own, scored low: by recall alone the shared
+    # products stay on top; a coverage floor turns the neighbour bonus on.
+    n, c, items, cand, scores, neighbour, exempt = _three_shared_and_two_of_their_own()
     held = [{2} for _ in range(n)]
     free = PF.fit_diversity(cand, scores, neighbour, exempt, held, items, np.arange(c), k=3)
     assert free.recall == 1.0
@@ -329,14 +335,7 @@ def test_variety_is_judged_on_the_lists_served_not_on_the_held_out_day() -> None
     # The held-out day's candidates could reach the coverage floor with the neighbour bonus (as
     # above), but what tonight's model serves has no neighbours to spread to: no setting's served
     # lists reach the floor, so giving up hits for it would buy nothing and the fit keeps them.
-    rng = np.random.default_rng(3)
-    n, c = 60, 3 + 2 * 60
-    items = _unit(rng.normal(size=(c, 8)))
-    cand = np.hstack([np.tile(np.arange(3), (n, 1)), 3 + np.arange(2 * n).reshape(n, 2)])
-    scores = np.hstack([np.tile([1.0, 0.9, 0.8], (n, 1)), 0.1 * rng.random((n, 2))]).astype(np.float32)
-    neighbour = np.zeros(cand.shape, bool)
-    neighbour[:, 3:] = True
-    exempt = np.zeros(cand.shape, bool)
+    n, c, items, cand, scores, neighbour, exempt = _three_shared_and_two_of_their_own()
     narrow = P.Candidates(0, np.tile(np.arange(5), (n, 1)), scores, np.zeros(cand.shape, bool), exempt, None)
     fit = PF.fit_diversity(cand, scores, neighbour, exempt, [{2}] * n, items, np.arange(c), k=3, floor=(0.0, 0.5),
                            served=narrow)  # fmt: skip
