@@ -239,7 +239,9 @@ def fit_diversity(
     seen = np.zeros((len(settings), len(product_vectors)), bool)
     # Recall on the held-out lists, variety on ``varied``'s (the same lists when nothing is served).
     # Block by block, every setting on one gram of the block's candidates: the gram is most of the cost.
-    passes = [(held_out, True, served is None)] + ([(served, False, True)] if served is not None else [])
+    passes = [(held_out, True, served is None)]
+    if served is not None:
+        passes.append((served, False, True))
     for part, count_hits, measure_variety in passes:
         for start in range(0, len(part.cand), RERANK_BLOCK):
             rows = slice(start, start + RERANK_BLOCK)
@@ -275,10 +277,14 @@ def _row_diversity(gram: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Per row, the mean pairwise (1 - cosine) of the kept candidates (``list_diversity``'s terms)."""
     safe = np.maximum(keep, 0)
     rows = np.arange(len(keep))[:, None, None]
-    ok = keep >= 0
-    mask = ok[:, :, None] & ok[:, None, :] & ~np.eye(keep.shape[1], dtype=bool)[None]
-    total = ((1 - gram[rows, safe[:, :, None], safe[:, None, :]]) * mask).sum(axis=(1, 2))
-    return total / np.maximum(mask.sum(axis=(1, 2)), 1)
+    return _mean_pair_distance(gram[rows, safe[:, :, None], safe[:, None, :]], keep >= 0)
+
+
+def _mean_pair_distance(similarity: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Per row of (rows x k x k) cosines, the mean (1 - cosine) over its pairs of distinct valid
+    (``ok``) slots; 0 for a row with fewer than two."""
+    mask = ok[:, :, None] & ok[:, None, :] & ~np.eye(ok.shape[1], dtype=bool)[None]
+    return ((1 - similarity) * mask).sum(axis=(1, 2)) / np.maximum(mask.sum(axis=(1, 2)), 1)
 
 
 def stacked(parts: list[Candidates]) -> Candidates:
@@ -307,15 +313,12 @@ def co_purchase_variety(
 def list_diversity(indices: np.ndarray, product_vectors: np.ndarray) -> float:
     """Mean over lists of the mean pairwise (1 - cosine) of their products' text vectors."""
     safe = np.maximum(indices, 0)
-    total, pairs = np.zeros(len(indices)), np.zeros(len(indices))
+    per_list = np.zeros(len(indices))
     for start in range(0, len(indices), QUERY_CHUNK):
         rows = slice(start, start + QUERY_CHUNK)
         v = product_vectors[safe[rows]]
-        ok = indices[rows] >= 0
-        mask = ok[:, :, None] & ok[:, None, :] & ~np.eye(indices.shape[1], dtype=bool)[None]
-        total[rows] = ((1 - np.einsum("ukd,ujd->ukj", v, v)) * mask).sum(axis=(1, 2))
-        pairs[rows] = mask.sum(axis=(1, 2))
-    return float(np.mean(total / np.maximum(pairs, 1)))
+        per_list[rows] = _mean_pair_distance(np.einsum("ukd,ujd->ukj", v, v), indices[rows] >= 0)
+    return float(np.mean(per_list))
 
 
 def list_coverage(indices: np.ndarray, n_items: int) -> float:
