@@ -313,12 +313,19 @@ def _lease_key(shard: str) -> dict[str, Any]:
     return {"shard": str(shard)}
 
 
-def _flat(keys: Iterable[Mapping[str, Any]]) -> list[str]:
-    return [f"{k['user_id']}\t{k['send_at_campaign']}" for k in keys]
+def _flat(keys: Iterable[Mapping[str, Any]]) -> str:
+    """A batch's keys as one string attribute, a line per key: the lease record is rewritten with
+    them on every claim and begin, and a list of 250 strings cost a fifth of dispatch's own CPU in
+    request serialization alone (one string: a single value to encode and store)."""
+    return "\n".join(f"{k['user_id']}\t{k['send_at_campaign']}" for k in keys)
 
 
-def _unflat(values: Iterable[str]) -> tuple[tuple[str, str], ...]:
-    return tuple(tuple(str(v).split("\t", 1)) for v in values)  # type: ignore[misc]
+def inflight_keys(record: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The (user id, item key) pairs a lease record names in flight (also a record an earlier version
+    wrote, as a list)."""
+    values = record.get("inflight") or ()
+    lines = str(values).split("\n") if isinstance(values, str) else values
+    return tuple(tuple(str(v).split("\t", 1)) for v in lines)  # type: ignore[misc]
 
 
 def acquire_lease(
@@ -354,7 +361,7 @@ def acquire_lease(
     if not dynamo.write_if("put", LEASES, Item=dynamo.serialize(record), **request):
         return None
     # Also our own batch from an earlier run (lost mid-send): the items carry no claim of their own.
-    left_keys = _unflat(record.get("inflight") or [])
+    left_keys = inflight_keys(record)
     return ShardLease(
         str(shard), owner, token, record["lease_until"], left_keys,
         str(record.get("inflight_state") or ""), str(record.get("inflight_owner") or ""), seen_through,

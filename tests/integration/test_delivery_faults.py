@@ -29,7 +29,7 @@ from include.notify.analyst.views import describe_deliveries
 from include.notify.config import REPO_ROOT, NotifyConfig
 from include.notify.io.dynamo import Dynamo
 from include.notify.io.kafka import ensure_topics
-from include.notify.schedule import FINAL_STATUSES
+from include.notify.schedule import FINAL_STATUSES, inflight_keys
 from include.notify.stages.channels import WebhookChannel
 from include.notify.stages.dispatch import Dispatcher, KafkaEventSink
 from include.notify.stages.planning_run import read_existing, write_plan
@@ -237,7 +237,7 @@ def test_a_dispatcher_sigkilled_right_after_a_channel_accept_then_a_normal_run_r
     before = schedule_now(dynamo)
     lease = _lease(dynamo, "0")
     assert lease["inflight_state"] == "sending"  # the batch's write-ahead mark; items carry no claim
-    named = {tuple(k.split("\t")) for k in lease["inflight"]}
+    named = set(inflight_keys(lease))
     in_flight = {n for n, i in before.items() if (i["user_id"], i["send_at_campaign"]) in named}
     assert {before[n]["status"] for n in in_flight} == {"scheduled"}
     assert in_flight == {i["notification_id"] for i in items if i["due_bucket"].endswith("#0")}
@@ -430,7 +430,7 @@ def test_a_slice_owner_sigkilled_mid_batch_leaves_its_committed_batch_sent_and_i
     before = schedule_now(dynamo)
     assert Counter(i["status"] for i in before.values()) == {"sent": 4, "scheduled": 36}
     lease = _lease(dynamo, "0")
-    in_flight = {tuple(k.split("\t")) for k in lease["inflight"]}
+    in_flight = set(inflight_keys(lease))
     assert lease["owner"] == "doomed"
     assert lease["token"] == 1
     assert lease["inflight_state"] == "sending"
@@ -476,7 +476,7 @@ def test_a_slice_owner_frozen_between_claim_and_begin_is_fenced_off_and_the_next
         assert {i["status"] for i in claimed.values()} == {"scheduled"}
         lease = _lease(dynamo, "0")
         assert lease["inflight_state"] == "claimed"
-        named = {tuple(k.split("\t")) for k in lease["inflight"]}
+        named = set(inflight_keys(lease))
         assert {n for n, i in claimed.items() if (i["user_id"], i["send_at_campaign"]) in named} == first_batch
         time.sleep(LEASE + 1.5)  # its lease runs out while it is frozen
         channels = [WebhookChannel(config), AcceptLogChannel(log)]
@@ -523,7 +523,7 @@ def test_an_item_deferred_in_a_batch_sigkilled_mid_send_stays_deferred_not_unkno
     _, err = killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL, err
     lease = _lease(dynamo, "0")
-    named = {tuple(k.split("\t")) for k in lease["inflight"]}
+    named = set(inflight_keys(lease))
     assert lease["inflight_state"] == "sending"
     assert len(named) == 9
     assert (quiet["user_id"], quiet["send_at_campaign"]) not in named

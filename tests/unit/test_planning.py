@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from include.notify.config import NotifyConfig
+from include.notify.rules import is_quiet
 from include.notify.stages.plan_check import plan_violations
 from include.notify.stages.planning import (
     PlanInputs,
@@ -140,6 +141,13 @@ def test_quiet_mask_wraps_midnight() -> None:
     assert list(np.flatnonzero(mask[0])) == [0, 1, 2, 3, 4, 5, 6, 7, 22, 23]
     assert list(np.flatnonzero(mask[1])) == [1, 2, 3, 4]
     assert not mask[2].any()  # start == end: no quiet hours
+
+
+def test_is_quiet_agrees_with_quiet_mask_on_every_window_and_hour() -> None:
+    starts, ends = np.divmod(np.arange(24 * 24), 24)
+    mask = quiet_mask(starts, ends)
+    scalar = [[is_quiet(hour, int(s), int(e)) for hour in range(24)] for s, e in zip(starts, ends, strict=True)]
+    assert (np.array(scalar) == mask).all()
 
 
 def test_refused_campaigns_and_users() -> None:
