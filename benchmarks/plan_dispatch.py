@@ -35,6 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -417,25 +418,94 @@ def measured_cpu(rows: list[dict[str, object]]) -> str:
     return " / ".join(parts)
 
 
-def bench_dispatch(count: int, workers: int, rounds: int = 3) -> dict[str, float]:
+def _warm_dispatch(endpoint: str, state: str) -> None:
+    """Start a dispatch task's process before the clock: interpreter, imports, a DynamoDB client."""
+    Dynamo.from_config(NotifyConfig(state_dir=Path(state), dynamodb_endpoint_url=endpoint)).client.list_tables()
+    time.sleep(0.5)  # so every worker process gets one
+
+
+def _dispatch_task(endpoint: str, state: str, prefix: str, now: str, part: int, workers: int, tasks: int) -> dict:
+    """In a worker process: one mapped dispatch task (``notify_dispatch``'s ``dispatch.expand(part=...)``),
+    the ``part``-th of ``tasks``, with ``workers`` slice workers; its counts and CPU seconds."""
+    config = NotifyConfig(state_dir=Path(state), dynamodb_endpoint_url=endpoint, table_prefix=prefix,
+                          dispatch_tasks=tasks)  # fmt: skip
+    dynamo = Dynamo.from_config(config)
+    cpu = time.process_time()
+    counts = Dispatcher(config, dynamo, [InboxChannel(dynamo)], ListEventSink(), workers=workers).run(
+        datetime.fromisoformat(now), part=part
+    )
+    return {"counts": dict(counts), "cpu": time.process_time() - cpu}
+
+
+def _bare_task(
+    endpoint: str, state: str, prefix: str, records: dict[str, list[dict[str, object]]], threads: int
+) -> float:
+    """In a worker process: a share of the bare write on ``threads`` threads (tables made beforehand); CPU seconds."""
+    config = NotifyConfig(state_dir=Path(state), dynamodb_endpoint_url=endpoint, table_prefix=prefix)
+    bare = Dynamo.from_config(config)
+    cpu = time.process_time()
+    slices = [(t, rows[i : i + 25]) for t, rows in records.items() for i in range(0, len(rows), 25)]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(lambda part: bare.put_items(*part), slices))
+    return time.process_time() - cpu
+
+
+def _bare_write_in_tasks(
+    pool: ProcessPoolExecutor, config: NotifyConfig, prefix: str, records: dict[str, list[dict[str, object]]],
+    tasks: int, threads: int, state: Path,
+) -> tuple[float, float]:  # fmt: skip
+    """The bare write split over ``tasks`` processes of ``threads`` threads each (as many requests in
+    flight as ``tasks`` dispatch tasks keep): seconds, and the processes' CPU seconds."""
+    bare = Dynamo.from_config(config.replace(table_prefix=prefix))
+    bare.create_tables([TABLES_BY_NAME[name] for name in records])
+    shares = [{table: rows[i::tasks] for table, rows in records.items()} for i in range(tasks)]
+    started = time.perf_counter()
+    cpus = list(pool.map(_bare_task, *zip(*[(config.dynamodb_endpoint_url, str(state), prefix, share, threads)
+                                              for share in shares], strict=True)))  # fmt: skip
+    return time.perf_counter() - started, sum(cpus)
+
+
+def bench_dispatch(count: int, workers: int, rounds: int = 3, tasks: int = 1) -> dict[str, float]:
     """``rounds`` x (dispatch ``count`` due notifications, then bare-write the records it left),
-    alternating on one dynalite so both see the same machine load; the median round is reported."""
+    alternating on one dynalite so both see the same machine load; the median round is reported.
+
+    ``tasks`` > 1: dispatch runs as that many mapped tasks (``dispatch_tasks``), each in its own
+    process with ``workers / tasks`` slice workers, as ``notify_dispatch`` maps them; the processes
+    are started and their imports done before the clock (an Airflow worker's task process is up
+    before the run's work; at a few seconds a minute, its start is not throughput). The bare write
+    is then also measured split over as many processes, and the ratio is to the faster of the two
+    multi-request references (one process on ``workers`` threads, or ``tasks`` processes)."""
     state = Path(tempfile.mkdtemp(prefix="notify-bench-"))
     service = start_service("dynamodb", free_port(), state)
+    pool = (
+        ProcessPoolExecutor(max_workers=tasks, mp_context=multiprocessing.get_context("spawn")) if tasks > 1 else None
+    )
     try:
-        base = NotifyConfig(state_dir=state, dynamodb_endpoint_url=service.endpoint)
+        if pool is not None:  # interpreters, imports and a client up before the clock
+            list(pool.map(_warm_dispatch, [service.endpoint] * tasks, [str(state)] * tasks))
+        base = NotifyConfig(state_dir=state, dynamodb_endpoint_url=service.endpoint, dispatch_tasks=tasks)
         measured = []
         for round_ in range(rounds):
             config = base.replace(table_prefix=f"bench{round_}_")
             # Due now: a message goes out at the later of the run's time and the wall clock.
             due = datetime.now(UTC).replace(second=0, microsecond=0)
             dynamo = _seed(config, count, due)
-            dispatcher = Dispatcher(config, dynamo, [InboxChannel(dynamo)], ListEventSink(), workers=workers)
             cpu = _cpu(service.pid)
             started = time.perf_counter()
-            counts = dispatcher.run(due + timedelta(minutes=1))
-            dispatch_seconds = time.perf_counter() - started
-            dispatch_cpu = _cpu(service.pid, cpu)
+            if pool is None:
+                dispatcher = Dispatcher(config, dynamo, [InboxChannel(dynamo)], ListEventSink(), workers=workers)
+                counts = dispatcher.run(due + timedelta(minutes=1))
+                dispatch_seconds = time.perf_counter() - started
+                dispatch_cpu = _cpu(service.pid, cpu)
+            else:
+                now = (due + timedelta(minutes=1)).isoformat()
+                parts = list(pool.map(_dispatch_task, *zip(*[
+                    (service.endpoint, str(state), config.table_prefix, now, part, max(workers // tasks, 1), tasks)
+                    for part in range(tasks)], strict=True)))  # fmt: skip
+                dispatch_seconds = time.perf_counter() - started
+                dispatch_cpu = _cpu(service.pid, cpu)
+                dispatch_cpu = (dispatch_cpu[0] + sum(p["cpu"] for p in parts), dispatch_cpu[1])
+                counts = sum((Counter(p["counts"]) for p in parts), start=Counter())
             if counts.get("sent") != count:
                 raise RuntimeError(f"dispatch sent {counts.get('sent')} of {count}: {counts}")
             left = _left_records(dynamo, count)
@@ -448,9 +518,21 @@ def bench_dispatch(count: int, workers: int, rounds: int = 3) -> dict[str, float
             bare_cpu, cpu = _cpu(service.pid, cpu), _cpu(service.pid)
             bare_parallel_seconds = _bare_write(config, f"barep{round_}_", left, threads=workers)
             bare_parallel_cpu = _cpu(service.pid, cpu)
+            if pool is not None:
+                cpu = _cpu(service.pid)
+                seconds, task_cpu = _bare_write_in_tasks(
+                    pool, config, f"baret{round_}_", left, tasks, max(workers // tasks, 1), state
+                )
+                in_tasks_cpu = _cpu(service.pid, cpu)
+                in_tasks_cpu = (in_tasks_cpu[0] + task_cpu, in_tasks_cpu[1])
+                print(f"  bare write in {tasks} processes: {seconds:.2f} s (in one on {workers} threads: "
+                      f"{bare_parallel_seconds:.2f} s)", flush=True)  # fmt: skip
+                if seconds < bare_parallel_seconds:  # the faster of the two is the reference
+                    bare_parallel_seconds, bare_parallel_cpu = seconds, in_tasks_cpu
             row = {
                 "items": count,
                 "workers": workers,
+                "tasks": tasks,
                 "shards": config.schedule_shards,
                 "slices": config.dispatch_slices,
                 "left_per_notification": left_items / count,
@@ -467,7 +549,7 @@ def bench_dispatch(count: int, workers: int, rounds: int = 3) -> dict[str, float
             row["ratio_parallel"] = row["dispatch_per_min"] * 3 / row["bare_parallel_per_min"]
             measured.append(row)
             print(
-                f"dispatch round {round_ + 1}/{rounds}: {count:,} notifications ({workers} workers, "
+                f"dispatch round {round_ + 1}/{rounds}: {count:,} notifications ({workers} workers in {tasks} task(s), "
                 f"{config.schedule_shards} shards, {config.dispatch_slices} slices): {dispatch_seconds:.2f} s = "
                 f"{row['dispatch_per_min']:,.0f}/min, x3 = {row['dispatch_per_min'] * 3:,.0f} records/min; bare batch "
                 f"write of the {left_items:,} records {bare_seconds:.2f} s = {row['bare_per_min']:,.0f}/min "
@@ -487,6 +569,8 @@ def bench_dispatch(count: int, workers: int, rounds: int = 3) -> dict[str, float
         result["ratios_parallel"] = ", ".join(f"{r['ratio_parallel']:.2f}" for r in measured)
         return result
     finally:
+        if pool is not None:
+            pool.shutdown()
         service.stop()
 
 
@@ -567,9 +651,12 @@ def write_report(
         "notifications/min x 3 / bare records/min; dispatch and the two bare writes alternate round by round",
         "on one dynalite (fresh tables each round); the round shown is the median by the ratio to the bare",
         "write on N threads. CPU seconds: this process (`process_time`) + dynalite (`/proc/<pid>/stat`),",
-        "medians over the rounds.",
+        "medians over the rounds. Workers (tasks): with more than one task, dispatch runs as that many mapped",
+        "tasks (`dispatch_tasks`), each a process with workers / tasks slice workers, started before the clock,",
+        "and the N-thread reference is the faster of the bare write in one process on N threads and the bare",
+        "write split over as many processes.",
         "",
-        "| notifications | workers | shards / slices | dispatch s | notifications / min | records left / min | "
+        "| notifications | workers (tasks) | shards / slices | dispatch s | notifications / min | records left / min | "
         "bare write, 1 thread s | ratio to it: median (all rounds) | bare write, N threads s | "
         "ratio to it: median (all rounds) | CPU s client + dynalite: dispatch / bare 1 / bare N | "
         "load average per round |",
@@ -577,7 +664,7 @@ def write_report(
     ]
     for row in dispatch:
         lines.append(
-            f"| {row['items']:,} | {row['workers']} | {row['shards']} / {row['slices']} | "
+            f"| {row['items']:,} | {row['workers']} ({row.get('tasks', 1)}) | {row['shards']} / {row['slices']} | "
             f"{row['dispatch_seconds']:.2f} | {row['dispatch_per_min']:,.0f} | {row['dispatch_per_min'] * 3:,.0f} | "
             f"{row['bare_seconds']:.2f} | {row['ratio_median']:.2f} ({row['ratios']}) | "
             f"{row['bare_parallel_seconds']:.2f} | **{row['ratio_parallel']:.2f}** ({row['ratios_parallel']}) | "
@@ -603,6 +690,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dispatch-items", type=int, default=3000)
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 8], help="dispatch workers (slices in parallel)")
     parser.add_argument("--dispatch-rounds", type=int, default=3, help="dispatch / bare write pairs, alternated")
+    parser.add_argument("--dispatch-tasks", type=int, nargs="*", default=[1],
+                        help="mapped dispatch tasks (processes) sharing the workers; a row per value")  # fmt: skip
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "plan_dispatch.md")
     args = parser.parse_args(argv)
     command = "python benchmarks/plan_dispatch.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -615,7 +704,12 @@ def main(argv: list[str] | None = None) -> int:
         else None
     )
     planner_io = bench_existing(args.io_users) if args.io_users else None
-    dispatch = [bench_dispatch(args.dispatch_items, workers, args.dispatch_rounds) for workers in args.workers]
+    dispatch = [
+        bench_dispatch(args.dispatch_items, workers, args.dispatch_rounds, tasks)
+        for workers in args.workers
+        for tasks in args.dispatch_tasks
+        if tasks <= workers
+    ]
     write_report(args.output, command.strip(), planning, dispatch, identity, planner_io)
     return 0
 
