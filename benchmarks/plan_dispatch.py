@@ -372,10 +372,15 @@ def _bare_write(config: NotifyConfig, prefix: str, records: dict[str, list[dict[
         for table, rows in records.items():
             bare.put_items(table, rows)
     else:
-        slices = [(t, rows[i : i + 25]) for t, rows in records.items() for i in range(0, len(rows), 25)]
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(lambda part: bare.put_items(*part), slices))
+        _put_in_slices(bare, records, threads)
     return time.perf_counter() - started
+
+
+def _put_in_slices(bare: Dynamo, records: dict[str, list[dict[str, object]]], threads: int) -> None:
+    """``records`` as 25-item ``put_items`` calls (one BatchWriteItem each), ``threads`` in flight."""
+    slices = [(t, rows[i : i + 25]) for t, rows in records.items() for i in range(0, len(rows), 25)]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(lambda part: bare.put_items(*part), slices))
 
 
 def _seed(config: NotifyConfig, count: int, due: datetime) -> Dynamo:
@@ -444,9 +449,7 @@ def _bare_task(
     config = NotifyConfig(state_dir=Path(state), dynamodb_endpoint_url=endpoint, table_prefix=prefix)
     bare = Dynamo.from_config(config)
     cpu = time.process_time()
-    slices = [(t, rows[i : i + 25]) for t, rows in records.items() for i in range(0, len(rows), 25)]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(lambda part: bare.put_items(*part), slices))
+    _put_in_slices(bare, records, threads)
     return time.process_time() - cpu
 
 
@@ -664,7 +667,7 @@ def write_report(
     ]
     for row in dispatch:
         lines.append(
-            f"| {row['items']:,} | {row['workers']} ({row.get('tasks', 1)}) | {row['shards']} / {row['slices']} | "
+            f"| {row['items']:,} | {row['workers']} ({row['tasks']}) | {row['shards']} / {row['slices']} | "
             f"{row['dispatch_seconds']:.2f} | {row['dispatch_per_min']:,.0f} | {row['dispatch_per_min'] * 3:,.0f} | "
             f"{row['bare_seconds']:.2f} | {row['ratio_median']:.2f} ({row['ratios']}) | "
             f"{row['bare_parallel_seconds']:.2f} | **{row['ratio_parallel']:.2f}** ({row['ratios_parallel']}) | "
