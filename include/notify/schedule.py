@@ -315,8 +315,9 @@ def _lease_key(shard: str) -> dict[str, Any]:
 
 def _flat(keys: Iterable[Mapping[str, Any]]) -> str:
     """A batch's keys as one string attribute, a line per key: the lease record is rewritten with
-    them on every claim and begin, and a list of 250 strings cost a fifth of dispatch's own CPU in
-    request serialization alone (one string: a single value to encode and store)."""
+    them on every claim and begin, and one string is a single value to encode and store where a
+    list of 250 was 250 (a GIL-held profile put a fifth of dispatch's client samples in the lease
+    updates; a whole run's ratio to the bare write did not move measurably)."""
     return "\n".join(f"{k['user_id']}\t{k['send_at_campaign']}" for k in keys)
 
 
