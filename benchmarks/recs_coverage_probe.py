@@ -84,7 +84,8 @@ def spread_pass(
     return keep, swaps
 
 
-def probe(seed: int, users: int, run_date: date) -> list[str]:
+def probe(seed: int, users: int, run_date: date) -> None:
+    """Print one table row per (strength, pass setting) for ``seed``."""
     data = build_dataset(users, run_date, seed=seed)
     catalog = data.products.reset_index(drop=True)
     vectors = rq.catalog_vectors(catalog)
@@ -92,31 +93,26 @@ def probe(seed: int, users: int, run_date: date) -> list[str]:
     types = catalog["articleType"].astype(str).to_numpy()
     build_vectors = rq.content_user_vectors(data, product_ids, vectors, run_date)
     test = rq.make_split(data, data.purchases.copy(), data.clickstream, product_ids, run_date)
-    with_types = catalog.assign(article_type=catalog["articleType"])
-    user_ids = data.users["user_id"].astype(str).to_numpy(object)
-    training = products_fit.TrainingData(with_types, vectors, user_ids, test.train, test.clicks, build_vectors)
-    model = products_fit.fit_products_model(training, run_date, seed=seed, variety_floor=False)
+    model = rq.fit_notify(data, catalog, vectors, test, build_vectors, run_date, seed, variety_floor=False)
     terms = products_mod.repurchase_terms(model.repurchase, test.history, types, test.as_of)
-    groups = products_mod.item_groups(with_types)
+    groups = products_mod.item_groups(catalog.assign(article_type=catalog["articleType"]))
     content = build_vectors(test.train, test.clicks, run_date)[test.users]
     part = products_fit.stacked(list(products_mod.candidate_chunks(content, vectors, model, terms, test.users)))
     spread = float(np.median(part.scores[:, 0] - part.scores[:, 9]))
     gram = products_mod.candidate_gram(part.cand, vectors)
-    lines = []
     for strength in (0.0, 0.5, 1.0, 2.0, 3.0):
         keep = products_mod.diverse_top_k(part.cand, part.scores, vectors, groups, 10, products_mod.MAX_SIMILAR,
                                           exempt=part.reorder, strength=strength * spread, head=1, gram=gram)  # fmt: skip
-        for tau, lam in ((None, 0.0), (1.0, 0.0), (3.0, 0.0), (1.0, 1.0), (3.0, 1.0)):
+        # lam scales the strength: at strength 0 its rows would repeat the lam-0 ones.
+        for tau, lam in ((None, 0.0), (1.0, 0.0), (3.0, 0.0), *(((1.0, 1.0), (3.0, 1.0)) if strength else ())):
             out, swaps = (keep, 0) if tau is None else spread_pass(part, keep, groups, gram, tau * spread, 1,
                                                                     lam * strength * spread)  # fmt: skip
             top = np.where(out >= 0, np.take_along_axis(part.cand, np.maximum(out, 0), 1), -1)
             m = rq.metrics(top, test.targets, vectors)
             hits = round(m["hit@10"] * len(test.targets))
-            lines.append(f"| {seed} | {strength:g} | {'off' if tau is None else f'{tau:g}'} | {lam:g} | {swaps} | "
-                         f"{hits} | {m['hit@10']:.4f} | {m['recall@10']:.4f} | {m['coverage']:.4f} | "
-                         f"{m['diversity']:.4f} |")  # fmt: skip
-            print(lines[-1], flush=True)
-    return lines
+            print(f"| {seed} | {strength:g} | {'off' if tau is None else f'{tau:g}'} | {lam:g} | {swaps} | "
+                  f"{hits} | {m['hit@10']:.4f} | {m['recall@10']:.4f} | {m['coverage']:.4f} | "
+                  f"{m['diversity']:.4f} |", flush=True)  # fmt: skip
 
 
 def main() -> None:

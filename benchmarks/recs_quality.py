@@ -326,6 +326,28 @@ def baseline_scorers(
     return out
 
 
+def fit_notify(
+    data: Any,
+    catalog: pd.DataFrame,
+    vectors: np.ndarray,
+    split: Split,
+    build_vectors: Callable[..., np.ndarray],
+    run_date: date,
+    seed: int,
+    variety_floor: bool,
+) -> products_mod.ProductModel:
+    """Notify's nightly product fit on ``split``'s training history (it holds out its own last day)."""
+    training = products_fit.TrainingData(
+        catalog.assign(article_type=catalog["articleType"]),
+        vectors,
+        data.users["user_id"].astype(str).to_numpy(object),
+        split.train,
+        split.clicks,
+        build_vectors,
+    )
+    return products_fit.fit_products_model(training, run_date, seed=seed, variety_floor=variety_floor)
+
+
 def evaluate_products(
     users: int, run_date: date, seed: int, variety_floor: bool = products_mod.VARIETY_FLOOR
 ) -> dict[str, Any]:
@@ -364,19 +386,7 @@ def evaluate_products(
 
     # Notify: the nightly fit on the training history (it holds out its own last day), then scoring.
     started = time.monotonic()
-    model = products_fit.fit_products_model(
-        products_fit.TrainingData(
-            catalog.assign(article_type=catalog["articleType"]),
-            vectors,
-            data.users["user_id"].astype(str).to_numpy(object),
-            test.train,
-            test.clicks,
-            build_vectors,
-        ),
-        run_date,
-        seed=seed,
-        variety_floor=variety_floor,
-    )
+    model = fit_notify(data, catalog, vectors, test, build_vectors, run_date, seed, variety_floor)
     fit_s = time.monotonic() - started
     terms = products_mod.repurchase_terms(model.repurchase, test.history, types, test.as_of)
     groups = products_mod.item_groups(catalog.assign(article_type=catalog["articleType"]))
